@@ -1,0 +1,83 @@
+"""One exception root for every failure a user can act on; each carries an exit code.
+
+The CLI and the doit boundary print ``str(error)`` and exit with ``error.exit_code``;
+anything that is not a ``SwstackError`` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SwstackError(Exception):
+    """A failure the user can act on. The message says what happened and what to do."""
+
+    exit_code = 1
+
+
+class SpecError(SwstackError):
+    """A stack or site file is invalid: the message names file, line, key and fix."""
+
+    exit_code = 2
+
+
+class SiteError(SpecError):
+    """A site file is invalid."""
+
+
+class ChannelError(SwstackError):
+    """The offline channel could not be built."""
+
+    exit_code = 3
+
+
+class LockError(SwstackError):
+    """Solving failed or a lockfile is stale or unreadable."""
+
+    exit_code = 4
+
+
+class StaleLockError(LockError):
+    """The committed lockfile does not match the stack file (``check=1``)."""
+
+    exit_code = 5
+
+
+class SandboxError(SwstackError):
+    """The build sandbox (container or namespace) could not be set up."""
+
+    exit_code = 6
+
+
+class BuildError(SwstackError):
+    """Installing the locked environment failed, or the audit found foreign prefixes."""
+
+    exit_code = 7
+
+
+class PackError(SwstackError):
+    """Packing the prefix into a tarball failed."""
+
+    exit_code = 8
+
+
+class ImageError(SwstackError):
+    """Building an image failed."""
+
+    exit_code = 9
+
+
+class PushError(SwstackError):
+    """Pushing to or reading from a registry failed."""
+
+    exit_code = 10
+
+
+class ActivateError(SwstackError):
+    """A host-side operation (fetch, verify, extract, switch) failed; nothing live changed."""
+
+    exit_code = 11
+
+
+class ExternalCommandError(SwstackError):
+    """An external command exited non-zero; the message carries its stderr tail."""
+
+    exit_code = 12

@@ -1,0 +1,101 @@
+"""The only place that starts subprocesses: logs ``+ argv``, never a shell, raises with stderr's tail."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import log
+from .errors import ExternalCommandError, SwstackError
+
+StrPath = str | os.PathLike[str]
+
+_TAIL_LINES = 25
+
+
+def _tail(text: str | bytes | None) -> str:
+    if not text:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = text.rstrip().splitlines()[-_TAIL_LINES:]
+    return "\n".join("    " + line for line in lines)
+
+
+def run(
+    argv: Sequence[StrPath],
+    *,
+    cwd: StrPath | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    capture: bool = True,
+    check: bool = True,
+    input: str | bytes | None = None,
+    timeout: float | None = None,
+    error: type[SwstackError] = ExternalCommandError,
+    what: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``; return the completed process (text mode).
+
+    With ``capture`` stdout and stderr are returned, otherwise they stream to ours.
+    On failure raise ``error`` naming ``what`` (or the command) and stderr's tail.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ " + shlex.join(args))
+    full_env = dict(os.environ if env is None else env)
+    if extra_env:
+        full_env.update(extra_env)
+    try:
+        result = subprocess.run(
+            args,
+            cwd=cwd,
+            env=full_env,
+            input=input.decode() if isinstance(input, bytes) else input,
+            text=True,
+            capture_output=capture,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise error(f"{what or args[0]}: command not found: {args[0]} (is it installed?)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"{what or args[0]}: timed out after {timeout:.0f}s\n{_tail(exc.stderr)}") from exc
+    if check and result.returncode != 0:
+        detail = _tail(result.stderr) or _tail(result.stdout)
+        raise error(
+            f"{what or shlex.join(args[:3])} failed (exit {result.returncode})"
+            + (f":\n{detail}" if detail else "")
+        )
+    return result
+
+
+def output(argv: Sequence[StrPath], **kwargs: object) -> str:
+    """Run ``argv`` and return its stripped stdout."""
+    return run(argv, **kwargs).stdout.strip()  # type: ignore[arg-type]
+
+
+def spawn(
+    argv: Sequence[StrPath],
+    *,
+    cwd: StrPath | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: int | None = subprocess.DEVNULL,
+    stderr: int | None = subprocess.DEVNULL,
+    log_file: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a long-running process (a daemon, a server) and return its handle."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ " + shlex.join(args) + " &")
+    if log_file is not None:
+        fh = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+
+
+def which(name: str) -> str | None:
+    from shutil import which as _which
+
+    return _which(name)
