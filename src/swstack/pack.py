@@ -1,0 +1,719 @@
+"""Installed prefix -> reproducible tarball (tar.zst or tar.gz) + ``.sha256`` + ``manifest.json``.
+
+Input: a conda environment installed at its production path (e.g. ``/data0/sw/py3``),
+with the package cache it was installed from still in place. Output, under the
+artifacts root::
+
+    <stack_id>/<version>/<stack_id>-<version>-<platform>.tar.zst
+    <stack_id>/<version>/<stack_id>-<version>-<platform>.tar.zst.sha256
+    <stack_id>/<version>/manifest.json          (written last: its presence means complete)
+
+conda-pack decides which files belong to the environment and how they relocate (its
+``bin/conda-unpack`` and prefix records): we run its ``Packer`` against a recording
+archive, then write the recorded entries ourselves, sorted, with normalised metadata,
+through a multithreaded zstd (or gzip) stream. The same prefix packed twice gives the
+same bytes.
+
+This module runs inside the build sandbox, so it imports only the standard library,
+``conda_pack``, ``zstandard`` and swstack's light modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import email.parser
+import gzip
+import hashlib
+import json
+import os
+import platform as _platform
+import re
+import stat
+import sys
+import tarfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timezone
+from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from . import __version__, log
+from .errors import PackError, SwstackError
+from .fsutil import atomic_output, atomic_write_text
+from .manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
+
+Compression = Literal["zstd", "gzip"]
+EntryKind = Literal["file", "dir", "symlink"]
+
+# Chosen by benchmarks/pack.py on a python + numpy + ipykernel prefix: level 3 with
+# every core packs ~4x faster than conda-pack's fixed level 9 for ~8% more bytes;
+# higher levels cost far more time than they save space (see docs/pack.md).
+DEFAULT_ZSTD_LEVEL = 3
+DEFAULT_GZIP_LEVEL = 6
+SUFFIXES: dict[str, str] = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
+MANIFEST_NAME = "manifest.json"
+# Installers whose ``*.dist-info`` we list as pip packages (conda's own say "conda").
+PIP_INSTALLERS = frozenset({"pip", "uv"})
+_COPY_CHUNK = 1 << 20
+
+
+class _Uncached(Exception):
+    """conda-pack could not find the package cache the prefix was linked from."""
+
+
+# ---------------------------------------------------------------- options and results
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """How to write the tarball. ``source_date_epoch`` is the clamp for every mtime."""
+
+    source_date_epoch: int
+    compression: Compression = "zstd"
+    level: int | None = None  # None: DEFAULT_ZSTD_LEVEL or DEFAULT_GZIP_LEVEL
+    threads: int = 0  # zstd worker threads; 0: every core
+    owner: str | None = None  # "uid:gid" for every entry; None: 0:0
+    overwrite: bool = False  # replace a finished artifact of the same version
+    require_package_cache: bool = True  # see _pack_records
+
+    def resolved_level(self) -> int:
+        if self.level is not None:
+            return self.level
+        return DEFAULT_ZSTD_LEVEL if self.compression == "zstd" else DEFAULT_GZIP_LEVEL
+
+    def resolved_threads(self) -> int:
+        return self.threads if self.threads > 0 else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class PipLock:
+    """What the lockfile says about one pip package."""
+
+    url: str
+    sha256: str
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What the manifest records about where the prefix came from (passed by the caller)."""
+
+    stack: str
+    variant: str = "default"
+    version: str | None = None  # None: next_version() over the versions already packed
+    platform: str | None = None  # None: the subdir of the installed packages
+    lockfile_sha256: str = ""
+    stackfile_sha256: str = ""
+    git_commit: str = ""
+    build_time: str | None = None  # None: when the prefix was installed (conda-meta mtimes)
+    tools: Mapping[str, str] = field(default_factory=dict)
+    kernels: tuple[str, ...] = ()
+    pip_locks: Mapping[str, PipLock] = field(default_factory=dict)  # by normalised name
+
+
+@dataclass(frozen=True)
+class PackResult:
+    tarball: Path
+    checksum: Path
+    manifest_path: Path
+    manifest: Manifest
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tar member: read from ``source``, or ``data`` when conda-pack rewrote the file."""
+
+    name: str
+    kind: EntryKind
+    mode: int
+    mtime: float | None  # None: generated now, dated at the epoch
+    size: int = 0
+    source: str | None = None
+    data: bytes | None = None
+    linkname: str = ""
+
+
+# ---------------------------------------------------------------- pure planning
+
+
+def next_version(existing: Sequence[str], today: date) -> str:
+    """``YYYY.MM.DD`` for the first build of the day, then ``YYYY.MM.DD.1``, ``.2``..."""
+    base = today.strftime("%Y.%m.%d")
+    pattern = re.compile(re.escape(base) + r"(?:\.(\d+))?")
+    taken = [m for m in (pattern.fullmatch(v) for v in existing) if m]
+    if not taken:
+        return base
+    return f"{base}.{max(int(m.group(1) or 0) for m in taken) + 1}"
+
+
+def tarball_name(stack_id: str, version: str, platform: str, compression: Compression) -> str:
+    return f"{stack_id}-{version}-{platform}{SUFFIXES[compression]}"
+
+
+def checksum_line(sha256: str, name: str) -> str:
+    """The ``sha256sum`` format, so ``sha256sum -c`` checks the tarball."""
+    return f"{sha256}  {name}\n"
+
+
+def parse_owner(owner: str | None) -> tuple[int, int]:
+    if owner is None:
+        return 0, 0
+    m = re.fullmatch(r"(\d+):(\d+)", owner)
+    if not m:
+        raise PackError(f"owner {owner!r}: expected 'uid:gid' with numbers, e.g. '899:899'")
+    return int(m.group(1)), int(m.group(2))
+
+
+def normal_mode(kind: EntryKind, mode: int) -> int:
+    """0755 for directories and anything executable, 0644 otherwise, 0777 for symlinks."""
+    if kind == "symlink":
+        return 0o777
+    if kind == "dir" or mode & 0o111:
+        return 0o755
+    return 0o644
+
+
+def plan_entries(recorded: Iterable[Entry], source_date_epoch: int) -> list[Entry]:
+    """Normalise and sort what conda-pack recorded; add every parent directory.
+
+    Later records of a name win (conda-pack adds its own scripts last). mtimes are
+    clamped, not set: files older than the epoch keep their mtime, because the
+    ``.pyc`` files shipped in packages are validated against their source's mtime.
+    """
+    by_name: dict[str, Entry] = {}
+    for entry in recorded:
+        by_name[entry.name] = replace(
+            entry,
+            mode=normal_mode(entry.kind, entry.mode),
+            mtime=source_date_epoch if entry.mtime is None else min(int(entry.mtime), source_date_epoch),
+        )
+    for name in list(by_name):
+        parent = os.path.dirname(name)
+        while parent and parent not in by_name:
+            by_name[parent] = Entry(parent, "dir", 0o755, source_date_epoch)
+            parent = os.path.dirname(parent)
+    return [by_name[name] for name in sorted(by_name)]
+
+
+def tree_totals(entries: Iterable[Entry]) -> tuple[int, int]:
+    """(files and symlinks, bytes of regular files) of the unpacked tree."""
+    count = size = 0
+    for e in entries:
+        if e.kind != "dir":
+            count += 1
+            size += e.size
+    return count, size
+
+
+def tar_info(entry: Entry, uid: int, gid: int) -> tarfile.TarInfo:
+    """A member header with nothing that varies between machines or runs."""
+    info = tarfile.TarInfo(entry.name)
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[entry.kind]
+    info.mode = entry.mode
+    info.mtime = int(entry.mtime or 0)
+    info.size = entry.size if entry.kind == "file" else 0
+    info.linkname = entry.linkname
+    info.uid, info.gid = uid, gid
+    info.uname = info.gname = ""
+    return info
+
+
+def platform_of(subdirs: Iterable[str]) -> str:
+    """The conda subdir of the installed packages, else of this machine."""
+    native = sorted({s for s in subdirs if s and s != "noarch"})
+    if len(native) == 1:
+        return native[0]
+    if len(native) > 1:
+        raise PackError(f"the prefix mixes packages for several platforms: {', '.join(native)}")
+    machine = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64"}.get(
+        _platform.machine().lower(), _platform.machine().lower()
+    )
+    system = {"darwin": "osx"}.get(
+        sys.platform, "linux" if sys.platform.startswith("linux") else sys.platform
+    )
+    return f"{system}-{machine}"
+
+
+def normalise_pip_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def merge_tools(given: Mapping[str, str]) -> dict[str, str]:
+    """The versions of what packed the artifact; the caller's entries win."""
+    import conda_pack
+    import zstandard
+
+    tools = {
+        "swstack": __version__,
+        "conda-pack": str(conda_pack.__version__),
+        "zstandard": str(zstandard.__version__),
+        "python": _platform.python_version(),
+    }
+    tools.update(given)
+    return dict(sorted(tools.items()))
+
+
+# ---------------------------------------------------------------- reading the prefix
+
+
+@dataclass(frozen=True)
+class CondaRecord:
+    entry: PackageEntry
+    subdir: str
+    files: tuple[str, ...]
+
+
+def read_conda_records(prefix: Path) -> list[CondaRecord]:
+    """The installed conda packages, from ``conda-meta/*.json``, sorted by name."""
+    records = []
+    for path in sorted((prefix / "conda-meta").glob("*.json")):
+        if path.name == os.path.basename(IN_TREE_PATH):
+            continue
+        try:
+            data = json.loads(path.read_text())
+            entry = PackageEntry(
+                name=data["name"],
+                version=data["version"],
+                build=data.get("build", ""),
+                channel=data.get("channel", "") or "",
+                sha256=data.get("sha256", "") or "",
+                size=int(data.get("size", 0) or 0),
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise PackError(f"{path}: unreadable package record ({exc}); reinstall the prefix") from exc
+        records.append(CondaRecord(entry, data.get("subdir", ""), tuple(data.get("files", ()))))
+    return sorted(records, key=lambda r: r.entry.name)
+
+
+def read_pip_packages(
+    prefix: Path, conda_files: set[str], locks: Mapping[str, PipLock]
+) -> list[PackageEntry]:
+    """Packages pip installed: ``*.dist-info`` with a pip ``INSTALLER`` that no conda package owns."""
+    found = []
+    for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
+        rel = dist_info.relative_to(prefix).as_posix()
+        if f"{rel}/METADATA" in conda_files:
+            continue
+        installer = dist_info / "INSTALLER"
+        if not installer.is_file() or installer.read_text().strip() not in PIP_INSTALLERS:
+            continue
+        meta = email.parser.Parser().parsestr((dist_info / "METADATA").read_text(errors="replace"), True)
+        name, version = meta.get("Name", ""), meta.get("Version", "")
+        if not name:
+            name, _, version = dist_info.name[: -len(".dist-info")].partition("-")
+        lock = locks.get(normalise_pip_name(name))
+        found.append(
+            PackageEntry(
+                name=name,
+                version=version,
+                build="",
+                channel=lock.url if lock else "",
+                sha256=lock.sha256 if lock else "",
+                size=lock.size if lock else 0,
+                manager="pip",
+            )
+        )
+    return sorted(found, key=lambda p: normalise_pip_name(p.name))
+
+
+def default_build_time(prefix: Path) -> str:
+    """When the prefix was installed: the newest package record, so repacking agrees."""
+    meta = prefix / "conda-meta"
+    stamps = [p.stat().st_mtime for p in meta.iterdir() if p.name != os.path.basename(IN_TREE_PATH)]
+    newest = max(stamps, default=meta.stat().st_mtime)
+    return datetime.fromtimestamp(int(newest), tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------- conda-pack as the file authority
+
+
+class _RecordingArchive:
+    """Stands in for conda-pack's archive classes (``add``/``add_bytes``) and records entries.
+
+    Files are recorded by path and read when written, keeping memory small; only bytes
+    conda-pack rewrote (package records, shebangs) are kept. Sources may lie outside the
+    prefix: conda-pack takes files with a prefix placeholder from the package cache, so
+    that ``conda-unpack`` can put any new prefix in.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+
+    def add(self, source: str, target: str) -> None:
+        self.entries.append(_entry_from_stat(source, target, os.lstat(source)))
+
+    def add_bytes(self, source: str, data: bytes, target: str) -> None:
+        st = os.lstat(source)
+        entry = _entry_from_stat(source, target, st)
+        if not _same_content(source, st, data):
+            entry = replace(entry, size=len(data), source=None, data=bytes(data))
+        self.entries.append(entry)
+
+    def add_text(self, target: str, text: str, executable: bool) -> None:
+        data = text.encode()
+        self.entries.append(Entry(target, "file", 0o755 if executable else 0o644, None, len(data), data=data))
+
+
+def _entry_from_stat(source: str, target: str, st: os.stat_result) -> Entry:
+    if stat.S_ISLNK(st.st_mode):
+        return Entry(target, "symlink", st.st_mode, st.st_mtime, linkname=os.readlink(source))
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(target, "dir", st.st_mode, st.st_mtime)
+    if stat.S_ISREG(st.st_mode):
+        return Entry(target, "file", st.st_mode, st.st_mtime, st.st_size, source=source)
+    raise PackError(f"{source}: not a file, directory or symlink; remove it from the prefix")
+
+
+def _same_content(source: str, st: os.stat_result, data: bytes) -> bool:
+    if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+        return False
+    with open(source, "rb") as fh:
+        return fh.read() == data
+
+
+def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
+    """Run conda-pack's Packer over the prefix; return what it would have archived.
+
+    Without the package cache conda-pack marks every file "unknown" and, on Linux, does
+    not relocate binaries, so by default a missing cache is an error, not a warning.
+    """
+    from conda_pack.core import CondaEnv, CondaPackException, Packer
+
+    class RecordingPacker(Packer):  # type: ignore[misc]
+        # conda-pack writes its generated files (conda-unpack...) to temporary files it
+        # deletes at once; take the text itself instead.
+        def _write_text_file(self, fpath: str, ftext: str, executable: bool = False) -> None:
+            archive.add_text(fpath, ftext, executable)
+
+    archive = _RecordingArchive()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            env = CondaEnv.from_prefix(
+                str(prefix), on_missing_cache="raise" if require_package_cache else "warn"
+            )
+            packer = RecordingPacker(env.prefix, archive)
+            for f in env.files:
+                packer.add(f)
+            packer.finish()
+    except CondaPackException as exc:
+        hint = (
+            "\nPack where the prefix was built, with its package cache mounted at the same path."
+            if "cache" in str(exc).lower()
+            else ""
+        )
+        raise PackError(f"conda-pack cannot pack {prefix}: {str(exc).strip()}{hint}") from exc
+    for w in caught:
+        log.warn(str(w.message).strip())
+    return archive.entries
+
+
+def in_tree_manifest_entry(manifest: Manifest, source_date_epoch: int) -> Entry:
+    data = manifest.without_tarball().to_json().encode()
+    return Entry(IN_TREE_PATH, "file", 0o644, source_date_epoch, len(data), data=data)
+
+
+# ---------------------------------------------------------------- writing
+
+
+class _HashingFile:
+    """The output file as the compressor sees it: hashes and counts what passes through."""
+
+    def __init__(self, fh: BinaryIO):
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+class _TarSink:
+    """What tarfile writes to: batches its many small writes into large compressor calls."""
+
+    def __init__(self, write: Callable[[bytes], object], batch: int = _COPY_CHUNK):
+        self._write = write
+        self._buf = bytearray()
+        self._batch = batch
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        self.offset += len(data)
+        if len(self._buf) >= self._batch:
+            self._write(bytes(self._buf))
+            self._buf.clear()
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        if self._buf:
+            self._write(bytes(self._buf))
+            self._buf.clear()
+
+
+@contextlib.contextmanager
+def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_TarSink]:
+    """A sink whose bytes reach ``out`` compressed; the frame is finished on exit."""
+    if options.compression == "zstd":
+        import zstandard
+
+        # threads >= 1 always: zstd's multithreaded output does not depend on the
+        # number of workers, so the bytes do not depend on the machine's cores.
+        cctx = zstandard.ZstdCompressor(
+            level=options.resolved_level(), threads=options.resolved_threads(), write_checksum=True
+        )
+        writer = cctx.stream_writer(out, closefd=False)  # type: ignore[arg-type]
+        sink = _TarSink(writer.write)
+        yield sink
+        sink.flush()
+        writer.flush(zstandard.FLUSH_FRAME)
+        writer.close()  # type: ignore[no-untyped-call]
+    elif options.compression == "gzip":
+        # filename="" and mtime=0 keep the output's name and the clock out of the header.
+        gz = gzip.GzipFile(
+            filename="", mode="wb", fileobj=out, compresslevel=options.resolved_level(), mtime=0
+        )
+        sink = _TarSink(gz.write)
+        yield sink
+        sink.flush()
+        gz.close()
+    else:
+        raise PackError(f"compression {options.compression!r}: expected 'zstd' or 'gzip'")
+
+
+def write_tar(
+    entries: Sequence[Entry], sink: _TarSink, uid: int, gid: int, advance: Callable[[int], None]
+) -> None:
+    """Write ``entries`` in order as a PAX tar stream."""
+    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:  # type: ignore[call-overload]
+        tar.copybufsize = _COPY_CHUNK
+        for entry in entries:
+            info = tar_info(entry, uid, gid)
+            if entry.kind != "file":
+                tar.addfile(info)
+            elif entry.data is not None:
+                tar.addfile(info, BytesIO(entry.data))
+            else:
+                assert entry.source is not None
+                with open(entry.source, "rb") as fh:
+                    if os.fstat(fh.fileno()).st_size != entry.size:
+                        raise PackError(
+                            f"{entry.source} changed while packing; nothing may write to the prefix"
+                        )
+                    tar.addfile(info, fh)
+            advance(entry.size)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: ArtifactInfo) -> PackResult:
+    """Pack ``prefix`` into ``out_dir/<stack_id>/<version>/`` (``out_dir`` is the artifacts root)."""
+    started = time.monotonic()
+    prefix = Path(os.path.abspath(prefix))
+    if not (prefix / "conda-meta").is_dir():
+        raise PackError(f"{prefix}: not a conda environment (no conda-meta/); build it first")
+    uid, gid = parse_owner(options.owner)
+
+    log.step(f"pack {prefix}")
+    records = read_conda_records(prefix)
+    conda_files = {f for r in records for f in r.files}
+    manifest = Manifest(
+        stack=info.stack,
+        variant=info.variant,
+        version=info.version or "",
+        platform=info.platform or platform_of(r.subdir for r in records),
+        prefix=str(prefix),
+        lockfile_sha256=info.lockfile_sha256,
+        stackfile_sha256=info.stackfile_sha256,
+        tools=merge_tools(info.tools),
+        packages=tuple(r.entry for r in records)
+        + tuple(read_pip_packages(prefix, conda_files, info.pip_locks)),
+        file_count=0,
+        total_size=0,
+        git_commit=info.git_commit,
+        build_time=info.build_time or default_build_time(prefix),
+        source_date_epoch=options.source_date_epoch,
+        owner=options.owner,
+        kernels=tuple(info.kernels),
+    )
+    stack_dir = out_dir / manifest.stack_id
+    if not manifest.version:
+        existing = [p.name for p in stack_dir.iterdir()] if stack_dir.is_dir() else []
+        manifest = replace(manifest, version=next_version(existing, datetime.now(timezone.utc).date()))
+    version_dir = stack_dir / manifest.version
+
+    entries = [e for e in _pack_records(prefix, options.require_package_cache) if e.name != IN_TREE_PATH]
+    entries = plan_entries(entries, options.source_date_epoch)
+    file_count, total_size = tree_totals(entries)
+    manifest = replace(manifest, file_count=file_count, total_size=total_size)
+    entries = plan_entries(
+        [*entries, in_tree_manifest_entry(manifest, options.source_date_epoch)], options.source_date_epoch
+    )
+
+    tarball = version_dir / tarball_name(
+        manifest.stack_id, manifest.version, manifest.platform, options.compression
+    )
+    manifest_path = version_dir / MANIFEST_NAME
+    _claim_version_dir(manifest_path, options.overwrite)
+    sha256, size = _write_tarball(tarball, entries, options, uid, gid, tree_totals(entries)[1])
+
+    checksum = tarball.with_name(tarball.name + ".sha256")
+    atomic_write_text(checksum, checksum_line(sha256, tarball.name))
+    manifest = replace(manifest, tarball=TarballInfo(tarball.name, sha256, size, options.compression))
+    atomic_write_text(manifest_path, manifest.to_json())  # last: its presence means complete
+    seconds = time.monotonic() - started
+    log.info(
+        f"packed {file_count} files, {log.human_bytes(total_size)} -> {tarball} "
+        f"({log.human_bytes(size)}) in {seconds:.1f}s"
+    )
+    return PackResult(tarball, checksum, manifest_path, manifest, seconds)
+
+
+def _claim_version_dir(manifest_path: Path, overwrite: bool) -> None:
+    """Refuse to replace a finished artifact unless asked; then un-finish it first."""
+    if manifest_path.exists():
+        if not overwrite:
+            raise PackError(
+                f"{manifest_path.parent} already holds a finished artifact; "
+                "pick another version or pass overwrite to replace it"
+            )
+        manifest_path.unlink()
+
+
+def _write_tarball(
+    tarball: Path, entries: Sequence[Entry], options: PackOptions, uid: int, gid: int, total: int
+) -> tuple[str, int]:
+    """Write the tarball atomically; return its sha256 and size."""
+    try:
+        with (
+            atomic_output(tarball) as partial,
+            open(partial, "wb") as fh,
+            log.progress(f"packing {tarball.name}", total=total, unit="B") as bar,
+        ):
+            out = _HashingFile(fh)
+            with _compressed_stream(out, options) as sink:
+                write_tar(entries, sink, uid, gid, bar.advance)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise PackError(f"writing {tarball} failed: {exc}") from exc
+    return out.digest.hexdigest(), out.size
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m swstack.pack",
+        description="Pack an installed prefix into a reproducible tarball, its .sha256 and manifest.json.",
+    )
+    p.add_argument("--prefix", required=True, type=Path, help="the installed environment, at its real path")
+    p.add_argument(
+        "--out", required=True, type=Path, help="artifacts root; writes <stack_id>/<version>/ in it"
+    )
+    p.add_argument("--stack", required=True)
+    p.add_argument("--variant", default="default")
+    p.add_argument("--version", help="default: YYYY.MM.DD, then YYYY.MM.DD.N for further builds that day")
+    p.add_argument("--platform", help="default: the subdir of the installed packages")
+    p.add_argument("--format", choices=("tar.zst", "tar.gz"), default="tar.zst")
+    p.add_argument(
+        "--level", type=int, help=f"default: {DEFAULT_ZSTD_LEVEL} (zstd), {DEFAULT_GZIP_LEVEL} (gzip)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="zstd threads; 0 (default): every core")
+    p.add_argument("--source-date-epoch", type=int, default=None, help="default: $SOURCE_DATE_EPOCH")
+    p.add_argument("--owner", help="'uid:gid' for every entry (default 0:0)")
+    p.add_argument("--lockfile-sha256", default="")
+    p.add_argument("--stackfile-sha256", default="")
+    p.add_argument("--git-commit", default="")
+    p.add_argument("--build-time", help="ISO 8601 UTC; default: when the prefix was installed")
+    p.add_argument("--tool", action="append", default=[], metavar="NAME=VERSION")
+    p.add_argument("--kernel", action="append", default=[])
+    p.add_argument("--pip-locks", type=Path, help='JSON {"name": {"url": ..., "sha256": ..., "size": ...}}')
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--allow-missing-cache",
+        action="store_true",
+        help="pack even without the package cache (binaries may not relocate)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _read_pip_locks(path: Path | None) -> dict[str, PipLock]:
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {
+            normalise_pip_name(k): PipLock(v["url"], v["sha256"], int(v.get("size", 0)))
+            for k, v in raw.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PackError(f"{path}: unreadable pip locks ({exc}); expected {{name: {{url, sha256}}}}") from exc
+
+
+def options_from_args(args: argparse.Namespace) -> tuple[PackOptions, ArtifactInfo]:
+    sde = args.source_date_epoch
+    if sde is None:
+        env = os.environ.get("SOURCE_DATE_EPOCH", "")
+        if not env.isdigit():
+            raise PackError(
+                "no --source-date-epoch and no SOURCE_DATE_EPOCH; pass the lock time as epoch seconds"
+            )
+        sde = int(env)
+    tools = dict(t.split("=", 1) for t in args.tool if "=" in t)
+    options = PackOptions(
+        source_date_epoch=sde,
+        compression="zstd" if args.format == "tar.zst" else "gzip",
+        level=args.level,
+        threads=args.threads,
+        owner=args.owner,
+        overwrite=args.overwrite,
+        require_package_cache=not args.allow_missing_cache,
+    )
+    info = ArtifactInfo(
+        stack=args.stack,
+        variant=args.variant,
+        version=args.version,
+        platform=args.platform,
+        lockfile_sha256=args.lockfile_sha256,
+        stackfile_sha256=args.stackfile_sha256,
+        git_commit=args.git_commit,
+        build_time=args.build_time,
+        tools=tools,
+        kernels=tuple(args.kernel),
+        pip_locks=_read_pip_locks(args.pip_locks),
+    )
+    return options, info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log.setup(args.verbose)
+    try:
+        options, info = options_from_args(args)
+        result = pack_prefix(args.prefix, args.out, options=options, info=info)
+    except SwstackError as exc:
+        log.info(f"error: {exc}")
+        return exc.exit_code
+    sys.stdout.write(f"{result.manifest_path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
