@@ -1,0 +1,15 @@
+"""swstack's doit tasks: definitions only. Every task lives in swstack.tasks.
+
+    doit list                       the tasks, with one-line help
+    doit channel                    build the offline conda channel
+    doit lock stack=py3 [check=1]   lock a stack (check=1: fail if the lockfile is stale)
+    doit build stack=py3 [variant=dev]
+"""
+
+from swstack.tasks import task_channel, task_lock  # noqa: F401
+
+DOIT_CONFIG = {
+    "default_tasks": [],
+    "verbosity": 2,
+    "action_string_formatting": "new",
+}

@@ -1,0 +1,346 @@
+"""Stack + site -> ``lockfiles/<stack>[/<variant>]/conda-lock.yml`` (conda-lock's unified format).
+
+Conda packages are solved with py-rattler against the stack's channels (through the site's
+mirrors) for every platform; pip packages with conda-lock's own pip resolver, the conda
+side's Python packages counting as installed; a git dependency is locked to a commit.
+The file is written through conda-lock's models so that ``conda-lock render`` reads it.
+Planning (``plan_lock``) and the staleness check are pure; solving talks to channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import http.server
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import log, proc
+from .errors import LockError, StaleLockError
+from .fsutil import atomic_output
+from .site import Site
+from .spec import PipGit, Stack
+from .tomlloc import index_lines, line_of
+
+LOCK_FORMAT = 1  # bump when the meaning of the inputs hash changes
+LOCKFILE_NAME = "conda-lock.yml"
+PYPI_MAPPING = Path(__file__).with_name("data") / "pypi-mapping.json"
+
+
+# ---- planning (pure) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockPlan:
+    """Everything a solve needs and the hashes that tell whether a lockfile is current."""
+
+    stack: Stack
+    channel_urls: tuple[str, ...]
+    platforms: tuple[str, ...]
+    content_hash: dict[str, str]  # platform -> hash of the inputs
+    path: Path
+
+
+def lockfile_path(stack: Stack, project: Path) -> Path:
+    return project / "lockfiles" / stack.lock_subdir / LOCKFILE_NAME
+
+
+def inputs_hash(stack: Stack, site: Site, platform: str) -> str:
+    """The staleness key: what the stack asks for, where the site takes it from, the platform."""
+    payload = {
+        "format": LOCK_FORMAT,
+        "stack": stack.locking_inputs(),
+        "channels": [site.channel_url(c) for c in stack.channels],
+        "site": site.channel_fingerprint(),
+        "platform": platform,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def plan_lock(stack: Stack, site: Site, project: Path) -> LockPlan:
+    return LockPlan(
+        stack=stack,
+        channel_urls=tuple(site.channel_url(c) for c in stack.channels),
+        platforms=stack.platforms,
+        content_hash={p: inputs_hash(stack, site, p) for p in stack.platforms},
+        path=lockfile_path(stack, project),
+    )
+
+
+def staleness(plan: LockPlan) -> str | None:
+    """Why the lockfile at ``plan.path`` is stale, or None when it matches the inputs."""
+    if not plan.path.is_file():
+        return f"{plan.path} does not exist"
+    try:
+        recorded = read_lockfile(plan.path).metadata.content_hash
+    except LockError as exc:
+        return str(exc)
+    if set(recorded) != set(plan.platforms):
+        return f"platforms changed: locked {sorted(recorded)}, stack asks {sorted(plan.platforms)}"
+    changed = [p for p in plan.platforms if recorded.get(p) != plan.content_hash[p]]
+    if changed:
+        return f"inputs changed for {', '.join(changed)} (stack file, variant or site channel settings)"
+    return None
+
+
+def virtual_package_specs(virtual: dict[str, str]) -> list[tuple[str, str, str]]:
+    """``{"__archspec": "1=x86_64"}`` -> ``[("__archspec", "1", "x86_64")]``."""
+    out = []
+    for name, value in sorted(virtual.items()):
+        version, _, build = value.partition("=")
+        out.append((name, version or "0", build or "0"))
+    return out
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def read_lockfile(path: Path) -> Any:
+    """Parse with conda-lock's own parser; errors become ``LockError``."""
+    from conda_lock.lockfile import parse_conda_lock_file
+
+    try:
+        return parse_conda_lock_file(path)
+    except FileNotFoundError:
+        raise LockError(f"{path}: no lockfile; run `doit lock stack=...` first") from None
+    except Exception as exc:
+        raise LockError(f"{path}: not a readable conda-lock file: {exc}") from None
+
+
+# ---- solving (side effects) ----------------------------------------------------------------------
+
+
+def _solve_conda(plan: LockPlan, platform: str, cache: Path) -> list[Any]:
+    import rattler
+
+    virtual = [
+        rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), b)
+        for n, v, b in virtual_package_specs(plan.stack.lock.virtual_packages)
+    ]
+    gateway = rattler.Gateway(cache_dir=cache / "repodata")
+    try:
+        return asyncio.run(
+            rattler.solve(
+                sources=[rattler.Channel(url) for url in plan.channel_urls],
+                specs=[rattler.MatchSpec(s) for s in plan.stack.conda],
+                gateway=gateway,
+                platforms=[platform, "noarch"],
+                virtual_packages=virtual,
+            )
+        )
+    except Exception as exc:
+        raise LockError(_explain_unsolvable(plan, platform, exc)) from None
+
+
+def _explain_unsolvable(plan: LockPlan, platform: str, exc: Exception) -> str:
+    """The solver's explanation, plus the stack-file lines of the entries it mentions."""
+    text = str(exc).strip()
+    lines = [f"cannot solve {plan.stack.stack_id} for {platform} from {', '.join(plan.channel_urls)}:", text]
+    source = plan.stack.source
+    mentioned = [spec for spec in plan.stack.conda if re.search(rf"\b{re.escape(spec.split()[0])}\b", text)]
+    if source is not None and source.is_file():
+        index = index_lines(source.read_text())
+        for spec in mentioned:
+            name = spec.split()[0]
+            line = line_of(index, ("dependencies", name)) or line_of(
+                index, ("variants", plan.stack.variant, "dependencies", name)
+            )
+            where = f"{source}:{line}" if line else str(source)
+            lines.append(f"{where}: dependencies.{name} = {spec!r} is part of the conflict")
+    lines.append("Relax or remove the entries above, or check that the channels carry these packages.")
+    return "\n".join(lines)
+
+
+def _conda_locked(record: Any, platform: str) -> Any:
+    from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
+
+    depends: dict[str, str] = {}
+    for dep in record.depends:
+        name, _, spec = dep.partition(" ")
+        depends[name] = spec.strip() or "*"
+    if not record.md5 or not record.sha256:
+        raise LockError(f"{record.url}: the channel gives no md5/sha256 for this package; re-index the channel")
+    return LockedDependency(
+        name=record.name.normalized,
+        version=str(record.version),
+        manager="conda",
+        platform=platform,
+        dependencies=depends,
+        url=str(record.url),
+        hash=HashModel(md5=record.md5.hex(), sha256=record.sha256.hex()),
+        build=record.build,
+        categories={"main"},
+    )
+
+
+@contextlib.contextmanager
+def _serve_directory(directory: Path) -> Iterator[str]:
+    """Serve a wheelhouse over http on 127.0.0.1 while the pip resolver runs (it speaks http only)."""
+
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("wheelhouse: " + format % args)
+
+
+def _git_commit(url: str, ref: str) -> str:
+    """Resolve a branch, tag or sha of a git repository to a full commit sha."""
+    if re.fullmatch(r"[0-9a-f]{40}", ref):
+        return ref
+    out = proc.output(["git", "ls-remote", url, ref, f"refs/tags/{ref}^{{}}"], error=LockError,
+                      what=f"git ls-remote {url} {ref}")
+    shas = [line.split()[0] for line in out.splitlines() if line.strip()]
+    if not shas:
+        raise LockError(f"{url}: no branch or tag named {ref!r}; check the 'ref' of this pip dependency")
+    return shas[-1]  # a peeled tag (^{}) is listed last and names the commit
+
+
+def _pip_specs(stack: Stack, site: Site) -> dict[str, Any]:
+    from conda_lock.models.lock_spec import VCSDependency, VersionedDependency
+
+    specs: dict[str, Any] = {}
+    for name, spec in stack.pip:
+        if isinstance(spec, PipGit):
+            url = site.git_url(spec.git)
+            specs[name] = VCSDependency(name=name, manager="pip", source=url, vcs="git",
+                                        rev=_git_commit(url, spec.ref), subdirectory=spec.subdirectory)
+        else:
+            specs[name] = VersionedDependency(name=name, manager="pip", version=spec or "*")
+    return specs
+
+
+def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform: str) -> list[Any]:
+    if not stack.pip:
+        return []
+    from conda_lock.models.pip_repository import PipRepository
+    from conda_lock.pypi_solver import solve_pypi
+
+    python = conda_locked.get("python")
+    if python is None:
+        raise LockError(f"{stack.source}: [pip.dependencies] needs python among the conda dependencies")
+    python_version = ".".join(python.version.split(".")[:2])
+    specs = _pip_specs(stack, site)
+    with contextlib.ExitStack() as stack_ctx:
+        repositories: list[PipRepository] = []
+        served_prefix: str | None = None
+        if site.pip_wheelhouse is not None:
+            simple = site.pip_wheelhouse / "simple"
+            root = simple if simple.is_dir() else site.pip_wheelhouse
+            served_prefix = stack_ctx.enter_context(_serve_directory(root))
+            repositories.append(PipRepository.from_string(served_prefix + "/"))
+        if site.pip_index_url:
+            repositories.append(PipRepository.from_string(site.pip_index_url))
+        try:
+            solved = solve_pypi(
+                pip_specs=specs,
+                use_latest=[],
+                pip_locked={},
+                conda_locked=conda_locked,
+                python_version=python_version,
+                platform=platform,
+                pip_repositories=repositories,
+                allow_pypi_requests=not repositories,
+                mapping_url=str(PYPI_MAPPING),
+            )
+        except Exception as exc:
+            raise LockError(f"cannot resolve the pip dependencies of {stack.stack_id}: {exc}") from None
+    locked = []
+    for dep in solved.values():
+        if served_prefix and dep.url.startswith(served_prefix):
+            # Record where the site keeps the wheel, not the short-lived local server.
+            root = site.pip_wheelhouse / "simple" if (site.pip_wheelhouse / "simple").is_dir() else site.pip_wheelhouse  # type: ignore[operator]
+            dep = dep.model_copy(update={"url": root.as_uri() + dep.url[len(served_prefix):]})
+        locked.append(dep.model_copy(update={"categories": {"main"}}))
+    return locked
+
+
+def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) -> None:
+    import os
+
+    from conda_lock.lockfile import write_conda_lock_file
+    from conda_lock.lockfile.v2prelim.models import LockMeta, Lockfile, TimeMeta
+    from conda_lock.models.channel import Channel
+
+    sources = []
+    if plan.stack.source is not None:
+        sources.append(os.path.relpath(plan.stack.source.resolve(), plan.path.parent.resolve()))
+    metadata = LockMeta(
+        content_hash=plan.content_hash,
+        channels=[Channel.from_string(url) for url in plan.channel_urls],
+        platforms=list(plan.platforms),
+        sources=sources,
+        time_metadata=TimeMeta.create(),
+        custom_metadata={
+            "swstack.stack": plan.stack.name,
+            "swstack.variant": plan.stack.variant,
+            "swstack.channels": ",".join(channel_names),
+            "swstack.prefix": plan.stack.prefix,
+        },
+    )
+    lockfile = Lockfile(package=packages, metadata=metadata)
+    with atomic_output(plan.path) as partial:
+        write_conda_lock_file(lockfile, partial, metadata_choices=set(), include_help_text=True)
+
+
+@dataclass(frozen=True)
+class LockResult:
+    path: Path
+    changed: bool
+    packages: int
+    reason: str | None = None
+
+
+def lock(stack: Stack, site: Site, project: Path, *, check: bool = False, force: bool = False) -> LockResult:
+    """Write the lockfile if it is stale (or ``force``); with ``check`` only report staleness."""
+    plan = plan_lock(stack, site, project)
+    reason = "forced" if force else staleness(plan)
+    if reason is None:
+        log.info(f"{plan.path}: up to date")
+        return LockResult(plan.path, changed=False, packages=-1)
+    if check:
+        raise StaleLockError(
+            f"{plan.path} is stale: {reason}.\n"
+            f"Run `doit lock stack={stack.name}"
+            + ("" if stack.is_default_variant else f" variant={stack.variant}")
+            + "` and commit the result."
+        )
+    log.step(f"locking {stack.stack_id} ({reason})")
+    packages: list[Any] = []
+    for platform in plan.platforms:
+        records = _solve_conda(plan, platform, site.cache)
+        conda = [_conda_locked(r, platform) for r in records]
+        log.info(f"  {platform}: {len(conda)} conda packages")
+        pip = _solve_pip(stack, site, {d.name: d for d in conda}, platform)
+        if pip:
+            log.info(f"  {platform}: {len(pip)} pip packages")
+        packages += conda + pip
+    _write(plan, packages, stack.channels)
+    log.info(f"wrote {plan.path}")
+    return LockResult(plan.path, changed=True, packages=len(packages), reason=reason)
+
+
+def lock_time(path: Path) -> int:
+    """The lockfile's creation time as a unix timestamp (packing clamps mtimes to it)."""
+    created = read_lockfile(path).metadata.time_metadata
+    if created is None:
+        return 0
+    when = dt.datetime.strptime(created.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp())

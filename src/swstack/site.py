@@ -1,0 +1,175 @@
+"""Site settings TOML -> ``Site``: what differs between data centres rather than between stacks.
+
+Registry, artifact directory, root dir, channel mirrors, pip index / wheelhouse / git
+mirrors, sandbox backend. Chosen by ``SWSTACK_SITE`` or doit's ``site=``; with no site file
+the embedded defaults work for a new user. Values may use ``{cache}`` (the shared cache)
+and ``{project}`` (the checkout); relative paths are relative to the site file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from . import paths
+from .errors import SiteError
+from .spec import Model, read_toml_model
+
+DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org"
+
+
+class RegistrySettings(Model):
+    url: str | None = None  # host[:port][/namespace], e.g. "registry.example.org/jupyter"
+    insecure: bool | None = None  # plain http; default: only for 127.0.0.1 / localhost
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and ("://" in value or value.endswith("/")):
+            raise ValueError(f"registry url {value!r}: write host[:port][/namespace], without a scheme")
+        return value
+
+
+class ChannelSettings(Model):
+    alias: str = DEFAULT_CHANNEL_ALIAS
+    mirrors: dict[str, str] = Field(default_factory=dict)
+
+
+class PipSettings(Model):
+    index_url: str | None = None
+    wheelhouse: str | None = None  # a directory in PEP 503 "simple" layout, or of plain wheels
+    git_mirrors: dict[str, str] = Field(default_factory=dict)
+
+
+class BaseImageSettings(Model):
+    debian_mirror: str | None = None  # default: the mirror this machine's apt uses
+    suite: str = "bookworm"
+
+
+class SiteFile(Model):
+    name: str = "default"
+    root: str = "/data0"
+    artifacts: str = "{project}/artifacts"
+    cache: str | None = None
+    sandbox: Literal["auto", "docker", "namespace"] = "auto"
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    channels: ChannelSettings = Field(default_factory=ChannelSettings)
+    pip: PipSettings = Field(default_factory=PipSettings)
+    base_image: BaseImageSettings = Field(default_factory=BaseImageSettings)
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"root {value!r} must be an absolute path (the seed's /data0)")
+        return value.rstrip("/") or "/"
+
+
+@dataclass(frozen=True)
+class Site:
+    """Resolved site settings: placeholders expanded, paths absolute, channels as URLs."""
+
+    name: str
+    source: Path | None
+    root: str
+    artifacts: Path
+    cache: Path
+    sandbox: str
+    registry: str | None
+    registry_insecure: bool
+    channel_alias: str
+    mirrors: dict[str, str] = field(default_factory=dict)
+    pip_index_url: str | None = None
+    pip_wheelhouse: Path | None = None
+    git_mirrors: dict[str, str] = field(default_factory=dict)
+    debian_mirror: str | None = None
+    debian_suite: str = "bookworm"
+
+    def channel_url(self, channel: str) -> str:
+        """A stack's channel name or URL -> the URL to solve and download from (mirrors applied)."""
+        if channel in self.mirrors:
+            return self.mirrors[channel]
+        for name, target in self.mirrors.items():
+            if channel.rstrip("/") == f"{self.channel_alias}/{name}":
+                return target
+        if "://" in channel:
+            return channel.rstrip("/")
+        return f"{self.channel_alias}/{channel}"
+
+    def git_url(self, url: str) -> str:
+        return self.git_mirrors.get(url, url)
+
+    def channel_fingerprint(self) -> str:
+        """What of the site changes a lock: mirrors, alias, pip sources (for staleness checks)."""
+        payload = {
+            "alias": self.channel_alias,
+            "mirrors": dict(sorted(self.mirrors.items())),
+            "pip_index_url": self.pip_index_url,
+            "pip_wheelhouse": str(self.pip_wheelhouse) if self.pip_wheelhouse else None,
+            "git_mirrors": dict(sorted(self.git_mirrors.items())),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _expand(value: str, base: Path, project: Path, cache: Path) -> str:
+    value = value.replace("{cache}", str(cache)).replace("{project}", str(project))
+    value = os.path.expanduser(value)
+    return value
+
+
+def _as_path(value: str, base: Path, project: Path, cache: Path) -> Path:
+    expanded = Path(_expand(value, base, project, cache))
+    return expanded if expanded.is_absolute() else (base / expanded).resolve()
+
+
+def _as_url(value: str, base: Path, project: Path, cache: Path) -> str:
+    """A mirror value: URLs stay as they are, paths become file:// URLs."""
+    expanded = _expand(value, base, project, cache)
+    if "://" in expanded:
+        return expanded.rstrip("/")
+    return _as_path(expanded, base, project, cache).as_uri()
+
+
+def resolve_site(site_file: SiteFile, source: Path | None, project: Path | None = None) -> Site:
+    project = (project or paths.project_root()).resolve()
+    base = source.parent.resolve() if source else project
+    cache = _as_path(site_file.cache, base, project, paths.cache_dir()) if site_file.cache else paths.cache_dir()
+    registry = site_file.registry.url
+    insecure = site_file.registry.insecure
+    if insecure is None:
+        host = (registry or "").split("/")[0].split(":")[0]
+        insecure = host in ("127.0.0.1", "localhost", "::1")
+    return Site(
+        name=site_file.name,
+        source=source,
+        root=site_file.root,
+        artifacts=_as_path(site_file.artifacts, base, project, cache),
+        cache=cache,
+        sandbox=site_file.sandbox,
+        registry=registry,
+        registry_insecure=insecure,
+        channel_alias=site_file.channels.alias.rstrip("/"),
+        mirrors={k: _as_url(v, base, project, cache) for k, v in site_file.channels.mirrors.items()},
+        pip_index_url=site_file.pip.index_url,
+        pip_wheelhouse=_as_path(site_file.pip.wheelhouse, base, project, cache) if site_file.pip.wheelhouse else None,
+        git_mirrors={k: _as_url(v, base, project, cache) for k, v in site_file.pip.git_mirrors.items()},
+        debian_mirror=site_file.base_image.debian_mirror,
+        debian_suite=site_file.base_image.suite,
+    )
+
+
+def load_site(path: str | Path | None = None, project: Path | None = None) -> Site:
+    """The site from ``path``, else ``$SWSTACK_SITE``, else the embedded defaults."""
+    chosen = path or os.environ.get("SWSTACK_SITE") or None
+    if not chosen:
+        return resolve_site(SiteFile(), None, project)
+    site_path = Path(chosen)
+    if not site_path.is_file() and project and (project / site_path).is_file():
+        site_path = project / site_path
+    return resolve_site(read_toml_model(site_path, SiteFile, SiteError), site_path, project)

@@ -1,0 +1,622 @@
+"""Stack TOML files -> typed, frozen models; every error names file, line, key path and fix.
+
+``load_stack_file(path)`` reads a stack file (following ``extends``), validates it and returns
+a ``StackFile``; ``StackFile.resolve(variant)`` gives the ``Stack`` a lock or build works from:
+the stack's dependencies with that variant's overrides applied. Nothing downstream touches
+raw dicts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError
+from .tomlloc import KeyPath, index_lines, line_of
+
+DEFAULT_ROOT = "/data0/sw"
+DEFAULT_KERNEL_ARGV = ("{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}")
+TAG_FIELDS = ("version", "variant", "stack", "yyyy", "mm", "dd", "week", "major", "minor", "patch", "git")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_OWNER = re.compile(r"^(?:\d+|[a-z_][a-z0-9_-]*)(?::(?:\d+|[a-z_][a-z0-9_-]*))?$")
+_TAG = re.compile(r"^[A-Za-z0-9_{}][A-Za-z0-9_.{}-]*$")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Model(BaseModel):
+    """Frozen, strict about unknown keys: the base of every stack-file table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_match_spec(name: str, spec: str) -> str:
+    """'numpy', '>=1.26' -> 'numpy >=1.26' (validated by rattler's parser)."""
+    import rattler
+
+    text = name if spec.strip() in ("", "*") else f"{name} {spec.strip()}"
+    try:
+        rattler.MatchSpec(text)
+    except Exception as exc:  # rattler raises its own exception types
+        raise ValueError(f"invalid conda match spec {text!r}: {exc}") from None
+    return text
+
+
+def _check_pip_spec(name: str, spec: str) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    text = name if spec.strip() in ("", "*") else f"{name}{spec.strip()}"
+    try:
+        Requirement(text)
+    except InvalidRequirement as exc:
+        raise ValueError(f"invalid pip requirement {text!r}: {exc}") from None
+    return text
+
+
+def _check_dependency_names(deps: Mapping[str, object]) -> None:
+    for name in deps:
+        if not _NAME.match(name):
+            raise ValueError(f"invalid package name {name!r}: use lower case letters, digits, '.', '_', '-'")
+
+
+class PipGit(Model):
+    """A pip dependency installed from a git repository, locked to a commit."""
+
+    git: str
+    ref: str = "main"
+    subdirectory: str | None = None
+
+    @field_validator("git")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^(https?|ssh|git|file)://", value):
+            raise ValueError(f"git URL {value!r} must start with https://, ssh://, git:// or file://")
+        return value
+
+
+PipDependency = str | PipGit
+
+
+class PipSection(Model):
+    dependencies: dict[str, PipDependency] = Field(default_factory=dict)
+
+    @field_validator("dependencies")
+    @classmethod
+    def _specs(cls, deps: dict[str, PipDependency]) -> dict[str, PipDependency]:
+        _check_dependency_names(deps)
+        for name, spec in deps.items():
+            if isinstance(spec, str):
+                _check_pip_spec(name, spec)
+        return deps
+
+
+class Variant(Model):
+    """Named overrides: ``false`` removes a dependency, a string replaces or adds it."""
+
+    description: str = ""
+    default: bool = False
+    dependencies: dict[str, str | Literal[False]] = Field(default_factory=dict)
+    pip: dict[str, dict[str, PipDependency | Literal[False]]] = Field(default_factory=dict)
+
+    @field_validator("dependencies")
+    @classmethod
+    def _conda(cls, deps: dict[str, str | Literal[False]]) -> dict[str, str | Literal[False]]:
+        _check_dependency_names(deps)
+        for name, spec in deps.items():
+            if isinstance(spec, str):
+                _check_match_spec(name, spec)
+        return deps
+
+    @field_validator("pip")
+    @classmethod
+    def _pip(
+        cls, section: dict[str, dict[str, PipDependency | Literal[False]]]
+    ) -> dict[str, dict[str, PipDependency | Literal[False]]]:
+        for key in section:
+            if key != "dependencies":
+                raise ValueError(f"unknown key {key!r} in a variant's pip table; expected 'dependencies'")
+        deps = section.get("dependencies", {})
+        _check_dependency_names(deps)
+        for name, spec in deps.items():
+            if isinstance(spec, str):
+                _check_pip_spec(name, spec)
+        return section
+
+
+class Kernel(Model):
+    name: str
+    display_name: str
+    language: str = "python"
+    argv: tuple[str, ...] = DEFAULT_KERNEL_ARGV
+    env: dict[str, str] = Field(default_factory=dict)
+    interrupt_mode: Literal["signal", "message"] = "signal"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"kernel name {value!r}: use lower case letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("argv")
+    @classmethod
+    def _argv(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("argv must not be empty")
+        if not any("{connection_file}" in a for a in value):
+            raise ValueError("argv must pass '{connection_file}' to the kernel")
+        return value
+
+
+class JupyterLab(Model):
+    extensions: tuple[str, ...] = ()
+
+
+class Owner(Model):
+    """Owner of the installed tree: numeric ids or names, as the seed's ANTARES kernel (899:899)."""
+
+    user: str
+    group: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.user}:{self.group}"
+
+
+class ImageSettings(Model):
+    base: str = "debian:bookworm-slim"
+    repository: str | None = None
+    tags: tuple[str, ...] = ("{version}", "latest")
+    command: tuple[str, ...] = ("jupyterhub-singleuser",)
+    user: str = "jovyan"
+    uid: Annotated[int, Field(ge=1, le=2**31)] = 1000
+    labels: dict[str, str] = Field(default_factory=dict)
+    max_layers: Annotated[int, Field(ge=2, le=100)] = 12
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in tags:
+            if not _TAG.match(tag) or len(tag) > 128:
+                raise ValueError(f"tag {tag!r}: letters, digits, '_', '.', '-' and {{fields}} only")
+            for field in re.findall(r"{([^}]*)}", tag):
+                if field not in TAG_FIELDS:
+                    close = difflib.get_close_matches(field, TAG_FIELDS, n=1)
+                    hint = f"; did you mean '{{{close[0]}}}'?" if close else f"; fields: {', '.join(TAG_FIELDS)}"
+                    raise ValueError(f"tag {tag!r}: unknown field {{{field}}}{hint}")
+        return tags
+
+
+class PackSettings(Model):
+    format: Literal["tar.zst", "tar.gz"] = "tar.zst"
+    level: Annotated[int, Field(ge=1, le=22)] | None = None
+    threads: Annotated[int, Field(ge=0, le=256)] = 0
+
+
+class LockSettings(Model):
+    """Virtual packages the solver assumes for each target platform (``__glibc`` etc.)."""
+
+    virtual_packages: dict[str, str] = Field(
+        default_factory=lambda: {"__glibc": "2.28", "__linux": "5.10", "__unix": "0", "__archspec": "1=x86_64"}
+    )
+
+    @field_validator("virtual_packages")
+    @classmethod
+    def _virtual(cls, packages: dict[str, str]) -> dict[str, str]:
+        for name in packages:
+            if not name.startswith("__"):
+                raise ValueError(f"virtual package {name!r} must start with '__' (e.g. __glibc)")
+        return packages
+
+
+class StackFile(Model):
+    """The validated content of one stack file (after ``extends`` is merged in)."""
+
+    extends: str | list[str] | None = None
+    name: str
+    description: str = ""
+    prefix: str | None = None
+    platforms: tuple[str, ...] = ("linux-64",)
+    channels: tuple[str, ...]
+    dependencies: dict[str, str]
+    pip: PipSection = Field(default_factory=PipSection)
+    variants: dict[str, Variant] = Field(default_factory=dict)
+    kernels: tuple[Kernel, ...] = ()
+    kernel_spec_dirs: tuple[str, ...] = ()
+    jupyterlab: JupyterLab = Field(default_factory=JupyterLab)
+    owner: Owner | None = None
+    image: ImageSettings = Field(default_factory=ImageSettings)
+    pack: PackSettings = Field(default_factory=PackSettings)
+    lock: LockSettings = Field(default_factory=LockSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"stack name {value!r}: use lower case letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "//" in value or value.endswith("/")):
+            raise ValueError(f"prefix {value!r} must be an absolute path without a trailing '/'")
+        return value
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import rattler
+
+        if not value:
+            raise ValueError("list at least one platform, e.g. [\"linux-64\"]")
+        for platform in value:
+            try:
+                rattler.Platform(platform)
+            except Exception:
+                known = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
+                close = difflib.get_close_matches(platform, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown platform {platform!r}{hint}") from None
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one channel, e.g. [\"conda-forge\"]")
+        return value
+
+    @field_validator("dependencies")
+    @classmethod
+    def _dependencies(cls, deps: dict[str, str]) -> dict[str, str]:
+        _check_dependency_names(deps)
+        for name, spec in deps.items():
+            _check_match_spec(name, spec)
+        return deps
+
+    @field_validator("owner", mode="before")
+    @classmethod
+    def _owner(cls, value: object) -> object:
+        if isinstance(value, int):
+            value = str(value)
+        if isinstance(value, str):
+            if not _OWNER.match(value):
+                raise ValueError(f"owner {value!r}: expected 'uid:gid' or 'user:group' (e.g. '899:899')")
+            user, _, group = value.partition(":")
+            return {"user": user, "group": group or user}
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StackFile:
+        defaults = [name for name, v in self.variants.items() if v.default]
+        if len(defaults) > 1:
+            raise ValueError(f"variants: only one may set default = true, found {', '.join(defaults)}")
+        names = [k.name for k in self.kernels]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"kernels: duplicate kernel name(s) {', '.join(dupes)}")
+        all_deps = set(self.dependencies) | set(self.pip.dependencies)
+        for variant in self.variants.values():
+            all_deps |= set(variant.dependencies) | set(variant.pip.get("dependencies", {}))
+        for extension in self.jupyterlab.extensions:
+            if extension not in all_deps:
+                raise ValueError(
+                    f"jupyterlab.extensions: {extension!r} is not a dependency; add it to "
+                    "[dependencies] or [pip.dependencies] (prebuilt extensions are packages)"
+                )
+        return self
+
+    # ---- derived views -------------------------------------------------------------------
+
+    @property
+    def default_variant(self) -> str:
+        for name, variant in self.variants.items():
+            if variant.default:
+                return name
+        return next(iter(self.variants), "default")
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        return tuple(self.variants) or ("default",)
+
+    def resolve(self, variant: str | None = None) -> Stack:
+        """The stack as one variant sees it: the base dependencies with that variant's overrides."""
+        chosen = variant or self.default_variant
+        if self.variants and chosen not in self.variants:
+            close = difflib.get_close_matches(chosen, list(self.variants), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"stack {self.name!r} has no variant {chosen!r}{hint} (variants: {', '.join(self.variants)})")
+        if not self.variants and chosen != "default":
+            raise SpecError(f"stack {self.name!r} defines no variants; drop variant={chosen}")
+        overrides = self.variants.get(chosen, Variant())
+        conda = dict(self.dependencies)
+        for name, spec in overrides.dependencies.items():
+            if spec is False:
+                conda.pop(name, None)
+            else:
+                conda[name] = spec
+        pip: dict[str, PipDependency] = dict(self.pip.dependencies)
+        for name, pspec in overrides.pip.get("dependencies", {}).items():
+            if pspec is False:
+                pip.pop(name, None)
+            else:
+                pip[name] = pspec
+        return Stack(
+            name=self.name,
+            variant=chosen,
+            is_default_variant=chosen == self.default_variant,
+            description=self.description,
+            prefix=self.prefix or f"{DEFAULT_ROOT}/{self.name}",
+            platforms=self.platforms,
+            channels=self.channels,
+            conda=tuple(_check_match_spec(n, s) for n, s in sorted(conda.items())),
+            pip=tuple(sorted(pip.items())),
+            kernels=self.kernels,
+            kernel_spec_dirs=self.kernel_spec_dirs,
+            jupyterlab=self.jupyterlab,
+            owner=self.owner,
+            image=self.image,
+            pack=self.pack,
+            lock=self.lock,
+        )
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One variant of a stack, ready to lock or build."""
+
+    name: str
+    variant: str
+    is_default_variant: bool
+    description: str
+    prefix: str
+    platforms: tuple[str, ...]
+    channels: tuple[str, ...]
+    conda: tuple[str, ...]  # match specs, e.g. "numpy >=1.26"
+    pip: tuple[tuple[str, PipDependency], ...]
+    kernels: tuple[Kernel, ...]
+    kernel_spec_dirs: tuple[str, ...]
+    jupyterlab: JupyterLab
+    owner: Owner | None
+    image: ImageSettings
+    pack: PackSettings
+    lock: LockSettings
+    source: Path | None = None  # the stack file, for messages and relative paths
+    source_hash: str = ""  # sha256 of the merged stack-file content
+
+    @property
+    def stack_id(self) -> str:
+        """``py3`` for the default variant, ``py3-dev`` for another: names artifacts and images."""
+        return self.name if self.is_default_variant else f"{self.name}-{self.variant}"
+
+    @property
+    def lock_subdir(self) -> str:
+        """``py3`` or ``py3/dev``: where under ``lockfiles/`` this variant's lockfile lives."""
+        return self.name if self.is_default_variant else f"{self.name}/{self.variant}"
+
+    def locking_inputs(self) -> dict[str, Any]:
+        """Everything that changes the solve, as JSON-able data (the staleness hash covers it)."""
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "platforms": list(self.platforms),
+            "channels": list(self.channels),
+            "conda": list(self.conda),
+            "pip": [[n, s if isinstance(s, str) else s.model_dump()] for n, s in self.pip],
+            "virtual_packages": dict(sorted(self.lock.virtual_packages.items())),
+        }
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    text: str
+    lines: dict[KeyPath, int]
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _read_toml(path: Path, chain: Sequence[Path]) -> tuple[dict[str, Any], _Source]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        via = f" (extended by {_display(chain[-1])})" if chain else ""
+        raise SpecError(f"{_display(path)}: no such file{via}") from None
+    except OSError as exc:
+        raise SpecError(f"{_display(path)}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line N, column M)": keep it, lead with the file.
+        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        where = f":{match.group(1)}" if match else ""
+        reason = re.sub(r"\s*\(at line.*\)", "", str(exc))
+        raise SpecError(f"{_display(path)}{where}: invalid TOML: {reason}") from None
+    return data, _Source(path, text, index_lines(text))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], origin: dict[KeyPath, _Source] | None,
+           src: _Source | None, prefix: KeyPath = ()) -> dict[str, Any]:
+    """Tables merge key by key; any other value in ``over`` replaces the base's.
+
+    With ``origin`` the file that defined each key path is recorded, so an error in a
+    merged stack points into the file (base or child) that holds the offending line.
+    """
+    merged = dict(base)
+    for key, value in over.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            if origin is not None and src is not None:
+                origin.setdefault(path, src)
+            merged[key] = _merge(merged[key], value, origin, src, path)
+        else:
+            merged[key] = value
+            if origin is not None and src is not None:
+                origin[path] = src
+                for sub in [p for p in origin if p[: len(path)] == path and len(p) > len(path)]:
+                    origin[sub] = src
+    return merged
+
+
+def _load_merged(path: Path, chain: tuple[Path, ...], origin: dict[KeyPath, _Source]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(_display(p) for p in (*chain, resolved))
+        raise SpecError(f"{_display(path)}: 'extends' forms a cycle: {cycle}; remove one of these 'extends'")
+    data, src = _read_toml(path, chain)
+    parents = data.get("extends")
+    if parents is None:
+        parent_list: list[str] = []
+    elif isinstance(parents, str):
+        parent_list = [parents]
+    elif isinstance(parents, list) and all(isinstance(p, str) for p in parents):
+        parent_list = parents
+    else:
+        line = line_of(src.lines, ("extends",))
+        raise SpecError(f"{_display(path)}:{line}: extends: expected a file name or a list of them")
+    merged: dict[str, Any] = {}
+    for parent in parent_list:
+        parent_data = _load_merged(path.parent / parent, (*chain, resolved), origin)
+        merged = _merge(merged, parent_data, None, None)  # origins recorded by the recursive call
+    merged = _merge(merged, data, origin, src)
+    merged.pop("extends", None)
+    return merged
+
+
+def _where(origin: dict[KeyPath, _Source], loc: KeyPath, default: _Source) -> str:
+    probe = loc
+    while probe and probe not in origin:
+        probe = probe[:-1]
+    src = origin.get(probe, default)
+    line = line_of(src.lines, loc)
+    return f"{_display(src.path)}:{line}" if line else _display(src.path)
+
+
+def _describe(error: dict[str, Any], model_fields: Sequence[str]) -> str:
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        close = difflib.get_close_matches(key, model_fields, n=1, cutoff=0.6)
+        return "unknown key" + (f"; did you mean {close[0]!r}?" if close else f"; expected one of: {', '.join(model_fields)}")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind.endswith("_type") or kind in ("literal_error", "union_tag_invalid"):
+        given = type(error.get("input")).__name__
+        names = {"str": "a string", "int": "an integer", "bool": "true/false", "list": "a list",
+                 "dict": "a table", "float": "a number"}
+        return f"{error['msg'].lower()} (got {names.get(given, given)}: {error.get('input')!r})"
+    return str(error["msg"])
+
+
+def _fields_at(loc: KeyPath, root: type[BaseModel]) -> list[str]:
+    """Valid keys of the table at ``loc``, for 'did you mean'."""
+    model: type[BaseModel] | None = root
+    for part in loc[:-1]:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        model = None
+        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+            inner = getattr(candidate, "__args__", None)
+            for c in (candidate, *(inner or ())):
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    model = c
+    return list(model.model_fields) if model is not None else []
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> KeyPath:
+    """Drop pydantic's union-branch markers ('str', 'PipGit', 'function-after[...]') from a location."""
+    return tuple(p for p in loc if isinstance(p, int) or not (p[:1].isupper() or "[" in p or p in ("str", "int", "bool", "literal[False]")))
+
+
+def format_validation_error(
+    exc: ValidationError, root: type[BaseModel], origin: dict[KeyPath, _Source], top: _Source
+) -> str:
+    """One line per problem: ``file:line: key.path: what is wrong; the fix``."""
+    problems: list[str] = []
+    for error in exc.errors():
+        loc = _clean_loc(tuple(error["loc"]))
+        key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
+        text = f"{_where(origin, loc, top)}: {key}: {_describe(error, _fields_at(loc, root))}"
+        if text not in problems:
+            problems.append(text)
+    return "\n".join(problems)
+
+
+def load_stack_file(path: Path | str) -> StackFile:
+    """Read, merge (``extends``) and validate a stack file; raise ``SpecError`` listing every problem."""
+    path = Path(path)
+    origin: dict[KeyPath, _Source] = {}
+    merged = _load_merged(path, (), origin)
+    _, top = _read_toml(path, ())
+    try:
+        return StackFile.model_validate(merged)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, StackFile, origin, top)) from None
+
+
+def read_toml_model(path: Path, model: type[M], error: type[SpecError] = SpecError) -> M:
+    """Read one TOML file (no ``extends``) into ``model`` with located errors."""
+    try:
+        data, src = _read_toml(path, ())
+    except SpecError as exc:
+        raise error(str(exc)) from None
+    origin = {(key,): src for key in data}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(format_validation_error(exc, model, origin, src)) from None
+
+
+def stack_digest(stack_file: StackFile) -> str:
+    """sha256 of the validated content, independent of formatting and comments."""
+    payload = json.dumps(stack_file.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()
+
+
+def load_stack(path: Path | str, variant: str | None = None) -> Stack:
+    """``load_stack_file`` then ``resolve``: the usual entry point of every stage."""
+    from dataclasses import replace
+
+    stack_file = load_stack_file(path)
+    return replace(stack_file.resolve(variant), source=Path(path), source_hash=stack_digest(stack_file))
+
+
+def find_stack_file(name: str, stacks_dir: Path) -> Path:
+    """``py3`` -> ``stacks/py3.toml``, with a 'did you mean' when there is no such stack."""
+    candidate = Path(name)
+    if candidate.suffix == ".toml" and candidate.is_file():
+        return candidate
+    path = stacks_dir / f"{name}.toml"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in stacks_dir.glob("*.toml") if p.stem != "base")
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise SpecError(f"no stack named {name!r} in {_display(stacks_dir)}{hint} (stacks: {', '.join(known) or 'none'})")

@@ -1,0 +1,190 @@
+"""Stacks -> doit task dicts. ``dodo.py`` only re-exports these.
+
+Task creation is pure (it reads stack files and plans; it never solves, builds or pushes);
+the actions call the stage modules through ``_boundary``, which turns a ``SwstackError``
+into its message and exit code, so a user sees no traceback for a mistake of theirs.
+Command-line variables: ``stack=``, ``variant=``, ``site=``, ``check=1``, ``version=``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import log, paths
+from .errors import SwstackError
+
+TaskDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Options:
+    """The doit command-line variables, read once."""
+
+    stack: str | None = None
+    variant: str | None = None
+    site: str | None = None
+    check: bool = False
+    version: str | None = None
+    project: Path = Path(".")
+
+    @classmethod
+    def from_doit(cls) -> Options:
+        from doit import get_var
+
+        def flag(name: str) -> bool:
+            return str(get_var(name, "0")).lower() in ("1", "true", "yes", "on")
+
+        return cls(
+            stack=get_var("stack", None),
+            variant=get_var("variant", None),
+            site=get_var("site", None),
+            check=flag("check"),
+            version=get_var("version", None),
+            project=paths.project_root(),
+        )
+
+
+def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a stage; a ``SwstackError`` prints its message and exits with its code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        log.setup()
+        try:
+            result = fn(*args, **kwargs)
+        except SwstackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
+        return None if result is None or result is True else result
+
+    return wrapper
+
+
+def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[[], Any]:
+    """Task creators fail cleanly too (a bad stack name or stack file while listing tasks)."""
+
+    @functools.wraps(fn)
+    def creator() -> Any:
+        log.setup()
+        try:
+            result = fn(Options.from_doit())
+            return list(result) if not isinstance(result, dict) else result
+        except SwstackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
+
+    return creator
+
+
+# ---- which stacks ------------------------------------------------------------------------------------
+
+
+def stack_files(project: Path) -> list[Path]:
+    """Every stack file (files without a top-level ``name``, like base.toml, are shared parts)."""
+    import tomllib
+
+    found = []
+    for path in sorted((project / "stacks").glob("*.toml")):
+        try:
+            if "name" in tomllib.loads(path.read_text()):
+                found.append(path)
+        except tomllib.TOMLDecodeError:
+            found.append(path)  # let loading report it with its line
+    return found
+
+
+def selected_stacks(opts: Options, *, all_variants: bool) -> list[Any]:
+    """The ``Stack`` objects a command works on, from ``stack=`` and ``variant=``."""
+    from .spec import find_stack_file, load_stack, load_stack_file
+
+    files = [find_stack_file(opts.stack, opts.project / "stacks")] if opts.stack else stack_files(opts.project)
+    stacks = []
+    for path in files:
+        if opts.variant:
+            stacks.append(load_stack(path, opts.variant))
+            continue
+        names = load_stack_file(path).variant_names if all_variants else (None,)
+        stacks.extend(load_stack(path, v) for v in names)
+    return stacks
+
+
+def stack_sources(stack_path: Path) -> list[Path]:
+    """The stack file and every file it extends (doit's file_dep)."""
+    import tomllib
+
+    seen: list[Path] = []
+    todo = [stack_path]
+    while todo:
+        path = todo.pop()
+        if path.resolve() in seen or not path.is_file():
+            continue
+        seen.append(path.resolve())
+        try:
+            parents = tomllib.loads(path.read_text()).get("extends") or []
+        except tomllib.TOMLDecodeError:
+            continue
+        todo += [path.parent / p for p in ([parents] if isinstance(parents, str) else parents)]
+    return seen
+
+
+def _site(opts: Options) -> Any:
+    from .site import load_site
+
+    return load_site(opts.site, opts.project)
+
+
+# ---- tasks --------------------------------------------------------------------------------------------
+
+
+@guarded
+def task_channel(opts: Options) -> TaskDict:
+    """Build the offline conda channel (python, wheels, compiled packages) the offline site mirrors."""
+    from .channel import channel_inputs
+
+    site = _site(opts)
+    out = site.cache / "offline-channel"
+    recipes = opts.project / "channel"
+
+    @_boundary
+    def build() -> None:
+        from .channel import build_channel
+
+        build_channel(out, recipes_dir=recipes, cache_dir=site.cache / "channel")
+
+    return {
+        "actions": [build],
+        "file_dep": [str(p) for p in channel_inputs(recipes)],
+        "targets": [str(out / "noarch" / "repodata.json")],
+        "verbosity": 2,
+        "clean": True,
+    }
+
+
+@guarded
+def task_lock(opts: Options) -> Iterator[TaskDict]:
+    """Solve stacks into lockfiles/<stack>[/<variant>]/conda-lock.yml (check=1: fail if stale)."""
+    from .lock import lock, plan_lock, staleness
+
+    site = _site(opts)
+    for stack in selected_stacks(opts, all_variants=True):
+        plan = plan_lock(stack, site, opts.project)
+
+        @_boundary
+        def run(stack: Any = stack) -> None:
+            lock(stack, site, opts.project, check=opts.check)
+
+        yield {
+            "name": stack.stack_id,
+            "doc": f"lock {stack.stack_id}",
+            "actions": [run],
+            "file_dep": [str(p) for p in stack_sources(stack.source)],
+            "targets": [] if opts.check else [str(plan.path)],
+            # Up to date when the lockfile records the hash of today's inputs; check=1 always runs.
+            "uptodate": [False] if opts.check else [lambda plan=plan: staleness(plan) is None],
+            "verbosity": 2,
+        }
