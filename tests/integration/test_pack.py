@@ -1,0 +1,286 @@
+"""Pack real conda prefixes: reproducibility, relocation with conda-unpack, manifest, atomicity.
+
+The small prefix is installed from two packages built here with rattler-build: a noarch
+package with a text file holding the prefix, and a C program with the prefix compiled
+in. The python + numpy prefix comes from the offline channel when it has been built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+import warnings
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from swstack import pack, proc
+from swstack.errors import PackError
+from swstack.manifest import IN_TREE_PATH, Manifest
+from swstack.pack import ArtifactInfo, PackOptions
+
+SDE = 1_700_000_000
+REPO = Path(__file__).resolve().parents[2]
+CHANNEL = REPO / "artifacts" / "channel"
+
+DATA_RECIPE = """\
+package: {name: hello-data, version: "1.0"}
+build:
+  number: 0
+  noarch: generic
+  script:
+    - mkdir -p $PREFIX/share/hello $PREFIX/bin
+    - echo "hello-data installed at $PREFIX" > $PREFIX/share/hello/data.txt
+    - printf '#!/bin/sh\\necho "%s"\\n' "$PREFIX" > $PREFIX/bin/hello-where
+    - chmod 755 $PREFIX/bin/hello-where
+"""
+
+BIN_RECIPE = r"""package: {name: hello-bin, version: "1.0"}
+build:
+  number: 0
+  script:
+    - mkdir -p $PREFIX/bin
+    - printf '#include <stdio.h>\nint main(void){FILE*f;char b[512];size_t n;printf("prefix=%%s\\n", PREFIX);f=fopen(PREFIX "/share/hello/data.txt","r");if(!f){perror("open");return 1;}n=fread(b,1,sizeof b-1,f);b[n]=0;printf("%%s",b);return 0;}\n' > hello.c
+    - gcc -O2 -DPREFIX="\"$PREFIX\"" -o $PREFIX/bin/hello hello.c
+    - ln -s hello $PREFIX/bin/hello-link
+requirements:
+  run: [hello-data]
+"""
+
+
+def _install(channel: Path, specs: list[str], prefix: Path, cache: Path) -> None:
+    import rattler
+
+    records = asyncio.run(rattler.solve([rattler.Channel(channel.as_uri())], specs, platforms=["linux-64", "noarch"]))
+    asyncio.run(rattler.install(records, prefix, cache_dir=cache, show_progress=False))
+
+
+@pytest.fixture(scope="session")
+def hello_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import rattler_build
+
+    root = tmp_path_factory.mktemp("hello")
+    for name, text in (("hello-data", DATA_RECIPE), ("hello-bin", BIN_RECIPE)):
+        (root / name).mkdir()
+        (root / name / "recipe.yaml").write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rattler_build.build_recipes([root / "hello-data" / "recipe.yaml"], output_dir=root / "channel", test="skip")
+        rattler_build.build_recipes(
+            [root / "hello-bin" / "recipe.yaml"], output_dir=root / "channel", channel=[str(root / "channel")],
+            test="skip",
+        )  # fmt: skip
+    prefix = root / "env"
+    _install(root / "channel", ["hello-bin"], prefix, root / "pkgs")
+    return prefix
+
+
+def _options(**kw: object) -> PackOptions:
+    return PackOptions(source_date_epoch=SDE, **kw)  # type: ignore[arg-type]
+
+
+INFO = ArtifactInfo(
+    stack="hello",
+    variant="dev",
+    version="2026.02.03",
+    lockfile_sha256="1" * 64,
+    stackfile_sha256="2" * 64,
+    git_commit="abc123",
+    build_time="2026-02-03T10:00:00Z",
+    tools={"rattler": "0.28"},
+    kernels=("hello",),
+)
+
+
+def _members(tarball: Path) -> list[tarfile.TarInfo]:
+    with _open_tar(tarball) as tar:
+        return list(tar)
+
+
+def _open_tar(tarball: Path) -> tarfile.TarFile:
+    raw = tarball.read_bytes()
+    if tarball.name.endswith(".zst"):
+        raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+    else:
+        raw = gzip.decompress(raw)
+    return tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
+
+
+def test_two_packs_are_byte_identical_whatever_the_thread_count(hello_prefix: Path, tmp_path: Path) -> None:
+    one = pack.pack_prefix(hello_prefix, tmp_path / "a", options=_options(threads=1), info=INFO)
+    two = pack.pack_prefix(hello_prefix, tmp_path / "b", options=_options(threads=2), info=INFO)
+    assert one.tarball.read_bytes() == two.tarball.read_bytes()
+    assert one.manifest_path.read_text() == two.manifest_path.read_text()
+
+
+def test_layout_checksum_and_manifest(hello_prefix: Path, tmp_path: Path) -> None:
+    result = pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    version_dir = tmp_path / "hello-dev" / "2026.02.03"
+    assert result.tarball == version_dir / "hello-dev-2026.02.03-linux-64.tar.zst"
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        "hello-dev-2026.02.03-linux-64.tar.zst",
+        "hello-dev-2026.02.03-linux-64.tar.zst.sha256",
+        "manifest.json",
+    ]
+    proc.run(["sha256sum", "-c", result.checksum.name], cwd=version_dir, what="sha256sum -c")
+
+    manifest = Manifest.load(result.manifest_path)
+    assert manifest == result.manifest
+    assert manifest.tarball is not None
+    assert manifest.tarball.sha256 == hashlib.sha256(result.tarball.read_bytes()).hexdigest()
+    assert manifest.tarball.size == result.tarball.stat().st_size
+    assert (manifest.stack, manifest.variant, manifest.version, manifest.platform) == (
+        "hello", "dev", "2026.02.03", "linux-64"
+    )  # fmt: skip
+    assert manifest.prefix == str(hello_prefix)
+    assert (manifest.lockfile_sha256, manifest.stackfile_sha256) == ("1" * 64, "2" * 64)
+    assert (manifest.git_commit, manifest.build_time, manifest.kernels) == ("abc123", "2026-02-03T10:00:00Z", ("hello",))
+    assert manifest.tools["rattler"] == "0.28" and manifest.tools["conda-pack"] == "0.9.2"
+    by_name = {p.name: p for p in manifest.packages}
+    assert sorted(by_name) == ["hello-bin", "hello-data"]
+    record = json.loads(next((hello_prefix / "conda-meta").glob("hello-bin-*.json")).read_text())
+    assert (by_name["hello-bin"].sha256, by_name["hello-bin"].size) == (record["sha256"], record["size"])
+    assert by_name["hello-bin"].channel.startswith("file://")
+
+    members = _members(result.tarball)
+    files = [m for m in members if not m.isdir() and m.name != IN_TREE_PATH]
+    assert manifest.file_count == len(files)
+    assert manifest.total_size == sum(m.size for m in files)
+    with _open_tar(result.tarball) as tar:
+        in_tree = tar.extractfile(IN_TREE_PATH)
+        assert in_tree is not None
+        assert Manifest.from_json(in_tree.read().decode()) == manifest.without_tarball()
+
+
+def test_members_are_sorted_and_normalised(hello_prefix: Path, tmp_path: Path) -> None:
+    result = pack.pack_prefix(hello_prefix, tmp_path, options=_options(owner="899:898"), info=INFO)
+    members = _members(result.tarball)
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    assert {"bin/conda-unpack", "bin/activate", "bin/hello", "bin/hello-link", IN_TREE_PATH} <= set(names)
+    for m in members:
+        assert (m.uid, m.gid, m.uname, m.gname) == (899, 898, "", "")
+        assert m.mtime <= SDE
+        assert m.mode in (0o644, 0o755, 0o777)
+        assert not m.pax_headers or set(m.pax_headers) <= {"path", "linkpath", "size"}
+    by_name = {m.name: m for m in members}
+    assert by_name["bin/hello"].mode == 0o755 and by_name["bin/conda-unpack"].mode == 0o755
+    assert by_name["bin/hello-link"].issym() and by_name["bin/hello-link"].linkname == "hello"
+    assert by_name["bin"].isdir()
+    assert Manifest.load(result.manifest_path).owner == "899:898"
+
+
+def _unpack_and_run(tarball: Path, dest: Path) -> str:
+    dest.mkdir(parents=True)
+    flag = "--zstd" if tarball.name.endswith(".zst") else "--gzip"
+    proc.run(["tar", flag, "-xf", tarball, "-C", dest], what="tar -x")
+    proc.run([dest / "bin" / "conda-unpack"], what="conda-unpack")
+    return proc.output([dest / "bin" / "hello"], what="hello")
+
+
+def test_unpacks_elsewhere_and_runs_after_conda_unpack(hello_prefix: Path, tmp_path: Path) -> None:
+    result = pack.pack_prefix(hello_prefix, tmp_path / "out", options=_options(), info=INFO)
+    dest = tmp_path / "somewhere" / "else"
+    out = _unpack_and_run(result.tarball, dest)
+    assert out.splitlines() == [f"prefix={dest}", f"hello-data installed at {dest}"]
+    assert proc.output([dest / "bin" / "hello-where"], what="hello-where") == str(dest)
+    assert proc.output([dest / "bin" / "hello-link"]).splitlines()[0] == f"prefix={dest}"
+
+
+def test_gzip_variant_is_reproducible_and_relocates(hello_prefix: Path, tmp_path: Path) -> None:
+    opts = _options(compression="gzip")
+    one = pack.pack_prefix(hello_prefix, tmp_path / "a", options=opts, info=INFO)
+    two = pack.pack_prefix(hello_prefix, tmp_path / "b", options=opts, info=INFO)
+    assert one.tarball.name.endswith("-linux-64.tar.gz")
+    assert one.tarball.read_bytes() == two.tarball.read_bytes()
+    header = one.tarball.read_bytes()[:10]
+    assert header[4:8] == b"\0\0\0\0" and not header[3] & 0x08  # mtime 0, no file name
+    assert Manifest.load(one.manifest_path).tarball.compression == "gzip"  # type: ignore[union-attr]
+    dest = tmp_path / "gz-unpacked"
+    assert _unpack_and_run(one.tarball, dest).splitlines()[0] == f"prefix={dest}"
+
+
+def test_a_failure_mid_pack_leaves_nothing_that_looks_finished(
+    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write_tar = pack.write_tar
+
+    def failing_write_tar(entries, sink, uid, gid, advance):  # type: ignore[no-untyped-def]
+        def advance_then_fail(n: int) -> None:
+            advance(n)
+            if n:
+                raise OSError(28, "No space left on device")
+
+        real_write_tar(entries, sink, uid, gid, advance_then_fail)
+
+    monkeypatch.setattr(pack, "write_tar", failing_write_tar)
+    with pytest.raises(PackError, match="No space left"):
+        pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_finished_version_is_not_replaced_unless_asked(hello_prefix: Path, tmp_path: Path) -> None:
+    first = pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    with pytest.raises(PackError, match="already holds a finished artifact"):
+        pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    again = pack.pack_prefix(hello_prefix, tmp_path, options=_options(overwrite=True), info=INFO)
+    assert again.manifest.tarball == first.manifest.tarball
+
+
+def test_default_version_counts_builds_of_the_day(hello_prefix: Path, tmp_path: Path) -> None:
+    info = ArtifactInfo(stack="hello")
+    first = pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=info)
+    second = pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=info)
+    assert second.manifest.version == first.manifest.version + ".1"
+    assert second.tarball.parent.parent == tmp_path / "hello"
+
+
+def test_cli_exits_with_the_pack_error_code(hello_prefix: Path, tmp_path: Path) -> None:
+    argv = ["--prefix", str(hello_prefix), "--out", str(tmp_path), "--stack", "hello", "--version", "1",
+            "--source-date-epoch", str(SDE)]  # fmt: skip
+    assert pack.main(argv) == 0
+    assert (tmp_path / "hello" / "1" / "manifest.json").is_file()
+    assert pack.main(argv) == PackError.exit_code
+    assert pack.main(["--prefix", str(tmp_path), "--out", str(tmp_path), "--stack", "x",
+                      "--source-date-epoch", "1"]) == PackError.exit_code  # fmt: skip
+
+
+def test_missing_package_cache_is_refused(hello_prefix: Path, tmp_path: Path) -> None:
+    import shutil
+
+    prefix = tmp_path / "copy"
+    shutil.copytree(hello_prefix, prefix, symlinks=True)
+    for record in (prefix / "conda-meta").glob("*.json"):
+        data = json.loads(record.read_text())
+        data["link"]["source"] = str(tmp_path / "gone" / record.stem)
+        record.write_text(json.dumps(data))
+    with pytest.raises(PackError, match="package cache"):
+        pack.pack_prefix(prefix, tmp_path / "out", options=_options(), info=INFO)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHANNEL / "noarch" / "repodata.json").is_file(), reason="offline channel not built yet")
+def test_python_numpy_prefix_relocates(tmp_path: Path) -> None:
+    prefix = tmp_path / "env"
+    _install(CHANNEL, ["python 3.11.*", "numpy"], prefix, tmp_path / "pkgs")
+    one = pack.pack_prefix(prefix, tmp_path / "a", options=_options(), info=INFO)
+    two = pack.pack_prefix(prefix, tmp_path / "b", options=_options(), info=INFO)
+    assert one.tarball.read_bytes() == two.tarball.read_bytes()
+    assert {"python", "numpy"} <= {p.name for p in one.manifest.packages}
+    dest = tmp_path / "moved" / "py"
+    dest.mkdir(parents=True)
+    proc.run(["tar", "--zstd", "-xf", one.tarball, "-C", dest], what="tar -x")
+    proc.run([dest / "bin" / "python", dest / "bin" / "conda-unpack"], what="conda-unpack")
+    out = proc.output(
+        [dest / "bin" / "python", "-c", "import sys, numpy; print(sys.prefix); print(numpy.__file__)"],
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    lines = out.splitlines()
+    assert lines[0] == str(dest)
+    assert lines[1].startswith(str(dest) + "/")

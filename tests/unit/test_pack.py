@@ -1,0 +1,197 @@
+"""Unit tests for the pure parts of swstack.pack: versions, names, entry planning, package lists."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from swstack import pack
+from swstack.errors import PackError
+from swstack.pack import Entry, PipLock
+
+SDE = 1_700_000_000
+
+
+@pytest.mark.parametrize(
+    ("existing", "expected"),
+    [
+        ([], "2026.02.03"),
+        (["2026.02.02", "2026.02.02.1"], "2026.02.03"),
+        (["2026.02.03"], "2026.02.03.1"),
+        (["2026.02.03", "2026.02.03.1", "2026.02.03.7"], "2026.02.03.8"),
+        (["2026.02.03.2"], "2026.02.03.3"),
+        (["2026.02.03-rc", "2026.02.030"], "2026.02.03"),
+    ],
+)
+def test_next_version(existing: list[str], expected: str) -> None:
+    assert pack.next_version(existing, date(2026, 2, 3)) == expected
+
+
+def test_tarball_name_and_checksum_line() -> None:
+    assert pack.tarball_name("py3-dev", "2026.02.03", "linux-64", "zstd") == "py3-dev-2026.02.03-linux-64.tar.zst"
+    assert pack.tarball_name("py3", "2026.02.03.1", "linux-64", "gzip") == "py3-2026.02.03.1-linux-64.tar.gz"
+    assert pack.checksum_line("ab" * 32, "x.tar.zst") == f"{'ab' * 32}  x.tar.zst\n"
+
+
+def test_parse_owner() -> None:
+    assert pack.parse_owner(None) == (0, 0)
+    assert pack.parse_owner("899:900") == (899, 900)
+    with pytest.raises(PackError, match="uid:gid"):
+        pack.parse_owner("antares")
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "expected"),
+    [
+        ("file", 0o100600, 0o644),
+        ("file", 0o100700, 0o755),
+        ("file", 0o100644, 0o644),
+        ("file", 0o104755, 0o755),  # setuid dropped
+        ("dir", 0o40700, 0o755),
+        ("symlink", 0o120777, 0o777),
+    ],
+)
+def test_normal_mode_keeps_only_the_exec_bit(kind: pack.EntryKind, mode: int, expected: int) -> None:
+    assert pack.normal_mode(kind, mode) == expected
+
+
+def test_plan_entries_sorts_clamps_and_adds_parents() -> None:
+    recorded = [
+        Entry("lib/python3.11/site.py", "file", 0o100600, SDE + 500, 10, source="/p/site.py"),
+        Entry("bin/python", "symlink", 0o120777, 1.5, linkname="python3.11"),
+        Entry("bin/conda-unpack", "file", 0o755, None, 3, data=b"abc"),
+        Entry("bin-extra", "file", 0o644, SDE - 10, 1, data=b"x"),
+    ]
+    planned = pack.plan_entries(recorded, SDE)
+    assert [e.name for e in planned] == [
+        "bin",
+        "bin-extra",
+        "bin/conda-unpack",
+        "bin/python",
+        "lib",
+        "lib/python3.11",
+        "lib/python3.11/site.py",
+    ]
+    by_name = {e.name: e for e in planned}
+    assert by_name["lib/python3.11/site.py"].mtime == SDE  # newer than the epoch: clamped
+    assert by_name["lib/python3.11/site.py"].mode == 0o644
+    assert by_name["bin-extra"].mtime == SDE - 10  # older: kept, so shipped .pyc stay valid
+    assert by_name["bin/python"].mtime == 1
+    assert by_name["bin/conda-unpack"].mtime == SDE  # generated: dated at the epoch
+    assert by_name["lib"] == Entry("lib", "dir", 0o755, SDE)
+
+
+def test_plan_entries_later_record_wins() -> None:
+    planned = pack.plan_entries(
+        [Entry("bin/activate", "file", 0o644, 1, 1, data=b"a"), Entry("bin/activate", "file", 0o644, 1, 1, data=b"b")],
+        SDE,
+    )
+    assert [e.data for e in planned if e.name == "bin/activate"] == [b"b"]
+
+
+def test_tree_totals_counts_files_and_links_not_dirs() -> None:
+    entries = [
+        Entry("a", "dir", 0o755, 0),
+        Entry("a/f", "file", 0o644, 0, 100),
+        Entry("a/l", "symlink", 0o777, 0, linkname="f"),
+    ]
+    assert pack.tree_totals(entries) == (2, 100)
+
+
+def test_tar_info_has_nothing_machine_specific() -> None:
+    info = pack.tar_info(Entry("bin/x", "file", 0o755, SDE, 5, data=b"12345"), 899, 899)
+    assert (info.uid, info.gid, info.uname, info.gname) == (899, 899, "", "")
+    assert (info.mode, info.mtime, info.size, info.type) == (0o755, SDE, 5, tarfile.REGTYPE)
+    link = pack.tar_info(Entry("bin/python", "symlink", 0o777, SDE, linkname="python3.11"), 0, 0)
+    assert (link.type, link.linkname, link.size) == (tarfile.SYMTYPE, "python3.11", 0)
+
+
+def test_platform_of() -> None:
+    assert pack.platform_of(["noarch", "linux-64", "linux-64"]) == "linux-64"
+    assert pack.platform_of(["noarch"])  # falls back to this machine
+    with pytest.raises(PackError, match="several platforms"):
+        pack.platform_of(["linux-64", "linux-aarch64"])
+
+
+def test_options_defaults() -> None:
+    opts = pack.PackOptions(source_date_epoch=SDE)
+    assert opts.resolved_level() == pack.DEFAULT_ZSTD_LEVEL
+    assert opts.resolved_threads() >= 1
+    assert pack.PackOptions(SDE, compression="gzip").resolved_level() == pack.DEFAULT_GZIP_LEVEL
+
+
+def _record(prefix: Path, name: str, files: list[str], subdir: str = "linux-64") -> None:
+    meta = prefix / "conda-meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    data = {
+        "name": name,
+        "version": "1.0",
+        "build": "h0_0",
+        "channel": "file:///channel/",
+        "sha256": "0" * 64,
+        "size": 1234,
+        "subdir": subdir,
+        "files": files,
+    }
+    (meta / f"{name}-1.0-h0_0.json").write_text(json.dumps(data))
+
+
+def _dist_info(prefix: Path, dirname: str, name: str, version: str, installer: str) -> None:
+    d = prefix / "lib/python3.11/site-packages" / dirname
+    d.mkdir(parents=True)
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nbody\n")
+    (d / "INSTALLER").write_text(installer + "\n")
+
+
+def test_package_lists_from_conda_meta_and_dist_info(tmp_path: Path) -> None:
+    _record(tmp_path, "zlib", ["lib/libz.so"])
+    _record(tmp_path, "numpy", ["lib/python3.11/site-packages/numpy-2.0.dist-info/METADATA"])
+    _dist_info(tmp_path, "numpy-2.0.dist-info", "numpy", "2.0", "conda")  # owned by conda
+    _dist_info(tmp_path, "Foo_Bar-1.2.dist-info", "Foo_Bar", "1.2", "pip")
+    _dist_info(tmp_path, "baz-3.dist-info", "baz", "3", "pip")
+    (tmp_path / "conda-meta" / "swstack-manifest.json").write_text("{}")  # a previous pack's
+
+    records = pack.read_conda_records(tmp_path)
+    assert [r.entry.name for r in records] == ["numpy", "zlib"]
+    assert records[1].entry == pack.PackageEntry("zlib", "1.0", "h0_0", "file:///channel/", "0" * 64, 1234)
+    owned = {f for r in records for f in r.files}
+    locks = {"foo-bar": PipLock("https://files/foo_bar-1.2.whl", "f" * 64, 99)}
+    pips = pack.read_pip_packages(tmp_path, owned, locks)
+    assert [(p.name, p.version, p.manager) for p in pips] == [("baz", "3", "pip"), ("Foo_Bar", "1.2", "pip")]
+    assert (pips[1].channel, pips[1].sha256, pips[1].size) == ("https://files/foo_bar-1.2.whl", "f" * 64, 99)
+    assert (pips[0].channel, pips[0].sha256) == ("", "")
+
+
+def test_unreadable_record_is_a_pack_error(tmp_path: Path) -> None:
+    (tmp_path / "conda-meta").mkdir()
+    (tmp_path / "conda-meta" / "broken-1-0.json").write_text("{not json")
+    with pytest.raises(PackError, match="broken-1-0.json"):
+        pack.read_conda_records(tmp_path)
+
+
+def test_cli_options(tmp_path: Path) -> None:
+    locks = tmp_path / "pip.json"
+    locks.write_text(json.dumps({"Foo.Bar": {"url": "u", "sha256": "s"}}))
+    args = pack._parser().parse_args(
+        ["--prefix", "/data0/sw/py3", "--out", "artifacts", "--stack", "py3", "--format", "tar.gz",
+         "--source-date-epoch", str(SDE), "--owner", "899:899", "--tool", "rattler=0.28",
+         "--pip-locks", str(locks), "--kernel", "python3"]
+    )  # fmt: skip
+    options, info = pack.options_from_args(args)
+    assert options == pack.PackOptions(SDE, compression="gzip", owner="899:899")
+    assert info.pip_locks == {"foo-bar": PipLock("u", "s")}
+    assert dict(info.tools) == {"rattler": "0.28"}
+    assert info.kernels == ("python3",)
+
+
+def test_cli_needs_an_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    args = pack._parser().parse_args(["--prefix", "p", "--out", "o", "--stack", "s"])
+    with pytest.raises(PackError, match="SOURCE_DATE_EPOCH"):
+        pack.options_from_args(args)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "123")
+    assert pack.options_from_args(args)[0].source_date_epoch == 123
