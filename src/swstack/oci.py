@@ -499,6 +499,8 @@ class RegistryClient:
                 attempt -= 1  # answering a challenge is not a failure
                 continue
             except _Transient as exc:
+                if not retry:
+                    raise  # the caller retries at a higher level (a whole upload session)
                 if attempt > len(delays):
                     took = time.monotonic() - started
                     raise self._fail(
@@ -854,10 +856,20 @@ class RegistryClient:
         return f"{message}; {'did you mean' if near else 'it has'}: {shown}"
 
 
-def _progress(label: str, size: int | None) -> AbstractContextManager[log.Progress]:
+class _Counter:
+    """Counts transferred bytes; the silent stand-in for a progress line."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+
+def _progress(label: str, size: int | None) -> AbstractContextManager[log.Progress | _Counter]:
     """A progress line for big transfers; small ones count silently."""
     if size is not None and size < _QUIET_BELOW:
-        return nullcontext(log.Progress(label, size, "B"))
+        return nullcontext(_Counter())
     return log.progress(label, total=size, unit="B")
 
 

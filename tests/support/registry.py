@@ -75,12 +75,12 @@ def render_config(port: int, storage: Path, htpasswd: Path | None = None) -> str
 
 
 def htpasswd_line(user: str, password: str) -> str:
-    """An htpasswd entry; the registry accepts bcrypt only."""
+    """An htpasswd entry; the registry accepts bcrypt only (lowest cost: tests hash on every request)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import crypt  # stdlib up to 3.12; bcrypt comes from libxcrypt
 
-        return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+        return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n"
 
 
 def _answers(url: str) -> bool:
@@ -145,8 +145,8 @@ def _stop(child: object) -> None:
             child.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+@pytest.fixture(scope="session", name="registry")
+def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
     """One plain-http registry on 127.0.0.1 for the whole session."""
     with local_registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
@@ -162,7 +162,9 @@ class Fault:
     ``kind``: "refuse" resets the connection before answering, "drop" forwards
     ``after_bytes`` of the request body then resets both sides, "status" answers
     ``status`` without forwarding. ``method``/``path`` (a regex searched in the
-    request path) select the requests; empty means any.
+    request path) select the requests; empty means any; ``min_body`` skips requests
+    whose body is shorter. A "drop" of a body shorter than ``after_bytes`` happens
+    once the body is through, before any answer.
     """
 
     kind: str
@@ -171,11 +173,13 @@ class Fault:
     times: int = 1
     after_bytes: int = 0
     status: int = 503
+    min_body: int = 0
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body_length: int) -> bool:
         return (
             self.hits < self.times
+            and body_length >= self.min_body
             and (not self.method or self.method == method)
             and (not self.path or re.search(self.path, path) is not None)
         )
@@ -265,10 +269,10 @@ class FlakyProxy:
             accepted += 1
             threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
-    def _pick(self, method: str, path: str) -> Fault | None:
+    def _pick(self, method: str, path: str, body_length: int) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, body_length):
                     fault.hits += 1
                     self.seen.append(Seen(method, path, fault.kind))
                     return fault
@@ -283,12 +287,13 @@ class FlakyProxy:
             if not head:
                 return
             method, path = _request_line(head)
-            fault = self._pick(method, path)
+            length = _content_length(head)
+            fault = self._pick(method, path, length)
             if fault is not None and fault.kind == "refuse":
                 _reset(client)
                 return
             if fault is not None and fault.kind == "status":
-                _drain(client, rest, _content_length(head))
+                _drain(client, rest, length)
                 reason = _REASONS.get(fault.status, "Error")
                 status_line = f"HTTP/1.1 {fault.status} {reason}\r\n"
                 client.sendall(status_line.encode() + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
@@ -297,7 +302,7 @@ class FlakyProxy:
             upstream = socket.create_connection((host, int(port)), timeout=15)
             upstream.sendall(head)
             if fault is not None and fault.kind == "drop":
-                self._forward_then_drop(client, upstream, rest, fault.after_bytes)
+                self._forward_then_drop(client, upstream, rest, min(fault.after_bytes, length))
                 return
             if rest:
                 upstream.sendall(rest)
