@@ -1,0 +1,308 @@
+"""Run a build step with the build directory mounted at the production prefix.
+
+Input: argv, bind mounts (e.g. ``<builddir> -> /data0/sw``), environment, network on/off.
+Output: the step's effects inside the mounted directories, owned by the invoking user;
+its output streamed to the log; ``SandboxError`` with the output tail on failure.
+
+Two backends behind one ``Sandbox`` Protocol, chosen by the site's ``sandbox`` setting:
+
+- ``docker``: a container of the builder image (its own Debian Python and venv), with
+  the swstack package mounted read-only and run as the invoking user;
+- ``namespace``: bubblewrap, with a new root assembled from the host's top-level
+  directories one by one and an empty ``/data0`` of its own, using the host's Python.
+
+Either way the machine's own ``/data0`` is never created or touched: the sandbox's
+``/data0`` lives in a private root. ``private_root_argv`` offers the same private root
+to any command (tests use it with a size-limited tmpfs as a small ramdisk).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from . import log, proc
+from .engine import DockerEngine, Engine
+from .errors import SandboxError, SwstackError
+
+KINDS = ("docker", "namespace", "auto")
+PRIVATE_ROOT = "/data0"
+TAIL_LINES = 40
+
+# Top-level host directories the private root never binds: /data0 is the private one,
+# and /proc, /dev and /tmp get their own mounts below.
+_NOT_BOUND = frozenset({"data0", "proc", "dev", "tmp"})
+
+# Where the docker backend mounts the swstack package inside the builder image.
+CONTAINER_SOURCE = "/opt/swstack/src"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    target: str
+    size: int  # bytes; the sandbox sees a file system of exactly this size
+
+
+@dataclass(frozen=True)
+class TopEntry:
+    """One entry of the host's ``/``: a directory, a file or a symlink (with its target)."""
+
+    name: str
+    kind: str  # "dir" | "file" | "symlink"
+    link: str = ""
+
+
+class Sandbox(Protocol):
+    name: str
+
+    def python(self) -> list[str]:
+        """The argv prefix of a Python with swstack, rattler, conda_pack and zstandard importable."""
+        ...
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        mounts: Sequence[Mount],
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        network: bool = True,
+    ) -> None:
+        """Run ``argv`` inside; raise ``SandboxError`` with the output tail on failure."""
+        ...
+
+
+# -- planning (pure) ----------------------------------------------------------------------
+
+
+def select_kind(setting: str, engine_answers: Callable[[], bool]) -> str:
+    """The backend for a site's ``sandbox`` setting: ``auto`` is docker when an engine answers."""
+    if setting not in KINDS:
+        raise SandboxError(f"unknown sandbox kind {setting!r}: use one of {', '.join(KINDS)}")
+    if setting == "auto":
+        return "docker" if engine_answers() else "namespace"
+    return setting
+
+
+def host_top_level(root: Path = Path("/")) -> tuple[TopEntry, ...]:
+    """Read the host's top-level entries (sorted) for ``private_root_argv``."""
+    entries = []
+    for child in sorted(root.iterdir()):
+        if child.is_symlink():
+            entries.append(TopEntry(child.name, "symlink", os.readlink(child)))
+        elif child.is_dir():
+            entries.append(TopEntry(child.name, "dir"))
+        else:
+            entries.append(TopEntry(child.name, "file"))
+    return tuple(entries)
+
+
+def private_root_argv(
+    mounts: Sequence[Mount] = (),
+    tmpfs: Sequence[Tmpfs | tuple[str, int]] = (),
+    *,
+    symlinks: Sequence[tuple[str, str]] = (),
+    network: bool = True,
+    workdir: str | None = None,
+    top_level: Sequence[TopEntry] | None = None,
+) -> list[str]:
+    """The bubblewrap argv prefix (ending in ``--``) of a private root with its own ``/data0``.
+
+    The root is bwrap's own tmpfs. Each host top-level directory is bound on its own,
+    never ``/`` as a whole: with ``--bind / /`` a ``mkdir /data0`` would reach the real
+    disk. Then come, in this order, the ``tmpfs`` mounts (``(target, bytes)``), the bind
+    ``mounts`` and the ``symlinks`` (``(link_target, link_path)``), so a mount may land in
+    a tmpfs and a symlink may point at either (``/data0/sw -> /data0/sw.tmpfs``).
+    """
+    argv = ["bwrap", "--die-with-parent"]
+    for entry in host_top_level() if top_level is None else top_level:
+        if entry.name in _NOT_BOUND:
+            continue
+        path = "/" + entry.name
+        if entry.kind == "symlink":
+            argv += ["--symlink", entry.link, path]
+        elif entry.kind == "dir":
+            argv += ["--bind", path, path]
+        else:
+            argv += ["--ro-bind", path, path]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--bind", "/tmp", "/tmp", "--dir", PRIVATE_ROOT]
+    for fs in (t if isinstance(t, Tmpfs) else Tmpfs(*t) for t in tmpfs):
+        _check_target(fs.target)
+        argv += ["--size", str(int(fs.size)), "--tmpfs", fs.target]
+    for mount in mounts:
+        _check_target(mount.target)
+        argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
+    for link_target, link_path in symlinks:
+        _check_target(link_path)
+        argv += ["--symlink", link_target, link_path]
+    if not network:
+        argv.append("--unshare-net")
+    if workdir:
+        argv += ["--chdir", workdir]
+    argv.append("--")
+    return argv
+
+
+def _check_target(target: str) -> None:
+    if not target.startswith("/") or target.rstrip("/") in ("", "/") or ".." in target.split("/"):
+        raise SandboxError(f"mount target {target!r} must be an absolute path below /, without '..'")
+
+
+def container_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a builder container: swstack importable, a writable HOME, UTF-8."""
+    return {
+        "PYTHONPATH": CONTAINER_SOURCE,
+        "HOME": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **env,
+    }
+
+
+def package_dir() -> Path:
+    """The directory of the running swstack package, mounted read-only into containers."""
+    return Path(__file__).resolve().parent
+
+
+# -- doing ------------------------------------------------------------------------------
+
+
+def run_streaming(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    error: type[SwstackError] = SandboxError,
+    what: str,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Run ``argv``, passing each output line (stdout and stderr) to ``on_line`` as it comes.
+
+    On a non-zero exit raise ``error`` with the output's tail; on Ctrl-C stop the child.
+    """
+    sink = on_line or _log_line
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    try:
+        child = proc.spawn(
+            argv,
+            env=dict(os.environ if env is None else env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    except FileNotFoundError as exc:
+        raise error(f"{what}: command not found: {argv[0]} (run scripts/setup)") from exc
+    try:
+        assert child.stdout is not None
+        for raw in child.stdout:
+            line = raw.decode(errors="replace").rstrip("\n").rstrip("\r")
+            tail.append(line)
+            sink(line)
+        code = child.wait()
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    if code != 0:
+        detail = "\n".join("    " + line for line in tail)
+        raise error(f"{what} failed (exit {code})" + (f":\n{detail}" if detail else ""))
+
+
+def _log_line(line: str) -> None:
+    log.info(f"  | {line}")
+
+
+class NamespaceSandbox:
+    """Bubblewrap around the host's own Python; files are created as the invoking user."""
+
+    name = "namespace"
+
+    def __init__(self) -> None:
+        if proc.which("bwrap") is None:
+            raise SandboxError("bubblewrap (bwrap) is not installed: run scripts/setup")
+
+    def python(self) -> list[str]:
+        return [sys.executable]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        mounts: Sequence[Mount],
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        network: bool = True,
+    ) -> None:
+        full = private_root_argv(mounts, network=network, workdir=workdir) + list(argv)
+        run_streaming(full, env={**os.environ, **(env or {})}, what=f"{_short(argv)} (namespace sandbox)")
+
+
+class DockerSandbox:
+    """A container of the builder image, the swstack package mounted read-only, run as ``user``."""
+
+    name = "docker"
+
+    def __init__(self, engine: Engine, image: str, *, user: tuple[int, int] | None = None) -> None:
+        self.engine = engine
+        self.image = image
+        self.user = user or (os.getuid(), os.getgid())
+
+    def python(self) -> list[str]:
+        from .baseimage import BUILDER_PYTHON
+
+        return [BUILDER_PYTHON]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        mounts: Sequence[Mount],
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        network: bool = True,
+    ) -> None:
+        source = Mount(package_dir(), f"{CONTAINER_SOURCE}/swstack", read_only=True)
+        # Running as the invoking user (not root, then chown) means every file the step
+        # creates in a mount is already the user's, and a crash leaves nothing root-owned.
+        self.engine.run(
+            self.image,
+            list(argv),
+            mounts=[*mounts, source],
+            env=container_env(env or {}),
+            workdir=workdir or "/tmp",
+            user=f"{self.user[0]}:{self.user[1]}",
+            network=network,
+            on_output=_log_line,
+        )
+
+
+def open_sandbox(
+    kind: str, *, engine: Engine | None = None, user: tuple[int, int] | None = None
+) -> Sandbox:
+    """The sandbox for a site's ``sandbox`` setting; the docker one builds its image if missing.
+
+    ``user`` (uid, gid) owns what a docker step creates; it defaults to the invoking user.
+    """
+    engine = engine or DockerEngine()
+    chosen = select_kind(kind, engine.available)
+    if chosen == "namespace":
+        return NamespaceSandbox()
+    from .baseimage import ensure_builder
+
+    engine.ping()  # the clear "no Docker engine answers at ..." message when kind = "docker"
+    return DockerSandbox(engine, ensure_builder(engine), user=user)
+
+
+def _short(argv: Sequence[str]) -> str:
+    return " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(argv[:3]))
