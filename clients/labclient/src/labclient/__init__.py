@@ -1,0 +1,3 @@
+"""Client for the lab's data service."""
+
+__version__ = "1.0.0"
