@@ -144,13 +144,18 @@ def _deb822_fields(stanza: str) -> dict[str, str]:
     return fields
 
 
-def load_base_spec(path: Path = BASE_SETTINGS, *, mirror: str | None = None) -> BaseSpec:
-    """The base image settings; ``mirror`` (from the site file) wins over the machine's apt."""
+def load_base_spec(
+    path: Path = BASE_SETTINGS, *, mirror: str | None = None, suite: str | None = None
+) -> BaseSpec:
+    """The base image settings; ``mirror`` and ``suite`` (from the site file) win over the defaults.
+
+    Without a mirror the one the machine's apt sources use for the suite is taken.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ImageError(f"{path}: cannot read the base image settings: {exc}") from exc
-    suite = str(data.get("suite", "bookworm"))
+    suite = suite or str(data.get("suite", "bookworm"))
     return BaseSpec(
         suite=suite,
         variant=str(data.get("variant", "minbase")),

@@ -25,11 +25,14 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import log, proc
 from .engine import DockerEngine, Engine
 from .errors import SandboxError, SwstackError
+
+if TYPE_CHECKING:
+    from .baseimage import BaseSpec
 
 KINDS = ("docker", "namespace", "auto")
 PRIVATE_ROOT = "/data0"
@@ -288,11 +291,17 @@ class DockerSandbox:
 
 
 def open_sandbox(
-    kind: str, *, engine: Engine | None = None, user: tuple[int, int] | None = None
+    kind: str,
+    *,
+    engine: Engine | None = None,
+    user: tuple[int, int] | None = None,
+    base: BaseSpec | None = None,
 ) -> Sandbox:
     """The sandbox for a site's ``sandbox`` setting; the docker one builds its image if missing.
 
     ``user`` (uid, gid) owns what a docker step creates; it defaults to the invoking user.
+    ``base`` is the Debian base of the builder image, e.g.
+    ``load_base_spec(mirror=site.debian_mirror, suite=site.debian_suite)``.
     """
     engine = engine or DockerEngine()
     chosen = select_kind(kind, engine.available)
@@ -301,7 +310,7 @@ def open_sandbox(
     from .baseimage import ensure_builder
 
     engine.ping()  # the clear "no Docker engine answers at ..." message when kind = "docker"
-    return DockerSandbox(engine, ensure_builder(engine), user=user)
+    return DockerSandbox(engine, ensure_builder(engine, base=base), user=user)
 
 
 def _short(argv: Sequence[str]) -> str:

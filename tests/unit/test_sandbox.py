@@ -1,0 +1,183 @@
+"""Unit tests of sandbox planning: the bubblewrap argv, backend selection, container env."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from swstack import sandbox
+from swstack.engine import DockerEngine
+from swstack.errors import SandboxError
+from swstack.sandbox import Mount, Tmpfs, TopEntry, private_root_argv, select_kind
+
+# A merged-/usr Debian root, plus a /data0 that must never be bound even if it exists.
+TOP = (
+    TopEntry("bin", "symlink", "usr/bin"),
+    TopEntry("data0", "dir"),
+    TopEntry("dev", "dir"),
+    TopEntry("etc", "dir"),
+    TopEntry("home", "dir"),
+    TopEntry("lib", "symlink", "usr/lib"),
+    TopEntry("proc", "dir"),
+    TopEntry("tmp", "dir"),
+    TopEntry("usr", "dir"),
+    TopEntry(".dockerenv", "file"),
+)
+
+
+def pairs(argv: list[str], option: str) -> list[tuple[str, str]]:
+    """Every ``option A B`` in argv, as (A, B)."""
+    return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == option]
+
+
+def test_root_is_bound_directory_by_directory_never_whole() -> None:
+    argv = private_root_argv(top_level=TOP)
+    binds = pairs(argv, "--bind")
+    assert ("/", "/") not in binds
+    assert ("/etc", "/etc") in binds and ("/usr", "/usr") in binds and ("/home", "/home") in binds
+    assert ("usr/bin", "/bin") in pairs(argv, "--symlink")
+    assert ("/.dockerenv", "/.dockerenv") in pairs(argv, "--ro-bind")
+
+
+def test_data0_is_private_and_never_bound_from_the_host() -> None:
+    argv = private_root_argv([Mount(Path("/tmp/build"), "/data0/sw")], top_level=TOP)
+    assert all("/data0" not in src for src, _ in pairs(argv, "--bind"))
+    dir_at = argv.index("--dir")
+    assert argv[dir_at + 1] == "/data0"
+    bind_at = argv.index("/tmp/build") - 1
+    assert argv[bind_at : bind_at + 3] == ["--bind", "/tmp/build", "/data0/sw"]
+    assert dir_at < bind_at, "the private /data0 must exist before mounts land in it"
+
+
+def test_proc_dev_tmp_get_their_own_mounts() -> None:
+    argv = private_root_argv(top_level=TOP)
+    assert (argv[argv.index("--proc") + 1], argv[argv.index("--dev") + 1]) == ("/proc", "/dev")
+    assert ("/tmp", "/tmp") in pairs(argv, "--bind")
+    assert ("/proc", "/proc") not in pairs(argv, "--bind")
+    assert ("/dev", "/dev") not in pairs(argv, "--bind")
+
+
+def test_argv_ends_with_separator_and_dies_with_parent() -> None:
+    argv = private_root_argv(top_level=TOP)
+    assert argv[0] == "bwrap" and argv[-1] == "--" and "--die-with-parent" in argv
+
+
+def test_read_only_mount() -> None:
+    argv = private_root_argv([Mount(Path("/src"), "/opt/src", read_only=True)], top_level=TOP)
+    assert ("/src", "/opt/src") in pairs(argv, "--ro-bind")
+
+
+def test_tmpfs_has_its_size_and_comes_before_mounts_and_symlinks() -> None:
+    argv = private_root_argv(
+        [Mount(Path("/tmp/b"), "/data0/sw.tmpfs/py3")],
+        tmpfs=[("/data0/sw.tmpfs", 64 << 20), Tmpfs("/data0/scratch", 1024)],
+        symlinks=[("/data0/sw.tmpfs", "/data0/sw")],
+        top_level=TOP,
+    )
+    size_at = argv.index("--size")
+    assert argv[size_at : size_at + 4] == ["--size", str(64 << 20), "--tmpfs", "/data0/sw.tmpfs"]
+    assert argv[size_at + 4 : size_at + 8] == ["--size", "1024", "--tmpfs", "/data0/scratch"]
+    assert size_at < argv.index("/tmp/b") < argv.index("/data0/sw")
+    assert ("/data0/sw.tmpfs", "/data0/sw") in pairs(argv, "--symlink")
+
+
+def test_network_off_unshares_the_network() -> None:
+    assert "--unshare-net" in private_root_argv(network=False, top_level=TOP)
+    assert "--unshare-net" not in private_root_argv(network=True, top_level=TOP)
+
+
+def test_workdir() -> None:
+    argv = private_root_argv(workdir="/data0/sw", top_level=TOP)
+    assert argv[argv.index("--chdir") + 1] == "/data0/sw"
+
+
+@pytest.mark.parametrize("target", ["relative/path", "/", "/data0/../etc"])
+def test_bad_mount_targets_are_refused(target: str) -> None:
+    with pytest.raises(SandboxError, match="mount target"):
+        private_root_argv([Mount(Path("/x"), target)], top_level=TOP)
+
+
+def test_host_top_level_sees_this_machine_without_data0() -> None:
+    names = {e.name: e for e in sandbox.host_top_level()}
+    assert names["usr"].kind == "dir"
+    assert "data0" not in names  # the machine's /data0 is never created
+
+
+@pytest.mark.parametrize(
+    ("setting", "answers", "expected"),
+    [
+        ("docker", False, "docker"),
+        ("namespace", True, "namespace"),
+        ("auto", True, "docker"),
+        ("auto", False, "namespace"),
+    ],
+)
+def test_select_kind(setting: str, answers: bool, expected: str) -> None:
+    assert select_kind(setting, lambda: answers) == expected
+
+
+def test_select_kind_does_not_ask_the_engine_unless_auto() -> None:
+    def never() -> bool:
+        raise AssertionError("the engine was asked")
+
+    assert select_kind("namespace", never) == "namespace"
+
+
+def test_unknown_kind_is_refused_with_the_choices() -> None:
+    with pytest.raises(SandboxError, match="use one of docker, namespace, auto"):
+        select_kind("podman", lambda: True)
+
+
+def test_container_env_makes_swstack_importable_and_lets_callers_add() -> None:
+    env = sandbox.container_env({"CONDA_PKGS_DIRS": "/cache", "HOME": "/data0/home"})
+    assert env["PYTHONPATH"] == sandbox.CONTAINER_SOURCE
+    assert env["CONDA_PKGS_DIRS"] == "/cache" and env["HOME"] == "/data0/home"
+
+
+def test_package_dir_is_the_swstack_package() -> None:
+    assert (sandbox.package_dir() / "sandbox.py").is_file()
+
+
+def test_namespace_sandbox_uses_the_host_python() -> None:
+    assert sandbox.NamespaceSandbox().python() == [sys.executable]
+
+
+def test_docker_without_an_engine_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A real client against a socket nobody listens on: the message a user would see.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nobody.sock")
+    with pytest.raises(SandboxError) as caught:
+        sandbox.open_sandbox("docker", engine=DockerEngine(timeout=5))
+    message = str(caught.value)
+    assert f"no Docker engine answers at unix://{tmp_path}/nobody.sock" in message
+    assert "scripts/with-engine" in message and 'sandbox = "namespace"' in message
+
+
+def test_auto_without_an_engine_falls_back_to_namespace(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nobody.sock")
+    chosen = sandbox.open_sandbox("auto", engine=DockerEngine(timeout=5))
+    assert chosen.name == "namespace"
+
+
+def test_run_streaming_raises_with_the_output_tail() -> None:
+    lines: list[str] = []
+    argv = [sys.executable, "-c", "import sys; print('one'); print('boom', file=sys.stderr); sys.exit(3)"]
+    with pytest.raises(SandboxError, match=r"(?s)step failed \(exit 3\).*one.*boom"):
+        sandbox.run_streaming(argv, what="step", on_line=lines.append)
+    assert lines == ["one", "boom"]
+
+
+def test_run_streaming_passes_the_environment() -> None:
+    lines: list[str] = []
+    env = {**os.environ, "SWSTACK_PROBE": "42"}
+    sandbox.run_streaming(
+        [sys.executable, "-c", "import os; print(os.environ['SWSTACK_PROBE'])"],
+        env=env,
+        what="probe",
+        on_line=lines.append,
+    )
+    assert lines == ["42"]
