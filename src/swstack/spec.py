@@ -41,6 +41,14 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class EntryError(ValueError):
+    """A problem with one entry of a table (a dependency), so the error points at that key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 def _check_match_spec(name: str, spec: str) -> str:
     """'numpy', '>=1.26' -> 'numpy >=1.26' (validated by rattler's parser)."""
     import rattler
@@ -49,7 +57,7 @@ def _check_match_spec(name: str, spec: str) -> str:
     try:
         rattler.MatchSpec(text)
     except Exception as exc:  # rattler raises its own exception types
-        raise ValueError(f"invalid conda match spec {text!r}: {exc}") from None
+        raise EntryError(name, f"invalid conda match spec {text!r}: {exc}") from None
     return text
 
 
@@ -60,14 +68,15 @@ def _check_pip_spec(name: str, spec: str) -> str:
     try:
         Requirement(text)
     except InvalidRequirement as exc:
-        raise ValueError(f"invalid pip requirement {text!r}: {exc}") from None
+        reason = str(exc).splitlines()[0]
+        raise EntryError(name, f"invalid pip requirement {text!r}: {reason}") from None
     return text
 
 
 def _check_dependency_names(deps: Mapping[str, object]) -> None:
     for name in deps:
         if not _NAME.match(name):
-            raise ValueError(f"invalid package name {name!r}: use lower case letters, digits, '.', '_', '-'")
+            raise EntryError(name, f"invalid package name {name!r}: use lower case letters, digits, '.', '_', '-'")
 
 
 class PipGit(Model):
@@ -263,7 +272,7 @@ class StackFile(Model):
             raise ValueError("list at least one platform, e.g. [\"linux-64\"]")
         for platform in value:
             try:
-                rattler.Platform(platform)
+                rattler.Subdir(platform)
             except Exception:
                 known = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
                 close = difflib.get_close_matches(platform, known, n=1)
@@ -517,7 +526,7 @@ def _describe(error: dict[str, Any], model_fields: Sequence[str]) -> str:
     loc = tuple(error["loc"])
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        close = difflib.get_close_matches(key, model_fields, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, model_fields, n=1, cutoff=0.5)
         return "unknown key" + (f"; did you mean {close[0]!r}?" if close else f"; expected one of: {', '.join(model_fields)}")
     if kind == "missing":
         return "required key is missing"
@@ -562,6 +571,9 @@ def format_validation_error(
     problems: list[str] = []
     for error in exc.errors():
         loc = _clean_loc(tuple(error["loc"]))
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, EntryError):
+            loc = (*loc, cause.key)
         key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
         text = f"{_where(origin, loc, top)}: {key}: {_describe(error, _fields_at(loc, root))}"
         if text not in problems:

@@ -188,3 +188,29 @@ def task_lock(opts: Options) -> Iterator[TaskDict]:
             "uptodate": [False] if opts.check else [lambda plan=plan: staleness(plan) is None],
             "verbosity": 2,
         }
+
+
+@guarded
+def task_build(opts: Options) -> Iterator[TaskDict]:
+    """Build and pack stacks: artifacts/<stack>/<version>/<stack>-<version>-<platform>.tar.zst (+ manifest)."""
+    from .build import is_current, run_build
+    from .lock import lockfile_path
+
+    site = _site(opts)
+    for stack in selected_stacks(opts, all_variants=False):
+
+        @_boundary
+        def run(stack: Any = stack) -> None:
+            run_build(stack, site, opts.project, version=opts.version)
+
+        lockfile = lockfile_path(stack, opts.project)
+        yield {
+            "name": stack.stack_id,
+            "doc": f"build {stack.stack_id}",
+            "actions": [run],
+            "file_dep": [str(p) for p in stack_sources(stack.source)]
+            + ([str(lockfile)] if lockfile.is_file() else []),
+            # Up to date when the newest artifact came from today's lockfile and stack file.
+            "uptodate": [False] if opts.version else [lambda stack=stack: is_current(stack, site, opts.project)],
+            "verbosity": 2,
+        }

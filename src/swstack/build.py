@@ -1,0 +1,290 @@
+"""Lockfile -> installed prefix at its production path -> packed artifact.
+
+``plan_build`` reads the lockfile and decides everything (paths, mounts, the install plan,
+the version); ``run_build`` does it: an empty build directory is bind-mounted at the
+prefix's parent (``/data0/sw``) inside a sandbox, ``swstack.install`` fills it there, the
+audit checks that no foreign prefix is left, and ``swstack.pack`` packs it, still inside,
+where conda-pack sees the real prefix. The machine's own ``/data0`` is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as _platform
+import shutil
+import time
+import urllib.parse
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__, log, proc
+from .audit import audit
+from .errors import BuildError
+from .fsutil import atomic_write_text, sha256_file
+from .install import CondaItem, InstallPlan, KernelItem, PipItem
+from .lock import lock, lock_time, lockfile_path, read_lockfile
+from .manifest import Manifest
+from .pack import next_version
+from .sandbox import Mount, Sandbox, open_sandbox
+from .site import Site
+from .spec import Stack
+
+WORK = "/opt/swstack/work"
+ARTIFACTS = "/opt/swstack/artifacts"
+KERNEL_SPECS = "/opt/swstack/kernel-specs"
+
+
+def host_platform() -> str:
+    machine = _platform.machine()
+    arch = {"x86_64": "64", "aarch64": "aarch64", "ppc64le": "ppc64le"}.get(machine, machine)
+    return f"linux-{arch}"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    stack: Stack
+    platform: str
+    lockfile: Path
+    lockfile_sha256: str
+    build_dir: Path  # host directory mounted at the prefix's parent
+    work_dir: Path  # install plan and pip locks, mounted read-only
+    artifacts: Path
+    version: str
+    source_date_epoch: int
+    install: InstallPlan
+    mounts: tuple[Mount, ...]
+    network: bool
+    pip_locks: dict[str, dict[str, Any]]
+
+    @property
+    def host_prefix(self) -> Path:
+        return self.build_dir / Path(self.stack.prefix).name
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.artifacts / self.stack.stack_id / self.version
+
+
+# ---- planning (pure but for reading the lockfile) ------------------------------------------------------
+
+
+def _local_path(url: str) -> Path | None:
+    parsed = urllib.parse.urlparse(url.removeprefix("git+"))
+    if parsed.scheme != "file":
+        return None
+    path = urllib.parse.unquote(parsed.path)
+    return Path(path.split("@")[0] if url.startswith("git+") else path)
+
+
+def local_roots(urls: list[str]) -> list[Path]:
+    """The fewest directories to mount so that every file:// URL resolves inside the sandbox."""
+    dirs = set()
+    for url in urls:
+        path = _local_path(url)
+        if path is None:
+            continue
+        if url.startswith("git+"):
+            dirs.add(path)
+        else:
+            # a conda channel root is the parent of the subdir; a wheelhouse file's parent suffices
+            dirs.add(path.parent.parent if url.endswith((".conda", ".tar.bz2")) else path.parent)
+    roots: list[Path] = []
+    for d in sorted(dirs, key=lambda p: len(p.parts)):
+        if not any(d.is_relative_to(r) for r in roots):
+            roots.append(d)
+    return roots
+
+
+def existing_versions(artifacts: Path, stack_id: str) -> list[str]:
+    stack_dir = artifacts / stack_id
+    return sorted(p.name for p in stack_dir.iterdir() if p.is_dir()) if stack_dir.is_dir() else []
+
+
+def latest_manifest(artifacts: Path, stack_id: str, platform: str) -> Manifest | None:
+    """The newest complete artifact (its manifest.json exists) of a stack for a platform."""
+    found = []
+    for version in existing_versions(artifacts, stack_id):
+        path = artifacts / stack_id / version / "manifest.json"
+        if path.is_file():
+            manifest = Manifest.load(path)
+            if manifest.platform == platform:
+                found.append((path.stat().st_mtime, manifest))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def is_current(stack: Stack, site: Site, project: Path, platform: str | None = None) -> bool:
+    """True when the newest artifact was built from today's lockfile and stack file (doit's uptodate)."""
+    path = lockfile_path(stack, project)
+    if not path.is_file():
+        return False
+    manifest = latest_manifest(site.artifacts, stack.stack_id, platform or host_platform())
+    return (
+        manifest is not None
+        and manifest.lockfile_sha256 == sha256_file(path)
+        and manifest.stackfile_sha256 == stack.source_hash
+    )
+
+
+def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None = None,
+               platform: str | None = None, today: datetime | None = None) -> BuildPlan:
+    platform = platform or host_platform()
+    if platform not in stack.platforms:
+        raise BuildError(f"{stack.source}: stack {stack.name} does not list platform {platform} (it lists "
+                         f"{', '.join(stack.platforms)}); builds run on the platform they target")
+    path = lockfile_path(stack, project)
+    lockfile = read_lockfile(path)
+    packages = [p for p in lockfile.package if p.platform == platform]
+    conda = [CondaItem(p.name, p.url, p.hash.sha256, p.hash.md5) for p in packages if p.manager == "conda"]
+    pip = [PipItem(p.name, p.url, p.hash.sha256) for p in packages if p.manager == "pip"]
+    build_dir = site.cache / "build" / stack.stack_id / "sw"
+    work_dir = site.cache / "build" / stack.stack_id / "work"
+    package_cache = site.cache / "pkgs"
+    spec_dirs = []
+    mounts = [Mount(build_dir, os.path.dirname(stack.prefix)), Mount(work_dir, WORK, read_only=True),
+              Mount(package_cache, str(package_cache)), Mount(site.artifacts, ARTIFACTS)]
+    for i, rel in enumerate(stack.kernel_spec_dirs):
+        source = (stack.source.parent / rel).resolve() if stack.source else Path(rel)
+        if not source.is_dir():
+            raise BuildError(f"{stack.source}: kernel_spec_dirs: {rel!r} is not a directory ({source})")
+        mounts.append(Mount(source, f"{KERNEL_SPECS}/{i}", read_only=True))
+        spec_dirs.append(f"{KERNEL_SPECS}/{i}")
+    urls = [c.url for c in conda] + [p.url for p in pip]
+    mounts += [Mount(root, str(root), read_only=True) for root in local_roots(urls)]
+    install = InstallPlan(
+        prefix=stack.prefix,
+        platform=platform,
+        conda=conda,
+        pip=pip,
+        kernels=[KernelItem(k.name, k.display_name, k.language, list(k.argv), dict(k.env), k.interrupt_mode)
+                 for k in stack.kernels],
+        kernel_spec_dirs=spec_dirs,
+        owner=stack.owner.spec if stack.owner else None,
+        package_cache=str(package_cache),
+        extensions=list(stack.jupyterlab.extensions),
+    )
+    chosen = version or next_version(existing_versions(site.artifacts, stack.stack_id),
+                                     (today or datetime.now(timezone.utc)).date())
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    return BuildPlan(
+        stack=stack,
+        platform=platform,
+        lockfile=path,
+        lockfile_sha256=sha256_file(path),
+        build_dir=build_dir,
+        work_dir=work_dir,
+        artifacts=site.artifacts,
+        version=chosen,
+        source_date_epoch=int(epoch) if epoch and epoch.isdigit() else lock_time(path),
+        install=install,
+        mounts=tuple(mounts),
+        network=any(_local_path(u) is None for u in urls),
+        pip_locks={p.name: {"url": p.url, "sha256": p.sha256 or ""} for p in pip},
+    )
+
+
+# ---- doing ---------------------------------------------------------------------------------------------
+
+
+def _git_commit(project: Path) -> str:
+    try:
+        return proc.output(["git", "-C", str(project), "rev-parse", "HEAD"], check=True)
+    except Exception:
+        return ""
+
+
+def _tools() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    tools = [f"swstack={__version__}"]
+    for dist in ("py-rattler", "conda-lock"):
+        try:
+            tools.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:
+            pass
+    return tools
+
+
+def _fresh_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:
+    _fresh_dir(plan.build_dir)  # a build always starts from an empty prefix (the seed's --clean)
+    _fresh_dir(plan.work_dir)
+    Path(plan.install.package_cache).mkdir(parents=True, exist_ok=True)
+    plan.artifacts.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(plan.work_dir / "install.json", plan.install.to_json())
+    atomic_write_text(plan.work_dir / "pip-locks.json", json.dumps(plan.pip_locks, indent=1))
+    log.step(f"install {plan.stack.stack_id} at {plan.stack.prefix} ({sandbox.name} sandbox, "
+             f"{len(plan.install.conda)} conda + {len(plan.install.pip)} pip packages)")
+    sandbox.run([*sandbox.python(), "-m", "swstack.install", f"{WORK}/install.json"],
+                mounts=plan.mounts, network=plan.network)
+
+
+def pack_in_sandbox(plan: BuildPlan, sandbox: Sandbox, kernels: list[str], project: Path) -> Manifest:
+    stack = plan.stack
+    argv = [*sandbox.python(), "-m", "swstack.pack", "--prefix", stack.prefix, "--out", ARTIFACTS,
+            "--stack", stack.name, "--variant", stack.variant, "--version", plan.version,
+            "--platform", plan.platform, "--format", stack.pack.format, "--threads", str(stack.pack.threads),
+            "--source-date-epoch", str(plan.source_date_epoch),
+            "--lockfile-sha256", plan.lockfile_sha256, "--stackfile-sha256", stack.source_hash,
+            "--git-commit", _git_commit(project), "--pip-locks", f"{WORK}/pip-locks.json", "--overwrite"]
+    if stack.pack.level:
+        argv += ["--level", str(stack.pack.level)]
+    if stack.owner:
+        argv += ["--owner", _numeric_owner(stack.owner.spec)]
+    for tool in _tools():
+        argv += ["--tool", tool]
+    for kernel in kernels:
+        argv += ["--kernel", kernel]
+    sandbox.run(argv, mounts=plan.mounts, network=False)
+    manifest_path = plan.artifact_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise BuildError(f"packing finished without writing {manifest_path}")
+    return Manifest.load(manifest_path)
+
+
+def _numeric_owner(spec: str) -> str:
+    """Tar headers carry numbers: resolve 'user:group' names on the build machine."""
+    import grp
+    import pwd
+
+    user, _, group = spec.partition(":")
+    uid = user if user.isdigit() else str(pwd.getpwnam(user).pw_uid)
+    gid = group if group.isdigit() else str(grp.getgrnam(group).gr_gid)
+    return f"{uid}:{gid}"
+
+
+def installed_kernels(host_prefix: Path) -> list[str]:
+    kernels = host_prefix / "share" / "jupyter" / "kernels"
+    return sorted(p.name for p in kernels.iterdir() if (p / "kernel.json").is_file()) if kernels.is_dir() else []
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: Manifest
+    artifact_dir: Path
+    seconds: float
+    skipped: bool = False
+
+
+def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = None,
+              sandbox: Sandbox | None = None, relock: bool = True) -> BuildResult:
+    """Lock if stale, install in a sandbox, audit, pack. Returns the artifact's manifest."""
+    started = time.monotonic()
+    if relock:
+        lock(stack, site, project)
+    plan = plan_build(stack, site, project, version=version)
+    sandbox = sandbox or open_sandbox(site.sandbox)
+    install_in_sandbox(plan, sandbox)
+    log.step(f"audit {plan.stack.prefix} for foreign prefixes")
+    audit(plan.host_prefix, plan.stack.prefix, plan.build_dir)
+    manifest = pack_in_sandbox(plan, sandbox, installed_kernels(plan.host_prefix), project)
+    seconds = time.monotonic() - started
+    log.info(f"built {manifest.stack_id} {manifest.version} in {seconds:.0f}s -> {plan.artifact_dir}")
+    return BuildResult(replace(manifest), plan.artifact_dir, seconds)

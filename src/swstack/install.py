@@ -1,0 +1,301 @@
+"""Install plan (JSON) -> populated prefix at its production path. Runs *inside* the sandbox.
+
+The host side (``build.py``) turns the lockfile into a plain JSON plan, so this step needs
+nothing but the standard library, py-rattler and the prefix's own pip: conda packages are
+fetched (file:// or http), checked against the locked sha256, linked by py-rattler with a
+shared package cache; pip packages go in with ``--no-deps`` and ``--require-hashes``; then
+kernel specs, foreign kernel-spec directories and the owner. Never solves.
+
+    python -m swstack.install PLAN.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import log, proc
+from .errors import BuildError, SwstackError
+
+
+@dataclass(frozen=True)
+class CondaItem:
+    name: str
+    url: str
+    sha256: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class PipItem:
+    name: str
+    url: str  # a wheel/sdist URL, or "git+URL@sha"
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class KernelItem:
+    name: str
+    display_name: str
+    language: str
+    argv: list[str]
+    env: dict[str, str]
+    interrupt_mode: str
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    prefix: str
+    platform: str
+    conda: list[CondaItem]
+    pip: list[PipItem]
+    kernels: list[KernelItem]
+    kernel_spec_dirs: list[str]  # paths inside the sandbox
+    owner: str | None  # "uid:gid" or "user:group"
+    package_cache: str
+    extensions: list[str]
+
+    def to_json(self) -> str:
+        from dataclasses import asdict
+
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> InstallPlan:
+        data = json.loads(text)
+        return cls(
+            prefix=data["prefix"],
+            platform=data["platform"],
+            conda=[CondaItem(**c) for c in data["conda"]],
+            pip=[PipItem(**p) for p in data["pip"]],
+            kernels=[KernelItem(**k) for k in data["kernels"]],
+            kernel_spec_dirs=data["kernel_spec_dirs"],
+            owner=data["owner"],
+            package_cache=data["package_cache"],
+            extensions=data["extensions"],
+        )
+
+
+# ---- conda ---------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(item: CondaItem, downloads: Path) -> Path:
+    """The package archive on local disk, its sha256 checked against the lockfile."""
+    parsed = urllib.parse.urlparse(item.url)
+    file_name = Path(parsed.path).name
+    cached = downloads / f"{item.sha256[:16]}-{file_name}"
+    if cached.is_file() and _sha256(cached) == item.sha256:
+        return cached
+    partial = cached.with_name(cached.name + ".partial")
+    if parsed.scheme == "file":
+        source = Path(urllib.parse.unquote(parsed.path))
+        if not source.is_file():
+            raise BuildError(f"{item.url}: the locked package is missing from its channel; rebuild the channel or re-lock")
+        shutil.copyfile(source, partial)
+    else:
+        try:
+            with urllib.request.urlopen(item.url, timeout=60) as response, open(partial, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            raise BuildError(f"{item.url}: download failed: {exc}") from None
+    actual = _sha256(partial)
+    if actual != item.sha256:
+        partial.unlink()
+        raise BuildError(
+            f"{item.url}: sha256 {actual} does not match the lockfile's {item.sha256}; "
+            "the channel changed under the lock: re-lock the stack"
+        )
+    os.replace(partial, cached)
+    return cached
+
+
+def _record(item: CondaItem, archive: Path) -> Any:
+    import rattler
+
+    index = rattler.IndexJson.from_package_archive(archive)
+    with tempfile.TemporaryDirectory() as tmp:
+        index_path = Path(tmp) / "index.json"
+        index_path.write_text(_index_json_text(index))
+        record = rattler.PackageRecord.from_index_json(index_path, size=archive.stat().st_size,
+                                                       sha256=item.sha256, md5=item.md5)
+    channel = item.url.rsplit("/", 2)[0]
+    return rattler.RepoDataRecord(record, Path(urllib.parse.urlparse(item.url).path).name, item.url, channel)
+
+
+def _index_json_text(index: Any) -> str:
+    fields = {
+        "name": index.name.normalized,
+        "version": str(index.version),
+        "build": index.build,
+        "build_number": index.build_number,
+        "depends": list(index.depends),
+        "constrains": list(index.constrains),
+        "subdir": index.subdir,
+    }
+    if index.noarch and str(index.noarch) not in ("None", ""):
+        noarch = index.noarch
+        fields["noarch"] = "python" if noarch.is_python() else "generic"
+    if index.arch:
+        fields["arch"] = index.arch
+    if index.platform:
+        fields["platform"] = index.platform
+    return json.dumps(fields)
+
+
+def install_conda(plan: InstallPlan) -> None:
+    import rattler
+
+    cache = Path(plan.package_cache)
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    records = []
+    with log.progress("fetching conda packages", total=len(plan.conda)) as bar:
+        for item in plan.conda:
+            records.append(_record(item, _fetch(item, downloads)))
+            bar.advance()
+    log.info(f"linking {len(records)} conda packages into {plan.prefix}")
+    try:
+        asyncio.run(
+            rattler.install(
+                records,
+                target_prefix=plan.prefix,
+                cache_dir=cache / "pkgs",
+                platform=rattler.Subdir(plan.platform) if hasattr(rattler, "Subdir") else None,
+                execute_link_scripts=True,
+                show_progress=False,
+            )
+        )
+    except SwstackError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"installing conda packages into {plan.prefix} failed: {exc}") from None
+
+
+# ---- pip -----------------------------------------------------------------------------------------------
+
+
+def install_pip(plan: InstallPlan) -> None:
+    if not plan.pip:
+        return
+    python = Path(plan.prefix) / "bin" / "python"
+    hashed = [p for p in plan.pip if p.sha256]
+    vcs = [p for p in plan.pip if not p.sha256]
+    base = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation",
+            "--disable-pip-version-check", "--no-cache-dir", "--no-warn-script-location"]
+    if hashed:
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as reqs:
+            for item in hashed:
+                reqs.write(f"{item.name} @ {item.url} --hash=sha256:{item.sha256}\n")
+        log.info(f"pip: installing {len(hashed)} locked packages with hash checking")
+        proc.run([*base, "--require-hashes", "-r", reqs.name], error=BuildError, what="pip install (locked wheels)")
+        os.unlink(reqs.name)
+    for item in vcs:
+        # A git dependency is pinned by its commit sha; pip cannot hash-check a VCS checkout.
+        log.info(f"pip: installing {item.name} from {item.url}")
+        proc.run([*base, f"{item.name} @ {item.url}"], error=BuildError, what=f"pip install {item.name}")
+
+
+# ---- kernels, owner ------------------------------------------------------------------------------------
+
+
+def install_kernels(plan: InstallPlan) -> list[str]:
+    """Write the stack's kernel specs and copy foreign ones; return the installed kernel names."""
+    kernels_dir = Path(plan.prefix) / "share" / "jupyter" / "kernels"
+    kernels_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for kernel in plan.kernels:
+        spec = {
+            "argv": [a.replace("{prefix}", plan.prefix) for a in kernel.argv],
+            "display_name": kernel.display_name,
+            "language": kernel.language,
+            "interrupt_mode": kernel.interrupt_mode,
+            "env": kernel.env,
+            "metadata": {"debugger": True},
+        }
+        target = kernels_dir / kernel.name
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "kernel.json").write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+        names.append(kernel.name)
+    for directory in plan.kernel_spec_dirs:
+        for spec_file in sorted(Path(directory).glob("*/kernel.json")):
+            try:
+                json.loads(spec_file.read_text())
+            except ValueError as exc:
+                raise BuildError(f"{spec_file}: not valid JSON ({exc}); fix or remove this kernel spec") from None
+            target = kernels_dir / spec_file.parent.name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(spec_file.parent, target)
+            names.append(spec_file.parent.name)
+    return sorted(names)
+
+
+def check_extensions(plan: InstallPlan) -> None:
+    """Prebuilt JupyterLab extensions are packages: each one named must be installed and ship a labextension."""
+    if not plan.extensions:
+        return
+    labext = Path(plan.prefix) / "share" / "jupyter" / "labextensions"
+    if not labext.is_dir() or not any(labext.iterdir()):
+        raise BuildError(f"{labext}: no JupyterLab extension was installed, though the stack names {plan.extensions}")
+    installed = {p.name.split("-")[0].lower() for p in (Path(plan.prefix) / "conda-meta").glob("*.json")}
+    for site in (Path(plan.prefix) / "lib").glob("python*/site-packages"):
+        installed |= {p.name.split("-")[0].lower().replace("_", "-") for p in site.glob("*.dist-info")}
+    missing = [e for e in plan.extensions if e.lower() not in installed and e.lower().replace("-", "_") not in installed]
+    if missing:
+        raise BuildError(f"JupyterLab extension package(s) not installed: {', '.join(missing)}")
+
+
+def apply_owner(plan: InstallPlan) -> None:
+    if plan.owner:
+        proc.run(["chown", "-R", "--no-dereference", plan.owner, plan.prefix], error=BuildError,
+                 what=f"chown {plan.owner}")
+
+
+def run(plan: InstallPlan) -> list[str]:
+    prefix = Path(plan.prefix)
+    if prefix.exists() and any(prefix.iterdir()):
+        raise BuildError(f"{prefix} is not empty: a build always starts from an empty prefix")
+    install_conda(plan)
+    install_pip(plan)
+    kernels = install_kernels(plan)
+    check_extensions(plan)
+    apply_owner(plan)
+    return kernels
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    log.setup()
+    if len(args) != 1:
+        print("usage: python -m swstack.install PLAN.json", file=sys.stderr)
+        return 2
+    try:
+        plan = InstallPlan.from_json(Path(args[0]).read_text())
+        kernels = run(plan)
+    except SwstackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    log.info(f"installed {plan.prefix} (kernels: {', '.join(kernels) or 'none'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""Stack files: the shipped stacks load, and every kind of bad input gives a located error."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from swstack.errors import SpecError
+from swstack.spec import find_stack_file, load_stack, load_stack_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MINIMAL = """\
+name = "demo"
+channels = ["conda-forge"]
+
+[dependencies]
+python = "3.11.*"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "demo.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(SpecError) as info:
+        load_stack_file(path)
+    assert info.value.exit_code == 2
+    return str(info.value)
+
+
+# ---- the shipped stacks ----------------------------------------------------------------------------
+
+
+def test_py3_variants_resolve_to_their_own_pip_sources() -> None:
+    stable = load_stack(ROOT / "stacks/py3.toml")
+    dev = load_stack(ROOT / "stacks/py3.toml", "dev")
+    assert stable.variant == "stable" and stable.stack_id == "py3" and stable.lock_subdir == "py3"
+    assert dev.stack_id == "py3-dev" and dev.lock_subdir == "py3/dev"
+    assert dict(stable.pip)["labclient"] == ">=1.0,<2"
+    git = dict(dev.pip)["labclient"]
+    assert not isinstance(git, str) and git.git.endswith("labclient.git") and git.ref == "main"
+    assert stable.conda == dev.conda
+    assert "python 3.11.*" in stable.conda and "jupyterlab 4.*" in stable.conda
+    assert stable.prefix == "/data0/sw/py3"
+    assert stable.kernels[0].name == "python3"
+    # base.toml is merged in
+    assert stable.channels == ("conda-forge",) and stable.pack.level == 3
+    assert stable.lock.virtual_packages["__glibc"] == "2.36"
+
+
+def test_antares_kernel_is_owned_by_its_group() -> None:
+    stack = load_stack(ROOT / "stacks/antares-kernel.toml")
+    assert stack.owner is not None and stack.owner.spec == "899:899"
+    assert stack.prefix == "/data0/sw/antares-kernel"
+    assert stack.kernel_spec_dirs == ("../kernel-specs",)
+
+
+def test_default_prefix_and_seed_names(tmp_path: Path) -> None:
+    assert load_stack(write(tmp_path, MINIMAL)).prefix == "/data0/sw/demo"
+    seed = write(tmp_path, MINIMAL.replace('name = "demo"', 'name = "anaconda3"'), "a3.toml")
+    assert load_stack(seed).prefix == "/data0/sw/anaconda3"
+
+
+def test_variant_can_remove_and_add(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL
+        + """
+numpy = "*"
+[variants.lite]
+dependencies = { numpy = false, scipy = ">=1.10" }
+""",
+    )
+    lite = load_stack(path, "lite")
+    assert lite.conda == ("python 3.11.*", "scipy >=1.10")
+
+
+def test_digest_ignores_comments_and_formatting(tmp_path: Path) -> None:
+    a = load_stack(write(tmp_path, MINIMAL, "a.toml"))
+    b = load_stack(write(tmp_path, "# a comment\n" + MINIMAL.replace(" = ", "=").replace('name="demo"', 'name = "demo"'), "b.toml"))
+    assert a.source_hash == b.source_hash
+
+
+# ---- bad input: every class names file, line, key and what to do ----------------------------------------
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('channels = ["conda-forge"]', 'chanels = ["conda-forge"]\nchannels = ["x"]'))
+    message = error_of(path)
+    assert "demo.toml:2: chanels: unknown key; did you mean 'channels'?" in message
+
+
+def test_unknown_nested_key_points_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '\n[image]\nrepo = "x"\n')
+    message = error_of(path)
+    assert "demo.toml:8: image.repo: unknown key; did you mean 'repository'?" in message
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[pack]\nlevel = "high"\n'))
+    assert "demo.toml:8: pack.level:" in message and "integer" in message
+
+
+def test_invalid_match_spec(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + 'numpy = ">=1..2[["\n'))
+    assert "demo.toml" in message and "dependencies" in message and "invalid conda match spec" in message
+
+
+def test_invalid_pip_version(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[pip.dependencies]\nlabclient = "=>1.0"\n'))
+    assert "demo.toml:8: pip.dependencies.labclient" in message and "invalid pip requirement" in message
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, 'name = "demo"\n[dependencies]\npython = "3.11.*"\n'))
+    assert "demo.toml: channels: required key is missing" in message
+
+
+def test_extends_cycle(tmp_path: Path) -> None:
+    write(tmp_path, 'extends = "b.toml"\n', "a.toml")
+    write(tmp_path, 'extends = "a.toml"\n', "b.toml")
+    message = error_of(tmp_path / "a.toml")
+    assert "'extends' forms a cycle" in message and "a.toml -> " in message and "b.toml" in message
+
+
+def test_extends_missing_file(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, 'extends = "nope.toml"\n' + MINIMAL))
+    assert "nope.toml: no such file (extended by" in message
+
+
+def test_error_in_base_points_into_base(tmp_path: Path) -> None:
+    write(tmp_path, 'platforms = ["linux-46"]\nchannels = ["conda-forge"]\n', "base.toml")
+    path = write(tmp_path, 'extends = "base.toml"\nname = "x"\n[dependencies]\npython = "*"\n', "x.toml")
+    message = error_of(path)
+    assert "base.toml:1: platforms: unknown platform 'linux-46'; did you mean 'linux-64'?" in message
+
+
+def test_invalid_toml_has_line(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + "numpy = \n"))
+    assert message.startswith(f"{tmp_path / 'demo.toml'}:6: invalid TOML") or ":6: invalid TOML" in message
+
+
+def test_bad_owner_and_tag_field_and_kernel_argv(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'owner = "899:"\n' + MINIMAL + '\n[image]\ntags = ["w_{yyyy}_{wek}"]\n\n[[kernels]]\nname = "k"\n'
+        'display_name = "K"\nargv = ["python"]\n',
+    )
+    message = error_of(path)
+    assert "demo.toml:1: owner: owner '899:'" in message
+    assert "image.tags" in message and "did you mean '{week}'?" in message
+    assert "kernels[0].argv: argv must pass '{connection_file}'" in message
+
+
+def test_several_problems_are_reported_at_once(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[pack]\nformat = "zip"\nthreads = -1\n'))
+    assert len(message.splitlines()) == 2
+
+
+def test_extension_must_be_a_dependency(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[jupyterlab]\nextensions = ["jupyterlab-git"]\n'))
+    assert "jupyterlab-git" in message and "is not a dependency" in message
+
+
+def test_unknown_variant_and_stack(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no variant 'deb'; did you mean 'dev'"):
+        load_stack(ROOT / "stacks/py3.toml", "deb")
+    with pytest.raises(SpecError, match="no stack named 'py2'.*did you mean 'py3'"):
+        find_stack_file("py2", ROOT / "stacks")
