@@ -262,7 +262,7 @@ def build_rootfs_tarball(spec: BaseSpec, tarball: Path) -> None:
     if os.geteuid() != 0:
         raise ImageError(
             "building the Debian base image runs debootstrap, which needs root: "
-            "run this step as root once (the image is cached), or use sandbox = \"namespace\""
+            'run this step as root once (the image is cached), or use sandbox = "namespace"'
         )
     if proc.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed: run scripts/setup")

@@ -1,0 +1,133 @@
+"""Both sandbox backends for real: /data0/sw inside is the build dir outside, owned by the
+invoking user; the machine's /data0 stays absent; network=False really cuts the network.
+
+The docker backend needs an engine (scripts/with-engine starts one); without it the docker
+cases fail with the "no Docker engine answers" message instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from swstack import proc
+from swstack.errors import SandboxError
+from swstack.sandbox import Mount, Sandbox, open_sandbox, private_root_argv
+
+DOCKER = pytest.param("docker", marks=[pytest.mark.docker, pytest.mark.slow])
+
+WRITE_HELLO = """
+import os, pathlib
+pathlib.Path("/data0/sw/x").mkdir(parents=True)
+pathlib.Path("/data0/sw/x/hello").write_text("hello from " + os.environ["WHO"])
+import swstack, rattler, conda_pack, zstandard
+"""
+
+# Exit 0 when a TCP connection to the address succeeds, 1 when it cannot be opened.
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 443), timeout=5).close()
+except OSError as exc:
+    print("no connection:", exc)
+    sys.exit(1)
+print("connected")
+"""
+
+
+@pytest.fixture(autouse=True)
+def machine_data0_is_never_created() -> object:
+    assert not os.path.lexists("/data0"), "this machine has a /data0: the tests would prove nothing"
+    yield
+    assert not os.path.lexists("/data0"), "a sandbox created the machine's /data0"
+
+
+@pytest.fixture(scope="module", params=["namespace", DOCKER])
+def box(request: pytest.FixtureRequest) -> Sandbox:
+    return open_sandbox(request.param)
+
+
+@pytest.fixture(scope="module")
+def pypi_address() -> str:
+    return socket.gethostbyname("pypi.org")
+
+
+def test_a_write_to_data0_sw_lands_in_the_build_dir_as_the_user(box: Sandbox, tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    build.mkdir()
+    box.run([*box.python(), "-c", WRITE_HELLO], mounts=[Mount(build, "/data0/sw")], env={"WHO": box.name})
+    hello = build / "x" / "hello"
+    assert hello.read_text() == f"hello from {box.name}"
+    for made in (hello, hello.parent):
+        assert (made.stat().st_uid, made.stat().st_gid) == (os.getuid(), os.getgid())
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_files_belong_to_the_user_asked_for(tmp_path: Path) -> None:
+    # The invoking user here may be root, so show ownership follows `user` with another id.
+    build = tmp_path / "build"
+    build.mkdir()
+    build.chmod(0o777)
+    box = open_sandbox("docker", user=(4321, 4322))
+    box.run([*box.python(), "-c", WRITE_HELLO], mounts=[Mount(build, "/data0/sw")], env={"WHO": "4321"})
+    hello = build / "x" / "hello"
+    assert (hello.stat().st_uid, hello.stat().st_gid) == (4321, 4322)
+    assert (hello.parent.stat().st_uid, hello.parent.stat().st_gid) == (4321, 4322)
+
+
+def test_read_only_mounts_stay_read_only(box: Sandbox, tmp_path: Path) -> None:
+    (tmp_path / "keep").write_text("original")
+    code = "open('/data0/ro/keep', 'w').write('changed')"
+    with pytest.raises(SandboxError, match="(Read-only file system|Permission denied)"):
+        box.run([*box.python(), "-c", code], mounts=[Mount(tmp_path, "/data0/ro", read_only=True)])
+    assert (tmp_path / "keep").read_text() == "original"
+
+
+def test_network_off_cannot_reach_pypi(box: Sandbox, pypi_address: str) -> None:
+    probe = [*box.python(), "-c", CONNECT, pypi_address]
+    box.run(probe, mounts=[], network=True)  # the probe itself works
+    with pytest.raises(SandboxError, match="no connection"):
+        box.run(probe, mounts=[], network=False)
+
+
+def test_failure_carries_the_output_tail(box: Sandbox) -> None:
+    with pytest.raises(SandboxError, match=r"(?s)exit 5.*the-last-words"):
+        box.run(["sh", "-c", "echo the-last-words; exit 5"], mounts=[])
+
+
+def test_workdir_and_env(box: Sandbox, tmp_path: Path) -> None:
+    code = "import os, pathlib; pathlib.Path('out').write_text(os.getcwd() + ' ' + os.environ['PROBE'])"
+    box.run(
+        [*box.python(), "-c", code],
+        mounts=[Mount(tmp_path, "/data0/sw")],
+        env={"PROBE": "1"},
+        workdir="/data0/sw",
+    )
+    assert (tmp_path / "out").read_text() == "/data0/sw 1"
+
+
+def test_private_root_gives_a_size_limited_ramdisk_and_symlinks(tmp_path: Path) -> None:
+    code = """
+import errno, os
+assert os.path.realpath("/data0/sw") == "/data0/sw.tmpfs", os.path.realpath("/data0/sw")
+st = os.statvfs("/data0/sw")
+print("size", st.f_blocks * st.f_frsize)
+with open("/data0/sw/small", "wb") as fh:
+    fh.write(b"x" * (2 << 20))
+try:
+    with open("/data0/sw/big", "wb") as fh:
+        fh.write(b"x" * (16 << 20))
+except OSError as exc:
+    assert exc.errno == errno.ENOSPC
+    print("full")
+"""
+    argv = private_root_argv(
+        tmpfs=[("/data0/sw.tmpfs", 8 << 20)], symlinks=[("/data0/sw.tmpfs", "/data0/sw")]
+    )
+    out = proc.output([*argv, sys.executable, "-c", code])
+    assert out.splitlines() == [f"size {8 << 20}", "full"]
