@@ -1,0 +1,599 @@
+"""What the host CLI does: sources or versions in, a switched host and a result to print out.
+
+Each command plans first (which trees to extract, copy and switch; pure apart from
+reads), checks space, then does the steps in an order where a crash at any point
+leaves a complete old or new version live and a rerun finishes the job:
+
+    extract to .swstack/staging -> verify -> relocate -> rename to sw.<version>/<stack>
+    -> copy to sw.tmpfs/.<stack>@<version>.partial -> rename -> switch sw/<stack>
+    -> record state.json -> switch sw.hdd -> drop unused ramdisk copies
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .. import log
+from ..errors import ActivateError
+from ..fsutil import atomic_write_text, sha256_file
+from ..manifest import IN_TREE_PATH, Manifest
+from . import faults, inuse, relocate, source, space, switch
+from .extract import extract
+from .layout import HostState, Layout, StackState, check_name, normalize_version, version_key
+from .lock import host_lock
+from .verify import check_in_tree_manifest, expectations
+
+UNCHANGED_EXIT = 3  # `activate`, `set-version`, `restore`, `prune`: nothing to do (Ansible's changed_when)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class StackResult:
+    stack: str
+    version: str
+    previous: str | None
+    changed: bool
+    steps: tuple[str, ...] = ()
+    relocated_from: str | None = None
+    kept_in_use: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    results: tuple[StackResult, ...]
+    hdd: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return any(r.changed for r in self.results)
+
+
+# ---------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Target:
+    """One stack to make live at one version, from an artifact or from the tree already on the host."""
+
+    stack: str
+    version: str
+    artifact: source.Artifact | None = None
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    target: Target
+    extract: bool
+    copy: bool
+    switch: bool
+    record: bool
+    previous: str | None
+
+
+def _in_tree_manifest(tree: Path) -> str | None:
+    try:
+        return (tree / IN_TREE_PATH).read_text()
+    except OSError:
+        return None
+
+
+def plan_stack(layout: Layout, state: HostState, target: Target) -> StackPlan:
+    persistent = layout.persistent_tree(target.stack, target.version)
+    have_tree = persistent.is_dir()
+    if have_tree and target.artifact is not None:
+        check_in_tree_manifest(_in_tree_manifest(persistent), target.artifact.manifest,
+                               f"{persistent} (already on this host, version {target.version})")
+    if not have_tree and target.artifact is None:
+        versions = [v for v in layout.versions() if target.stack in layout.stacks_in(v)]
+        raise ActivateError(f"{target.stack} {target.version} is not on this host (no {persistent}); "
+                            f"versions here: {', '.join(versions) or 'none'}; activate it from its artifact")
+    live = layout.live_version(target.stack)
+    entry = state.stacks.get(target.stack)
+    if entry is not None and entry.version != target.version:
+        previous: str | None = entry.version
+    elif live is not None and live != target.version:
+        previous = live
+    else:
+        previous = entry.previous if entry else None
+    return StackPlan(
+        target=target,
+        extract=not have_tree,
+        copy=layout.production and not layout.ramdisk_copy(target.stack, target.version).is_dir(),
+        switch=live != target.version,
+        record=entry is None or entry.version != target.version or entry.previous != previous,
+        previous=previous,
+    )
+
+
+def space_needs(layout: Layout, plans: list[StackPlan]) -> list[space.SpaceNeed]:
+    needs = []
+    for p in plans:
+        t = p.target
+        if t.artifact is not None:
+            m = t.artifact.manifest
+            size = space.estimate(m.total_size, m.file_count)
+        else:
+            total, count = switch.tree_size(layout.persistent_tree(t.stack, t.version))
+            size = space.estimate(total, count)
+        if p.extract:
+            needs.append(space.SpaceNeed("disk", layout.root, size))
+        if p.copy:
+            needs.append(space.SpaceNeed("ramdisk", layout.tmpfs, size))
+    return needs
+
+
+# ---------------------------------------------------------------- doing
+
+
+def prepare_root(layout: Layout) -> None:
+    """Create what swstack keeps under the root and, in production, the sw -> sw.tmpfs link."""
+    if not layout.root.is_dir():
+        raise ActivateError(f"{layout.root}: root directory missing; create it (the seed's step S1.1) "
+                            f"or pass --root")
+    layout.private.mkdir(exist_ok=True)
+    if layout.production:
+        if layout.sw.is_symlink():
+            if os.path.realpath(layout.sw) != os.path.realpath(layout.tmpfs):
+                raise ActivateError(f"{layout.sw} points at {os.readlink(layout.sw)}, not sw.tmpfs; "
+                                    f"fix the link (ln -s sw.tmpfs {layout.sw}) and run again")
+        elif layout.sw.exists():
+            raise ActivateError(f"{layout.sw} is a directory but {layout.tmpfs} exists too: pick one "
+                                f"configuration (production links sw -> sw.tmpfs)")
+        else:
+            switch.replace_symlink(layout.sw, "sw.tmpfs")
+    else:
+        layout.sw.mkdir(exist_ok=True)
+
+
+def clean_leftovers(layout: Layout) -> None:
+    """Remove what a killed run left half-done; we hold the lock, so nothing else is writing."""
+    for d in (layout.staging, layout.private / "trash"):
+        if d.exists():
+            switch.remove_tree(d)
+    if layout.production:
+        for entry in layout.tmpfs.iterdir():
+            if entry.name.startswith(".") and (entry.name.endswith(".partial") or ".new-" in entry.name):
+                switch.remove_tree(entry)
+
+
+def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
+    """Artifact -> verified, relocated, owned tree at sw.<version>/<stack>; returns the prefix it moved from."""
+    t = plan.target
+    assert t.artifact is not None
+    art = t.artifact
+    expected = expectations(art)
+    staging = layout.staging / f"{t.stack}@{t.version}"
+    layout.staging.mkdir(parents=True, exist_ok=True)
+    os.mkdir(staging, 0o755)
+    try:
+        log.step(f"{t.stack} {t.version}: verifying and extracting {art.tarball.name}")
+        result = extract(art.tarball, staging, expected)
+        check_in_tree_manifest(result.in_tree_manifest, art.manifest, str(art.tarball))
+        faults.hit("extracted")
+        target_prefix = str(layout.live_path(t.stack))
+        moved_from = None
+        relocation = relocate.plan(staging, art.manifest.prefix, target_prefix)
+        if relocation is not None:
+            relocate.relocate(staging, relocation)
+            moved_from = ", ".join(relocation.placeholders)
+        faults.hit("relocated")
+        owner = switch.parse_owner(art.manifest.owner)
+        if owner is not None:
+            if os.geteuid() == 0:
+                switch.chown_tree(staging, owner)
+            else:
+                log.warn(f"{t.stack}: not root, so the tree is not given to its owner {art.manifest.owner}")
+        persistent = layout.persistent_tree(t.stack, t.version)
+        persistent.parent.mkdir(exist_ok=True)
+        os.rename(staging, persistent)
+        faults.hit("persisted")
+        return moved_from
+    except BaseException:
+        switch.remove_tree(staging)
+        raise
+
+
+def load_ramdisk(layout: Layout, stack: str, version: str) -> None:
+    dest = layout.ramdisk_copy(stack, version)
+    partial = dest.with_name(dest.name + ".partial")
+    switch.remove_tree(partial)
+    log.step(f"{stack} {version}: loading onto the ramdisk {layout.tmpfs}")
+    try:
+        faults.hit("ramdisk-copying")
+        switch.copy_tree(layout.persistent_tree(stack, version), partial)
+    except OSError as exc:
+        switch.remove_tree(partial)
+        raise ActivateError(f"copying {stack} {version} onto the ramdisk {layout.tmpfs} failed ({exc}); "
+                            f"nothing live changed; free ramdisk space or grow it") from exc
+    except BaseException:
+        switch.remove_tree(partial)
+        raise
+    os.rename(partial, dest)
+    faults.hit("ramdisk-copied")
+
+
+def drop_unused_copies(layout: Layout) -> list[str]:
+    """Remove ramdisk copies that are no longer live, unless a process still uses them; name the kept ones."""
+    kept = []
+    if not layout.production:
+        return kept
+    for entry in sorted(layout.tmpfs.iterdir()):
+        name = entry.name
+        if not (name.startswith(".") and "@" in name) or name.endswith(".partial") or not entry.is_dir():
+            continue
+        stack, version = name[1:].split("@", 1)
+        if layout.live_version(stack) == version:
+            continue
+        users = inuse.users_of(entry)
+        if users:
+            kept.append(f"{entry} (in use by PID {', '.join(map(str, users[:5]))})")
+            log.info(f"keeping {entry}: still in use by PID {', '.join(map(str, users[:5]))}")
+        else:
+            switch.remove_tree(entry)
+    return kept
+
+
+def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dict[str, str]) -> Outcome:
+    state = HostState.load(layout)
+    space.check(space_needs(layout, plans))
+    moved: dict[str, str | None] = {}
+    for p in plans:
+        if p.extract:
+            moved[p.target.stack] = stage_tree(layout, p)
+    for p in plans:
+        if p.copy:
+            load_ramdisk(layout, p.target.stack, p.target.version)
+    # Commit: every tree is complete; each switch is one rename.
+    for p in plans:
+        if p.switch:
+            switch.replace_symlink(layout.live_link(p.target.stack), layout.link_target(p.target.stack,
+                                                                                      p.target.version))
+            log.info(f"{p.target.stack}: {p.previous or 'nothing'} -> {p.target.version} is live at "
+                     f"{layout.live_path(p.target.stack)}")
+    faults.hit("switched")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    for p in plans:
+        if p.record or p.target.stack in moved:
+            old = state.stacks.get(p.target.stack)
+            entry = StackState(
+                version=p.target.version, previous=p.previous,
+                source=sources.get(p.target.stack) or (old.source if old else ""),
+                relocated_from=moved.get(p.target.stack, old.relocated_from if old else None),
+                activated_at=now if p.switch or p.record else (old.activated_at if old else now),
+            )
+            state = state.with_stack(p.target.stack, entry)
+    if any(p.record or p.extract for p in plans):
+        atomic_write_text(layout.state_file, state.to_json())
+    faults.hit("state-written")
+    hdd_changed = False
+    if hdd is not None and layout.version_dir(hdd).is_dir():
+        if layout.hdd.exists() and not layout.hdd.is_symlink():
+            log.warn(f"{layout.hdd} is a real directory, not a link; leaving it alone")
+        else:
+            hdd_changed = switch.replace_symlink(layout.hdd, f"sw.{hdd}")
+    faults.hit("hdd-switched")
+    kept = tuple(drop_unused_copies(layout))
+    results = []
+    for p in plans:
+        steps = [s for s, on in (("extracted", p.extract), ("loaded onto the ramdisk", p.copy),
+                                 ("switched", p.switch), ("recorded", p.record)) if on]
+        results.append(StackResult(p.target.stack, p.target.version, p.previous,
+                                   changed=bool(steps), steps=tuple(steps),
+                                   relocated_from=moved.get(p.target.stack),
+                                   kept_in_use=kept))
+    if hdd_changed and results and not any(r.changed for r in results):
+        results[-1] = replace(results[-1], changed=True, steps=("sw.hdd switched",))
+    return Outcome(tuple(results), hdd)
+
+
+def _run_locked(root: Path, wait: float, body: object) -> Outcome:
+    layout = Layout(root)
+    prepare_root(layout)
+    with host_lock(layout.lock_file, wait):
+        faults.hit("locked")
+        clean_leftovers(layout)
+        return body(layout)  # type: ignore[operator,no-any-return]
+
+
+# ---------------------------------------------------------------- commands
+
+
+def read_release(path: Path) -> list[str]:
+    """A release manifest: TOML ``[stacks] py3 = "<source>"`` or JSON ``{"stacks": {...}}`` -> sources."""
+    import json
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ActivateError(f"{path}: cannot read the release manifest ({exc})") from exc
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(text)
+    except ValueError as exc:
+        raise ActivateError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from exc
+    stacks = data.get("stacks")
+    if not isinstance(stacks, dict) or not stacks or not all(isinstance(v, str) for v in stacks.values()):
+        raise ActivateError(f'{path}: expected a [stacks] table of name = "<source>" (path, URL or OCI reference)')
+    base = path.parent
+    out = []
+    for value in stacks.values():
+        kind = source.kind_of(value)
+        out.append(str(base / value) if kind == "path" and not os.path.isabs(value) else value)
+    return out
+
+
+def activate(root: Path, sources: list[str], wait: float = 0.0) -> Outcome:
+    """Fetch, verify, extract and switch the given artifacts together."""
+    if not sources:
+        raise ActivateError("nothing to activate: give artifact sources or --release FILE")
+
+    def body(layout: Layout) -> Outcome:
+        artifacts = [source.fetch(s, layout.downloads) for s in sources]
+        targets: dict[str, Target] = {}
+        for art in artifacts:
+            stack = check_name("stack", art.manifest.stack_id)
+            if stack in targets:
+                raise ActivateError(f"{stack} appears twice among the sources; give one artifact per stack")
+            targets[stack] = Target(stack, check_name("version", art.manifest.version), art)
+        state = HostState.load(layout)
+        plans = [plan_stack(layout, state, t) for t in targets.values()]
+        hdd = plans[-1].target.version
+        return _apply(layout, plans, hdd, {t.stack: t.artifact.source for t in targets.values() if t.artifact})
+
+    return _run_locked(root, wait, body)
+
+
+def set_version(root: Path, version: str, stack: str | None = None, wait: float = 0.0) -> Outcome:
+    """Make a version already on the host live (all its stacks, or one)."""
+    version = check_name("version", normalize_version(version))
+
+    def body(layout: Layout) -> Outcome:
+        if not layout.version_dir(version).is_dir():
+            raise ActivateError(f"{layout.version_dir(version)}: no such version on this host; "
+                                f"versions here: {', '.join(layout.versions()) or 'none'}")
+        stacks = [stack] if stack else layout.stacks_in(version)
+        if not stacks:
+            raise ActivateError(f"{layout.version_dir(version)} holds no stack")
+        state = HostState.load(layout)
+        plans = [plan_stack(layout, state, Target(check_name("stack", s), version)) for s in stacks]
+        return _apply(layout, plans, version, {})
+
+    return _run_locked(root, wait, body)
+
+
+def restore(root: Path, wait: float = 0.0) -> Outcome:
+    """After a reboot: load the recorded active versions onto the (empty) ramdisk and relink them."""
+
+    def body(layout: Layout) -> Outcome:
+        state = HostState.load(layout)
+        if not state.stacks:
+            log.info(f"nothing recorded in {layout.state_file}; nothing to restore")
+            return Outcome(())
+        plans = [plan_stack(layout, state, Target(name, entry.version)) for name, entry in sorted(state.stacks.items())]
+        return _apply(layout, plans, None, {})
+
+    return _run_locked(root, wait, body)
+
+
+# ---------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    stack: str
+    version: str | None
+    recorded: str | None
+    previous: str | None
+    live_path: str
+    served_from: str | None
+    persistent: str | None
+    in_sync: bool | None  # None: no ramdisk in this configuration
+    differences: tuple[str, ...] = ()
+
+
+def _snapshot(tree: Path, by_hash: bool) -> dict[str, tuple[object, ...]]:
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(tree):
+        rel_dir = os.path.relpath(dirpath, tree)
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            st = os.lstat(path)
+            if os.path.islink(path):
+                out[rel] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                out[rel] = ("dir",)
+            elif by_hash:
+                out[rel] = ("file", st.st_size, sha256_file(Path(path)))
+            else:
+                out[rel] = ("file", st.st_size, st.st_mtime_ns)
+    return out
+
+
+def compare_trees(a: Path, b: Path, by_hash: bool) -> list[str]:
+    """Relative paths whose type, size and mtime (or content hash) differ between two trees."""
+    left, right = _snapshot(a, by_hash), _snapshot(b, by_hash)
+    return sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))
+
+
+def active(root: Path, verify: bool = False) -> list[StackStatus]:
+    layout = Layout(root)
+    state = HostState.load(layout)
+    names = set(state.stacks)
+    if layout.link_dir.is_dir():
+        names |= {e.name for e in layout.link_dir.iterdir() if e.is_symlink() and not e.name.startswith(".")}
+    out = []
+    for name in sorted(names):
+        version = layout.live_version(name)
+        entry = state.stacks.get(name)
+        persistent = layout.persistent_tree(name, version) if version else None
+        served = layout.served_tree(name, version) if version else None
+        in_sync: bool | None = None
+        diffs: list[str] = []
+        if version and layout.production:
+            if served and served.is_dir() and persistent and persistent.is_dir():
+                diffs = compare_trees(persistent, served, verify)
+                in_sync = not diffs
+            else:
+                in_sync = False
+                diffs = [f"missing: {p}" for p in (served, persistent) if p and not p.is_dir()]
+        out.append(StackStatus(name, version, entry.version if entry else None, entry.previous if entry else None,
+                               str(layout.live_path(name)), str(served) if served else None,
+                               str(persistent) if persistent else None, in_sync, tuple(diffs)))
+    return out
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    stacks: tuple[str, ...]
+    active: tuple[str, ...]
+    previous: tuple[str, ...]
+    size: int
+
+
+def list_versions(root: Path) -> tuple[list[VersionInfo], str | None]:
+    layout = Layout(root)
+    state = HostState.load(layout)
+    out = []
+    for v in layout.versions():
+        stacks = tuple(layout.stacks_in(v))
+        size = 0
+        for s in stacks:
+            text = _in_tree_manifest(layout.persistent_tree(s, v))
+            if text:
+                try:
+                    size += Manifest.from_json(text).total_size
+                except (ValueError, TypeError, KeyError):
+                    pass
+        out.append(VersionInfo(v, stacks, tuple(s for s in stacks if layout.live_version(s) == v),
+                               tuple(s for s, e in state.stacks.items() if e.previous == v), size))
+    return out, layout.hdd_version()
+
+
+@dataclass(frozen=True)
+class Diff:
+    stack: str
+    a: str
+    b: str
+    added: tuple[tuple[str, str], ...]
+    removed: tuple[tuple[str, str], ...]
+    changed: tuple[tuple[str, str, str], ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def _manifest_for(layout: Layout, ref: str, stack: str | None) -> Manifest:
+    path = Path(ref)
+    if path.is_file() or (path.is_dir() and (path / "manifest.json").is_file()):
+        return Manifest.load(path if path.is_file() else path / "manifest.json")
+    version = normalize_version(ref)
+    stacks = layout.stacks_in(version)
+    if not stacks:
+        raise ActivateError(f"{ref}: neither a manifest.json nor a version on this host "
+                            f"(versions: {', '.join(layout.versions()) or 'none'})")
+    if stack is None:
+        if len(stacks) > 1:
+            raise ActivateError(f"version {version} holds {', '.join(stacks)}: pick one with --stack")
+        stack = stacks[0]
+    text = _in_tree_manifest(layout.persistent_tree(stack, version))
+    if text is None:
+        raise ActivateError(f"{layout.persistent_tree(stack, version)}: no {IN_TREE_PATH}; not a swstack tree")
+    return Manifest.from_json(text)
+
+
+def _pkg_label(p: object) -> str:
+    build = getattr(p, "build", "")
+    return f"{getattr(p, 'version', '')}" + (f"={build}" if build else "")
+
+
+def diff_packages(a: Manifest, b: Manifest) -> Diff:
+    """Packages added, removed and changed from manifest ``a`` to ``b`` (pure)."""
+    left = {(p.manager, p.name): p for p in a.packages}
+    right = {(p.manager, p.name): p for p in b.packages}
+    added = tuple(sorted((k[1], _pkg_label(right[k])) for k in right.keys() - left.keys()))
+    removed = tuple(sorted((k[1], _pkg_label(left[k])) for k in left.keys() - right.keys()))
+    changed = tuple(sorted(
+        (k[1], _pkg_label(left[k]), _pkg_label(right[k]))
+        for k in left.keys() & right.keys()
+        if (left[k].version, left[k].build, left[k].sha256) != (right[k].version, right[k].build, right[k].sha256)
+    ))
+    return Diff(a.stack_id, a.version, b.version, added, removed, changed)
+
+
+def diff(root: Path, a: str, b: str, stack: str | None = None) -> Diff:
+    layout = Layout(root)
+    return diff_packages(_manifest_for(layout, a, stack), _manifest_for(layout, b, stack))
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    remove: tuple[str, ...]
+    keep: dict[str, str] = field(default_factory=dict)  # version -> why
+
+
+def plan_prune(versions: list[str], keep: int, protected: dict[str, str]) -> PrunePlan:
+    """Keep the ``keep`` newest and every protected version (pure)."""
+    ordered = sorted(versions, key=version_key)
+    newest = set(ordered[-keep:]) if keep > 0 else set()
+    reasons = {v: "newest" for v in newest}
+    reasons.update({v: why for v, why in protected.items() if v in versions})
+    return PrunePlan(tuple(v for v in ordered if v not in reasons), reasons)
+
+
+def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tuple[PrunePlan, bool]:
+    if keep < 0:
+        raise ActivateError("--keep must be 0 or more")
+
+    def body(layout: Layout) -> Outcome:
+        nonlocal result
+        state = HostState.load(layout)
+        protected: dict[str, str] = {}
+        for name, entry in state.stacks.items():
+            if entry.previous:
+                protected.setdefault(entry.previous, f"previous version of {name}")
+            protected[entry.version] = f"recorded active version of {name}"
+        for v in layout.versions():
+            for s in layout.stacks_in(v):
+                if layout.live_version(s) == v:
+                    protected[v] = f"live version of {s}"
+        for v in layout.versions():
+            if v in protected:
+                continue
+            users = inuse.users_of(layout.version_dir(v))
+            users += [u for s in layout.stacks_in(v) if layout.production
+                      for u in inuse.users_of(layout.ramdisk_copy(s, v))]
+            if users:
+                protected[v] = f"in use by PID {', '.join(map(str, sorted(set(users))[:5]))}"
+        result = plan_prune(layout.versions(), keep, protected)
+        if dry_run:
+            return Outcome(())
+        trash = layout.private / "trash"
+        for v in result.remove:
+            trash.mkdir(exist_ok=True)
+            # Rename first: a half-deleted version never looks like a version.
+            doomed = trash / f"sw.{v}"
+            os.rename(layout.version_dir(v), doomed)
+            switch.remove_tree(doomed)
+            if layout.hdd_version() == v:
+                layout.hdd.unlink()
+            log.info(f"removed {layout.version_dir(v)}")
+        drop_unused_copies(layout)
+        return Outcome(())
+
+    result = PrunePlan(())
+    _run_locked(root, wait, body)
+    return result, bool(result.remove) and not dry_run

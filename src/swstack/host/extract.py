@@ -1,0 +1,256 @@
+"""Tarball (zstd, gzip or plain tar) -> a tree in a fresh staging directory, streamed and checked member by member.
+
+Our own checks, not tarfile's ``data`` filter alone: no absolute names, no ``..``,
+no symlink resolving outside the tree (checked again over the complete set of
+links at the end, since a later link can change where an earlier one leads), no
+write through a symlink, hardlinks only to regular files already extracted, no
+devices, fifos, setuid or setgid bits. Writes never follow symlinks. The archive is
+read once, through a hashing reader, with memory flat in its size.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import log
+from ..errors import ActivateError
+from ..manifest import IN_TREE_PATH
+from . import faults
+from .verify import Expected, HashingReader
+
+_CHUNK = 1 << 20
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
+_MAX_LINK_DEPTH = 40
+
+
+class UnsafeMember(ActivateError):
+    """A member would write outside the tree or create something a software tree never needs."""
+
+
+@dataclass
+class _Tree:
+    """What has been created so far, keyed by normalised member name."""
+
+    dirs: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (mode, mtime)
+    files: set[str] = field(default_factory=set)
+    symlinks: dict[str, str] = field(default_factory=dict)
+    file_count: int = 0
+    total_size: int = 0
+
+
+@dataclass(frozen=True)
+class Extracted:
+    file_count: int
+    total_size: int
+    in_tree_manifest: str | None
+    sha256: str
+
+
+def normalize_name(name: str) -> str:
+    """Member name -> relative POSIX path inside the tree, or raise (pure)."""
+    if "\x00" in name:
+        raise UnsafeMember(f"member {name!r}: NUL in name")
+    if name.startswith("/"):
+        raise UnsafeMember(f"member {name!r}: absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeMember(f"member {name!r}: '..' in path")
+    return "/".join(parts)
+
+
+def resolves_inside(start_dir: list[str], target: str, symlinks: dict[str, str]) -> bool:
+    """Follow ``target`` from ``start_dir`` through the tree's own links; False if it leaves the tree (pure)."""
+    return _walk(start_dir, target, symlinks, 0, [])
+
+
+def _walk(start: list[str], target: str, symlinks: dict[str, str], depth: int, out: list[str]) -> bool:
+    if depth > _MAX_LINK_DEPTH:
+        return False
+    stack = list(start)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return False
+            stack.pop()
+            continue
+        candidate = "/".join([*stack, part])
+        if candidate in symlinks:
+            inner = symlinks[candidate]
+            if inner.startswith("/"):
+                return False
+            sub: list[str] = []
+            if not _walk(stack, inner, symlinks, depth + 1, sub):
+                return False
+            stack = sub
+        else:
+            stack.append(part)
+    out[:] = stack
+    return True
+
+
+def check_member(member: tarfile.TarInfo, tree: _Tree) -> str:
+    """Validate one member against what is already extracted; return its normalised name (pure)."""
+    name = normalize_name(member.name)
+    what = f"member {member.name!r}"
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        kind = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
+                tarfile.FIFOTYPE: "fifo"}.get(member.type, f"type {member.type!r}")
+        raise UnsafeMember(f"{what}: {kind}; a software tree holds only files, directories and links")
+    if member.mode & (stat.S_ISUID | stat.S_ISGID):
+        raise UnsafeMember(f"{what}: setuid/setgid bit set (mode {member.mode:o})")
+    parts = name.split("/") if name else []
+    for i in range(1, len(parts)):
+        ancestor = "/".join(parts[:i])
+        if ancestor in tree.symlinks:
+            raise UnsafeMember(f"{what}: would write through the symlink {ancestor!r}")
+        if ancestor in tree.files:
+            raise UnsafeMember(f"{what}: parent {ancestor!r} is a file")
+    if name in tree.symlinks or name in tree.files:
+        raise UnsafeMember(f"{what}: appears twice (a second member would replace the first)")
+    if name in tree.dirs and not member.isdir():
+        raise UnsafeMember(f"{what}: replaces a directory")
+    if member.issym():
+        target = member.linkname
+        if target.startswith("/"):
+            raise UnsafeMember(f"{what}: symlink to the absolute path {target!r}")
+        if not resolves_inside(parts[:-1], target, tree.symlinks):
+            raise UnsafeMember(f"{what}: symlink {target!r} points outside the tree")
+    if member.islnk():
+        source = normalize_name(member.linkname)
+        if source not in tree.files:
+            raise UnsafeMember(f"{what}: hardlink to {member.linkname!r}, which is not a file of this tree")
+    if not name and not member.isdir():
+        raise UnsafeMember(f"{what}: empty name")
+    return name
+
+
+def _ensure_parents(dest: Path, name: str, tree: _Tree) -> None:
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        rel = "/".join(parts[:i])
+        if rel not in tree.dirs:
+            os.mkdir(dest / rel, 0o755)
+            tree.dirs[rel] = (0o755, 0)
+
+
+def _write_file(tf: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+    src = tf.extractfile(member)
+    assert src is not None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := src.read(_CHUNK):
+            out.write(chunk)
+    os.chmod(path, member.mode & 0o777, follow_symlinks=False)
+    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+def _apply(tf: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path, tree: _Tree) -> None:
+    path = dest / name if name else dest
+    if member.isdir():
+        if name and name not in tree.dirs:
+            _ensure_parents(dest, name, tree)
+            os.mkdir(path, 0o755)
+        tree.dirs[name] = (member.mode & 0o777 | 0o700, int(member.mtime))
+        return
+    _ensure_parents(dest, name, tree)
+    if member.issym():
+        os.symlink(member.linkname, path)
+        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+        tree.symlinks[name] = member.linkname
+    elif member.islnk():
+        os.link(dest / normalize_name(member.linkname), path, follow_symlinks=False)
+        tree.files.add(name)
+    else:
+        _write_file(tf, member, path)
+        tree.files.add(name)
+        tree.total_size += member.size
+    tree.file_count += 1
+
+
+def _final_link_check(tree: _Tree) -> None:
+    for name, target in tree.symlinks.items():
+        if not resolves_inside(name.split("/")[:-1], target, tree.symlinks):
+            raise UnsafeMember(f"member {name!r}: symlink {target!r} points outside the tree "
+                               f"(through other links of the archive)")
+
+
+def _finish_dirs(dest: Path, tree: _Tree) -> None:
+    # Deepest first so setting a parent's mtime is not undone by touching a child.
+    for name in sorted(tree.dirs, key=lambda n: n.count("/"), reverse=True):
+        mode, mtime = tree.dirs[name]
+        path = dest / name if name else dest
+        os.chmod(path, mode)
+        if mtime:
+            os.utime(path, (mtime, mtime))
+
+
+def _open_tar(reader: HashingReader, head: bytes) -> tuple[tarfile.TarFile, object]:
+    if head.startswith(_ZSTD_MAGIC):
+        import zstandard
+
+        stream = zstandard.ZstdDecompressor().stream_reader(reader, read_size=_CHUNK, read_across_frames=True)
+        return tarfile.open(fileobj=stream, mode="r|"), stream  # type: ignore[call-overload]
+    if head.startswith(_GZIP_MAGIC):
+        return tarfile.open(fileobj=reader, mode="r|gz"), None  # type: ignore[call-overload]
+    return tarfile.open(fileobj=reader, mode="r|"), None  # type: ignore[call-overload]
+
+
+def _peek(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(4)
+
+
+def extract(tarball: Path, dest: Path, expected: Expected) -> Extracted:
+    """Stream ``tarball`` into the empty directory ``dest``; verify its sha256 before returning."""
+    tree = _Tree()
+    size = tarball.stat().st_size
+    with open(tarball, "rb") as raw:
+        reader = HashingReader(raw)  # type: ignore[arg-type]
+        failure: BaseException | None = None
+        try:
+            tf, _stream = _open_tar(reader, _peek(tarball))
+            with tf, log.progress(f"extracting {tarball.name}", size, "B") as bar:
+                seen = 0
+                while (member := tf.next()) is not None:
+                    name = check_member(member, tree)
+                    _apply(tf, member, name, dest, tree)
+                    tf.members.clear()  # stream mode keeps every TarInfo otherwise
+                    bar.advance(reader.count - seen)
+                    seen = reader.count
+                    if tree.file_count == 50:
+                        faults.hit("extracting")
+            _final_link_check(tree)
+        except UnsafeMember as exc:
+            failure = exc
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            failure = exc
+        except Exception as exc:  # zstandard.ZstdError and friends
+            if type(exc).__module__.startswith("zstandard") or "zstd" in type(exc).__name__.lower():
+                failure = exc
+            else:
+                raise
+        try:
+            reader.drain()
+        except OSError:
+            pass
+    digest = reader.hexdigest()
+    if digest != expected.sha256:
+        raise ActivateError(f"{tarball}: sha256 mismatch (expected {expected.sha256}, got {digest}); "
+                            f"the tarball is corrupt or truncated: re-download or rebuild it")
+    if isinstance(failure, ActivateError):
+        raise failure
+    if failure is not None:
+        raise ActivateError(f"{tarball}: cannot be unpacked ({type(failure).__name__}: {failure}); "
+                            f"its sha256 matches, so it was packed broken: rebuild it") from failure
+    _finish_dirs(dest, tree)
+    manifest_text = None
+    if IN_TREE_PATH in tree.files:
+        manifest_text = (dest / IN_TREE_PATH).read_text()
+    return Extracted(tree.file_count, tree.total_size, manifest_text, digest)

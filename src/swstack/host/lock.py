@@ -1,0 +1,60 @@
+"""Lock file under the root -> exclusive right to change the host; the kernel drops it if we die.
+
+``flock`` rather than a pid file: a lock left by a killed process clears itself because
+the kernel releases it with the last open descriptor. The pid written inside is only
+there to name the holder in the error message.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .. import log
+from ..errors import ActivateError
+
+_POLL = 0.2
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "?"
+
+
+@contextmanager
+def host_lock(path: Path, wait: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``; wait up to ``wait`` seconds, then fail naming the holder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ActivateError(
+                        f"{path}: locked by PID {_holder(fd)} (another swstack is changing this host); "
+                        f"wait for it to finish or pass --wait SECONDS"
+                    ) from None
+                if not announced:
+                    log.info(f"waiting for the lock held by PID {_holder(fd)} (up to {wait:.0f}s)")
+                    announced = True
+                time.sleep(_POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

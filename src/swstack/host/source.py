@@ -1,0 +1,120 @@
+"""A source (path, directory, http(s) URL, OCI reference) -> a local artifact: tarball, checksum, manifest.
+
+An artifact directory holds ``<stack>-<version>-<platform>.tar.zst`` (or ``.tar.gz``),
+``<tarball>.sha256`` in sha256sum format and ``manifest.json``. Downloads stream to
+disk (never memory) under ``<root>/.swstack/downloads`` and are renamed when complete.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import log
+from ..errors import ActivateError
+from ..fsutil import atomic_output
+from ..manifest import Manifest
+
+_OCI_RE = re.compile(r"^(oci://)?[A-Za-z0-9.\-]+(:\d+)?/[^\s:]+(:[\w.\-]+|@sha256:[0-9a-f]{64})$")
+_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    tarball: Path
+    checksum_file: Path | None
+    manifest: Manifest
+    source: str
+
+
+def kind_of(source: str) -> str:
+    """'http', 'oci' or 'path' (pure)."""
+    if source.startswith(("http://", "https://")):
+        return "http"
+    if source.startswith("oci://"):
+        return "oci"
+    if not Path(source).exists() and _OCI_RE.match(source) and ":" in source.split("/", 1)[0]:
+        return "oci"
+    return "path"
+
+
+def _load_manifest(path: Path) -> Manifest:
+    try:
+        return Manifest.load(path)
+    except FileNotFoundError:
+        raise ActivateError(f"{path}: missing; an artifact carries manifest.json beside its tarball") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ActivateError(f"{path}: not a valid swstack manifest ({exc})") from exc
+
+
+def from_path(source: str) -> Artifact:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        manifest_path = path / "manifest.json"
+        manifest = _load_manifest(manifest_path)
+        if manifest.tarball is None:
+            raise ActivateError(f"{manifest_path}: has no tarball section; pass the tarball path instead")
+        tarball = path / manifest.tarball.name
+    elif path.name == "manifest.json":
+        return from_path(str(path.parent))
+    elif path.is_file():
+        tarball = path
+        manifest = _load_manifest(path.parent / "manifest.json")
+    else:
+        raise ActivateError(f"{source}: no such file or directory (expected a tarball, its directory, "
+                            f"an http(s) URL or an OCI reference)")
+    if not tarball.is_file():
+        raise ActivateError(f"{tarball}: tarball missing beside {tarball.parent / 'manifest.json'}")
+    checksum = tarball.with_name(tarball.name + ".sha256")
+    return Artifact(tarball, checksum if checksum.is_file() else None, manifest, source)
+
+
+def _download(url: str, dest: Path) -> Path:
+    log.info(f"downloading {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT) as response, atomic_output(dest) as partial, \
+                open(partial, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except (urllib.error.URLError, OSError) as exc:
+        raise ActivateError(f"{url}: download failed ({exc}); check the URL and the network") from exc
+    return dest
+
+
+def from_url(url: str, downloads: Path) -> Artifact:
+    parsed = urllib.parse.urlsplit(url)
+    name = Path(parsed.path).name
+    if name.endswith(".json") or not name:
+        raise ActivateError(f"{url}: point the URL at the tarball (…-<platform>.tar.zst)")
+    dest_dir = downloads / re.sub(r"[^A-Za-z0-9._-]", "_", f"{parsed.netloc}{Path(parsed.path).parent}")
+    tarball = _download(url, dest_dir / name)
+    base = url.rsplit("/", 1)[0]
+    _download(f"{base}/manifest.json", dest_dir / "manifest.json")
+    checksum = _download(f"{url}.sha256", dest_dir / f"{name}.sha256")
+    return Artifact(tarball, checksum, _load_manifest(dest_dir / "manifest.json"), url)
+
+
+def from_oci(ref: str, downloads: Path) -> Artifact:
+    try:
+        from .. import oci  # imported lazily: only OCI sources need it
+    except ImportError as exc:
+        raise ActivateError(f"{ref}: OCI references need swstack.oci, which this installation lacks") from exc
+    dest = downloads / re.sub(r"[^A-Za-z0-9._-]", "_", ref.removeprefix("oci://"))
+    dest.mkdir(parents=True, exist_ok=True)
+    tarball = Path(oci.fetch_artifact(ref.removeprefix("oci://"), dest))
+    checksum = tarball.with_name(tarball.name + ".sha256")
+    return Artifact(tarball, checksum if checksum.is_file() else None,
+                    _load_manifest(tarball.parent / "manifest.json"), ref)
+
+
+def fetch(source: str, downloads: Path) -> Artifact:
+    kind = kind_of(source)
+    if kind == "http":
+        return from_url(source, downloads)
+    if kind == "oci":
+        return from_oci(source, downloads)
+    return from_path(source)

@@ -1,0 +1,53 @@
+"""Bytes a step will write + the filesystem it writes to -> go, or "need X, have Y"."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ActivateError
+from ..log import human_bytes
+
+# Files occupy whole blocks; half a block per file on average is what trees of
+# conda packages show, plus one block per directory entry for metadata.
+_BLOCK = 4096
+
+
+def estimate(total_size: int, file_count: int) -> int:
+    """Space a tree of ``file_count`` files holding ``total_size`` bytes takes on disk or tmpfs."""
+    return total_size + file_count * _BLOCK
+
+
+@dataclass(frozen=True)
+class SpaceNeed:
+    what: str  # "disk" | "ramdisk"
+    path: Path
+    need: int
+
+
+def free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    st = os.statvfs(probe)
+    return st.f_bavail * st.f_frsize
+
+
+def check(needs: list[SpaceNeed]) -> None:
+    """Raise before anything is written if any filesystem lacks room (needs on one fs add up)."""
+    by_fs: dict[int, list[SpaceNeed]] = {}
+    for n in needs:
+        probe = n.path
+        while not probe.exists():
+            probe = probe.parent
+        by_fs.setdefault(os.stat(probe).st_dev, []).append(n)
+    for group in by_fs.values():
+        total = sum(n.need for n in group)
+        have = free_bytes(group[0].path)
+        if total > have:
+            names = " + ".join(sorted({n.what for n in group}))
+            raise ActivateError(
+                f"not enough space on the {names} ({group[0].path}): need {human_bytes(total)}, "
+                f"have {human_bytes(have)}; free space (`swstack prune --keep N`) or grow it"
+            )

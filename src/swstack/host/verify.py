@@ -1,0 +1,108 @@
+"""Artifact -> checked expectations (checksum, size, names), and a reader that hashes while it streams.
+
+The tarball is read once: extraction pulls it through ``HashingReader`` and the digest
+is compared before the extracted tree is renamed anywhere a reader could see it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ..errors import ActivateError
+from ..manifest import Manifest
+from .layout import check_name
+from .source import Artifact
+
+_SUM_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(.+)$")
+
+
+@dataclass(frozen=True)
+class Expected:
+    sha256: str
+    size: int | None
+
+
+def read_checksum_file(text: str, tarball_name: str) -> str:
+    """sha256sum format ('<hex>  <name>'); the line naming our tarball wins, a lone hash is accepted."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        m = _SUM_RE.match(line)
+        if m and m.group(2).strip() in (tarball_name, f"./{tarball_name}"):
+            return m.group(1).lower()
+    if len(lines) == 1 and re.fullmatch(r"[0-9a-fA-F]{64}", lines[0].split()[0]):
+        return lines[0].split()[0].lower()
+    raise ActivateError(f"{tarball_name}.sha256: no sha256 for {tarball_name} in it")
+
+
+def expectations(artifact: Artifact) -> Expected:
+    """Cross-check manifest and .sha256 (pure apart from reading the small checksum file)."""
+    m = artifact.manifest
+    check_name("stack", m.stack_id)
+    check_name("version", m.version)
+    if not m.prefix.startswith("/"):
+        raise ActivateError(f"{artifact.source}: manifest prefix {m.prefix!r} is not an absolute path")
+    from_manifest = m.tarball.sha256.lower() if m.tarball else None
+    from_file = None
+    if artifact.checksum_file is not None:
+        from_file = read_checksum_file(artifact.checksum_file.read_text(errors="replace"), artifact.tarball.name)
+    if from_manifest and from_file and from_manifest != from_file:
+        raise ActivateError(f"{artifact.source}: manifest.json and {artifact.checksum_file} disagree on the "
+                            f"tarball's sha256; the artifact is inconsistent, rebuild or re-download it")
+    digest = from_file or from_manifest
+    if digest is None:
+        raise ActivateError(f"{artifact.source}: no sha256 (neither {artifact.tarball.name}.sha256 nor a "
+                            f"tarball section in manifest.json); refusing an unverifiable tarball")
+    size = m.tarball.size if m.tarball else None
+    actual = artifact.tarball.stat().st_size
+    if size is not None and actual != size:
+        raise ActivateError(f"{artifact.tarball}: {actual} bytes, the manifest says {size}: truncated or "
+                            f"replaced; re-download it")
+    return Expected(digest, size)
+
+
+class HashingReader:
+    """A file-like reader that hashes what passes through it."""
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._hash.update(data)
+        self.count += len(data)
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def check_in_tree_manifest(in_tree_text: str | None, manifest: Manifest, where: str) -> None:
+    """The tree's own manifest must equal manifest.json without its tarball section."""
+    if in_tree_text is None:
+        raise ActivateError(f"{where}: the tarball has no conda-meta/swstack-manifest.json; not a swstack artifact")
+    try:
+        inside = Manifest.from_json(in_tree_text)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ActivateError(f"{where}: conda-meta/swstack-manifest.json is not a valid manifest ({exc})") from exc
+    expected = manifest.without_tarball()
+    if inside != expected:
+        fields = [f for f in expected.__dataclass_fields__ if getattr(inside, f) != getattr(expected, f)]
+        raise ActivateError(f"{where}: the tree's manifest differs from manifest.json in {', '.join(fields)}; "
+                            f"the artifact was tampered with or mixed up")
