@@ -6,7 +6,7 @@
     doit build stack=py3 [variant=dev]
 """
 
-from swstack.tasks import task_build, task_channel, task_lock  # noqa: F401
+from swstack.tasks import task_build, task_channel, task_demo, task_lock  # noqa: F401
 
 DOIT_CONFIG = {
     "default_tasks": [],

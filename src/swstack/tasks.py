@@ -214,3 +214,8 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
             "uptodate": [False] if opts.version else [lambda stack=stack: is_current(stack, site, opts.project)],
             "verbosity": 2,
         }
+
+
+def task_demo() -> TaskDict:
+    """The main job end to end: offline channel, lock every stack, build and pack every stack."""
+    return {"actions": None, "task_dep": ["channel", "lock", "build"]}

@@ -173,3 +173,18 @@ def test_unknown_variant_and_stack(tmp_path: Path) -> None:
         load_stack(ROOT / "stacks/py3.toml", "deb")
     with pytest.raises(SpecError, match="no stack named 'py2'.*did you mean 'py3'"):
         find_stack_file("py2", ROOT / "stacks")
+
+
+def test_the_documented_full_example_is_valid(tmp_path: Path) -> None:
+    doc = (ROOT / "docs/stack-file.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "base.toml").write_text("")
+    (tmp_path / "kernel-specs").mkdir()
+    stack_dir = tmp_path / "stacks"
+    stack_dir.mkdir()
+    (stack_dir / "base.toml").write_text("")
+    path = stack_dir / "py3.toml"
+    path.write_text(example)
+    dev = load_stack(path, "dev")
+    assert "numpy >=2" in dev.conda and dev.owner is not None and dev.kernel_spec_dirs == ("../kernel-specs",)
+    assert dev.image.tags[-1] == "exp_{git}"

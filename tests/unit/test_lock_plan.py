@@ -1,0 +1,104 @@
+"""Locking's pure parts: the staleness hash, virtual packages, site mirrors, lockfile paths."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from swstack.build import local_roots
+from swstack.lock import inputs_hash, lockfile_path, plan_lock, staleness, virtual_package_specs
+from swstack.site import SiteFile, load_site, resolve_site
+from swstack.spec import load_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def offline(tmp_path: Path) -> object:
+    return load_site(ROOT / "sites/offline.toml", ROOT)
+
+
+def test_lockfile_paths_per_variant() -> None:
+    assert lockfile_path(load_stack(ROOT / "stacks/py3.toml"), ROOT) == ROOT / "lockfiles/py3/conda-lock.yml"
+    assert lockfile_path(load_stack(ROOT / "stacks/py3.toml", "dev"), ROOT) == ROOT / "lockfiles/py3/dev/conda-lock.yml"
+
+
+def test_hash_changes_with_stack_variant_site_and_platform(tmp_path: Path) -> None:
+    site = load_site(ROOT / "sites/offline.toml", ROOT)
+    default_site = resolve_site(SiteFile(), None, ROOT)
+    stable = load_stack(ROOT / "stacks/py3.toml")
+    dev = load_stack(ROOT / "stacks/py3.toml", "dev")
+    base = inputs_hash(stable, site, "linux-64")
+    assert base == inputs_hash(load_stack(ROOT / "stacks/py3.toml"), site, "linux-64")
+    assert base != inputs_hash(dev, site, "linux-64")
+    assert base != inputs_hash(stable, default_site, "linux-64")
+    assert base != inputs_hash(stable, site, "linux-aarch64")
+    edited = tmp_path / "py3.toml"
+    edited.write_text((ROOT / "stacks/py3.toml").read_text().replace('numpy = ">=1.26"', 'numpy = ">=2"'))
+    (tmp_path / "base.toml").write_text((ROOT / "stacks/base.toml").read_text())
+    assert base != inputs_hash(load_stack(edited), site, "linux-64")
+
+
+def test_comments_do_not_make_a_lock_stale(tmp_path: Path) -> None:
+    site = load_site(ROOT / "sites/offline.toml", ROOT)
+    (tmp_path / "base.toml").write_text((ROOT / "stacks/base.toml").read_text())
+    edited = tmp_path / "py3.toml"
+    edited.write_text("# a new comment\n" + (ROOT / "stacks/py3.toml").read_text())
+    assert inputs_hash(load_stack(edited), site, "linux-64") == inputs_hash(
+        load_stack(ROOT / "stacks/py3.toml"), site, "linux-64"
+    )
+
+
+def test_missing_lockfile_is_stale(tmp_path: Path) -> None:
+    site = load_site(ROOT / "sites/offline.toml", ROOT)
+    plan = plan_lock(load_stack(ROOT / "stacks/py3.toml"), site, tmp_path)
+    assert staleness(plan) is not None and "does not exist" in str(staleness(plan))
+
+
+def test_mirrors_map_channel_names_and_urls(tmp_path: Path) -> None:
+    site_file = tmp_path / "site.toml"
+    site_file.write_text(textwrap.dedent("""
+        [channels.mirrors]
+        conda-forge = "mirror/cf"
+        bioconda = "https://mirror.example.org/bioconda"
+    """))
+    site = load_site(site_file, ROOT)
+    assert site.channel_url("conda-forge") == (tmp_path / "mirror/cf").as_uri()
+    assert site.channel_url("https://conda.anaconda.org/conda-forge") == (tmp_path / "mirror/cf").as_uri()
+    assert site.channel_url("bioconda") == "https://mirror.example.org/bioconda"
+    assert site.channel_url("pytorch") == "https://conda.anaconda.org/pytorch"
+
+
+def test_offline_site_points_everything_at_the_offline_channel() -> None:
+    site = load_site(ROOT / "sites/offline.toml", ROOT)
+    plan = plan_lock(load_stack(ROOT / "stacks/py3.toml"), site, ROOT)
+    assert all(url.startswith("file://") and url.endswith("/offline-channel") for url in plan.channel_urls)
+    assert site.git_url("https://git.example.org/datalab/labclient.git").startswith("file://")
+
+
+def test_bad_site_file_is_located(tmp_path: Path) -> None:
+    import pytest
+
+    from swstack.errors import SiteError
+
+    path = tmp_path / "site.toml"
+    path.write_text('sandbox = "dockr"\n[registry]\nurl = "https://x"\n')
+    with pytest.raises(SiteError) as info:
+        load_site(path, ROOT)
+    message = str(info.value)
+    assert "site.toml:1: sandbox:" in message and "site.toml:3: registry.url" in message
+
+
+def test_virtual_packages_parse() -> None:
+    assert virtual_package_specs({"__archspec": "1=x86_64", "__glibc": "2.36"}) == [
+        ("__archspec", "1", "x86_64"), ("__glibc", "2.36", "0")]
+
+
+def test_local_roots_cover_every_file_url() -> None:
+    urls = [
+        "file:///c/ch/linux-64/python-3.11.7-h0.conda",
+        "file:///c/ch/noarch/six-1.16-py_0.conda",
+        "file:///c/ch/pip/simple/labclient/labclient-1.0.0-py3-none-any.whl",
+        "git+file:///c/ch/git/labclient.git@0123abcd",
+        "https://conda.anaconda.org/conda-forge/noarch/x-1-0.conda",
+    ]
+    assert local_roots(urls) == [Path("/c/ch")]
