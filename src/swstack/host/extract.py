@@ -123,7 +123,10 @@ def check_member(member: tarfile.TarInfo, tree: _Tree) -> str:
         if not resolves_inside(parts[:-1], target, tree.symlinks):
             raise UnsafeMember(f"{what}: symlink {target!r} points outside the tree")
     if member.islnk():
-        source = normalize_name(member.linkname)
+        try:
+            source = normalize_name(member.linkname)
+        except UnsafeMember:
+            source = ""
         if source not in tree.files:
             raise UnsafeMember(f"{what}: hardlink to {member.linkname!r}, which is not a file of this tree")
     if not name and not member.isdir():

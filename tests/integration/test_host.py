@@ -1,0 +1,254 @@
+"""The host CLI end to end on real trees: activate, switch, revert, list, diff, prune, restore, locking.
+
+Every test works under ``tmp_path`` (``--root``) or in a private /data0 made with
+bubblewrap; none touches the machine's /data0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support_host import bwrap_argv, make_artifact, swstack_argv  # noqa: E402
+
+
+def sw(root: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(swstack_argv(*args, "--root", str(root)), capture_output=True, text=True, timeout=120)
+    if check is not None:
+        assert res.returncode == check, res.stdout + res.stderr
+    return res
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> dict[str, Path]:
+    return {v: make_artifact(tmp_path / "art" / v, version=v) for v in ("2026.01.01", "2026.02.01", "2026.03.01")}
+
+
+@pytest.fixture(params=["minimal", "production"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    r = tmp_path / "root"
+    r.mkdir()
+    if request.param == "production":
+        (r / "sw.tmpfs").mkdir()
+    return r
+
+
+def test_activate_switch_revert_and_idempotence(root: Path, artifacts: dict[str, Path]) -> None:
+    out = sw(root, "activate", str(artifacts["2026.01.01"])).stdout
+    assert "2026.01.01 active" in out and "relocated from /data0/sw/py3" in out
+    live = root / "sw" / "py3"
+    assert (live / "etc" / "prefix.txt").read_text() == f"prefix={live}\n"
+    assert subprocess.run([str(live / "bin" / "tool")], capture_output=True, text=True).stdout.strip() == str(live)
+    assert os.readlink(root / "sw.hdd") == "sw.2026.01.01"
+
+    again = sw(root, "activate", str(artifacts["2026.01.01"]), check=3)
+    assert "already active" in again.stdout
+
+    sw(root, "activate", str(artifacts["2026.02.01"]))
+    assert (live / "share" / "version.txt").read_text() == "2026.02.01\n"
+    status = json.loads(sw(root, "active", "--json").stdout)
+    assert status["stacks"][0]["version"] == "2026.02.01"
+    assert status["stacks"][0]["previous"] == "2026.01.01"
+    if (root / "sw.tmpfs").is_dir():
+        assert status["stacks"][0]["in_sync"] is True
+        assert not (root / "sw.tmpfs" / ".py3@2026.01.01").exists()  # old ramdisk copy dropped
+
+    sw(root, "set-version", "sw.2026.01.01")
+    assert (live / "share" / "version.txt").read_text() == "2026.01.01\n"
+    sw(root, "set-version", str(root / "sw.2026.01.01"), check=3)
+    assert os.readlink(root / "sw.hdd") == "sw.2026.01.01"
+
+    listing = json.loads(sw(root, "list", "--json").stdout)
+    assert [v["version"] for v in listing["versions"]] == ["2026.01.01", "2026.02.01"]
+    bad = sw(root, "set-version", "2030.01.01", check=11)
+    assert "no such version" in bad.stderr and "2026.02.01" in bad.stderr
+
+
+def test_prune_keeps_active_previous_and_in_use(root: Path, artifacts: dict[str, Path], tmp_path: Path) -> None:
+    for v in ("2026.01.01", "2026.02.01", "2026.03.01"):
+        sw(root, "activate", str(artifacts[v]))
+    sw(root, "set-version", "2026.01.01")  # active 01, previous 03
+    res = json.loads(sw(root, "prune", "--keep", "0", "--json").stdout)
+    assert res["removed"] == ["2026.02.01"]
+    assert set(res["kept"]) == {"2026.01.01", "2026.03.01"}
+    assert not (root / "sw.2026.02.01").exists()
+    sw(root, "prune", "--keep", "0", check=3)
+
+
+def test_prune_spares_a_version_in_use(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    for v in ("2026.01.01", "2026.02.01", "2026.03.01"):
+        sw(root, "activate", str(artifacts[v]))
+    # A process working inside 2026.01.01, neither active nor previous.
+    holder = subprocess.Popen(["sleep", "60"], cwd=root / "sw.2026.01.01" / "py3")
+    try:
+        res = json.loads(sw(root, "prune", "--keep", "0", "--json", check=3).stdout)
+        assert res["removed"] == []
+        assert "in use by PID" in res["kept"]["2026.01.01"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(sw(root, "prune", "--keep", "0", "--json").stdout)["removed"] == ["2026.01.01"]
+
+
+def test_old_ramdisk_copy_in_use_is_kept(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    # A running "kernel" of the old version: it keeps working after the switch.
+    kernel = subprocess.Popen([str(root / "sw" / "py3" / "bin" / "python"), "-c",
+                               "import sys, time; sys.stdin.readline(); print(open('etc/prefix.txt').read())"],
+                              cwd=root / "sw" / "py3", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    out = sw(root, "activate", str(artifacts["2026.02.01"])).stdout
+    assert "kept" in out and "in use by PID" in out
+    assert (root / "sw.tmpfs" / ".py3@2026.01.01").is_dir()
+    stdout, _ = kernel.communicate("go\n", timeout=30)
+    assert stdout.startswith("prefix=")
+    sw(root, "set-version", "2026.02.01", check=3)
+    sw(root, "prune", "--keep", "5", check=3)  # nothing to prune; the unused copy goes
+    assert not (root / "sw.tmpfs" / ".py3@2026.01.01").exists()
+
+
+def test_active_verify_names_files_and_restore_reloads(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    copy = root / "sw.tmpfs" / ".py3@2026.01.01"
+    target = copy / "share" / "version.txt"
+    st = target.stat()
+    target.write_text("2099.99.99\n")  # same size, same mtime: only the hash sees it
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert sw(root, "active").returncode == 0
+    res = sw(root, "active", "--verify", "--verbose", check=1)
+    assert "share/version.txt" in res.stdout
+    # Reboot: the ramdisk comes back empty.
+    subprocess.run(["rm", "-rf", str(root / "sw.tmpfs")], check=True)
+    (root / "sw.tmpfs").mkdir()
+    assert sw(root, "active", check=1)
+    sw(root, "restore")
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+    sw(root, "restore", check=3)
+    assert sw(root, "active", "--verify").returncode == 0
+
+
+def test_release_with_two_stacks_and_foreign_owner(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a tree to uid 899 needs root")
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    make_artifact(tmp_path / "rel" / "py3", version="2026.05.01")
+    make_artifact(tmp_path / "rel" / "antares", stack="antares", version="2026.04.01", owner="899:899")
+    release = tmp_path / "rel" / "release.toml"
+    release.write_text('[stacks]\npy3 = "py3"\nantares = "antares"\n')
+    out = json.loads(sw(root, "activate", "--release", str(release), "--json").stdout)
+    assert {s["stack"]: s["version"] for s in out["stacks"]} == {"py3": "2026.05.01", "antares": "2026.04.01"}
+    for path in (root / "sw" / "antares" / "bin" / "tool", root / "sw.2026.04.01" / "antares" / "etc"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (899, 899)
+    assert (root / "sw" / "py3" / "bin" / "tool").stat().st_uid == 0
+    sw(root, "activate", "--release", str(release), check=3)
+
+
+def test_diff_between_versions(tmp_path: Path) -> None:
+    from swstack.manifest import PackageEntry
+
+    root = tmp_path / "root"
+    root.mkdir()
+    sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0")))
+    newer = (PackageEntry("python", "3.12.1", "h0", "c", "e" * 64, 1),
+             PackageEntry("astropy", "6.1", "py312_0", "c", "f" * 64, 1))
+    sw(root, "activate", str(make_artifact(tmp_path / "b", version="2.0", packages=newer)))
+    out = sw(root, "diff", "1.0", "2.0").stdout
+    assert "+ astropy 6.1=py312_0" in out and "- numpy" in out and "~ python 3.11.7=h1_0 -> 3.12.1=h0" in out
+    assert json.loads(sw(root, "diff", "1.0", str(tmp_path / "b"), "--json").stdout)["added"]
+
+
+def test_same_version_different_content_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0")))
+    other = make_artifact(tmp_path / "b", version="1.0", packages=())
+    res = sw(root, "activate", str(other), check=11)
+    assert "differs from manifest.json in packages" in res.stderr
+
+
+def test_lock_fails_naming_pid_then_waits(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    root = tmp_path / "root"
+    (root / ".swstack").mkdir(parents=True)
+    fd = os.open(root / ".swstack" / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        res = sw(root, "activate", str(artifacts["2026.01.01"]), check=11)
+        assert f"locked by PID {os.getpid()}" in res.stderr
+        threading.Timer(1.0, lambda: os.close(fd)).start()
+        sw(root, "activate", str(artifacts["2026.01.01"]), "--wait", "30")
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def test_http_source(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(artifacts["2026.01.01"]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        root = tmp_path / "root"
+        root.mkdir()
+        url = f"http://127.0.0.1:{server.server_address[1]}/py3-2026.01.01-linux-64.tar.zst"
+        sw(root, "activate", url)
+        assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _in_private_data0(root: Path, script: str, tmpfs_size: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a shell script in a private /data0 (root bound there), swstack on PATH."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(bwrap_argv(root, ["/bin/sh", "-ec", script], tmpfs_size=tmpfs_size),
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_literal_data0_needs_no_relocation(tmp_path: Path) -> None:
+    art = make_artifact(tmp_path / "a", version="2026.07.01", binary=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    res = _in_private_data0(root, f"swstack activate {art}; cat /data0/sw/py3/etc/prefix.txt; "
+                                  f"swstack active --verbose", tmpfs_size=64 << 20)
+    assert res.returncode == 0, res.stderr
+    assert "prefix=/data0/sw/py3" in res.stdout and "relocated" not in res.stdout
+    assert "ramdisk copy matches" in res.stdout
+    assert os.readlink(root / "sw") == "sw.tmpfs"
+    assert (root / "sw.2026.07.01" / "py3" / "lib" / "libfake.so").is_file()
+
+
+def test_ramdisk_too_small_is_refused_up_front(tmp_path: Path) -> None:
+    small = make_artifact(tmp_path / "a", version="1.0")
+    big = make_artifact(tmp_path / "b", version="2.0", payload=6 << 20)
+    root = tmp_path / "root"
+    root.mkdir()
+    res = _in_private_data0(root, f"swstack activate {small}; swstack activate {big} || echo rc=$?; "
+                                  f"cat /data0/sw/py3/share/version.txt; ls -A /data0/sw.tmpfs",
+                            tmpfs_size=4 << 20)
+    assert res.returncode == 0, res.stderr
+    assert "rc=11" in res.stdout and "need " in res.stderr and ", have " in res.stderr
+    assert "1.0\n" in res.stdout
+    assert ".partial" not in res.stdout and not (root / ".swstack" / "staging").exists()

@@ -1,0 +1,165 @@
+"""Pure parts of the host side: names, versions, member checks, relocation plans, prune plans, diffs."""
+
+from __future__ import annotations
+
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from swstack.errors import ActivateError
+from swstack.host import commands, extract, relocate, source
+from swstack.host.layout import Layout, normalize_version, version_key
+from swstack.host.verify import read_checksum_file
+from swstack.manifest import PackageEntry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support_host import base_manifest  # noqa: E402
+
+
+def test_version_order_is_natural() -> None:
+    assert sorted(["2026.10.1", "2026.9.1", "2025.12.31"], key=version_key) == ["2025.12.31", "2026.9.1",
+                                                                                "2026.10.1"]
+
+
+@pytest.mark.parametrize("arg", ["2020-02-05", "sw.2020-02-05", "/data0/sw.2020-02-05", "/data0/sw.2020-02-05/"])
+def test_seed_spellings_of_a_version(arg: str) -> None:
+    assert normalize_version(arg) == "2020-02-05"
+
+
+def test_link_targets_round_trip(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    assert layout.version_of_target("py3", layout.link_target("py3", "2026.01.01")) == "2026.01.01"
+    (tmp_path / "sw.tmpfs").mkdir()
+    assert layout.link_target("py3", "v1") == ".py3@v1"
+    assert layout.version_of_target("py3", ".py3@v1") == "v1"
+    assert layout.version_of_target("py3", "../sw.v1/py3") == "v1"
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../x", "a/../../x", "a/..", "x\x00y"])
+def test_unsafe_names_are_refused(name: str) -> None:
+    with pytest.raises(extract.UnsafeMember):
+        extract.normalize_name(name)
+
+
+def test_names_are_normalised() -> None:
+    assert extract.normalize_name("./bin//python") == "bin/python"
+
+
+@pytest.mark.parametrize(("start", "target", "links", "inside"), [
+    ([], "bin/python", {}, True),
+    (["bin"], "python3.11", {}, True),
+    (["lib"], "../..", {}, False),
+    ([], "s/..", {"s": "."}, False),            # lexically inside, really the parent of the root
+    ([], "a/b", {"a": "x/y"}, True),
+    ([], "loop", {"loop": "loop"}, False),
+    (["lib"], "../bin/x", {}, True),
+])
+def test_symlink_resolution(start: list[str], target: str, links: dict[str, str], inside: bool) -> None:
+    assert extract.resolves_inside(start, target, links) is inside
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname = kind, mode, link
+    return info
+
+
+def test_member_checks() -> None:
+    tree = extract._Tree()
+    tree.symlinks["lib"] = "sub"
+    tree.files.add("bin/python")
+    with pytest.raises(extract.UnsafeMember, match="through the symlink"):
+        extract.check_member(_member("lib/x"), tree)
+    with pytest.raises(extract.UnsafeMember, match="setuid"):
+        extract.check_member(_member("su", mode=0o4755), tree)
+    with pytest.raises(extract.UnsafeMember, match="device"):
+        extract.check_member(_member("null", tarfile.CHRTYPE), tree)
+    with pytest.raises(extract.UnsafeMember, match="hardlink"):
+        extract.check_member(_member("h", tarfile.LNKTYPE, link="/etc/passwd"), tree)
+    with pytest.raises(extract.UnsafeMember, match="twice"):
+        extract.check_member(_member("bin/python"), tree)
+    assert extract.check_member(_member("h", tarfile.LNKTYPE, link="bin/python"), tree) == "h"
+
+
+def test_checksum_file_formats() -> None:
+    digest = "ab" * 32
+    assert read_checksum_file(f"{digest}  x.tar.zst\n", "x.tar.zst") == digest
+    assert read_checksum_file(f"{digest} *x.tar.zst\n", "x.tar.zst") == digest
+    assert read_checksum_file(f"{digest}\n", "x.tar.zst") == digest
+    with pytest.raises(ActivateError):
+        read_checksum_file(f"{digest}  other.tar.zst\n{digest}  more\n", "x.tar.zst")
+
+
+def _unpack_script(tmp_path: Path, records: str) -> Path:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "conda-unpack").write_text(f"_prefix_records = [\n{records}\n]\n")
+    return tmp_path
+
+
+def test_relocation_plan_text_only(tmp_path: Path) -> None:
+    tree = _unpack_script(tmp_path, "('etc/a', '/data0/sw/py3', 'text'),")
+    plan = relocate.plan(tree, "/data0/sw/py3", "/a/much/longer/root/sw/py3")
+    assert plan is not None and plan.files == 1
+    assert relocate.plan(tree, "/data0/sw/py3", "/data0/sw/py3") is None
+
+
+def test_relocation_refused_for_longer_binary_prefix(tmp_path: Path) -> None:
+    tree = _unpack_script(tmp_path, "('lib/x.so', '/data0/sw/py3', 'binary'),")
+    assert relocate.plan(tree, "/data0/sw/py3", "/d/sw/py3") is not None  # shorter: fine
+    with pytest.raises(ActivateError, match="binary files .*lib/x.so"):
+        relocate.plan(tree, "/data0/sw/py3", "/much/longer/root/sw/py3")
+
+
+def test_relocation_without_conda_unpack(tmp_path: Path) -> None:
+    assert relocate.plan(tmp_path, "/data0/sw/py3", "/data0/sw/py3") is None
+    with pytest.raises(ActivateError, match="no bin/conda-unpack"):
+        relocate.plan(tmp_path, "/data0/sw/py3", "/x/sw/py3")
+
+
+def test_prune_plan_keeps_newest_and_protected() -> None:
+    plan = commands.plan_prune(["1", "2", "3", "4", "5"], 2, {"1": "previous version of py3"})
+    assert plan.remove == ("2", "3")
+    assert set(plan.keep) == {"1", "4", "5"}
+
+
+def test_package_diff() -> None:
+    a = base_manifest("py3", "1", "/data0/sw/py3")
+    pkgs = (PackageEntry("python", "3.11.7", "h1_0", "c", "a" * 64, 100),
+            PackageEntry("scipy", "1.14.0", "py311_0", "c", "c" * 64, 1))
+    b = base_manifest("py3", "2", "/data0/sw/py3", packages=(*pkgs[:1], pkgs[1]))
+    b = b.__class__(**{**b.__dict__, "packages": (PackageEntry("python", "3.12.0", "h2_0", "c", "d" * 64, 1),
+                                                  pkgs[1])})
+    d = commands.diff_packages(a, b)
+    assert d.added == (("scipy", "1.14.0=py311_0"),)
+    assert d.removed == (("numpy", "1.26.4=py311_0"),)
+    assert d.changed == (("python", "3.11.7=h1_0", "3.12.0=h2_0"),)
+
+
+@pytest.mark.parametrize(("ref", "kind"), [
+    ("https://example.org/a.tar.zst", "http"), ("oci://localhost:5000/py3:1", "oci"),
+    ("localhost:5000/py3:2026.01.01", "oci"), ("./artifacts/py3/1", "path"),
+])
+def test_source_kinds(ref: str, kind: str) -> None:
+    assert source.kind_of(ref) == kind
+
+
+def test_release_manifest(tmp_path: Path) -> None:
+    (tmp_path / "r.toml").write_text('[stacks]\npy3 = "artifacts/py3"\nantares = "localhost:5000/antares:1"\n')
+    assert commands.read_release(tmp_path / "r.toml") == [str(tmp_path / "artifacts/py3"),
+                                                          "localhost:5000/antares:1"]
+    (tmp_path / "bad.toml").write_text("stacks = 1\n")
+    with pytest.raises(ActivateError, match="stacks"):
+        commands.read_release(tmp_path / "bad.toml")
+
+
+def test_help_imports_no_build_dependencies() -> None:
+    import subprocess
+
+    code = ("import sys, swstack.cli as c\n"
+            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rattler', 'docker', 'doit')]\n"
+            "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("[]")
