@@ -145,3 +145,21 @@ def test_prune_rootfs_keeps_directories_apt_needs(tmp_path: Path) -> None:
 )
 def test_split_tag(ref: str, expected: tuple[str, str]) -> None:
     assert split_tag(ref) == expected
+
+
+def test_tar_of_the_same_tree_is_the_same_bytes(tmp_path: Path) -> None:
+    import os
+
+    from swstack import fsutil, proc
+
+    digests = []
+    for attempt, mtime in enumerate((1_800_000_000, 1_900_000_000)):
+        root = tmp_path / f"root{attempt}"
+        for name in ("b/two", "a/one", "c"):  # created in another order each time
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(name)
+            os.utime(root / name, (mtime + attempt, mtime + attempt))
+        out = tmp_path / f"root{attempt}.tar"
+        proc.run(baseimage.tar_argv(root, out, 1_704_067_200))
+        digests.append(fsutil.sha256_file(out))
+    assert digests[0] == digests[1]
