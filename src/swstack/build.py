@@ -265,6 +265,13 @@ def installed_kernels(host_prefix: Path) -> list[str]:
     return sorted(p.name for p in kernels.iterdir() if (p / "kernel.json").is_file()) if kernels.is_dir() else []
 
 
+def site_sandbox(site: Site) -> Sandbox:
+    """The sandbox the site asks for, its docker builder based on the site's Debian settings."""
+    from .baseimage import load_base_spec
+
+    return open_sandbox(site.sandbox, base=load_base_spec(mirror=site.debian_mirror, suite=site.debian_suite))
+
+
 @dataclass(frozen=True)
 class BuildResult:
     manifest: Manifest
@@ -280,7 +287,7 @@ def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = 
     if relock:
         lock(stack, site, project)
     plan = plan_build(stack, site, project, version=version)
-    sandbox = sandbox or open_sandbox(site.sandbox)
+    sandbox = sandbox or site_sandbox(site)
     install_in_sandbox(plan, sandbox)
     log.step(f"audit {plan.stack.prefix} for foreign prefixes")
     audit(plan.host_prefix, plan.stack.prefix, plan.build_dir)
