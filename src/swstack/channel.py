@@ -41,6 +41,9 @@ from .fsutil import atomic_dir, atomic_write_text, sha256_file
 # Bump when the way packages are made changes: every cache key changes with it.
 BUILDER_VERSION = "1"
 PLATFORM = "linux-64"
+PACKAGE_FORMAT = "conda:3"
+# Bump when the wheel -> noarch conversion changes (only those packages are rebuilt).
+NOARCH_RULES = "tree+rename-2"
 PY_MAJOR_MINOR = "3.11"
 PYTHON_RUN_DEP = "python >=3.11,<3.12.0a0"
 TARGET_TAGS_PLATFORMS = (
@@ -239,7 +242,8 @@ def conda_spec(req: Requirement, table: Mapping[str, str] | None = None) -> str:
     for s in req.specifier:
         if s.operator == "~=":
             head = s.version.split(".")[:-1]
-            parts.append(f">={s.version},{'.'.join(head)}.*")
+            upper = [*head[:-1], str(int(head[-1]) + 1)] if head[-1].isdigit() else head
+            parts += [f">={s.version}", f"<{'.'.join(upper)}"]
         elif s.operator == "===":
             parts.append(f"=={s.version}")
         else:
@@ -354,7 +358,7 @@ def plan_channel(
     for w in wheels:
         if w.is_pure:
             kind: PackageKind = "noarch-wheel"
-            key = cache_key("noarch-wheel", tools["whl2conda"], w.sha256, _mapping_fingerprint())
+            key = cache_key("noarch-wheel", tools["whl2conda"], w.sha256, _mapping_fingerprint(), NOARCH_RULES)
         else:
             kind = "binary-wheel"
             key = cache_key(
@@ -691,6 +695,8 @@ def _store(job: PackageJob, built: Sequence[Path], cache_dir: Path) -> list[Path
     shutil.rmtree(tmp, ignore_errors=True)
     stored = []
     for pkg in built:
+        pkg.chmod(0o644)  # rattler-build writes 0600; the channel is read by other users
+    for pkg in built:
         subdir = pkg.parent.name if pkg.parent.name in (PLATFORM, "noarch") else _subdir_of(pkg)
         target = tmp / subdir / pkg.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -718,9 +724,10 @@ def _convert_pure_wheel(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     assert job.wheel is not None
     wheel = ctx.wheel_paths[job.wheel.name]
     meta = read_wheel_metadata(wheel)
+    tree_root = out / "tree"
     argv: list[str | os.PathLike[str]] = [
-        sys.executable, "-m", "whl2conda", "convert", wheel, "--out-dir", out, "--name", job.name,
-        "--build-number", "0", "--overwrite", "--format", "V2", "--quiet", "--no-update-stdrenames",
+        sys.executable, "-m", "whl2conda", "convert", wheel, "--out-dir", tree_root, "--name", job.name,
+        "--build-number", "0", "--overwrite", "--format", "tree", "--quiet", "--no-update-stdrenames",
         "--ignore-pyproject",
     ]
     # Dependencies are ours: markers evaluated for linux-64 / CPython 3.11, names mapped
@@ -735,6 +742,40 @@ def _convert_pure_wheel(job: PackageJob, ctx: BuildContext, out: Path) -> None:
         argv += ["-A", dep]
     argv += ["--python", deps[0].removeprefix("python").strip() or ">=3"]
     proc.run(argv, error=ChannelError, what=f"whl2conda convert {job.wheel.filename}", timeout=600)
+    trees = [p for p in tree_root.iterdir() if (p / "info" / "index.json").is_file()]
+    if len(trees) != 1:
+        raise ChannelError(f"whl2conda convert {job.wheel.filename}: expected one package tree in {tree_root}")
+    # Packed in a child process: conda-package-handling resolves paths against the
+    # working directory, which threads must not change.
+    proc.run(
+        [sys.executable, "-m", "swstack.channel", "pack-tree", "--tree", trees[0], "--name", job.name,
+         "--dest", out / "noarch"],
+        cwd=trees[0], error=ChannelError, what=f"packing {job.name}",
+    )
+
+
+def _pack_tree(tree: Path, name: str, dest: Path) -> Path:
+    """Pack an unpacked conda package into ``dest/<name>-<version>-<build>.conda``.
+
+    whl2conda normalises every package name to dashes; conda-forge kept underscores
+    for some (``jupyter_server``), so the name is set here, in ``info/index.json``.
+    """
+    from conda_package_handling import api as cph
+
+    index_path = tree / "info" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["name"] = name
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file() or p.is_symlink())
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / f"{name}-{index['version']}-{index['build']}.conda"
+    cwd = os.getcwd()
+    os.chdir(tree)
+    try:
+        cph.create(str(tree), files, str(target), compression_level=3, compression_threads=1)
+    finally:
+        os.chdir(cwd)
+    return target
 
 
 def _build_binary_wheel(job: PackageJob, ctx: BuildContext, out: Path) -> None:
@@ -1068,7 +1109,8 @@ def _run_rattler_build(recipe: Path, output_dir: Path, channels: Sequence[str]) 
         target_platform=None,
         channel=list(channels),
         output_dir=output_dir,
-        package_format="conda",
+        # Fast zstd level: the channel is local, cold-build time matters more than size.
+        package_format=PACKAGE_FORMAT,
         test="skip",
         no_include_recipe=False,
         ignore_recipe_variants=True,
@@ -1089,12 +1131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     rb.add_argument("--recipe", type=Path, required=True)
     rb.add_argument("--output-dir", type=Path, required=True)
     rb.add_argument("--channel", action="append", default=[])
+    pt = sub.add_parser("pack-tree", help=argparse.SUPPRESS)
+    pt.add_argument("--tree", type=Path, required=True)
+    pt.add_argument("--name", required=True)
+    pt.add_argument("--dest", type=Path, required=True)
     args = parser.parse_args(argv)
     log.setup()
     root = paths.project_root()
     try:
         if args.cmd == "rattler-build":
             _run_rattler_build(args.recipe, args.output_dir, args.channel)
+        elif args.cmd == "pack-tree":
+            _pack_tree(args.tree, args.name, args.dest)
         elif args.cmd == "lock-wheels":
             wheels = lock_wheels(root / "channel")
             log.info(f"channel/wheels.txt: {len(wheels)} wheels")
