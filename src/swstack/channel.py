@@ -175,9 +175,10 @@ class ChannelReport:
     timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         return (
             f"channel {self.path}: {len(self.built)} built, {len(self.reused)} reused "
-            f"in {self.seconds:.1f}s"
+            f"in {self.seconds:.1f}s" + (f" ({phases})" if phases else "")
         )
 
 

@@ -1,0 +1,245 @@
+"""Unit tests of the channel's pure parts: wheel list, name mapping, markers, planning, keys."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from swstack import channel
+from swstack.channel import (
+    PinnedWheel,
+    PythonBuild,
+    conda_name,
+    conda_run_deps,
+    conda_spec,
+    parse_wheel_list,
+    plan_channel,
+    python_keep,
+    runtime_requirements,
+)
+from swstack.errors import ChannelError
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = {"rattler-build": "0.73.0", "whl2conda": "26.7.2"}
+PY = PythonBuild(prefix=Path("/opt/python"), version="3.11.7", fingerprint="f" * 64)
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def wheels(hub_sha: str = SHA_A) -> list[PinnedWheel]:
+    return [
+        PinnedWheel("jupyterhub", "6.1.1", hub_sha, "jupyterhub-6.1.1-py3-none-any.whl"),
+        PinnedWheel("numpy", "2.4.6", SHA_B, "numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl"),
+        PinnedWheel("jupyter-server", "2.21.1", SHA_A, "jupyter_server-2.21.1-py3-none-any.whl"),
+    ]
+
+
+@pytest.fixture
+def recipes(tmp_path: Path) -> Path:
+    dest = tmp_path / "recipes"
+    shutil.copytree(REPO / "channel" / "recipes", dest)
+    return dest
+
+
+def test_the_committed_wheel_list_parses_and_is_pinned() -> None:
+    pinned = parse_wheel_list((REPO / "channel" / "wheels.txt").read_text())
+    names = {w.name for w in pinned}
+    assert {"jupyterlab", "ipykernel", "numpy", "ipywidgets", "jupyterhub", "traitlets", "tornado"} <= names
+    assert all(len(w.sha256) == 64 and w.filename.endswith(".whl") for w in pinned)
+    hub = next(w for w in pinned if w.name == "jupyterhub")
+    assert hub.version.startswith("6.")
+
+
+def test_wheel_list_rejects_a_line_without_hash() -> None:
+    with pytest.raises(ChannelError, match=r"wheels.txt:2: expected"):
+        parse_wheel_list("# header\nnumpy==2.0\n")
+
+
+def test_wheel_list_roundtrips() -> None:
+    text = channel.format_wheel_list(wheels(), "# h")
+    assert parse_wheel_list(text) == tuple(sorted(wheels(), key=lambda w: w.name))
+
+
+@pytest.mark.parametrize(
+    ("pypi", "conda"),
+    [
+        ("jupyter-server", "jupyter_server"),
+        ("Jupyter_Client", "jupyter_client"),
+        ("jupyterlab-widgets", "jupyterlab_widgets"),
+        ("typing-extensions", "typing_extensions"),
+        ("PyYAML", "pyyaml"),
+        ("python-dateutil", "python-dateutil"),
+        ("tzdata", "python-tzdata"),
+        ("Send2Trash", "send2trash"),
+    ],
+)
+def test_conda_names_follow_conda_forge(pypi: str, conda: str) -> None:
+    assert conda_name(pypi) == conda
+
+
+def test_conda_spec_translates_pep440() -> None:
+    assert conda_spec(Requirement("Jupyter-Server>=2.4,<3")) == "jupyter_server <3,>=2.4"
+    assert conda_spec(Requirement("jupyterlab_widgets~=3.0.17")) == "jupyterlab_widgets <3.1,>=3.0.17"
+    assert conda_spec(Requirement("comm")) == "comm"
+
+
+def test_markers_are_evaluated_for_linux_cpython_311() -> None:
+    reqs = runtime_requirements(
+        [
+            "appnope; platform_system == 'Darwin'",
+            "pywin32; sys_platform == 'win32'",
+            "exceptiongroup; python_version < '3.11'",
+            "tomli>=1; python_version < '3.11'",
+            "typing-extensions>=4; python_version < '3.12'",
+            "pexpect>4.3; sys_platform != 'win32' and sys_platform != 'emscripten'",
+            "pytest; extra == 'test'",
+            "traitlets>=5",
+        ]
+    )
+    assert [r.name for r in reqs] == ["typing-extensions", "pexpect", "traitlets"]
+
+
+def test_run_deps_pin_python_for_binary_wheels_only() -> None:
+    binary = conda_run_deps(["cffi>=1.0"], ">=3.9", binary=True)
+    assert binary == ("python >=3.11,<3.12.0a0", "cffi >=1.0")
+    pure = conda_run_deps(["Jupyter-Core>=5; python_version >= '3.8'"], ">=3.9", binary=False)
+    assert pure == ("python >=3.9", "jupyter_core >=5")
+
+
+def test_plan_lists_every_kind(recipes: Path) -> None:
+    plan = plan_channel(recipes, wheels(), PY, TOOLS)
+    kinds = {j.name: j.kind for j in plan.jobs}
+    assert kinds["python"] == "python"
+    assert kinds["sitepaths"] == "recipe"
+    assert kinds["jupyterhub-singleuser"] == "recipe"
+    assert kinds["jupyterhub"] == "noarch-wheel"
+    assert kinds["numpy"] == "binary-wheel"
+    assert kinds["jupyter_server"] == "noarch-wheel"
+    assert dict(plan.job("jupyterhub-singleuser").env) == {"SWSTACK_JUPYTERHUB_VERSION": "6.1.1"}
+    assert plan.jobs[0].name == "python"  # built first: binary wheels need it
+
+
+def test_plan_is_deterministic(recipes: Path) -> None:
+    assert plan_channel(recipes, wheels(), PY, TOOLS) == plan_channel(recipes, wheels(), PY, TOOLS)
+
+
+def keys(recipes: Path, ws: list[PinnedWheel] | None = None, py: PythonBuild = PY, tools: dict[str, str] = TOOLS) -> dict[str, str]:
+    return {j.name: j.key for j in plan_channel(recipes, ws or wheels(), py, tools).jobs}
+
+
+def test_key_changes_when_a_recipe_file_changes(recipes: Path) -> None:
+    before = keys(recipes)
+    src = recipes / "sitepaths" / "sitepaths.c"
+    src.write_text(src.read_text() + "/* changed */\n")
+    after = keys(recipes)
+    assert after["sitepaths"] != before["sitepaths"]
+    assert {k: v for k, v in after.items() if k != "sitepaths"} == {
+        k: v for k, v in before.items() if k != "sitepaths"
+    }
+
+
+def test_key_changes_when_a_wheel_hash_changes(recipes: Path) -> None:
+    before = keys(recipes)
+    after = keys(recipes, wheels(hub_sha=hashlib.sha256(b"other").hexdigest()))
+    assert after["jupyterhub"] != before["jupyterhub"]
+    assert after["numpy"] == before["numpy"]
+    assert after["python"] == before["python"]
+
+
+def test_key_changes_with_the_python_build_and_converters(recipes: Path) -> None:
+    before = keys(recipes)
+    rebuilt = PythonBuild(prefix=PY.prefix, version=PY.version, fingerprint="e" * 64)
+    assert keys(recipes, py=rebuilt)["python"] != before["python"]
+    newer = {**TOOLS, "whl2conda": "27.0"}
+    changed = keys(recipes, tools=newer)
+    assert changed["jupyterhub"] != before["jupyterhub"]
+    assert changed["numpy"] == before["numpy"]
+
+
+def test_plan_refuses_hub_metapackage_without_hub(recipes: Path) -> None:
+    with pytest.raises(ChannelError, match="jupyterhub"):
+        plan_channel(recipes, [w for w in wheels() if w.name != "jupyterhub"], PY, TOOLS)
+
+
+def test_channel_inputs_cover_recipes_wheels_and_client() -> None:
+    inputs = channel.channel_inputs(REPO / "channel" / "recipes")
+    rel = {str(p.relative_to(REPO)) for p in inputs if REPO in p.parents}
+    assert "channel/wheels.txt" in rel
+    assert "channel/recipes/sitepaths/sitepaths.c" in rel
+    assert "clients/labclient/pyproject.toml" in rel
+
+
+@pytest.mark.parametrize(
+    ("rel", "kept"),
+    [
+        ("bin/python3.11", True),
+        ("bin/pip3", True),
+        ("bin/jupyter", False),
+        ("lib/libpython3.11.so.1.0", True),
+        ("lib/python3.11/os.py", True),
+        ("lib/python3.11/site-packages/pip/__init__.py", True),
+        ("lib/python3.11/site-packages/pip-23.2.1.dist-info/METADATA", True),
+        ("lib/python3.11/site-packages/numpy/__init__.py", False),
+        ("lib/python3.11/test/test_os.py", False),
+        ("lib/python3.11/unittest/test/test_case.py", False),
+        ("lib/python3.11/tkinter/__init__.py", False),
+        ("lib/python3.11/__pycache__/os.cpython-311.pyc", False),
+        ("lib/python3.11/config-3.11-x86_64-linux-gnu/libpython3.11.a", False),
+        ("lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so", True),
+        ("lib/python3.11/lib-dynload/_testcapi.cpython-311-x86_64-linux-gnu.so", False),
+        ("include/python3.11/Python.h", True),
+    ],
+)
+def test_python_package_contents(rel: str, kept: bool) -> None:
+    assert python_keep(Path(rel), "3.11.7") is kept
+
+
+def test_binary_wheel_recipe_renders_deps_and_wheel(tmp_path: Path) -> None:
+    plan = plan_channel(REPO / "channel" / "recipes", wheels(), PY, TOOLS)
+    job = plan.job("numpy")
+    text = channel.render_binary_wheel_recipe(job, tmp_path / "n.whl", ("python >=3.11,<3.12.0a0",), "NumPy")
+    assert 'name: numpy' in text and 'version: "2.4.6"' in text
+    assert '- "python >=3.11,<3.12.0a0"' in text
+    assert str(tmp_path / "n.whl") in text
+    assert "pip install --no-deps --no-index" in text
+
+
+def test_simple_index_has_sha256_fragments(tmp_path: Path) -> None:
+    whl = tmp_path / "labclient-1.0.0-py3-none-any.whl"
+    whl.write_bytes(b"wheel")
+    channel.write_simple_index(tmp_path, [whl])
+    page = (tmp_path / "simple" / "labclient" / "index.html").read_text()
+    assert f"#sha256={hashlib.sha256(b'wheel').hexdigest()}" in page
+    assert 'href="../../labclient-1.0.0-py3-none-any.whl' in page
+
+
+def test_wheelhouse_file_with_wrong_hash_is_refused(tmp_path: Path) -> None:
+    house = tmp_path / "house"
+    house.mkdir()
+    pinned = PinnedWheel("comm", "0.2.3", SHA_A, "comm-0.2.3-py3-none-any.whl")
+    (house / pinned.filename).write_bytes(b"not the pinned wheel")
+    with pytest.raises(ChannelError, match="does not match"):
+        channel.fetch_wheels([pinned], tmp_path / "cache", wheelhouse=house)
+    assert not channel.wheel_cache_path(tmp_path / "cache", pinned).exists()
+
+
+def test_wheelhouse_wheel_is_taken_when_its_hash_matches(tmp_path: Path) -> None:
+    house = tmp_path / "house"
+    house.mkdir()
+    data = b"pretend wheel"
+    pinned = PinnedWheel("comm", "0.2.3", hashlib.sha256(data).hexdigest(), "comm-0.2.3-py3-none-any.whl")
+    (house / pinned.filename).write_bytes(data)
+    got = channel.fetch_wheels([pinned], tmp_path / "cache", wheelhouse=house)
+    assert got["comm"].read_bytes() == data
+
+
+def test_labclient_repository_is_deterministic(tmp_path: Path) -> None:
+    client = REPO / "clients" / "labclient"
+    sha1 = channel.make_labclient_repo(client, tmp_path / "a" / "labclient.git", tmp_path / "wa")
+    sha2 = channel.make_labclient_repo(client, tmp_path / "b" / "labclient.git", tmp_path / "wb")
+    assert sha1 == sha2
+    assert (tmp_path / "a" / "labclient.git" / "HEAD").is_file()
