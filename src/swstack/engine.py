@@ -97,6 +97,27 @@ class Engine(Protocol):
 
     def remove_image(self, ref: str, *, force: bool = False) -> None: ...
 
+    def tag_image(self, ref: str, target: str) -> None: ...
+
+    def push_image(self, ref: str) -> str: ...
+
+    def pull_image(self, ref: str) -> str: ...
+
+    def inspect_image(self, ref: str) -> ImageInfo: ...
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the engine knows of a local image."""
+
+    id: str
+    repo_digests: tuple[str, ...]  # "host/name@sha256:..." for each registry it came from or went to
+    labels: Mapping[str, str]
+    user: str
+    env: tuple[str, ...]
+    cmd: tuple[str, ...]
+    layers: int
+
 
 def engine_address() -> str:
     """Where the engine is looked for: ``DOCKER_HOST`` or the default socket."""
@@ -242,6 +263,65 @@ class DockerEngine:
         except DockerException as exc:
             raise ImageError(f"removing image {ref} failed: {_first_line(exc)}") from exc
 
+    def tag_image(self, ref: str, target: str) -> None:
+        """``docker tag ref target``."""
+        from docker.errors import DockerException
+
+        repository, tag = split_tag(target)
+        try:
+            self.client.api.tag(ref, repository, tag)
+        except DockerException as exc:
+            raise ImageError(f"tagging {ref} as {target} failed: {_first_line(exc)}") from exc
+
+    def push_image(self, ref: str) -> str:
+        """``docker push ref``; return the manifest digest the registry answered."""
+        from docker.errors import DockerException
+
+        repository, tag = split_tag(ref)
+        digest = ""
+        try:
+            for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True):
+                if "error" in chunk:
+                    raise ImageError(f"pushing {ref} failed: {chunk['error']}")
+                aux = chunk.get("aux") or {}
+                digest = str(aux.get("Digest") or digest)
+        except DockerException as exc:
+            raise ImageError(f"pushing {ref} failed: {_first_line(exc)}") from exc
+        if not digest:
+            raise ImageError(f"pushing {ref}: the engine reported no digest")
+        return digest
+
+    def pull_image(self, ref: str) -> str:
+        """``docker pull ref`` (a tag or ``@sha256:`` digest); return the image id."""
+        from docker.errors import DockerException
+
+        log.info(f"pulling {ref}")
+        try:
+            for chunk in self.client.api.pull(ref, stream=True, decode=True):
+                if "error" in chunk:
+                    raise ImageError(f"pulling {ref} failed: {chunk['error']}")
+            return str(self.client.images.get(ref).id)
+        except DockerException as exc:
+            raise ImageError(f"pulling {ref} failed: {_first_line(exc)}") from exc
+
+    def inspect_image(self, ref: str) -> ImageInfo:
+        from docker.errors import DockerException
+
+        try:
+            attrs = self.client.api.inspect_image(ref)
+        except DockerException as exc:
+            raise ImageError(f"inspecting image {ref} failed: {_first_line(exc)}") from exc
+        config = attrs.get("Config") or {}
+        return ImageInfo(
+            id=str(attrs.get("Id", "")),
+            repo_digests=tuple(attrs.get("RepoDigests") or ()),
+            labels=dict(config.get("Labels") or {}),
+            user=str(config.get("User") or ""),
+            env=tuple(config.get("Env") or ()),
+            cmd=tuple(config.get("Cmd") or ()),
+            layers=len((attrs.get("RootFS") or {}).get("Layers") or ()),
+        )
+
     # -- containers -------------------------------------------------------------------
 
     def run(
@@ -336,6 +416,7 @@ __all__ = [
     "BindMount",
     "DockerEngine",
     "Engine",
+    "ImageInfo",
     "RunResult",
     "engine_address",
     "split_tag",

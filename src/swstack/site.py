@@ -52,6 +52,12 @@ class BaseImageSettings(Model):
     suite: str = "bookworm"
 
 
+class ImageSettings(Model):
+    # Base image a stack names -> the reference this site pulls instead. ``{registry}`` in a
+    # value is the site's registry, so a test registry on another port needs no second file.
+    mirrors: dict[str, str] = Field(default_factory=dict)
+
+
 class SiteFile(Model):
     name: str = "default"
     root: str = "/data0"
@@ -62,6 +68,7 @@ class SiteFile(Model):
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     pip: PipSettings = Field(default_factory=PipSettings)
     base_image: BaseImageSettings = Field(default_factory=BaseImageSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
 
     @field_validator("root")
     @classmethod
@@ -90,6 +97,19 @@ class Site:
     git_mirrors: dict[str, str] = field(default_factory=dict)
     debian_mirror: str | None = None
     debian_suite: str = "bookworm"
+    image_mirrors: dict[str, str] = field(default_factory=dict)
+
+    def image_ref(self, ref: str) -> str:
+        """A base image a stack names -> what this site pulls (its mirror, ``{registry}`` expanded)."""
+        target = self.image_mirrors.get(ref, ref)
+        if "{registry}" in target:
+            if not self.registry:
+                raise SiteError(
+                    f"image mirror for {ref!r} uses {{registry}}, but the site {self.name!r} names no "
+                    "registry: set [registry] url"
+                )
+            target = target.replace("{registry}", self.registry)
+        return target
 
     def channel_url(self, channel: str) -> str:
         """A stack's channel name or URL -> the URL to solve and download from (mirrors applied)."""
@@ -161,6 +181,7 @@ def resolve_site(site_file: SiteFile, source: Path | None, project: Path | None 
         git_mirrors={k: _as_url(v, base, project, cache) for k, v in site_file.pip.git_mirrors.items()},
         debian_mirror=site_file.base_image.debian_mirror,
         debian_suite=site_file.base_image.suite,
+        image_mirrors=dict(site_file.images.mirrors),
     )
 
 
