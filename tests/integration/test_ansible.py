@@ -1,0 +1,155 @@
+"""The Ansible rollout against localhost: pip-install swstack, activate from the registry, idempotently.
+
+ansible-core comes from the ``dev`` extra; when it is missing the module setup
+installs it into the running virtualenv. The host root is a temporary directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from swstack import proc
+from swstack.errors import ExternalCommandError
+from swstack.publish import publish_artifact
+from tests.support.registry import LocalRegistry
+from tests.support.registry import registry_fixture  # noqa: F401 - provides the `registry` fixture
+
+pytestmark = [pytest.mark.registry, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = REPO / "ansible" / "rollout.yml"
+
+
+@pytest.fixture(scope="module")
+def ansible_playbook() -> str:
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    if not exe.exists():
+        try:
+            proc.run(
+                [sys.executable, "-m", "pip", "install", "-q", "ansible-core>=2.16"],
+                what="pip install ansible-core",
+                timeout=600,
+            )
+        except ExternalCommandError as exc:
+            pytest.skip(f"ansible-core could not be installed: {exc}")
+    return str(exe)
+
+
+@pytest.fixture(scope="module")
+def host_cli() -> None:
+    if importlib.util.find_spec("swstack.cli") is None:
+        pytest.skip("the host CLI (swstack.cli) is not there yet")
+
+
+@pytest.fixture(scope="module")
+def host_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A conda-pack-like artifact that `swstack activate` accepts (the host tests' own maker)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from support_host import make_artifact
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+    return Path(make_artifact(tmp_path_factory.mktemp("art") / "py3", stack="py3", version="2026.11.21"))
+
+
+def _run(playbook: str, inventory: Path, extra: dict[str, object], check: int | None = 0) -> str:
+    env = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_HOST_KEY_CHECKING": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": str(inventory.parent / "ansible-tmp"),
+        "ANSIBLE_REMOTE_TEMP": str(inventory.parent / "ansible-tmp"),
+    }
+    result = proc.run(
+        [playbook, "-i", str(inventory), str(PLAYBOOK), "-e", json.dumps(extra)],
+        env=env,
+        check=False,
+        timeout=900,
+    )
+    output = result.stdout + result.stderr
+    if check is not None:
+        assert result.returncode == check, output
+    return output
+
+
+def _task_status(output: str, task_fragment: str) -> str:
+    """'changed', 'ok', 'failed' or 'skipping' for the task whose title holds ``task_fragment``."""
+    for block in output.split("TASK [")[1:]:
+        title = block.split("]", 1)[0]
+        if task_fragment in title:
+            match = re.search(r"^(changed|ok|failed|fatal|skipping): \[localhost\]", block, re.M)
+            assert match, block
+            return match.group(1)
+    raise AssertionError(f"no task {task_fragment!r} in:\n{output}")
+
+
+def _recap(output: str) -> dict[str, int]:
+    line = re.search(r"^localhost\s*:(.*)$", output, re.M)
+    assert line, output
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.group(1))}
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "inventory.ini"
+    path.write_text(
+        f"[notebook_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+    )
+    yield path
+
+
+def test_rollout_activates_once_then_reports_unchanged(
+    ansible_playbook: str,
+    host_cli: None,
+    host_artifact: Path,
+    registry: LocalRegistry,
+    inventory: Path,
+    tmp_path: Path,
+) -> None:
+    digest = publish_artifact(host_artifact, f"{registry.host}/swstack/py3")
+    root = tmp_path / "root"
+    root.mkdir()
+    extra = {
+        "swstack_source": f"{registry.host}/swstack/py3:2026.11.21",
+        "swstack_root": str(root),
+        "swstack_install": "pip",
+        "swstack_package": str(REPO),
+        "swstack_venv": str(tmp_path / "venv"),
+        "swstack_python": sys.executable,
+        "swstack_expect_version": "2026.11.21",
+    }
+    first = _run(ansible_playbook, inventory, extra)
+    assert _task_status(first, "Activate") == "changed"
+    assert _task_status(first, "Check the live version") == "ok"
+    assert (root / "sw.2026.11.21").is_dir() or any(root.glob("sw.*2026*11*21*")), sorted(os.listdir(root))
+
+    second = _run(ansible_playbook, inventory, extra)
+    assert _task_status(second, "Activate") == "ok"
+    assert _recap(second)["changed"] == 0
+    assert digest.startswith("sha256:")
+
+
+def test_rollout_stops_on_a_bad_source(
+    ansible_playbook: str, host_cli: None, inventory: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    extra = {
+        "swstack_source": str(tmp_path / "no-such-artifact"),
+        "swstack_root": str(root),
+        "swstack_install": "none",
+        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+    }
+    output = _run(ansible_playbook, inventory, extra, check=2)
+    assert _task_status(output, "Activate") in ("failed", "fatal")
+    assert _recap(output)["failed"] == 1
+    assert "no-such-artifact" in output
