@@ -37,7 +37,6 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
-from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -59,6 +58,7 @@ MANIFEST_NAME = "manifest.json"
 # Installers whose ``*.dist-info`` we list as pip packages (conda's own say "conda").
 PIP_INSTALLERS = frozenset({"pip", "uv"})
 _COPY_CHUNK = 1 << 20
+_TYPEFLAGS: dict[str, bytes] = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
 
 
 class _Uncached(Exception):
@@ -124,7 +124,7 @@ class PackResult:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One tar member: read from ``source``, or ``data`` when conda-pack rewrote the file."""
 
@@ -186,18 +186,20 @@ def plan_entries(recorded: Iterable[Entry], source_date_epoch: int) -> list[Entr
     ``.pyc`` files shipped in packages are validated against their source's mtime.
     """
     by_name: dict[str, Entry] = {}
-    for entry in recorded:
-        by_name[entry.name] = replace(
-            entry,
-            mode=normal_mode(entry.kind, entry.mode),
-            mtime=source_date_epoch if entry.mtime is None else min(int(entry.mtime), source_date_epoch),
-        )
+    for e in recorded:
+        mtime = source_date_epoch if e.mtime is None else min(int(e.mtime), source_date_epoch)
+        mode = normal_mode(e.kind, e.mode)
+        by_name[e.name] = Entry(e.name, e.kind, mode, mtime, e.size, e.source, e.data, e.linkname)
     for name in list(by_name):
         parent = os.path.dirname(name)
         while parent and parent not in by_name:
             by_name[parent] = Entry(parent, "dir", 0o755, source_date_epoch)
             parent = os.path.dirname(parent)
     return [by_name[name] for name in sorted(by_name)]
+
+
+def _name(entry: Entry) -> str:
+    return entry.name
 
 
 def tree_totals(entries: Iterable[Entry]) -> tuple[int, int]:
@@ -213,7 +215,7 @@ def tree_totals(entries: Iterable[Entry]) -> tuple[int, int]:
 def tar_info(entry: Entry, uid: int, gid: int) -> tarfile.TarInfo:
     """A member header with nothing that varies between machines or runs."""
     info = tarfile.TarInfo(entry.name)
-    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[entry.kind]
+    info.type = _TYPEFLAGS[entry.kind]
     info.mode = entry.mode
     info.mtime = int(entry.mtime or 0)
     info.size = entry.size if entry.kind == "file" else 0
@@ -439,7 +441,7 @@ class _HashingFile:
 
 
 class _TarSink:
-    """What tarfile writes to: batches its many small writes into large compressor calls."""
+    """What the tar stream goes to: batches small writes into large compressor calls."""
 
     def __init__(self, write: Callable[[bytes], object], batch: int = _COPY_CHUNK):
         self._write = write
@@ -448,15 +450,15 @@ class _TarSink:
         self.offset = 0
 
     def write(self, data: bytes) -> int:
-        self._buf += data
         self.offset += len(data)
+        if len(data) >= self._batch:  # large chunks go through without a copy
+            self.flush()
+            self._write(data)
+            return len(data)
+        self._buf += data
         if len(self._buf) >= self._batch:
-            self._write(bytes(self._buf))
-            self._buf.clear()
+            self.flush()
         return len(data)
-
-    def tell(self) -> int:
-        return self.offset
 
     def flush(self) -> None:
         if self._buf:
@@ -494,27 +496,70 @@ def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_Tar
         raise PackError(f"compression {options.compression!r}: expected 'zstd' or 'gzip'")
 
 
+_USTAR_TAIL = tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+
+
+def ustar_header(entry: Entry, uid: int, gid: int) -> bytes | None:
+    """The header tarfile's PAX writer makes for ``entry``, built directly (it is ~10x faster).
+
+    None when the entry needs PAX records (long or non-ASCII names, huge sizes).
+    """
+    name = entry.name + "/" if entry.kind == "dir" else entry.name
+    try:
+        bname, blink = name.encode("ascii"), entry.linkname.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    size = entry.size if entry.kind == "file" else 0
+    mtime = int(entry.mtime or 0)
+    if len(bname) > 100 or len(blink) > 100 or size >= 8**11 or not 0 <= mtime < 8**11:
+        return None
+    if not (0 <= uid < 8**7 and 0 <= gid < 8**7):
+        return None
+    head = b"".join(
+        (
+            bname.ljust(100, b"\0"),
+            b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (entry.mode & 0o7777, uid, gid, size, mtime),
+            b"        ",
+            _TYPEFLAGS[entry.kind],
+            blink.ljust(100, b"\0"),
+            _USTAR_TAIL,
+        )
+    )
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]
+
+
 def write_tar(
     entries: Sequence[Entry], sink: _TarSink, uid: int, gid: int, advance: Callable[[int], None]
 ) -> None:
-    """Write ``entries`` in order as a PAX tar stream."""
-    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:  # type: ignore[call-overload]
-        tar.copybufsize = _COPY_CHUNK
-        for entry in entries:
-            info = tar_info(entry, uid, gid)
-            if entry.kind != "file":
-                tar.addfile(info)
-            elif entry.data is not None:
-                tar.addfile(info, BytesIO(entry.data))
+    """Write ``entries`` in order as a PAX tar stream, as tarfile would, with less per-file work."""
+    for entry in entries:
+        header = ustar_header(entry, uid, gid)
+        if header is None:
+            header = tar_info(entry, uid, gid).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        sink.write(header)
+        if entry.kind == "file":
+            if entry.data is not None:
+                sink.write(entry.data)
             else:
                 assert entry.source is not None
-                with open(entry.source, "rb") as fh:
-                    if os.fstat(fh.fileno()).st_size != entry.size:
-                        raise PackError(
-                            f"{entry.source} changed while packing; nothing may write to the prefix"
-                        )
-                    tar.addfile(info, fh)
-            advance(entry.size)
+                _copy_file(entry.source, entry.size, sink)
+            sink.write(bytes(-entry.size % tarfile.BLOCKSIZE))
+        advance(entry.size)
+    sink.write(bytes(2 * tarfile.BLOCKSIZE))
+    sink.write(bytes(-sink.offset % tarfile.RECORDSIZE))
+
+
+def _copy_file(source: str, size: int, sink: _TarSink) -> None:
+    with open(source, "rb", buffering=0) as fh:
+        left = size
+        while left > 0:
+            chunk = fh.read(min(left, _COPY_CHUNK))
+            if not chunk:
+                break
+            sink.write(chunk)
+            left -= len(chunk)
+        if left or fh.read(1):
+            raise PackError(f"{source} changed while packing; nothing may write to the prefix")
 
 
 # ---------------------------------------------------------------- the stage
@@ -560,9 +605,8 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     entries = plan_entries(entries, options.source_date_epoch)
     file_count, total_size = tree_totals(entries)
     manifest = replace(manifest, file_count=file_count, total_size=total_size)
-    entries = plan_entries(
-        [*entries, in_tree_manifest_entry(manifest, options.source_date_epoch)], options.source_date_epoch
-    )
+    # Already sorted: adding one entry to a sorted list is a linear merge for sorted().
+    entries = sorted([*entries, in_tree_manifest_entry(manifest, options.source_date_epoch)], key=_name)
 
     tarball = version_dir / tarball_name(
         manifest.stack_id, manifest.version, manifest.platform, options.compression

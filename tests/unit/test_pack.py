@@ -195,3 +195,31 @@ def test_cli_needs_an_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
         pack.options_from_args(args)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "123")
     assert pack.options_from_args(args)[0].source_date_epoch == 123
+
+
+def test_write_tar_matches_tarfiles_pax_writer(tmp_path: Path) -> None:
+    """The direct header path must give exactly what tarfile gives, PAX records included."""
+    import io
+
+    src = tmp_path / "payload"
+    src.write_bytes(b"x" * 1000)
+    entries = [
+        Entry("bin", "dir", 0o755, SDE),
+        Entry("bin/python", "symlink", 0o777, SDE, linkname="python3.11"),
+        Entry("bin/tool", "file", 0o755, SDE - 5, 1000, source=str(src)),
+        Entry("share/" + "d" * 120 + "/long-name.txt", "file", 0o644, SDE, 3, data=b"abc"),
+        Entry("share/naïve.txt", "file", 0o644, SDE, 0, data=b""),
+        Entry("share/link", "symlink", 0o777, SDE, linkname="../" + "l" * 110),
+    ]
+    sink_out = io.BytesIO()
+    sink = pack._TarSink(sink_out.write)
+    pack.write_tar(entries, sink, 899, 0, lambda n: None)
+    sink.flush()
+
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
+        for e in entries:
+            data = io.BytesIO(e.data if e.data is not None else src.read_bytes()) if e.kind == "file" else None
+            tar.addfile(pack.tar_info(e, 899, 0), data)
+    assert sink_out.getvalue() == expected.getvalue()
+    assert pack.ustar_header(entries[3], 0, 0) is None and pack.ustar_header(entries[2], 0, 0) is not None

@@ -1,0 +1,176 @@
+"""Benchmark: swstack's pack against conda-pack (tar.zst, tar.gz) and ``tar | zstd -T0 -3``.
+
+Input: a conda prefix (argument; default: python + numpy + ipykernel installed from the
+offline channel ``artifacts/channel`` when it exists, else a sample prefix made of one
+package holding a copy of this virtualenv's site-packages: the same mix of .py, .pyc
+and .so files). Output: a table of time and size per method, measured side by side in
+one run on the same warm page cache, and the ratios the issue sets targets for.
+
+    .venv/bin/python benchmarks/pack.py [PREFIX] [--levels 1,3,6] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from swstack import log, pack, proc
+
+REPO = Path(__file__).resolve().parents[1]
+CHANNEL = REPO / "artifacts" / "channel"
+SDE = 1_700_000_000
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    seconds: float
+    size: int
+
+
+def timed(method: str, repeat: int, run: Callable[[Path], Path], out_dir: Path) -> Row:
+    """Best of ``repeat`` runs; each writes into a fresh directory."""
+    best, size = float("inf"), 0
+    for i in range(repeat):
+        work = out_dir / f"{method.replace(' ', '_')}-{i}"
+        work.mkdir(parents=True)
+        started = time.perf_counter()
+        output = run(work)
+        best = min(best, time.perf_counter() - started)
+        size = output.stat().st_size
+        shutil.rmtree(work)
+    return Row(method, best, size)
+
+
+def swstack_pack(prefix: Path, compression: pack.Compression, level: int) -> Callable[[Path], Path]:
+    def run(work: Path) -> Path:
+        options = pack.PackOptions(SDE, compression=compression, level=level)
+        info = pack.ArtifactInfo(stack="bench", version="1")
+        return pack.pack_prefix(prefix, work, options=options, info=info).tarball
+
+    return run
+
+
+def conda_pack_cli(prefix: Path, fmt: str) -> Callable[[Path], Path]:
+    exe = Path(sys.executable).parent / "conda-pack"
+
+    def run(work: Path) -> Path:
+        out = work / f"env.{fmt}"
+        proc.run([exe, "-p", prefix, "-o", out, "--format", fmt, "--quiet"], what=f"conda-pack {fmt}")
+        return out
+
+    return run
+
+
+def tar_zstd(prefix: Path) -> Callable[[Path], Path]:
+    def run(work: Path) -> Path:
+        out = work / "env.tar.zst"
+        proc.run(
+            ["tar", "--sort=name", "--use-compress-program=zstd -T0 -3", "-cf", out, "-C", prefix, "."],
+            what="tar | zstd",
+        )
+        return out
+
+    return run
+
+
+def default_prefix(scratch: Path) -> Path:
+    """An env from the offline channel if it exists, else the sample prefix."""
+    import rattler
+
+    if (CHANNEL / "noarch" / "repodata.json").is_file():
+        channel, specs = CHANNEL, ["python 3.11.*", "numpy", "ipykernel"]
+    else:
+        channel, specs = sample_channel(scratch), ["bench-payload"]
+    records = asyncio.run(
+        rattler.solve([rattler.Channel(channel.as_uri())], specs, platforms=["linux-64", "noarch"])
+    )
+    prefix = scratch / "env"
+    asyncio.run(rattler.install(records, prefix, cache_dir=scratch / "pkgs", show_progress=False))
+    return prefix
+
+
+def sample_channel(scratch: Path) -> Path:
+    """A channel with one package copying this virtualenv's site-packages (~470 MiB, ~17k files)."""
+    import rattler_build
+
+    site = sysconfig.get_paths()["purelib"]
+    recipe = scratch / "bench-payload" / "recipe.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text(
+        "package: {name: bench-payload, version: '1.0'}\n"
+        "build:\n  number: 0\n  script:\n"
+        "    - mkdir -p $PREFIX/lib/python3.11\n"
+        f"    - cp -a {site} $PREFIX/lib/python3.11/site-packages\n"
+    )
+    log.step(f"building the sample package from {site}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rattler_build.build_recipes([recipe], output_dir=scratch / "channel", test="skip")
+    return scratch / "channel"
+
+
+def prefix_size(prefix: Path) -> tuple[int, int]:
+    files = [p for p in prefix.rglob("*") if p.is_file() and not p.is_symlink()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prefix", nargs="?", type=Path)
+    parser.add_argument("--levels", default="1,3,6", help="zstd levels to measure for swstack")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--skip-gzip", action="store_true", help="skip conda-pack's slow tar.gz")
+    args = parser.parse_args()
+    log.setup(False)
+    levels = [int(x) for x in args.levels.split(",")]
+    with tempfile.TemporaryDirectory(prefix="swstack-bench-") as tmp:
+        scratch = Path(tmp)
+        prefix = args.prefix.resolve() if args.prefix else default_prefix(scratch)
+        count, size = prefix_size(prefix)
+        print(f"prefix {prefix}: {count} files, {log.human_bytes(size)}; {len(levels)} zstd levels")
+        out = scratch / "out"
+        timed("warm page cache", 1, tar_zstd(prefix), out)
+        rows = [timed(f"swstack zstd -{lv}", args.repeat, swstack_pack(prefix, "zstd", lv), out) for lv in levels]
+        rows.append(timed("swstack gzip -6", args.repeat, swstack_pack(prefix, "gzip", 6), out))
+        rows.append(timed("conda-pack tar.zst", args.repeat, conda_pack_cli(prefix, "tar.zst"), out))
+        if not args.skip_gzip:
+            rows.append(timed("conda-pack tar.gz", args.repeat, conda_pack_cli(prefix, "tar.gz"), out))
+        rows.append(timed("tar | zstd -T0 -3", args.repeat, tar_zstd(prefix), out))
+    print_report(rows, size, default_level=pack.DEFAULT_ZSTD_LEVEL)
+    return 0
+
+
+def print_report(rows: list[Row], tree_size: int, default_level: int) -> None:
+    print(f"\n{'method':<22}{'seconds':>9}{'size':>12}{'ratio':>8}{'MiB/s':>8}")
+    for r in rows:
+        print(
+            f"{r.method:<22}{r.seconds:>9.2f}{log.human_bytes(r.size):>12}"
+            f"{tree_size / r.size:>8.2f}{tree_size / r.seconds / 2**20:>8.0f}"
+        )
+    by = {r.method: r for r in rows}
+    ours = by.get(f"swstack zstd -{default_level}")
+    if ours is None:
+        return
+    cp, limit = by["conda-pack tar.zst"], by["tar | zstd -T0 -3"]
+    print(f"\nswstack zstd -{default_level} (the default) against:")
+    print(f"  conda-pack tar.zst: {cp.seconds / ours.seconds:.2f}x faster (target >= 2), "
+          f"size {ours.size / cp.size:.3f}x (target <= 1.15)")  # fmt: skip
+    if "conda-pack tar.gz" in by:
+        gz = by["conda-pack tar.gz"]
+        print(f"  conda-pack tar.gz:  {gz.seconds / ours.seconds:.2f}x faster, size {ours.size / gz.size:.3f}x")
+    print(f"  tar | zstd -T0 -3:  time {ours.seconds / limit.seconds:.2f}x (target <= 1.1), "
+          f"size {ours.size / limit.size:.3f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
