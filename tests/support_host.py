@@ -126,13 +126,16 @@ def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], c
 
 def make_artifact(out: Path, stack: str = "py3", version: str = "2026.01.01", prefix: str | None = None,
                   *, binary: bool = False, payload: int = 0, owner: str | None = None,
-                  compression: str = "zstd", packages: tuple[PackageEntry, ...] | None = None) -> Path:
-    """Write an artifact directory ``out`` and return it."""
+                  compression: str = "zstd", packages: tuple[PackageEntry, ...] | None = None,
+                  understate: bool = False) -> Path:
+    """Write an artifact directory ``out`` and return it (``understate``: a manifest claiming 1 kB)."""
     prefix = prefix or f"/data0/sw/{stack}"
     manifest = base_manifest(stack, version, prefix, owner, packages)
     files = tree_files(prefix, binary, payload, manifest)
     total = sum(len(d) for d, _ in files.values())
     manifest = replace(manifest, file_count=len(files) + 2, total_size=total)
+    if understate:
+        manifest = replace(manifest, file_count=3, total_size=1000)
     files[IN_TREE_PATH] = (manifest.to_json().encode(), 0o644)
     members: list[tuple[tarfile.TarInfo, bytes | None]] = []
     dirs = sorted({str(Path(n).parent) for n in files} - {"."})

@@ -11,6 +11,7 @@ leaves a complete old or new version live and a rerun finishes the job:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from dataclasses import dataclass, field, replace
@@ -196,6 +197,9 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
     except BaseException:
         switch.remove_tree(staging)
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            layout.staging.rmdir()
 
 
 def load_ramdisk(layout: Layout, stack: str, version: str) -> None:

@@ -227,7 +227,7 @@ def extract(tarball: Path, dest: Path, expected: Expected) -> Extracted:
                     tf.members.clear()  # stream mode keeps every TarInfo otherwise
                     bar.advance(reader.count - seen)
                     seen = reader.count
-                    if tree.file_count == 50:
+                    if tree.file_count == 3:  # mid-way: some files written, most not
                         faults.hit("extracting")
             _final_link_check(tree)
         except UnsafeMember as exc:

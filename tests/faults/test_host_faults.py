@@ -1,0 +1,204 @@
+"""Faults during activation: kills at every step and at random instants, broken and hostile tarballs,
+a full ramdisk, concurrent runs. After each, the live tree is a complete version and a rerun finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support_host import (  # noqa: E402
+    HOSTILE_CASES,
+    bwrap_argv,
+    hostile_artifact,
+    make_artifact,
+    swstack_argv,
+)
+
+from swstack.host.faults import POINTS  # noqa: E402
+
+
+def run(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(swstack_argv(*args, "--root", str(root)), capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+def tree_listing(tree: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(tree):
+        for name in files:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                out[str(p.relative_to(tree))] = p.read_bytes()
+    return out
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> dict[str, Path]:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    arts = {v: make_artifact(tmp_path / "art" / v, version=v, payload=3 << 20) for v in ("1.0", "2.0")}
+    assert run(root, "activate", str(arts["1.0"])).returncode == 0
+    expected: dict[str, dict[str, bytes]] = {}
+    assert run(root, "activate", str(arts["2.0"])).returncode == 0
+    expected["2.0"] = tree_listing(root / "sw" / "py3")
+    assert run(root, "set-version", "1.0").returncode == 0
+    expected["1.0"] = tree_listing(root / "sw" / "py3")
+    # Start each test from 1.0 live with 2.0 not yet on the host.
+    subprocess.run(["rm", "-rf", str(root / "sw.2.0")], check=True)
+    (root / ".swstack" / "state.json").unlink()
+    assert run(root, "set-version", "1.0").returncode in (0, 3)
+    return {"root": root, "a1": arts["1.0"], "a2": arts["2.0"], "expected": expected}  # type: ignore[dict-item]
+
+
+def assert_live_complete(host: dict[str, object]) -> str:
+    root = host["root"]
+    assert isinstance(root, Path)
+    live = tree_listing(root / "sw" / "py3")
+    version = live["share/version.txt"].decode().strip()
+    assert live == host["expected"][version], f"live tree of {version} is incomplete or mixed"  # type: ignore[index]
+    return version
+
+
+def assert_finishes(host: dict[str, object]) -> None:
+    root = host["root"]
+    assert isinstance(root, Path)
+    res = run(root, "activate", str(host["a2"]))
+    assert res.returncode in (0, 3), res.stderr
+    assert assert_live_complete(host) == "2.0"
+    assert run(root, "active", "--verify").returncode == 0
+    state = json.loads((root / ".swstack" / "state.json").read_text())
+    assert state["stacks"]["py3"]["version"] == "2.0"
+    assert os.readlink(root / "sw.hdd") == "sw.2.0"
+    assert not (root / ".swstack" / "staging").exists()
+    assert not [p for p in (root / "sw.tmpfs").iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_at_named_point(host: dict[str, object], point: str) -> None:
+    res = run(host["root"], "activate", str(host["a2"]), env={"SWSTACK_FAULT_AT": point})  # type: ignore[arg-type]
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert_live_complete(host)
+    assert_finishes(host)
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
+def test_kill_after_delay(host: dict[str, object], delay: float) -> None:
+    proc = subprocess.Popen(swstack_argv("activate", str(host["a2"]), "--root", str(host["root"])),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert_live_complete(host)
+    assert_finishes(host)
+
+
+def _break(art: Path, how: str) -> None:
+    tarball = next(art.glob("*.tar.zst"))
+    data = bytearray(tarball.read_bytes())
+    if how == "truncated":
+        tarball.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "bitflip":
+        data[len(data) // 2] ^= 0x10
+        tarball.write_bytes(bytes(data))
+    elif how == "garbage":
+        tarball.write_bytes(os.urandom(len(data)))
+    elif how == "checksum":
+        (art / f"{tarball.name}.sha256").write_text(f"{'0' * 64}  {tarball.name}\n")
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("truncated", "bytes, the manifest says"), ("bitflip", "sha256 mismatch"),
+    ("garbage", "sha256 mismatch"), ("checksum", "disagree on the tarball's sha256"),
+])
+def test_broken_tarball_changes_nothing(host: dict[str, object], how: str, message: str) -> None:
+    root = host["root"]
+    assert isinstance(root, Path)
+    _break(host["a2"], how)  # type: ignore[arg-type]
+    res = run(root, "activate", str(host["a2"]))
+    assert res.returncode == 11 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert assert_live_complete(host) == "1.0"
+    assert not (root / "sw.2.0").exists() and not (root / ".swstack" / "staging").exists()
+
+
+def test_checksum_mismatch_even_when_the_size_matches(host: dict[str, object]) -> None:
+    art = host["a2"]
+    assert isinstance(art, Path)
+    tarball = next(art.glob("*.tar.zst"))
+    data = bytearray(tarball.read_bytes())
+    data[-5] ^= 0xFF  # inside the zstd frame's tail: the size stays right
+    tarball.write_bytes(bytes(data))
+    res = run(host["root"], "activate", str(art))  # type: ignore[arg-type]
+    assert res.returncode == 11 and "sha256 mismatch" in res.stderr
+
+
+@pytest.mark.parametrize("case", HOSTILE_CASES)
+def test_hostile_tarball(tmp_path: Path, case: str) -> None:
+    root = tmp_path / "deep" / "root"
+    root.mkdir(parents=True)
+    art = hostile_artifact(tmp_path / "evil", case)
+    before = set(os.listdir("/tmp"))
+    res = run(root, "activate", str(art))
+    assert res.returncode == 11, res.stdout + res.stderr
+    assert "member" in res.stderr and "Traceback" not in res.stderr
+    escaped = [p for p in tmp_path.rglob("escaped*")] + [Path("/tmp", n) for n in set(os.listdir("/tmp")) - before
+                                                         if n.startswith("escaped")]
+    assert escaped == []
+    assert not (root / "sw.2026.06.06").exists() and not (root / ".swstack" / "staging").exists()
+    assert not (root / "sw" / "py3").exists()
+
+
+def test_ramdisk_full_during_copy(tmp_path: Path) -> None:
+    """The manifest under-reports the size, so the space check passes and the copy hits ENOSPC."""
+    small = make_artifact(tmp_path / "a", version="1.0")
+    liar = make_artifact(tmp_path / "b", version="2.0", payload=6 << 20, understate=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    script = (f"swstack activate {small}; swstack activate {liar} || echo rc=$?; "
+              f"cat /data0/sw/py3/share/version.txt; ls -A /data0/sw.tmpfs")
+    res = subprocess.run(bwrap_argv(root, ["/bin/sh", "-ec", script], tmpfs_size=4 << 20),
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "rc=11" in res.stdout and "onto the ramdisk" in res.stderr and "nothing live changed" in res.stderr
+    assert res.stdout.splitlines()[2] == "1.0"
+    assert ".partial" not in res.stdout
+
+
+def test_concurrent_activations(host: dict[str, object], tmp_path: Path) -> None:
+    root = host["root"]
+    a3 = make_artifact(tmp_path / "art3", version="3.0")
+    procs = [subprocess.Popen(swstack_argv("activate", str(a), "--root", str(root), "--wait", "120"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for a in (host["a2"], a3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    live = (root / "sw" / "py3" / "share" / "version.txt").read_text().strip()  # type: ignore[operator]
+    assert live in ("2.0", "3.0")
+    assert run(root, "active", "--verify").returncode == 0  # type: ignore[arg-type]
+
+
+def test_concurrent_without_wait_fails_clearly(host: dict[str, object]) -> None:
+    root = host["root"]
+    slow = subprocess.Popen(swstack_argv("activate", str(host["a2"]), "--root", str(root)),
+                            env={**os.environ, "SWSTACK_FAULT_AT": "none"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    res = None
+    while time.monotonic() < deadline and slow.poll() is None:
+        res = run(root, "activate", str(host["a1"]))  # type: ignore[arg-type]
+        if "locked by PID" in res.stderr:
+            break
+    slow.communicate(timeout=120)
+    assert slow.returncode == 0
+    if res is not None and res.returncode == 11:
+        assert f"locked by PID {slow.pid}" in res.stderr
