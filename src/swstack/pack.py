@@ -497,12 +497,37 @@ def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_Tar
 
 
 _USTAR_TAIL = tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+_CHKSUM_BASE = sum(b"        ") + sum(_USTAR_TAIL)
+
+
+def _header_block(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
+                  link: bytes) -> bytes:  # fmt: skip
+    """One 512-byte ustar header, laid out and checksummed as tarfile does."""
+    name, link = name[:100], link[:100]  # longer ones travel in PAX records
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    chksum = _CHKSUM_BASE + sum(name) + sum(numbers) + sum(typeflag) + sum(link)
+    return b"".join(
+        (name.ljust(100, b"\0"), numbers, b"%06o\0 " % chksum, typeflag, link.ljust(100, b"\0"),
+         _USTAR_TAIL)
+    )  # fmt: skip
+
+
+def _pax_records(pairs: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``<length> <key>=<value>\\n`` records; the length counts its own digits."""
+    out = b""
+    for key, value in pairs:
+        base = len(key) + len(value) + 3
+        length = base + len(str(base))
+        length = base + len(str(length))
+        out += b"%d %s=%s\n" % (length, key, value)
+    return out
 
 
 def ustar_header(entry: Entry, uid: int, gid: int) -> bytes | None:
-    """The header tarfile's PAX writer makes for ``entry``, built directly (it is ~10x faster).
+    """The header tarfile's PAX writer makes for ``entry``, built directly (~10x faster).
 
-    None when the entry needs PAX records (long or non-ASCII names, huge sizes).
+    Names and link targets over 100 bytes get a PAX record, as tarfile gives them.
+    None when tarfile itself must write it (non-ASCII names, huge sizes or ids).
     """
     name = entry.name + "/" if entry.kind == "dir" else entry.name
     try:
@@ -511,21 +536,15 @@ def ustar_header(entry: Entry, uid: int, gid: int) -> bytes | None:
         return None
     size = entry.size if entry.kind == "file" else 0
     mtime = int(entry.mtime or 0)
-    if len(bname) > 100 or len(blink) > 100 or size >= 8**11 or not 0 <= mtime < 8**11:
+    if size >= 8**11 or not 0 <= mtime < 8**11 or not (0 <= uid < 8**7 and 0 <= gid < 8**7):
         return None
-    if not (0 <= uid < 8**7 and 0 <= gid < 8**7):
-        return None
-    head = b"".join(
-        (
-            bname.ljust(100, b"\0"),
-            b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (entry.mode & 0o7777, uid, gid, size, mtime),
-            b"        ",
-            _TYPEFLAGS[entry.kind],
-            blink.ljust(100, b"\0"),
-            _USTAR_TAIL,
-        )
-    )
-    return head[:148] + b"%06o\0" % sum(head) + head[155:]
+    header = _header_block(bname, entry.mode & 0o7777, uid, gid, size, mtime, _TYPEFLAGS[entry.kind], blink)
+    pairs = [(k, v) for k, v in ((b"path", bname), (b"linkpath", blink)) if len(v) > 100]
+    if not pairs:
+        return header
+    records = _pax_records(pairs)
+    pax = _header_block(b"././@PaxHeader", 0, 0, 0, len(records), 0, tarfile.XHDTYPE, b"")
+    return pax + records + bytes(-len(records) % tarfile.BLOCKSIZE) + header
 
 
 def write_tar(
