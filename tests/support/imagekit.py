@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -57,13 +58,7 @@ DEFAULT_PIP: dict[str, tuple[str, dict[str, int]]] = {
 
 def _content(path: str, version: str, size: int) -> bytes:
     """Incompressible, deterministic bytes: a version change changes them all."""
-    seed = hashlib.sha256(f"{path}@{version}".encode()).digest()
-    out = bytearray()
-    block = seed
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block
-    return bytes(out[:size])
+    return random.Random(f"{path}@{version}").randbytes(size)
 
 
 def make_env_artifact(

@@ -1,0 +1,171 @@
+"""Image planning without an engine or registry: tags, labels, env, config, user, deterministic layers."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from tests.support.imagekit import make_env_artifact, offline_site, py3_stack
+
+from swstack.errors import ImageError, SiteError
+from swstack.image import (
+    BaseImage,
+    LayerBlob,
+    add_user,
+    image_env,
+    image_labels,
+    image_repository,
+    index_tarball,
+    plan_image,
+    render_config,
+    render_manifest,
+    render_tags,
+    tag_fields,
+    write_env_layers,
+)
+from swstack.layers import plan_layers
+from swstack.manifest import Manifest
+from swstack.oci import Descriptor, canonical_json, digest_of
+
+BASE = BaseImage(
+    ref="127.0.0.1:5000/swstack/debian:bookworm",
+    registry="127.0.0.1:5000",
+    repository="swstack/debian",
+    digest="sha256:" + "b" * 64,
+    config={
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin:/bin", "LANG=C.UTF-8"], "Cmd": ["/bin/bash"]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "c" * 64]},
+        "history": [{"created_by": "debootstrap"}],
+    },
+    layers=(Descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", "sha256:" + "d" * 64, 1234),),
+)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_env_artifact(tmp_path_factory.mktemp("art"))
+
+
+def _manifest(artifact: Path) -> Manifest:
+    return Manifest.load(artifact / "manifest.json")
+
+
+def test_tags_lsst_forms(artifact: Path) -> None:
+    manifest = replace(_manifest(artifact), version="2026.11.21.2", git_commit="0123456789abcdef" * 2)
+    fields = tag_fields(manifest)
+    assert (fields["yyyy"], fields["mm"], fields["dd"], fields["week"]) == ("2026", "11", "21", "47")
+    templates = [
+        "{version}",
+        "latest",
+        "d_{yyyy}_{mm}_{dd}",
+        "w_{yyyy}_{week}",
+        "r{major}_{minor}_{patch}",
+        "exp_{git}",
+        "latest",
+        "{stack}-{variant}",
+    ]
+    assert render_tags(templates, manifest) == (
+        "2026.11.21.2",
+        "latest",
+        "d_2026_11_21",
+        "w_2026_47",
+        "r2026_11_21",
+        "exp_0123456789ab",
+        "py3-stable",
+    )
+
+
+def test_labels_env_and_repository(artifact: Path) -> None:
+    manifest, stack = _manifest(artifact), py3_stack()
+    labels = image_labels(manifest, stack.image, "https://git.example.org/swstack.git", stack.image.base)
+    assert labels["org.opencontainers.image.version"] == manifest.version
+    assert labels["io.swstack.lockfile-sha256"] == manifest.lockfile_sha256
+    assert labels["org.opencontainers.image.revision"] == manifest.git_commit
+    assert labels["org.opencontainers.image.source"] == "https://git.example.org/swstack.git"
+    assert labels["org.opencontainers.image.created"] == manifest.build_time
+    assert labels["io.swstack.variant"] == "stable"
+    assert labels["org.opencontainers.image.vendor"] == "swstack"  # from base.toml's [image] labels
+    env = dict(
+        e.split("=", 1)
+        for e in image_env(["PATH=/usr/bin:/bin"], "/data0/sw/py3", "jovyan", "/home/jovyan", 1000)
+    )
+    assert env["PATH"] == "/data0/sw/py3/bin:/usr/bin:/bin"
+    assert env["JUPYTER_PATH"] == "/data0/sw/py3/share/jupyter"
+    site = offline_site("127.0.0.1:5999")
+    assert image_repository(stack, site) == "127.0.0.1:5999/swstack/py3"
+    assert site.image_ref("debian:bookworm-slim") == "127.0.0.1:5999/swstack/debian:bookworm"
+    with pytest.raises(ImageError, match="names no registry"):
+        image_repository(stack, replace(site, registry=None))
+    with pytest.raises(SiteError, match="names no registry"):
+        replace(site, registry=None).image_ref("debian:bookworm-slim")
+
+
+def test_add_user() -> None:
+    passwd, group = add_user(
+        "root:x:0:0:root:/root:/bin/bash\n", "root:x:0:\n", "jovyan", 1000, "/home/jovyan"
+    )
+    assert passwd.splitlines()[-1] == "jovyan:x:1000:1000::/home/jovyan:/bin/bash"
+    assert group.splitlines()[-1] == "jovyan:x:1000:"
+    assert add_user(passwd, group, "jovyan", 1000, "/home/jovyan") == (passwd, group)  # idempotent
+    with pytest.raises(ImageError, match="uid 1000 is taken"):
+        add_user("other:x:1000:1000::/:/bin/sh\n", "", "jovyan", 1000, "/home/jovyan")
+
+
+def test_config_and_manifest(artifact: Path) -> None:
+    manifest = _manifest(artifact)
+    stack, site = py3_stack(), offline_site("127.0.0.1:5999")
+    index = index_tarball(artifact / manifest.tarball.name, manifest)  # type: ignore[union-attr]
+    plan = plan_image(stack, site, manifest, index, BASE)
+    ours = [LayerBlob("x", "sha256:" + "e" * 64, "sha256:" + "f" * 64, 10)]
+    config = render_config(plan, BASE, ours, manifest.build_time)
+    inner = config["config"]
+    assert inner["User"] == "1000:1000" and inner["Cmd"] == ["jupyterhub-singleuser"]
+    assert inner["WorkingDir"] == "/home/jovyan"
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + "c" * 64, "sha256:" + "f" * 64]
+    assert len(config["history"]) == 2
+    raw = canonical_json(config)
+    doc = render_manifest(BASE, ours, raw, {})
+    assert doc["config"]["digest"] == digest_of(raw)
+    assert [d["digest"] for d in doc["layers"]] == [BASE.layers[0].digest, ours[0].digest]
+    assert all(d["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip" for d in doc["layers"])
+
+
+def test_index_finds_conda_and_pip_files(artifact: Path) -> None:
+    manifest = _manifest(artifact)
+    index = index_tarball(artifact / manifest.tarball.name, manifest)  # type: ignore[union-attr]
+    assert "lib/libpython3.11.so" in index.files["python"]
+    assert "lib/python3.11/site-packages/labclient/api.py" in index.files["labclient"]
+    assert any(p.endswith("labclient-1.0.0.dist-info/RECORD") for p in index.files["labclient"])
+    kinds = {e.path: e.kind for e in index.entries}
+    assert kinds["bin/python"] == "symlink" and kinds["lib"] == "dir"
+
+
+def _layer_members(blob: Path) -> list[tuple[str, int, int]]:
+    with gzip.open(blob) as raw, tarfile.open(fileobj=io.BytesIO(raw.read())) as tar:
+        return [(m.name, m.mode, m.mtime) for m in tar.getmembers()]
+
+
+def test_layers_are_deterministic_and_carry_their_parents(artifact: Path, tmp_path: Path) -> None:
+    manifest = _manifest(artifact)
+    tarball = artifact / manifest.tarball.name  # type: ignore[union-attr]
+    index = index_tarball(tarball, manifest)
+    layers = plan_layers(manifest, index.entries, index.files, 12)
+    runs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        out.mkdir()
+        runs.append(write_env_layers(tarball, layers, manifest.prefix, manifest.source_date_epoch, out))
+    assert [b.digest for b in runs[0]] == [b.digest for b in runs[1]]
+    assert len({b.digest for b in runs[0]}) == len(layers)
+    python = next(b for b in runs[0] if b.name == "python")
+    members = _layer_members(tmp_path / "one" / python.digest.removeprefix("sha256:"))
+    names = [m[0] for m in members]
+    assert names[:4] == ["data0", "data0/sw", "data0/sw/py3", "data0/sw/py3/bin"]
+    assert "data0/sw/py3/lib/libpython3.11.so" in names
+    assert {m[2] for m in members} == {manifest.source_date_epoch}
