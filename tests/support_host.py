@@ -127,11 +127,14 @@ def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], c
 def make_artifact(out: Path, stack: str = "py3", version: str = "2026.01.01", prefix: str | None = None,
                   *, binary: bool = False, payload: int = 0, owner: str | None = None,
                   compression: str = "zstd", packages: tuple[PackageEntry, ...] | None = None,
-                  understate: bool = False) -> Path:
+                  understate: bool = False, small_files: int = 0) -> Path:
     """Write an artifact directory ``out`` and return it (``understate``: a manifest claiming 1 kB)."""
     prefix = prefix or f"/data0/sw/{stack}"
     manifest = base_manifest(stack, version, prefix, owner, packages)
     files = tree_files(prefix, binary, payload, manifest)
+    for i in range(small_files):  # a site-packages-like mass of small text files
+        files[f"lib/python3.11/site-packages/pkg{i // 100:03d}/mod{i % 100:02d}.py"] = (
+            (f"# module {i}\n" + "x = 1\n" * (50 + i % 400)).encode(), 0o644)
     total = sum(len(d) for d, _ in files.values())
     manifest = replace(manifest, file_count=len(files) + 2, total_size=total)
     if understate:

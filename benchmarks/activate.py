@@ -1,0 +1,194 @@
+"""Benchmark: ``swstack activate`` against the seed's manual procedure, memory, and switch atomicity.
+
+Input: nothing (it makes conda-pack-like artifacts with the test support: 1 MiB random
+blobs plus a site-packages-like mass of small files). Output, measured side by side in
+one run under a scratch root whose sw.tmpfs lives on /dev/shm (a real tmpfs):
+
+1. time from tarball to active: ours vs ``tar --zstd -xf`` into sw.<version> then
+   ``rsync -a`` to the ramdisk (the seed's S2/P1 steps);
+2. peak RSS of ``swstack activate`` for two tarball sizes (flat in size);
+3. a probe reading <root>/sw/py3 in a loop while versions switch, counting missing and
+   mixed observations: ours (``swstack set-version``) vs ``ln -sfn`` vs ``rsync --delete``.
+
+    .venv/bin/python benchmarks/activate.py [--small-mb 32] [--big-mb 256] [--files 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from support_host import make_artifact, swstack_argv  # noqa: E402
+
+
+def scratch_root(base: Path, name: str) -> Path:
+    root = base / name
+    root.mkdir()
+    shm = Path(tempfile.mkdtemp(prefix=f"swstack-bench-{name}-", dir="/dev/shm"))
+    (root / "sw.tmpfs").symlink_to(shm)
+    return root
+
+
+def timed(argv: list[str]) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one child process.
+
+    The RSS comes from GNU time, not from wait4 here: a child forked from this process
+    would report our own (large, artifact-building) RSS as its peak until it execs.
+    """
+    rss_file = Path(tempfile.mktemp(prefix="swstack-rss-"))
+    start = time.perf_counter()
+    subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    rss = int(rss_file.read_text().split()[-1])
+    rss_file.unlink()
+    return elapsed, rss
+
+
+def seed_procedure(tarball: Path, root: Path, version: str) -> float:
+    start = time.perf_counter()
+    vdir = root / f"sw.{version}" / "py3"
+    vdir.mkdir(parents=True)
+    subprocess.run(["tar", "--zstd", "-xf", str(tarball), "-C", str(vdir)], check=True)
+    (root / "sw.hdd").unlink(missing_ok=True)
+    (root / "sw.hdd").symlink_to(f"sw.{version}")
+    subprocess.run(["rsync", "-a", f"{root}/sw.{version}/", f"{root}/sw.tmpfs/"], check=True)
+    return time.perf_counter() - start
+
+
+def probe_loop(live: str, stop_file: str) -> None:
+    """Read version.txt and the in-tree manifest through one directory fd until ``stop_file`` appears."""
+    reads = missing = mixed = 0
+    while reads % 256 or not os.path.exists(stop_file):
+        reads += 1
+        try:
+            fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            missing += 1
+            continue
+        try:
+            with open(os.open("share/version.txt", os.O_RDONLY, dir_fd=fd)) as fh:
+                a = fh.read().strip()
+            with open(os.open("conda-meta/swstack-manifest.json", os.O_RDONLY, dir_fd=fd)) as fh:
+                b = json.load(fh)["version"]
+            if a != b:
+                mixed += 1
+        except (FileNotFoundError, ValueError, KeyError):
+            missing += 1
+        finally:
+            os.close(fd)
+    print(json.dumps({"reads": reads, "missing": missing, "mixed": mixed}))
+
+
+class Probe:
+    """A separate process (no shared GIL with the switching) running ``probe_loop``."""
+
+    def __init__(self, live: Path):
+        self.stop_file = Path(tempfile.mktemp(prefix="swstack-probe-stop-"))
+        self.proc = subprocess.Popen([sys.executable, __file__, "--probe", str(live), str(self.stop_file)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.reads = self.missing = self.mixed = 0
+
+    def __enter__(self) -> Probe:
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_file.touch()
+        out, _ = self.proc.communicate(timeout=60)
+        self.stop_file.unlink()
+        data = json.loads(out)
+        self.reads, self.missing, self.mixed = data["reads"], data["missing"], data["mixed"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small-mb", type=int, default=32)
+    ap.add_argument("--big-mb", type=int, default=256)
+    ap.add_argument("--files", type=int, default=3000, help="small files per artifact")
+    ap.add_argument("--switches", type=int, default=20)
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
+    shm_dirs: list[Path] = []
+    try:
+        small = make_artifact(base / "art-small", version="1.0", payload=args.small_mb << 20, small_files=args.files)
+        big = make_artifact(base / "art-big", version="2.0", payload=args.big_mb << 20, small_files=args.files)
+        big_tar = next(big.glob("*.tar.zst"))
+        print(f"artifacts: small {small.stat().st_size and sum(f.stat().st_size for f in small.iterdir()) >> 20} MiB, "
+              f"big {big_tar.stat().st_size >> 20} MiB compressed, {args.files} small files each")
+
+        # 1. time to active, same tarball, same page cache state (read once before both).
+        big_tar.read_bytes()
+        ours_root = scratch_root(base, "ours")
+        seed_root = scratch_root(base, "seed")
+        shm_dirs += [Path(os.readlink(r / "sw.tmpfs")) for r in (ours_root, seed_root)]
+        t_seed = seed_procedure(big_tar, seed_root, "2.0")
+        t_ours, rss_big = timed(swstack_argv("activate", str(big), "--root", str(ours_root)))
+        print(f"\n1. tarball -> active ({args.big_mb} MiB + {args.files} files)")
+        print(f"   seed (tar --zstd -xf, then rsync -a to the ramdisk): {t_seed:6.2f} s")
+        print(f"   swstack activate (verify + extract + copy + switch): {t_ours:6.2f} s")
+        print(f"   ratio ours/seed: {t_ours / t_seed:.2f}")
+
+        # 2. peak memory for two sizes.
+        mem_root = scratch_root(base, "mem")
+        shm_dirs.append(Path(os.readlink(mem_root / "sw.tmpfs")))
+        _, rss_small = timed(swstack_argv("activate", str(small), "--root", str(mem_root)))
+        ratio_size = big_tar.stat().st_size / next(small.glob("*.tar.zst")).stat().st_size
+        print("\n2. peak RSS of swstack activate")
+        print(f"   small tarball: {rss_small / 1024:6.1f} MiB   big tarball ({ratio_size:.1f}x larger): "
+              f"{rss_big / 1024:6.1f} MiB   ratio {rss_big / rss_small:.2f}")
+
+        # 3. atomicity probe. Both versions are on the host (mem_root has 1.0 live; add 2.0).
+        subprocess.run(swstack_argv("activate", str(big), "--root", str(mem_root)), check=True,
+                       capture_output=True)
+        live = mem_root / "sw" / "py3"
+        results = {}
+        with Probe(live) as probe:
+            for i in range(args.switches):
+                subprocess.run(swstack_argv("set-version", "1.0" if i % 2 == 0 else "2.0", "--root",
+                                            str(mem_root)), check=True, capture_output=True)
+        results["swstack set-version"] = probe
+        tmpfs = mem_root / "sw.tmpfs"
+        # The two ramdisk copies stay as a pair of trees for the baselines.
+        subprocess.run(["cp", "-a", str(mem_root / "sw.1.0" / "py3"), str(tmpfs / ".py3@1.0")], check=True)
+        with Probe(live) as probe:
+            script = "for i in $(seq %d); do ln -sfn .py3@1.0 py3; ln -sfn .py3@2.0 py3; done" % (args.switches * 10)
+            subprocess.run(["sh", "-c", script], cwd=os.path.realpath(tmpfs), check=True)
+        results["ln -sfn (coreutils 9)"] = probe
+        with Probe(live) as probe:
+            script = ("for i in $(seq %d); do rm -f py3; ln -s .py3@1.0 py3; rm -f py3; ln -s .py3@2.0 py3; done"
+                      % (args.switches * 10))
+            subprocess.run(["sh", "-c", script], cwd=os.path.realpath(tmpfs), check=True)
+        results["rm + ln -s (ln -sfn < 9)"] = probe
+        rs_live = Path(os.path.realpath(tmpfs)) / "rsync-live"
+        subprocess.run(["cp", "-a", str(mem_root / "sw.2.0" / "py3"), str(rs_live)], check=True)
+        os.replace(Path(os.path.realpath(tmpfs)) / "py3", Path(os.path.realpath(tmpfs)) / "py3.bak")
+        (Path(os.path.realpath(tmpfs)) / "py3").symlink_to("rsync-live")
+        with Probe(live) as probe:
+            for i in range(args.switches):
+                src = mem_root / ("sw.1.0" if i % 2 == 0 else "sw.2.0") / "py3"
+                subprocess.run(["rsync", "-a", "-I", "--delete", f"{src}/", f"{rs_live}/"], check=True)
+        results["rsync --delete (seed S3)"] = probe
+        print(f"\n3. readers of <root>/sw/py3 during {args.switches} switches (fd-relative reads of two files)")
+        for name, p in results.items():
+            print(f"   {name:<26} reads {p.reads:>8}  missing {p.missing:>6}  mixed {p.mixed:>6}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        for d in shm_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--probe":
+        probe_loop(sys.argv[2], sys.argv[3])
+    else:
+        main()
