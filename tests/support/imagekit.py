@@ -18,10 +18,12 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import zstandard
+from tests.support.registry import LocalRegistry
 
 from swstack.baseimage import ensure_base, load_base_spec
-from swstack.engine import Engine
+from swstack.engine import DockerEngine, Engine
 from swstack.manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
 from swstack.site import Site, load_site
 from swstack.spec import Stack, load_stack
@@ -184,3 +186,42 @@ def offline_site(registry_host: str) -> Site:
 
 def py3_stack() -> Stack:
     return load_stack(PROJECT / "stacks" / "py3.toml")
+
+
+@pytest.fixture(scope="session")
+def image_site(registry: LocalRegistry) -> Site:
+    """The offline site on the test registry, with the base image already pushed there."""
+    push_base(DockerEngine(), registry.host)
+    return offline_site(registry.host)
+
+
+def tree_listing_argv(prefix: str) -> list[str]:
+    """A shell command listing a tree as ``kind path sha256-or-target`` lines, sorted."""
+    script = (
+        f"cd {prefix} && find . -type f -exec sha256sum {{}} + "
+        "| sed 's/^\\([0-9a-f]*\\)  \\(.*\\)/f \\2 \\1/'; "
+        "find . -type l -printf 'l %p %l\\n'; find . -mindepth 1 -type d -printf 'd %p -\\n'"
+    )
+    return ["/bin/sh", "-c", script]
+
+
+def tarball_listing(tarball: Path) -> list[str]:
+    """The same listing, from the artifact tarball."""
+    from swstack.image import open_tarball
+    from swstack.layers import normalise_path
+
+    lines = []
+    with open_tarball(tarball) as tar:
+        for member in tar:
+            rel = normalise_path(member.name)
+            if not rel:
+                continue
+            if member.isfile():
+                handle = tar.extractfile(member)
+                assert handle is not None
+                lines.append(f"f ./{rel} {hashlib.sha256(handle.read()).hexdigest()}")
+            elif member.issym():
+                lines.append(f"l ./{rel} {member.linkname}")
+            elif member.isdir():
+                lines.append(f"d ./{rel} -")
+    return sorted(lines)

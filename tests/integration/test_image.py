@@ -1,0 +1,113 @@
+"""Images against the real engine and a real registry: tree, push, pull by digest, run, small updates.
+
+The base is the debootstrapped Debian, pushed to the test registry where the offline site
+mirrors the stack's ``debian:bookworm-slim``, so every build pulls its base from a registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.support.imagekit import (
+    DEFAULT_PIP,
+    PROJECT,
+    image_site,  # noqa: F401 - fixture
+    make_env_artifact,
+    py3_stack,
+    tarball_listing,
+    tree_listing_argv,
+)
+from tests.support.registry import registry_fixture  # noqa: F401 - provides the `registry` fixture
+
+from swstack.engine import DockerEngine
+from swstack.image import ImageResult, build_image, list_images, push_image
+from swstack.manifest import Manifest
+from swstack.oci import RegistryClient, parse_reference
+from swstack.site import Site
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def engine() -> DockerEngine:
+    return DockerEngine()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="module")
+def first(artifacts: Path, image_site: Site) -> ImageResult:  # noqa: F811
+    return build_image(py3_stack(), image_site, PROJECT, make_env_artifact(artifacts, "2026.11.21"))
+
+
+def _listing(engine: DockerEngine, ref: str, prefix: str) -> list[str]:
+    lines: list[str] = []
+    engine.run(ref, tree_listing_argv(prefix), network=False, on_output=lines.append)
+    return sorted(line for line in lines if line.strip())
+
+
+def test_push_remove_pull_by_digest_and_run(
+    engine: DockerEngine, first: ImageResult, image_site: Site
+) -> None:  # noqa: F811
+    pushed = push_image(first)
+    assert pushed.bytes_uploaded > 0 and pushed.digest == first.digest
+    ref = pushed.ref()
+    engine.remove_image(ref, force=True)
+    assert not engine.image_exists(ref)
+    engine.pull_image(ref)
+    info = engine.inspect_image(ref)
+    assert ref in info.repo_digests
+    assert info.user == "1000:1000" and info.cmd == ("jupyterhub-singleuser",)
+    assert info.labels["org.opencontainers.image.version"] == "2026.11.21"
+    assert (
+        info.labels["io.swstack.lockfile-sha256"]
+        == Manifest.load(first.layout.parent / "manifest.json").lockfile_sha256
+    )
+    assert "JUPYTER_PATH=/data0/sw/py3/share/jupyter" in info.env
+    run = engine.run(ref, ["/bin/sh", "-c", 'id -un; echo "$HOME"; command -v python; touch "$HOME/ok"'])
+    assert run.tail.splitlines() == ["jovyan", "/home/jovyan", "/data0/sw/py3/bin/python"]
+    # Every tag the stack file asks for points at this image.
+    client = RegistryClient(image_site.registry or "")
+    for tag in ("2026.11.21", "latest", "d_2026_11_21", "w_2026_47"):
+        assert client.head_manifest("swstack/py3", tag) == first.digest
+    menu = list_images(py3_stack(), image_site)
+    assert {e["tag"] for e in menu} >= {"2026.11.21", "latest"}
+    assert all(e["image"].startswith(f"{image_site.registry}/swstack/py3:") for e in menu)
+
+
+def test_image_tree_is_the_tarball(engine: DockerEngine, first: ImageResult) -> None:
+    push_image(first)
+    manifest = Manifest.load(first.layout.parent / "manifest.json")
+    assert manifest.tarball is not None
+    expected = tarball_listing(first.layout.parent / manifest.tarball.name)
+    assert _listing(engine, first.ref(), manifest.prefix) == expected
+
+
+def test_rebuild_is_identical_and_one_package_change_pushes_little(
+    artifacts: Path,
+    first: ImageResult,
+    image_site: Site,  # noqa: F811
+) -> None:
+    push_image(first)
+    again = build_image(
+        py3_stack(), image_site, PROJECT, make_env_artifact(artifacts / "again", "2026.11.21")
+    )
+    assert again.digest == first.digest  # same files, same layers, same manifest
+
+    bumped = {"labclient": ("1.0.1", DEFAULT_PIP["labclient"][1])}
+    second = build_image(
+        py3_stack(), image_site, PROJECT, make_env_artifact(artifacts, "2026.11.22", pip=bumped)
+    )
+    old = {layer.digest for layer in first.layers}
+    new_layers = [layer for layer in second.layers if layer.digest not in old]
+    assert {layer.name for layer in new_layers} == {"labclient", "rest"}
+    pushed = push_image(second)
+    assert pushed.bytes_uploaded < 0.05 * pushed.bytes_total
+    repo = parse_reference(second.repository, default_tag=None)
+    client = RegistryClient(repo.registry)
+    assert client.head_manifest(repo.repository, "2026.11.21") == first.digest
+    assert client.head_manifest(repo.repository, "latest") == second.digest
