@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.registry import (
+    LocalRegistry,
+    registry_fixture,  # noqa: F401 - provides the `registry` fixture
+)
 
 from swstack import proc
 from swstack.errors import ExternalCommandError
 from swstack.publish import publish_artifact
-from tests.support.registry import LocalRegistry
-from tests.support.registry import registry_fixture  # noqa: F401 - provides the `registry` fixture
 
 pytestmark = [pytest.mark.registry, pytest.mark.slow]
 
@@ -81,19 +83,19 @@ def _run(playbook: str, inventory: Path, extra: dict[str, object], check: int | 
     return output
 
 
-def _task_status(output: str, task_fragment: str) -> str:
-    """'changed', 'ok', 'failed' or 'skipping' for the task whose title holds ``task_fragment``."""
+def _task_status(output: str, task_fragment: str, host: str = "localhost") -> str:
+    """'changed', 'ok', 'fatal' or 'skipping' for the task whose title holds ``task_fragment``."""
     for block in output.split("TASK [")[1:]:
         title = block.split("]", 1)[0]
         if task_fragment in title:
-            match = re.search(r"^(changed|ok|failed|fatal|skipping): \[localhost\]", block, re.M)
+            match = re.search(rf"^(changed|ok|failed|fatal|skipping): \[{re.escape(host)}\]", block, re.M)
             assert match, block
             return match.group(1)
     raise AssertionError(f"no task {task_fragment!r} in:\n{output}")
 
 
-def _recap(output: str) -> dict[str, int]:
-    line = re.search(r"^localhost\s*:(.*)$", output, re.M)
+def _recap(output: str, host: str = "localhost") -> dict[str, int]:
+    line = re.search(rf"^{re.escape(host)}\s*:(.*)$", output, re.M)
     assert line, output
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.group(1))}
 
@@ -128,28 +130,45 @@ def test_rollout_activates_once_then_reports_unchanged(
         "swstack_expect_version": "2026.11.21",
     }
     first = _run(ansible_playbook, inventory, extra)
+    assert _task_status(first, "Record whether the installation changed") == "changed"
     assert _task_status(first, "Activate") == "changed"
     assert _task_status(first, "Check the live version") == "ok"
     assert (root / "sw.2026.11.21").is_dir() or any(root.glob("sw.*2026*11*21*")), sorted(os.listdir(root))
 
     second = _run(ansible_playbook, inventory, extra)
     assert _task_status(second, "Activate") == "ok"
-    assert _recap(second)["changed"] == 0
+    assert _recap(second)["changed"] == 0, second
     assert digest.startswith("sha256:")
 
 
-def test_rollout_stops_on_a_bad_source(
-    ansible_playbook: str, host_cli: None, inventory: Path, tmp_path: Path
+def test_rollout_goes_host_by_host_and_stops_at_a_failure(
+    ansible_playbook: str, host_cli: None, host_artifact: Path, tmp_path: Path
 ) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
+    """Two hosts (both local, each its own root): the first fails, the second is never touched."""
+    roots = {name: tmp_path / name for name in ("first", "second")}
+    for root in roots.values():
+        root.mkdir()
+    inventory, python = tmp_path / "inventory.ini", sys.executable
+    inventory.write_text(  # each host's own root as a host variable
+        "[notebook_hosts]\n"
+        + "".join(
+            f"{name} ansible_connection=local swstack_root={root} ansible_python_interpreter={python}\n"
+            for name, root in roots.items()
+        )
+    )
     extra = {
-        "swstack_source": str(tmp_path / "no-such-artifact"),
-        "swstack_root": str(root),
         "swstack_install": "none",
         "swstack_bin": str(Path(sys.executable).with_name("swstack")),
     }
-    output = _run(ansible_playbook, inventory, extra, check=2)
-    assert _task_status(output, "Activate") in ("failed", "fatal")
-    assert _recap(output)["failed"] == 1
+    bad = {**extra, "swstack_source": str(tmp_path / "no-such-artifact")}
+    output = _run(ansible_playbook, inventory, bad, check=2)
+    assert _task_status(output, "Activate", "first") == "fatal"
     assert "no-such-artifact" in output
+    assert "[second]" not in output.split("PLAY RECAP")[0]  # serial: 1 stopped before it
+    assert not any(roots["second"].iterdir())
+
+    good = {**extra, "swstack_source": str(host_artifact)}
+    output = _run(ansible_playbook, inventory, good)
+    first_done = output.index("[first]", output.index("Check the live version"))
+    assert first_done < output.index("[second]")  # one host at a time, in order
+    assert _recap(output, "first")["changed"] == 1 and _recap(output, "second")["changed"] == 1
