@@ -815,21 +815,16 @@ def push_image(
     blobs = result.layout / "blobs" / "sha256"
     base = parse_reference(result.base_repository, default_tag=None, error=PushError)
     base_client = RegistryClient(base.registry, retry=retry, error=PushError)
-    sizes: dict[str, int] = {}
+    sizes: dict[str, int] = {layer.digest: layer.size for layer in result.layers}
     log.step(f"pushing {target.registry}/{repo} ({len(result.layers)} layers)")
-    for layer in result.layers:
-        sizes[layer.digest] = layer.size
-        if layer.base:
-            if client.blob_exists(repo, layer.digest, push=True):
-                client.skipped.append(layer.digest)
-                continue
-            source = base_blob(base_client, base.repository, Descriptor(LAYER_GZIP, layer.digest, layer.size))
-        else:
-            source = blobs / layer.digest.removeprefix("sha256:")
-        client.push_blob(repo, source, layer.digest, layer.size)
     config = (blobs / result.config_digest.removeprefix("sha256:")).read_bytes()
     sizes[result.config_digest] = len(config)
-    client.push_blob(repo, config, result.config_digest, len(config))
+    try:
+        _push_layers(client, repo, result, base_client, base.repository)
+        client.push_blob(repo, config, result.config_digest, len(config))
+    except PushError as exc:
+        # Blobs go first and the manifest last: a failure here leaves every tag where it was.
+        raise PushError(f"{exc}\nthe push stopped before the image manifest: no tag of {repo} moved") from None
     manifest_bytes = (blobs / result.digest.removeprefix("sha256:")).read_bytes()
     chosen = tuple(tags) if tags is not None else result.tags
     client.put_manifest(repo, result.digest, manifest_bytes, OCI_MANIFEST)
@@ -851,6 +846,22 @@ def push_image(
         f"({len(uploaded)} blobs; {len(pushed.skipped)} already there)"
     )
     return pushed
+
+
+def _push_layers(
+    client: RegistryClient, repo: str, result: ImageResult, base_client: RegistryClient, base_repo: str
+) -> None:
+    """Every layer the registry lacks; base layers are fetched from the base's registry first."""
+    blobs = result.layout / "blobs" / "sha256"
+    for layer in result.layers:
+        if layer.base:
+            if client.blob_exists(repo, layer.digest, push=True):
+                client.skipped.append(layer.digest)
+                continue
+            source = base_blob(base_client, base_repo, Descriptor(LAYER_GZIP, layer.digest, layer.size))
+        else:
+            source = blobs / layer.digest.removeprefix("sha256:")
+        client.push_blob(repo, source, layer.digest, layer.size)
 
 
 # ----------------------------------------------------------------------------- list
