@@ -46,8 +46,12 @@ def timed(argv: list[str]) -> tuple[float, int]:
     """
     rss_file = Path(tempfile.mktemp(prefix="swstack-rss-"))
     start = time.perf_counter()
-    subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     elapsed = time.perf_counter() - start
     rss = int(rss_file.read_text().split()[-1])
     rss_file.unlink()
@@ -94,8 +98,11 @@ class Probe:
 
     def __init__(self, live: Path):
         self.stop_file = Path(tempfile.mktemp(prefix="swstack-probe-stop-"))
-        self.proc = subprocess.Popen([sys.executable, __file__, "--probe", str(live), str(self.stop_file)],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--probe", str(live), str(self.stop_file)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.reads = self.missing = self.mixed = 0
 
     def __enter__(self) -> Probe:
@@ -120,11 +127,17 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
     shm_dirs: list[Path] = []
     try:
-        small = make_artifact(base / "art-small", version="1.0", payload=args.small_mb << 20, small_files=args.files)
-        big = make_artifact(base / "art-big", version="2.0", payload=args.big_mb << 20, small_files=args.files)
+        small = make_artifact(
+            base / "art-small", version="1.0", payload=args.small_mb << 20, small_files=args.files
+        )
+        big = make_artifact(
+            base / "art-big", version="2.0", payload=args.big_mb << 20, small_files=args.files
+        )
         big_tar = next(big.glob("*.tar.zst"))
-        print(f"artifacts: small {small.stat().st_size and sum(f.stat().st_size for f in small.iterdir()) >> 20} MiB, "
-              f"big {big_tar.stat().st_size >> 20} MiB compressed, {args.files} small files each")
+        print(
+            f"artifacts: small {sum(f.stat().st_size for f in small.iterdir()) >> 20} MiB, "
+            f"big {big_tar.stat().st_size >> 20} MiB compressed, {args.files} small files each"
+        )
 
         # 1. time to active, same tarball, same page cache state (read once before both).
         big_tar.read_bytes()
@@ -144,29 +157,37 @@ def main() -> None:
         _, rss_small = timed(swstack_argv("activate", str(small), "--root", str(mem_root)))
         ratio_size = big_tar.stat().st_size / next(small.glob("*.tar.zst")).stat().st_size
         print("\n2. peak RSS of swstack activate")
-        print(f"   small tarball: {rss_small / 1024:6.1f} MiB   big tarball ({ratio_size:.1f}x larger): "
-              f"{rss_big / 1024:6.1f} MiB   ratio {rss_big / rss_small:.2f}")
+        print(
+            f"   small tarball: {rss_small / 1024:6.1f} MiB   big tarball ({ratio_size:.1f}x larger): "
+            f"{rss_big / 1024:6.1f} MiB   ratio {rss_big / rss_small:.2f}"
+        )
 
         # 3. atomicity probe. Both versions are on the host (mem_root has 1.0 live; add 2.0).
-        subprocess.run(swstack_argv("activate", str(big), "--root", str(mem_root)), check=True,
-                       capture_output=True)
+        subprocess.run(
+            swstack_argv("activate", str(big), "--root", str(mem_root)), check=True, capture_output=True
+        )
         live = mem_root / "sw" / "py3"
         results = {}
         with Probe(live) as probe:
             for i in range(args.switches):
-                subprocess.run(swstack_argv("set-version", "1.0" if i % 2 == 0 else "2.0", "--root",
-                                            str(mem_root)), check=True, capture_output=True)
+                subprocess.run(
+                    swstack_argv("set-version", "1.0" if i % 2 == 0 else "2.0", "--root", str(mem_root)),
+                    check=True,
+                    capture_output=True,
+                )
         results["swstack set-version"] = probe
         tmpfs = mem_root / "sw.tmpfs"
         # The two ramdisk copies stay as a pair of trees for the baselines.
         subprocess.run(["cp", "-a", str(mem_root / "sw.1.0" / "py3"), str(tmpfs / ".py3@1.0")], check=True)
         with Probe(live) as probe:
-            script = "for i in $(seq %d); do ln -sfn .py3@1.0 py3; ln -sfn .py3@2.0 py3; done" % (args.switches * 10)
+            n = args.switches * 10
+            script = f"for i in $(seq {n}); do ln -sfn .py3@1.0 py3; ln -sfn .py3@2.0 py3; done"
             subprocess.run(["sh", "-c", script], cwd=os.path.realpath(tmpfs), check=True)
         results["ln -sfn (coreutils 9)"] = probe
         with Probe(live) as probe:
-            script = ("for i in $(seq %d); do rm -f py3; ln -s .py3@1.0 py3; rm -f py3; ln -s .py3@2.0 py3; done"
-                      % (args.switches * 10))
+            script = (
+                f"for i in $(seq {n}); do rm -f py3; ln -s .py3@1.0 py3; rm -f py3; ln -s .py3@2.0 py3; done"
+            )
             subprocess.run(["sh", "-c", script], cwd=os.path.realpath(tmpfs), check=True)
         results["rm + ln -s (ln -sfn < 9)"] = probe
         rs_live = Path(os.path.realpath(tmpfs)) / "rsync-live"
@@ -178,7 +199,9 @@ def main() -> None:
                 src = mem_root / ("sw.1.0" if i % 2 == 0 else "sw.2.0") / "py3"
                 subprocess.run(["rsync", "-a", "-I", "--delete", f"{src}/", f"{rs_live}/"], check=True)
         results["rsync --delete (seed S3)"] = probe
-        print(f"\n3. readers of <root>/sw/py3 during {args.switches} switches (fd-relative reads of two files)")
+        print(
+            f"\n3. readers of <root>/sw/py3 during {args.switches} switches (fd-relative reads of two files)"
+        )
         for name, p in results.items():
             print(f"   {name:<26} reads {p.reads:>8}  missing {p.missing:>6}  mixed {p.mixed:>6}")
     finally:

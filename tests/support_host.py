@@ -26,7 +26,7 @@ PLATFORM = "linux-64"
 MTIME = 1_700_000_000
 REPO = Path(__file__).resolve().parents[1]
 
-CONDA_UNPACK = '''\
+CONDA_UNPACK = """\
 #!/usr/bin/env python
 import os
 
@@ -59,20 +59,42 @@ if __name__ == "__main__":
     new_prefix = os.path.abspath(os.path.dirname(os.path.dirname(__file__)))
     for path, placeholder, mode in _prefix_records:
         update_prefix(os.path.join(new_prefix, path), new_prefix, placeholder, mode=mode)
-'''
+"""
 
 
-def base_manifest(stack: str, version: str, prefix: str, owner: str | None = None,
-                  packages: tuple[PackageEntry, ...] | None = None) -> Manifest:
-    pkgs = packages if packages is not None else (
-        PackageEntry("python", "3.11.7", "h1_0", "https://conda.anaconda.org/conda-forge", "a" * 64, 100),
-        PackageEntry("numpy", "1.26.4", "py311_0", "https://conda.anaconda.org/conda-forge", "b" * 64, 200),
+def base_manifest(
+    stack: str,
+    version: str,
+    prefix: str,
+    owner: str | None = None,
+    packages: tuple[PackageEntry, ...] | None = None,
+) -> Manifest:
+    pkgs = (
+        packages
+        if packages is not None
+        else (
+            PackageEntry("python", "3.11.7", "h1_0", "https://conda.anaconda.org/conda-forge", "a" * 64, 100),
+            PackageEntry(
+                "numpy", "1.26.4", "py311_0", "https://conda.anaconda.org/conda-forge", "b" * 64, 200
+            ),
+        )
     )
     return Manifest(
-        stack=stack, variant="default", version=version, platform=PLATFORM, prefix=prefix,
-        lockfile_sha256="0" * 64, stackfile_sha256="1" * 64, tools={"swstack": "0.1.0"},
-        packages=pkgs, file_count=0, total_size=0, git_commit="0" * 40,
-        build_time="2026-11-21T00:00:00+00:00", source_date_epoch=MTIME, owner=owner,
+        stack=stack,
+        variant="default",
+        version=version,
+        platform=PLATFORM,
+        prefix=prefix,
+        lockfile_sha256="0" * 64,
+        stackfile_sha256="1" * 64,
+        tools={"swstack": "0.1.0"},
+        packages=pkgs,
+        file_count=0,
+        total_size=0,
+        git_commit="0" * 40,
+        build_time="2026-11-21T00:00:00+00:00",
+        source_date_epoch=MTIME,
+        owner=owner,
     )
 
 
@@ -94,8 +116,12 @@ def tree_files(prefix: str, binary: bool, payload: int, manifest: Manifest) -> d
         chunk = 1 << 20
         for i in range((payload + chunk - 1) // chunk):
             files[f"share/payload/blob{i:04d}.bin"] = (os.urandom(min(chunk, payload - i * chunk)), 0o644)
-    files["bin/conda-unpack"] = (CONDA_UNPACK.replace(
-        "{records}", "\n".join(f"    ({p!r}, {ph!r}, {m!r})," for p, ph, m in records)).encode(), 0o755)
+    files["bin/conda-unpack"] = (
+        CONDA_UNPACK.replace(
+            "{records}", "\n".join(f"    ({p!r}, {ph!r}, {m!r})," for p, ph, m in records)
+        ).encode(),
+        0o755,
+    )
     return files
 
 
@@ -105,36 +131,49 @@ def _info(name: str, size: int = 0, mode: int = 0o644, kind: bytes = tarfile.REG
     return info
 
 
-def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], compression: str = "zstd") -> None:
-    raw = path.open("wb")
-    if compression == "zstd":
-        fh = zstandard.ZstdCompressor(level=3).stream_writer(raw)
-        tar = tarfile.open(fileobj=fh, mode="w|")
-    elif compression == "gzip":
-        fh = raw
-        tar = tarfile.open(fileobj=raw, mode="w|gz")
-    else:
-        fh = raw
-        tar = tarfile.open(fileobj=raw, mode="w|")
-    with tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    fh.close()
-    if not raw.closed:
-        raw.close()
+def write_tar(
+    path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], compression: str = "zstd"
+) -> None:
+    with path.open("wb") as raw:
+        if compression == "zstd":
+            with (
+                zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as fh,
+                tarfile.open(fileobj=fh, mode="w|") as tar,
+            ):
+                _add_all(tar, members)
+        else:
+            with tarfile.open(fileobj=raw, mode="w|gz" if compression == "gzip" else "w|") as tar:
+                _add_all(tar, members)
 
 
-def make_artifact(out: Path, stack: str = "py3", version: str = "2026.01.01", prefix: str | None = None,
-                  *, binary: bool = False, payload: int = 0, owner: str | None = None,
-                  compression: str = "zstd", packages: tuple[PackageEntry, ...] | None = None,
-                  understate: bool = False, small_files: int = 0) -> Path:
+def _add_all(tar: tarfile.TarFile, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
+    for info, data in members:
+        tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def make_artifact(
+    out: Path,
+    stack: str = "py3",
+    version: str = "2026.01.01",
+    prefix: str | None = None,
+    *,
+    binary: bool = False,
+    payload: int = 0,
+    owner: str | None = None,
+    compression: str = "zstd",
+    packages: tuple[PackageEntry, ...] | None = None,
+    understate: bool = False,
+    small_files: int = 0,
+) -> Path:
     """Write an artifact directory ``out`` and return it (``understate``: a manifest claiming 1 kB)."""
     prefix = prefix or f"/data0/sw/{stack}"
     manifest = base_manifest(stack, version, prefix, owner, packages)
     files = tree_files(prefix, binary, payload, manifest)
     for i in range(small_files):  # a site-packages-like mass of small text files
         files[f"lib/python3.11/site-packages/pkg{i // 100:03d}/mod{i % 100:02d}.py"] = (
-            (f"# module {i}\n" + "x = 1\n" * (50 + i % 400)).encode(), 0o644)
+            (f"# module {i}\n" + "x = 1\n" * (50 + i % 400)).encode(),
+            0o644,
+        )
     total = sum(len(d) for d, _ in files.values())
     manifest = replace(manifest, file_count=len(files) + 2, total_size=total)
     if understate:
@@ -168,16 +207,22 @@ def seal(out: Path, tarball: Path, manifest: Manifest, compression: str = "zstd"
     """Write the .sha256 and manifest.json for ``tarball`` as pack does."""
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
     (out / f"{tarball.name}.sha256").write_text(f"{digest}  {tarball.name}\n")
-    full = replace(manifest, tarball=TarballInfo(tarball.name, digest, tarball.stat().st_size,
-                                                 "gzip" if compression == "gzip" else "zstd"))
+    full = replace(
+        manifest,
+        tarball=TarballInfo(
+            tarball.name, digest, tarball.stat().st_size, "gzip" if compression == "gzip" else "zstd"
+        ),
+    )
     (out / "manifest.json").write_text(full.to_json())
 
 
 def hostile_artifact(out: Path, case: str, stack: str = "py3", version: str = "2026.06.06") -> Path:
     """An artifact whose tarball is valid and correctly checksummed but hostile in one way."""
     manifest = base_manifest(stack, version, f"/data0/sw/{stack}")
-    good = [(_info("conda-meta", mode=0o755, kind=tarfile.DIRTYPE), None),
-            (_info(IN_TREE_PATH, len(manifest.to_json())), manifest.to_json().encode())]
+    good = [
+        (_info("conda-meta", mode=0o755, kind=tarfile.DIRTYPE), None),
+        (_info(IN_TREE_PATH, len(manifest.to_json())), manifest.to_json().encode()),
+    ]
     payload = b"owned\n"
     evil: list[tuple[tarfile.TarInfo, bytes | None]] = {
         "traversal": [(_info("../escaped.txt", len(payload)), payload)],
@@ -185,8 +230,11 @@ def hostile_artifact(out: Path, case: str, stack: str = "py3", version: str = "2
         "absolute": [(_info("/tmp/escaped-abs.txt", len(payload)), payload)],
         "symlink-write": [(_link("lib", "/tmp"), None), (_info("lib/escaped.txt", len(payload)), payload)],
         "symlink-out": [(_link("lib", "../.."), None)],
-        "symlink-chain": [(_link("a", "b/.."), None), (_info("b", mode=0o755, kind=tarfile.DIRTYPE), None),
-                          (_link("c", "a/.."), None)],
+        "symlink-chain": [
+            (_link("a", "b/.."), None),
+            (_info("b", mode=0o755, kind=tarfile.DIRTYPE), None),
+            (_link("c", "a/.."), None),
+        ],
         "symlink-dot-trick": [(_link("s", "."), None), (_link("x", "s/.."), None)],
         "hardlink-out": [(_link("passwd", "/etc/passwd", tarfile.LNKTYPE), None)],
         "hardlink-traversal": [(_link("passwd", "../../etc/passwd", tarfile.LNKTYPE), None)],
@@ -203,16 +251,31 @@ def hostile_artifact(out: Path, case: str, stack: str = "py3", version: str = "2
     return out
 
 
-HOSTILE_CASES = ("traversal", "deep-traversal", "absolute", "symlink-write", "symlink-out", "symlink-chain",
-                 "symlink-dot-trick", "hardlink-out", "hardlink-traversal", "device", "fifo", "setuid",
-                 "setgid", "duplicate-over-symlink")
+HOSTILE_CASES = (
+    "traversal",
+    "deep-traversal",
+    "absolute",
+    "symlink-write",
+    "symlink-out",
+    "symlink-chain",
+    "symlink-dot-trick",
+    "hardlink-out",
+    "hardlink-traversal",
+    "device",
+    "fifo",
+    "setuid",
+    "setgid",
+    "duplicate-over-symlink",
+)
 
 
 def swstack_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "swstack.cli", *args]
 
 
-def bwrap_argv(root: Path, cmd: list[str], tmpfs_size: int | None = None, production: bool = True) -> list[str]:
+def bwrap_argv(
+    root: Path, cmd: list[str], tmpfs_size: int | None = None, production: bool = True
+) -> list[str]:
     """Run ``cmd`` with ``root`` bind-mounted at a private /data0 (and a size-limited tmpfs at sw.tmpfs).
 
     Binds each top-level directory except /data0, /proc and /dev; never ``--bind / /``,

@@ -55,9 +55,12 @@ def _print_outcome(outcome: Any, as_json: bool) -> int:
     else:
         for r in outcome.results:
             if r.changed:
-                _out(f"{r.stack}: {r.version} active ({', '.join(r.steps)}"
-                     + (f"; previous {r.previous}" if r.previous else "") + ")"
-                     + (f"; relocated from {r.relocated_from}" if r.relocated_from else ""))
+                _out(
+                    f"{r.stack}: {r.version} active ({', '.join(r.steps)}"
+                    + (f"; previous {r.previous}" if r.previous else "")
+                    + ")"
+                    + (f"; relocated from {r.relocated_from}" if r.relocated_from else "")
+                )
             else:
                 _out(f"{r.stack}: {r.version} already active, nothing changed")
         for kept in dict.fromkeys(k for r in outcome.results for k in r.kept_in_use):
@@ -79,7 +82,9 @@ def cmd_activate(args: argparse.Namespace) -> int:
 def cmd_set_version(args: argparse.Namespace) -> int:
     from .host import commands
 
-    return _print_outcome(commands.set_version(args.root, args.version, args.stack, wait=args.wait), args.json)
+    return _print_outcome(
+        commands.set_version(args.root, args.version, args.stack, wait=args.wait), args.json
+    )
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -95,8 +100,14 @@ def cmd_active(args: argparse.Namespace) -> int:
     statuses = commands.active(args.root, verify=args.verify)
     layout = Layout(args.root)
     if args.json:
-        _emit_json({"root": str(args.root), "production": layout.production, "hdd": layout.hdd_version(),
-                    "stacks": statuses})
+        _emit_json(
+            {
+                "root": str(args.root),
+                "production": layout.production,
+                "hdd": layout.hdd_version(),
+                "stacks": statuses,
+            }
+        )
     else:
         if not statuses:
             _out(f"no stack is active under {args.root}")
@@ -119,8 +130,10 @@ def cmd_active(args: argparse.Namespace) -> int:
             _out(f"sw.hdd -> sw.{layout.hdd_version()}" if layout.hdd_version() else "sw.hdd: not set")
     bad = [s for s in statuses if s.in_sync is False or s.version is None]
     if bad:
-        log.warn(f"{', '.join(s.stack for s in bad)}: ramdisk copy missing or different; "
-                 f"`swstack restore` reloads it")
+        log.warn(
+            f"{', '.join(s.stack for s in bad)}: ramdisk copy missing or different; "
+            f"`swstack restore` reloads it"
+        )
         return 1
     return 0
 
@@ -138,8 +151,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         marks = [f"active: {', '.join(v.active)}"] if v.active else []
         marks += [f"previous: {', '.join(v.previous)}"] if v.previous else []
         marks += ["sw.hdd"] if v.version == hdd else []
-        _out(f"{v.version:<20} {', '.join(v.stacks):<30} {log.human_bytes(v.size):>10}"
-             + (f"  [{'; '.join(marks)}]" if marks else ""))
+        _out(
+            f"{v.version:<20} {', '.join(v.stacks):<30} {log.human_bytes(v.size):>10}"
+            + (f"  [{'; '.join(marks)}]" if marks else "")
+        )
     return 0
 
 
@@ -167,8 +182,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     plan, changed = commands.prune(args.root, args.keep, dry_run=args.dry_run, wait=args.wait)
     if args.json:
-        _emit_json({"removed": [] if args.dry_run else plan.remove, "would_remove": plan.remove,
-                    "kept": plan.keep})
+        _emit_json(
+            {"removed": [] if args.dry_run else plan.remove, "would_remove": plan.remove, "kept": plan.keep}
+        )
     else:
         verb = "would remove" if args.dry_run else "removed"
         for v in plan.remove:
@@ -180,13 +196,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--root", "-R", type=Path, default=Path("/data0"),
-                   help="root directory holding sw, sw.tmpfs, sw.hdd and sw.<version> (default: /data0)")
+    p.add_argument(
+        "--root",
+        "-R",
+        type=Path,
+        default=Path("/data0"),
+        help="root directory holding sw, sw.tmpfs, sw.hdd and sw.<version> (default: /data0)",
+    )
     if json_too:
         p.add_argument("--json", action="store_true", help="print a JSON document for machines")
     if lock:
-        p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                       help="if another swstack holds the host lock, wait this long (default: fail at once)")
+        p.add_argument(
+            "--wait",
+            type=float,
+            default=0.0,
+            metavar="SECONDS",
+            help="if another swstack holds the host lock, wait this long (default: fail at once)",
+        )
     p.add_argument("--debug", action="store_true", help="log every step and command")
     return p
 
@@ -195,61 +221,99 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swstack",
         description="Install and switch software stacks on a notebook host.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"swstack {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, desc: str,
-            **common: bool) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=desc, parents=[_common(**common)], formatter_class=fmt)
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, desc: str, **common: bool
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help, description=desc, parents=[_common(**common)], formatter_class=fmt
+        )
         p.set_defaults(func=func)
         return p
 
-    p = add("activate", cmd_activate, "fetch, verify and switch to artifacts",
-            "Fetch artifacts (tarball path, artifact directory, http(s) URL or OCI reference\n"
-            "host:port/name:tag), verify their sha256 and manifest, extract them safely into\n"
-            "<root>/sw.<version>/<stack>, relocate if the root differs from the built prefix,\n"
-            "load them onto the ramdisk and switch <root>/sw/<stack> atomically; then point\n"
-            "<root>/sw.hdd at the version. Exit 0 if something changed, 3 if already active.",
-            lock=True)
+    p = add(
+        "activate",
+        cmd_activate,
+        "fetch, verify and switch to artifacts",
+        "Fetch artifacts (tarball path, artifact directory, http(s) URL or OCI reference\n"
+        "host:port/name:tag), verify their sha256 and manifest, extract them safely into\n"
+        "<root>/sw.<version>/<stack>, relocate if the root differs from the built prefix,\n"
+        "load them onto the ramdisk and switch <root>/sw/<stack> atomically; then point\n"
+        "<root>/sw.hdd at the version. Exit 0 if something changed, 3 if already active.",
+        lock=True,
+    )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="artifact: path, URL or OCI reference")
-    p.add_argument("--release", metavar="FILE",
-                   help='release manifest (TOML [stacks] name = "source", or JSON {"stacks": {...}})')
+    p.add_argument(
+        "--release",
+        metavar="FILE",
+        help='release manifest (TOML [stacks] name = "source", or JSON {"stacks": {...}})',
+    )
 
-    p = add("set-version", cmd_set_version, "switch to a version already on the host",
-            "Revert or update to a version already on the host (the seed's --set-version):\n"
-            "VERSION is 2026.11.01, sw.2026.11.01 or <root>/sw.2026.11.01. Exit 3 if already active.",
-            lock=True)
+    p = add(
+        "set-version",
+        cmd_set_version,
+        "switch to a version already on the host",
+        "Revert or update to a version already on the host (the seed's --set-version):\n"
+        "VERSION is 2026.11.01, sw.2026.11.01 or <root>/sw.2026.11.01. Exit 3 if already active.",
+        lock=True,
+    )
     p.add_argument("version", metavar="VERSION")
     p.add_argument("--stack", help="switch only this stack (default: every stack in that version)")
 
-    p = add("active", cmd_active, "show the active version of each stack",
-            "Show each stack's live version and whether the ramdisk copy equals the persistent\n"
-            "tree (size and mtime; --verify compares content hashes). Exit 1 if a copy differs.")
+    p = add(
+        "active",
+        cmd_active,
+        "show the active version of each stack",
+        "Show each stack's live version and whether the ramdisk copy equals the persistent\n"
+        "tree (size and mtime; --verify compares content hashes). Exit 1 if a copy differs.",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="show paths and every differing file")
     p.add_argument("--verify", action="store_true", help="compare by sha256, naming each differing file")
 
-    add("list", cmd_list, "list the versions on the host",
-        "List the versions under the root, their stacks and sizes, marking active and previous ones.")
+    add(
+        "list",
+        cmd_list,
+        "list the versions on the host",
+        "List the versions under the root, their stacks and sizes, marking active and previous ones.",
+    )
 
-    p = add("diff", cmd_diff, "packages that differ between two versions",
-            "Packages added (+), removed (-) and changed (~) from A to B. A and B are versions on\n"
-            "the host or manifest.json files / artifact directories.")
+    p = add(
+        "diff",
+        cmd_diff,
+        "packages that differ between two versions",
+        "Packages added (+), removed (-) and changed (~) from A to B. A and B are versions on\n"
+        "the host or manifest.json files / artifact directories.",
+    )
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     p.add_argument("--stack", help="which stack, when a version holds several")
 
-    p = add("prune", cmd_prune, "remove old versions",
-            "Remove versions beyond the newest N, never the active or previous version of a\n"
-            "stack, never one a process still uses. Exit 3 if nothing was removed.", lock=True)
+    p = add(
+        "prune",
+        cmd_prune,
+        "remove old versions",
+        "Remove versions beyond the newest N, never the active or previous version of a\n"
+        "stack, never one a process still uses. Exit 3 if nothing was removed.",
+        lock=True,
+    )
     p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest versions")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
 
-    add("restore", cmd_restore, "reload the ramdisk after a reboot",
+    add(
+        "restore",
+        cmd_restore,
+        "reload the ramdisk after a reboot",
         "After a reboot the ramdisk is empty: copy the recorded active versions onto it and\n"
         "relink them. Run before the notebook service (systemd/swstack-restore.service).\n"
-        "Exit 3 if everything was already in place.", lock=True)
+        "Exit 3 if everything was already in place.",
+        lock=True,
+    )
     return parser
 
 

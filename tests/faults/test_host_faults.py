@@ -27,8 +27,13 @@ from swstack.host.faults import POINTS  # noqa: E402
 
 
 def run(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(swstack_argv(*args, "--root", str(root)), capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        swstack_argv(*args, "--root", str(root)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def tree_listing(tree: Path) -> dict[str, bytes]:
@@ -92,8 +97,11 @@ def test_kill_at_named_point(host: dict[str, object], point: str) -> None:
 
 @pytest.mark.parametrize("delay", [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
 def test_kill_after_delay(host: dict[str, object], delay: float) -> None:
-    proc = subprocess.Popen(swstack_argv("activate", str(host["a2"]), "--root", str(host["root"])),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        swstack_argv("activate", str(host["a2"]), "--root", str(host["root"])),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -115,10 +123,15 @@ def _break(art: Path, how: str) -> None:
         (art / f"{tarball.name}.sha256").write_text(f"{'0' * 64}  {tarball.name}\n")
 
 
-@pytest.mark.parametrize(("how", "message"), [
-    ("truncated", "bytes, the manifest says"), ("bitflip", "sha256 mismatch"),
-    ("garbage", "sha256 mismatch"), ("checksum", "disagree on the tarball's sha256"),
-])
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("truncated", "bytes, the manifest says"),
+        ("bitflip", "sha256 mismatch"),
+        ("garbage", "sha256 mismatch"),
+        ("checksum", "disagree on the tarball's sha256"),
+    ],
+)
 def test_broken_tarball_changes_nothing(host: dict[str, object], how: str, message: str) -> None:
     root = host["root"]
     assert isinstance(root, Path)
@@ -150,8 +163,9 @@ def test_hostile_tarball(tmp_path: Path, case: str) -> None:
     res = run(root, "activate", str(art))
     assert res.returncode == 11, res.stdout + res.stderr
     assert "member" in res.stderr and "Traceback" not in res.stderr
-    escaped = [p for p in tmp_path.rglob("escaped*")] + [Path("/tmp", n) for n in set(os.listdir("/tmp")) - before
-                                                         if n.startswith("escaped")]
+    escaped = [p for p in tmp_path.rglob("escaped*")] + [
+        Path("/tmp", n) for n in set(os.listdir("/tmp")) - before if n.startswith("escaped")
+    ]
     assert escaped == []
     assert not (root / "sw.2026.06.06").exists() and not (root / ".swstack" / "staging").exists()
     assert not (root / "sw" / "py3").exists()
@@ -164,10 +178,17 @@ def test_ramdisk_full_during_copy(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    script = (f"swstack activate {small}; swstack activate {liar} || echo rc=$?; "
-              f"cat /data0/sw/py3/share/version.txt; ls -A /data0/sw.tmpfs")
-    res = subprocess.run(bwrap_argv(root, ["/bin/sh", "-ec", script], tmpfs_size=4 << 20),
-                         capture_output=True, text=True, env=env, timeout=300)
+    script = (
+        f"swstack activate {small}; swstack activate {liar} || echo rc=$?; "
+        f"cat /data0/sw/py3/share/version.txt; ls -A /data0/sw.tmpfs"
+    )
+    res = subprocess.run(
+        bwrap_argv(root, ["/bin/sh", "-ec", script], tmpfs_size=4 << 20),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "rc=11" in res.stdout and "onto the ramdisk" in res.stderr and "nothing live changed" in res.stderr
     assert res.stdout.splitlines()[2] == "1.0"
@@ -177,9 +198,15 @@ def test_ramdisk_full_during_copy(tmp_path: Path) -> None:
 def test_concurrent_activations(host: dict[str, object], tmp_path: Path) -> None:
     root = host["root"]
     a3 = make_artifact(tmp_path / "art3", version="3.0")
-    procs = [subprocess.Popen(swstack_argv("activate", str(a), "--root", str(root), "--wait", "120"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for a in (host["a2"], a3)]
+    procs = [
+        subprocess.Popen(
+            swstack_argv("activate", str(a), "--root", str(root), "--wait", "120"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for a in (host["a2"], a3)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     live = (root / "sw" / "py3" / "share" / "version.txt").read_text().strip()  # type: ignore[operator]
@@ -189,9 +216,13 @@ def test_concurrent_activations(host: dict[str, object], tmp_path: Path) -> None
 
 def test_concurrent_without_wait_fails_clearly(host: dict[str, object]) -> None:
     root = host["root"]
-    slow = subprocess.Popen(swstack_argv("activate", str(host["a2"]), "--root", str(root)),
-                            env={**os.environ, "SWSTACK_FAULT_AT": "none"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    slow = subprocess.Popen(
+        swstack_argv("activate", str(host["a2"]), "--root", str(root)),
+        env={**os.environ, "SWSTACK_FAULT_AT": "none"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 10
     res = None
     while time.monotonic() < deadline and slow.poll() is None:

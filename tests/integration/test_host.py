@@ -18,11 +18,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import contextlib
+
 from support_host import bwrap_argv, make_artifact, swstack_argv  # noqa: E402
 
 
 def sw(root: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(swstack_argv(*args, "--root", str(root)), capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        swstack_argv(*args, "--root", str(root)), capture_output=True, text=True, timeout=120
+    )
     if check is not None:
         assert res.returncode == check, res.stdout + res.stderr
     return res
@@ -30,7 +34,9 @@ def sw(root: Path, *args: str, check: int | None = 0) -> subprocess.CompletedPro
 
 @pytest.fixture
 def artifacts(tmp_path: Path) -> dict[str, Path]:
-    return {v: make_artifact(tmp_path / "art" / v, version=v) for v in ("2026.01.01", "2026.02.01", "2026.03.01")}
+    return {
+        v: make_artifact(tmp_path / "art" / v, version=v) for v in ("2026.01.01", "2026.02.01", "2026.03.01")
+    }
 
 
 @pytest.fixture(params=["minimal", "production"])
@@ -47,7 +53,9 @@ def test_activate_switch_revert_and_idempotence(root: Path, artifacts: dict[str,
     assert "2026.01.01 active" in out and "relocated from /data0/sw/py3" in out
     live = root / "sw" / "py3"
     assert (live / "etc" / "prefix.txt").read_text() == f"prefix={live}\n"
-    assert subprocess.run([str(live / "bin" / "tool")], capture_output=True, text=True).stdout.strip() == str(live)
+    assert subprocess.run([str(live / "bin" / "tool")], capture_output=True, text=True).stdout.strip() == str(
+        live
+    )
     assert os.readlink(root / "sw.hdd") == "sw.2026.01.01"
 
     again = sw(root, "activate", str(artifacts["2026.01.01"]), check=3)
@@ -73,7 +81,9 @@ def test_activate_switch_revert_and_idempotence(root: Path, artifacts: dict[str,
     assert "no such version" in bad.stderr and "2026.02.01" in bad.stderr
 
 
-def test_prune_keeps_active_previous_and_in_use(root: Path, artifacts: dict[str, Path], tmp_path: Path) -> None:
+def test_prune_keeps_active_previous_and_in_use(
+    root: Path, artifacts: dict[str, Path], tmp_path: Path
+) -> None:
     for v in ("2026.01.01", "2026.02.01", "2026.03.01"):
         sw(root, "activate", str(artifacts[v]))
     sw(root, "set-version", "2026.01.01")  # active 01, previous 03
@@ -106,9 +116,17 @@ def test_old_ramdisk_copy_in_use_is_kept(tmp_path: Path, artifacts: dict[str, Pa
     (root / "sw.tmpfs").mkdir(parents=True)
     sw(root, "activate", str(artifacts["2026.01.01"]))
     # A running "kernel" of the old version: it keeps working after the switch.
-    kernel = subprocess.Popen([str(root / "sw" / "py3" / "bin" / "python"), "-c",
-                               "import sys, time; sys.stdin.readline(); print(open('etc/prefix.txt').read())"],
-                              cwd=root / "sw" / "py3", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    kernel = subprocess.Popen(
+        [
+            str(root / "sw" / "py3" / "bin" / "python"),
+            "-c",
+            "import sys, time; sys.stdin.readline(); print(open('etc/prefix.txt').read())",
+        ],
+        cwd=root / "sw" / "py3",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)
     out = sw(root, "activate", str(artifacts["2026.02.01"])).stdout
     assert "kept" in out and "in use by PID" in out
@@ -166,8 +184,10 @@ def test_diff_between_versions(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0")))
-    newer = (PackageEntry("python", "3.12.1", "h0", "c", "e" * 64, 1),
-             PackageEntry("astropy", "6.1", "py312_0", "c", "f" * 64, 1))
+    newer = (
+        PackageEntry("python", "3.12.1", "h0", "c", "e" * 64, 1),
+        PackageEntry("astropy", "6.1", "py312_0", "c", "f" * 64, 1),
+    )
     sw(root, "activate", str(make_artifact(tmp_path / "b", version="2.0", packages=newer)))
     out = sw(root, "diff", "1.0", "2.0").stdout
     assert "+ astropy 6.1=py312_0" in out and "- numpy" in out and "~ python 3.11.7=h1_0 -> 3.12.1=h0" in out
@@ -195,10 +215,8 @@ def test_lock_fails_naming_pid_then_waits(tmp_path: Path, artifacts: dict[str, P
         threading.Timer(1.0, lambda: os.close(fd)).start()
         sw(root, "activate", str(artifacts["2026.01.01"]), "--wait", "30")
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def test_http_source(tmp_path: Path, artifacts: dict[str, Path]) -> None:
@@ -220,19 +238,29 @@ def test_http_source(tmp_path: Path, artifacts: dict[str, Path]) -> None:
         server.server_close()
 
 
-def _in_private_data0(root: Path, script: str, tmpfs_size: int | None = None) -> subprocess.CompletedProcess[str]:
+def _in_private_data0(
+    root: Path, script: str, tmpfs_size: int | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a shell script in a private /data0 (root bound there), swstack on PATH."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return subprocess.run(bwrap_argv(root, ["/bin/sh", "-ec", script], tmpfs_size=tmpfs_size),
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        bwrap_argv(root, ["/bin/sh", "-ec", script], tmpfs_size=tmpfs_size),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_literal_data0_needs_no_relocation(tmp_path: Path) -> None:
     art = make_artifact(tmp_path / "a", version="2026.07.01", binary=True)
     root = tmp_path / "root"
     root.mkdir()
-    res = _in_private_data0(root, f"swstack activate {art}; cat /data0/sw/py3/etc/prefix.txt; "
-                                  f"swstack active --verbose", tmpfs_size=64 << 20)
+    res = _in_private_data0(
+        root,
+        f"swstack activate {art}; cat /data0/sw/py3/etc/prefix.txt; swstack active --verbose",
+        tmpfs_size=64 << 20,
+    )
     assert res.returncode == 0, res.stderr
     assert "prefix=/data0/sw/py3" in res.stdout and "relocated" not in res.stdout
     assert "ramdisk copy matches" in res.stdout
@@ -245,9 +273,12 @@ def test_ramdisk_too_small_is_refused_up_front(tmp_path: Path) -> None:
     big = make_artifact(tmp_path / "b", version="2.0", payload=6 << 20)
     root = tmp_path / "root"
     root.mkdir()
-    res = _in_private_data0(root, f"swstack activate {small}; swstack activate {big} || echo rc=$?; "
-                                  f"cat /data0/sw/py3/share/version.txt; ls -A /data0/sw.tmpfs",
-                            tmpfs_size=4 << 20)
+    res = _in_private_data0(
+        root,
+        f"swstack activate {small}; swstack activate {big} || echo rc=$?; "
+        f"cat /data0/sw/py3/share/version.txt; ls -A /data0/sw.tmpfs",
+        tmpfs_size=4 << 20,
+    )
     assert res.returncode == 0, res.stderr
     assert "rc=11" in res.stdout and "need " in res.stderr and ", have " in res.stderr
     assert "1.0\n" in res.stdout

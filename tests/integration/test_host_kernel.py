@@ -1,4 +1,4 @@
-"""A real built py3 artifact activated in a private /data0, then a real IPython kernel from its kernel spec."""
+"""A real built py3 artifact activated in a private /data0, then a real IPython kernel from its spec."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support_host import bwrap_argv  # noqa: E402
 
-KERNEL_SCRIPT = r'''
+KERNEL_SCRIPT = r"""
 import glob, os, sys
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
@@ -37,7 +37,7 @@ kc.execute_interactive("import numpy, sys; print(sys.prefix)", timeout=120,
 kc.stop_channels()
 km.shutdown_kernel(now=True)
 print("KERNEL:" + "".join(out).strip())
-'''
+"""
 
 
 @pytest.mark.slow
@@ -47,7 +47,12 @@ def test_real_kernel_from_activated_stack(py3_artifact: Path, tmp_path: Path) ->
     script = tmp_path / "kernel_check.py"
     script.write_text(KERNEL_SCRIPT)
     env = dict(os.environ)
-    res = subprocess.run(bwrap_argv(root, [sys.executable, str(script), str(py3_artifact)], tmpfs_size=8 << 30),
-                         capture_output=True, text=True, env=env, timeout=900)
+    res = subprocess.run(
+        bwrap_argv(root, [sys.executable, str(script), str(py3_artifact)], tmpfs_size=8 << 30),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "KERNEL:/data0/sw/py3" in res.stdout

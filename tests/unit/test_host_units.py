@@ -19,11 +19,16 @@ from support_host import base_manifest  # noqa: E402
 
 
 def test_version_order_is_natural() -> None:
-    assert sorted(["2026.10.1", "2026.9.1", "2025.12.31"], key=version_key) == ["2025.12.31", "2026.9.1",
-                                                                                "2026.10.1"]
+    assert sorted(["2026.10.1", "2026.9.1", "2025.12.31"], key=version_key) == [
+        "2025.12.31",
+        "2026.9.1",
+        "2026.10.1",
+    ]
 
 
-@pytest.mark.parametrize("arg", ["2020-02-05", "sw.2020-02-05", "/data0/sw.2020-02-05", "/data0/sw.2020-02-05/"])
+@pytest.mark.parametrize(
+    "arg", ["2020-02-05", "sw.2020-02-05", "/data0/sw.2020-02-05", "/data0/sw.2020-02-05/"]
+)
 def test_seed_spellings_of_a_version(arg: str) -> None:
     assert normalize_version(arg) == "2020-02-05"
 
@@ -47,15 +52,18 @@ def test_names_are_normalised() -> None:
     assert extract.normalize_name("./bin//python") == "bin/python"
 
 
-@pytest.mark.parametrize(("start", "target", "links", "inside"), [
-    ([], "bin/python", {}, True),
-    (["bin"], "python3.11", {}, True),
-    (["lib"], "../..", {}, False),
-    ([], "s/..", {"s": "."}, False),            # lexically inside, really the parent of the root
-    ([], "a/b", {"a": "x/y"}, True),
-    ([], "loop", {"loop": "loop"}, False),
-    (["lib"], "../bin/x", {}, True),
-])
+@pytest.mark.parametrize(
+    ("start", "target", "links", "inside"),
+    [
+        ([], "bin/python", {}, True),
+        (["bin"], "python3.11", {}, True),
+        (["lib"], "../..", {}, False),
+        ([], "s/..", {"s": "."}, False),  # lexically inside, really the parent of the root
+        ([], "a/b", {"a": "x/y"}, True),
+        ([], "loop", {"loop": "loop"}, False),
+        (["lib"], "../bin/x", {}, True),
+    ],
+)
 def test_symlink_resolution(start: list[str], target: str, links: dict[str, str], inside: bool) -> None:
     assert extract.resolves_inside(start, target, links) is inside
 
@@ -126,29 +134,41 @@ def test_prune_plan_keeps_newest_and_protected() -> None:
 
 def test_package_diff() -> None:
     a = base_manifest("py3", "1", "/data0/sw/py3")
-    pkgs = (PackageEntry("python", "3.11.7", "h1_0", "c", "a" * 64, 100),
-            PackageEntry("scipy", "1.14.0", "py311_0", "c", "c" * 64, 1))
+    pkgs = (
+        PackageEntry("python", "3.11.7", "h1_0", "c", "a" * 64, 100),
+        PackageEntry("scipy", "1.14.0", "py311_0", "c", "c" * 64, 1),
+    )
     b = base_manifest("py3", "2", "/data0/sw/py3", packages=(*pkgs[:1], pkgs[1]))
-    b = b.__class__(**{**b.__dict__, "packages": (PackageEntry("python", "3.12.0", "h2_0", "c", "d" * 64, 1),
-                                                  pkgs[1])})
+    b = b.__class__(
+        **{**b.__dict__, "packages": (PackageEntry("python", "3.12.0", "h2_0", "c", "d" * 64, 1), pkgs[1])}
+    )
     d = commands.diff_packages(a, b)
     assert d.added == (("scipy", "1.14.0=py311_0"),)
     assert d.removed == (("numpy", "1.26.4=py311_0"),)
     assert d.changed == (("python", "3.11.7=h1_0", "3.12.0=h2_0"),)
 
 
-@pytest.mark.parametrize(("ref", "kind"), [
-    ("https://example.org/a.tar.zst", "http"), ("oci://localhost:5000/py3:1", "oci"),
-    ("localhost:5000/py3:2026.01.01", "oci"), ("./artifacts/py3/1", "path"),
-])
+@pytest.mark.parametrize(
+    ("ref", "kind"),
+    [
+        ("https://example.org/a.tar.zst", "http"),
+        ("oci://localhost:5000/py3:1", "oci"),
+        ("localhost:5000/py3:2026.01.01", "oci"),
+        ("./artifacts/py3/1", "path"),
+    ],
+)
 def test_source_kinds(ref: str, kind: str) -> None:
     assert source.kind_of(ref) == kind
 
 
 def test_release_manifest(tmp_path: Path) -> None:
-    (tmp_path / "r.toml").write_text('[stacks]\npy3 = "artifacts/py3"\nantares = "localhost:5000/antares:1"\n')
-    assert commands.read_release(tmp_path / "r.toml") == [str(tmp_path / "artifacts/py3"),
-                                                          "localhost:5000/antares:1"]
+    (tmp_path / "r.toml").write_text(
+        '[stacks]\npy3 = "artifacts/py3"\nantares = "localhost:5000/antares:1"\n'
+    )
+    assert commands.read_release(tmp_path / "r.toml") == [
+        str(tmp_path / "artifacts/py3"),
+        "localhost:5000/antares:1",
+    ]
     (tmp_path / "bad.toml").write_text("stacks = 1\n")
     with pytest.raises(ActivateError, match="stacks"):
         commands.read_release(tmp_path / "bad.toml")
@@ -157,9 +177,11 @@ def test_release_manifest(tmp_path: Path) -> None:
 def test_help_imports_no_build_dependencies() -> None:
     import subprocess
 
-    code = ("import sys, swstack.cli as c\n"
-            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rattler', 'docker', 'doit')]\n"
-            "print(bad)\n")
+    code = (
+        "import sys, swstack.cli as c\n"
+        "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rattler', 'docker', 'doit')]\n"
+        "print(bad)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]")

@@ -87,12 +87,17 @@ def plan_stack(layout: Layout, state: HostState, target: Target) -> StackPlan:
     persistent = layout.persistent_tree(target.stack, target.version)
     have_tree = persistent.is_dir()
     if have_tree and target.artifact is not None:
-        check_in_tree_manifest(_in_tree_manifest(persistent), target.artifact.manifest,
-                               f"{persistent} (already on this host, version {target.version})")
+        check_in_tree_manifest(
+            _in_tree_manifest(persistent),
+            target.artifact.manifest,
+            f"{persistent} (already on this host, version {target.version})",
+        )
     if not have_tree and target.artifact is None:
         versions = [v for v in layout.versions() if target.stack in layout.stacks_in(v)]
-        raise ActivateError(f"{target.stack} {target.version} is not on this host (no {persistent}); "
-                            f"versions here: {', '.join(versions) or 'none'}; activate it from its artifact")
+        raise ActivateError(
+            f"{target.stack} {target.version} is not on this host (no {persistent}); "
+            f"versions here: {', '.join(versions) or 'none'}; activate it from its artifact"
+        )
     live = layout.live_version(target.stack)
     entry = state.stacks.get(target.stack)
     if entry is not None and entry.version != target.version:
@@ -134,17 +139,22 @@ def space_needs(layout: Layout, plans: list[StackPlan]) -> list[space.SpaceNeed]
 def prepare_root(layout: Layout) -> None:
     """Create what swstack keeps under the root and, in production, the sw -> sw.tmpfs link."""
     if not layout.root.is_dir():
-        raise ActivateError(f"{layout.root}: root directory missing; create it (the seed's step S1.1) "
-                            f"or pass --root")
+        raise ActivateError(
+            f"{layout.root}: root directory missing; create it (the seed's step S1.1) or pass --root"
+        )
     layout.private.mkdir(exist_ok=True)
     if layout.production:
         if layout.sw.is_symlink():
             if os.path.realpath(layout.sw) != os.path.realpath(layout.tmpfs):
-                raise ActivateError(f"{layout.sw} points at {os.readlink(layout.sw)}, not sw.tmpfs; "
-                                    f"fix the link (ln -s sw.tmpfs {layout.sw}) and run again")
+                raise ActivateError(
+                    f"{layout.sw} points at {os.readlink(layout.sw)}, not sw.tmpfs; "
+                    f"fix the link (ln -s sw.tmpfs {layout.sw}) and run again"
+                )
         elif layout.sw.exists():
-            raise ActivateError(f"{layout.sw} is a directory but {layout.tmpfs} exists too: pick one "
-                                f"configuration (production links sw -> sw.tmpfs)")
+            raise ActivateError(
+                f"{layout.sw} is a directory but {layout.tmpfs} exists too: pick one "
+                f"configuration (production links sw -> sw.tmpfs)"
+            )
         else:
             switch.replace_symlink(layout.sw, "sw.tmpfs")
     else:
@@ -163,7 +173,7 @@ def clean_leftovers(layout: Layout) -> None:
 
 
 def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
-    """Artifact -> verified, relocated, owned tree at sw.<version>/<stack>; returns the prefix it moved from."""
+    """Artifact -> verified, relocated, owned tree at sw.<version>/<stack>; returns the old prefix."""
     t = plan.target
     assert t.artifact is not None
     art = t.artifact
@@ -212,8 +222,10 @@ def load_ramdisk(layout: Layout, stack: str, version: str) -> None:
         switch.copy_tree(layout.persistent_tree(stack, version), partial)
     except OSError as exc:
         switch.remove_tree(partial)
-        raise ActivateError(f"copying {stack} {version} onto the ramdisk {layout.tmpfs} failed ({exc}); "
-                            f"nothing live changed; free ramdisk space or grow it") from exc
+        raise ActivateError(
+            f"copying {stack} {version} onto the ramdisk {layout.tmpfs} failed ({exc}); "
+            f"nothing live changed; free ramdisk space or grow it"
+        ) from exc
     except BaseException:
         switch.remove_tree(partial)
         raise
@@ -223,7 +235,7 @@ def load_ramdisk(layout: Layout, stack: str, version: str) -> None:
 
 def drop_unused_copies(layout: Layout) -> list[str]:
     """Remove ramdisk copies that are no longer live, unless a process still uses them; name the kept ones."""
-    kept = []
+    kept: list[str] = []
     if not layout.production:
         return kept
     for entry in sorted(layout.tmpfs.iterdir()):
@@ -255,17 +267,21 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
     # Commit: every tree is complete; each switch is one rename.
     for p in plans:
         if p.switch:
-            switch.replace_symlink(layout.live_link(p.target.stack), layout.link_target(p.target.stack,
-                                                                                      p.target.version))
-            log.info(f"{p.target.stack}: {p.previous or 'nothing'} -> {p.target.version} is live at "
-                     f"{layout.live_path(p.target.stack)}")
+            switch.replace_symlink(
+                layout.live_link(p.target.stack), layout.link_target(p.target.stack, p.target.version)
+            )
+            log.info(
+                f"{p.target.stack}: {p.previous or 'nothing'} -> {p.target.version} is live at "
+                f"{layout.live_path(p.target.stack)}"
+            )
     faults.hit("switched")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     for p in plans:
         if p.record or p.target.stack in moved:
             old = state.stacks.get(p.target.stack)
             entry = StackState(
-                version=p.target.version, previous=p.previous,
+                version=p.target.version,
+                previous=p.previous,
                 source=sources.get(p.target.stack) or (old.source if old else ""),
                 relocated_from=moved.get(p.target.stack, old.relocated_from if old else None),
                 activated_at=now if p.switch or p.record else (old.activated_at if old else now),
@@ -284,12 +300,27 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
     kept = tuple(drop_unused_copies(layout))
     results = []
     for p in plans:
-        steps = [s for s, on in (("extracted", p.extract), ("loaded onto the ramdisk", p.copy),
-                                 ("switched", p.switch), ("recorded", p.record)) if on]
-        results.append(StackResult(p.target.stack, p.target.version, p.previous,
-                                   changed=bool(steps), steps=tuple(steps),
-                                   relocated_from=moved.get(p.target.stack),
-                                   kept_in_use=kept))
+        steps = [
+            s
+            for s, on in (
+                ("extracted", p.extract),
+                ("loaded onto the ramdisk", p.copy),
+                ("switched", p.switch),
+                ("recorded", p.record),
+            )
+            if on
+        ]
+        results.append(
+            StackResult(
+                p.target.stack,
+                p.target.version,
+                p.previous,
+                changed=bool(steps),
+                steps=tuple(steps),
+                relocated_from=moved.get(p.target.stack),
+                kept_in_use=kept,
+            )
+        )
     if hdd_changed and results and not any(r.changed for r in results):
         results[-1] = replace(results[-1], changed=True, steps=("sw.hdd switched",))
     return Outcome(tuple(results), hdd)
@@ -325,10 +356,14 @@ def read_release(path: Path) -> list[str]:
                 import tomli as tomllib  # type: ignore[no-redef]
             data = tomllib.loads(text)
     except ValueError as exc:
-        raise ActivateError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from exc
+        raise ActivateError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}"
+        ) from exc
     stacks = data.get("stacks")
     if not isinstance(stacks, dict) or not stacks or not all(isinstance(v, str) for v in stacks.values()):
-        raise ActivateError(f'{path}: expected a [stacks] table of name = "<source>" (path, URL or OCI reference)')
+        raise ActivateError(
+            f'{path}: expected a [stacks] table of name = "<source>" (path, URL or OCI reference)'
+        )
     base = path.parent
     out = []
     for value in stacks.values():
@@ -353,7 +388,9 @@ def activate(root: Path, sources: list[str], wait: float = 0.0) -> Outcome:
         state = HostState.load(layout)
         plans = [plan_stack(layout, state, t) for t in targets.values()]
         hdd = plans[-1].target.version
-        return _apply(layout, plans, hdd, {t.stack: t.artifact.source for t in targets.values() if t.artifact})
+        return _apply(
+            layout, plans, hdd, {t.stack: t.artifact.source for t in targets.values() if t.artifact}
+        )
 
     return _run_locked(root, wait, body)
 
@@ -364,8 +401,10 @@ def set_version(root: Path, version: str, stack: str | None = None, wait: float 
 
     def body(layout: Layout) -> Outcome:
         if not layout.version_dir(version).is_dir():
-            raise ActivateError(f"{layout.version_dir(version)}: no such version on this host; "
-                                f"versions here: {', '.join(layout.versions()) or 'none'}")
+            raise ActivateError(
+                f"{layout.version_dir(version)}: no such version on this host; "
+                f"versions here: {', '.join(layout.versions()) or 'none'}"
+            )
         stacks = [stack] if stack else layout.stacks_in(version)
         if not stacks:
             raise ActivateError(f"{layout.version_dir(version)} holds no stack")
@@ -384,7 +423,10 @@ def restore(root: Path, wait: float = 0.0) -> Outcome:
         if not state.stacks:
             log.info(f"nothing recorded in {layout.state_file}; nothing to restore")
             return Outcome(())
-        plans = [plan_stack(layout, state, Target(name, entry.version)) for name, entry in sorted(state.stacks.items())]
+        plans = [
+            plan_stack(layout, state, Target(name, entry.version))
+            for name, entry in sorted(state.stacks.items())
+        ]
         return _apply(layout, plans, None, {})
 
     return _run_locked(root, wait, body)
@@ -452,9 +494,19 @@ def active(root: Path, verify: bool = False) -> list[StackStatus]:
             else:
                 in_sync = False
                 diffs = [f"missing: {p}" for p in (served, persistent) if p and not p.is_dir()]
-        out.append(StackStatus(name, version, entry.version if entry else None, entry.previous if entry else None,
-                               str(layout.live_path(name)), str(served) if served else None,
-                               str(persistent) if persistent else None, in_sync, tuple(diffs)))
+        out.append(
+            StackStatus(
+                name,
+                version,
+                entry.version if entry else None,
+                entry.previous if entry else None,
+                str(layout.live_path(name)),
+                str(served) if served else None,
+                str(persistent) if persistent else None,
+                in_sync,
+                tuple(diffs),
+            )
+        )
     return out
 
 
@@ -477,12 +529,17 @@ def list_versions(root: Path) -> tuple[list[VersionInfo], str | None]:
         for s in stacks:
             text = _in_tree_manifest(layout.persistent_tree(s, v))
             if text:
-                try:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
                     size += Manifest.from_json(text).total_size
-                except (ValueError, TypeError, KeyError):
-                    pass
-        out.append(VersionInfo(v, stacks, tuple(s for s in stacks if layout.live_version(s) == v),
-                               tuple(s for s, e in state.stacks.items() if e.previous == v), size))
+        out.append(
+            VersionInfo(
+                v,
+                stacks,
+                tuple(s for s in stacks if layout.live_version(s) == v),
+                tuple(s for s, e in state.stacks.items() if e.previous == v),
+                size,
+            )
+        )
     return out, layout.hdd_version()
 
 
@@ -507,15 +564,19 @@ def _manifest_for(layout: Layout, ref: str, stack: str | None) -> Manifest:
     version = normalize_version(ref)
     stacks = layout.stacks_in(version)
     if not stacks:
-        raise ActivateError(f"{ref}: neither a manifest.json nor a version on this host "
-                            f"(versions: {', '.join(layout.versions()) or 'none'})")
+        raise ActivateError(
+            f"{ref}: neither a manifest.json nor a version on this host "
+            f"(versions: {', '.join(layout.versions()) or 'none'})"
+        )
     if stack is None:
         if len(stacks) > 1:
             raise ActivateError(f"version {version} holds {', '.join(stacks)}: pick one with --stack")
         stack = stacks[0]
     text = _in_tree_manifest(layout.persistent_tree(stack, version))
     if text is None:
-        raise ActivateError(f"{layout.persistent_tree(stack, version)}: no {IN_TREE_PATH}; not a swstack tree")
+        raise ActivateError(
+            f"{layout.persistent_tree(stack, version)}: no {IN_TREE_PATH}; not a swstack tree"
+        )
     return Manifest.from_json(text)
 
 
@@ -530,11 +591,14 @@ def diff_packages(a: Manifest, b: Manifest) -> Diff:
     right = {(p.manager, p.name): p for p in b.packages}
     added = tuple(sorted((k[1], _pkg_label(right[k])) for k in right.keys() - left.keys()))
     removed = tuple(sorted((k[1], _pkg_label(left[k])) for k in left.keys() - right.keys()))
-    changed = tuple(sorted(
-        (k[1], _pkg_label(left[k]), _pkg_label(right[k]))
-        for k in left.keys() & right.keys()
-        if (left[k].version, left[k].build, left[k].sha256) != (right[k].version, right[k].build, right[k].sha256)
-    ))
+    changed = tuple(
+        sorted(
+            (k[1], _pkg_label(left[k]), _pkg_label(right[k]))
+            for k in left.keys() & right.keys()
+            if (left[k].version, left[k].build, left[k].sha256)
+            != (right[k].version, right[k].build, right[k].sha256)
+        )
+    )
     return Diff(a.stack_id, a.version, b.version, added, removed, changed)
 
 
@@ -562,6 +626,8 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tu
     if keep < 0:
         raise ActivateError("--keep must be 0 or more")
 
+    result = PrunePlan(())
+
     def body(layout: Layout) -> Outcome:
         nonlocal result
         state = HostState.load(layout)
@@ -578,8 +644,12 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tu
             if v in protected:
                 continue
             users = inuse.users_of(layout.version_dir(v))
-            users += [u for s in layout.stacks_in(v) if layout.production
-                      for u in inuse.users_of(layout.ramdisk_copy(s, v))]
+            users += [
+                u
+                for s in layout.stacks_in(v)
+                if layout.production
+                for u in inuse.users_of(layout.ramdisk_copy(s, v))
+            ]
             if users:
                 protected[v] = f"in use by PID {', '.join(map(str, sorted(set(users))[:5]))}"
         result = plan_prune(layout.versions(), keep, protected)
@@ -598,6 +668,5 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tu
         drop_unused_copies(layout)
         return Outcome(())
 
-    result = PrunePlan(())
     _run_locked(root, wait, body)
     return result, bool(result.remove) and not dry_run

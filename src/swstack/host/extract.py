@@ -1,4 +1,4 @@
-"""Tarball (zstd, gzip or plain tar) -> a tree in a fresh staging directory, streamed and checked member by member.
+"""Tarball (zstd, gzip or tar) -> a tree in a fresh staging directory, streamed, checked member by member.
 
 Our own checks, not tarfile's ``data`` filter alone: no absolute names, no ``..``,
 no symlink resolving outside the tree (checked again over the complete set of
@@ -10,11 +10,13 @@ read once, through a hashing reader, with memory flat in its size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, cast
 
 from .. import log
 from ..errors import ActivateError
@@ -64,7 +66,7 @@ def normalize_name(name: str) -> str:
 
 
 def resolves_inside(start_dir: list[str], target: str, symlinks: dict[str, str]) -> bool:
-    """Follow ``target`` from ``start_dir`` through the tree's own links; False if it leaves the tree (pure)."""
+    """Follow ``target`` from ``start_dir`` through the tree's own links; False if it leaves (pure)."""
     return _walk(start_dir, target, symlinks, 0, [])
 
 
@@ -100,8 +102,11 @@ def check_member(member: tarfile.TarInfo, tree: _Tree) -> str:
     name = normalize_name(member.name)
     what = f"member {member.name!r}"
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        kind = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
-                tarfile.FIFOTYPE: "fifo"}.get(member.type, f"type {member.type!r}")
+        kind = {
+            tarfile.CHRTYPE: "character device",
+            tarfile.BLKTYPE: "block device",
+            tarfile.FIFOTYPE: "fifo",
+        }.get(member.type, f"type {member.type!r}")
         raise UnsafeMember(f"{what}: {kind}; a software tree holds only files, directories and links")
     if member.mode & (stat.S_ISUID | stat.S_ISGID):
         raise UnsafeMember(f"{what}: setuid/setgid bit set (mode {member.mode:o})")
@@ -180,8 +185,10 @@ def _apply(tf: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path, 
 def _final_link_check(tree: _Tree) -> None:
     for name, target in tree.symlinks.items():
         if not resolves_inside(name.split("/")[:-1], target, tree.symlinks):
-            raise UnsafeMember(f"member {name!r}: symlink {target!r} points outside the tree "
-                               f"(through other links of the archive)")
+            raise UnsafeMember(
+                f"member {name!r}: symlink {target!r} points outside the tree "
+                f"(through other links of the archive)"
+            )
 
 
 def _finish_dirs(dest: Path, tree: _Tree) -> None:
@@ -194,15 +201,17 @@ def _finish_dirs(dest: Path, tree: _Tree) -> None:
             os.utime(path, (mtime, mtime))
 
 
-def _open_tar(reader: HashingReader, head: bytes) -> tuple[tarfile.TarFile, object]:
+def _open_tar(reader: HashingReader, head: bytes) -> tarfile.TarFile:
+    """A stream-mode TarFile over ``reader``: it reads forward only and never seeks or slurps."""
+    raw = cast(IO[bytes], reader)
     if head.startswith(_ZSTD_MAGIC):
         import zstandard
 
-        stream = zstandard.ZstdDecompressor().stream_reader(reader, read_size=_CHUNK, read_across_frames=True)
-        return tarfile.open(fileobj=stream, mode="r|"), stream  # type: ignore[call-overload]
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, read_across_frames=True)
+        return tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|")
     if head.startswith(_GZIP_MAGIC):
-        return tarfile.open(fileobj=reader, mode="r|gz"), None  # type: ignore[call-overload]
-    return tarfile.open(fileobj=reader, mode="r|"), None  # type: ignore[call-overload]
+        return tarfile.open(fileobj=raw, mode="r|gz")
+    return tarfile.open(fileobj=raw, mode="r|")
 
 
 def _peek(path: Path) -> bytes:
@@ -215,16 +224,16 @@ def extract(tarball: Path, dest: Path, expected: Expected) -> Extracted:
     tree = _Tree()
     size = tarball.stat().st_size
     with open(tarball, "rb") as raw:
-        reader = HashingReader(raw)  # type: ignore[arg-type]
+        reader = HashingReader(raw)
         failure: BaseException | None = None
         try:
-            tf, _stream = _open_tar(reader, _peek(tarball))
+            tf = _open_tar(reader, _peek(tarball))
             with tf, log.progress(f"extracting {tarball.name}", size, "B") as bar:
                 seen = 0
                 while (member := tf.next()) is not None:
                     name = check_member(member, tree)
                     _apply(tf, member, name, dest, tree)
-                    tf.members.clear()  # stream mode keeps every TarInfo otherwise
+                    tf.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every TarInfo
                     bar.advance(reader.count - seen)
                     seen = reader.count
                     if tree.file_count == 3:  # mid-way: some files written, most not
@@ -239,19 +248,21 @@ def extract(tarball: Path, dest: Path, expected: Expected) -> Extracted:
                 failure = exc
             else:
                 raise
-        try:
+        with contextlib.suppress(OSError):
             reader.drain()
-        except OSError:
-            pass
     digest = reader.hexdigest()
     if digest != expected.sha256:
-        raise ActivateError(f"{tarball}: sha256 mismatch (expected {expected.sha256}, got {digest}); "
-                            f"the tarball is corrupt or truncated: re-download or rebuild it")
+        raise ActivateError(
+            f"{tarball}: sha256 mismatch (expected {expected.sha256}, got {digest}); "
+            f"the tarball is corrupt or truncated: re-download or rebuild it"
+        )
     if isinstance(failure, ActivateError):
         raise failure
     if failure is not None:
-        raise ActivateError(f"{tarball}: cannot be unpacked ({type(failure).__name__}: {failure}); "
-                            f"its sha256 matches, so it was packed broken: rebuild it") from failure
+        raise ActivateError(
+            f"{tarball}: cannot be unpacked ({type(failure).__name__}: {failure}); "
+            f"its sha256 matches, so it was packed broken: rebuild it"
+        ) from failure
     _finish_dirs(dest, tree)
     manifest_text = None
     if IN_TREE_PATH in tree.files:

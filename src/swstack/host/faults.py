@@ -9,8 +9,16 @@ import os
 import signal
 
 POINTS = (
-    "locked", "extracting", "extracted", "relocated", "persisted",
-    "ramdisk-copying", "ramdisk-copied", "switched", "state-written", "hdd-switched",
+    "locked",
+    "extracting",
+    "extracted",
+    "relocated",
+    "persisted",
+    "ramdisk-copying",
+    "ramdisk-copied",
+    "switched",
+    "state-written",
+    "hdd-switched",
 )
 
 

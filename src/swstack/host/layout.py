@@ -123,8 +123,12 @@ class Layout:
         if self.root.is_dir():
             for entry in self.root.iterdir():
                 name = entry.name
-                if name.startswith("sw.") and not name.endswith(".partial") and entry.is_dir() \
-                        and not entry.is_symlink():
+                if (
+                    name.startswith("sw.")
+                    and not name.endswith(".partial")
+                    and entry.is_dir()
+                    and not entry.is_symlink()
+                ):
                     version = name[3:]
                     if version not in RESERVED_VERSIONS:
                         found.append(version)
@@ -179,15 +183,21 @@ class HostState:
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError) as exc:
-            raise ActivateError(f"{layout.state_file}: unreadable ({exc}); move it aside and run "
-                                f"`swstack set-version` to record the active versions again") from exc
+            raise ActivateError(
+                f"{layout.state_file}: unreadable ({exc}); move it aside and run "
+                f"`swstack set-version` to record the active versions again"
+            ) from exc
         return cls({name: StackState(**entry) for name, entry in raw.get("stacks", {}).items()})
 
     def to_json(self) -> str:
         from dataclasses import asdict
 
-        return json.dumps({"stacks": {k: asdict(v) for k, v in sorted(self.stacks.items())}},
-                          indent=2, sort_keys=True) + "\n"
+        return (
+            json.dumps(
+                {"stacks": {k: asdict(v) for k, v in sorted(self.stacks.items())}}, indent=2, sort_keys=True
+            )
+            + "\n"
+        )
 
     def with_stack(self, name: str, entry: StackState) -> HostState:
         return HostState({**self.stacks, name: entry})

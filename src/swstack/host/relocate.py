@@ -1,4 +1,4 @@
-"""Extracted tree + the prefix it must answer to -> a relocation plan, then the rewrite by conda-pack's own code.
+"""Extracted tree + the prefix it must answer to -> a relocation plan, then conda-pack's own rewrite.
 
 conda-pack trees carry ``bin/conda-unpack``: its ``_prefix_records`` list every file
 holding a prefix (placeholder, text|binary). We read that list without running
@@ -77,7 +77,9 @@ def plan(tree: Path, baked_prefix: str, target: str) -> Relocation | None:
     pending = [r for r in records if r.placeholder != target]
     if not pending:
         return None
-    too_short = sorted({r.placeholder for r in pending if r.mode == "binary" and len(target) > len(r.placeholder)})
+    too_short = sorted(
+        {r.placeholder for r in pending if r.mode == "binary" and len(target) > len(r.placeholder)}
+    )
     if too_short:
         binaries = [r.path for r in pending if r.mode == "binary" and r.placeholder in too_short][:5]
         raise ActivateError(
@@ -94,7 +96,12 @@ def relocate(tree: Path, relocation: Relocation) -> None:
     python = tree / "bin" / "python"
     if not python.exists():
         raise ActivateError(f"{tree}: has no bin/python to run bin/conda-unpack with; cannot relocate")
-    log.info(f"relocating {relocation.files} files from {', '.join(relocation.placeholders)} "
-             f"to {relocation.target} (conda-unpack)")
-    proc.run([python, "-c", _DRIVER, tree, relocation.target], error=ActivateError,
-             what=f"relocating {tree.name} with its bin/conda-unpack")
+    log.info(
+        f"relocating {relocation.files} files from {', '.join(relocation.placeholders)} "
+        f"to {relocation.target} (conda-unpack)"
+    )
+    proc.run(
+        [python, "-c", _DRIVER, tree, relocation.target],
+        error=ActivateError,
+        what=f"relocating {tree.name} with its bin/conda-unpack",
+    )

@@ -47,7 +47,9 @@ def _load_manifest(path: Path) -> Manifest:
     try:
         return Manifest.load(path)
     except FileNotFoundError:
-        raise ActivateError(f"{path}: missing; an artifact carries manifest.json beside its tarball") from None
+        raise ActivateError(
+            f"{path}: missing; an artifact carries manifest.json beside its tarball"
+        ) from None
     except (ValueError, TypeError, KeyError) as exc:
         raise ActivateError(f"{path}: not a valid swstack manifest ({exc})") from exc
 
@@ -66,8 +68,10 @@ def from_path(source: str) -> Artifact:
         tarball = path
         manifest = _load_manifest(path.parent / "manifest.json")
     else:
-        raise ActivateError(f"{source}: no such file or directory (expected a tarball, its directory, "
-                            f"an http(s) URL or an OCI reference)")
+        raise ActivateError(
+            f"{source}: no such file or directory (expected a tarball, its directory, "
+            f"an http(s) URL or an OCI reference)"
+        )
     if not tarball.is_file():
         raise ActivateError(f"{tarball}: tarball missing beside {tarball.parent / 'manifest.json'}")
     checksum = tarball.with_name(tarball.name + ".sha256")
@@ -77,8 +81,11 @@ def from_path(source: str) -> Artifact:
 def _download(url: str, dest: Path) -> Path:
     log.info(f"downloading {url}")
     try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT) as response, atomic_output(dest) as partial, \
-                open(partial, "wb") as out:
+        with (
+            urllib.request.urlopen(url, timeout=_TIMEOUT) as response,
+            atomic_output(dest) as partial,
+            open(partial, "wb") as out,
+        ):
             shutil.copyfileobj(response, out, 1 << 20)
     except (urllib.error.URLError, OSError) as exc:
         raise ActivateError(f"{url}: download failed ({exc}); check the URL and the network") from exc
@@ -107,8 +114,12 @@ def from_oci(ref: str, downloads: Path) -> Artifact:
     dest.mkdir(parents=True, exist_ok=True)
     tarball = Path(oci.fetch_artifact(ref.removeprefix("oci://"), dest))
     checksum = tarball.with_name(tarball.name + ".sha256")
-    return Artifact(tarball, checksum if checksum.is_file() else None,
-                    _load_manifest(tarball.parent / "manifest.json"), ref)
+    return Artifact(
+        tarball,
+        checksum if checksum.is_file() else None,
+        _load_manifest(tarball.parent / "manifest.json"),
+        ref,
+    )
 
 
 def fetch(source: str, downloads: Path) -> Artifact:

@@ -7,6 +7,7 @@ reader of ``<root>/sw/<stack>`` always sees a complete old or a complete new tre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -82,7 +83,9 @@ def _copy_dir(src: Path, dest: Path, is_root: bool, links: dict[tuple[int, int],
                 links[key] = str(d)
             bar.advance(est.st_size)  # type: ignore[attr-defined]
         else:
-            raise ActivateError(f"{s}: not a file, directory or symlink; the persistent tree was tampered with")
+            raise ActivateError(
+                f"{s}: not a file, directory or symlink; the persistent tree was tampered with"
+            )
         if is_root:
             os.lchown(d, est.st_uid, est.st_gid)
         os.utime(d, ns=(est.st_atime_ns, est.st_mtime_ns), follow_symlinks=False)
@@ -107,10 +110,8 @@ def replace_symlink(link: Path, target: str) -> bool:
             ) from None
         raise
     tmp = link.with_name(f".{link.name}.new-{os.getpid()}")
-    try:
+    with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    except FileNotFoundError:
-        pass
     os.symlink(target, tmp)
     os.replace(tmp, link)
     return True
@@ -118,6 +119,7 @@ def replace_symlink(link: Path, target: str) -> bool:
 
 def remove_tree(tree: Path) -> None:
     """Remove a tree we own, even one whose directories were made read-only."""
+
     def _onerror(func: object, path: str, _exc: object) -> None:
         parent = os.path.dirname(path)
         os.chmod(parent, 0o700)

@@ -47,19 +47,27 @@ def expectations(artifact: Artifact) -> Expected:
     from_manifest = m.tarball.sha256.lower() if m.tarball else None
     from_file = None
     if artifact.checksum_file is not None:
-        from_file = read_checksum_file(artifact.checksum_file.read_text(errors="replace"), artifact.tarball.name)
+        from_file = read_checksum_file(
+            artifact.checksum_file.read_text(errors="replace"), artifact.tarball.name
+        )
     if from_manifest and from_file and from_manifest != from_file:
-        raise ActivateError(f"{artifact.source}: manifest.json and {artifact.checksum_file} disagree on the "
-                            f"tarball's sha256; the artifact is inconsistent, rebuild or re-download it")
+        raise ActivateError(
+            f"{artifact.source}: manifest.json and {artifact.checksum_file} disagree on the "
+            f"tarball's sha256; the artifact is inconsistent, rebuild or re-download it"
+        )
     digest = from_file or from_manifest
     if digest is None:
-        raise ActivateError(f"{artifact.source}: no sha256 (neither {artifact.tarball.name}.sha256 nor a "
-                            f"tarball section in manifest.json); refusing an unverifiable tarball")
+        raise ActivateError(
+            f"{artifact.source}: no sha256 (neither {artifact.tarball.name}.sha256 nor a "
+            f"tarball section in manifest.json); refusing an unverifiable tarball"
+        )
     size = m.tarball.size if m.tarball else None
     actual = artifact.tarball.stat().st_size
     if size is not None and actual != size:
-        raise ActivateError(f"{artifact.tarball}: {actual} bytes, the manifest says {size}: truncated or "
-                            f"replaced; re-download it")
+        raise ActivateError(
+            f"{artifact.tarball}: {actual} bytes, the manifest says {size}: truncated or "
+            f"replaced; re-download it"
+        )
     return Expected(digest, size)
 
 
@@ -96,13 +104,19 @@ class HashingReader:
 def check_in_tree_manifest(in_tree_text: str | None, manifest: Manifest, where: str) -> None:
     """The tree's own manifest must equal manifest.json without its tarball section."""
     if in_tree_text is None:
-        raise ActivateError(f"{where}: the tarball has no conda-meta/swstack-manifest.json; not a swstack artifact")
+        raise ActivateError(
+            f"{where}: the tarball has no conda-meta/swstack-manifest.json; not a swstack artifact"
+        )
     try:
         inside = Manifest.from_json(in_tree_text)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ActivateError(f"{where}: conda-meta/swstack-manifest.json is not a valid manifest ({exc})") from exc
+        raise ActivateError(
+            f"{where}: conda-meta/swstack-manifest.json is not a valid manifest ({exc})"
+        ) from exc
     expected = manifest.without_tarball()
     if inside != expected:
         fields = [f for f in expected.__dataclass_fields__ if getattr(inside, f) != getattr(expected, f)]
-        raise ActivateError(f"{where}: the tree's manifest differs from manifest.json in {', '.join(fields)}; "
-                            f"the artifact was tampered with or mixed up")
+        raise ActivateError(
+            f"{where}: the tree's manifest differs from manifest.json in {', '.join(fields)}; "
+            f"the artifact was tampered with or mixed up"
+        )
