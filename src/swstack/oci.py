@@ -407,6 +407,14 @@ class _FileSlice:
 
 
 @dataclass
+class _Session:
+    """An open blob upload: where to send the next bytes, and how many the registry has."""
+
+    location: str
+    offset: int
+
+
+@dataclass
 class _Reply:
     status: int
     headers: email.message.Message
@@ -674,69 +682,104 @@ class RegistryClient:
         """Upload a blob unless the registry has it; True when bytes were sent.
 
         Blobs up to ``chunk_size`` go in one PUT, larger ones as PATCH chunks then a
-        closing PUT. A failure inside an upload session restarts the session (a
-        partly received PATCH leaves the offset unknown), within the retry budget.
+        closing PUT. After a failure inside a chunked upload the registry is asked how
+        much it kept (GET on the upload, ``Range: 0-N``) and the upload resumes there;
+        when it cannot say, a new upload starts. All within the retry budget.
         """
         if self.blob_exists(repository, digest, push=True):
             log.debug(f"{repository}: blob {digest[:19]} already present")
             self.skipped.append(digest)
             return False
         delays = self.retry.delays()
-        for attempt in range(len(delays) + 1):
-            try:
-                self._upload_session(repository, source, digest, size)
-                self.uploaded.append(digest)
-                return True
-            except _Transient as exc:
-                if attempt == len(delays):
-                    raise self._fail(
-                        f"uploading {digest[:19]} ({log.human_bytes(size)}) to {self.registry}/{repository}: "
-                        f"{exc.detail} (gave up after {attempt + 1} attempts); check the registry, then retry"
-                    ) from None
-                log.info(
-                    f"upload of {digest[:19]} interrupted ({exc.detail}); again in {delays[attempt]:.1f}s"
-                )
-                self._sleep(delays[attempt])
+        session: _Session | None = None
+        with _progress(f"upload {digest[7:19]}", size) as bar:
+            for attempt in range(len(delays) + 1):
+                try:
+                    if session is None:
+                        session = self._start_upload(repository)
+                    bar.done = session.offset
+                    self._send_blob(repository, session, source, digest, size, bar.advance)
+                    self.uploaded.append(digest)
+                    return True
+                except _Transient as exc:
+                    if attempt == len(delays):
+                        where = f"{self.registry}/{repository}"
+                        raise self._fail(
+                            f"uploading {digest[:19]} ({log.human_bytes(size)}) to {where}: {exc.detail} "
+                            f"(gave up after {attempt + 1} attempts); check the registry, then retry"
+                        ) from None
+                    log.info(
+                        f"upload of {digest[:19]} interrupted ({exc.detail}); again in {delays[attempt]:.1f}s"
+                    )
+                    self._sleep(delays[attempt])
+                    session = self._resume_point(repository, session, chunked=size > self.chunk_size)
         raise AssertionError("unreachable")
 
-    def _upload_session(self, repository: str, source: Path | bytes, digest: str, size: int) -> None:
+    def _start_upload(self, repository: str) -> _Session:
         scope = self._scope(repository, push=True)
         start = self._request("POST", self._url(f"{repository}/blobs/uploads/"), scope=scope, ok=(202,))
-        location = self._location(start)
-        octet = {"Content-Type": "application/octet-stream"}
-        with _progress(f"upload {digest[7:19]}", size) as bar:
-            if isinstance(source, bytes) or size <= self.chunk_size:
-                body = source if isinstance(source, bytes) else _FileSlice(source, 0, size, bar.advance)
-                self._request(
-                    "PUT",
-                    _with_digest(location, digest),
-                    scope=scope,
-                    ok=(201,),
-                    headers=octet,
-                    body=body,
-                    retry=False,
-                )
-                if isinstance(source, bytes):
-                    bar.advance(size)
-                return
-            offset = 0
-            while offset < size:
-                length = min(self.chunk_size, size - offset)
-                chunk = _FileSlice(source, offset, length, bar.advance)
-                reply = self._request(
-                    "PATCH",
-                    location,
-                    scope=scope,
-                    ok=(202,),
-                    headers={**octet, "Content-Range": f"{offset}-{offset + length - 1}"},
-                    body=chunk,
-                    retry=False,
-                )
-                location = self._location(reply)
-                offset += length
-            self._request(
-                "PUT", _with_digest(location, digest), scope=scope, ok=(201,), body=b"", retry=False
+        return _Session(self._location(start), 0)
+
+    def _resume_point(self, repository: str, session: _Session | None, *, chunked: bool) -> _Session | None:
+        """Where an interrupted chunked upload can go on, or None to start a new one."""
+        if session is None or not chunked:
+            return None
+        try:
+            reply = self._request(
+                "GET", session.location, scope=self._scope(repository, push=True), ok=(204,), retry=False
             )
+        except (_Transient, SwstackError):
+            return None
+        match = re.fullmatch(r"(?:bytes=)?0-(\d+)", (reply.headers.get("Range") or "").strip())
+        # "0-0" means either nothing or one byte: ambiguous, so start over.
+        if match is None or int(match.group(1)) == 0:
+            return None
+        offset = int(match.group(1)) + 1
+        log.info(f"resuming the upload at {log.human_bytes(offset)}")
+        return _Session(self._location(reply), offset)
+
+    def _send_blob(
+        self,
+        repository: str,
+        session: _Session,
+        source: Path | bytes,
+        digest: str,
+        size: int,
+        advance: Callable[[int], None],
+    ) -> None:
+        """Send the blob's bytes from ``session.offset`` and close the upload with its digest."""
+        scope = self._scope(repository, push=True)
+        octet = {"Content-Type": "application/octet-stream"}
+        if isinstance(source, bytes) or size <= self.chunk_size:
+            body = source if isinstance(source, bytes) else _FileSlice(source, 0, size, advance)
+            self._request(
+                "PUT",
+                _with_digest(session.location, digest),
+                scope=scope,
+                ok=(201,),
+                headers=octet,
+                body=body,
+                retry=False,
+            )
+            if isinstance(source, bytes):
+                advance(size)
+            return
+        while session.offset < size:
+            length = min(self.chunk_size, size - session.offset)
+            reply = self._request(
+                "PATCH",
+                session.location,
+                scope=scope,
+                ok=(202,),
+                headers={**octet, "Content-Range": f"{session.offset}-{session.offset + length - 1}"},
+                body=_FileSlice(source, session.offset, length, advance),
+                retry=False,
+            )
+            session.location = self._location(reply)
+            session.offset += length
+        self._request(
+            "PUT", _with_digest(session.location, digest), scope=scope, ok=(201,), body=b"", retry=False
+        )
 
     def _location(self, reply: _Reply) -> str:
         location = reply.headers.get("Location")

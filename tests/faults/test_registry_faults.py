@@ -80,7 +80,7 @@ def test_a_few_refusals_are_absorbed(registry: LocalRegistry, published: tuple[s
     assert _tag_digest(registry, repo) == digest
 
 
-def test_upload_dropped_midway_restarts_the_blob(
+def test_upload_dropped_midway_restarts_the_blob(  # the registry drops a half-received upload
     registry: LocalRegistry, published: tuple[str, str, Path]
 ) -> None:
     repo, _, v2 = published
@@ -91,6 +91,24 @@ def test_upload_dropped_midway_restarts_the_blob(
         # Each blob opened one session, the dropped one a second; the drop really happened.
         assert proxy.count("PUT", "/blobs/uploads/", outcome="drop") == 1
         assert proxy.count("POST", "/blobs/uploads/") == 3
+    assert _tag_digest(registry, repo) == digest
+    tarball = oci.fetch_artifact(f"{registry.host}/{repo}:stable", v2.parent / "fetched")
+    assert tarball.read_bytes() == (v2 / tarball.name).read_bytes()
+
+
+def test_chunked_upload_resumes_where_the_registry_stopped(
+    registry: LocalRegistry,
+    published: tuple[str, str, Path],
+) -> None:
+    repo, _, v2 = published
+    with FlakyProxy(registry.host) as proxy:
+        # The connection for the second chunk is reset: the first 256 KiB are safe upstream.
+        proxy.add(Fault("refuse", method="PATCH", path="/blobs/uploads/", skip=1))
+        client = oci.RegistryClient(proxy.host, retry=FAST, chunk_size=256 << 10)
+        digest = publish_artifact(v2, f"{proxy.host}/{repo}:stable", client=client)
+        assert proxy.count("PATCH", "/blobs/uploads/", outcome="refuse") == 1
+        assert proxy.count("GET", "/blobs/uploads/") == 1  # asked where to resume
+        assert proxy.count("POST", "/blobs/uploads/") == 2  # manifest.json + tarball: no new session
     assert _tag_digest(registry, repo) == digest
     tarball = oci.fetch_artifact(f"{registry.host}/{repo}:stable", v2.parent / "fetched")
     assert tarball.read_bytes() == (v2 / tarball.name).read_bytes()

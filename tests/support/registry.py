@@ -163,8 +163,9 @@ class Fault:
     ``after_bytes`` of the request body then resets both sides, "status" answers
     ``status`` without forwarding. ``method``/``path`` (a regex searched in the
     request path) select the requests; empty means any; ``min_body`` skips requests
-    whose body is shorter. A "drop" of a body shorter than ``after_bytes`` happens
-    once the body is through, before any answer.
+    whose body is shorter; the first ``skip`` matching requests pass untouched. A
+    "drop" of a body shorter than ``after_bytes`` happens once the body is through,
+    before any answer.
     """
 
     kind: str
@@ -174,6 +175,7 @@ class Fault:
     after_bytes: int = 0
     status: int = 503
     min_body: int = 0
+    skip: int = 0
     hits: int = 0
 
     def matches(self, method: str, path: str, body_length: int) -> bool:
@@ -273,6 +275,9 @@ class FlakyProxy:
         with self._lock:
             for fault in self.faults:
                 if fault.matches(method, path, body_length):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.hits += 1
                     self.seen.append(Seen(method, path, fault.kind))
                     return fault
