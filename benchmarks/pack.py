@@ -176,8 +176,8 @@ def print_report(rows: list[Row], tree_size: int, default_level: int) -> None:
         return
     cp, limit = by["conda-pack tar.zst"], by["tar | zstd -T0 -3"]
     print(f"\nswstack zstd -{default_level} (the default) against:")
-    print(f"  conda-pack tar.zst: {cp.seconds / ours.seconds:.2f}x faster (target >= 2), cpu {cp.cpu / ours.cpu:.2f}x less, "
-          f"size {ours.size / cp.size:.3f}x (target <= 1.15)")  # fmt: skip
+    print(f"  conda-pack tar.zst: {cp.seconds / ours.seconds:.2f}x faster (target >= 2), "
+          f"cpu {cp.cpu / ours.cpu:.2f}x less, size {ours.size / cp.size:.3f}x (target <= 1.15)")  # fmt: skip
     if "conda-pack tar.gz" in by:
         gz = by["conda-pack tar.gz"]
         print(

@@ -32,7 +32,8 @@ def test_next_version(existing: list[str], expected: str) -> None:
 
 
 def test_tarball_name_and_checksum_line() -> None:
-    assert pack.tarball_name("py3-dev", "2026.02.03", "linux-64", "zstd") == "py3-dev-2026.02.03-linux-64.tar.zst"
+    name = pack.tarball_name("py3-dev", "2026.02.03", "linux-64", "zstd")
+    assert name == "py3-dev-2026.02.03-linux-64.tar.zst"
     assert pack.tarball_name("py3", "2026.02.03.1", "linux-64", "gzip") == "py3-2026.02.03.1-linux-64.tar.gz"
     assert pack.checksum_line("ab" * 32, "x.tar.zst") == f"{'ab' * 32}  x.tar.zst\n"
 
@@ -87,7 +88,8 @@ def test_plan_entries_sorts_clamps_and_adds_parents() -> None:
 
 def test_plan_entries_later_record_wins() -> None:
     planned = pack.plan_entries(
-        [Entry("bin/activate", "file", 0o644, 1, 1, data=b"a"), Entry("bin/activate", "file", 0o644, 1, 1, data=b"b")],
+        [Entry("bin/activate", "file", 0o644, 1, 1, data=b"a"), Entry("bin/activate", "file", 0o644, 1, 1,
+                                                                       data=b"b")],  # fmt: skip
         SDE,
     )
     assert [e.data for e in planned if e.name == "bin/activate"] == [b"b"]
@@ -219,7 +221,8 @@ def test_write_tar_matches_tarfiles_pax_writer(tmp_path: Path) -> None:
     expected = io.BytesIO()
     with tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
         for e in entries:
-            data = io.BytesIO(e.data if e.data is not None else src.read_bytes()) if e.kind == "file" else None
+            content = e.data if e.data is not None else src.read_bytes()
+            data = io.BytesIO(content) if e.kind == "file" else None
             tar.addfile(pack.tar_info(e, 899, 0), data)
     assert sink_out.getvalue() == expected.getvalue()
     assert pack.ustar_header(entries[4], 0, 0) is None  # non-ASCII: tarfile writes it
