@@ -24,7 +24,7 @@ import sysconfig
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
@@ -204,9 +204,7 @@ def parse_wheel_list(text: str, source: str = "wheels.txt") -> tuple[PinnedWheel
                 f"{source}:{lineno}: expected 'name==version --hash=sha256:<hex>  # <file>.whl', "
                 f"got {line!r}; regenerate the list with `python -m swstack.channel lock-wheels`"
             )
-        wheels.append(
-            PinnedWheel(canonicalize_name(m["name"]), m["version"], m["sha"], m["file"])
-        )
+        wheels.append(PinnedWheel(canonicalize_name(m["name"]), m["version"], m["sha"], m["file"]))
     return tuple(wheels)
 
 
@@ -253,7 +251,9 @@ def conda_spec(req: Requirement, table: Mapping[str, str] | None = None) -> str:
     return f"{name} {spec}" if spec else name
 
 
-def runtime_requirements(requires_dist: Iterable[str], env: Mapping[str, str] = MARKER_ENV) -> list[Requirement]:
+def runtime_requirements(
+    requires_dist: Iterable[str], env: Mapping[str, str] = MARKER_ENV
+) -> list[Requirement]:
     """Requires-Dist entries that apply on linux-64 / CPython 3.11 without extras."""
     reqs: list[Requirement] = []
     for text in requires_dist:
@@ -332,7 +332,13 @@ def plan_channel(
         PackageJob(
             name="python",
             kind="python",
-            key=cache_key("python", rb, python.version, python.fingerprint, hash_files(recipe_files(python_recipe), python_recipe)),
+            key=cache_key(
+                "python",
+                rb,
+                python.version,
+                python.fingerprint,
+                hash_files(recipe_files(python_recipe), python_recipe),
+            ),
             version=python.version,
             recipe=python_recipe,
         )
@@ -359,7 +365,9 @@ def plan_channel(
     for w in wheels:
         if w.is_pure:
             kind: PackageKind = "noarch-wheel"
-            key = cache_key("noarch-wheel", tools["whl2conda"], w.sha256, _mapping_fingerprint(), NOARCH_RULES)
+            key = cache_key(
+                "noarch-wheel", tools["whl2conda"], w.sha256, _mapping_fingerprint(), NOARCH_RULES
+            )
         else:
             kind = "binary-wheel"
             key = cache_key(
@@ -402,11 +410,15 @@ package:
 build:
   number: 0
   string: swstack_cp311_0
+  python:
+    skip_pyc_compilation:  # pip compiles what it installs, in one process
+      - "**/*.py"
   script:
     env:
       WHEEL: {wheel}
     content:
-      - $PREFIX/bin/python -m pip install --no-deps --no-index --no-compile --disable-pip-version-check --no-warn-script-location "$WHEEL"
+      - $PREFIX/bin/python -m pip install --no-deps --no-index --disable-pip-version-check
+        --no-warn-script-location "$WHEEL"
       - rm -f $PREFIX/lib/python{py}/site-packages/*.dist-info/direct_url.json
       - echo conda > $PREFIX/lib/python{py}/site-packages/{dist_info}/INSTALLER
 
@@ -466,7 +478,9 @@ def current_python() -> PythonBuild:
 # test suites, caches, static libraries, Tk and IDLE.
 _PY_BIN_KEEP = re.compile(r"^(python[0-9.]*(-config)?|pip[0-9.]*|pydoc[0-9.]*|2to3(-[0-9.]+)?)$")
 _PY_DROP_DIRS = {"__pycache__", "test", "tests", "idle_test", "idlelib", "tkinter", "turtledemo"}
-_PY_DROP_EXT_RE = re.compile(r"^(_test\w*|_ctypes_test|_xxtestfuzz|_xxsubinterpreters|xxlimited\w*|_tkinter|nis)\.")
+_PY_DROP_EXT_RE = re.compile(
+    r"^(_test\w*|_ctypes_test|_xxtestfuzz|_xxsubinterpreters|xxlimited\w*|_tkinter|nis)\."
+)
 # glibc's own libraries come from the host; every other shared library the interpreter
 # links is bundled into $PREFIX/lib so the package runs on a slim base image.
 _GLIBC_LIBS = re.compile(r"^(ld-linux[-\w.]*|libc|libm|libpthread|libdl|librt|libutil|libresolv|libanl)\.so")
@@ -487,12 +501,14 @@ def python_keep(rel: Path, version: str) -> bool:
         if not inner:
             return True
         if inner[0] == "site-packages":
-            return len(inner) == 1 or inner[1] in ("README.txt", "pip") or re.match(r"pip-[^/]+\.dist-info$", inner[1]) is not None
+            return (
+                len(inner) == 1
+                or inner[1] in ("README.txt", "pip")
+                or re.match(r"pip-[^/]+\.dist-info$", inner[1]) is not None
+            )
         if inner[0] == "lib-dynload" and len(inner) == 2:
             return _PY_DROP_EXT_RE.match(inner[1]) is None
-        if any(p in _PY_DROP_DIRS for p in inner[:-1]) or inner[0] in _PY_DROP_DIRS:
-            return False
-        return True
+        return not (any(p in _PY_DROP_DIRS for p in inner[:-1]) or inner[0] in _PY_DROP_DIRS)
     return parts[0] in ("lib", "include", "share")
 
 
@@ -600,10 +616,29 @@ def _download_wheels(wheels: Sequence[PinnedWheel], cache_dir: Path) -> dict[str
         reqs = tmp / "requirements.txt"
         reqs.write_text("".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in wheels))
         argv: list[str | os.PathLike[str]] = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--require-hashes", "--disable-pip-version-check", "--quiet",
-            "--python-version", PY_MAJOR_MINOR, "--implementation", "cp",
-            "--abi", "cp311", "--abi", "abi3", "--abi", "none", "-d", tmp / "dl", "-r", reqs,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--python-version",
+            PY_MAJOR_MINOR,
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+            "-d",
+            tmp / "dl",
+            "-r",
+            reqs,
         ]
         for plat in TARGET_TAGS_PLATFORMS:
             argv += ["--platform", plat]
@@ -612,7 +647,9 @@ def _download_wheels(wheels: Sequence[PinnedWheel], cache_dir: Path) -> dict[str
         for w in wheels:
             got = tmp / "dl" / w.filename
             if not got.is_file():
-                raise ChannelError(f"pip did not download {w.filename}; is the pin in channel/wheels.txt right?")
+                raise ChannelError(
+                    f"pip did not download {w.filename}; is the pin in channel/wheels.txt right?"
+                )
             _verify_hash(got, w)
             target = wheel_cache_path(cache_dir, w)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -713,7 +750,7 @@ def _subdir_of(pkg: Path) -> str:
     from conda_package_streaming.package_streaming import stream_conda_info
 
     with open(pkg, "rb") as fh:
-        for tar, member in stream_conda_info(pkg.name, fh):  # type: ignore[arg-type]
+        for tar, member in stream_conda_info(pkg.name, fh):
             if member.name == "info/index.json":
                 extracted = tar.extractfile(member)
                 assert extracted is not None
@@ -727,8 +764,22 @@ def _convert_pure_wheel(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     meta = read_wheel_metadata(wheel)
     tree_root = out / "tree"
     argv: list[str | os.PathLike[str]] = [
-        sys.executable, "-m", "whl2conda", "convert", wheel, "--out-dir", tree_root, "--name", job.name,
-        "--build-number", "0", "--overwrite", "--format", "tree", "--quiet", "--no-update-stdrenames",
+        sys.executable,
+        "-m",
+        "whl2conda",
+        "convert",
+        wheel,
+        "--out-dir",
+        tree_root,
+        "--name",
+        job.name,
+        "--build-number",
+        "0",
+        "--overwrite",
+        "--format",
+        "tree",
+        "--quiet",
+        "--no-update-stdrenames",
         "--ignore-pyproject",
     ]
     # Dependencies are ours: markers evaluated for linux-64 / CPython 3.11, names mapped
@@ -745,13 +796,27 @@ def _convert_pure_wheel(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     proc.run(argv, error=ChannelError, what=f"whl2conda convert {job.wheel.filename}", timeout=600)
     trees = [p for p in tree_root.iterdir() if (p / "info" / "index.json").is_file()]
     if len(trees) != 1:
-        raise ChannelError(f"whl2conda convert {job.wheel.filename}: expected one package tree in {tree_root}")
+        raise ChannelError(
+            f"whl2conda convert {job.wheel.filename}: expected one package tree in {tree_root}"
+        )
     # Packed in a child process: conda-package-handling resolves paths against the
     # working directory, which threads must not change.
     proc.run(
-        [sys.executable, "-m", "swstack.channel", "pack-tree", "--tree", trees[0], "--name", job.name,
-         "--dest", out / "noarch"],
-        cwd=trees[0], error=ChannelError, what=f"packing {job.name}",
+        [
+            sys.executable,
+            "-m",
+            "swstack.channel",
+            "pack-tree",
+            "--tree",
+            trees[0],
+            "--name",
+            job.name,
+            "--dest",
+            out / "noarch",
+        ],
+        cwd=trees[0],
+        error=ChannelError,
+        what=f"packing {job.name}",
     )
 
 
@@ -804,11 +869,21 @@ def _build_python(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     shutil.rmtree(stage, ignore_errors=True)
 
 
-def _rattler_build(job: PackageJob, recipe: Path, out: Path, ctx: BuildContext, env: Mapping[str, str]) -> None:
+def _rattler_build(
+    job: PackageJob, recipe: Path, out: Path, ctx: BuildContext, env: Mapping[str, str]
+) -> None:
     """Run rattler-build in a child process (one build per process: parallel and isolated)."""
     argv: list[str | os.PathLike[str]] = [
-        sys.executable, "-m", "swstack.channel", "rattler-build",
-        "--recipe", recipe, "--output-dir", out / "output", "--channel", ctx.python_channel.as_uri(),
+        sys.executable,
+        "-m",
+        "swstack.channel",
+        "rattler-build",
+        "--recipe",
+        recipe,
+        "--output-dir",
+        out / "output",
+        "--channel",
+        ctx.python_channel.as_uri(),
     ]
     extra = dict(env)
     # Keep rattler-build's own caches inside the shared cache, not under $HOME.
@@ -821,8 +896,13 @@ def _rattler_build(job: PackageJob, recipe: Path, out: Path, ctx: BuildContext, 
 
 def _labclient_files(client: Path) -> list[Path]:
     return sorted(
-        p for p in client.rglob("*")
-        if p.is_file() and not any(part in ("__pycache__", "build", "dist") or part.endswith(".egg-info") for part in p.relative_to(client).parts)
+        p
+        for p in client.rglob("*")
+        if p.is_file()
+        and not any(
+            part in ("__pycache__", "build", "dist") or part.endswith(".egg-info")
+            for part in p.relative_to(client).parts
+        )
     )
 
 
@@ -836,10 +916,23 @@ def build_labclient_wheel(client: Path, dest: Path, cache_dir: Path) -> Path:
         try:
             _copy_tree(client, src / "labclient")
             proc.run(
-                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                 "--disable-pip-version-check", "--quiet", "-w", src / "dist", src / "labclient"],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "--no-deps",
+                    "--no-build-isolation",
+                    "--no-index",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                    "-w",
+                    src / "dist",
+                    src / "labclient",
+                ],
                 extra_env={"SOURCE_DATE_EPOCH": "1704067200"},
-                error=ChannelError, what="pip wheel clients/labclient",
+                error=ChannelError,
+                what="pip wheel clients/labclient",
             )
             built = sorted((src / "dist").glob("labclient-*.whl"))
             if not built:
@@ -875,7 +968,8 @@ def write_simple_index(wheelhouse: Path, files: Sequence[Path]) -> None:
         )
         root_links.append(f'    <a href="{project}/">{project}</a><br/>')
     atomic_write_text(
-        simple / "index.html", "<!DOCTYPE html>\n<html>\n  <body>\n" + "\n".join(root_links) + "\n  </body>\n</html>\n"
+        simple / "index.html",
+        "<!DOCTYPE html>\n<html>\n  <body>\n" + "\n".join(root_links) + "\n  </body>\n</html>\n",
     )
 
 
@@ -885,15 +979,30 @@ def make_labclient_repo(client: Path, bare: Path, work: Path) -> str:
     tree = work / "labclient-git"
     shutil.rmtree(tree, ignore_errors=True)
     _copy_tree(client, tree)
-    git = ["git", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false",
-           "-c", "core.autocrlf=false", "-c", "user.name=swstack", "-c", "user.email=swstack@localhost"]
+    git = [
+        "git",
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "commit.gpgsign=false",
+        "-c",
+        "tag.gpgsign=false",
+        "-c",
+        "core.autocrlf=false",
+        "-c",
+        "user.name=swstack",
+        "-c",
+        "user.email=swstack@localhost",
+    ]
     env = {**GIT_IDENTITY, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "TZ": "UTC"}
 
     def run(*args: str | os.PathLike[str], date: str | None = None) -> str:
         extra = dict(env)
         if date:
             extra |= {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
-        return proc.output([*git, *args], cwd=tree, extra_env=extra, error=ChannelError, what=f"git {args[0]}")
+        return proc.output(
+            [*git, *args], cwd=tree, extra_env=extra, error=ChannelError, what=f"git {args[0]}"
+        )
 
     run("init", "--quiet", "-b", "main")
     run("add", "--all")
@@ -958,7 +1067,9 @@ def build_channel(
     try:
         if todo:
             t = time.monotonic()
-            _build_all(plan, todo, BuildContext(cache_dir, work, work / "python-channel", wheel_paths, python), jobs)
+            _build_all(
+                plan, todo, BuildContext(cache_dir, work, work / "python-channel", wheel_paths, python), jobs
+            )
             timings["build"] = time.monotonic() - t
         t = time.monotonic()
         with atomic_dir(out_dir) as tmp_out:
@@ -1028,10 +1139,10 @@ def _assemble(plan: ChannelPlan, cache_dir: Path, out: Path) -> None:
 
 
 def index_channel(channel: Path) -> None:
+    import asyncio
+
     from rattler.index import index_fs
     from rattler.platform import Platform
-
-    import asyncio
 
     for sub in (PLATFORM, "noarch"):
         (channel / sub).mkdir(parents=True, exist_ok=True)
@@ -1039,7 +1150,6 @@ def index_channel(channel: Path) -> None:
         asyncio.run(index_fs(channel, write_zst=False, write_shards=False, force=True))
     except Exception as exc:  # rattler raises its own exception types
         raise ChannelError(f"indexing the channel at {channel} failed: {exc}") from exc
-    del Platform
 
 
 def _write_pip_side(client: Path, out: Path, cache_dir: Path, work: Path) -> None:
@@ -1065,15 +1175,36 @@ def lock_wheels(channel_dir: Path) -> list[PinnedWheel]:
     """Resolve ``channel/wheels.in`` for linux-64 / CPython 3.11 into ``wheels.txt``."""
     wheels_in = channel_dir / "wheels.in"
     reqs = [
-        line.strip() for line in wheels_in.read_text().splitlines() if line.strip() and not line.startswith("#")
+        line.strip()
+        for line in wheels_in.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
     ]
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         argv: list[str | os.PathLike[str]] = [
-            sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-            "--disable-pip-version-check", "--only-binary=:all:", "--report", report,
-            "--python-version", PY_MAJOR_MINOR, "--implementation", "cp",
-            "--abi", "cp311", "--abi", "abi3", "--abi", "none", "--target", Path(tmp) / "t",
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--report",
+            report,
+            "--python-version",
+            PY_MAJOR_MINOR,
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+            "--target",
+            Path(tmp) / "t",
         ]
         for plat in TARGET_TAGS_PLATFORMS:
             argv += ["--platform", plat]

@@ -127,7 +127,9 @@ def test_plan_is_deterministic(recipes: Path) -> None:
     assert plan_channel(recipes, wheels(), PY, TOOLS) == plan_channel(recipes, wheels(), PY, TOOLS)
 
 
-def keys(recipes: Path, ws: list[PinnedWheel] | None = None, py: PythonBuild = PY, tools: dict[str, str] = TOOLS) -> dict[str, str]:
+def keys(
+    recipes: Path, ws: list[PinnedWheel] | None = None, py: PythonBuild = PY, tools: dict[str, str] = TOOLS
+) -> dict[str, str]:
     return {j.name: j.key for j in plan_channel(recipes, ws or wheels(), py, tools).jobs}
 
 
@@ -202,7 +204,7 @@ def test_binary_wheel_recipe_renders_deps_and_wheel(tmp_path: Path) -> None:
     plan = plan_channel(REPO / "channel" / "recipes", wheels(), PY, TOOLS)
     job = plan.job("numpy")
     text = channel.render_binary_wheel_recipe(job, tmp_path / "n.whl", ("python >=3.11,<3.12.0a0",), "NumPy")
-    assert 'name: numpy' in text and 'version: "2.4.6"' in text
+    assert "name: numpy" in text and 'version: "2.4.6"' in text
     assert '- "python >=3.11,<3.12.0a0"' in text
     assert str(tmp_path / "n.whl") in text
     assert "pip install --no-deps --no-index" in text

@@ -6,3 +6,9 @@ set -euo pipefail
 cp -a "$SWSTACK_PYTHON_STAGE"/. "$PREFIX"/
 grep -rlIZ --fixed-strings -- "$SWSTACK_PYTHON_OLD_PREFIX" "$PREFIX" \
   | xargs -0 --no-run-if-empty sed -i "s|$SWSTACK_PYTHON_OLD_PREFIX|$PREFIX|g"
+# Byte-compile the standard library once, with pycs that need no source check: the
+# installed tree is read-only for its users. Files that hold the prefix are left out:
+# their pycs would carry it inside marshalled strings the installer cannot rewrite.
+"$PREFIX/bin/python3" -m compileall -q -j 2 --invalidation-mode unchecked-hash \
+  -x '(_sysconfigdata|config-[0-9.]+-|site-packages/pip/_vendor/distlib/.*\.exe)' \
+  "$PREFIX/lib/python3"* >/dev/null

@@ -1,0 +1,125 @@
+"""The offline channel end to end: build it, solve against it alone, install into two
+prefixes and run what the stacks need; a second build reuses every package."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from swstack import paths
+from swstack.channel import ChannelReport, build_channel
+
+REPO = Path(__file__).resolve().parents[2]
+SPECS = [
+    "python 3.11.*",
+    "ipykernel",
+    "numpy",
+    "jupyterlab",
+    "ipywidgets",
+    "jupyterhub-singleuser",
+    "sitepaths",
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ChannelReport]:
+    out = tmp_path_factory.mktemp("channel") / "channel"
+    report = build_channel(out, recipes_dir=REPO / "channel" / "recipes", cache_dir=paths.cache_dir())
+    return out, report
+
+
+def install(channel: Path, prefix: Path, specs: Sequence[str]) -> int:
+    from rattler import Channel, Platform, VirtualPackage, install, solve
+
+    async def go() -> int:
+        records = await solve(
+            [Channel(channel.as_uri())],
+            list(specs),
+            platforms=[Platform("linux-64"), Platform("noarch")],
+            virtual_packages=[v.into_generic() for v in VirtualPackage.detect()],
+        )
+        await install(records, target_prefix=str(prefix))
+        return len(records)
+
+    return asyncio.run(go())
+
+
+def run(prefix: Path, *argv: str) -> str:
+    # A bare environment: nothing from the test's own interpreter may leak in.
+    env = {"PATH": f"{prefix}/bin:/usr/bin:/bin", "HOME": str(prefix.parent), "LANG": "C.UTF-8"}
+    result = subprocess.run(
+        [str(prefix / "bin" / argv[0]), *argv[1:]], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"{argv} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout.strip()
+
+
+def test_channel_layout(built: tuple[Path, ChannelReport]) -> None:
+    out, _ = built
+    for sub in ("linux-64", "noarch"):
+        assert (out / sub / "repodata.json").is_file()
+    assert (out / "pip" / "labclient-1.0.0-py3-none-any.whl").is_file()
+    assert "#sha256=" in (out / "pip" / "simple" / "labclient" / "index.html").read_text()
+    git = ["git", "--git-dir", str(out / "git" / "labclient.git")]
+    assert subprocess.run([*git, "tag"], capture_output=True, text=True).stdout.split() == ["v1.0.0"]
+    main_version = subprocess.run(
+        [*git, "show", "main:src/labclient/__init__.py"], capture_output=True, text=True
+    )
+    assert '"1.1.0.dev0"' in main_version.stdout
+    assert not list(out.parent.glob("*.partial"))
+
+
+def test_solve_install_and_run_in_two_prefixes(built: tuple[Path, ChannelReport], tmp_path: Path) -> None:
+    out, _ = built
+    for prefix in (tmp_path / "a", tmp_path / "a-much-longer-second-prefix"):
+        assert install(out, prefix, SPECS) > 50
+        assert run(
+            prefix, "python", "-c", "import sys, ssl, sqlite3, ctypes, zlib, lzma, bz2; print(sys.prefix)"
+        ) == str(prefix)
+        assert run(prefix, "python", "-c", "import numpy as np; print(int(np.arange(10).sum()))") == "45"
+        assert run(prefix, "sitepaths").splitlines() == [f"prefix: {prefix}", "site: swstack sitepaths"]
+        assert "pip" in run(prefix, "pip", "--version")
+        assert run(prefix, "jupyter", "lab", "--version").startswith("4.")
+        assert run(prefix, "jupyterhub-singleuser", "--version").startswith("6.")
+        assert "jupyterlab_widgets" in run(prefix, "jupyter", "labextension", "list") + run(
+            prefix, "python", "-c", "import jupyterlab_widgets; print(jupyterlab_widgets.__name__)"
+        )
+
+
+def test_labclient_installs_from_the_wheelhouse_over_conda_deps(
+    built: tuple[Path, ChannelReport], tmp_path: Path
+) -> None:
+    out, _ = built
+    prefix = tmp_path / "p"
+    install(out, prefix, ["python 3.11.*", "traitlets", "tornado"])
+    log = run(
+        prefix,
+        "python",
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--index-url",
+        (out / "pip" / "simple").as_uri(),
+        "labclient",
+    )
+    # traitlets and tornado came from conda: pip sees them installed and installs labclient alone.
+    assert "Successfully installed labclient-1.0.0" in log
+    assert run(prefix, "labclient", "--version") == "labclient 1.0.0"
+    assert run(prefix, "python", "-m", "pip", "check").startswith("No broken requirements")
+
+
+def test_second_build_reuses_everything(built: tuple[Path, ChannelReport]) -> None:
+    out, first = built
+    again = build_channel(out, recipes_dir=REPO / "channel" / "recipes", cache_dir=paths.cache_dir())
+    assert again.built == ()
+    assert len(again.reused) == len(first.built) + len(first.reused)
+    assert again.seconds < 60
+    assert (out / "noarch" / "repodata.json").is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial") or p.name.endswith(".old")]
