@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,23 +382,28 @@ def canonical_json(obj: Any) -> bytes:
 
 
 class _FileSlice:
-    """``length`` bytes of a file from ``offset``, readable once, counting progress."""
+    """``length`` bytes of a file from ``offset``, sent once in 1 MiB pieces, counting progress.
+
+    Iterable rather than file-like on purpose: http.client reads file-like bodies 8 KiB
+    at a time, which costs a third of the throughput on a fast link.
+    """
 
     def __init__(self, path: Path, offset: int, length: int, on_read: Callable[[int], None] | None = None):
         self.path, self.offset, self.length, self._on_read = path, offset, length, on_read
         self._fh: IO[bytes] | None = None
-        self._left = length
 
-    def read(self, n: int = -1) -> bytes:
-        if self._fh is None:
-            self._fh = open(self.path, "rb")  # noqa: SIM115 - closed by close()
-            self._fh.seek(self.offset)
-        want = self._left if n < 0 else min(n, self._left)
-        data = self._fh.read(want) if want > 0 else b""
-        self._left -= len(data)
-        if data and self._on_read:
-            self._on_read(len(data))
-        return data
+    def __iter__(self) -> Iterator[bytes]:
+        self._fh = open(self.path, "rb")  # noqa: SIM115 - closed by close(), also on errors
+        self._fh.seek(self.offset)
+        left = self.length
+        while left > 0:
+            data = self._fh.read(min(_READ, left))
+            if not data:
+                raise OSError(f"{self.path} shrank while being uploaded")
+            left -= len(data)
+            if self._on_read:
+                self._on_read(len(data))
+            yield data
 
     def close(self) -> None:
         if self._fh is not None:
