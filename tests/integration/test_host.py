@@ -283,3 +283,16 @@ def test_ramdisk_too_small_is_refused_up_front(tmp_path: Path) -> None:
     assert "rc=11" in res.stdout and "need " in res.stderr and ", have " in res.stderr
     assert "1.0\n" in res.stdout
     assert ".partial" not in res.stdout and not (root / ".swstack" / "staging").exists()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_other_compressions(tmp_path: Path, compression: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    art = make_artifact(tmp_path / "a", version="1.0", compression=compression)
+    sw(
+        root,
+        "activate",
+        str(next(p for p in art.iterdir() if ".tar" in p.name and not p.name.endswith("sha256"))),
+    )
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "1.0\n"

@@ -640,6 +640,9 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tu
             for s in layout.stacks_in(v):
                 if layout.live_version(s) == v:
                     protected[v] = f"live version of {s}"
+        hdd = layout.hdd_version()
+        if hdd is not None:
+            protected.setdefault(hdd, "sw.hdd points at it")
         for v in layout.versions():
             if v in protected:
                 continue
@@ -662,8 +665,6 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tu
             doomed = trash / f"sw.{v}"
             os.rename(layout.version_dir(v), doomed)
             switch.remove_tree(doomed)
-            if layout.hdd_version() == v:
-                layout.hdd.unlink()
             log.info(f"removed {layout.version_dir(v)}")
         drop_unused_copies(layout)
         return Outcome(())

@@ -11,6 +11,7 @@ read once, through a hashing reader, with memory flat in its size.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tarfile
@@ -258,6 +259,11 @@ def extract(tarball: Path, dest: Path, expected: Expected) -> Extracted:
         )
     if isinstance(failure, ActivateError):
         raise failure
+    if isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise ActivateError(
+            f"extracting {tarball.name} into {dest.parent} failed: {failure.strerror}; "
+            f"nothing live changed; free disk space (`swstack prune --keep N`)"
+        ) from failure
     if failure is not None:
         raise ActivateError(
             f"{tarball}: cannot be unpacked ({type(failure).__name__}: {failure}); "
