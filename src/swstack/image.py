@@ -824,7 +824,8 @@ def push_image(
         client.push_blob(repo, config, result.config_digest, len(config))
     except PushError as exc:
         # Blobs go first and the manifest last: a failure here leaves every tag where it was.
-        raise PushError(f"{exc}\nthe push stopped before the image manifest: no tag of {repo} moved") from None
+        stopped = f"the push stopped before the image manifest: no tag of {repo} moved"
+        raise PushError(f"{exc}\n{stopped}") from None
     manifest_bytes = (blobs / result.digest.removeprefix("sha256:")).read_bytes()
     chosen = tuple(tags) if tags is not None else result.tags
     client.put_manifest(repo, result.digest, manifest_bytes, OCI_MANIFEST)

@@ -7,7 +7,6 @@ second goes through the proxy, which refuses connections or drops them mid-uploa
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from tests.support.imagekit import (
@@ -89,7 +88,10 @@ def test_dropped_upload_mid_body_fails_and_moves_no_tag(
                 times=FOREVER,
             )
         )
-        with pytest.raises(PushError, match=r"uploading sha256:[0-9a-f]+ .*gave up after 3 attempts.*\n.*no tag of swstack/py3 moved"):
+        with pytest.raises(
+            PushError,
+            match=r"uploading sha256:[0-9a-f]+ .*gave up after 3 attempts.*\n.*no tag of swstack/py3 moved",
+        ):
             push_image(second, repository=f"{proxy.host}/{REPO}", retry=FAST)
         assert proxy.count("PUT", "/blobs/uploads/", outcome="drop") == 3
         assert proxy.count("PUT", "/manifests/") == 0

@@ -51,8 +51,10 @@ def _listing(engine: DockerEngine, ref: str, prefix: str) -> list[str]:
 
 
 def test_push_remove_pull_by_digest_and_run(
-    engine: DockerEngine, first: ImageResult, image_site: Site
-) -> None:  # noqa: F811
+    engine: DockerEngine,
+    first: ImageResult,
+    image_site: Site,  # noqa: F811
+) -> None:
     pushed = push_image(first)
     assert pushed.bytes_uploaded > 0 and pushed.digest == first.digest
     ref = pushed.ref()
