@@ -291,7 +291,11 @@ def authorization_for(challenge: Challenge, credentials: Credentials | None, tok
 
 
 def token_request_url(challenge: Challenge, scope: str) -> str:
-    """Where to ask for a bearer token: ``realm?service=...&scope=...``."""
+    """Where to ask for a bearer token: ``realm?service=...&scope=...``.
+
+    Our own scope wins over the challenge's: a push asks for ``pull,push`` at once,
+    where the challenge to its first HEAD names ``pull`` only (one token, not two).
+    """
     realm = challenge.params.get("realm")
     if not realm:
         raise PushError("the registry asked for a bearer token but named no realm to get one from")
@@ -299,7 +303,7 @@ def token_request_url(challenge: Challenge, scope: str) -> str:
         k: v
         for k, v in (
             ("service", challenge.params.get("service")),
-            ("scope", challenge.params.get("scope") or scope),
+            ("scope", scope or challenge.params.get("scope")),
         )
         if v
     }

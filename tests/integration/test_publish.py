@@ -190,3 +190,28 @@ def test_basic_auth_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         tarball = oci.fetch_artifact(ref, tmp_path / "out")
         assert tarball.read_bytes() == (art / tarball.name).read_bytes()
         assert oci.RegistryClient(reg.host).head_manifest("swstack/private", "1.0") == digest
+
+
+def test_token_auth(registry: LocalRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token-auth front (Bearer challenge, token service) before the real registry."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    art = make_artifact(tmp_path / "artifacts", "tokened", "1.0")
+    with FlakyProxy(registry.host, token_auth=("robot", "t0ken-pw")) as proxy:
+        ref = f"{proxy.host}/swstack/tokened:1.0"
+        monkeypatch.setenv("SWSTACK_REGISTRY_USER", "robot")
+        monkeypatch.setenv("SWSTACK_REGISTRY_PASSWORD", "nope-pw")
+        with pytest.raises(PushError) as info:
+            publish_artifact(art, ref, retry=FAST)
+        assert "rejected the credentials of 'robot'" in str(info.value)
+        assert "nope-pw" not in str(info.value)
+
+        monkeypatch.setenv("SWSTACK_REGISTRY_PASSWORD", "t0ken-pw")
+        client = oci.RegistryClient(proxy.host, retry=FAST)
+        digest = publish_artifact(art, ref, client=client)
+        # One token for the push scope, reused for every blob and the manifest.
+        assert proxy.count("GET", "^/token", outcome="token") == 2  # the failed try + this one
+        assert client.head_manifest("swstack/tokened", "1.0") == digest
+        assert proxy.count("GET", "^/token", outcome="token") == 3  # pull scope: its own token
+
+        tarball = oci.fetch_artifact(ref, tmp_path / "out")
+        assert tarball.read_bytes() == (art / tarball.name).read_bytes()

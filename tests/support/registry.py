@@ -11,12 +11,15 @@ its context or after ``lifetime`` seconds, whichever comes first.
 from __future__ import annotations
 
 import base64
+import json
 import re
+import secrets
 import socket
 import struct
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -195,6 +198,8 @@ class Seen:
 
 
 _REASONS = {
+    200: "OK",
+    401: "Unauthorized",
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -215,8 +220,12 @@ class FlakyProxy:
     lifetime: float = 120.0
     max_connections: int = 2000
     seen: list[Seen] = field(default_factory=list)
+    # With (user, password): act as a token-auth registry (WWW-Authenticate: Bearer)
+    # whose token service at /token grants scoped tokens for those credentials.
+    token_auth: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
+        self._tokens: dict[str, str] = {}  # token -> granted scope
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -293,6 +302,8 @@ class FlakyProxy:
                 return
             method, path = _request_line(head)
             length = _content_length(head)
+            if self.token_auth is not None and self._gate(client, head, method, path, rest, length):
+                return
             fault = self._pick(method, path, length)
             if fault is not None and fault.kind == "refuse":
                 _reset(client)
@@ -322,6 +333,40 @@ class FlakyProxy:
                 if sock is not None:
                     with suppress(OSError):
                         sock.close()
+
+    def _gate(
+        self, client: socket.socket, head: bytes, method: str, path: str, rest: bytes, length: int
+    ) -> bool:
+        """Token auth in front of the registry; True when the request was answered here."""
+        assert self.token_auth is not None
+        if path.startswith("/token"):
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+            expected = base64.b64encode(":".join(self.token_auth).encode()).decode()
+            with self._lock:
+                self.seen.append(Seen(method, path, "token"))
+            if _header(head, "Authorization") != f"Basic {expected}":
+                _answer(client, 401, b'{"details": "bad credentials"}')
+                return True
+            token = f"tok-{secrets.token_hex(8)}"
+            with self._lock:
+                self._tokens[token] = query.get("scope", [""])[0]
+            _answer(client, 200, json.dumps({"token": token}).encode())
+            return True
+        auth = _header(head, "Authorization") or ""
+        granted = self._tokens.get(auth.removeprefix("Bearer "), None) if auth.startswith("Bearer ") else None
+        match = re.match(r"/v2/(.+?)/(?:blobs|manifests|tags)/", path)
+        want = "pull" if method in ("GET", "HEAD") else "pull,push"
+        needed = f"repository:{match.group(1)}:{want}" if match else ""
+        if granted is not None and (not needed or granted == needed or granted.endswith(":pull,push")):
+            return False
+        _drain(client, rest, length)
+        challenge = f'Bearer realm="{self.url}/token",service="swstack-test"'
+        if needed:
+            challenge += f',scope="{needed}"'
+        with self._lock:
+            self.seen.append(Seen(method, path, "challenged"))
+        _answer(client, 401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {"WWW-Authenticate": challenge})
+        return True
 
     @staticmethod
     def _forward_then_drop(client: socket.socket, upstream: socket.socket, rest: bytes, budget: int) -> None:
@@ -357,6 +402,18 @@ def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
 def _request_line(head: bytes) -> tuple[str, str]:
     parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
     return (parts[0], parts[1]) if len(parts) >= 2 else ("?", "?")
+
+
+def _header(head: bytes, name: str) -> str | None:
+    match = re.search(rb"(?im)^" + re.escape(name.encode()) + rb":\s*(.*?)\r?$", head)
+    return match.group(1).decode("latin-1") if match else None
+
+
+def _answer(sock: socket.socket, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Answer')}", f"Content-Length: {len(body)}"]
+    lines += ["Content-Type: application/json", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
 
 def _content_length(head: bytes) -> int:

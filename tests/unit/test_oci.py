@@ -149,10 +149,12 @@ def test_parse_bearer_challenge() -> None:
             "scope": "repository:a/b:pull",
         },
     )
-    url = oci.token_request_url(challenge, "repository:a/b:pull,push")
+    url = oci.token_request_url(challenge, "")
     assert url == (
         "https://auth.example.org/token?service=registry.example.org&scope=repository%3Aa%2Fb%3Apull"
     )
+    pushing = oci.token_request_url(challenge, "repository:a/b:pull,push")
+    assert pushing.endswith("scope=repository%3Aa%2Fb%3Apull%2Cpush")  # what we will need, at once
 
 
 def test_token_url_uses_our_scope_when_the_challenge_has_none() -> None:
