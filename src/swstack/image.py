@@ -901,7 +901,7 @@ def list_images(stack: Stack, site: Site, *, retry: RetryPolicy | None = None) -
                 "revision": labels.get("org.opencontainers.image.revision", ""),
             }
         )
-    entries.sort(key=lambda e: (e["created"], e["tag"] != "latest", e["tag"]), reverse=True)
+    entries.sort(key=lambda e: (e["created"], e["tag"] == "latest", e["tag"]), reverse=True)
     return entries
 
 
