@@ -474,11 +474,10 @@ class RegistryClient:
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
 
-    def _fail(self, message: str, cause: BaseException | None = None) -> SwstackError:
-        exc = self.error(self._redact(message))
-        if cause is not None:
-            exc.__cause__ = None  # the cause may hold secrets in its args; keep it out of tracebacks
-        return exc
+    def _fail(self, message: str) -> SwstackError:
+        """The error to raise, secrets removed. Callers raise it ``from None``: a chained
+        urllib exception could carry a request with our Authorization header."""
+        return self.error(self._redact(message))
 
     # -- the request core
 
@@ -889,7 +888,7 @@ class RegistryClient:
             try:
                 tags.extend(json.loads(reply.body).get("tags") or [])
             except (ValueError, AttributeError) as exc:
-                raise self._fail(f"{_public_url(url)}: the tag list is not JSON") from exc
+                raise self._fail(f"{_public_url(url)}: the tag list is not JSON ({exc})") from None
             url = _next_link(reply.headers.get("Link"), reply.url)
         return tags
 

@@ -35,6 +35,7 @@ def test_publish_list_and_fetch_round_trip(registry: LocalRegistry, tmp_path: Pa
     # The tag defaults to the manifest's version and points at the digest we were given.
     assert oci.list_tags(f"{registry.host}/swstack/roundtrip") == ["2026-11-21"]
     client = oci.RegistryClient(registry.host)
+    client.ping()
     assert client.head_manifest("swstack/roundtrip", "2026-11-21") == digest
     doc = client.get_manifest("swstack/roundtrip", digest)
     assert doc.digest == digest and doc.media_type == oci.OCI_MANIFEST
