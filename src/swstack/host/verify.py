@@ -11,11 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .. import log
 from ..errors import ActivateError
 from ..manifest import Manifest
 from .layout import check_name
 from .source import Artifact
 
+_INFORMATIONAL = frozenset({"file_count", "total_size"})
 _SUM_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(.+)$")
 
 
@@ -114,8 +116,16 @@ def check_in_tree_manifest(in_tree_text: str | None, manifest: Manifest, where: 
             f"{where}: conda-meta/swstack-manifest.json is not a valid manifest ({exc})"
         ) from exc
     expected = manifest.without_tarball()
+    fields: list[str] = []
     if inside != expected:
         fields = [f for f in expected.__dataclass_fields__ if getattr(inside, f) != getattr(expected, f)]
+        informational = [f for f in fields if f in _INFORMATIONAL]
+        if informational:
+            # Counts only feed the space estimate; the sha256 already binds the tarball to
+            # manifest.json. Early pack versions wrote them as 0 inside the tree.
+            log.warn(f"{where}: the tree's manifest differs from manifest.json in {', '.join(informational)}")
+        fields = [f for f in fields if f not in _INFORMATIONAL]
+    if fields:
         raise ActivateError(
             f"{where}: the tree's manifest differs from manifest.json in {', '.join(fields)}; "
             f"the artifact was tampered with or mixed up"
