@@ -19,14 +19,20 @@ from .. import log
 from ..errors import ActivateError
 
 _POLL = 0.2
+_PID_WIDTH = 20  # fixed width: overwriting in place never shows a half-written or empty PID
 
 
 def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-    except OSError:
-        text = ""
-    return text or "?"
+    """The holder's PID; it writes it just after taking the lock, so give it a moment."""
+    for _ in range(20):
+        try:
+            text = os.pread(fd, _PID_WIDTH, 0).decode(errors="replace").strip()
+        except OSError:
+            text = ""
+        if text:
+            return text
+        time.sleep(0.01)
+    return "?"
 
 
 @contextmanager
@@ -53,8 +59,8 @@ def host_lock(path: Path, wait: float = 0.0) -> Iterator[None]:
                     log.info(f"waiting for the lock held by PID {_holder(fd)} (up to {wait:.0f}s)")
                     announced = True
                 time.sleep(_POLL)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}".ljust(_PID_WIDTH - 1).encode() + b"\n", 0)
+        os.ftruncate(fd, _PID_WIDTH)
         yield
     finally:
         os.close(fd)
