@@ -1142,7 +1142,6 @@ def index_channel(channel: Path) -> None:
     import asyncio
 
     from rattler.index import index_fs
-    from rattler.platform import Platform
 
     for sub in (PLATFORM, "noarch"):
         (channel / sub).mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ prefixes and run what the stacks need; a second build reuses every package."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,13 +36,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ChannelReport
 
 
 def install(channel: Path, prefix: Path, specs: Sequence[str]) -> int:
-    from rattler import Channel, Platform, VirtualPackage, install, solve
+    from rattler import Channel, Subdir, VirtualPackage, install, solve
 
     async def go() -> int:
         records = await solve(
             [Channel(channel.as_uri())],
             list(specs),
-            platforms=[Platform("linux-64"), Platform("noarch")],
+            platforms=[Subdir("linux-64"), Subdir("noarch")],
             virtual_packages=[v.into_generic() for v in VirtualPackage.detect()],
         )
         await install(records, target_prefix=str(prefix))
@@ -52,7 +53,12 @@ def install(channel: Path, prefix: Path, specs: Sequence[str]) -> int:
 
 def run(prefix: Path, *argv: str) -> str:
     # A bare environment: nothing from the test's own interpreter may leak in.
-    env = {"PATH": f"{prefix}/bin:/usr/bin:/bin", "HOME": str(prefix.parent), "LANG": "C.UTF-8"}
+    env = {
+        "PATH": f"{prefix}/bin:/usr/bin:/bin",
+        "HOME": str(prefix.parent),
+        "LANG": "C.UTF-8",
+        "PIP_CONFIG_FILE": os.devnull,  # only the channel's wheelhouse, no site pip config
+    }
     result = subprocess.run(
         [str(prefix / "bin" / argv[0]), *argv[1:]], env=env, capture_output=True, text=True, timeout=300
     )
@@ -104,7 +110,6 @@ def test_labclient_installs_from_the_wheelhouse_over_conda_deps(
         "-m",
         "pip",
         "install",
-        "--no-index",
         "--index-url",
         (out / "pip" / "simple").as_uri(),
         "labclient",
