@@ -48,9 +48,9 @@ from .manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
 Compression = Literal["zstd", "gzip"]
 EntryKind = Literal["file", "dir", "symlink"]
 
-# Chosen by benchmarks/pack.py on a python + numpy + ipykernel prefix: level 3 with
-# every core packs ~4x faster than conda-pack's fixed level 9 for ~8% more bytes;
-# higher levels cost far more time than they save space (see docs/pack.md).
+# Chosen by benchmarks/pack.py on python + numpy + ipykernel: level 3 on every core packs
+# 3.7x faster than conda-pack's fixed level 9 for 1.12x its size; level 1 is 1.28x its
+# size, level 6 costs 1.7x the CPU for 7% less (docs/pack.md).
 DEFAULT_ZSTD_LEVEL = 3
 DEFAULT_GZIP_LEVEL = 6
 SUFFIXES: dict[str, str] = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
