@@ -12,6 +12,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import shutil
+import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -302,3 +305,47 @@ def test_python_numpy_prefix_relocates(tmp_path: Path) -> None:
     lines = out.splitlines()
     assert lines[0] == str(dest)
     assert lines[1].startswith(str(dest) + "/")
+
+
+def _private_root_argv(build_dir: Path) -> list[str]:
+    """bwrap argv giving a root where /data0/sw is ``build_dir`` (the machine's /data0 untouched)."""
+    argv = ["bwrap"]
+    for top in sorted(Path("/").iterdir()):
+        if top.name in ("data0", "proc", "dev", "tmp"):
+            continue
+        if top.is_symlink():
+            argv += ["--symlink", os.readlink(top), str(top)]
+        elif top.is_dir():
+            argv += ["--bind", str(top), str(top)]
+    return argv + ["--proc", "/proc", "--dev", "/dev", "--bind", "/tmp", "/tmp", "--dir", "/data0",
+                   "--bind", str(build_dir), "/data0/sw"]  # fmt: skip
+
+
+INSTALL_AND_PACK = """
+import asyncio, sys
+from pathlib import Path
+import rattler
+from swstack import pack
+channel, cache, out = (Path(a) for a in sys.argv[1:4])
+records = asyncio.run(rattler.solve([rattler.Channel(channel.as_uri())], ["hello-bin"],
+                                    platforms=["linux-64", "noarch"]))
+asyncio.run(rattler.install(records, "/data0/sw/hello", cache_dir=cache, show_progress=False))
+pack.pack_prefix(Path("/data0/sw/hello"), out, options=pack.PackOptions(1700000000),
+                 info=pack.ArtifactInfo(stack="hello", version="1"))
+"""
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+def test_packs_at_the_production_path_in_a_private_root(hello_prefix: Path, tmp_path: Path) -> None:
+    build_dir, out = tmp_path / "sw", tmp_path / "out"
+    build_dir.mkdir()
+    channel = hello_prefix.parent / "channel"
+    argv = [*_private_root_argv(build_dir), sys.executable, "-c", INSTALL_AND_PACK,
+            str(channel), str(tmp_path / "pkgs"), str(out)]  # fmt: skip
+    proc.run(argv, what="install and pack in a private root")
+    manifest = Manifest.load(out / "hello" / "1" / "manifest.json")
+    assert manifest.prefix == "/data0/sw/hello"
+    dest = tmp_path / "host" / "hello"
+    tarball = out / "hello" / "1" / manifest.tarball.name  # type: ignore[union-attr]
+    lines = _unpack_and_run(tarball, dest).splitlines()
+    assert lines == [f"prefix={dest}", f"hello-data installed at {dest}"]
