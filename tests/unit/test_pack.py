@@ -88,8 +88,10 @@ def test_plan_entries_sorts_clamps_and_adds_parents() -> None:
 
 def test_plan_entries_later_record_wins() -> None:
     planned = pack.plan_entries(
-        [Entry("bin/activate", "file", 0o644, 1, 1, data=b"a"), Entry("bin/activate", "file", 0o644, 1, 1,
-                                                                       data=b"b")],  # fmt: skip
+        [
+            Entry("bin/activate", "file", 0o644, 1, 1, data=b"a"),
+            Entry("bin/activate", "file", 0o644, 1, 1, data=b"b"),
+        ],
         SDE,
     )
     assert [e.data for e in planned if e.name == "bin/activate"] == [b"b"]
