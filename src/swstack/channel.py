@@ -24,7 +24,8 @@ import sysconfig
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
@@ -1053,31 +1054,36 @@ def build_channel(
     plan = plan_channel(recipes_dir, wheels, python, tool_versions())
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    todo = [j for j in plan.jobs if not cached_packages(cache_dir, j)]
-    reused = tuple(j.name for j in plan.jobs if j not in todo)
-    log.step(f"channel: {len(plan.jobs)} packages, {len(reused)} cached, {len(todo)} to build")
-    wheel_paths: dict[str, Path] = {}
-    need_wheels = [j.wheel for j in todo if j.wheel is not None]
-    if need_wheels:
-        t = time.monotonic()
-        wheel_paths = fetch_wheels(need_wheels, cache_dir, wheelhouse)
-        timings["fetch"] = time.monotonic() - t
-
-    work = Path(tempfile.mkdtemp(prefix="channel-build.", dir=_ensure(cache_dir / "tmp")))
-    try:
-        if todo:
+    # One builder at a time per cache: a second one waits, then finds everything cached.
+    with _cache_lock(cache_dir):
+        todo = [j for j in plan.jobs if not cached_packages(cache_dir, j)]
+        reused = tuple(j.name for j in plan.jobs if j not in todo)
+        log.step(f"channel: {len(plan.jobs)} packages, {len(reused)} cached, {len(todo)} to build")
+        wheel_paths: dict[str, Path] = {}
+        need_wheels = [j.wheel for j in todo if j.wheel is not None]
+        if need_wheels:
             t = time.monotonic()
-            _build_all(
-                plan, todo, BuildContext(cache_dir, work, work / "python-channel", wheel_paths, python), jobs
-            )
-            timings["build"] = time.monotonic() - t
-        t = time.monotonic()
-        with atomic_dir(out_dir) as tmp_out:
-            _assemble(plan, cache_dir, tmp_out)
-            _write_pip_side(channel_dir.parent / "clients" / "labclient", tmp_out, cache_dir, work)
-        timings["assemble"] = time.monotonic() - t
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            wheel_paths = fetch_wheels(need_wheels, cache_dir, wheelhouse)
+            timings["fetch"] = time.monotonic() - t
+
+        work = Path(tempfile.mkdtemp(prefix="channel-build.", dir=_ensure(cache_dir / "tmp")))
+        try:
+            if todo:
+                t = time.monotonic()
+                _build_all(
+                    plan,
+                    todo,
+                    BuildContext(cache_dir, work, work / "python-channel", wheel_paths, python),
+                    jobs,
+                )
+                timings["build"] = time.monotonic() - t
+            t = time.monotonic()
+            with atomic_dir(out_dir) as tmp_out:
+                _assemble(plan, cache_dir, tmp_out)
+                _write_pip_side(channel_dir.parent / "clients" / "labclient", tmp_out, cache_dir, work)
+            timings["assemble"] = time.monotonic() - t
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     report = ChannelReport(
         path=out_dir,
         built=tuple(j.name for j in todo),
@@ -1087,6 +1093,22 @@ def build_channel(
     )
     log.info(report.summary())
     return report
+
+
+@contextmanager
+def _cache_lock(cache_dir: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(_ensure(cache_dir / "channel") / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"channel: waiting for another build using {cache_dir}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build_all(plan: ChannelPlan, todo: Sequence[PackageJob], ctx: BuildContext, jobs: int) -> None:
