@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -1255,8 +1255,21 @@ def lock_wheels(channel_dir: Path) -> list[PinnedWheel]:
 
 def _run_rattler_build(recipe: Path, output_dir: Path, channels: Sequence[str]) -> None:
     """The child-process side of ``_rattler_build``: one recipe, no tests, .conda output."""
-    from rattler_build import build_recipes
+    import warnings
 
+    from rattler_build import RattlerBuildError, build_recipes
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # build_recipes: still the one-call API
+    try:
+        _call_build_recipes(build_recipes, recipe, output_dir, channels)
+    except RattlerBuildError as exc:
+        # The build script's output is in the work directory's log, not on our stderr.
+        logs = sorted(output_dir.glob("bld/*/work/conda_build.log"))
+        tail = "\n".join(logs[-1].read_text(errors="replace").splitlines()[-20:]) if logs else ""
+        raise ChannelError(f"{tail}\nrattler-build: {exc}" if tail else f"rattler-build: {exc}") from None
+
+
+def _call_build_recipes(build_recipes: Any, recipe: Path, output_dir: Path, channels: Sequence[str]) -> None:
     build_recipes(
         [recipe / "recipe.yaml" if recipe.is_dir() else recipe],
         target_platform=None,

@@ -128,3 +128,21 @@ def test_second_build_reuses_everything(built: tuple[Path, ChannelReport]) -> No
     assert again.seconds < 60
     assert (out / "noarch" / "repodata.json").is_file()
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial") or p.name.endswith(".old")]
+
+
+def test_a_failing_recipe_names_the_package_and_leaves_no_channel(tmp_path: Path) -> None:
+    import shutil
+
+    from swstack.errors import ChannelError
+
+    shutil.copytree(REPO / "channel", tmp_path / "channel")
+    shutil.copytree(REPO / "clients" / "labclient", tmp_path / "clients" / "labclient")
+    source = tmp_path / "channel" / "recipes" / "sitepaths" / "sitepaths.c"
+    source.write_text(source.read_text() + "\nthis is not C;\n")
+    out = tmp_path / "out" / "channel"
+    with pytest.raises(ChannelError) as info:
+        build_channel(out, recipes_dir=tmp_path / "channel" / "recipes", cache_dir=paths.cache_dir())
+    message = str(info.value)
+    assert "sitepaths" in message
+    assert "error" in message.lower()
+    assert not out.exists()
