@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +29,25 @@ class Finding:
     kind: str  # "ELF" | "text"
 
 
-def needles_for(build_dir: Path, home: Path | None) -> list[bytes]:
-    """What must not appear: the build dir's real path, the placeholders, the home directory."""
-    found = [str(build_dir.resolve()).encode(), *PLACEHOLDERS]
+@dataclass(frozen=True)
+class Needles:
+    """What must not appear in any file, and what must not appear in text files."""
+
+    anywhere: tuple[bytes, ...]
+    in_text: tuple[bytes, ...]
+
+
+def needles_for(build_dir: Path, home: Path | None) -> Needles:
+    """The build dir's real path and the placeholders anywhere; the home directory in text.
+
+    Compiled extensions from package indexes often carry their build machine's paths
+    (``/root/project/...``) in debug strings that nothing reads at run time; the home
+    directory is a real leak where it is used: scripts, configuration, kernel specs.
+    """
+    in_text = ()
     if home is not None and str(home) not in ("/", ""):
-        found.append(str(home).rstrip("/").encode() + b"/")
-    return found
+        in_text = (str(home).rstrip("/").encode() + b"/",)
+    return Needles((str(build_dir.resolve()).encode(), *PLACEHOLDERS), in_text)
 
 
 def _skipped(rel: str) -> bool:
@@ -50,7 +63,7 @@ def _kind(head: bytes) -> str | None:
     return "text"
 
 
-def scan_file(path: Path, needles: Sequence[bytes]) -> tuple[str, bytes] | None:
+def scan_file(path: Path, needles: Needles) -> tuple[str, bytes] | None:
     """(kind, first needle found) for a text or ELF file holding a needle, else None."""
     try:
         size = path.stat().st_size
@@ -60,8 +73,9 @@ def scan_file(path: Path, needles: Sequence[bytes]) -> tuple[str, bytes] | None:
             kind = _kind(fh.read(1024))
             if kind is None:
                 return None
+            wanted = needles.anywhere + (needles.in_text if kind == "text" else ())
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                for needle in needles:
+                for needle in wanted:
                     if data.find(needle) != -1:
                         return kind, needle
     except (OSError, ValueError):
@@ -69,7 +83,7 @@ def scan_file(path: Path, needles: Sequence[bytes]) -> tuple[str, bytes] | None:
     return None
 
 
-def scan_tree(prefix: Path, needles: Sequence[bytes]) -> list[Finding]:
+def scan_tree(prefix: Path, needles: Needles) -> list[Finding]:
     findings = []
     for root, _dirs, files in os.walk(prefix):
         for name in files:

@@ -128,36 +128,15 @@ def _fetch(item: CondaItem, downloads: Path) -> Path:
 
 
 def _record(item: CondaItem, archive: Path) -> Any:
+    """The package's record, read from the archive itself, carrying the locked URL."""
     import rattler
 
-    index = rattler.IndexJson.from_package_archive(archive)
-    with tempfile.TemporaryDirectory() as tmp:
-        index_path = Path(tmp) / "index.json"
-        index_path.write_text(_index_json_text(index))
-        record = rattler.PackageRecord.from_index_json(index_path, size=archive.stat().st_size,
-                                                       sha256=item.sha256, md5=item.md5)
-    channel = item.url.rsplit("/", 2)[0]
-    return rattler.RepoDataRecord(record, Path(urllib.parse.urlparse(item.url).path).name, item.url, channel)
-
-
-def _index_json_text(index: Any) -> str:
-    fields = {
-        "name": index.name.normalized,
-        "version": str(index.version),
-        "build": index.build,
-        "build_number": index.build_number,
-        "depends": list(index.depends),
-        "constrains": list(index.constrains),
-        "subdir": index.subdir,
-    }
-    if index.noarch and str(index.noarch) not in ("None", ""):
-        noarch = index.noarch
-        fields["noarch"] = "python" if noarch.is_python() else "generic"
-    if index.arch:
-        fields["arch"] = index.arch
-    if index.platform:
-        fields["platform"] = index.platform
-    return json.dumps(fields)
+    record = rattler.RepoDataRecord.from_package_archive(archive)
+    if asyncio.iscoroutine(record):
+        record = asyncio.run(record)
+    record.url = item.url
+    record.channel = item.url.rsplit("/", 2)[0]
+    return record
 
 
 def install_conda(plan: InstallPlan) -> None:
@@ -199,7 +178,7 @@ def install_pip(plan: InstallPlan) -> None:
     hashed = [p for p in plan.pip if p.sha256]
     vcs = [p for p in plan.pip if not p.sha256]
     base = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation",
-            "--disable-pip-version-check", "--no-cache-dir", "--no-warn-script-location"]
+            "--disable-pip-version-check", "--no-cache-dir", "--no-warn-script-location", "--no-compile"]
     if hashed:
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as reqs:
             for item in hashed:
@@ -263,8 +242,30 @@ def check_extensions(plan: InstallPlan) -> None:
         raise BuildError(f"JupyterLab extension package(s) not installed: {', '.join(missing)}")
 
 
+def compile_bytecode(plan: InstallPlan) -> None:
+    """Byte-compile the tree once, here: a read-only /data0/sw would otherwise make every
+    process recompile on import. Hash-based pycs keep the tree the same from build to build
+    (timestamp pycs would embed the install time) and are never re-validated against sources,
+    which cannot change in a released tree."""
+    python = Path(plan.prefix) / "bin" / "python"
+    if not python.exists():
+        return
+    log.info("byte-compiling the tree")
+    proc.run([str(python), "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+              plan.prefix + "/lib"], error=BuildError, what="compileall", check=False)
+
+
+def remove_install_litter(plan: InstallPlan) -> None:
+    """Files the installer leaves that do not belong in a released tree."""
+    # A CACHEDIR.TAG would make backup tools skip the deployed tree.
+    tag = Path(plan.prefix) / "CACHEDIR.TAG"
+    if tag.exists():
+        tag.unlink()
+
+
 def apply_owner(plan: InstallPlan) -> None:
-    if plan.owner:
+    # Only root can give files away; otherwise the owner is set in the tarball's headers.
+    if plan.owner and os.geteuid() == 0:
         proc.run(["chown", "-R", "--no-dereference", plan.owner, plan.prefix], error=BuildError,
                  what=f"chown {plan.owner}")
 
@@ -277,6 +278,8 @@ def run(plan: InstallPlan) -> list[str]:
     install_pip(plan)
     kernels = install_kernels(plan)
     check_extensions(plan)
+    compile_bytecode(plan)
+    remove_install_litter(plan)
     apply_owner(plan)
     return kernels
 

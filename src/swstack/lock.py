@@ -122,7 +122,7 @@ def _solve_conda(plan: LockPlan, platform: str, cache: Path) -> list[Any]:
     import rattler
 
     virtual = [
-        rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), b)
+        rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), rattler.BuildString(b))
         for n, v, b in virtual_package_specs(plan.stack.lock.virtual_packages)
     ]
     gateway = rattler.Gateway(cache_dir=cache / "repodata")
@@ -176,7 +176,7 @@ def _conda_locked(record: Any, platform: str) -> Any:
         dependencies=depends,
         url=str(record.url),
         hash=HashModel(md5=record.md5.hex(), sha256=record.sha256.hex()),
-        build=record.build,
+        build=str(record.build),
         categories={"main"},
     )
 
@@ -213,62 +213,147 @@ def _git_commit(url: str, ref: str) -> str:
     return shas[-1]  # a peeled tag (^{}) is listed last and names the commit
 
 
-def _pip_specs(stack: Stack, site: Site) -> dict[str, Any]:
-    from conda_lock.models.lock_spec import VCSDependency, VersionedDependency
-
-    specs: dict[str, Any] = {}
+def _pip_requirements(stack: Stack, site: Site) -> list[str]:
+    """PEP 508 lines for pip; a git dependency is pinned to the commit its ref names today."""
+    lines = []
     for name, spec in stack.pip:
         if isinstance(spec, PipGit):
             url = site.git_url(spec.git)
-            specs[name] = VCSDependency(name=name, manager="pip", source=url, vcs="git",
-                                        rev=_git_commit(url, spec.ref), subdirectory=spec.subdirectory)
+            sub = f"#subdirectory={spec.subdirectory}" if spec.subdirectory else ""
+            # pip's "name @ git+file://" parsing differs between versions; the #egg= form works in all.
+            lines.append(f"git+{url}@{_git_commit(url, spec.ref)}#egg={name}{'&' + sub[1:] if sub else ''}")
         else:
-            specs[name] = VersionedDependency(name=name, manager="pip", version=spec or "*")
-    return specs
+            lines.append(f"{name}{spec if spec not in ('', '*') else ''}")
+    return lines
+
+
+def _stub_distributions(conda_locked: dict[str, Any], directory: Path) -> None:
+    """Make the conda side's Python packages look installed to pip (name and version only).
+
+    pip then resolves only what conda does not provide, exactly as it would in the
+    finished environment, where these packages are installed by conda.
+    """
+    from packaging.utils import canonicalize_name
+
+    mapping = json.loads(PYPI_MAPPING.read_text())
+    by_conda = {entry["conda_name"]: entry["pypi_name"] for entry in mapping.values()}
+    for dep in conda_locked.values():
+        if "python" not in dep.dependencies or dep.name == "python":
+            continue
+        name = canonicalize_name(by_conda.get(dep.name, dep.name))
+        info = directory / f"{name.replace('-', '_')}-{dep.version}.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {dep.version}\n")
+        (info / "INSTALLER").write_text("conda\n")
+
+
+def _build_tools(directory: Path) -> Path:
+    """A directory exposing this interpreter's setuptools and wheel to the resolver.
+
+    Resolving a git dependency builds its metadata, which needs the build backend; the
+    resolver's own virtualenv has only what ``venv`` gives, and an offline site's index
+    need not carry build tools.
+    """
+    import importlib.util
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for module in ("setuptools", "pkg_resources", "_distutils_hack", "wheel", "packaging"):
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            continue
+        source = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+        target = directory / source.name
+        if not target.exists():
+            target.symlink_to(source)
+    # wheel's bdist_wheel command is found through its distribution's entry points.
+    from importlib import metadata
+
+    for dist_name in ("setuptools", "wheel"):
+        try:
+            info = Path(str(metadata.distribution(dist_name)._path))  # type: ignore[attr-defined]
+        except metadata.PackageNotFoundError:
+            continue
+        if not (directory / info.name).exists():
+            (directory / info.name).symlink_to(info)
+    return directory
+
+
+def _resolver_python(cache: Path, python_version: str) -> Path:
+    """A bare virtualenv (pip and setuptools only) whose interpreter matches the stack's Python."""
+    import sys
+
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if here != python_version:
+        raise LockError(f"pip dependencies are resolved with Python {here}, but the stack locks Python "
+                        f"{python_version}; run the lock with a Python {python_version} interpreter")
+    venv = cache / "pip-resolver" / here
+    python = venv / "bin" / "python"
+    if not python.exists():
+        proc.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--clear", str(venv)],
+                 error=LockError, what="creating the pip resolver's virtualenv")
+    return python
 
 
 def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform: str) -> list[Any]:
+    """Resolve pip dependencies with pip's own resolver (``--dry-run --report``), offline if the site says so."""
     if not stack.pip:
         return []
-    from conda_lock.models.pip_repository import PipRepository
-    from conda_lock.pypi_solver import solve_pypi
+    import tempfile
+
+    from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
+    from packaging.requirements import Requirement
 
     python = conda_locked.get("python")
     if python is None:
         raise LockError(f"{stack.source}: [pip.dependencies] needs python among the conda dependencies")
-    python_version = ".".join(python.version.split(".")[:2])
-    specs = _pip_specs(stack, site)
-    with contextlib.ExitStack() as stack_ctx:
-        repositories: list[PipRepository] = []
-        served_prefix: str | None = None
+    resolver = _resolver_python(site.cache, ".".join(python.version.split(".")[:2]))
+    requirements = _pip_requirements(stack, site)
+    with tempfile.TemporaryDirectory(prefix="swstack-pip-") as tmp, contextlib.ExitStack() as ctx:
+        stubs = Path(tmp) / "site"
+        _stub_distributions(conda_locked, stubs)
+        argv = [str(resolver), "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-requires-python",
+                "--disable-pip-version-check", "--no-build-isolation", "--report", f"{tmp}/report.json"]
+        served = None
         if site.pip_wheelhouse is not None:
-            simple = site.pip_wheelhouse / "simple"
-            root = simple if simple.is_dir() else site.pip_wheelhouse
-            served_prefix = stack_ctx.enter_context(_serve_directory(root))
-            repositories.append(PipRepository.from_string(served_prefix + "/"))
-        if site.pip_index_url:
-            repositories.append(PipRepository.from_string(site.pip_index_url))
-        try:
-            solved = solve_pypi(
-                pip_specs=specs,
-                use_latest=[],
-                pip_locked={},
-                conda_locked=conda_locked,
-                python_version=python_version,
-                platform=platform,
-                pip_repositories=repositories,
-                allow_pypi_requests=not repositories,
-                mapping_url=str(PYPI_MAPPING),
-            )
-        except Exception as exc:
-            raise LockError(f"cannot resolve the pip dependencies of {stack.stack_id}: {exc}") from None
+            if not (site.pip_wheelhouse / "simple").is_dir():
+                raise LockError(f"{site.pip_wheelhouse}: a wheelhouse needs a PEP 503 'simple/' index "
+                                "(the offline channel's `doit channel` writes one)")
+            served = ctx.enter_context(_serve_directory(site.pip_wheelhouse))
+            argv += ["--index-url", f"{served}/simple/"]
+        elif site.pip_index_url:
+            argv += ["--index-url", site.pip_index_url]
+        # pip reads its config from the environment: only the site's index counts.
+        tools = _build_tools(Path(tmp) / "tools")
+        env = {"PYTHONPATH": f"{stubs}:{tools}", "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1",
+               "PATH": "/usr/bin:/bin", "HOME": tmp}
+        proc.run([*argv, *requirements], env=env, error=LockError,
+                 what=f"resolving the pip dependencies of {stack.stack_id}")
+        report = json.loads((Path(tmp) / "report.json").read_text())
     locked = []
-    for dep in solved.values():
-        if served_prefix and dep.url.startswith(served_prefix):
-            # Record where the site keeps the wheel, not the short-lived local server.
-            root = site.pip_wheelhouse / "simple" if (site.pip_wheelhouse / "simple").is_dir() else site.pip_wheelhouse  # type: ignore[operator]
-            dep = dep.model_copy(update={"url": root.as_uri() + dep.url[len(served_prefix):]})
-        locked.append(dep.model_copy(update={"categories": {"main"}}))
+    for item in report.get("install", []):
+        meta = item["metadata"]
+        info = item["download_info"]
+        url = info["url"]
+        sha256 = None
+        if "vcs_info" in info:
+            url = f"git+{url}@{info['vcs_info']['commit_id']}"
+        else:
+            sha256 = info.get("archive_info", {}).get("hashes", {}).get("sha256")
+            if not sha256:
+                raise LockError(f"{url}: the index gives no sha256 for this file; pip dependencies are hash-checked")
+        if served and url.startswith(served):
+            assert site.pip_wheelhouse is not None  # record the site's path, not the short-lived server
+            url = site.pip_wheelhouse.as_uri() + url[len(served):]
+        depends = {}
+        for text in meta.get("requires_dist", []) or []:
+            requirement = Requirement(text)
+            if requirement.marker is not None and "extra" in str(requirement.marker):
+                continue
+            depends[requirement.name] = str(requirement.specifier) or "*"
+        locked.append(LockedDependency(
+            name=meta["name"].lower(), version=meta["version"], manager="pip", platform=platform,
+            dependencies=depends, url=url, hash=HashModel(sha256=sha256), categories={"main"},
+        ))
     return locked
 
 

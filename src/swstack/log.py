@@ -64,11 +64,12 @@ class Progress:
 
     def _render(self) -> str:
         done = _human(self.done) if self.unit == "B" else str(self.done)
+        unit = "" if self.unit == "B" else self.unit  # human sizes carry their own unit
         if self.total:
             total = _human(self.total) if self.unit == "B" else str(self.total)
             pct = 100.0 * self.done / self.total
-            return f"{self.label}: {done}/{total} {self.unit} ({pct:.0f}%)".replace("  ", " ")
-        return f"{self.label}: {done} {self.unit}".rstrip()
+            return f"{self.label}: {done}/{total} {unit} ({pct:.0f}%)".replace("  ", " ")
+        return f"{self.label}: {done} {unit}".rstrip()
 
     def advance(self, n: int = 1) -> None:
         self.done += n

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from . import __version__, log
 from .errors import PackError, SwstackError
@@ -401,7 +401,7 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
             )
             packer = RecordingPacker(env.prefix, archive)
             for f in env.files:
-                packer.add(f)
+                packer.add(_from_installed_tree(f, env.prefix))
             packer.finish()
     except CondaPackException as exc:
         hint = (
@@ -415,8 +415,33 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
     return archive.entries
 
 
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _from_installed_tree(file: Any, prefix: str) -> Any:
+    """Archive the installed file (holding the production prefix), not the package's original.
+
+    conda-pack takes a file that carries a prefix placeholder from the package cache, with
+    the placeholder still in it, so its archives only work after ``conda-unpack``. Ours are
+    built at the production path, so we archive the installed file and record the
+    production prefix as what ``conda-unpack`` replaces: untarred at ``/data0/sw/<name>``
+    the tree works as it is, and untarred elsewhere ``conda-unpack`` relocates it (binary
+    files only to a prefix no longer than the production one, as with any conda binary).
+    """
+    from conda_pack.core import File
+
+    if not file.prefix_placeholder or file.file_mode not in ("text", "binary"):
+        return file
+    return File(os.path.join(prefix, file.target), file.target, is_conda=file.is_conda,
+                file_mode=file.file_mode, prefix_placeholder=prefix)
+
+
 def in_tree_manifest_entry(manifest: Manifest, source_date_epoch: int) -> Entry:
-    data = manifest.without_tarball().to_json().encode()
+    """The manifest inside the tree, dated at the epoch: the real build time would make two
+    builds of one lockfile differ. ``manifest.json`` beside the tarball keeps the real time."""
+    dated = replace(manifest.without_tarball(), build_time=_iso(source_date_epoch))
+    data = dated.to_json().encode()
     return Entry(IN_TREE_PATH, "file", 0o644, source_date_epoch, len(data), data=data)
 
 

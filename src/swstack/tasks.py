@@ -73,7 +73,10 @@ def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[
         log.setup()
         try:
             result = fn(Options.from_doit())
-            return list(result) if not isinstance(result, dict) else result
+            if isinstance(result, dict):
+                return result
+            tasks = list(result)  # errors surface here, before doit iterates
+            return (task for task in tasks)
         except SwstackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
@@ -148,7 +151,7 @@ def task_channel(opts: Options) -> TaskDict:
 
     site = _site(opts)
     out = site.cache / "offline-channel"
-    recipes = opts.project / "channel"
+    recipes = opts.project / "channel" / "recipes"
 
     @_boundary
     def build() -> None:

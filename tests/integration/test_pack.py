@@ -23,7 +23,7 @@ import pytest
 import zstandard
 
 from swstack import pack, proc
-from swstack.errors import PackError
+from swstack.errors import ExternalCommandError, PackError
 from swstack.manifest import IN_TREE_PATH, Manifest
 from swstack.pack import ArtifactInfo, PackOptions
 
@@ -204,13 +204,37 @@ def _unpack_and_run(tarball: Path, dest: Path) -> str:
     return proc.output([dest / "bin" / "hello"], what="hello")
 
 
+def _short_dest(tmp_path: Path, name: str) -> Path:
+    """A relocation target no longer than the packed prefix: binaries carry the production
+    prefix itself, so conda-unpack can only put a prefix of at most its length in them."""
+    import secrets
+    import shutil
+
+    dest = Path("/tmp") / f"r{secrets.token_hex(2)}" / name
+    shutil.rmtree(dest.parent, ignore_errors=True)
+    return dest
+
+
 def test_unpacks_elsewhere_and_runs_after_conda_unpack(hello_prefix: Path, tmp_path: Path) -> None:
     result = pack.pack_prefix(hello_prefix, tmp_path / "out", options=_options(), info=INFO)
-    dest = tmp_path / "somewhere" / "else"
+    dest = _short_dest(tmp_path, "else")
+    assert len(str(dest)) <= len(str(hello_prefix))
     out = _unpack_and_run(result.tarball, dest)
     assert out.splitlines() == [f"prefix={dest}", f"hello-data installed at {dest}"]
     assert proc.output([dest / "bin" / "hello-where"], what="hello-where") == str(dest)
     assert proc.output([dest / "bin" / "hello-link"]).splitlines()[0] == f"prefix={dest}"
+
+
+def test_tarball_holds_the_installed_tree_and_refuses_a_longer_binary_prefix(
+    hello_prefix: Path, tmp_path: Path
+) -> None:
+    result = pack.pack_prefix(hello_prefix, tmp_path / "out", options=_options(), info=INFO)
+    members = {m.name: m for m in _members(result.tarball)}
+    with _open_tar(result.tarball) as tar:
+        data = tar.extractfile(members["bin/hello-where"]).read()  # type: ignore[union-attr]
+    assert str(hello_prefix).encode() in data  # the production prefix, not a placeholder
+    with pytest.raises(ExternalCommandError, match="negative padding"):
+        _unpack_and_run(result.tarball, tmp_path / ("x" * 40))
 
 
 def test_gzip_variant_is_reproducible_and_relocates(hello_prefix: Path, tmp_path: Path) -> None:
@@ -222,7 +246,7 @@ def test_gzip_variant_is_reproducible_and_relocates(hello_prefix: Path, tmp_path
     header = one.tarball.read_bytes()[:10]
     assert header[4:8] == b"\0\0\0\0" and not header[3] & 0x08  # mtime 0, no file name
     assert Manifest.load(one.manifest_path).tarball.compression == "gzip"  # type: ignore[union-attr]
-    dest = tmp_path / "gz-unpacked"
+    dest = _short_dest(tmp_path, "gz")
     assert _unpack_and_run(one.tarball, dest).splitlines()[0] == f"prefix={dest}"
 
 
@@ -345,7 +369,14 @@ def test_packs_at_the_production_path_in_a_private_root(hello_prefix: Path, tmp_
     proc.run(argv, what="install and pack in a private root")
     manifest = Manifest.load(out / "hello" / "1" / "manifest.json")
     assert manifest.prefix == "/data0/sw/hello"
-    dest = tmp_path / "host" / "hello"
     tarball = out / "hello" / "1" / manifest.tarball.name  # type: ignore[union-attr]
+    # Untarred at the production path the tree works as it is, without conda-unpack.
+    host_sw = tmp_path / "host-sw"
+    (host_sw / "hello").mkdir(parents=True)
+    proc.run(["tar", "--zstd", "-xf", tarball, "-C", host_sw / "hello"], what="tar -x")
+    lines = proc.output([*_private_root_argv(host_sw), "/data0/sw/hello/bin/hello"], what="hello").splitlines()
+    assert lines == ["prefix=/data0/sw/hello", "hello-data installed at /data0/sw/hello"]
+    # Elsewhere (no longer a path than the production one), conda-unpack relocates it.
+    dest = _short_dest(tmp_path, "h")
     lines = _unpack_and_run(tarball, dest).splitlines()
     assert lines == [f"prefix={dest}", f"hello-data installed at {dest}"]

@@ -17,7 +17,9 @@ from ..manifest import Manifest
 from .layout import check_name
 from .source import Artifact
 
-_INFORMATIONAL = frozenset({"file_count", "total_size"})
+# The in-tree copy dates itself at the lock time (SOURCE_DATE_EPOCH) so the tarball is
+# reproducible; the manifest beside it records when the build really ran.
+_INFORMATIONAL = frozenset({"file_count", "total_size", "build_time"})
 _SUM_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(.+)$")
 
 
