@@ -24,7 +24,7 @@ import sysconfig
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
@@ -36,11 +36,12 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from . import log, paths, proc
+from .conda_repack import DEFAULT_EPOCH, REPACK_FORMAT, repack_conda
 from .errors import ChannelError, SwstackError
 from .fsutil import atomic_dir, atomic_write_text, sha256_file
 
 # Bump when the way packages are made changes: every cache key changes with it.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 PLATFORM = "linux-64"
 PACKAGE_FORMAT = "conda:3"
 # Bump when the wheel -> noarch conversion changes (only those packages are rebuilt).
@@ -57,6 +58,13 @@ TARGET_TAGS_PLATFORMS = (
     "manylinux1_x86_64",
     "linux_x86_64",
 )
+# Packages are built under this fixed directory, whatever the cache: the build prefix
+# (prefix placeholders, compiled-in paths, .pyc file names) and the recipe's paths end
+# up inside the packages, so they must be the same on every machine for the packages
+# to be bit-for-bit reproducible. One build at a time uses it (a lock file).
+BUILD_ROOT = Path("/tmp/swstack-channel-build")
+# Every build timestamp (index.json, archive members, .pyc via pip) is set to this.
+SOURCE_DATE_EPOCH = DEFAULT_EPOCH
 LABCLIENT_VERSION = "1.0.0"
 LABCLIENT_DEV_VERSION = "1.1.0.dev0"
 # Fixed identity and dates make the labclient repository's commit shas stable.
@@ -307,7 +315,7 @@ def recipe_files(recipe: Path) -> list[Path]:
 
 def cache_key(*parts: str) -> str:
     digest = hashlib.sha256()
-    for part in (BUILDER_VERSION, *parts):
+    for part in (BUILDER_VERSION, REPACK_FORMAT, str(BUILD_ROOT), str(SOURCE_DATE_EPOCH), *parts):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:32]
 
@@ -380,6 +388,16 @@ def plan_channel(
     if dupes:
         raise ChannelError(f"the channel would hold two packages named {', '.join(dupes)}; rename a recipe")
     return ChannelPlan(jobs=tuple(jobs), python=python)
+
+
+def select_packages(plan: ChannelPlan, names: Collection[str]) -> ChannelPlan:
+    """The part of ``plan`` that builds ``names`` (and python, which some builds need)."""
+    known = {j.name for j in plan.jobs}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ChannelError(f"no package named {', '.join(unknown)} in the channel")
+    keep = {"python", *names}
+    return ChannelPlan(jobs=tuple(j for j in plan.jobs if j.name in keep), python=plan.python)
 
 
 def _mapping_fingerprint() -> str:
@@ -711,8 +729,13 @@ def cached_packages(cache_dir: Path, job: PackageJob) -> list[Path]:
 
 
 def build_job(job: PackageJob, ctx: BuildContext) -> list[Path]:
-    """Build one package into the cache; return the package files."""
-    out = Path(tempfile.mkdtemp(prefix=f"{job.name}.", dir=ctx.work))
+    """Build one package into the cache; return the package files.
+
+    The build directory is ``<work>/<name>``: with ``work`` at ``BUILD_ROOT`` every path
+    the tools record is the same on every machine."""
+    out = ctx.work / job.name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     if job.kind == "noarch-wheel":
         _convert_pure_wheel(job, ctx, out)
     elif job.kind == "binary-wheel":
@@ -725,7 +748,11 @@ def build_job(job: PackageJob, ctx: BuildContext) -> list[Path]:
     built = sorted(p for p in out.rglob("*.conda") if "bld" not in p.relative_to(out).parts)
     if not built:
         raise ChannelError(f"{job.name}: the build produced no package in {out}")
-    return _store(job, built, ctx.cache_dir)
+    for pkg in built:
+        repack_conda(pkg, SOURCE_DATE_EPOCH)
+    stored = _store(job, built, ctx.cache_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    return stored
 
 
 def _store(job: PackageJob, built: Sequence[Path], cache_dir: Path) -> list[Path]:
@@ -794,7 +821,13 @@ def _convert_pure_wheel(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     for dep in deps[1:]:
         argv += ["-A", dep]
     argv += ["--python", deps[0].removeprefix("python").strip() or ">=3"]
-    proc.run(argv, error=ChannelError, what=f"whl2conda convert {job.wheel.filename}", timeout=600)
+    proc.run(
+        argv,
+        extra_env={"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)},
+        error=ChannelError,
+        what=f"whl2conda convert {job.wheel.filename}",
+        timeout=600,
+    )
     trees = [p for p in tree_root.iterdir() if (p / "info" / "index.json").is_file()]
     if len(trees) != 1:
         raise ChannelError(
@@ -847,7 +880,9 @@ def _pack_tree(tree: Path, name: str, dest: Path) -> Path:
 
 def _build_binary_wheel(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     assert job.wheel is not None
-    wheel = ctx.wheel_paths[job.wheel.name]
+    # The recipe names the wheel by path: one inside the build directory, not the cache's.
+    wheel = out / job.wheel.filename
+    _link_or_copy(ctx.wheel_paths[job.wheel.name], wheel)
     meta = read_wheel_metadata(wheel)
     recipe_dir = out / "recipe"
     recipe_dir.mkdir()
@@ -886,7 +921,8 @@ def _rattler_build(
         "--channel",
         ctx.python_channel.as_uri(),
     ]
-    extra = dict(env)
+    # SOURCE_DATE_EPOCH: pip writes hash-checked .pyc files (no source mtime) with it.
+    extra = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), **env}
     # Keep rattler-build's own caches inside the shared cache, not under $HOME.
     extra.setdefault("RATTLER_CACHE_DIR", str(ctx.cache_dir / "rattler"))
     proc.run(argv, extra_env=extra, error=ChannelError, what=f"rattler-build {job.name}", timeout=1800)
@@ -1040,9 +1076,13 @@ def build_channel(
     cache_dir: Path,
     wheelhouse: Path | None = None,
     jobs: int = 2,
+    only: Collection[str] | None = None,
 ) -> ChannelReport:
     """Build the offline channel at ``out_dir``; packages come from the cache when their key
-    matches. ``out_dir`` is replaced whole at the end, never left half-written."""
+    matches. ``out_dir`` is replaced whole at the end, never left half-written.
+
+    ``only``: build and index just these packages (tests and debugging; python is always
+    built: binary-wheel packages need it). The result is not a solvable channel."""
     started = time.monotonic()
     timings: dict[str, float] = {}
     channel_dir = recipes_dir.parent
@@ -1052,6 +1092,8 @@ def build_channel(
     wheels = parse_wheel_list(wheel_list.read_text(), str(wheel_list))
     python = current_python()
     plan = plan_channel(recipes_dir, wheels, python, tool_versions())
+    if only is not None:
+        plan = select_packages(plan, only)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     # One builder at a time per cache: a second one waits, then finds everything cached.
@@ -1066,24 +1108,25 @@ def build_channel(
             wheel_paths = fetch_wheels(need_wheels, cache_dir, wheelhouse)
             timings["fetch"] = time.monotonic() - t
 
-        work = Path(tempfile.mkdtemp(prefix="channel-build.", dir=_ensure(cache_dir / "tmp")))
-        try:
-            if todo:
-                t = time.monotonic()
+        if todo:
+            t = time.monotonic()
+            with _build_root(BUILD_ROOT) as root:
                 _build_all(
                     plan,
                     todo,
-                    BuildContext(cache_dir, work, work / "python-channel", wheel_paths, python),
+                    BuildContext(cache_dir, root, root / "python-channel", wheel_paths, python),
                     jobs,
                 )
-                timings["build"] = time.monotonic() - t
-            t = time.monotonic()
+            timings["build"] = time.monotonic() - t
+        t = time.monotonic()
+        work = Path(tempfile.mkdtemp(prefix="channel-assemble.", dir=_ensure(cache_dir / "tmp")))
+        try:
             with atomic_dir(out_dir) as tmp_out:
                 _assemble(plan, cache_dir, tmp_out)
                 _write_pip_side(channel_dir.parent / "clients" / "labclient", tmp_out, cache_dir, work)
-            timings["assemble"] = time.monotonic() - t
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        timings["assemble"] = time.monotonic() - t
     report = ChannelReport(
         path=out_dir,
         built=tuple(j.name for j in todo),
@@ -1109,6 +1152,44 @@ def _cache_lock(cache_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _build_root(root: Path) -> Iterator[Path]:
+    """Hold ``root`` (the fixed build directory) for one build: locked, emptied before and after."""
+    import fcntl
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / ".lock").touch()
+    except OSError as exc:
+        raise ChannelError(
+            f"cannot use the channel build directory {root}: {exc}; packages are built there (a "
+            "fixed path keeps them reproducible): remove it or make it writable"
+        ) from exc
+    with open(root / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"channel: waiting for another channel build using {root}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _empty_except_lock(root)
+            yield root
+        finally:
+            _empty_except_lock(root)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _empty_except_lock(root: Path) -> None:
+    # The lock file stays: removing it while another build waits on it would let two in.
+    for child in root.iterdir():
+        if child.name == ".lock":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _build_all(plan: ChannelPlan, todo: Sequence[PackageJob], ctx: BuildContext, jobs: int) -> None:
@@ -1279,6 +1360,7 @@ def _call_build_recipes(build_recipes: Any, recipe: Path, output_dir: Path, chan
         package_format=PACKAGE_FORMAT,
         test="skip",
         no_include_recipe=False,
+        no_build_id=True,  # bld/rattler-build_<name>, no timestamp: a reproducible prefix
         ignore_recipe_variants=True,
     )
 

@@ -146,3 +146,45 @@ def test_a_failing_recipe_names_the_package_and_leaves_no_channel(tmp_path: Path
     assert "sitepaths" in message
     assert "error" in message.lower()
     assert not out.exists()
+
+
+# One package of each kind: CPython, a C program, a metapackage, noarch wheels (one renamed
+# to conda-forge's name), a binary wheel with .pyc files and a C extension.
+REPRODUCIBLE_SUBSET = ("python", "sitepaths", "jupyterhub-singleuser", "six", "jupyter_server", "markupsafe")
+
+
+def repodata_entries(channel: Path) -> dict[str, dict[str, object]]:
+    import json
+
+    entries: dict[str, dict[str, object]] = {}
+    for sub in ("linux-64", "noarch"):
+        data = json.loads((channel / sub / "repodata.json").read_text())
+        for name, record in data.get("packages.conda", {}).items():
+            entries[f"{sub}/{name}"] = {k: record[k] for k in ("sha256", "md5", "size", "timestamp")}
+    return entries
+
+
+def test_two_cold_builds_make_identical_packages(tmp_path: Path) -> None:
+    """Two builds with empty package caches (as on two fresh machines) give the same bytes,
+    so a lockfile's sha256/md5 stay valid wherever the channel is rebuilt. Wheels are shared
+    from the download cache: they are pinned by hash anyway."""
+    import hashlib
+
+    outs = []
+    for run_id in ("one", "two"):
+        cache = tmp_path / f"cache-{run_id}"
+        cache.mkdir()
+        (paths.cache_dir() / "wheels").mkdir(parents=True, exist_ok=True)
+        (cache / "wheels").symlink_to(paths.cache_dir() / "wheels", target_is_directory=True)
+        out = tmp_path / f"channel-{run_id}"
+        report = build_channel(
+            out, recipes_dir=REPO / "channel" / "recipes", cache_dir=cache, only=REPRODUCIBLE_SUBSET
+        )
+        assert sorted(report.built) == sorted(REPRODUCIBLE_SUBSET) and report.reused == ()
+        outs.append(out)
+    one, two = (repodata_entries(out) for out in outs)
+    assert len(one) == len(REPRODUCIBLE_SUBSET)
+    assert one == two
+    for rel in one:
+        a, b = (hashlib.sha256((out / rel).read_bytes()).hexdigest() for out in outs)
+        assert a == b, f"{rel} differs between the two builds"
