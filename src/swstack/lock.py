@@ -88,6 +88,27 @@ def staleness(plan: LockPlan) -> str | None:
     changed = [p for p in plan.platforms if recorded.get(p) != plan.content_hash[p]]
     if changed:
         return f"inputs changed for {', '.join(changed)} (stack file, variant or site channel settings)"
+    return local_drift(plan.path)
+
+
+def local_drift(path: Path) -> str | None:
+    """A locked file:// package that is gone or has other bytes now (a rebuilt local channel).
+
+    Remote channels never change a published file, but a site's local channel can be rebuilt;
+    a lock whose packages no longer exist as locked is stale, however unchanged its inputs.
+    """
+    import urllib.parse
+
+    from .fsutil import sha256_file
+
+    for package in read_lockfile(path).package:
+        if not package.url.startswith("file://") or not package.hash.sha256:
+            continue
+        local = Path(urllib.parse.unquote(urllib.parse.urlparse(package.url).path))
+        if not local.is_file():
+            return f"{package.url} is gone (the local channel was rebuilt or moved)"
+        if sha256_file(local) != package.hash.sha256:
+            return f"{package.url} has other bytes than when locked (the local channel was rebuilt)"
     return None
 
 

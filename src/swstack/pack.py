@@ -420,21 +420,25 @@ def _iso(epoch: int) -> str:
 
 
 def _from_installed_tree(file: Any, prefix: str) -> Any:
-    """Archive the installed file (holding the production prefix), not the package's original.
+    """Archive the installed file, not the package's original from the package cache.
 
-    conda-pack takes a file that carries a prefix placeholder from the package cache, with
-    the placeholder still in it, so its archives only work after ``conda-unpack``. Ours are
-    built at the production path, so we archive the installed file and record the
-    production prefix as what ``conda-unpack`` replaces: untarred at ``/data0/sw/<name>``
-    the tree works as it is, and untarred elsewhere ``conda-unpack`` relocates it (binary
-    files only to a prefix no longer than the production one, as with any conda binary).
+    conda-pack takes every package-owned file from the package cache: a file with a prefix
+    placeholder still holding the placeholder, so its archives only work after
+    ``conda-unpack``, and a file the build changed after linking (a kernel spec written over
+    the one a package ships) in its original form. Ours are built at the production path,
+    so we archive the tree as installed and record the production prefix as what
+    ``conda-unpack`` replaces: untarred at ``/data0/sw/<name>`` the tree works as it is, and
+    untarred elsewhere ``conda-unpack`` relocates it (binary files only to a prefix no
+    longer than the production one, as with any conda binary).
     """
     from conda_pack.core import File
 
-    if not file.prefix_placeholder or file.file_mode not in ("text", "binary"):
+    installed = os.path.join(prefix, file.target)
+    if not os.path.lexists(installed):
         return file
-    return File(os.path.join(prefix, file.target), file.target, is_conda=file.is_conda,
-                file_mode=file.file_mode, prefix_placeholder=prefix)
+    placeholder = prefix if file.prefix_placeholder and file.file_mode in ("text", "binary") else file.prefix_placeholder
+    return File(installed, file.target, is_conda=file.is_conda, file_mode=file.file_mode,
+                prefix_placeholder=placeholder)
 
 
 def in_tree_manifest_entry(manifest: Manifest, source_date_epoch: int) -> Entry:

@@ -1,0 +1,176 @@
+"""Build and pack for real: a real kernel from the tarball at /data0/sw/py3 (private root) and
+relocated elsewhere, byte-identical rebuilds, both sandbox backends, and the audit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from swstack import proc
+from swstack.build import run_build
+from swstack.errors import BuildError
+from swstack.fsutil import sha256_file
+from swstack.lock import lock
+from swstack.manifest import Manifest
+from swstack.sandbox import Mount, NamespaceSandbox, open_sandbox, private_root_argv
+from swstack.site import Site
+from swstack.spec import load_stack
+
+pytestmark = pytest.mark.slow
+
+KERNEL_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name=sys.argv[1], startup_timeout=120)
+    try:
+        msg_id = kc.execute("import sys, numpy; print(sys.prefix, int(numpy.arange(5).sum()), numpy.__file__)")
+        out = []
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append("ERROR " + msg["content"]["evalue"])
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    print(json.dumps({"out": "".join(out), "python": sys.executable}))
+""")
+
+
+def _untar(tarball: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    proc.run(["tar", "--zstd", "-xf", tarball, "-C", dest], what="tar -x")
+
+
+def _tarball(artifact: Path) -> Path:
+    manifest = Manifest.load(artifact / "manifest.json")
+    assert manifest.tarball is not None
+    return artifact / manifest.tarball.name
+
+
+def _run_kernel(sw_dir: Path, prefix: str, tmp_path: Path) -> dict[str, str]:
+    """Start the stack's kernel with jupyter_client inside a private root where ``sw_dir`` is
+    mounted at the prefix's parent, and run numpy in it."""
+    script = tmp_path / "kernel_check.py"
+    script.write_text(KERNEL_SCRIPT)
+    parent = str(Path(prefix).parent)
+    argv = private_root_argv([Mount(sw_dir, parent)]) + [f"{prefix}/bin/python", str(script), "python3"]
+    out = proc.output(argv, extra_env={"HOME": str(tmp_path), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+                      what="kernel check", timeout=300)
+    return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_artifact_layout_and_manifest(py3_artifact: Path) -> None:
+    manifest = Manifest.load(py3_artifact / "manifest.json")
+    tarball = _tarball(py3_artifact)
+    assert tarball.name == "py3-2026.11.21-linux-64.tar.zst"
+    assert (py3_artifact / f"{tarball.name}.sha256").read_text().split() == [sha256_file(tarball), tarball.name]
+    assert manifest.prefix == "/data0/sw/py3" and manifest.stack == "py3" and manifest.variant == "stable"
+    names = {p.name: p for p in manifest.packages}
+    assert {"python", "numpy", "ipykernel", "jupyterlab", "jupyterhub-singleuser", "labclient"} <= set(names)
+    assert names["labclient"].manager == "pip" and len(names["numpy"].sha256) == 64
+    assert manifest.kernels == ("python3",) and manifest.file_count > 10000
+    assert manifest.lockfile_sha256 and manifest.stackfile_sha256 and manifest.tools["swstack"]
+
+
+def test_kernel_runs_from_the_tarball_at_the_production_prefix(py3_artifact: Path, tmp_path: Path) -> None:
+    sw = tmp_path / "sw"
+    _untar(_tarball(py3_artifact), sw / "py3")
+    result = _run_kernel(sw, "/data0/sw/py3", tmp_path)
+    prefix, total, numpy_file = result["out"].split()
+    assert (prefix, total) == ("/data0/sw/py3", "10")
+    assert numpy_file.startswith("/data0/sw/py3/lib/python3.11/site-packages/numpy/")
+    assert not Path("/data0").exists()
+
+
+def test_kernel_runs_relocated_after_conda_unpack(py3_artifact: Path, tmp_path: Path) -> None:
+    # Relocated to /srv/k/py3 (no longer than /data0/sw/py3: binaries keep their padding).
+    host = tmp_path / "k"
+    _untar(_tarball(py3_artifact), host / "py3")
+    inside = private_root_argv([Mount(host, "/srv/k")])
+    proc.run(inside + ["/srv/k/py3/bin/python", "/srv/k/py3/bin/conda-unpack"], what="conda-unpack")
+    result = _run_kernel(host, "/srv/k/py3", tmp_path)
+    assert result["out"].split()[:2] == ["/srv/k/py3", "10"]
+    assert proc.output(inside + ["/srv/k/py3/bin/sitepaths"]).splitlines()[0].endswith("/srv/k/py3")
+    spec = json.loads((host / "py3/share/jupyter/kernels/python3/kernel.json").read_text())
+    assert spec["argv"][0] == "/srv/k/py3/bin/python"
+
+
+def test_same_lockfile_builds_byte_identical_tarballs(py3_artifact: Path, project_copy: Path,
+                                                      artifacts_site: Site, tmp_path: Path) -> None:
+    again = replace(artifacts_site, artifacts=tmp_path / "again")
+    stack = load_stack(project_copy / "stacks/py3.toml")
+    second = run_build(stack, again, project_copy, version="2026.11.21", sandbox=NamespaceSandbox())
+    assert sha256_file(_tarball(second.artifact_dir)) == sha256_file(_tarball(py3_artifact))
+
+
+@pytest.mark.docker
+def test_docker_backend_builds_the_same_tree(py3_artifact: Path, project_copy: Path, artifacts_site: Site,
+                                             tmp_path: Path) -> None:
+    site = replace(artifacts_site, artifacts=tmp_path / "docker", sandbox="docker")
+    stack = load_stack(project_copy / "stacks/py3.toml")
+    result = run_build(stack, site, project_copy, version="2026.11.21", sandbox=open_sandbox("docker"))
+    theirs = Manifest.load(result.artifact_dir / "manifest.json")
+    ours = Manifest.load(py3_artifact / "manifest.json")
+    assert theirs.packages == ours.packages and theirs.file_count == ours.file_count
+    assert theirs.total_size == ours.total_size
+    assert not Path("/data0").exists()
+
+
+def _small_project(tmp_path: Path, kernel_json: str | None) -> Path:
+    project = tmp_path / "proj"
+    (project / "stacks").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    text = textwrap.dedent("""
+        name = "tools"
+        channels = ["conda-forge"]
+        prefix = "/data0/sw/tools"
+        kernel_spec_dirs = ["../kernel-specs"]
+        [dependencies]
+        sitepaths = "*"
+    """)
+    (project / "stacks/tools.toml").write_text(text)
+    specs = project / "kernel-specs" / "planted"
+    specs.mkdir(parents=True)
+    if kernel_json is not None:
+        (specs / "kernel.json").write_text(kernel_json)
+    return project
+
+
+def test_audit_fails_the_build_naming_the_file(offline_site: Site, tmp_path: Path) -> None:
+    home = Path.home()
+    planted = json.dumps({"argv": [f"{home}/envs/old/bin/python", "-f", "{connection_file}"],
+                          "display_name": "planted", "language": "python"})
+    project = _small_project(tmp_path, planted)
+    site = replace(offline_site, artifacts=tmp_path / "artifacts")
+    stack = load_stack(project / "stacks/tools.toml")
+    lock(stack, site, project)
+    with pytest.raises(BuildError) as info:
+        run_build(stack, site, project, version="1", sandbox=NamespaceSandbox())
+    message = str(info.value)
+    assert "share/jupyter/kernels/planted/kernel.json" in message and f"{home}/" in message
+    assert not (tmp_path / "artifacts" / "tools" / "1" / "manifest.json").exists()
+
+
+def test_small_stack_without_python_builds_and_relocates(offline_site: Site, tmp_path: Path) -> None:
+    project = _small_project(tmp_path, None)
+    shutil.rmtree(project / "kernel-specs" / "planted")
+    site = replace(offline_site, artifacts=tmp_path / "artifacts")
+    stack = load_stack(project / "stacks/tools.toml")
+    lock(stack, site, project)
+    result = run_build(stack, site, project, version="1", sandbox=NamespaceSandbox())
+    host = tmp_path / "sw"
+    _untar(_tarball(result.artifact_dir), host / "tools")
+    out = proc.output(private_root_argv([Mount(host, "/data0/sw")]) + ["/data0/sw/tools/bin/sitepaths"])
+    assert "/data0/sw/tools" in out.splitlines()[0]
