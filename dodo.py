@@ -6,7 +6,16 @@
     doit build stack=py3 [variant=dev]
 """
 
-from swstack.tasks import task_build, task_channel, task_demo, task_lock  # noqa: F401
+from swstack.tasks import (  # noqa: F401
+    task_build,
+    task_channel,
+    task_demo,
+    task_image,
+    task_images,
+    task_lock,
+    task_publish,
+    task_push,
+)
 
 DOIT_CONFIG = {
     "default_tasks": [],

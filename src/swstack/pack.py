@@ -437,8 +437,23 @@ def _from_installed_tree(file: Any, prefix: str) -> Any:
     if not os.path.lexists(installed):
         return file
     placeholder = prefix if file.prefix_placeholder and file.file_mode in ("text", "binary") else file.prefix_placeholder
-    return File(installed, file.target, is_conda=file.is_conda, file_mode=file.file_mode,
-                prefix_placeholder=placeholder)
+    mode = file.file_mode
+    if not placeholder and file.target.startswith(WRITTEN_AFTER_LINKING) and _holds(installed, prefix):
+        # A package's file the build replaced (the stack's own kernel.json over ipykernel's
+        # python3 spec): the package's record knows no prefix in it, but it has one now.
+        placeholder, mode = prefix, "text"
+    return File(installed, file.target, is_conda=file.is_conda, file_mode=mode, prefix_placeholder=placeholder)
+
+
+# Where the build writes over package files after linking (kernel specs).
+WRITTEN_AFTER_LINKING = ("share/jupyter/kernels/",)
+
+
+def _holds(path: str, prefix: str) -> bool:
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as fh:
+        return prefix.encode() in fh.read()
 
 
 def in_tree_manifest_entry(manifest: Manifest, source_date_epoch: int) -> Entry:

@@ -222,3 +222,88 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
 def task_demo() -> TaskDict:
     """The main job end to end: offline channel, lock every stack, build and pack every stack."""
     return {"actions": None, "task_dep": ["channel", "lock", "build"]}
+
+
+def _newest_artifact(stack: Any, site: Any) -> Path:
+    from .build import host_platform, latest_manifest
+    from .errors import BuildError
+
+    manifest = latest_manifest(site.artifacts, stack.stack_id, host_platform())
+    if manifest is None:
+        raise BuildError(f"no artifact of {stack.stack_id} in {site.artifacts}; run `doit build stack={stack.name}`")
+    return Path(site.artifacts) / stack.stack_id / manifest.version
+
+
+@guarded
+def task_image(opts: Options) -> Iterator[TaskDict]:
+    """Build the layered image of a stack's newest artifact (an OCI layout beside the tarball)."""
+    site = _site(opts)
+    for stack in selected_stacks(opts, all_variants=False):
+
+        @_boundary
+        def run(stack: Any = stack) -> None:
+            from .image import build_image
+
+            result = build_image(stack, site, opts.project, _newest_artifact(stack, site))
+            log.info(f"image {result.repository}@{result.digest} ({len(result.layers)} layers), "
+                     f"tags: {', '.join(result.tags)}")
+
+        yield {"name": stack.stack_id, "doc": f"image of {stack.stack_id}", "actions": [run],
+               "task_dep": [f"build:{stack.stack_id}"], "uptodate": [False], "verbosity": 2}
+
+
+@guarded
+def task_push(opts: Options) -> Iterator[TaskDict]:
+    """Push a stack's image to the site's registry (layers it has are skipped, the manifest goes last)."""
+    site = _site(opts)
+    for stack in selected_stacks(opts, all_variants=False):
+
+        @_boundary
+        def run(stack: Any = stack) -> None:
+            from .image import push_image
+
+            result = push_image(_newest_artifact(stack, site) / "image")
+            log.info(f"pushed {result.repository}@{result.digest}: {log.human_bytes(result.bytes_uploaded)} sent, "
+                     f"{len(result.skipped)} layers already there")
+
+        yield {"name": stack.stack_id, "doc": f"push {stack.stack_id}", "actions": [run], "uptodate": [False],
+               "verbosity": 2}
+
+
+@guarded
+def task_publish(opts: Options) -> Iterator[TaskDict]:
+    """Publish a stack's newest tarball to the site's registry as an OCI artifact (for `swstack activate`)."""
+    site = _site(opts)
+    for stack in selected_stacks(opts, all_variants=False):
+
+        @_boundary
+        def run(stack: Any = stack) -> None:
+            from .errors import PushError
+            from .publish import publish_artifact
+
+            if not site.registry:
+                raise PushError("the site names no registry: set [registry] url in the site file")
+            artifact = _newest_artifact(stack, site)
+            ref = f"{site.registry}/{stack.stack_id}:{artifact.name}"
+            log.info(f"published {ref}@{publish_artifact(artifact, ref)}")
+
+        yield {"name": stack.stack_id, "doc": f"publish {stack.stack_id}", "actions": [run], "uptodate": [False],
+               "verbosity": 2}
+
+
+@guarded
+def task_images(opts: Options) -> Iterator[TaskDict]:
+    """List the registry's images of a stack as JSON, for a spawner's image menu."""
+    site = _site(opts)
+    for stack in selected_stacks(opts, all_variants=False):
+
+        @_boundary
+        def run(stack: Any = stack) -> None:
+            import json
+
+            from .image import list_images
+
+            sys.stdout.write(json.dumps(list_images(stack, site), indent=2) + "\n")
+
+        yield {"name": stack.stack_id, "doc": f"images of {stack.stack_id}", "actions": [run], "uptodate": [False],
+               "verbosity": 2}

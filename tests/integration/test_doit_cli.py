@@ -1,0 +1,87 @@
+"""The doit commands as a user types them, in a copy of the project."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from swstack.site import Site
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def doit(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, text=True, capture_output=True,
+                          timeout=600)
+
+
+@pytest.fixture()
+def project(tmp_path: Path, project_copy: Path) -> Path:
+    root = tmp_path / "proj"
+    shutil.copytree(project_copy, root)
+    for name in ("dodo.py", "sites"):
+        src = PROJECT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    return root
+
+
+def test_list_shows_every_task_with_help(project: Path) -> None:
+    result = doit(project, "list")
+    assert result.returncode == 0, result.stderr
+    for task in ("channel", "lock", "build", "image", "push", "publish", "images", "demo"):
+        line = next(line for line in result.stdout.splitlines() if line.split()[0] == task)
+        assert len(line.split()) > 3  # a one-line description follows the name
+
+
+def test_a_bad_stack_file_exits_2_with_a_located_message(project: Path) -> None:
+    (project / "stacks/bad.toml").write_text('name = "bad"\nchanels = ["conda-forge"]\n[dependencies]\npython = "*"\n')
+    result = doit(project, "lock", "stack=bad", "site=sites/offline.toml")
+    assert result.returncode == 2
+    assert "stacks/bad.toml:2: chanels: unknown key; did you mean 'channels'?" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_unknown_stack_exits_2(project: Path) -> None:
+    result = doit(project, "lock", "stack=py2")
+    assert result.returncode == 2 and "did you mean 'py3'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_lock_is_a_noop_then_relocks_on_edit_and_check_catches_staleness(project: Path, offline_site: Site) -> None:
+    lockfile = project / "lockfiles/antares-kernel/conda-lock.yml"
+    before = lockfile.read_text()
+    noop = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml")
+    assert noop.returncode == 0 and lockfile.read_text() == before
+    assert "locking" not in noop.stderr  # doit's up-to-date check or our own: nothing solved
+
+    check = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml", "check=1")
+    assert check.returncode == 0, check.stderr
+
+    stack = project / "stacks/antares-kernel.toml"
+    stack.write_text(stack.read_text().replace('numpy = ">=1.26"', 'numpy = ">=1.25"'))
+    stale = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml", "check=1")
+    assert stale.returncode == 5
+    assert "is stale" in stale.stderr and "doit lock stack=antares-kernel" in stale.stderr
+    assert lockfile.read_text() == before  # check writes nothing
+
+    relock = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml")
+    assert relock.returncode == 0, relock.stderr
+    assert lockfile.read_text() != before
+
+
+@pytest.mark.slow
+def test_unsatisfiable_spec_names_the_entry_and_writes_nothing(project: Path, offline_site: Site) -> None:
+    stack = project / "stacks/antares-kernel.toml"
+    stack.write_text(stack.read_text().replace('numpy = ">=1.26"', 'numpy = ">=99"'))
+    lockfile = project / "lockfiles/antares-kernel/conda-lock.yml"
+    before = lockfile.read_text()
+    result = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml")
+    assert result.returncode == 4
+    assert "cannot solve antares-kernel" in result.stderr
+    assert "stacks/antares-kernel.toml:" in result.stderr and "dependencies.numpy" in result.stderr
+    assert lockfile.read_text() == before and not list(lockfile.parent.glob("*.partial"))
