@@ -27,7 +27,7 @@ def offline_site() -> Site:
 
     site = load_site(PROJECT / "sites/offline.toml", PROJECT)
     build_channel(site.cache / "offline-channel", recipes_dir=PROJECT / "channel" / "recipes",
-                  cache_dir=paths.cache_dir() / "channel")
+                  cache_dir=paths.cache_dir())
     return site
 
 

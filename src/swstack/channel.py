@@ -41,7 +41,7 @@ from .errors import ChannelError, SwstackError
 from .fsutil import atomic_dir, atomic_write_text, sha256_file
 
 # Bump when the way packages are made changes: every cache key changes with it.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 PLATFORM = "linux-64"
 PACKAGE_FORMAT = "conda:3"
 # Bump when the wheel -> noarch conversion changes (only those packages are rebuilt).
@@ -528,7 +528,11 @@ def python_keep(rel: Path, version: str) -> bool:
         if inner[0] == "lib-dynload" and len(inner) == 2:
             return _PY_DROP_EXT_RE.match(inner[1]) is None
         return not (any(p in _PY_DROP_DIRS for p in inner[:-1]) or inner[0] in _PY_DROP_DIRS)
-    return parts[0] in ("lib", "include", "share")
+    if parts[0] == "share":
+        # Only CPython's own man pages: the interpreter's prefix also holds those of
+        # packages installed into it (ipython.1, ...), which their own packages ship.
+        return len(parts) < 3 or (parts[1] == "man" and (len(parts) < 4 or parts[-1].startswith("python")))
+    return parts[0] in ("lib", "include")
 
 
 def _is_linked_elf(path: Path) -> bool:

@@ -157,7 +157,7 @@ def task_channel(opts: Options) -> TaskDict:
     def build() -> None:
         from .channel import build_channel
 
-        build_channel(out, recipes_dir=recipes, cache_dir=site.cache / "channel")
+        build_channel(out, recipes_dir=recipes, cache_dir=site.cache)
 
     return {
         "actions": [build],

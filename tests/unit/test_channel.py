@@ -194,6 +194,8 @@ def test_channel_inputs_cover_recipes_wheels_and_client() -> None:
         ("lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so", True),
         ("lib/python3.11/lib-dynload/_testcapi.cpython-311-x86_64-linux-gnu.so", False),
         ("include/python3.11/Python.h", True),
+        ("share/man/man1/python3.11.1", True),
+        ("share/man/man1/ipython.1", False),
     ],
 )
 def test_python_package_contents(rel: str, kept: bool) -> None:
