@@ -42,11 +42,15 @@ from .fsutil import atomic_dir, atomic_write_text, sha256_file
 
 # Bump when the way packages are made changes: every cache key changes with it.
 BUILDER_VERSION = "3"
+
 PLATFORM = "linux-64"
 PACKAGE_FORMAT = "conda:3"
 # Bump when the wheel -> noarch conversion changes (only those packages are rebuilt).
 NOARCH_RULES = "tree+rename-2"
 PY_MAJOR_MINOR = "3.11"
+# pip options naming the interpreter wheels are chosen for (the channel's CPython 3.11).
+TARGET_INTERPRETER = ("--python-version", PY_MAJOR_MINOR, "--implementation", "cp",
+                      "--abi", "cp311", "--abi", "abi3", "--abi", "none")
 PYTHON_RUN_DEP = "python >=3.11,<3.12.0a0"
 TARGET_TAGS_PLATFORMS = (
     "manylinux_2_28_x86_64",
@@ -648,16 +652,7 @@ def _download_wheels(wheels: Sequence[PinnedWheel], cache_dir: Path) -> dict[str
             "--require-hashes",
             "--disable-pip-version-check",
             "--quiet",
-            "--python-version",
-            PY_MAJOR_MINOR,
-            "--implementation",
-            "cp",
-            "--abi",
-            "cp311",
-            "--abi",
-            "abi3",
-            "--abi",
-            "none",
+            *TARGET_INTERPRETER,
             "-d",
             tmp / "dl",
             "-r",
@@ -1299,16 +1294,7 @@ def lock_wheels(channel_dir: Path) -> list[PinnedWheel]:
             "--only-binary=:all:",
             "--report",
             report,
-            "--python-version",
-            PY_MAJOR_MINOR,
-            "--implementation",
-            "cp",
-            "--abi",
-            "cp311",
-            "--abi",
-            "abi3",
-            "--abi",
-            "none",
+            *TARGET_INTERPRETER,
             "--target",
             Path(tmp) / "t",
         ]

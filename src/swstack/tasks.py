@@ -234,76 +234,69 @@ def _newest_artifact(stack: Any, site: Any) -> Path:
     return Path(site.artifacts) / stack.stack_id / manifest.version
 
 
+def _per_stack(opts: Options, verb: str, act: Callable[[Any, Any], None], **extra: Any) -> Iterator[TaskDict]:
+    """One always-run subtask per selected stack (default variants) calling ``act(stack, site)``."""
+    site = _site(opts)
+    for stack in selected_stacks(opts, all_variants=False):
+        action = _boundary(functools.partial(act, stack, site))
+        yield {"name": stack.stack_id, "doc": f"{verb} {stack.stack_id}", "actions": [action],
+               "uptodate": [False], "verbosity": 2, **extra}
+
+
+def _image(stack: Any, site: Any) -> None:
+    from .image import build_image
+
+    result = build_image(stack, site, paths.project_root(), _newest_artifact(stack, site))
+    log.info(f"image {result.repository}@{result.digest} ({len(result.layers)} layers), tags: {', '.join(result.tags)}")
+
+
+def _push(stack: Any, site: Any) -> None:
+    from .image import push_image
+
+    result = push_image(_newest_artifact(stack, site) / "image")
+    log.info(f"pushed {result.repository}@{result.digest}: {log.human_bytes(result.bytes_uploaded)} sent, "
+             f"{len(result.skipped)} layers already there")
+
+
+def _publish(stack: Any, site: Any) -> None:
+    from .errors import PushError
+    from .publish import publish_artifact
+
+    if not site.registry:
+        raise PushError("the site names no registry: set [registry] url in the site file")
+    artifact = _newest_artifact(stack, site)
+    ref = f"{site.registry}/{stack.stack_id}:{artifact.name}"
+    log.info(f"published {ref}@{publish_artifact(artifact, ref)}")
+
+
+def _images(stack: Any, site: Any) -> None:
+    import json
+
+    from .image import list_images
+
+    sys.stdout.write(json.dumps(list_images(stack, site), indent=2) + "\n")
+
+
 @guarded
 def task_image(opts: Options) -> Iterator[TaskDict]:
     """Build the layered image of a stack's newest artifact (an OCI layout beside the tarball)."""
-    site = _site(opts)
-    for stack in selected_stacks(opts, all_variants=False):
-
-        @_boundary
-        def run(stack: Any = stack) -> None:
-            from .image import build_image
-
-            result = build_image(stack, site, opts.project, _newest_artifact(stack, site))
-            log.info(f"image {result.repository}@{result.digest} ({len(result.layers)} layers), "
-                     f"tags: {', '.join(result.tags)}")
-
-        yield {"name": stack.stack_id, "doc": f"image of {stack.stack_id}", "actions": [run],
-               "task_dep": [f"build:{stack.stack_id}"], "uptodate": [False], "verbosity": 2}
+    for task in _per_stack(opts, "image of", _image):
+        yield {**task, "task_dep": [f"build:{task['name']}"]}
 
 
 @guarded
 def task_push(opts: Options) -> Iterator[TaskDict]:
     """Push a stack's image to the site's registry (layers it has are skipped, the manifest goes last)."""
-    site = _site(opts)
-    for stack in selected_stacks(opts, all_variants=False):
-
-        @_boundary
-        def run(stack: Any = stack) -> None:
-            from .image import push_image
-
-            result = push_image(_newest_artifact(stack, site) / "image")
-            log.info(f"pushed {result.repository}@{result.digest}: {log.human_bytes(result.bytes_uploaded)} sent, "
-                     f"{len(result.skipped)} layers already there")
-
-        yield {"name": stack.stack_id, "doc": f"push {stack.stack_id}", "actions": [run], "uptodate": [False],
-               "verbosity": 2}
+    return _per_stack(opts, "push", _push)
 
 
 @guarded
 def task_publish(opts: Options) -> Iterator[TaskDict]:
     """Publish a stack's newest tarball to the site's registry as an OCI artifact (for `swstack activate`)."""
-    site = _site(opts)
-    for stack in selected_stacks(opts, all_variants=False):
-
-        @_boundary
-        def run(stack: Any = stack) -> None:
-            from .errors import PushError
-            from .publish import publish_artifact
-
-            if not site.registry:
-                raise PushError("the site names no registry: set [registry] url in the site file")
-            artifact = _newest_artifact(stack, site)
-            ref = f"{site.registry}/{stack.stack_id}:{artifact.name}"
-            log.info(f"published {ref}@{publish_artifact(artifact, ref)}")
-
-        yield {"name": stack.stack_id, "doc": f"publish {stack.stack_id}", "actions": [run], "uptodate": [False],
-               "verbosity": 2}
+    return _per_stack(opts, "publish", _publish)
 
 
 @guarded
 def task_images(opts: Options) -> Iterator[TaskDict]:
     """List the registry's images of a stack as JSON, for a spawner's image menu."""
-    site = _site(opts)
-    for stack in selected_stacks(opts, all_variants=False):
-
-        @_boundary
-        def run(stack: Any = stack) -> None:
-            import json
-
-            from .image import list_images
-
-            sys.stdout.write(json.dumps(list_images(stack, site), indent=2) + "\n")
-
-        yield {"name": stack.stack_id, "doc": f"images of {stack.stack_id}", "actions": [run], "uptodate": [False],
-               "verbosity": 2}
+    return _per_stack(opts, "images of", _images)
