@@ -85,3 +85,28 @@ def test_unsatisfiable_spec_names_the_entry_and_writes_nothing(project: Path, of
     assert "cannot solve antares-kernel" in result.stderr
     assert "stacks/antares-kernel.toml:" in result.stderr and "dependencies.numpy" in result.stderr
     assert lockfile.read_text() == before and not list(lockfile.parent.glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_conda_lock_renders_an_explicit_list_from_the_offline_channel(project: Path, offline_site: Site,
+                                                                      tmp_path: Path) -> None:
+    """conda-lock's own tools read our lockfile; every URL is in the offline channel, sha256 matching."""
+    import urllib.parse
+
+    import yaml
+
+    from swstack.fsutil import sha256_file
+
+    lockfile = project / "lockfiles/py3/conda-lock.yml"
+    result = subprocess.run([str(Path(sys.executable).with_name("conda-lock")), "render", "--kind", "explicit",
+                             "-p", "linux-64", "--filename-template", str(tmp_path / "explicit-{platform}"),
+                             str(lockfile)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    urls = [line.split("#")[0] for line in (tmp_path / "explicit-linux-64").read_text().splitlines()
+            if line.startswith(("file://", "http"))]
+    channel = (offline_site.cache / "offline-channel").as_uri()
+    assert len(urls) > 100 and all(url.startswith(channel + "/") for url in urls)
+    locked = {p["url"]: p["hash"]["sha256"] for p in yaml.safe_load(lockfile.read_text())["package"]
+              if p["manager"] == "conda"}
+    for url in urls:
+        assert sha256_file(Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))) == locked[url]
