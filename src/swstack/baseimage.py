@@ -33,7 +33,7 @@ from .paths import cache_dir
 from .sandbox import run_streaming
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    from . import toml as tomllib
 else:  # pragma: no cover - the build side runs on 3.11 here
     import tomli as tomllib
 

@@ -382,7 +382,7 @@ def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) 
     import os
 
     from conda_lock.lockfile import write_conda_lock_file
-    from conda_lock.lockfile.v2prelim.models import LockMeta, Lockfile, TimeMeta
+    from conda_lock.lockfile.v2prelim.models import Lockfile, LockMeta, TimeMeta
     from conda_lock.models.channel import Channel
 
     sources = []

@@ -89,7 +89,7 @@ def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[
 
 def stack_files(project: Path) -> list[Path]:
     """Every stack file (files without a top-level ``name``, like base.toml, are shared parts)."""
-    import tomllib
+    from . import toml as tomllib
 
     found = []
     for path in sorted((project / "stacks").glob("*.toml")):
@@ -118,7 +118,7 @@ def selected_stacks(opts: Options, *, all_variants: bool) -> list[Any]:
 
 def stack_sources(stack_path: Path) -> list[Path]:
     """The stack file and every file it extends (doit's file_dep)."""
-    import tomllib
+    from . import toml as tomllib
 
     seen: list[Path] = []
     todo = [stack_path]

@@ -351,7 +351,7 @@ def read_release(path: Path) -> list[str]:
             data = json.loads(text)
         else:
             try:
-                import tomllib
+                from .. import toml as tomllib
             except ImportError:  # Python 3.10
                 import tomli as tomllib  # type: ignore[no-redef]
             data = tomllib.loads(text)
