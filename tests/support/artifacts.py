@@ -51,15 +51,20 @@ def make_artifact(
         _add(tar, IN_TREE_PATH, base.without_tarball().to_json().encode())
         if extra_bytes:
             _add(tar, "share/blob.bin", os.urandom(extra_bytes))
-    compressed = zstandard.ZstdCompressor(level=3).compress(raw.getvalue())
-    out = root / stack / version
+    return write_artifact(root, base, raw.getvalue())
+
+
+def write_artifact(root: Path, manifest: Manifest, tar_bytes: bytes) -> Path:
+    """Compress ``tar_bytes`` and write ``root/<stack>/<version>/`` (tarball, .sha256, manifest.json)."""
+    from dataclasses import replace
+
+    compressed = zstandard.ZstdCompressor(level=3).compress(tar_bytes)
+    out = root / manifest.stack / manifest.version
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{stack}-{version}-{PLATFORM}.tar.zst"
+    name = f"{manifest.stack}-{manifest.version}-{PLATFORM}.tar.zst"
     (out / name).write_bytes(compressed)
     sha = hashlib.sha256(compressed).hexdigest()
     (out / f"{name}.sha256").write_text(f"{sha}  {name}\n")
-    from dataclasses import replace
-
-    full = replace(base, tarball=TarballInfo(name=name, sha256=sha, size=len(compressed), compression="zstd"))
+    full = replace(manifest, tarball=TarballInfo(name=name, sha256=sha, size=len(compressed), compression="zstd"))
     (out / "manifest.json").write_text(full.to_json())
     return out

@@ -19,12 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import zstandard
+from tests.support.artifacts import write_artifact
 from tests.support.registry import LocalRegistry
 
 from swstack.baseimage import ensure_base, load_base_spec
 from swstack.engine import DockerEngine, Engine
-from swstack.manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
+from swstack.manifest import IN_TREE_PATH, Manifest, PackageEntry
 from swstack.site import Site, load_site
 from swstack.spec import Stack, load_stack
 
@@ -143,21 +143,8 @@ def make_env_artifact(
         link = tarfile.TarInfo("bin/python")
         link.type, link.linkname, link.mode, link.mtime = tarfile.SYMTYPE, "python3.11", 0o777, EPOCH
         tar.addfile(link)
-    compressed = zstandard.ZstdCompressor(level=3).compress(raw.getvalue())
-    out = root / stack / version
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"{stack}-{version}-{PLATFORM}.tar.zst"
-    (out / name).write_bytes(compressed)
-    sha = hashlib.sha256(compressed).hexdigest()
-    (out / f"{name}.sha256").write_text(f"{sha}  {name}\n")
-    total = replace(
-        manifest,
-        file_count=len(files) + 1,
-        total_size=sum(len(d) for d, _ in files.values()),
-        tarball=TarballInfo(name=name, sha256=sha, size=len(compressed), compression="zstd"),
-    )
-    (out / "manifest.json").write_text(total.to_json())
-    return out
+    total = replace(manifest, file_count=len(files) + 1, total_size=sum(len(d) for d, _ in files.values()))
+    return write_artifact(root, total, raw.getvalue())
 
 
 def _with_dirs(files: dict[str, tuple[bytes, int]]) -> set[str]:
