@@ -6,9 +6,10 @@ setup:
 	@scripts/setup
 
 # The main job end to end, offline: build the local conda channel, lock, build
-# in a sandbox at /data0/sw, pack, and build the image.
+# in a sandbox at /data0/sw, pack, and build the layered image (a registry on
+# 127.0.0.1:5000 holds its base, as production sites keep bases in theirs).
 demo: setup
-	@scripts/with-engine .venv/bin/doit demo site=sites/offline.toml
+	@scripts/with-engine scripts/with-registry .venv/bin/doit demo site=sites/offline.toml
 
 # The whole test suite, Docker and registry tests included.
 test: setup

@@ -43,6 +43,7 @@ from typing import IO, Any, BinaryIO
 import zstandard
 
 from . import log, paths, proc
+from .engine import Engine
 from .errors import ImageError, PushError, SwstackError
 from .fsutil import atomic_dir, atomic_write_text
 from .layers import Layer, TreeEntry, ancestors, layer_of, normalise_path, plan_layers
@@ -938,3 +939,36 @@ __all__ = [
     "render_tags",
     "tag_fields",
 ]
+
+
+def mirror_base(stack: Stack, site: Site, engine: Engine | None = None) -> str | None:
+    """Put the debootstrapped Debian where the site mirrors the stack's base image.
+
+    A site whose image mirror maps the stack's base into its own registry (the offline
+    site) gets our Debian base pushed there, as production sites keep their bases in their
+    registry. Returns the pushed reference, or None when the site pulls the base as named.
+    """
+    from .baseimage import ensure_base, load_base_spec
+    from .engine import DockerEngine
+
+    target = site.image_ref(stack.image.base)
+    if target == stack.image.base or site.registry is None or not target.startswith(site.registry + "/"):
+        return None
+    engine = engine or DockerEngine()
+    local = ensure_base(engine, load_base_spec(mirror=site.debian_mirror, suite=site.debian_suite))
+    engine.tag_image(local, target)
+    engine.push_image(target)
+    return target
+
+
+def registry_answers(site: Site) -> bool:
+    """Whether the site's registry answers now (one quick try, no retries)."""
+    from .oci import RegistryClient, RetryPolicy
+
+    if not site.registry:
+        return False
+    try:
+        RegistryClient(site.registry, retry=RetryPolicy(attempts=1), timeout=5).ping()
+    except SwstackError:
+        return False
+    return True

@@ -204,7 +204,8 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
 
         @_boundary
         def run(stack: Any = stack) -> None:
-            run_build(stack, site, opts.project, version=opts.version)
+            result = run_build(stack, site, opts.project, version=opts.version)
+            _local_image(stack, site, opts.project, result.artifact_dir)
 
         lockfile = lockfile_path(stack, opts.project)
         yield {
@@ -219,8 +220,26 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
         }
 
 
+def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> None:
+    """A build ends at a local image (an OCI layout beside the tarball); pushing stays explicit.
+
+    The image is layered on the stack's base, which the site keeps in its registry; with no
+    registry answering, the build ends at the tarball and says how to get the image.
+    """
+    from .image import build_image, mirror_base, registry_answers
+
+    if not registry_answers(site):
+        log.info(f"image skipped: no registry answers at {site.registry or '(none set)'} for the base image; "
+                 f"start it and run `doit image stack={stack.name}`")
+        return
+    mirror_base(stack, site)
+    image = build_image(stack, site, project, artifact_dir)
+    log.info(f"image {image.repository}@{image.digest} ({len(image.layers)} layers) in {artifact_dir / 'image'}; "
+             f"`doit push stack={stack.name}` pushes it")
+
+
 def task_demo() -> TaskDict:
-    """The main job end to end: offline channel, lock every stack, build and pack every stack."""
+    """The main job end to end: offline channel, lock, build, pack and image every stack."""
     return {"actions": None, "task_dep": ["channel", "lock", "build"]}
 
 
@@ -246,6 +265,9 @@ def _per_stack(opts: Options, verb: str, act: Callable[[Any, Any], None], **extr
 def _image(stack: Any, site: Any) -> None:
     from .image import build_image
 
+    from .image import mirror_base
+
+    mirror_base(stack, site)
     result = build_image(stack, site, paths.project_root(), _newest_artifact(stack, site))
     log.info(f"image {result.repository}@{result.digest} ({len(result.layers)} layers), tags: {', '.join(result.tags)}")
 
