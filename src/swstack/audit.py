@@ -44,7 +44,7 @@ def needles_for(build_dir: Path, home: Path | None) -> Needles:
     (``/root/project/...``) in debug strings that nothing reads at run time; the home
     directory is a real leak where it is used: scripts, configuration, kernel specs.
     """
-    in_text = ()
+    in_text: tuple[bytes, ...] = ()
     if home is not None and str(home) not in ("/", ""):
         in_text = (str(home).rstrip("/").encode() + b"/",)
     return Needles((str(build_dir.resolve()).encode(), *PLACEHOLDERS), in_text)

@@ -131,7 +131,7 @@ def _record(item: CondaItem, archive: Path) -> Any:
     """The package's record, read from the archive itself, carrying the locked URL."""
     import rattler
 
-    record = rattler.RepoDataRecord.from_package_archive(archive)
+    record: Any = rattler.RepoDataRecord.from_package_archive(archive)
     if asyncio.iscoroutine(record):
         record = asyncio.run(record)
     record.url = item.url

@@ -153,7 +153,7 @@ def _solve_conda(plan: LockPlan, platform: str, cache: Path) -> list[Any]:
                 sources=[rattler.Channel(url) for url in plan.channel_urls],
                 specs=[rattler.MatchSpec(s) for s in plan.stack.conda],
                 gateway=gateway,
-                platforms=[platform, "noarch"],
+                platforms=[rattler.Subdir(platform), rattler.Subdir("noarch")],
                 virtual_packages=virtual,
             )
         )

@@ -575,7 +575,7 @@ def format_validation_error(
         if isinstance(cause, EntryError):
             loc = (*loc, cause.key)
         key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
-        text = f"{_where(origin, loc, top)}: {key}: {_describe(error, _fields_at(loc, root))}"
+        text = f"{_where(origin, loc, top)}: {key}: {_describe(dict(error), _fields_at(loc, root))}"
         if text not in problems:
             problems.append(text)
     return "\n".join(problems)
@@ -599,7 +599,7 @@ def read_toml_model(path: Path, model: type[M], error: type[SpecError] = SpecErr
         data, src = _read_toml(path, ())
     except SpecError as exc:
         raise error(str(exc)) from None
-    origin = {(key,): src for key in data}
+    origin: dict[KeyPath, _Source] = {(key,): src for key in data}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

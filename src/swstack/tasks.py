@@ -250,7 +250,7 @@ def _newest_artifact(stack: Any, site: Any) -> Path:
     manifest = latest_manifest(site.artifacts, stack.stack_id, host_platform())
     if manifest is None:
         raise BuildError(f"no artifact of {stack.stack_id} in {site.artifacts}; run `doit build stack={stack.name}`")
-    return Path(site.artifacts) / stack.stack_id / manifest.version
+    return Path(str(site.artifacts)) / str(stack.stack_id) / manifest.version
 
 
 def _per_stack(opts: Options, verb: str, act: Callable[[Any, Any], None], **extra: Any) -> Iterator[TaskDict]:
