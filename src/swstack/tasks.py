@@ -263,9 +263,7 @@ def _per_stack(opts: Options, verb: str, act: Callable[[Any, Any], None], **extr
 
 
 def _image(stack: Any, site: Any) -> None:
-    from .image import build_image
-
-    from .image import mirror_base
+    from .image import build_image, mirror_base
 
     mirror_base(stack, site)
     result = build_image(stack, site, paths.project_root(), _newest_artifact(stack, site))

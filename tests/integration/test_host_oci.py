@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.registry import registry_fixture  # noqa: F401 - provides the `registry` fixture
 
 from swstack.publish import publish_artifact
-from tests.support.registry import registry_fixture  # noqa: F401 - provides the `registry` fixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support_host import make_artifact, swstack_argv  # noqa: E402
