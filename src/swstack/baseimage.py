@@ -51,7 +51,8 @@ SUITE_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 
 # What the build step imports inside the builder, pinned to the host's versions so the
 # two sides agree (py-rattler's lock and cache formats in particular).
-BUILDER_PACKAGES = ("py-rattler", "conda-pack", "zstandard", "pydantic", "packaging", "pyyaml")
+# setuptools and wheel build git pip dependencies into wheels inside the sandbox.
+BUILDER_PACKAGES = ("py-rattler", "conda-pack", "zstandard", "pydantic", "packaging", "pyyaml", "setuptools", "wheel")
 
 # Files no image needs and that only make the tarball differ from run to run.
 _ROOTFS_PRUNE = (

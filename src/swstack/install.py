@@ -177,6 +177,8 @@ def install_pip(plan: InstallPlan) -> None:
     python = Path(plan.prefix) / "bin" / "python"
     hashed = [p for p in plan.pip if p.sha256]
     vcs = [p for p in plan.pip if not p.sha256]
+    # Only what the plan names: no index, no user or machine pip configuration.
+    quiet_env = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1"}
     base = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation",
             "--disable-pip-version-check", "--no-cache-dir", "--no-warn-script-location", "--no-compile"]
     if hashed:
@@ -184,12 +186,22 @@ def install_pip(plan: InstallPlan) -> None:
             for item in hashed:
                 reqs.write(f"{item.name} @ {item.url} --hash=sha256:{item.sha256}\n")
         log.info(f"pip: installing {len(hashed)} locked packages with hash checking")
-        proc.run([*base, "--require-hashes", "-r", reqs.name], error=BuildError, what="pip install (locked wheels)")
+        proc.run([*base, "--require-hashes", "-r", reqs.name], extra_env=quiet_env, error=BuildError,
+                 what="pip install (locked wheels)")
         os.unlink(reqs.name)
     for item in vcs:
-        # A git dependency is pinned by its commit sha; pip cannot hash-check a VCS checkout.
-        log.info(f"pip: installing {item.name} from {item.url}")
-        proc.run([*base, f"{item.name} @ {item.url}"], error=BuildError, what=f"pip install {item.name}")
+        # A git dependency is pinned by its commit sha (pip cannot hash-check a checkout). It is
+        # built into a wheel with the sandbox's own Python and build tools, which the stack's
+        # environment need not contain, then installed like any wheel.
+        log.info(f"pip: building and installing {item.name} from {item.url}")
+        with tempfile.TemporaryDirectory() as wheels:
+            proc.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation",
+                      "--disable-pip-version-check", "--no-cache-dir", "-w", wheels, f"{item.url}#egg={item.name}"],
+                     extra_env=quiet_env, error=BuildError, what=f"building {item.name} from git")
+            built = sorted(Path(wheels).glob("*.whl"))
+            if len(built) != 1:
+                raise BuildError(f"building {item.name} from {item.url} gave {len(built)} wheels, expected one")
+            proc.run([*base, str(built[0])], extra_env=quiet_env, error=BuildError, what=f"pip install {item.name}")
 
 
 # ---- kernels, owner ------------------------------------------------------------------------------------

@@ -230,7 +230,8 @@ def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> No
 
     if not registry_answers(site):
         log.info(f"image skipped: no registry answers at {site.registry or '(none set)'} for the base image; "
-                 f"start it and run `doit image stack={stack.name}`")
+                 f"start it and run `doit image stack={stack.name}"
+                 + ("" if stack.is_default_variant else f" variant={stack.variant}") + "`")
         return
     mirror_base(stack, site)
     image = build_image(stack, site, project, artifact_dir)

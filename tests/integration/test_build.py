@@ -174,3 +174,16 @@ def test_small_stack_without_python_builds_and_relocates(offline_site: Site, tmp
     _untar(_tarball(result.artifact_dir), host / "tools")
     out = proc.output(private_root_argv([Mount(host, "/data0/sw")]) + ["/data0/sw/tools/bin/sitepaths"])
     assert "/data0/sw/tools" in out.splitlines()[0]
+
+
+def test_dev_variant_installs_the_client_from_git(project_copy: Path, artifacts_site: Site, tmp_path: Path) -> None:
+    stack = load_stack(project_copy / "stacks/py3.toml", "dev")
+    result = run_build(stack, artifacts_site, project_copy, version="dev1", sandbox=NamespaceSandbox())
+    assert result.artifact_dir == artifacts_site.artifacts / "py3-dev" / "dev1"
+    client = next(p for p in Manifest.load(result.artifact_dir / "manifest.json").packages if p.name == "labclient")
+    assert client.version == "1.1.0.dev0" and client.manager == "pip"
+    assert client.channel.startswith("git+file://") and len(client.channel.rsplit("@", 1)[1]) == 40
+    sw = tmp_path / "sw"
+    _untar(_tarball(result.artifact_dir), sw / "py3")
+    out = proc.output(private_root_argv([Mount(sw, "/data0/sw")]) + ["/data0/sw/py3/bin/labclient", "--version"])
+    assert "1.1.0.dev0" in out
