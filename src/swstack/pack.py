@@ -384,6 +384,9 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
     Without the package cache conda-pack marks every file "unknown" and, on Linux, does
     not relocate binaries, so by default a missing cache is an error, not a warning.
     """
+    from unittest import mock
+
+    import conda_pack.core
     from conda_pack.core import CondaEnv, CondaPackException, Packer
 
     class RecordingPacker(Packer):  # type: ignore[misc]
@@ -400,9 +403,13 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
                 str(prefix), on_missing_cache="raise" if require_package_cache else "warn"
             )
             packer = RecordingPacker(env.prefix, archive)
-            for f in env.files:
-                packer.add(_from_installed_tree(f, env.prefix))
-            packer.finish()
+            # conda-pack turns scripts' shebangs into `#!/usr/bin/env python`, which runs
+            # whatever python is first on PATH; keep the absolute production shebang and let
+            # conda-unpack rewrite it like any other text prefix.
+            with mock.patch.object(conda_pack.core, "rewrite_shebang", _keep_shebang):
+                for f in env.files:
+                    packer.add(_from_installed_tree(f, env.prefix))
+                packer.finish()
     except CondaPackException as exc:
         hint = (
             "\nPack where the prefix was built, with its package cache mounted at the same path."
@@ -413,6 +420,10 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
     for w in caught:
         log.warn(str(w.message).strip())
     return archive.entries
+
+
+def _keep_shebang(data: bytes, target: str, prefix: str) -> tuple[bytes, bool]:
+    return data, False
 
 
 def _iso(epoch: int) -> str:

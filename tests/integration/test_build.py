@@ -91,6 +91,8 @@ def test_kernel_runs_from_the_tarball_at_the_production_prefix(py3_artifact: Pat
     prefix, total, numpy_file = result["out"].split()
     assert (prefix, total) == ("/data0/sw/py3", "10")
     assert numpy_file.startswith("/data0/sw/py3/lib/python3.11/site-packages/numpy/")
+    # scripts run the stack's own python, whatever is first on PATH
+    assert (sw / "py3/bin/jupyter").read_text().startswith("#!/data0/sw/py3/bin/python")
     assert not Path("/data0").exists()
 
 
@@ -105,6 +107,7 @@ def test_kernel_runs_relocated_after_conda_unpack(py3_artifact: Path, tmp_path: 
     assert proc.output(inside + ["/srv/k/py3/bin/sitepaths"]).splitlines()[0].endswith("/srv/k/py3")
     spec = json.loads((host / "py3/share/jupyter/kernels/python3/kernel.json").read_text())
     assert spec["argv"][0] == "/srv/k/py3/bin/python"
+    assert (host / "py3/bin/jupyter").read_text().startswith("#!/srv/k/py3/bin/python")
 
 
 def test_same_lockfile_builds_byte_identical_tarballs(py3_artifact: Path, project_copy: Path,
