@@ -15,7 +15,7 @@ import platform as _platform
 import shutil
 import time
 import urllib.parse
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -277,7 +277,6 @@ class BuildResult:
     manifest: Manifest
     artifact_dir: Path
     seconds: float
-    skipped: bool = False
 
 
 def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = None,
@@ -294,4 +293,4 @@ def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = 
     manifest = pack_in_sandbox(plan, sandbox, installed_kernels(plan.host_prefix), project)
     seconds = time.monotonic() - started
     log.info(f"built {manifest.stack_id} {manifest.version} in {seconds:.0f}s -> {plan.artifact_dir}")
-    return BuildResult(replace(manifest), plan.artifact_dir, seconds)
+    return BuildResult(manifest, plan.artifact_dir, seconds)

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -1137,16 +1137,23 @@ def build_channel(
     return report
 
 
+def _lock_waiting(fh: IO[str], waiting: str) -> None:
+    """Take an exclusive flock on ``fh``, saying ``waiting`` first if someone else holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info(waiting)
+        fcntl.flock(fh, fcntl.LOCK_EX)
+
+
 @contextmanager
 def _cache_lock(cache_dir: Path) -> Iterator[None]:
     import fcntl
 
     with open(_ensure(cache_dir / "channel") / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info(f"channel: waiting for another build using {cache_dir}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        _lock_waiting(fh, f"channel: waiting for another build using {cache_dir}")
         try:
             yield
         finally:
@@ -1167,11 +1174,7 @@ def _build_root(root: Path) -> Iterator[Path]:
             "fixed path keeps them reproducible): remove it or make it writable"
         ) from exc
     with open(root / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info(f"channel: waiting for another channel build using {root}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock_waiting(lock, f"channel: waiting for another channel build using {root}")
         try:
             _empty_except_lock(root)
             yield root

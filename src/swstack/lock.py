@@ -80,18 +80,19 @@ def staleness(plan: LockPlan) -> str | None:
     if not plan.path.is_file():
         return f"{plan.path} does not exist"
     try:
-        recorded = read_lockfile(plan.path).metadata.content_hash
+        lockfile = read_lockfile(plan.path)
     except LockError as exc:
         return str(exc)
+    recorded = lockfile.metadata.content_hash
     if set(recorded) != set(plan.platforms):
         return f"platforms changed: locked {sorted(recorded)}, stack asks {sorted(plan.platforms)}"
     changed = [p for p in plan.platforms if recorded.get(p) != plan.content_hash[p]]
     if changed:
         return f"inputs changed for {', '.join(changed)} (stack file, variant or site channel settings)"
-    return local_drift(plan.path)
+    return local_drift(lockfile)
 
 
-def local_drift(path: Path) -> str | None:
+def local_drift(lockfile: Any) -> str | None:
     """A locked file:// package that is gone or has other bytes now (a rebuilt local channel).
 
     Remote channels never change a published file, but a site's local channel can be rebuilt;
@@ -101,7 +102,7 @@ def local_drift(path: Path) -> str | None:
 
     from .fsutil import sha256_file
 
-    for package in read_lockfile(path).package:
+    for package in lockfile.package:
         if not package.url.startswith("file://") or not package.hash.sha256:
             continue
         local = Path(urllib.parse.unquote(urllib.parse.urlparse(package.url).path))

@@ -586,7 +586,7 @@ def load_stack_file(path: Path | str) -> StackFile:
     path = Path(path)
     origin: dict[KeyPath, _Source] = {}
     merged = _load_merged(path, (), origin)
-    _, top = _read_toml(path, ())
+    top = next((src for src in origin.values() if src.path == path), None) or _read_toml(path, ())[1]
     try:
         return StackFile.model_validate(merged)
     except ValidationError as exc:
