@@ -23,7 +23,7 @@ from typing import Any
 from . import __version__, log, proc
 from .audit import audit
 from .errors import BuildError
-from .fsutil import atomic_write_text, sha256_file
+from .fsutil import atomic_write_text, exclusive_lock, sha256_file
 from .install import CondaItem, InstallPlan, KernelItem, PipItem
 from .lock import lock, lock_time, lockfile_path, read_lockfile
 from .manifest import Manifest
@@ -128,6 +128,11 @@ def is_current(stack: Stack, site: Site, project: Path, platform: str | None = N
     )
 
 
+def build_dir_for(stack: Stack, site: Site) -> Path:
+    """The host directory mounted at the prefix's parent while ``stack`` builds."""
+    return site.cache / "build" / stack.stack_id / "sw"
+
+
 def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None = None,
                platform: str | None = None, today: datetime | None = None) -> BuildPlan:
     platform = platform or host_platform()
@@ -139,7 +144,7 @@ def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None =
     packages = [p for p in lockfile.package if p.platform == platform]
     conda = [CondaItem(p.name, p.url, p.hash.sha256, p.hash.md5) for p in packages if p.manager == "conda"]
     pip = [PipItem(p.name, p.url, p.hash.sha256) for p in packages if p.manager == "pip"]
-    build_dir = site.cache / "build" / stack.stack_id / "sw"
+    build_dir = build_dir_for(stack, site)
     work_dir = site.cache / "build" / stack.stack_id / "work"
     package_cache = site.cache / "pkgs"
     spec_dirs = []
@@ -285,12 +290,16 @@ def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = 
     started = time.monotonic()
     if relock:
         lock(stack, site, project)
-    plan = plan_build(stack, site, project, version=version)
     sandbox = sandbox or site_sandbox(site)
-    install_in_sandbox(plan, sandbox)
-    log.step(f"audit {plan.stack.prefix} for foreign prefixes")
-    audit(plan.host_prefix, plan.stack.prefix, plan.build_dir)
-    manifest = pack_in_sandbox(plan, sandbox, installed_kernels(plan.host_prefix), project)
+    # The build directory is shared by every checkout on the machine (it sits in the cache):
+    # a second build of the same stack waits instead of emptying the first one's prefix.
+    build_dir = build_dir_for(stack, site)
+    with exclusive_lock(build_dir.parent / ".lock", f"build: waiting for another build of {stack.stack_id}"):
+        plan = plan_build(stack, site, project, version=version)
+        install_in_sandbox(plan, sandbox)
+        log.step(f"audit {plan.stack.prefix} for foreign prefixes")
+        audit(plan.host_prefix, plan.stack.prefix, plan.build_dir)
+        manifest = pack_in_sandbox(plan, sandbox, installed_kernels(plan.host_prefix), project)
     seconds = time.monotonic() - started
     log.info(f"built {manifest.stack_id} {manifest.version} in {seconds:.0f}s -> {plan.artifact_dir}")
     return BuildResult(manifest, plan.artifact_dir, seconds)

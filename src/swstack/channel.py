@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -38,7 +38,7 @@ from packaging.utils import canonicalize_name
 from . import log, paths, proc
 from .conda_repack import DEFAULT_EPOCH, REPACK_FORMAT, repack_conda
 from .errors import ChannelError, SwstackError
-from .fsutil import atomic_dir, atomic_write_text, sha256_file
+from .fsutil import atomic_dir, atomic_write_text, exclusive_lock, sha256_file
 
 # Bump when the way packages are made changes: every cache key changes with it.
 BUILDER_VERSION = "3"
@@ -1137,34 +1137,16 @@ def build_channel(
     return report
 
 
-def _lock_waiting(fh: IO[str], waiting: str) -> None:
-    """Take an exclusive flock on ``fh``, saying ``waiting`` first if someone else holds it."""
-    import fcntl
-
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.info(waiting)
-        fcntl.flock(fh, fcntl.LOCK_EX)
-
-
 @contextmanager
 def _cache_lock(cache_dir: Path) -> Iterator[None]:
-    import fcntl
-
-    with open(_ensure(cache_dir / "channel") / ".lock", "w") as fh:
-        _lock_waiting(fh, f"channel: waiting for another build using {cache_dir}")
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive_lock(_ensure(cache_dir / "channel") / ".lock",
+                        f"channel: waiting for another build using {cache_dir}"):
+        yield
 
 
 @contextmanager
 def _build_root(root: Path) -> Iterator[Path]:
     """Hold ``root`` (the fixed build directory) for one build: locked, emptied before and after."""
-    import fcntl
-
     try:
         root.mkdir(parents=True, exist_ok=True)
         (root / ".lock").touch()
@@ -1173,14 +1155,12 @@ def _build_root(root: Path) -> Iterator[Path]:
             f"cannot use the channel build directory {root}: {exc}; packages are built there (a "
             "fixed path keeps them reproducible): remove it or make it writable"
         ) from exc
-    with open(root / ".lock", "a") as lock:
-        _lock_waiting(lock, f"channel: waiting for another channel build using {root}")
+    with exclusive_lock(root / ".lock", f"channel: waiting for another channel build using {root}"):
         try:
             _empty_except_lock(root)
             yield root
         finally:
             _empty_except_lock(root)
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _empty_except_lock(root: Path) -> None:
