@@ -30,7 +30,6 @@ from . import fsutil, log, proc
 from .engine import Engine
 from .errors import ImageError
 from .paths import cache_dir
-from .sandbox import run_streaming
 
 if sys.version_info >= (3, 11):
     from . import toml as tomllib
@@ -281,7 +280,7 @@ def build_rootfs_tarball(spec: BaseSpec, tarball: Path) -> None:
                 if line.startswith(("E: ", "W: ")):
                     log.info(f"  | {line}")
 
-            run_streaming(debootstrap_argv(spec, root), error=ImageError, what="debootstrap", on_line=on_line)
+            proc.run_streaming(debootstrap_argv(spec, root), error=ImageError, what="debootstrap", on_line=on_line)
         prune_rootfs(root)
         epoch = int(os.environ.get("SOURCE_DATE_EPOCH", _FALLBACK_EPOCH))
         with fsutil.atomic_output(tarball) as partial:

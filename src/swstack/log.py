@@ -41,6 +41,11 @@ def warn(msg: str) -> None:
     _logger.warning(f"warning: {msg}")
 
 
+def output(line: str) -> None:
+    """One line of a command's output, indented under the step that runs it."""
+    _logger.info(f"  | {line}")
+
+
 def step(msg: str) -> None:
     """Announce the start of a pipeline step."""
     _logger.info(f"==> {msg}")

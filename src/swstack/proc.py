@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from . import log
@@ -14,6 +15,7 @@ from .errors import ExternalCommandError, SwstackError
 StrPath = str | os.PathLike[str]
 
 _TAIL_LINES = 25
+_STREAM_TAIL_LINES = 40  # a streamed step's output is long; its failure shows more of it
 
 
 def _tail(text: str | bytes | None) -> str:
@@ -93,6 +95,46 @@ def spawn(
         fh = open(log_file, "ab")  # noqa: SIM115 - handed to the child
         return subprocess.Popen(args, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+
+
+def run_streaming(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    error: type[SwstackError] = ExternalCommandError,
+    what: str,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Run ``argv``, passing each output line (stdout and stderr) to ``on_line`` as it comes.
+
+    ``on_line`` defaults to ``log.output``. On a non-zero exit raise ``error`` with the
+    output's tail; on Ctrl-C stop the child.
+    """
+    sink = on_line or log.output
+    tail: deque[str] = deque(maxlen=_STREAM_TAIL_LINES)
+    try:
+        child = spawn(
+            argv,
+            env=dict(os.environ if env is None else env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    except FileNotFoundError as exc:
+        raise error(f"{what}: command not found: {argv[0]} (run scripts/setup)") from exc
+    try:
+        assert child.stdout is not None
+        for raw in child.stdout:
+            line = raw.decode(errors="replace").rstrip("\n").rstrip("\r")
+            tail.append(line)
+            sink(line)
+        code = child.wait()
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    if code != 0:
+        detail = "\n".join("    " + line for line in tail)
+        raise error(f"{what} failed (exit {code})" + (f":\n{detail}" if detail else ""))
 
 
 def which(name: str) -> str | None:

@@ -19,24 +19,19 @@ to any command (tests use it with a size-limited tmpfs as a small ramdisk).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from . import log, proc
+from .baseimage import BUILDER_PYTHON, BaseSpec, ensure_builder
 from .engine import DockerEngine, Engine
-from .errors import SandboxError, SwstackError
-
-if TYPE_CHECKING:
-    from .baseimage import BaseSpec
+from .errors import SandboxError
 
 KINDS = ("docker", "namespace", "auto")
 PRIVATE_ROOT = "/data0"
-TAIL_LINES = 40
 
 # Top-level host directories the private root never binds: /data0 is the private one,
 # and /proc, /dev and /tmp get their own mounts below.
@@ -183,49 +178,6 @@ def package_dir() -> Path:
 # -- doing ------------------------------------------------------------------------------
 
 
-def run_streaming(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    error: type[SwstackError] = SandboxError,
-    what: str,
-    on_line: Callable[[str], None] | None = None,
-) -> None:
-    """Run ``argv``, passing each output line (stdout and stderr) to ``on_line`` as it comes.
-
-    On a non-zero exit raise ``error`` with the output's tail; on Ctrl-C stop the child.
-    """
-    sink = on_line or _log_line
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    try:
-        child = proc.spawn(
-            argv,
-            env=dict(os.environ if env is None else env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-    except FileNotFoundError as exc:
-        raise error(f"{what}: command not found: {argv[0]} (run scripts/setup)") from exc
-    try:
-        assert child.stdout is not None
-        for raw in child.stdout:
-            line = raw.decode(errors="replace").rstrip("\n").rstrip("\r")
-            tail.append(line)
-            sink(line)
-        code = child.wait()
-    except BaseException:
-        child.kill()
-        child.wait()
-        raise
-    if code != 0:
-        detail = "\n".join("    " + line for line in tail)
-        raise error(f"{what} failed (exit {code})" + (f":\n{detail}" if detail else ""))
-
-
-def _log_line(line: str) -> None:
-    log.info(f"  | {line}")
-
-
 class NamespaceSandbox:
     """Bubblewrap around the host's own Python; files are created as the invoking user."""
 
@@ -248,7 +200,9 @@ class NamespaceSandbox:
         network: bool = True,
     ) -> None:
         full = private_root_argv(mounts, network=network, workdir=workdir) + list(argv)
-        run_streaming(full, env={**os.environ, **(env or {})}, what=f"{_short(argv)} (namespace sandbox)")
+        proc.run_streaming(
+            full, env={**os.environ, **(env or {})}, error=SandboxError, what=f"{_short(argv)} (namespace sandbox)"
+        )
 
 
 class DockerSandbox:
@@ -262,8 +216,6 @@ class DockerSandbox:
         self.user = user or (os.getuid(), os.getgid())
 
     def python(self) -> list[str]:
-        from .baseimage import BUILDER_PYTHON
-
         return [BUILDER_PYTHON]
 
     def run(
@@ -286,7 +238,7 @@ class DockerSandbox:
             workdir=workdir or "/tmp",
             user=f"{self.user[0]}:{self.user[1]}",
             network=network,
-            on_output=_log_line,
+            on_output=log.output,
         )
 
 
@@ -307,8 +259,6 @@ def open_sandbox(
     chosen = select_kind(kind, engine.available)
     if chosen == "namespace":
         return NamespaceSandbox()
-    from .baseimage import ensure_builder
-
     engine.ping()  # the clear "no Docker engine answers at ..." message when kind = "docker"
     return DockerSandbox(engine, ensure_builder(engine, base=base), user=user)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -161,23 +160,3 @@ def test_auto_without_an_engine_falls_back_to_namespace(
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nobody.sock")
     chosen = sandbox.open_sandbox("auto", engine=DockerEngine(timeout=5))
     assert chosen.name == "namespace"
-
-
-def test_run_streaming_raises_with_the_output_tail() -> None:
-    lines: list[str] = []
-    argv = [sys.executable, "-c", "import sys; print('one'); print('boom', file=sys.stderr); sys.exit(3)"]
-    with pytest.raises(SandboxError, match=r"(?s)step failed \(exit 3\).*one.*boom"):
-        sandbox.run_streaming(argv, what="step", on_line=lines.append)
-    assert lines == ["one", "boom"]
-
-
-def test_run_streaming_passes_the_environment() -> None:
-    lines: list[str] = []
-    env = {**os.environ, "SWSTACK_PROBE": "42"}
-    sandbox.run_streaming(
-        [sys.executable, "-c", "import os; print(os.environ['SWSTACK_PROBE'])"],
-        env=env,
-        what="probe",
-        on_line=lines.append,
-    )
-    assert lines == ["42"]
