@@ -234,7 +234,8 @@ def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:
 def pack_in_sandbox(plan: BuildPlan, sandbox: Sandbox, kernels: list[str], project: Path) -> Manifest:
     stack = plan.stack
     argv = [*sandbox.python(), "-m", "swstack.pack", "--prefix", stack.prefix, "--out", ARTIFACTS,
-            "--stack", stack.name, "--variant", stack.variant, "--version", plan.version,
+            "--stack", stack.name, "--variant", stack.variant, "--default-variant", stack.default_variant,
+            "--version", plan.version,
             "--platform", plan.platform, "--format", stack.pack.format, "--threads", str(stack.pack.threads),
             "--source-date-epoch", str(plan.source_date_epoch),
             "--lockfile-sha256", plan.lockfile_sha256, "--stackfile-sha256", stack.source_hash,

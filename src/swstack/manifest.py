@@ -16,6 +16,16 @@ from typing import Any
 SCHEMA = 1
 IN_TREE_PATH = "conda-meta/swstack-manifest.json"
 
+# The variant names a manifest written before it recorded ``default_variant`` used for
+# its stack's default variant; only reading such a manifest needs them.
+_UNRECORDED_DEFAULTS = ("", "default", "stable")
+
+
+def stack_id(stack: str, variant: str, default_variant: str) -> str:
+    """The id that names a stack's artifacts and images: ``py3`` for the variant the stack
+    file declares as its default, ``py3-dev`` for another. The one rule, for both sides."""
+    return stack if variant == default_variant else f"{stack}-{variant}"
+
 
 @dataclass(frozen=True)
 class PackageEntry:
@@ -57,11 +67,15 @@ class Manifest:
     tarball: TarballInfo | None = None
     schema: int = SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)
+    default_variant: str | None = None  # the stack file's default variant; None: an older manifest
 
     @property
     def stack_id(self) -> str:
-        """``py3`` for the default variant, ``py3-dev`` for another."""
-        return self.stack if self.variant in ("", "default", "stable") else f"{self.stack}-{self.variant}"
+        """``py3`` for the default variant, ``py3-dev`` for another (see ``stack_id``)."""
+        default = self.default_variant
+        if default is None:
+            default = self.variant if self.variant in _UNRECORDED_DEFAULTS else ""
+        return stack_id(self.stack, self.variant, default)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

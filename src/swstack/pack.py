@@ -104,6 +104,7 @@ class ArtifactInfo:
 
     stack: str
     variant: str = "default"
+    default_variant: str = "default"  # the stack file's default: its artifacts are named by the bare stack
     version: str | None = None  # None: next_version() over the versions already packed
     platform: str | None = None  # None: the subdir of the installed packages
     lockfile_sha256: str = ""
@@ -653,6 +654,7 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     manifest = Manifest(
         stack=info.stack,
         variant=info.variant,
+        default_variant=info.default_variant,
         version=info.version or "",
         platform=info.platform or platform_of(r.subdir for r in records),
         prefix=str(prefix),
@@ -746,6 +748,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stack", required=True)
     p.add_argument("--variant", default="default")
+    p.add_argument(
+        "--default-variant", default="default", help="the stack file's default variant (named by the bare stack)"
+    )
     p.add_argument("--version", help="default: YYYY.MM.DD, then YYYY.MM.DD.N for further builds that day")
     p.add_argument("--platform", help="default: the subdir of the installed packages")
     p.add_argument("--format", choices=("tar.zst", "tar.gz"), default="tar.zst")
@@ -807,6 +812,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[PackOptions, ArtifactIn
     info = ArtifactInfo(
         stack=args.stack,
         variant=args.variant,
+        default_variant=args.default_variant,
         version=args.version,
         platform=args.platform,
         lockfile_sha256=args.lockfile_sha256,

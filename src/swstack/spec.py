@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import manifest
 from . import toml as tomllib
 from .errors import SpecError
 from .tomlloc import KeyPath, index_lines, line_of
@@ -365,7 +366,7 @@ class StackFile(Model):
         return Stack(
             name=self.name,
             variant=chosen,
-            is_default_variant=chosen == self.default_variant,
+            default_variant=self.default_variant,
             description=self.description,
             prefix=self.prefix or f"{DEFAULT_ROOT}/{self.name}",
             platforms=self.platforms,
@@ -388,7 +389,7 @@ class Stack:
 
     name: str
     variant: str
-    is_default_variant: bool
+    default_variant: str  # the one the stack file declares (or its first, or "default")
     description: str
     prefix: str
     platforms: tuple[str, ...]
@@ -406,9 +407,13 @@ class Stack:
     source_hash: str = ""  # sha256 of the merged stack-file content
 
     @property
+    def is_default_variant(self) -> bool:
+        return self.variant == self.default_variant
+
+    @property
     def stack_id(self) -> str:
         """``py3`` for the default variant, ``py3-dev`` for another: names artifacts and images."""
-        return self.name if self.is_default_variant else f"{self.name}-{self.variant}"
+        return manifest.stack_id(self.name, self.variant, self.default_variant)
 
     @property
     def lock_subdir(self) -> str:
