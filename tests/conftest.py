@@ -35,15 +35,14 @@ def offline_site() -> Site:
 def project_copy(tmp_path_factory: pytest.TempPathFactory, offline_site: Site) -> Path:
     """A copy of the project's inputs (stacks, lockfiles, kernel specs) with current lockfiles."""
     from swstack.lock import lock
-    from swstack.spec import load_stack
-    from swstack.tasks import stack_files
+    from swstack.spec import load_stack, stack_files
 
     root = tmp_path_factory.mktemp("project")
     for name in ("stacks", "lockfiles", "kernel-specs"):
         if (PROJECT / name).is_dir():
             shutil.copytree(PROJECT / name, root / name)
     shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
-    for path in stack_files(root):
+    for path in stack_files(root / "stacks"):
         lock(load_stack(path), offline_site, root)
     return root
 
@@ -58,7 +57,7 @@ def py3_artifact(project_copy: Path, artifacts_site: Site) -> Path:
     """The directory of a real py3 artifact (tarball, .sha256, manifest.json)."""
     from swstack.build import run_build
     from swstack.sandbox import NamespaceSandbox
-    from swstack.spec import load_stack
+    from swstack.spec import load_stack, stack_files
 
     stack = load_stack(project_copy / "stacks/py3.toml")
     result = run_build(stack, artifacts_site, project_copy, version="2026.11.21", sandbox=NamespaceSandbox())

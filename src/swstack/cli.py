@@ -20,13 +20,13 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, log
+from . import __version__, log, paths
 from .errors import SwstackError
 
 UNCHANGED_EXIT = 3
 
-_EPILOG = """\
-layout under the root (default /data0):
+_EPILOG = f"""\
+layout under the root (default {paths.ROOT}):
   sw -> sw.tmpfs         live trees, one link per stack (sw/<stack>)
   sw.tmpfs/              ramdisk: .<stack>@<version> copies (production only)
   sw.<version>/<stack>/  persistent trees;  sw.hdd -> sw.<version>
@@ -200,8 +200,8 @@ def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParse
         "--root",
         "-R",
         type=Path,
-        default=Path("/data0"),
-        help="root directory holding sw, sw.tmpfs, sw.hdd and sw.<version> (default: /data0)",
+        default=Path(paths.ROOT),
+        help=f"root directory holding sw, sw.tmpfs, sw.hdd and sw.<version> (default: {paths.ROOT})",
     )
     if json_too:
         p.add_argument("--json", action="store_true", help="print a JSON document for machines")

@@ -1,9 +1,18 @@
-"""Where state lives on disk: the shared cache (outlives clones) and the project's outputs."""
+"""Where state lives on disk: the production root, the shared cache (outlives clones), the project.
+
+Standard library only: the host side uses ``ROOT`` too.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+# The seed's root directory, the one definition: a stack is built and lives at
+# <ROOT>/sw/<name> (the path baked into its files), the sandbox gives each build a private
+# <ROOT>, a site file's ``root`` defaults to it and hosts keep sw, sw.tmpfs, sw.hdd and
+# sw.<version> under it (the host CLI's ``--root``).
+ROOT = "/data0"
 
 
 def cache_dir() -> Path:

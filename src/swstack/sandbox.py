@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import log, proc
+from . import log, paths, proc
 from .baseimage import BUILDER_PYTHON, BaseSpec, ensure_builder
 from .engine import DockerEngine, Engine
 from .errors import SandboxError
 
 KINDS = ("docker", "namespace", "auto")
-PRIVATE_ROOT = "/data0"
+PRIVATE_ROOT = paths.ROOT  # each sandbox has its own, so the machine's is never touched
 
 # Top-level host directories the private root never binds: /data0 is the private one,
 # and /proc, /dev and /tmp get their own mounts below.
-_NOT_BOUND = frozenset({"data0", "proc", "dev", "tmp"})
+_NOT_BOUND = frozenset({PRIVATE_ROOT.strip("/").split("/")[0], "proc", "dev", "tmp"})
 
 # Where the docker backend mounts the swstack package inside the builder image.
 CONTAINER_SOURCE = "/opt/swstack/src"

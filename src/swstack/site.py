@@ -60,7 +60,7 @@ class ImageSettings(Model):
 
 class SiteFile(Model):
     name: str = "default"
-    root: str = "/data0"
+    root: str = paths.ROOT
     artifacts: str = "{project}/artifacts"
     cache: str | None = None
     sandbox: Literal["auto", "docker", "namespace"] = "auto"
@@ -74,7 +74,7 @@ class SiteFile(Model):
     @classmethod
     def _root(cls, value: str) -> str:
         if not value.startswith("/"):
-            raise ValueError(f"root {value!r} must be an absolute path (the seed's /data0)")
+            raise ValueError(f"root {value!r} must be an absolute path (the seed's {paths.ROOT})")
         return value.rstrip("/") or "/"
 
 

@@ -19,12 +19,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import manifest
+from . import manifest, paths
 from . import toml as tomllib
 from .errors import SpecError
 from .tomlloc import KeyPath, index_lines, line_of
 
-DEFAULT_ROOT = "/data0/sw"
 DEFAULT_KERNEL_ARGV = ("{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}")
 TAG_FIELDS = ("version", "variant", "stack", "yyyy", "mm", "dd", "week", "major", "minor", "patch", "git")
 
@@ -368,7 +367,7 @@ class StackFile(Model):
             variant=chosen,
             default_variant=self.default_variant,
             description=self.description,
-            prefix=self.prefix or f"{DEFAULT_ROOT}/{self.name}",
+            prefix=self.prefix or f"{paths.ROOT}/sw/{self.name}",
             platforms=self.platforms,
             channels=self.channels,
             conda=tuple(_check_match_spec(n, s) for n, s in sorted(conda.items())),
@@ -404,6 +403,7 @@ class Stack:
     pack: PackSettings
     lock: LockSettings
     source: Path | None = None  # the stack file, for messages and relative paths
+    sources: tuple[Path, ...] = ()  # the stack file and every file it extends (resolved)
     source_hash: str = ""  # sha256 of the merged stack-file content
 
     @property
@@ -492,12 +492,17 @@ def _merge(base: dict[str, Any], over: dict[str, Any], origin: dict[KeyPath, _So
     return merged
 
 
-def _load_merged(path: Path, chain: tuple[Path, ...], origin: dict[KeyPath, _Source]) -> dict[str, Any]:
+def _load_merged(
+    path: Path, chain: tuple[Path, ...], origin: dict[KeyPath, _Source], files: list[Path]
+) -> dict[str, Any]:
+    """The merged content of ``path`` and what it extends; ``files`` collects every file read."""
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(_display(p) for p in (*chain, resolved))
         raise SpecError(f"{_display(path)}: 'extends' forms a cycle: {cycle}; remove one of these 'extends'")
     data, src = _read_toml(path, chain)
+    if resolved not in files:
+        files.append(resolved)
     parents = data.get("extends")
     if parents is None:
         parent_list: list[str] = []
@@ -510,7 +515,7 @@ def _load_merged(path: Path, chain: tuple[Path, ...], origin: dict[KeyPath, _Sou
         raise SpecError(f"{_display(path)}:{line}: extends: expected a file name or a list of them")
     merged: dict[str, Any] = {}
     for parent in parent_list:
-        parent_data = _load_merged(path.parent / parent, (*chain, resolved), origin)
+        parent_data = _load_merged(path.parent / parent, (*chain, resolved), origin, files)
         merged = _merge(merged, parent_data, None, None)  # origins recorded by the recursive call
     merged = _merge(merged, data, origin, src)
     merged.pop("extends", None)
@@ -588,14 +593,24 @@ def format_validation_error(
 
 def load_stack_file(path: Path | str) -> StackFile:
     """Read, merge (``extends``) and validate a stack file; raise ``SpecError`` listing every problem."""
-    path = Path(path)
+    return _load_stack_file(Path(path))[0]
+
+
+def _load_stack_file(path: Path) -> tuple[StackFile, tuple[Path, ...]]:
+    """The validated stack file and every file it was read from (itself first, resolved)."""
     origin: dict[KeyPath, _Source] = {}
-    merged = _load_merged(path, (), origin)
+    files: list[Path] = []
+    merged = _load_merged(path, (), origin, files)
     top = next((src for src in origin.values() if src.path == path), None) or _read_toml(path, ())[1]
     try:
-        return StackFile.model_validate(merged)
+        return StackFile.model_validate(merged), tuple(files)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, StackFile, origin, top)) from None
+
+
+def stack_files(stacks_dir: Path) -> list[Path]:
+    """Every stack file in ``stacks_dir``; files without a top-level ``name`` (base.toml) are shared parts."""
+    return [path for path in sorted(stacks_dir.glob("*.toml")) if "name" in _read_toml(path, ())[0]]
 
 
 def read_toml_model(path: Path, model: type[M], error: type[SpecError] = SpecError) -> M:
@@ -621,8 +636,10 @@ def load_stack(path: Path | str, variant: str | None = None) -> Stack:
     """``load_stack_file`` then ``resolve``: the usual entry point of every stage."""
     from dataclasses import replace
 
-    stack_file = load_stack_file(path)
-    return replace(stack_file.resolve(variant), source=Path(path), source_hash=stack_digest(stack_file))
+    stack_file, files = _load_stack_file(Path(path))
+    return replace(
+        stack_file.resolve(variant), source=Path(path), sources=files, source_hash=stack_digest(stack_file)
+    )
 
 
 def find_stack_file(name: str, stacks_dir: Path) -> Path:

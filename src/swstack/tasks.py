@@ -87,25 +87,12 @@ def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[
 # ---- which stacks ------------------------------------------------------------------------------------
 
 
-def stack_files(project: Path) -> list[Path]:
-    """Every stack file (files without a top-level ``name``, like base.toml, are shared parts)."""
-    from . import toml as tomllib
-
-    found = []
-    for path in sorted((project / "stacks").glob("*.toml")):
-        try:
-            if "name" in tomllib.loads(path.read_text()):
-                found.append(path)
-        except tomllib.TOMLDecodeError:
-            found.append(path)  # let loading report it with its line
-    return found
-
-
 def selected_stacks(opts: Options, *, all_variants: bool) -> list[Any]:
     """The ``Stack`` objects a command works on, from ``stack=`` and ``variant=``."""
-    from .spec import find_stack_file, load_stack, load_stack_file
+    from .spec import find_stack_file, load_stack, load_stack_file, stack_files
 
-    files = [find_stack_file(opts.stack, opts.project / "stacks")] if opts.stack else stack_files(opts.project)
+    stacks_dir = opts.project / "stacks"
+    files = [find_stack_file(opts.stack, stacks_dir)] if opts.stack else stack_files(stacks_dir)
     stacks = []
     for path in files:
         if opts.variant:
@@ -114,25 +101,6 @@ def selected_stacks(opts: Options, *, all_variants: bool) -> list[Any]:
         names = load_stack_file(path).variant_names if all_variants else (None,)
         stacks.extend(load_stack(path, v) for v in names)
     return stacks
-
-
-def stack_sources(stack_path: Path) -> list[Path]:
-    """The stack file and every file it extends (doit's file_dep)."""
-    from . import toml as tomllib
-
-    seen: list[Path] = []
-    todo = [stack_path]
-    while todo:
-        path = todo.pop()
-        if path.resolve() in seen or not path.is_file():
-            continue
-        seen.append(path.resolve())
-        try:
-            parents = tomllib.loads(path.read_text()).get("extends") or []
-        except tomllib.TOMLDecodeError:
-            continue
-        todo += [path.parent / p for p in ([parents] if isinstance(parents, str) else parents)]
-    return seen
 
 
 def _site(opts: Options) -> Any:
@@ -185,7 +153,7 @@ def task_lock(opts: Options) -> Iterator[TaskDict]:
             "name": stack.stack_id,
             "doc": f"lock {stack.stack_id}",
             "actions": [run],
-            "file_dep": [str(p) for p in stack_sources(stack.source)],
+            "file_dep": [str(p) for p in stack.sources],
             "targets": [] if opts.check else [str(plan.path)],
             # Up to date when the lockfile records the hash of today's inputs; check=1 always runs.
             "uptodate": [False] if opts.check else [lambda plan=plan: staleness(plan) is None],
@@ -212,7 +180,7 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
             "name": stack.stack_id,
             "doc": f"build {stack.stack_id}",
             "actions": [run],
-            "file_dep": [str(p) for p in stack_sources(stack.source)]
+            "file_dep": [str(p) for p in stack.sources]
             + ([str(lockfile)] if lockfile.is_file() else []),
             # Up to date when the newest artifact came from today's lockfile and stack file.
             "uptodate": [False] if opts.version else [lambda stack=stack: is_current(stack, site, opts.project)],
