@@ -57,7 +57,7 @@ def py3_artifact(project_copy: Path, artifacts_site: Site) -> Path:
     """The directory of a real py3 artifact (tarball, .sha256, manifest.json)."""
     from swstack.build import run_build
     from swstack.sandbox import NamespaceSandbox
-    from swstack.spec import load_stack, stack_files
+    from swstack.spec import load_stack
 
     stack = load_stack(project_copy / "stacks/py3.toml")
     result = run_build(stack, artifacts_site, project_copy, version="2026.11.21", sandbox=NamespaceSandbox())
