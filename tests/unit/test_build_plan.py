@@ -1,0 +1,195 @@
+"""``plan_build``: a lockfile and a stack -> mounts, install plan, version, without building."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from swstack.build import ARTIFACTS, KERNEL_SPECS, WORK, local_roots, plan_build
+from swstack.errors import BuildError
+from swstack.sandbox import Mount
+from swstack.site import Site, load_site
+from swstack.spec import load_stack
+
+STACK = """\
+name = "demo"
+channels = ["conda-forge"]
+platforms = ["linux-64"]
+
+[dependencies]
+python = "3.11.*"
+
+[variants.lts]
+default = true
+
+[variants.edge]
+"""
+
+TODAY = datetime(2026, 11, 21, 12, tzinfo=timezone.utc)
+
+
+def _lockfile(channel: Path, pip_url: str) -> str:
+    return textwrap.dedent(f"""\
+        version: 1
+        metadata:
+          content_hash:
+            linux-64: abc
+          channels:
+          - url: {channel.as_uri()}
+            used_env_vars: []
+          platforms:
+          - linux-64
+          sources:
+          - ../../stacks/demo.toml
+          time_metadata:
+            created_at: '2026-11-21T23:49:09Z'
+        package:
+        - name: python
+          version: 3.11.9
+          manager: conda
+          platform: linux-64
+          dependencies: {{}}
+          url: {channel.as_uri()}/linux-64/python-3.11.9-h0_0.conda
+          hash:
+            md5: {"ab" * 16}
+            sha256: {"cd" * 32}
+          category: main
+          optional: false
+        - name: tomli
+          version: 2.0.1
+          manager: pip
+          platform: linux-64
+          dependencies: {{}}
+          url: {pip_url}
+          hash:
+            sha256: {"ef" * 32}
+          category: main
+          optional: false
+        """)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project with the demo stack and lockfiles for both its variants."""
+    root = tmp_path / "project"
+    (root / "stacks").mkdir(parents=True)
+    (root / "stacks" / "demo.toml").write_text(STACK)
+    channel = tmp_path / "channel"
+    wheels = tmp_path / "wheels"
+    for subdir in ("demo", "demo/edge"):
+        (root / "lockfiles" / subdir).mkdir(parents=True)
+    (root / "lockfiles/demo/conda-lock.yml").write_text(
+        _lockfile(channel, (wheels / "tomli-2.0.1-py3-none-any.whl").as_uri())
+    )
+    (root / "lockfiles/demo/edge/conda-lock.yml").write_text(
+        _lockfile(channel, "https://files.example.org/tomli-2.0.1-py3-none-any.whl")
+    )
+    return root
+
+
+@pytest.fixture
+def site(tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
+    monkeypatch.delenv("SWSTACK_SITE", raising=False)
+    return replace(load_site(None, project), artifacts=tmp_path / "artifacts", cache=tmp_path / "cache")
+
+
+def test_the_plan_mounts_the_build_dir_at_the_prefix_parent(project: Path, site: Site, tmp_path: Path) -> None:
+    plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, today=TODAY)
+    build_dir = site.cache / "build" / "demo" / "sw"
+    assert plan.build_dir == build_dir and plan.host_prefix == build_dir / "demo"
+    assert plan.mounts[:4] == (
+        Mount(build_dir, "/data0/sw"),
+        Mount(site.cache / "build" / "demo" / "work", WORK, read_only=True),
+        Mount(site.cache / "pkgs", str(site.cache / "pkgs")),
+        Mount(site.artifacts, ARTIFACTS),
+    )
+    # The local channel (the parent of its subdir) and the local wheel's directory, read-only.
+    assert set(plan.mounts[4:]) == {
+        Mount(tmp_path / "channel", str(tmp_path / "channel"), read_only=True),
+        Mount(tmp_path / "wheels", str(tmp_path / "wheels"), read_only=True),
+    }
+    assert plan.network is False  # every URL is a local file
+
+
+def test_the_install_plan_is_the_lockfile_s_exact_urls_and_hashes(project: Path, site: Site) -> None:
+    plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, today=TODAY)
+    (conda,) = plan.install.conda
+    assert (conda.name, conda.sha256, conda.md5) == ("python", "cd" * 32, "ab" * 16)
+    assert conda.url.endswith("/channel/linux-64/python-3.11.9-h0_0.conda")
+    (pip,) = plan.install.pip
+    assert (pip.name, pip.sha256) == ("tomli", "ef" * 32)
+    assert plan.pip_locks == {"tomli": {"url": pip.url, "sha256": "ef" * 32}}
+    assert plan.install.prefix == "/data0/sw/demo" and plan.install.package_cache == str(site.cache / "pkgs")
+
+
+def test_a_remote_url_turns_the_network_on(project: Path, site: Site) -> None:
+    plan = plan_build(load_stack(project / "stacks/demo.toml", "edge"), site, project, today=TODAY)
+    assert plan.network is True
+    assert plan.lockfile == project / "lockfiles/demo/edge/conda-lock.yml"
+
+
+def test_the_version_counts_up_within_a_day_and_names_the_artifact_dir(project: Path, site: Site) -> None:
+    lts = load_stack(project / "stacks/demo.toml")
+    assert plan_build(lts, site, project, today=TODAY).version == "2026.11.21"
+    (site.artifacts / "demo" / "2026.11.21").mkdir(parents=True)
+    (site.artifacts / "demo" / "2026.11.21.1").mkdir()
+    plan = plan_build(lts, site, project, today=TODAY)
+    assert plan.version == "2026.11.21.2"
+    assert plan.artifact_dir == site.artifacts / "demo" / "2026.11.21.2"  # lts is the default: no suffix
+    edge = plan_build(load_stack(project / "stacks/demo.toml", "edge"), site, project, today=TODAY)
+    assert edge.version == "2026.11.21" and edge.artifact_dir == site.artifacts / "demo-edge" / "2026.11.21"
+    assert plan_build(lts, site, project, version="9.9", today=TODAY).version == "9.9"
+
+
+def test_the_epoch_is_the_lock_time_unless_source_date_epoch_is_set(
+    project: Path, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = load_stack(project / "stacks/demo.toml")
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    created = int(datetime(2026, 11, 21, 23, 49, 9, tzinfo=timezone.utc).timestamp())
+    assert plan_build(stack, site, project, today=TODAY).source_date_epoch == created
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert plan_build(stack, site, project, today=TODAY).source_date_epoch == 1_700_000_000
+
+
+def test_kernel_spec_dirs_are_mounted_read_only_and_must_exist(project: Path, site: Site) -> None:
+    (project / "kernel-specs").mkdir()
+    path = project / "stacks/demo.toml"
+    path.write_text(STACK.replace("[dependencies]", 'kernel_spec_dirs = ["../kernel-specs"]\n\n[dependencies]'))
+    plan = plan_build(load_stack(path), site, project, today=TODAY)
+    assert Mount(project / "kernel-specs", f"{KERNEL_SPECS}/0", read_only=True) in plan.mounts
+    assert plan.install.kernel_spec_dirs == [f"{KERNEL_SPECS}/0"]
+    (project / "kernel-specs").rmdir()
+    with pytest.raises(BuildError, match=r"kernel_spec_dirs: '\.\./kernel-specs' is not a directory"):
+        plan_build(load_stack(path), site, project, today=TODAY)
+
+
+def test_a_platform_the_stack_does_not_list_is_refused(project: Path, site: Site) -> None:
+    with pytest.raises(BuildError, match=r"demo.toml: stack demo does not list platform linux-aarch64"):
+        plan_build(load_stack(project / "stacks/demo.toml"), site, project, platform="linux-aarch64", today=TODAY)
+
+
+def test_a_missing_lockfile_says_to_lock_first(project: Path, site: Site) -> None:
+    from swstack.errors import LockError
+
+    (project / "lockfiles/demo/conda-lock.yml").unlink()
+    with pytest.raises(LockError, match="no lockfile; run `doit lock"):
+        plan_build(load_stack(project / "stacks/demo.toml"), site, project, today=TODAY)
+
+
+def test_local_roots_are_the_fewest_directories_that_cover_every_url() -> None:
+    urls = [
+        "file:///srv/channel/linux-64/a-1-0.conda",
+        "file:///srv/channel/noarch/b-1-0.tar.bz2",
+        "file:///srv/channel/wheels/c-1-py3-none-any.whl",  # inside the channel root already
+        "file:///srv/other/d-1-py3-none-any.whl",
+        "git+file:///srv/git/labclient@0123abc",
+        "https://files.example.org/e-1-py3-none-any.whl",
+    ]
+    roots = local_roots(urls)
+    assert sorted(roots) == [Path("/srv/channel"), Path("/srv/git/labclient"), Path("/srv/other")]
+    assert len(roots) == len(set(roots))

@@ -1,0 +1,139 @@
+"""doit task dicts from stack files: which stacks, names, file dependencies, targets (nothing runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swstack import tasks
+from swstack.errors import BuildError, SpecError
+from swstack.tasks import Options, selected_stacks
+
+BASE = """\
+# shared part: no name, so not a stack of its own
+channels = ["conda-forge"]
+platforms = ["linux-64"]
+"""
+
+DEMO = """\
+name = "demo"
+extends = "base.toml"
+
+[dependencies]
+python = "3.11.*"
+
+[variants.lts]
+default = true
+
+[variants.edge]
+"""
+
+SMALL = """\
+name = "small"
+extends = ["base.toml"]
+
+[dependencies]
+zlib = "*"
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "stacks").mkdir(parents=True)
+    (root / "stacks" / "base.toml").write_text(BASE)
+    (root / "stacks" / "demo.toml").write_text(DEMO)
+    (root / "stacks" / "small.toml").write_text(SMALL)
+    (root / "site.toml").write_text('name = "test"\nartifacts = "{project}/out"\n')
+    return root
+
+
+def _opts(project: Path, **kw: Any) -> Options:
+    return Options(project=project, site=str(project / "site.toml"), **kw)
+
+
+def _tasks(creator: Any, opts: Options) -> list[dict[str, Any]]:
+    """The task dicts of a ``guarded`` creator, given options instead of doit's variables."""
+    result = creator.__wrapped__(opts)
+    return [result] if isinstance(result, dict) else list(result)
+
+
+def test_every_stack_file_but_shared_parts_is_a_stack(project: Path) -> None:
+    ids = [s.stack_id for s in selected_stacks(_opts(project), all_variants=True)]
+    assert ids == ["demo", "demo-edge", "small"]
+    assert [s.stack_id for s in selected_stacks(_opts(project), all_variants=False)] == ["demo", "small"]
+
+
+def test_stack_and_variant_narrow_the_selection(project: Path) -> None:
+    (edge,) = selected_stacks(_opts(project, stack="demo", variant="edge"), all_variants=False)
+    assert (edge.name, edge.variant, edge.stack_id) == ("demo", "edge", "demo-edge")
+    with pytest.raises(SpecError, match="no stack named 'dem'.*did you mean 'demo'"):
+        selected_stacks(_opts(project, stack="dem"), all_variants=False)
+
+
+def test_a_broken_stack_file_is_reported_with_its_line_while_listing(project: Path) -> None:
+    (project / "stacks" / "zz.toml").write_text('name = "zz"\n[dependencies\n')
+    with pytest.raises(SpecError, match=r"zz\.toml:2: invalid TOML"):
+        selected_stacks(_opts(project), all_variants=True)
+
+
+def test_lock_tasks_name_each_variant_and_depend_on_every_file_it_extends(project: Path) -> None:
+    found = {t["name"]: t for t in _tasks(tasks.task_lock, _opts(project))}
+    assert list(found) == ["demo", "demo-edge", "small"]
+    stacks = (project / "stacks").resolve()
+    assert found["demo"]["file_dep"] == [str(stacks / "demo.toml"), str(stacks / "base.toml")]
+    assert found["demo"]["targets"] == [str(project / "lockfiles/demo/conda-lock.yml")]
+    assert found["demo-edge"]["targets"] == [str(project / "lockfiles/demo/edge/conda-lock.yml")]
+    assert found["demo"]["doc"] == "lock demo"
+
+
+def test_checking_locks_writes_no_target(project: Path) -> None:
+    for task in _tasks(tasks.task_lock, _opts(project, check=True)):
+        assert task["targets"] == []
+
+
+def test_build_tasks_are_default_variants_and_depend_on_the_lockfile_once_there(project: Path) -> None:
+    found = {t["name"]: t for t in _tasks(tasks.task_build, _opts(project))}
+    assert list(found) == ["demo", "small"]
+    stacks = (project / "stacks").resolve()
+    assert found["small"]["file_dep"] == [str(stacks / "small.toml"), str(stacks / "base.toml")]
+    lockfile = project / "lockfiles/small/conda-lock.yml"
+    lockfile.parent.mkdir(parents=True)
+    lockfile.write_text("version: 1\n")
+    found = {t["name"]: t for t in _tasks(tasks.task_build, _opts(project))}
+    assert found["small"]["file_dep"][-1] == str(lockfile)
+
+
+def test_an_edge_variant_builds_under_its_own_name(project: Path) -> None:
+    (task,) = _tasks(tasks.task_build, _opts(project, stack="demo", variant="edge"))
+    assert task["name"] == "demo-edge" and task["doc"] == "build demo-edge"
+
+
+def test_image_tasks_depend_on_the_build_of_the_same_stack(project: Path) -> None:
+    found = _tasks(tasks.task_image, _opts(project))
+    assert [(t["name"], t["task_dep"]) for t in found] == [("demo", ["build:demo"]), ("small", ["build:small"])]
+    for creator in (tasks.task_push, tasks.task_publish, tasks.task_images):
+        assert [t["name"] for t in _tasks(creator, _opts(project))] == ["demo", "small"]
+
+
+def test_the_boundary_turns_a_swstack_error_into_its_message_and_exit_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def fails() -> None:
+        raise BuildError("stacks/demo.toml: the reason; what to do")
+
+    with pytest.raises(SystemExit) as caught:
+        tasks._boundary(fails)()
+    assert caught.value.code == BuildError.exit_code
+    assert capsys.readouterr().err == "error: stacks/demo.toml: the reason; what to do\n"
+    assert tasks._boundary(lambda: True)() is None  # doit reads None as success
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    def buggy() -> None:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        tasks._boundary(buggy)()
