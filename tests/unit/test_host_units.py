@@ -174,14 +174,46 @@ def test_release_manifest(tmp_path: Path) -> None:
         commands.read_release(tmp_path / "bad.toml")
 
 
-def test_help_imports_no_build_dependencies() -> None:
+# What a notebook host may load of swstack: the host package, the CLI and these light modules.
+# Everything else (spec, site, lock, sandbox, build, pack, image, publish, tasks...) is the
+# build side, and pydantic, rattler, docker, doit, conda-pack and conda-lock are its dependencies.
+HOST_SIDE = {"swstack", "swstack.cli", "swstack.errors", "swstack.log", "swstack.fsutil", "swstack.manifest",
+             "swstack.paths", "swstack.proc", "swstack.toml", "swstack.oci"}
+BUILD_DEPENDENCIES = ("pydantic", "rattler", "docker", "doit", "conda_pack", "conda_lock")
+
+
+def _host_modules() -> list[str]:
+    import pkgutil
+
+    import swstack.host
+
+    return ["swstack.host", *(f"swstack.host.{m.name}" for m in pkgutil.iter_modules(swstack.host.__path__))]
+
+
+def _loaded_build_side(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; the build-side modules it loaded."""
     import subprocess
 
-    code = (
-        "import sys, swstack.cli as c\n"
-        "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rattler', 'docker', 'doit')]\n"
-        "print(bad)\n"
+    probe = (
+        code
+        + "\nimport sys\n"
+        + f"allowed, deps = {sorted(HOST_SIDE)!r}, {BUILD_DEPENDENCIES!r}\n"
+        + "print([m for m in sorted(sys.modules) if m.split('.')[0] in deps\n"
+        + "       or (m.startswith('swstack') and m not in allowed and not m.startswith('swstack.host'))])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().endswith("[]")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return list(eval(out.strip().splitlines()[-1]))  # noqa: S307 - our own probe's repr of a list
+
+
+def test_help_imports_no_build_dependencies() -> None:
+    code = "import swstack.cli as c\ntry:\n    c.main(['--help'])\nexcept SystemExit:\n    pass"
+    assert _loaded_build_side(code) == []
+
+
+def test_the_host_modules_are_found() -> None:
+    assert {"swstack.host.commands", "swstack.host.extract", "swstack.host.source"} <= set(_host_modules())
+
+
+@pytest.mark.parametrize("module", [*_host_modules(), "swstack.oci"])
+def test_every_host_module_imports_nothing_of_the_build_side(module: str) -> None:
+    assert _loaded_build_side(f"import {module}") == []
