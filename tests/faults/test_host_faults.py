@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support_host import (  # noqa: E402
+from tests.support.host import (
     HOSTILE_CASES,
     bwrap_argv,
     hostile_artifact,
@@ -23,7 +21,7 @@ from support_host import (  # noqa: E402
     swstack_argv,
 )
 
-from swstack.host.faults import POINTS  # noqa: E402
+from swstack.host.faults import POINTS
 
 
 def run(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -54,11 +54,8 @@ def host_cli() -> None:
 @pytest.fixture(scope="module")
 def host_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A conda-pack-like artifact that `swstack activate` accepts (the host tests' own maker)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from support_host import make_artifact
-    finally:
-        sys.path.remove(str(REPO / "tests"))
+    from tests.support.host import make_artifact
+
     return Path(make_artifact(tmp_path_factory.mktemp("art") / "py3", stack="py3", version="2026.11.21"))
 
 

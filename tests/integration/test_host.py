@@ -6,6 +6,7 @@ bubblewrap; none touches the machine's /data0.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -16,11 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import contextlib
-
-from support_host import bwrap_argv, make_artifact, swstack_argv  # noqa: E402
+from tests.support.host import bwrap_argv, make_artifact, swstack_argv
 
 
 def sw(root: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support_host import bwrap_argv  # noqa: E402
+from tests.support.host import bwrap_argv
 
 KERNEL_SCRIPT = r"""
 import glob, os, sys

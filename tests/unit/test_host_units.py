@@ -7,15 +7,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from tests.support.host import base_manifest
 
 from swstack.errors import ActivateError
 from swstack.host import commands, extract, relocate, source
 from swstack.host.layout import Layout, normalize_version, version_key
 from swstack.host.verify import read_checksum_file
 from swstack.manifest import PackageEntry
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support_host import base_manifest  # noqa: E402
 
 
 def test_version_order_is_natural() -> None:

@@ -24,7 +24,7 @@ from swstack.manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
 
 PLATFORM = "linux-64"
 MTIME = 1_700_000_000
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CONDA_UNPACK = """\
 #!/usr/bin/env python
