@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+
+from tests.support.host import base_manifest
 
 from swstack.manifest import Manifest, stack_id
 from swstack.pack import _parser, options_from_args
 
 
 def _manifest(variant: str, default_variant: str | None) -> Manifest:
-    return Manifest(
-        stack="py3", variant=variant, default_variant=default_variant, version="2026.11.21", platform="linux-64",
-        prefix="/data0/sw/py3", lockfile_sha256="0" * 64, stackfile_sha256="1" * 64, tools={}, packages=(),
-        file_count=0, total_size=0, git_commit="a" * 40, build_time="2026-11-21T00:00:00Z", source_date_epoch=0,
-    )
+    base = base_manifest("py3", "2026.11.21", "/data0/sw/py3")
+    return replace(base, variant=variant, default_variant=default_variant)
 
 
 def test_the_default_variant_is_the_bare_stack_whatever_its_name() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from tests.support.host import base_manifest
 
 from swstack.errors import SpecError
-from swstack.manifest import Manifest
 from swstack.spec import find_stack_file, load_stack, load_stack_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,14 +21,6 @@ channels = ["conda-forge"]
 [dependencies]
 python = "3.11.*"
 """
-
-
-def manifest_of(variant: str, default_variant: str | None) -> Manifest:
-    return Manifest(
-        stack="demo", variant=variant, default_variant=default_variant, version="1", platform="linux-64",
-        prefix="/data0/sw/demo", lockfile_sha256="", stackfile_sha256="", tools={}, packages=(), file_count=0,
-        total_size=0, git_commit="", build_time="", source_date_epoch=0,
-    )
 
 
 def write(tmp_path: Path, text: str, name: str = "demo.toml") -> Path:
@@ -105,7 +98,9 @@ default = true
     assert not edge.is_default_variant and edge.stack_id == "demo-edge" and edge.lock_subdir == "demo/edge"
     # The manifest of a build of each names the same artifact directory as the stack.
     for stack in (lts, edge):
-        assert manifest_of(stack.variant, stack.default_variant).stack_id == stack.stack_id
+        manifest = replace(base_manifest("demo", "1", stack.prefix), variant=stack.variant,
+                           default_variant=stack.default_variant)
+        assert manifest.stack_id == stack.stack_id
 
 
 def test_digest_ignores_comments_and_formatting(tmp_path: Path) -> None:
