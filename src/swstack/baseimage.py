@@ -278,7 +278,7 @@ def build_rootfs_tarball(spec: BaseSpec, tarball: Path) -> None:
                 if line.startswith("I: ") and any(stage in line for stage in _DEBOOTSTRAP_STAGES):
                     bar.advance()
                 if line.startswith(("E: ", "W: ")):
-                    log.info(f"  | {line}")
+                    log.output(line)
 
             proc.run_streaming(debootstrap_argv(spec, root), error=ImageError, what="debootstrap", on_line=on_line)
         prune_rootfs(root)

@@ -248,7 +248,7 @@ class DockerEngine:
                 for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
                     if line.strip():
                         tail.append(line)
-                        log.info(f"  | {line}")
+                        log.output(line)
         except DockerException as exc:
             raise ImageError(f"building {tag} from {context_dir} failed: {_first_line(exc)}") from exc
         return str(self.client.images.get(tag).id)
