@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -194,13 +195,13 @@ def _loaded_build_side(code: str) -> list[str]:
 
     probe = (
         code
-        + "\nimport sys\n"
+        + "\nimport json, sys\n"
         + f"allowed, deps = {sorted(HOST_SIDE)!r}, {BUILD_DEPENDENCIES!r}\n"
-        + "print([m for m in sorted(sys.modules) if m.split('.')[0] in deps\n"
-        + "       or (m.startswith('swstack') and m not in allowed and not m.startswith('swstack.host'))])\n"
+        + "print(json.dumps([m for m in sorted(sys.modules) if m.split('.')[0] in deps\n"
+        + "       or (m.startswith('swstack') and m not in allowed and not m.startswith('swstack.host'))]))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    return list(eval(out.strip().splitlines()[-1]))  # noqa: S307 - our own probe's repr of a list
+    return list(json.loads(out.strip().splitlines()[-1]))
 
 
 def test_help_imports_no_build_dependencies() -> None:
