@@ -271,8 +271,13 @@ def image_labels(manifest: Manifest, settings: ImageSettings, source: str, base:
     return labels
 
 
-def image_env(base_env: Sequence[str], prefix: str, user: str, home: str, uid: int) -> tuple[str, ...]:
-    """The base's environment with the stack's prefix first on PATH and its kernels on JUPYTER_PATH."""
+def image_env(
+    base_env: Sequence[str], prefix: str, user: str, home: str, uid: int, *, stack: str = "", version: str = ""
+) -> tuple[str, ...]:
+    """The base's environment with the stack's prefix first on PATH and its kernels on JUPYTER_PATH.
+
+    ``SWSTACK_STACK`` and ``SWSTACK_VERSION`` tell a notebook which build it runs in.
+    """
     env = dict(item.split("=", 1) for item in base_env if "=" in item)
     base_path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.update(
@@ -287,6 +292,10 @@ def image_env(base_env: Sequence[str], prefix: str, user: str, home: str, uid: i
             "NB_UID": str(uid),
         }
     )
+    if stack:
+        env["SWSTACK_STACK"] = stack
+    if version:
+        env["SWSTACK_VERSION"] = version
     return tuple(f"{k}={v}" for k, v in env.items())
 
 
@@ -307,7 +316,13 @@ def plan_image(
         tags=render_tags(settings.tags, manifest),
         labels=image_labels(manifest, settings, source, settings.base),
         env=image_env(
-            _config_of(base.config).get("Env") or (), manifest.prefix, settings.user, home, settings.uid
+            _config_of(base.config).get("Env") or (),
+            manifest.prefix,
+            settings.user,
+            home,
+            settings.uid,
+            stack=manifest.stack_id,
+            version=manifest.version,
         ),
         user=f"{settings.uid}:{settings.uid}",
         user_name=settings.user,

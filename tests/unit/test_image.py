@@ -132,8 +132,11 @@ def test_labels_env_and_repository(artifact: Path) -> None:
     assert labels["org.opencontainers.image.vendor"] == "swstack"  # from base.toml's [image] labels
     env = dict(
         e.split("=", 1)
-        for e in image_env(["PATH=/usr/bin:/bin"], "/data0/sw/py3", "jovyan", "/home/jovyan", 1000)
+        for e in image_env(
+            ["PATH=/usr/bin:/bin"], "/data0/sw/py3", "jovyan", "/home/jovyan", 1000, stack="py3", version="29.0.0"
+        )
     )
+    assert (env["SWSTACK_STACK"], env["SWSTACK_VERSION"]) == ("py3", "29.0.0")
     assert env["PATH"] == "/data0/sw/py3/bin:/usr/bin:/bin"
     assert env["JUPYTER_PATH"] == "/data0/sw/py3/share/jupyter"
     site = offline_site("127.0.0.1:5999")
