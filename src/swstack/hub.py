@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import log
-from .errors import ActivateError, ImageError, SwstackError
+from .errors import ImageError, SwstackError
 from .oci import CREATED, DOCKER_MANIFEST, OCI_MANIFEST, VERSION, RegistryClient, RetryPolicy, parse_reference
 
 Kind = Literal["release", "weekly", "daily", "experimental"]
@@ -270,7 +270,7 @@ def render_kubespawner(menu: Menu) -> str:
 
 
 def read_registry(
-    repository: str, *, retry: RetryPolicy | None = None, error: type[SwstackError] = ActivateError
+    repository: str, *, retry: RetryPolicy | None = None, error: type[SwstackError] | None = None
 ) -> list[TaggedImage]:
     """Every tag of ``repository`` that has a menu form, with its digest, version and build time.
 
@@ -278,6 +278,7 @@ def read_registry(
     annotations (``build_image`` writes them), else from the image config's labels.
     Manifests that are no single image (an index, a stack artifact) are left out.
     """
+    error = error or MenuError
     ref = parse_reference(repository, default_tag=None, error=error)
     if ref.tag or ref.digest:
         raise error(f"{repository!r}: name a repository (host/name), not one tag or digest")
