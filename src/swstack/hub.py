@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import pprint
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -214,9 +213,18 @@ def plan_menu(images: Sequence[TaggedImage], policy: MenuPolicy | None = None) -
 # ----------------------------------------------------------------------------- rendering (pure)
 
 
-def _py(value: Any) -> str:
-    """A Python literal of the value (strings, numbers, booleans, lists, dicts), keys in order."""
-    return pprint.pformat(value, indent=1, width=110, sort_dicts=False)
+def _py(value: Any, depth: int = 0) -> str:
+    """A Python literal of JSON-like data, one item a line, keys in order (readable in a diff)."""
+    pad, inner = "    " * depth, "    " * (depth + 1)
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {_py(v, depth + 1)},\n" for k, v in value.items()]
+        return "{\n" + "".join(items) + pad + "}" if items else "{}"
+    if isinstance(value, list | tuple):
+        items = [f"{inner}{_py(v, depth + 1)},\n" for v in value]
+        return "[\n" + "".join(items) + pad + "]" if items else "[]"
+    if isinstance(value, bool | int | float) or value is None:
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a Python string literal
 
 
 def _header(menu: Menu, spawner: str) -> str:
