@@ -9,6 +9,7 @@ keeps at most N and leaves alone an image a container uses.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +77,16 @@ def test_the_menu_from_the_registry(
     assert capsys.readouterr().out == render_dockerspawner(menu)
     assert cli.main(["hub-config", f"{repository}:latest"]) == 9  # a tag is no repository
 
+    # The DaemonSet for the same menu, as `kubectl apply -f` gets it, through the API models.
+    from kubernetes.client import ApiClient
+
+    assert cli.main(["hub-config", repository, "--format", "daemonset", "--namespace", "jhub"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    api = ApiClient()
+    model = api._ApiClient__deserialize(manifest, "V1DaemonSet")  # type: ignore[attr-defined]
+    assert api.sanitize_for_serialization(model) == manifest
+    assert [c.image for c in model.spec.template.spec.init_containers] == list(menu.images())
+
 
 @pytest.fixture
 def engine_clean(menu_repo: tuple[str, dict[str, PushResult]]) -> Iterator[DockerEngine]:
@@ -94,7 +105,10 @@ def engine_clean(menu_repo: tuple[str, dict[str, PushResult]]) -> Iterator[Docke
 
 
 def test_prepull_keeps_n_and_never_an_image_in_use(
-    menu_repo: tuple[str, dict[str, PushResult]], engine_clean: DockerEngine, tmp_path: Path
+    menu_repo: tuple[str, dict[str, PushResult]],
+    engine_clean: DockerEngine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     engine = engine_clean
     repository, pushed = menu_repo
@@ -103,6 +117,10 @@ def test_prepull_keeps_n_and_never_an_image_in_use(
     assert cli.main(["hub-config", repository, "--format", "json", "-o", str(menu_file)]) == 0
     assert Menu.from_json(menu_file.read_text(), "m").images() == (pin["29.0.0"], pin["2024.12.30"], pin["2025.01.06"])
 
+    assert cli.main(["prepull", str(menu_file), "--keep", "2", "--dry-run", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["dry_run"] and planned["pull"] == [pin["29.0.0"], pin["2024.12.30"]] and not planned["remove"]
+    assert not engine.image_exists(pin["29.0.0"])  # a dry run pulls nothing
     assert cli.main(["prepull", str(menu_file), "--keep", "2"]) == 0
     assert engine.image_exists(pin["29.0.0"]) and engine.image_exists(pin["2024.12.30"])
     assert not engine.image_exists(pin["2025.01.06"])
