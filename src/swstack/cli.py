@@ -1,4 +1,5 @@
-"""Command line -> the host commands (activate, active, set-version, list, diff, prune, restore).
+"""Command line -> the host commands (activate, active, set-version, list, diff, prune, restore)
+and the hub's (hub-config, prepull).
 
 Starts fast and imports little: argparse here, each command's module only when it
 runs, and nothing of the build side (pydantic, rattler, docker, doit). A
@@ -30,7 +31,7 @@ layout under the root (default {paths.ROOT}):
   sw -> sw.tmpfs         live trees, one link per stack (sw/<stack>)
   sw.tmpfs/              ramdisk: .<stack>@<version> copies (production only)
   sw.<version>/<stack>/  persistent trees;  sw.hdd -> sw.<version>
-exit status: 0 changed, 3 unchanged, 11 activation error, 1 other error, 2 usage.
+exit status: 0 changed, 3 unchanged, 9 menu error, 11 activation error, 1 other error, 2 usage.
 See docs/host.md."""
 
 
@@ -194,6 +195,86 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0 if changed else UNCHANGED_EXIT
 
 
+def _policy(args: argparse.Namespace) -> Any:
+    from .hub import MenuPolicy
+
+    return MenuPolicy(
+        releases=args.releases, weeklies=args.weeklies, dailies=args.dailies, experimentals=args.experimentals
+    )
+
+
+def cmd_hub_config(args: argparse.Namespace) -> int:
+    from . import hub, prepull
+    from .fsutil import atomic_write_text
+
+    menu = hub.load_menu(args.source, _policy(args))
+    if args.format == "docker":
+        text = hub.render_dockerspawner(menu)
+    elif args.format == "kube":
+        text = hub.render_kubespawner(menu)
+    elif args.format == "daemonset":
+        text = prepull.daemonset_json(prepull.render_daemonset(menu, namespace=args.namespace, keep=args.keep))
+    else:
+        text = menu.to_json()
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+        log.info(f"wrote {args.output}: {len(menu.entries)} entries, default {menu.default.tag}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_prepull(args: argparse.Namespace) -> int:
+    from . import hub, prepull
+    from .engine import DockerEngine
+
+    menu = hub.load_menu(args.source, _policy(args))
+    try:
+        engine = DockerEngine()
+        plan = prepull.prepull(menu, engine, args.keep, dry_run=args.dry_run)
+    except ModuleNotFoundError as exc:  # the docker SDK is an extra on hosts
+        sys.stderr.write(f"swstack prepull: error: {exc}; install swstack[docker]\n")
+        return 1
+    if args.json:
+        _emit_json({"dry_run": args.dry_run, **_plan_json(plan)})
+    else:
+        verb = "would " if args.dry_run else ""
+        for ref in plan.pull:
+            _out(f"{verb}pull {ref}")
+        for ref in plan.present:
+            _out(f"present {ref}")
+        for ref in plan.remove:
+            _out(f"{verb}remove {ref}")
+        for image_id in plan.in_use:
+            _out(f"kept {image_id} (a container uses it)")
+    return 0 if plan.changes else UNCHANGED_EXIT
+
+
+def _plan_json(plan: Any) -> dict[str, Any]:
+    return {
+        "repository": plan.repository,
+        "pull": list(plan.pull),
+        "present": list(plan.present),
+        "remove": list(plan.remove),
+        "in_use": list(plan.in_use),
+    }
+
+
+def _menu_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="the images' repository (host[:port]/name, e.g. registry.example.org/swstack/py3) "
+        "or a menu file written by `hub-config --format json`",
+    )
+    p.add_argument("--releases", type=int, default=1, metavar="N", help="newest releases r* listed (default 1)")
+    p.add_argument("--weeklies", type=int, default=3, metavar="N", help="newest weeklies w_* listed (default 3)")
+    p.add_argument("--dailies", type=int, default=3, metavar="N", help="newest dailies d_* listed (default 3)")
+    p.add_argument(
+        "--experimentals", type=int, default=3, metavar="N", help="newest experimental exp_* listed (default 3)"
+    )
+
+
 def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
@@ -314,6 +395,43 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 3 if everything was already in place.",
         lock=True,
     )
+
+    p = sub.add_parser(
+        "hub-config",
+        help="render the spawner menu from the registry's tags",
+        description="Render a JupyterHub config file offering the repository's images: the newest\n"
+        "release (the default), the newest weeklies, dailies and experimental tags, each labelled\n"
+        "with its tag, version and build date and pinned by digest.\n"
+        "  --format docker     c.DockerSpawner.allowed_images (run `swstack prepull` on the host)\n"
+        "  --format kube       c.KubeSpawner.profile_list\n"
+        "  --format daemonset  a Kubernetes DaemonSet (JSON) pulling the images on every node\n"
+        "  --format json       the menu, for `swstack prepull` and other tools\n"
+        "Load the file with load_subconfig() in jupyterhub_config.py, or `jupyterhub -f` it.",
+        formatter_class=fmt,
+    )
+    p.set_defaults(func=cmd_hub_config)
+    _menu_options(p)
+    p.add_argument("--format", choices=("docker", "kube", "daemonset", "json"), default="docker")
+    p.add_argument("--output", "-o", metavar="FILE", help="write here (atomically) instead of stdout")
+    p.add_argument("--namespace", help="the DaemonSet's namespace (default: kubectl's)")
+    p.add_argument("--keep", type=int, metavar="N", help="the DaemonSet pulls only the menu's first N images")
+    p.add_argument("--debug", action="store_true", help="log every step and request")
+
+    p = sub.add_parser(
+        "prepull",
+        help="pull the menu's images onto this Docker host",
+        description="Pull the menu's images missing on this Docker host (DOCKER_HOST or the local\n"
+        "socket), keeping at most N images of the repository: the menu's first N, the default\n"
+        "first. Other images of the repository are removed, never one a container uses (it\n"
+        "stays until its container is gone). Exit 0 if something changed, 3 if nothing to do.",
+        formatter_class=fmt,
+    )
+    p.set_defaults(func=cmd_prepull)
+    _menu_options(p)
+    p.add_argument("--keep", type=int, required=True, metavar="N", help="images of the repository to keep")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be pulled and removed")
+    p.add_argument("--json", action="store_true", help="print a JSON document for machines")
+    p.add_argument("--debug", action="store_true", help="log every step and command")
     return parser
 
 

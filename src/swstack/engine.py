@@ -105,6 +105,19 @@ class Engine(Protocol):
 
     def inspect_image(self, ref: str) -> ImageInfo: ...
 
+    def local_images(self) -> list[LocalImage]: ...
+
+    def images_in_use(self) -> set[str]: ...
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """One image in the engine and the names it goes by."""
+
+    id: str
+    repo_tags: tuple[str, ...]  # "host/name:tag"
+    repo_digests: tuple[str, ...]  # "host/name@sha256:..."
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -321,6 +334,33 @@ class DockerEngine:
             cmd=tuple(config.get("Cmd") or ()),
             layers=len((attrs.get("RootFS") or {}).get("Layers") or ()),
         )
+
+    def local_images(self) -> list[LocalImage]:
+        """Every image in the engine (``docker images --all --digests``)."""
+        from docker.errors import DockerException
+
+        try:
+            listed = self.client.api.images()
+        except DockerException as exc:
+            raise ImageError(f"listing the engine's images failed: {_first_line(exc)}") from exc
+        return [
+            LocalImage(
+                id=str(item.get("Id", "")),
+                repo_tags=tuple(t for t in item.get("RepoTags") or () if t != "<none>:<none>"),
+                repo_digests=tuple(d for d in item.get("RepoDigests") or () if d != "<none>@<none>"),
+            )
+            for item in listed
+        ]
+
+    def images_in_use(self) -> set[str]:
+        """Ids of the images of every container, running or stopped (the engine keeps those)."""
+        from docker.errors import DockerException
+
+        try:
+            containers = self.client.api.containers(all=True)
+        except DockerException as exc:
+            raise ImageError(f"listing the engine's containers failed: {_first_line(exc)}") from exc
+        return {str(c.get("ImageID", "")) for c in containers if c.get("ImageID")}
 
     # -- containers -------------------------------------------------------------------
 

@@ -171,27 +171,54 @@ def image_repository(stack: Stack, site: Site) -> str:
     return f"{site.registry}/{name}"
 
 
-def tag_fields(manifest: Manifest) -> dict[str, str]:
-    """The values of ``[image] tags`` fields for one artifact."""
-    numbers = [int(n) for n in re.findall(r"\d+", manifest.version)]
-    day = (
+RELEASE_FIELDS = ("major", "minor", "patch")
+
+
+def release_numbers(version: str) -> tuple[int, int, int] | None:
+    """``29.1.0`` or ``v29.1`` -> ``(29, 1, 0)``; None for anything else (dates, builds, pre-releases).
+
+    A date version (``2026.11.21``, ``2026.11.21.2``) is never a release, so a nightly
+    build can not make an ``r2026_11_21`` tag that sorts above every real release.
+    """
+    if _version_date(version) is not None:
+        return None
+    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
+def build_day(manifest: Manifest) -> date:
+    """The date a build stands for: the one in a date version, else the build time's (UTC)."""
+    return (
         _version_date(manifest.version)
         or datetime.fromisoformat(manifest.build_time.replace("Z", "+00:00")).date()
     )
-    major, minor, patch = (numbers + [0, 0, 0])[:3]
-    return {
+
+
+def tag_fields(manifest: Manifest) -> dict[str, str]:
+    """The values of ``[image] tags`` fields for one artifact.
+
+    ``week`` is the ISO week and ``isoyear`` the ISO year it belongs to (2024-12-30 is in
+    week 1 of 2025). ``major``/``minor``/``patch`` are present only for a release version.
+    """
+    day = build_day(manifest)
+    iso = day.isocalendar()
+    fields = {
         "version": manifest.version,
         "variant": manifest.variant,
         "stack": manifest.stack,
         "yyyy": f"{day.year:04d}",
         "mm": f"{day.month:02d}",
         "dd": f"{day.day:02d}",
-        "week": f"{day.isocalendar()[1]:02d}",
-        "major": str(major),
-        "minor": str(minor),
-        "patch": str(patch),
+        "isoyear": f"{iso[0]:04d}",
+        "week": f"{iso[1]:02d}",
         "git": (manifest.git_commit or "unknown")[:12],
     }
+    release = release_numbers(manifest.version)
+    if release is not None:
+        fields.update(zip(RELEASE_FIELDS, (str(n) for n in release), strict=True))
+    return fields
 
 
 def _version_date(version: str) -> date | None:
@@ -205,10 +232,18 @@ def _version_date(version: str) -> date | None:
 
 
 def render_tags(templates: Sequence[str], manifest: Manifest) -> tuple[str, ...]:
-    """``["{version}", "latest", "w_{yyyy}_{week}"]`` -> concrete tags, in order, without repeats."""
+    """``["{version}", "latest", "w_{isoyear}_{week}"]`` -> concrete tags, in order, without repeats.
+
+    A template naming a field this artifact has not (``r{major}_{minor}_{patch}`` for a
+    date version) makes no tag.
+    """
     fields = tag_fields(manifest)
     tags: list[str] = []
     for template in templates:
+        missing = [name for name in re.findall(r"{([a-z]+)}", template) if name not in fields]
+        if missing:
+            log.debug(f"tag {template!r}: no {{{missing[0]}}} for version {manifest.version}, no such tag")
+            continue
         tag = re.sub(r"{([a-z]+)}", lambda m: fields[m.group(1)], template)
         tag = re.sub(r"[^A-Za-z0-9_.-]", "_", tag)[:128]
         if tag not in tags:
@@ -236,8 +271,13 @@ def image_labels(manifest: Manifest, settings: ImageSettings, source: str, base:
     return labels
 
 
-def image_env(base_env: Sequence[str], prefix: str, user: str, home: str, uid: int) -> tuple[str, ...]:
-    """The base's environment with the stack's prefix first on PATH and its kernels on JUPYTER_PATH."""
+def image_env(
+    base_env: Sequence[str], prefix: str, user: str, home: str, uid: int, *, stack: str = "", version: str = ""
+) -> tuple[str, ...]:
+    """The base's environment with the stack's prefix first on PATH and its kernels on JUPYTER_PATH.
+
+    ``SWSTACK_STACK`` and ``SWSTACK_VERSION`` tell a notebook which build it runs in.
+    """
     env = dict(item.split("=", 1) for item in base_env if "=" in item)
     base_path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.update(
@@ -252,6 +292,10 @@ def image_env(base_env: Sequence[str], prefix: str, user: str, home: str, uid: i
             "NB_UID": str(uid),
         }
     )
+    if stack:
+        env["SWSTACK_STACK"] = stack
+    if version:
+        env["SWSTACK_VERSION"] = version
     return tuple(f"{k}={v}" for k, v in env.items())
 
 
@@ -272,7 +316,13 @@ def plan_image(
         tags=render_tags(settings.tags, manifest),
         labels=image_labels(manifest, settings, source, settings.base),
         env=image_env(
-            _config_of(base.config).get("Env") or (), manifest.prefix, settings.user, home, settings.uid
+            _config_of(base.config).get("Env") or (),
+            manifest.prefix,
+            settings.user,
+            home,
+            settings.uid,
+            stack=manifest.stack_id,
+            version=manifest.version,
         ),
         user=f"{settings.uid}:{settings.uid}",
         user_name=settings.user,
@@ -936,6 +986,8 @@ __all__ = [
     "push_image",
     "render_config",
     "render_manifest",
+    "build_day",
+    "release_numbers",
     "render_tags",
     "tag_fields",
 ]

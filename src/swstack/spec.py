@@ -25,7 +25,9 @@ from .errors import SpecError
 from .tomlloc import KeyPath, index_lines, line_of
 
 DEFAULT_KERNEL_ARGV = ("{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}")
-TAG_FIELDS = ("version", "variant", "stack", "yyyy", "mm", "dd", "week", "major", "minor", "patch", "git")
+TAG_FIELDS = (
+    "version", "variant", "stack", "yyyy", "mm", "dd", "isoyear", "week", "major", "minor", "patch", "git",
+)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _OWNER = re.compile(r"^(?:\d+|[a-z_][a-z0-9_-]*)(?::(?:\d+|[a-z_][a-z0-9_-]*))?$")
@@ -204,6 +206,9 @@ class ImageSettings(Model):
                     close = difflib.get_close_matches(field, TAG_FIELDS, n=1)
                     hint = f"; did you mean '{{{close[0]}}}'?" if close else f"; fields: {', '.join(TAG_FIELDS)}"
                     raise ValueError(f"tag {tag!r}: unknown field {{{field}}}{hint}")
+            if "{week}" in tag and "{yyyy}" in tag:
+                # The calendar year is wrong around New Year: 2024-12-30 is in week 1 of 2025.
+                raise ValueError(f"tag {tag!r}: {{week}} is the ISO week; pair it with {{isoyear}}, not {{yyyy}}")
         return tags
 
 

@@ -212,3 +212,22 @@ def tarball_listing(tarball: Path) -> list[str]:
             elif member.isdir():
                 lines.append(f"d ./{rel} -")
     return sorted(lines)
+
+
+def relabelled_artifact(artifact_dir: Path, root: Path, version: str, build_time: str) -> Path:
+    """A copy of an artifact under another version and build time, its tarball hard-linked.
+
+    The image built from it has the original's layers (the same tree) and its own config
+    (labels, ``SWSTACK_VERSION``) and tags: a second image version for the price of a config.
+    """
+    manifest = Manifest.load(artifact_dir / "manifest.json")
+    out = root / manifest.stack / version
+    out.mkdir(parents=True)
+    for path in artifact_dir.iterdir():
+        if path.is_file() and path.name != "manifest.json":
+            try:
+                os.link(path, out / path.name)
+            except OSError:  # another filesystem
+                (out / path.name).write_bytes(path.read_bytes())
+    (out / "manifest.json").write_text(replace(manifest, version=version, build_time=build_time).to_json())
+    return out

@@ -21,6 +21,7 @@ from swstack.image import (
     image_repository,
     index_tarball,
     plan_image,
+    release_numbers,
     render_config,
     render_manifest,
     render_tags,
@@ -64,21 +65,59 @@ def test_tags_lsst_forms(artifact: Path) -> None:
         "{version}",
         "latest",
         "d_{yyyy}_{mm}_{dd}",
-        "w_{yyyy}_{week}",
+        "w_{isoyear}_{week}",
         "r{major}_{minor}_{patch}",
         "exp_{git}",
         "latest",
         "{stack}-{variant}",
     ]
+    # A date version is no release: the r-template makes no tag.
     assert render_tags(templates, manifest) == (
         "2026.11.21.2",
         "latest",
         "d_2026_11_21",
         "w_2026_47",
-        "r2026_11_21",
         "exp_0123456789ab",
         "py3-stable",
     )
+
+
+@pytest.mark.parametrize(
+    ("version", "daily", "weekly"),
+    [
+        ("2024.12.30", "d_2024_12_30", "w_2025_01"),  # Monday of ISO week 1 of 2025
+        ("2024.12.29", "d_2024_12_29", "w_2024_52"),
+        ("2021.01.03", "d_2021_01_03", "w_2020_53"),  # Sunday closing week 53 of 2020
+        ("2021.01.04", "d_2021_01_04", "w_2021_01"),
+        ("2026.12.31", "d_2026_12_31", "w_2026_53"),
+        ("2027.01.01.3", "d_2027_01_01", "w_2026_53"),
+        ("2027.01.04", "d_2027_01_04", "w_2027_01"),
+    ],
+)
+def test_weekly_tag_uses_the_iso_year_at_year_boundaries(
+    artifact: Path, version: str, daily: str, weekly: str
+) -> None:
+    manifest = replace(_manifest(artifact), version=version)
+    assert render_tags(["d_{yyyy}_{mm}_{dd}", "w_{isoyear}_{week}"], manifest) == (daily, weekly)
+
+
+@pytest.mark.parametrize(
+    ("version", "build_time", "tags"),
+    [
+        ("29.0.0", "2024-12-30T23:59:59Z", ("29.0.0", "r29_0_0", "w_2025_01", "d_2024_12_30")),
+        ("v29.1", "2027-01-01T08:00:00Z", ("v29.1", "r29_1_0", "w_2026_53", "d_2027_01_01")),
+        ("29.0.0rc1", "2025-06-02T00:00:00Z", ("29.0.0rc1", "w_2025_23", "d_2025_06_02")),
+        ("2026.11.21", "2026-11-21T03:00:00Z", ("2026.11.21", "w_2026_47", "d_2026_11_21")),
+        ("2026.11.21.4", "2026-11-22T03:00:00Z", ("2026.11.21.4", "w_2026_47", "d_2026_11_21")),
+    ],
+)
+def test_release_tags_only_from_release_versions(
+    artifact: Path, version: str, build_time: str, tags: tuple[str, ...]
+) -> None:
+    manifest = replace(_manifest(artifact), version=version, build_time=build_time)
+    templates = ["{version}", "r{major}_{minor}_{patch}", "w_{isoyear}_{week}", "d_{yyyy}_{mm}_{dd}"]
+    assert render_tags(templates, manifest) == tags
+    assert (release_numbers(version) is not None) == any(t.startswith("r") for t in tags)
 
 
 def test_labels_env_and_repository(artifact: Path) -> None:
@@ -93,8 +132,11 @@ def test_labels_env_and_repository(artifact: Path) -> None:
     assert labels["org.opencontainers.image.vendor"] == "swstack"  # from base.toml's [image] labels
     env = dict(
         e.split("=", 1)
-        for e in image_env(["PATH=/usr/bin:/bin"], "/data0/sw/py3", "jovyan", "/home/jovyan", 1000)
+        for e in image_env(
+            ["PATH=/usr/bin:/bin"], "/data0/sw/py3", "jovyan", "/home/jovyan", 1000, stack="py3", version="29.0.0"
+        )
     )
+    assert (env["SWSTACK_STACK"], env["SWSTACK_VERSION"]) == ("py3", "29.0.0")
     assert env["PATH"] == "/data0/sw/py3/bin:/usr/bin:/bin"
     assert env["JUPYTER_PATH"] == "/data0/sw/py3/share/jupyter"
     site = offline_site("127.0.0.1:5999")

@@ -171,13 +171,18 @@ def test_invalid_toml_has_line(tmp_path: Path) -> None:
 def test_bad_owner_and_tag_field_and_kernel_argv(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        'owner = "899:"\n' + MINIMAL + '\n[image]\ntags = ["w_{yyyy}_{wek}"]\n\n[[kernels]]\nname = "k"\n'
+        'owner = "899:"\n' + MINIMAL + '\n[image]\ntags = ["w_{isoyear}_{wek}"]\n\n[[kernels]]\nname = "k"\n'
         'display_name = "K"\nargv = ["python"]\n',
     )
     message = error_of(path)
     assert "demo.toml:1: owner: owner '899:'" in message
     assert "image.tags" in message and "did you mean '{week}'?" in message
     assert "kernels[0].argv: argv must pass '{connection_file}'" in message
+
+
+def test_weekly_tag_with_the_calendar_year_is_refused(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[image]\ntags = ["w_{yyyy}_{week}"]\n'))
+    assert "image.tags" in message and "pair it with {isoyear}, not {yyyy}" in message
 
 
 def test_several_problems_are_reported_at_once(tmp_path: Path) -> None:

@@ -1,0 +1,170 @@
+"""The spawner menu -> its images on the nodes: a Docker host's pulls and removals, a Kubernetes DaemonSet.
+
+Input: a ``hub.Menu`` (its images pinned by digest, default first) and, on a Docker host,
+what the engine holds and which images its containers use. Output: ``PrepullPlan``
+(pure: what to pull, what to keep, what to remove) carried out through ``engine.py``, or
+a DaemonSet manifest (pure) whose init containers make every node pull each image.
+
+A Docker host keeps at most ``keep`` images of the menu's repository: the menu's first
+``keep`` images (the default first). Older images of that repository are removed, never
+one a container uses, running or stopped: such an image stays (reported as in use)
+until its container is gone, even if that makes more than ``keep``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import log
+from .engine import Engine, LocalImage
+from .errors import ImageError
+from .hub import Menu
+
+PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
+
+
+@dataclass(frozen=True)
+class PrepullPlan:
+    repository: str
+    pull: tuple[str, ...]  # pinned references missing on the host
+    present: tuple[str, ...]  # pinned references already there
+    remove: tuple[str, ...]  # references (tags, digests) of images to untag and so delete
+    in_use: tuple[str, ...]  # ids of images beyond the menu kept because a container uses them
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.pull or self.remove)
+
+
+def _of_repository(image: LocalImage, repository: str) -> tuple[str, ...]:
+    """The names ``image`` has in ``repository`` (``repo:tag`` and ``repo@sha256:``)."""
+    names = [t for t in image.repo_tags if t.rsplit(":", 1)[0] == repository]
+    names += [d for d in image.repo_digests if d.split("@", 1)[0] == repository]
+    return tuple(names)
+
+
+def plan_prepull(menu: Menu, local: Sequence[LocalImage], in_use: set[str], keep: int) -> PrepullPlan:
+    """Pull the menu's first ``keep`` images that are missing; remove the repository's others not in use."""
+    if keep < 1:
+        raise ImageError(f"--keep {keep}: keep at least 1 image (the menu's default)")
+    wanted = menu.images()[:keep]
+    held = {digest for image in local for digest in image.repo_digests}
+    ours = [(image, names) for image in local if (names := _of_repository(image, menu.repository))]
+    remove: list[str] = []
+    kept_in_use: list[str] = []
+    for image, names in ours:
+        if any(digest in wanted for digest in image.repo_digests):
+            continue
+        if image.id in in_use:
+            kept_in_use.append(image.id)
+            continue
+        remove.extend(names)
+    return PrepullPlan(
+        repository=menu.repository,
+        pull=tuple(ref for ref in wanted if ref not in held),
+        present=tuple(ref for ref in wanted if ref in held),
+        remove=tuple(remove),
+        in_use=tuple(kept_in_use),
+    )
+
+
+def run_prepull(plan: PrepullPlan, engine: Engine) -> None:
+    """Pull first, then remove: a host never holds fewer menu images than before."""
+    for ref in plan.pull:
+        engine.pull_image(ref)
+    for ref in plan.remove:
+        log.info(f"removing {ref}")
+        engine.remove_image(ref)  # never forced: the engine refuses one a container uses
+    for image_id in plan.in_use:
+        log.info(f"kept {image_id[:19]}: a container uses it")
+
+
+def prepull(menu: Menu, engine: Engine, keep: int, *, dry_run: bool = False) -> PrepullPlan:
+    plan = plan_prepull(menu, engine.local_images(), engine.images_in_use(), keep)
+    if not dry_run:
+        run_prepull(plan, engine)
+    return plan
+
+
+# ----------------------------------------------------------------------------- Kubernetes
+
+
+def _container_name(index: int, tag: str) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", tag.lower()).strip("-")
+    return f"pull-{index}-{name}"[:63].rstrip("-")
+
+
+def render_daemonset(
+    menu: Menu,
+    *,
+    name: str | None = None,
+    namespace: str | None = None,
+    keep: int | None = None,
+    pause_image: str = PAUSE_IMAGE,
+) -> dict[str, Any]:
+    """An ``apps/v1`` DaemonSet whose init containers pull each menu image on every node.
+
+    Each init container runs ``/bin/true`` in one image (our images are Debian-based), so
+    the kubelet pulls it; the one container left is ``pause``, so the pod costs nothing
+    while it keeps the images from the kubelet's image garbage collection. ``keep`` limits
+    it to the menu's first images, as on a Docker host.
+    """
+    images = menu.images()[: keep or None]
+    app = name or "swstack-prepull-" + re.sub(r"[^a-z0-9-]+", "-", menu.repository.rsplit("/", 1)[-1].lower())
+    app = app[:63].rstrip("-")
+    labels = {"app.kubernetes.io/name": app, "app.kubernetes.io/managed-by": "swstack"}
+    tags = {entry.image: entry.tag for entry in reversed(menu.entries)}
+    init = [
+        {
+            "name": _container_name(i, tags[image]),
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/true"],
+            "resources": {"requests": {"cpu": "1m", "memory": "8Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
+            "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+        }
+        for i, image in enumerate(images)
+    ]
+    metadata: dict[str, Any] = {"name": app, "labels": labels}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": metadata,
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "initContainers": init,
+                    "containers": [
+                        {
+                            "name": "pause",
+                            "image": pause_image,
+                            "resources": {
+                                "requests": {"cpu": "1m", "memory": "8Mi"},
+                                "limits": {"cpu": "10m", "memory": "16Mi"},
+                            },
+                        }
+                    ],
+                    "terminationGracePeriodSeconds": 0,
+                    "automountServiceAccountToken": False,
+                    "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+                },
+            },
+        },
+    }
+
+
+def daemonset_json(manifest: dict[str, Any]) -> str:
+    """The manifest as ``kubectl apply -f`` reads it (JSON is YAML too)."""
+    return json.dumps(manifest, indent=2) + "\n"
+
+
+__all__ = ["PrepullPlan", "daemonset_json", "plan_prepull", "prepull", "render_daemonset", "run_prepull"]
