@@ -97,9 +97,6 @@ def test_podman_pull_and_run(pushed: tuple[PushResult, Path], clients: Clients) 
     clients.run(clients.podman("pull", "--tls-verify=false", _ref(result)))
     digest = clients.run(clients.podman("image", "inspect", "--format", "{{.Digest}}", _ref(result))).stdout
     assert digest.strip() == result.digest
-    run = clients.run(
-        clients.podman(
-            "run", "--rm", *clients.run_flags(), _ref(result), "/bin/sh", "-c", 'id -un; command -v python; echo "$HOME"'
-        )
-    )
+    script = 'id -un; command -v python; echo "$HOME"'
+    run = clients.run(clients.podman("run", "--rm", *clients.run_flags(), _ref(result), "/bin/sh", "-c", script))
     assert run.stdout.split() == ["jovyan", "/data0/sw/py3/bin/python", "/home/jovyan"]
