@@ -75,9 +75,7 @@ def test_skopeo_copy_to_oci_layout_then_umoci_unpack_is_the_tarball(
     need("skopeo", "umoci")
     result, artifact = pushed
     layout = tmp_path / "layout"
-    clients.run(
-        clients.skopeo("copy", "--src-tls-verify=false", f"docker://{_ref(result)}", f"oci:{layout}:{TAG}")
-    )
+    clients.run(clients.skopeo("copy", "--src-tls-verify=false", f"docker://{_ref(result)}", f"oci:{layout}:{TAG}"))
     index = json.loads((layout / "index.json").read_text())
     # Copying without conversion keeps every byte: the same manifest digest as in the registry.
     assert [m["digest"] for m in index["manifests"]] == [result.digest]

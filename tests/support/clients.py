@@ -46,7 +46,7 @@ class Clients:
         clients.write_policy(policy or INSECURE_POLICY)
         # Empty files: no search registries, no global containers.conf settings.
         (home / "registries.conf").write_text("unqualified-search-registries = []\n")
-        (home / "containers.conf").write_text("[engine]\nevents_logger = \"none\"\n")
+        (home / "containers.conf").write_text('[engine]\nevents_logger = "none"\n')
         (home / "storage.conf").write_text(
             f'[storage]\ndriver = "vfs"\nrunroot = "{clients.runroot}"\ngraphroot = "{clients.storage}"\n'
         )
@@ -78,10 +78,10 @@ class Clients:
         self.policy.parent.mkdir(parents=True, exist_ok=True)
         self.policy.write_text(json.dumps(policy, indent=1))
 
-    def use_sigstore_attachments(self, registry: str) -> None:
-        """Tell containers/image to look for cosign-style ``sha256-<digest>.sig`` tags on ``registry``."""
+    def use_lookaside(self, registry: str, lookaside: Path) -> None:
+        """Tell containers/image to read signatures of ``registry``'s images from ``lookaside``."""
         (self.registries_d / "swstack-test.yaml").write_text(
-            f"docker:\n  {registry}:\n    use-sigstore-attachments: true\n"
+            f"docker:\n  {registry}:\n    lookaside: {lookaside.as_uri()}\n"
         )
 
     def env(self) -> dict[str, str]:
