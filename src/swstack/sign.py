@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import __version__, log, proc
 from .errors import SignError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .oci import OCI_MANIFEST, ManifestDoc, RegistryClient, canonical_json, digest_of
+from .oci import OCI_MANIFEST, ManifestDoc, RegistryClient, canonical_json, digest_of, parse_reference
 from .trust import SIGNATURE_ANNOTATION, SIMPLE_SIGNING_TYPE, signature_tag, simple_signing_payload
 
 PASSWORD_ENV = "SWSTACK_SIGNING_PASSWORD"
 CREATOR = f"swstack {__version__}"
 # cosign's signature image config: an empty image whose one "layer" is the payload.
 _EMPTY_CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+# Files of an artifact directory signed beside manifest.json (made by attest.py).
+ATTESTATION_FILES = ("sbom.cdx.json", "provenance.intoto.json")
 
 
 @dataclass(frozen=True)
@@ -333,3 +336,35 @@ def sign_image(
     sign_in_registry(RegistryClient(registry, error=SignError), repository, digest, load_key(keys.cosign_key))
     if lookaside is not None and keys.gnupg.is_dir():
         sign_in_lookaside(keys.gnupg, lookaside, registry, repository, digest, timestamp)
+
+
+# ----------------------------------------------------------------------------- what the tasks call
+
+
+def site_keys(keys_dir: Path | None) -> KeyDir | None:
+    """The site's keys when it names a directory holding them; None (nothing is signed) otherwise."""
+    if keys_dir is None:
+        return None
+    keys = KeyDir(keys_dir)
+    if not keys.exists():
+        log.warn(f"{keys_dir}: no signing key there yet, nothing signed; `doit keygen` makes one")
+        return None
+    return keys
+
+
+def sign_artifact_files(artifact_dir: Path, keys: KeyDir) -> list[Path]:
+    """``<file>.sig`` for manifest.json (which names the tarball's sha256) and the attestations beside it."""
+    key = load_key(keys.cosign_key)
+    names = ["manifest.json", *ATTESTATION_FILES]
+    return [sign_file(artifact_dir / name, key) for name in names if (artifact_dir / name).is_file()]
+
+
+def sign_if_pushed(keys: KeyDir, lookaside: Path | None, ref: str) -> bool:
+    """Sign what ``ref`` (host/repo:tag or @digest) points to in the registry; False when it is not there."""
+    reference = parse_reference(ref, default_tag=None, error=SignError)
+    client = RegistryClient(reference.registry, error=SignError)
+    digest = client.head_manifest(reference.repository, reference.reference)
+    if digest is None:
+        return False
+    sign_image(keys, lookaside, reference.registry, reference.repository, digest, int(time.time()))
+    return True
