@@ -72,11 +72,13 @@ def _print_outcome(outcome: Any, as_json: bool) -> int:
 
 def cmd_activate(args: argparse.Namespace) -> int:
     from .host import commands
+    from .host.signature import load_policy
 
     sources = list(args.sources)
     if args.release:
         sources += commands.read_release(Path(args.release))
-    return _print_outcome(commands.activate(args.root, sources, wait=args.wait), args.json)
+    policy = load_policy(args.host_config, args.require_signature, list(args.trusted_key))
+    return _print_outcome(commands.activate(args.root, sources, wait=args.wait, policy=policy), args.json)
 
 
 def cmd_set_version(args: argparse.Namespace) -> int:
@@ -245,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
         "host:port/name:tag), verify their sha256 and manifest, extract them safely into\n"
         "<root>/sw.<version>/<stack>, relocate if the root differs from the built prefix,\n"
         "load them onto the ramdisk and switch <root>/sw/<stack> atomically; then point\n"
-        "<root>/sw.hdd at the version. Exit 0 if something changed, 3 if already active.",
+        "<root>/sw.hdd at the version. With a signature policy (--require-signature or the\n"
+        "host config), an artifact no trusted key signed is refused before anything is written.\n"
+        "Exit 0 if something changed, 3 if already active, 11 if refused or failed.",
         lock=True,
     )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="artifact: path, URL or OCI reference")
@@ -253,6 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--release",
         metavar="FILE",
         help='release manifest (TOML [stacks] name = "source", or JSON {"stacks": {...}})',
+    )
+    p.add_argument(
+        "--require-signature",
+        action="store_true",
+        help="refuse an artifact unless a trusted key signed it (also: [signatures] require in the host config)",
+    )
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PUBKEY",
+        help="a PEM public key (the site's cosign.pub) whose signatures are trusted; repeatable",
+    )
+    p.add_argument(
+        "--host-config",
+        type=Path,
+        metavar="FILE",
+        help="host config TOML (default $SWSTACK_HOST_CONFIG, else /etc/swstack/host.toml when present)",
     )
 
     p = add(
