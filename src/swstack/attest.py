@@ -262,3 +262,74 @@ def attestations_of(artifact_dir: Path) -> Iterator[tuple[AttestationInfo, Path]
 
 def creator() -> str:
     return f"swstack {__version__}"
+
+
+# ----------------------------------------------------------------------------- in the registry
+
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_CONFIG = b"{}"
+
+
+def referrers_tag(digest: str) -> str:
+    """The OCI 1.1 referrers tag schema: registries without the referrers API list them here."""
+    algorithm, _, hexdigest = digest.partition(":")
+    return f"{algorithm}-{hexdigest}"
+
+
+def render_referrer(subject: Mapping[str, Any], info: AttestationInfo, size: int, created: str) -> bytes:
+    """An OCI artifact manifest carrying one attestation file, whose ``subject`` is the image or artifact."""
+    from .oci import OCI_MANIFEST, TITLE, canonical_json, digest_of
+
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": info.media_type,
+        "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": digest_of(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)},
+        "layers": [
+            {
+                "mediaType": info.media_type,
+                "digest": f"sha256:{info.sha256}",
+                "size": size,
+                "annotations": {TITLE: info.name},
+            }
+        ],
+        "subject": dict(subject),
+        "annotations": {"org.opencontainers.image.created": created},
+    }
+    return canonical_json(doc)
+
+
+def attach_attestations(client: Any, repository: str, subject_digest: str, artifact_dir: Path) -> list[str]:
+    """Push the artifact's attestations as referrers of ``repository@subject_digest``; their digests.
+
+    The referrers index (tag ``sha256-<hex>``) keeps entries of other artifact types and is
+    rewritten with ours, so pushing twice leaves one entry per type.
+    """
+    from .oci import OCI_INDEX, OCI_MANIFEST, canonical_json, digest_of
+
+    manifest = Manifest.load(artifact_dir / "manifest.json")
+    subject_doc = client.get_manifest(repository, subject_digest)
+    subject = {"mediaType": subject_doc.media_type, "digest": subject_doc.digest, "size": len(subject_doc.data)}
+    client.push_blob(repository, EMPTY_CONFIG, digest_of(EMPTY_CONFIG), len(EMPTY_CONFIG))
+    entries: list[dict[str, Any]] = []
+    for info, path in attestations_of(artifact_dir):
+        size = path.stat().st_size
+        client.push_blob(repository, path, f"sha256:{info.sha256}", size)
+        referrer = render_referrer(subject, info, size, manifest.build_time)
+        digest = client.put_manifest(repository, digest_of(referrer), referrer, OCI_MANIFEST)
+        entries.append(
+            {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(referrer), "artifactType": info.media_type}
+        )
+    tag = referrers_tag(subject_digest)
+    ours = {e["artifactType"] for e in entries}
+    kept: list[dict[str, Any]] = []
+    if client.head_manifest(repository, tag) is not None:
+        kept = [
+            m
+            for m in client.get_manifest(repository, tag).json().get("manifests") or []
+            if m.get("artifactType") not in ours
+        ]
+    index = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": kept + entries})
+    client.put_manifest(repository, tag, index, OCI_INDEX)
+    log.info(f"{repository}@{subject_digest[:19]}: {len(entries)} attestation(s) attached (referrers tag {tag[:19]}…)")
+    return [e["digest"] for e in entries]

@@ -273,14 +273,33 @@ def _image(stack: Any, site: Any) -> None:
 
 def _push(stack: Any, site: Any) -> None:
     from .image import push_image
-    from .sign import sign_if_pushed, site_keys
 
-    result = push_image(_newest_artifact(stack, site) / "image")
+    artifact = _newest_artifact(stack, site)
+    result = push_image(artifact / "image")
     log.info(f"pushed {result.repository}@{result.digest}: {log.human_bytes(result.bytes_uploaded)} sent, "
              f"{len(result.skipped)} layers already there")
+    _attach_and_sign(site, artifact, result.repository, result.digest)
+
+
+def _attach_and_sign(site: Any, artifact: Path, repository: str, digest: str) -> None:
+    """After a push: the SBOM and provenance as referrers of ``digest``, then signatures of all of them."""
+    import time
+
+    from .attest import attach_attestations
+    from .manifest import Manifest
+    from .oci import RegistryClient, parse_reference
+    from .sign import sign_image, site_keys
+
+    target = parse_reference(repository, default_tag=None)
+    client = RegistryClient(target.registry)
+    referrers = []
+    if Manifest.load(artifact / "manifest.json").attestations:
+        referrers = attach_attestations(client, target.repository, digest, artifact)
     keys = site_keys(site.signing_keys)
-    if keys is not None:
-        sign_if_pushed(keys, site.lookaside, result.ref())
+    if keys is None:
+        return
+    for signed in (digest, *referrers):
+        sign_image(keys, site.lookaside, target.registry, target.repository, signed, int(time.time()))
 
 
 def _publish(stack: Any, site: Any) -> None:
@@ -289,17 +308,16 @@ def _publish(stack: Any, site: Any) -> None:
 
     if not site.registry:
         raise PushError("the site names no registry: set [registry] url in the site file")
-    from .sign import sign_artifact_files, sign_if_pushed, site_keys
+    from .sign import sign_artifact_files, site_keys
 
     artifact = _newest_artifact(stack, site)
     keys = site_keys(site.signing_keys)
     if keys is not None:
         sign_artifact_files(artifact, keys)
-    ref = f"{site.registry}/{stack.stack_id}:{artifact.name}"
-    digest = publish_artifact(artifact, ref)
-    log.info(f"published {ref}@{digest}")
-    if keys is not None:
-        sign_if_pushed(keys, site.lookaside, f"{ref.rsplit(':', 1)[0]}@{digest}")
+    repository = f"{site.registry}/{stack.stack_id}"
+    digest = publish_artifact(artifact, f"{repository}:{artifact.name}")
+    log.info(f"published {repository}:{artifact.name}@{digest}")
+    _attach_and_sign(site, artifact, repository, digest)
 
 
 def _sign(stack: Any, site: Any) -> None:

@@ -10,6 +10,7 @@ containers/image with sigstore verification disabled: its podman and skopeo answ
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,3 +213,42 @@ def test_our_verifier_agrees(images: tuple[PushResult, PushResult], keys: Keys) 
         trust.verify_registry_signature(
             client, reference, target.repository, unsigned.digest, [keys.public], ActivateError
         )
+
+
+def test_push_attaches_sbom_and_provenance_as_signed_referrers(
+    tmp_path: Path,
+    image_site: Site,  # noqa: F811
+    keys: Keys,
+    clients: Clients,
+) -> None:
+    """What `doit push` does after pushing: referrers (OCI subject) for the SBOM and provenance, all signed."""
+    from dataclasses import replace
+
+    from swstack import attest, tasks
+
+    artifact = make_env_artifact(tmp_path / "art", "2026.12.03", conda=SMALL_CONDA)
+    attest.attest_artifact(artifact)
+    pushed = push_image(build_image(py3_stack(), image_site, PROJECT, artifact), tags=["2026.12.03"])
+    site = replace(image_site, signing_keys=keys.site.root, lookaside=keys.lookaside)
+    tasks._attach_and_sign(site, artifact, pushed.repository, pushed.digest)
+
+    # skopeo reads the referrers index under the OCI 1.1 fallback tag, and each referrer.
+    tag_ref = f"docker://{pushed.repository}:{attest.referrers_tag(pushed.digest)}"
+    insecure = Clients.make(tmp_path / "insecure")
+    index = json.loads(insecure.run(insecure.skopeo("inspect", "--raw", "--tls-verify=false", tag_ref)).stdout)
+    kinds = {m["artifactType"]: m["digest"] for m in index["manifests"]}
+    assert set(kinds) == {"application/vnd.cyclonedx+json", "application/vnd.in-toto+json"}
+    target = parse_reference(pushed.repository, default_tag=None)
+    client = RegistryClient(target.registry, error=ActivateError)
+    sbom_manifest = client.get_manifest(target.repository, kinds["application/vnd.cyclonedx+json"]).json()
+    assert sbom_manifest["subject"]["digest"] == pushed.digest
+    layer = sbom_manifest["layers"][0]
+    client.pull_blob(target.repository, layer["digest"], tmp_path / "sbom.json", layer["size"])
+    assert (tmp_path / "sbom.json").read_bytes() == (artifact / attest.SBOM_NAME).read_bytes()
+    # The image and both referrers carry our cosign signature; the image also the OpenPGP one.
+    reference = f"{target.registry}/{target.repository}"
+    for digest in (pushed.digest, *kinds.values()):
+        trust.verify_registry_signature(client, reference, target.repository, digest, [keys.public], ActivateError)
+    rc, err = _pull(clients, f"{pushed.repository}:2026.12.03")
+    assert rc == 0, err
+    insecure.close()
