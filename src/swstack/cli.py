@@ -196,6 +196,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0 if changed else UNCHANGED_EXIT
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .host import provenance
+    from .host.signature import load_policy
+
+    policy = load_policy(args.host_config, False, list(args.trusted_key))
+    report = provenance.verify(args.artifact, list(policy.trusted_keys))
+    if args.json:
+        _emit_json(report)
+        return 0
+    _out(f"{report.stack} {report.version} ({report.platform}): {report.tarball}")
+    _out(f"  sha256      {report.tarball_sha256}")
+    _out(f"  built       {report.built_at} by {report.builder}")
+    if report.builder_image:
+        _out(f"  in          {report.builder_image}")
+    _out(f"  tools       {', '.join(f'{k} {v}' for k, v in sorted(report.tools.items()))}")
+    for name, digest in report.inputs.items():
+        _out(f"  from        {name} {digest}")
+    signed = f"signed by   {', '.join(report.signed_by)}" if report.signed_by else "signature   not checked"
+    _out(f"  {signed}" + ("" if report.signed_by else " (no --trusted-key)"))
+    return 0
+
+
 def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
@@ -327,6 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest versions")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
+    p = add(
+        "verify",
+        cmd_verify,
+        "say who built an artifact, from which inputs",
+        "Read an artifact's SLSA provenance (beside the tarball, or attached to it in the\n"
+        "registry), check it describes this very tarball and, with --trusted-key (or the host\n"
+        "config's trusted_keys), that a trusted key signed the artifact and its provenance.\n"
+        "Prints the builder, tools, builder image and inputs (lockfile, stack file, git\n"
+        "commit). Exit 0 verified, 11 refused.",
+    )
+    p.add_argument("artifact", metavar="ARTIFACT", help="artifact directory, tarball path or OCI reference")
+    p.add_argument("--trusted-key", action="append", default=[], type=Path, metavar="PUBKEY",
+                   help="a PEM public key whose signatures are trusted; repeatable")
+    p.add_argument("--host-config", type=Path, metavar="FILE", help="host config TOML naming trusted_keys")
 
     add(
         "restore",
