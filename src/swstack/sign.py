@@ -49,6 +49,16 @@ class SigningKey:
         """Base64 of the DER ECDSA/SHA-256 signature of ``data`` (cosign's encoding)."""
         return base64.b64encode(self._key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
 
+    def made(self, signature_b64: str, data: bytes) -> bool:
+        """True when ``signature_b64`` is this key's signature of ``data`` (re-signing replaces it)."""
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            self._key.public_key().verify(base64.b64decode(signature_b64), data, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
     def public_pem(self) -> bytes:
         return self._key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -134,6 +144,10 @@ def _layer(payload: bytes, signature: str) -> dict[str, Any]:
     }
 
 
+def _signature_of(layer: dict[str, Any]) -> str:
+    return str((layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION, ""))
+
+
 def plan_signature(
     reference: str, digest: str, key: SigningKey, existing: dict[str, Any] | None = None
 ) -> SignaturePlan:
@@ -144,7 +158,8 @@ def plan_signature(
     kept = [
         layer
         for layer in (existing or {}).get("layers") or []
-        if isinstance(layer, dict) and not (layer.get("digest") == ours["digest"] and _same_key(layer, key, payload))
+        if isinstance(layer, dict)
+        and not (layer.get("digest") == ours["digest"] and key.made(_signature_of(layer), payload))
     ]
     layers = [*kept, ours]
     config = canonical_json(
@@ -164,18 +179,6 @@ def plan_signature(
         }
     )
     return SignaturePlan(signature_tag(digest), payload, config, manifest)
-
-
-def _same_key(layer: dict[str, Any], key: SigningKey, payload: bytes) -> bool:
-    """A signature of this payload by this key is replaced rather than piled up on each run."""
-    from cryptography.exceptions import InvalidSignature
-
-    signature = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION, "")
-    try:
-        key._key.public_key().verify(base64.b64decode(signature), payload, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def sign_in_registry(client: RegistryClient, repository: str, digest: str, key: SigningKey) -> str:
