@@ -12,9 +12,11 @@ from swstack.tasks import (  # noqa: F401
     task_demo,
     task_image,
     task_images,
+    task_keygen,
     task_lock,
     task_publish,
     task_push,
+    task_sign,
 )
 
 DOIT_CONFIG = {

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log, proc
+from .attest import attest_artifact
 from .audit import audit
 from .errors import BuildError
 from .fsutil import atomic_write_text, exclusive_lock, sha256_file
@@ -28,7 +29,7 @@ from .install import CondaItem, InstallPlan, KernelItem, PipItem
 from .lock import lock, lock_time, lockfile_path, read_lockfile
 from .manifest import Manifest
 from .pack import next_version
-from .sandbox import Mount, Sandbox, open_sandbox
+from .sandbox import DockerSandbox, Mount, Sandbox, open_sandbox
 from .site import Site
 from .spec import Stack
 
@@ -278,6 +279,13 @@ def site_sandbox(site: Site) -> Sandbox:
     return open_sandbox(site.sandbox, base=load_base_spec(mirror=site.debian_mirror, suite=site.debian_suite))
 
 
+def builder_identity(sandbox: Sandbox) -> dict[str, str | None]:
+    """The builder image and its digest for the provenance (none for the namespace sandbox)."""
+    if not isinstance(sandbox, DockerSandbox):
+        return {"builder_image": None, "builder_digest": None}
+    return {"builder_image": sandbox.image, "builder_digest": sandbox.engine.inspect_image(sandbox.image).id}
+
+
 @dataclass(frozen=True)
 class BuildResult:
     manifest: Manifest
@@ -301,6 +309,7 @@ def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = 
         log.step(f"audit {plan.stack.prefix} for foreign prefixes")
         audit(plan.host_prefix, plan.stack.prefix, plan.build_dir)
         manifest = pack_in_sandbox(plan, sandbox, installed_kernels(plan.host_prefix), project)
+    manifest = attest_artifact(plan.artifact_dir, **builder_identity(sandbox))
     seconds = time.monotonic() - started
     log.info(f"built {manifest.stack_id} {manifest.version} in {seconds:.0f}s -> {plan.artifact_dir}")
     return BuildResult(manifest, plan.artifact_dir, seconds)

@@ -73,11 +73,13 @@ def _print_outcome(outcome: Any, as_json: bool) -> int:
 
 def cmd_activate(args: argparse.Namespace) -> int:
     from .host import commands
+    from .host.signature import load_policy
 
     sources = list(args.sources)
     if args.release:
         sources += commands.read_release(Path(args.release))
-    return _print_outcome(commands.activate(args.root, sources, wait=args.wait), args.json)
+    policy = load_policy(args.host_config, args.require_signature, list(args.trusted_key))
+    return _print_outcome(commands.activate(args.root, sources, wait=args.wait, policy=policy), args.json)
 
 
 def cmd_set_version(args: argparse.Namespace) -> int:
@@ -275,6 +277,28 @@ def _menu_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .host import provenance
+    from .host.signature import load_policy
+
+    policy = load_policy(args.host_config, False, list(args.trusted_key))
+    report = provenance.verify(args.artifact, list(policy.trusted_keys))
+    if args.json:
+        _emit_json(report)
+        return 0
+    _out(f"{report.stack} {report.version} ({report.platform}): {report.tarball}")
+    _out(f"  sha256      {report.tarball_sha256}")
+    _out(f"  built       {report.built_at} by {report.builder}")
+    if report.builder_image:
+        _out(f"  in          {report.builder_image}")
+    _out(f"  tools       {', '.join(f'{k} {v}' for k, v in sorted(report.tools.items()))}")
+    for name, digest in report.inputs.items():
+        _out(f"  from        {name} {digest}")
+    signed = f"signed by   {', '.join(report.signed_by)}" if report.signed_by else "signature   not checked"
+    _out(f"  {signed}" + ("" if report.signed_by else " (no --trusted-key)"))
+    return 0
+
+
 def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
@@ -326,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
         "host:port/name:tag), verify their sha256 and manifest, extract them safely into\n"
         "<root>/sw.<version>/<stack>, relocate if the root differs from the built prefix,\n"
         "load them onto the ramdisk and switch <root>/sw/<stack> atomically; then point\n"
-        "<root>/sw.hdd at the version. Exit 0 if something changed, 3 if already active.",
+        "<root>/sw.hdd at the version. With a signature policy (--require-signature or the\n"
+        "host config), an artifact no trusted key signed is refused before anything is written.\n"
+        "Exit 0 if something changed, 3 if already active, 11 if refused or failed.",
         lock=True,
     )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="artifact: path, URL or OCI reference")
@@ -334,6 +360,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--release",
         metavar="FILE",
         help='release manifest (TOML [stacks] name = "source", or JSON {"stacks": {...}})',
+    )
+    p.add_argument(
+        "--require-signature",
+        action="store_true",
+        help="refuse an artifact unless a trusted key signed it (also: [signatures] require in the host config)",
+    )
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PUBKEY",
+        help="a PEM public key (the site's cosign.pub) whose signatures are trusted; repeatable",
+    )
+    p.add_argument(
+        "--host-config",
+        type=Path,
+        metavar="FILE",
+        help="host config TOML (default $SWSTACK_HOST_CONFIG, else /etc/swstack/host.toml when present)",
     )
 
     p = add(
@@ -385,6 +430,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest versions")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
+    p = add(
+        "verify",
+        cmd_verify,
+        "say who built an artifact, from which inputs",
+        "Read an artifact's SLSA provenance (beside the tarball, or attached to it in the\n"
+        "registry), check it describes this very tarball and, with --trusted-key (or the host\n"
+        "config's trusted_keys), that a trusted key signed the artifact and its provenance.\n"
+        "Prints the builder, tools, builder image and inputs (lockfile, stack file, git\n"
+        "commit). Exit 0 verified, 11 refused.",
+    )
+    p.add_argument("artifact", metavar="ARTIFACT", help="artifact directory, tarball path or OCI reference")
+    p.add_argument("--trusted-key", action="append", default=[], type=Path, metavar="PUBKEY",
+                   help="a PEM public key whose signatures are trusted; repeatable")
+    p.add_argument("--host-config", type=Path, metavar="FILE", help="host config TOML naming trusted_keys")
 
     add(
         "restore",

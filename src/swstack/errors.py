@@ -81,3 +81,9 @@ class ExternalCommandError(SwstackError):
     """An external command exited non-zero; the message carries its stderr tail."""
 
     exit_code = 12
+
+
+class SignError(SwstackError):
+    """Making a key or a signature failed (no key, wrong password, registry refused)."""
+
+    exit_code = 13

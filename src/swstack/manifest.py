@@ -47,6 +47,15 @@ class TarballInfo:
 
 
 @dataclass(frozen=True)
+class AttestationInfo:
+    """A document about the artifact kept beside it (SBOM, provenance), named with its sha256."""
+
+    name: str  # file name, beside manifest.json
+    sha256: str
+    media_type: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     stack: str
     variant: str
@@ -65,6 +74,8 @@ class Manifest:
     owner: str | None = None  # "uid:gid" applied to the tree, or None (root-owned, normalised)
     kernels: tuple[str, ...] = ()
     tarball: TarballInfo | None = None
+    # Written after packing (attest.py), so never part of the in-tree copy.
+    attestations: tuple[AttestationInfo, ...] = ()
     schema: int = SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)
     default_variant: str | None = None  # the stack file's default variant; None: an older manifest
@@ -83,7 +94,7 @@ class Manifest:
     def without_tarball(self) -> Manifest:
         from dataclasses import replace
 
-        return replace(self, tarball=None)
+        return replace(self, tarball=None, attestations=())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -92,6 +103,7 @@ class Manifest:
         data["kernels"] = tuple(data.get("kernels", ()))
         tb = data.get("tarball")
         data["tarball"] = TarballInfo(**tb) if tb else None
+        data["attestations"] = tuple(AttestationInfo(**a) for a in data.get("attestations", ()))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -58,6 +58,13 @@ class ImageSettings(Model):
     mirrors: dict[str, str] = Field(default_factory=dict)
 
 
+class SigningSettings(Model):
+    # The site's signing keys (``doit keygen`` makes them): cosign.key/.pub, gnupg/, openpgp.pub.
+    keys: str | None = None
+    # Where OpenPGP signatures for containers/image's ``signedBy`` go (serve it as the lookaside).
+    lookaside: str | None = None
+
+
 class SiteFile(Model):
     name: str = "default"
     root: str = paths.ROOT
@@ -69,6 +76,7 @@ class SiteFile(Model):
     pip: PipSettings = Field(default_factory=PipSettings)
     base_image: BaseImageSettings = Field(default_factory=BaseImageSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
 
     @field_validator("root")
     @classmethod
@@ -98,6 +106,8 @@ class Site:
     debian_mirror: str | None = None
     debian_suite: str = "bookworm"
     image_mirrors: dict[str, str] = field(default_factory=dict)
+    signing_keys: Path | None = None
+    lookaside: Path | None = None
 
     def image_ref(self, ref: str) -> str:
         """A base image a stack names -> what this site pulls (its mirror, ``{registry}`` expanded)."""
@@ -182,6 +192,8 @@ def resolve_site(site_file: SiteFile, source: Path | None, project: Path | None 
         debian_mirror=site_file.base_image.debian_mirror,
         debian_suite=site_file.base_image.suite,
         image_mirrors=dict(site_file.images.mirrors),
+        signing_keys=_as_path(site_file.signing.keys, base, project, cache) if site_file.signing.keys else None,
+        lookaside=_as_path(site_file.signing.lookaside, base, project, cache) if site_file.signing.lookaside else None,
     )
 
 

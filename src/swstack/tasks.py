@@ -242,9 +242,32 @@ def _image(stack: Any, site: Any) -> None:
 def _push(stack: Any, site: Any) -> None:
     from .image import push_image
 
-    result = push_image(_newest_artifact(stack, site) / "image")
+    artifact = _newest_artifact(stack, site)
+    result = push_image(artifact / "image")
     log.info(f"pushed {result.repository}@{result.digest}: {log.human_bytes(result.bytes_uploaded)} sent, "
              f"{len(result.skipped)} layers already there")
+    _attach_and_sign(site, artifact, result.repository, result.digest)
+
+
+def _attach_and_sign(site: Any, artifact: Path, repository: str, digest: str) -> None:
+    """After a push: the SBOM and provenance as referrers of ``digest``, then signatures of all of them."""
+    import time
+
+    from .attest import attach_attestations
+    from .manifest import Manifest
+    from .oci import RegistryClient, parse_reference
+    from .sign import sign_image, site_keys
+
+    target = parse_reference(repository, default_tag=None)
+    client = RegistryClient(target.registry)
+    referrers = []
+    if Manifest.load(artifact / "manifest.json").attestations:
+        referrers = attach_attestations(client, target.repository, digest, artifact)
+    keys = site_keys(site.signing_keys)
+    if keys is None:
+        return
+    for signed in (digest, *referrers):
+        sign_image(keys, site.lookaside, target.registry, target.repository, signed, int(time.time()))
 
 
 def _publish(stack: Any, site: Any) -> None:
@@ -253,9 +276,35 @@ def _publish(stack: Any, site: Any) -> None:
 
     if not site.registry:
         raise PushError("the site names no registry: set [registry] url in the site file")
+    from .sign import sign_artifact_files, site_keys
+
     artifact = _newest_artifact(stack, site)
-    ref = f"{site.registry}/{stack.stack_id}:{artifact.name}"
-    log.info(f"published {ref}@{publish_artifact(artifact, ref)}")
+    keys = site_keys(site.signing_keys)
+    if keys is not None:
+        sign_artifact_files(artifact, keys)
+    repository = f"{site.registry}/{stack.stack_id}"
+    digest = publish_artifact(artifact, f"{repository}:{artifact.name}")
+    log.info(f"published {repository}:{artifact.name}@{digest}")
+    _attach_and_sign(site, artifact, repository, digest)
+
+
+def _sign(stack: Any, site: Any) -> None:
+    """Sign the newest artifact's files, and its image and published artifact where the registry has them."""
+    from .errors import SignError
+    from .image import load_image_result
+    from .sign import sign_artifact_files, sign_if_pushed, site_keys
+
+    keys = site_keys(site.signing_keys)
+    if keys is None:
+        raise SignError(f"site {site.name!r}: no signing key (set [signing] keys, then run `doit keygen`)")
+    artifact = _newest_artifact(stack, site)
+    sign_artifact_files(artifact, keys)
+    if (artifact / "image").is_dir():
+        image = load_image_result(artifact)
+        if not sign_if_pushed(keys, site.lookaside, f"{image.repository}@{image.digest}"):
+            log.info(f"{image.repository}@{image.digest[:19]}: not in the registry; `doit push` signs it")
+    if site.registry and not sign_if_pushed(keys, site.lookaside, f"{site.registry}/{stack.stack_id}:{artifact.name}"):
+        log.info(f"{stack.stack_id} {artifact.name}: not published; `doit publish` signs it")
 
 
 def _images(stack: Any, site: Any) -> None:
@@ -283,6 +332,30 @@ def task_push(opts: Options) -> Iterator[TaskDict]:
 def task_publish(opts: Options) -> Iterator[TaskDict]:
     """Publish a stack's newest tarball to the site's registry as an OCI artifact (for `swstack activate`)."""
     return _per_stack(opts, "publish", _publish)
+
+
+@guarded
+def task_sign(opts: Options) -> Iterator[TaskDict]:
+    """Sign a stack's newest artifact (manifest.json.sig) and its pushed image and published artifact."""
+    return _per_stack(opts, "sign", _sign)
+
+
+@guarded
+def task_keygen(opts: Options) -> TaskDict:
+    """Make the site's signing keys in its [signing] keys directory (cosign P-256 key and OpenPGP key)."""
+    site = _site(opts)
+
+    @_boundary
+    def make() -> None:
+        from .errors import SignError
+        from .sign import keygen
+
+        if site.signing_keys is None:
+            raise SignError(f"site {site.name!r}: set [signing] keys (a directory) in the site file first")
+        keys = keygen(site.signing_keys, f"swstack {site.name} signing key")
+        log.info(f"give hosts {keys.cosign_pub} (swstack activate) and {keys.openpgp_pub} (podman signedBy)")
+
+    return {"actions": [make], "uptodate": [False], "verbosity": 2}
 
 
 @guarded

@@ -169,3 +169,39 @@ def test_rollout_goes_host_by_host_and_stops_at_a_failure(
     first_done = output.index("[first]", output.index("Check the live version"))
     assert first_done < output.index("[second]")  # one host at a time, in order
     assert _recap(output, "first")["changed"] == 1 and _recap(output, "second")["changed"] == 1
+
+
+def test_rollout_passes_the_key_and_policy(
+    ansible_playbook: str, host_cli: None, host_artifact: Path, tmp_path: Path, inventory: Path
+) -> None:
+    """With swstack_require_signature the role installs the key and policy; unsigned fails, signed goes live."""
+    import shutil
+
+    from swstack import sign
+
+    keys = tmp_path / "keys"
+    public = sign.generate_key(keys / "cosign.key")
+    artifact = tmp_path / "artifact"
+    shutil.copytree(host_artifact, artifact)
+    root = tmp_path / "root"
+    root.mkdir()
+    config = tmp_path / "etc-swstack"
+    extra = {
+        "swstack_install": "none",
+        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+        "swstack_source": str(artifact),
+        "swstack_root": str(root),
+        "swstack_require_signature": True,
+        "swstack_trusted_keys": [str(public)],
+        "swstack_config_dir": str(config),
+    }
+    output = _run(ansible_playbook, inventory, extra, check=2)
+    assert _task_status(output, "Activate") == "fatal" and "unsigned" in output
+    assert (config / "keys" / "cosign.pub").read_bytes() == public.read_bytes()
+    assert 'require = true' in (config / "host.toml").read_text()
+    assert not list(root.glob("sw.*"))
+
+    sign.sign_file(artifact / "manifest.json", sign.load_key(keys / "cosign.key"))
+    output = _run(ansible_playbook, inventory, extra)
+    assert _task_status(output, "Activate") == "changed"
+    assert (root / "sw.2026.11.21" / "py3").is_dir()

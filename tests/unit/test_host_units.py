@@ -177,7 +177,7 @@ def test_release_manifest(tmp_path: Path) -> None:
 # Everything else (spec, site, lock, sandbox, build, pack, image, publish, tasks...) is the
 # build side, and pydantic, rattler, docker, doit, conda-pack and conda-lock are its dependencies.
 HOST_SIDE = {"swstack", "swstack.cli", "swstack.errors", "swstack.log", "swstack.fsutil", "swstack.manifest",
-             "swstack.paths", "swstack.proc", "swstack.toml", "swstack.oci"}
+             "swstack.paths", "swstack.proc", "swstack.toml", "swstack.oci", "swstack.trust"}
 BUILD_DEPENDENCIES = ("pydantic", "rattler", "docker", "doit", "conda_pack", "conda_lock")
 
 

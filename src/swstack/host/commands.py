@@ -21,7 +21,7 @@ from .. import log
 from ..errors import ActivateError
 from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest
-from . import faults, inuse, relocate, source, space, switch
+from . import faults, inuse, relocate, signature, source, space, switch
 from .extract import extract
 from .layout import HostState, Layout, StackState, check_name, normalize_version, version_key
 from .lock import host_lock
@@ -372,13 +372,16 @@ def read_release(path: Path) -> list[str]:
     return out
 
 
-def activate(root: Path, sources: list[str], wait: float = 0.0) -> Outcome:
-    """Fetch, verify, extract and switch the given artifacts together."""
+def activate(
+    root: Path, sources: list[str], wait: float = 0.0, policy: signature.TrustPolicy | None = None
+) -> Outcome:
+    """Fetch, verify (signatures too, when ``policy`` requires them), extract and switch the artifacts together."""
     if not sources:
         raise ActivateError("nothing to activate: give artifact sources or --release FILE")
+    trust = policy or signature.TrustPolicy()
 
     def body(layout: Layout) -> Outcome:
-        artifacts = [source.fetch(s, layout.downloads) for s in sources]
+        artifacts = [signature.fetch(s, layout.downloads, trust) for s in sources]
         targets: dict[str, Target] = {}
         for art in artifacts:
             stack = check_name("stack", art.manifest.stack_id)

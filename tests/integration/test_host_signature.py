@@ -1,0 +1,164 @@
+"""A host with a signature policy activates only what a trusted key signed; everything else: exit 11.
+
+The real ``swstack`` CLI in a subprocess, the real ``openssl`` verifying, signatures made by
+``sign.py`` (a path artifact's ``manifest.json.sig``; a published artifact's cosign ``.sig``
+tag in the real test registry).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
+
+from swstack import sign, trust
+from swstack.oci import RegistryClient
+from swstack.publish import publish_artifact
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support_host import make_artifact, swstack_argv  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[sign.SigningKey, Path, Path]:
+    """(our key, our public key, another public key)."""
+    root = tmp_path_factory.mktemp("keys")
+    public = sign.generate_key(root / "site.key")
+    other = sign.generate_key(root / "other.key")
+    return sign.load_key(root / "site.key"), public, other
+
+
+def swstack(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(swstack_argv(*args, "--root", str(root)), capture_output=True, text=True, timeout=120)
+
+
+def _root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir(parents=True)
+    return root
+
+
+def _refused(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 11, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def _nothing_written(root: Path) -> None:
+    assert not list(root.glob("sw.*")), list(root.iterdir())
+    assert not (root / "sw").exists() or not any((root / "sw").iterdir())
+
+
+def test_path_artifact_signed_unsigned_wrong_key_and_tampered(tmp_path: Path, keys: tuple) -> None:  # type: ignore[type-arg]
+    key, public, other = keys
+    root = _root(tmp_path)
+    require = ("--require-signature", "--trusted-key", str(public))
+    unsigned = make_artifact(tmp_path / "a1", version="2026.01.01")
+    _refused(swstack(root, "activate", str(unsigned), *require), "unsigned")
+    _nothing_written(root)
+
+    # Signed by a key the host does not trust.
+    sign.sign_file(unsigned / "manifest.json", key)
+    _refused(swstack(root, "activate", str(unsigned), "--require-signature", "--trusted-key", str(other)), "signature")
+    _nothing_written(root)
+
+    good = swstack(root, "activate", str(unsigned), *require)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert (root / "sw.2026.01.01" / "py3").is_dir()
+
+    # A signed v2 whose tarball is replaced afterwards (its .sha256 rewritten to match).
+    v2 = make_artifact(tmp_path / "a2", version="2026.01.02")
+    sign.sign_file(v2 / "manifest.json", key)
+    tarball = next(v2.glob("*.tar.zst"))
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tarball.write_bytes(bytes(data))
+    import hashlib
+
+    tarball.with_name(tarball.name + ".sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {tarball.name}\n")
+    result = swstack(root, "activate", str(v2), *require)
+    assert result.returncode == 11 and "Traceback" not in result.stderr, result.stderr
+    assert not (root / "sw.2026.01.02").exists()
+    status = json.loads(swstack(root, "active", "--json").stdout)
+    assert [s["version"] for s in status["stacks"]] == ["2026.01.01"]  # the live version is untouched
+
+    # A manifest.json edited after signing (say, to name the tampered tarball's sha256).
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    manifest["tarball"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (v2 / "manifest.json").write_text(json.dumps(manifest))
+    _refused(swstack(root, "activate", str(v2), *require), "manifest.json.sig")
+    assert not (root / "sw.2026.01.02").exists()
+
+
+def test_without_a_policy_nothing_is_checked(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    result = swstack(root, "activate", str(make_artifact(tmp_path / "a", version="2026.01.01")))
+    assert result.returncode == 0, result.stderr
+
+
+def test_host_config_file_sets_the_policy(tmp_path: Path, keys: tuple) -> None:  # type: ignore[type-arg]
+    key, public, _ = keys
+    config = tmp_path / "host.toml"
+    config.write_text(f'[signatures]\nrequire = true\ntrusted_keys = ["{public}"]\n')
+    root = _root(tmp_path)
+    artifact = make_artifact(tmp_path / "a", version="2026.01.01")
+    _refused(swstack(root, "activate", str(artifact), "--host-config", str(config)), "unsigned")
+    sign.sign_file(artifact / "manifest.json", key)
+    result = swstack(root, "activate", str(artifact), "--host-config", str(config))
+    assert result.returncode == 0, result.stderr
+    config.write_text("[signatures]\nrequire = true\n")
+    _refused(swstack(_root(tmp_path / "b"), "activate", str(artifact), "--host-config", str(config)), "trusted key")
+
+
+@pytest.mark.registry
+def test_oci_artifact_signed_unsigned_and_renamed(
+    tmp_path: Path,
+    keys: tuple,  # type: ignore[type-arg]
+    registry: LocalRegistry,  # noqa: F811
+) -> None:
+    key, public, _ = keys
+    require = ("--require-signature", "--trusted-key", str(public))
+    client = RegistryClient(registry.host)
+    artifact = make_artifact(tmp_path / "art", version="2026.02.01")
+    ref = f"{registry.host}/signed/py3:2026.02.01"
+    digest = publish_artifact(artifact, ref)
+
+    root = _root(tmp_path)
+    _refused(swstack(root, "activate", ref, *require), "unsigned")
+    _nothing_written(root)
+
+    sign.sign_in_registry(client, "signed/py3", digest, key)
+    good = swstack(root, "activate", ref, *require)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "signed by site.pub" in good.stderr
+
+    # The same artifact and its signature under another name: the signed identity does not match.
+    other_ref = f"{registry.host}/renamed/py3:2026.02.01"
+    assert publish_artifact(artifact, other_ref) == digest
+    tag = trust.signature_tag(digest)
+    sig = client.get_manifest("signed/py3", tag)
+    for blob in [sig.json()["config"], *sig.json()["layers"]]:
+        path = tmp_path / "blob"
+        client.pull_blob("signed/py3", blob["digest"], path, blob["size"])
+        client.push_blob("renamed/py3", path, blob["digest"], blob["size"])
+    client.put_manifest("renamed/py3", tag, sig.data)
+    other_root = _root(tmp_path / "other")
+    _refused(swstack(other_root, "activate", other_ref, *require), "no signature by a trusted key", "signed/py3")
+    _nothing_written(other_root)
+
+
+def test_the_host_side_imports_no_build_side() -> None:
+    code = (
+        "import sys, swstack.cli, swstack.host.commands, swstack.host.signature, swstack.trust, swstack.oci\n"
+        "bad = sorted(m for m in ('cryptography', 'pydantic', 'cyclonedx', 'swstack.sign', 'docker', 'rattler')"
+        " if m in sys.modules)\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
