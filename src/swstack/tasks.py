@@ -245,7 +245,8 @@ def task_demo() -> TaskDict:
 
 
 def _newest_artifact(stack: Any, site: Any) -> Path:
-    from .build import host_platform, latest_manifest
+    from .build import latest_manifest
+    from .manifest import host_platform
     from .errors import BuildError
 
     manifest = latest_manifest(site.artifacts, stack.stack_id, host_platform())
