@@ -185,3 +185,17 @@ def test_help_imports_no_build_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]")
+
+
+def test_host_commands_import_nothing_of_the_build_side() -> None:
+    import subprocess
+
+    code = (
+        "import sys, swstack.host.commands, swstack.host.verify, swstack.cli\n"
+        "build = ('build', 'lock', 'spec', 'site', 'channel', 'install', 'pack', 'image', 'tasks')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('pydantic', 'rattler', 'docker', 'doit', 'yaml')\n"
+        "       or m in tuple('swstack.' + b for b in build)]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("[]")
