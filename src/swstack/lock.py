@@ -492,6 +492,8 @@ def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) 
     lockfile = Lockfile(package=packages, metadata=metadata)
     with atomic_output(plan.path) as partial:
         write_conda_lock_file(lockfile, partial, metadata_choices=set(), include_help_text=True)
+        # The help text names the file it was written to: the final name, not the partial one.
+        partial.write_text(partial.read_text().replace(partial.name, plan.path.name))
 
 
 @dataclass(frozen=True)

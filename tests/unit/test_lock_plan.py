@@ -136,3 +136,28 @@ def test_local_roots_cover_every_file_url() -> None:
         "https://conda.anaconda.org/conda-forge/noarch/x-1-0.conda",
     ]
     assert local_roots(urls) == [Path("/c/ch")]
+
+
+def test_install_items_map_canonical_urls_to_the_sites_mirrors() -> None:
+    from types import SimpleNamespace
+
+    from swstack.build import conda_item, pip_item
+
+    site = load_site(ROOT / "sites/offline.toml", ROOT)
+    channel = (site.cache / "offline-channel").as_uri()
+
+    def locked(name: str, url: str, sha256: str | None = "ab" * 32) -> object:
+        return SimpleNamespace(name=name, url=url, version="1.0.0", hash=SimpleNamespace(sha256=sha256, md5="00"))
+
+    numpy = conda_item(locked("numpy", "https://conda.anaconda.org/conda-forge/linux-64/numpy-2-0.conda"), site)
+    assert numpy.url.startswith("https://conda.anaconda.org/") and numpy.source == f"{channel}/linux-64/numpy-2-0.conda"
+    wheel = pip_item(locked("labclient", "https://pypi.org/simple/labclient/labclient-1.0.0-py3-none-any.whl"), site)
+    assert wheel.fetch == f"{channel}/pip/labclient-1.0.0-py3-none-any.whl" and not wheel.index
+    real = "https://git.example.org/datalab/labclient.git"
+    git = pip_item(locked("labclient", f"git+{real}@{'1' * 40}", None), site)
+    assert git.url == f"git+{real}@{'1' * 40}" and git.fetch == f"git+{site.git_url(real)}@{'1' * 40}"
+    # With no mirrors, a conda URL is fetched as it is and an index name comes from PyPI by version.
+    plain = resolve_site(SiteFile(), None, ROOT)
+    assert conda_item(locked("numpy", numpy.url), plain).source == numpy.url
+    from_pypi = pip_item(locked("labclient", wheel.url), plain)
+    assert from_pypi.index == "https://pypi.org/simple" and not from_pypi.fetch and from_pypi.version == "1.0.0"
