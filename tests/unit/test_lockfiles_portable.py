@@ -10,7 +10,7 @@ import yaml
 from swstack import paths
 from swstack.lock import PYPI_INDEX
 from swstack.site import canonical_channel
-from swstack.spec import load_stack
+from swstack.spec import Stack, load_stack
 from swstack.tasks import stack_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def test_lockfile_urls_are_the_stacks_channels_pypi_or_git(lockfile: Path) -> No
             assert url.startswith(PYPI_INDEX + "/") and package["hash"]["sha256"], url
 
 
-def _variants(path: Path) -> list[object]:
+def _variants(path: Path) -> list[Stack]:
     from swstack.spec import load_stack_file
 
-    return [load_stack(path, v) for v in load_stack_file(path).variant_names()]
+    return [load_stack(path, v) for v in load_stack_file(path).variant_names]
