@@ -148,7 +148,7 @@ def test_lock_for_two_platforms_names_canonical_urls_only(fixture_project: Path,
 
 @pytest.mark.slow
 def test_a_mirror_that_lacks_or_changed_a_package_is_named(fixture_project: Path) -> None:
-    from swstack.build import conda_item
+    from swstack.build import conda_item, plan_build
     from swstack.install import check_local_file
     from swstack.lock import read_lockfile
 
@@ -162,17 +162,19 @@ def test_a_mirror_that_lacks_or_changed_a_package_is_named(fixture_project: Path
     assert item.url == f"{CANONICAL}/linux-64/fakenum-1.0-py311_0.conda" and item.source == local.as_uri()
     check_local_file(item.name, item.url, item.source, item.sha256)
 
+    plan_build(stack, site, fixture_project)  # the build's plan checks every local mirror file
+
     local.write_bytes(b"other bytes\n")
     reason = staleness(plan_lock(stack, site, fixture_project))
     assert reason is not None and "fakenum" in reason and "other bytes" in reason
     with pytest.raises(BuildError) as changed:
-        check_local_file(item.name, item.url, item.source, item.sha256)
+        plan_build(stack, site, fixture_project)
     assert "\n" not in str(changed.value)
     assert str(changed.value).startswith("fakenum: ") and local.parent.parent.as_uri() in str(changed.value)
     assert "the lockfile says" in str(changed.value)
 
     local.unlink()
     with pytest.raises(BuildError) as missing:
-        check_local_file(item.name, item.url, item.source, item.sha256)
+        plan_build(stack, site, fixture_project)
     assert "\n" not in str(missing.value)
     assert f"fakenum: the mirror {local.parent.parent.as_uri()} has no {local.name}" in str(missing.value)
