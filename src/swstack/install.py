@@ -166,12 +166,8 @@ def record_origins(prefix: Path, items: list[CondaItem]) -> None:
             continue
         data["url"] = item.url
         data["channel"] = item.url.rsplit("/", 2)[0]
-        # Paths of the build machine's package cache, blanked as conda-pack does.
-        for key in ("package_tarball_full_path", "extracted_package_dir"):
-            if key in data:
-                data[key] = ""
-        if isinstance(data.get("link"), dict) and "source" in data["link"]:
-            data["link"]["source"] = ""
+        # extracted_package_dir and link.source stay: conda-pack finds the package cache
+        # through them (and blanks them in what it packs).
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
