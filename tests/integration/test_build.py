@@ -193,7 +193,9 @@ def test_dev_variant_installs_the_client_from_git(project_copy: Path, artifacts_
     assert result.artifact_dir == artifacts_site.artifacts / "py3-dev" / "dev1"
     client = next(p for p in Manifest.load(result.artifact_dir / "manifest.json").packages if p.name == "labclient")
     assert client.version == "1.1.0.dev0" and client.manager == "pip"
-    assert client.channel.startswith("git+file://") and len(client.channel.rsplit("@", 1)[1]) == 40
+    # The real repository, not the site's git mirror it was cloned from.
+    assert client.channel.startswith("git+https://git.example.org/datalab/labclient.git@")
+    assert len(client.channel.rsplit("@", 1)[1]) == 40
     sw = tmp_path / "sw"
     _untar(_tarball(result.artifact_dir), sw / "py3")
     out = proc.output(private_root_argv([Mount(sw, "/data0/sw")]) + ["/data0/sw/py3/bin/labclient", "--version"])
