@@ -213,6 +213,7 @@ class PackSettings(Model):
     threads: Annotated[int, Field(ge=0, le=256)] = 0
 
 
+KNOWN_PLATFORMS = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
 # The CPU level a platform's packages are solved for when the stack names none.
 GENERIC_ARCHSPEC = {"linux-64": "1=x86_64", "linux-aarch64": "1=aarch64", "linux-ppc64le": "1=ppc64le"}
 
@@ -252,6 +253,16 @@ class LockSettings(Model):
     @classmethod
     def _virtual(cls, packages: dict[str, str]) -> dict[str, str]:
         return _check_virtual(packages)
+
+    @field_validator("platform")
+    @classmethod
+    def _platform_names(cls, value: dict[str, PlatformLockSettings]) -> dict[str, PlatformLockSettings]:
+        for name in value:
+            if name not in KNOWN_PLATFORMS:
+                close = difflib.get_close_matches(name, KNOWN_PLATFORMS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown platform {name!r}{hint}")
+        return value
 
     def virtual_packages_for(self, platform: str) -> dict[str, str]:
         merged = dict(self.virtual_packages)
@@ -307,8 +318,7 @@ class StackFile(Model):
             try:
                 rattler.Subdir(platform)
             except Exception:
-                known = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
-                close = difflib.get_close_matches(platform, known, n=1)
+                close = difflib.get_close_matches(platform, KNOWN_PLATFORMS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"unknown platform {platform!r}{hint}") from None
         return value

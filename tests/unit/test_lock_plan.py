@@ -161,3 +161,17 @@ def test_install_items_map_canonical_urls_to_the_sites_mirrors() -> None:
     assert conda_item(locked("numpy", numpy.url), plain).source == numpy.url
     from_pypi = pip_item(locked("labclient", wheel.url), plain)
     assert from_pypi.index == "https://pypi.org/simple" and not from_pypi.fetch and from_pypi.version == "1.0.0"
+
+
+def test_an_unknown_platform_in_lock_settings_is_located(tmp_path: Path) -> None:
+    import pytest
+
+    from swstack.errors import SpecError
+
+    path = tmp_path / "demo.toml"
+    path.write_text('name = "demo"\nchannels = ["conda-forge"]\n[dependencies]\npython = "3.11.*"\n[lock]\n'
+                    'platform.linux-aarch46.virtual_packages = { __archspec = "1=aarch64" }\n')
+    with pytest.raises(SpecError) as info:
+        load_stack(path)
+    expected = "demo.toml:6: lock.platform: unknown platform 'linux-aarch46'; did you mean 'linux-aarch64'?"
+    assert expected in str(info.value)
