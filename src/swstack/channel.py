@@ -41,7 +41,7 @@ from .errors import ChannelError, SwstackError
 from .fsutil import atomic_dir, atomic_write_text, exclusive_lock, sha256_file
 
 # Bump when the way packages are made changes: every cache key changes with it.
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 
 PLATFORM = "linux-64"
 PACKAGE_FORMAT = "conda:3"
@@ -395,8 +395,11 @@ def plan_channel(
             )
         else:
             kind = "binary-wheel"
+            # The python package's key too: the rendered recipe a binary-wheel package carries
+            # records the host python's hashes, so a new python package means new bytes here.
             key = cache_key(
-                "binary-wheel", rb, w.sha256, python.major_minor, _mapping_fingerprint(), BINARY_WHEEL_RECIPE
+                "binary-wheel", rb, w.sha256, python.major_minor, jobs[0].key, _mapping_fingerprint(),
+                BINARY_WHEEL_RECIPE,
             )
         jobs.append(PackageJob(name=conda_name(w.name), kind=kind, key=key, version=w.version, wheel=w))
     names = [j.name for j in jobs]
@@ -907,9 +910,12 @@ def _build_python(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     stage = out / "stage"
     stage.mkdir()
     stage_python(ctx.python, stage)
+    # The interpreter's own prefix (a path of this machine, often in a home) goes to the
+    # build script in a file beside the stage: rattler-build records the script's
+    # environment in the package, and only the fixed stage path may be there.
+    stage.with_name(stage.name + ".old-prefix").write_text(str(ctx.python.prefix))
     env = {
         "SWSTACK_PYTHON_STAGE": str(stage),
-        "SWSTACK_PYTHON_OLD_PREFIX": str(ctx.python.prefix),
         "SWSTACK_PYTHON_VERSION": ctx.python.version,
     }
     _rattler_build(job, job.recipe, out, ctx, env)
