@@ -246,8 +246,8 @@ def task_demo() -> TaskDict:
 
 def _newest_artifact(stack: Any, site: Any) -> Path:
     from .build import latest_manifest
-    from .manifest import host_platform
     from .errors import BuildError
+    from .manifest import host_platform
 
     manifest = latest_manifest(site.artifacts, stack.stack_id, host_platform())
     if manifest is None:
