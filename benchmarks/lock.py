@@ -42,7 +42,7 @@ def bare_solve(stack: Stack, site: Site) -> None:
 
     plan = plan_lock(stack, site, REPO)
     virtual = [rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), rattler.BuildString(b))
-               for n, v, b in virtual_package_specs(stack.lock.virtual_packages)]
+               for n, v, b in virtual_package_specs(stack.lock.virtual_packages_for("linux-64"))]
     asyncio.run(rattler.solve(
         sources=[rattler.Channel(u) for u in plan.channel_urls], specs=list(stack.conda),
         gateway=rattler.Gateway(cache_dir=site.cache / "repodata"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform as _platform
 import shutil
 import time
 import urllib.parse
@@ -25,9 +24,9 @@ from .attest import attest_artifact
 from .audit import audit
 from .errors import BuildError
 from .fsutil import atomic_write_text, exclusive_lock, sha256_file
-from .install import CondaItem, InstallPlan, KernelItem, PipItem
-from .lock import lock, lock_time, lockfile_path, read_lockfile
-from .manifest import Manifest
+from .install import CondaItem, InstallPlan, KernelItem, PipItem, check_local_file
+from .lock import PYPI_INDEX, lock, lock_time, lockfile_path, pip_index_file, read_lockfile
+from .manifest import Manifest, host_platform
 from .pack import next_version
 from .sandbox import DockerSandbox, Mount, Sandbox, open_sandbox
 from .site import Site
@@ -36,12 +35,6 @@ from .spec import Stack
 WORK = "/opt/swstack/work"
 ARTIFACTS = "/opt/swstack/artifacts"
 KERNEL_SPECS = "/opt/swstack/kernel-specs"
-
-
-def host_platform() -> str:
-    machine = _platform.machine()
-    arch = {"x86_64": "64", "aarch64": "aarch64", "ppc64le": "ppc64le"}.get(machine, machine)
-    return f"linux-{arch}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +92,34 @@ def local_roots(urls: list[str]) -> list[Path]:
     return roots
 
 
+def conda_item(package: Any, site: Site) -> CondaItem:
+    """A locked conda package -> what the installer fetches: the site's mirror of its canonical URL."""
+    fetch = site.fetch_url(package.url)
+    return CondaItem(package.name, package.url, package.hash.sha256, package.hash.md5,
+                     fetch="" if fetch == package.url else fetch)
+
+
+def pip_item(package: Any, site: Site) -> PipItem:
+    """A locked pip package -> how the installer gets it on this site.
+
+    An index-relative name (``https://pypi.org/simple/<project>/<file>``) is the site's
+    wheelhouse file, else ``name==version`` from the site's index (or PyPI); a git URL goes
+    through the site's git mirror; any other URL is fetched as it is.
+    """
+    url = package.url
+    if url.startswith("git+"):
+        repo, _, commit = url.removeprefix("git+").rpartition("@")
+        return PipItem(package.name, url, None, fetch=f"git+{site.git_url(repo)}@{commit}", version=package.version)
+    named = pip_index_file(url)
+    if named is None:
+        return PipItem(package.name, url, package.hash.sha256, fetch=url, version=package.version)
+    local = site.pip_file_url(*named)
+    if local is not None:
+        return PipItem(package.name, url, package.hash.sha256, fetch=local, version=package.version)
+    return PipItem(package.name, url, package.hash.sha256, version=package.version,
+                   index=site.pip_index_url or PYPI_INDEX)
+
+
 def existing_versions(artifacts: Path, stack_id: str) -> list[str]:
     stack_dir = artifacts / stack_id
     return sorted(p.name for p in stack_dir.iterdir() if p.is_dir()) if stack_dir.is_dir() else []
@@ -143,8 +164,10 @@ def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None =
     path = lockfile_path(stack, project)
     lockfile = read_lockfile(path)
     packages = [p for p in lockfile.package if p.platform == platform]
-    conda = [CondaItem(p.name, p.url, p.hash.sha256, p.hash.md5) for p in packages if p.manager == "conda"]
-    pip = [PipItem(p.name, p.url, p.hash.sha256) for p in packages if p.manager == "pip"]
+    conda = [conda_item(p, site) for p in packages if p.manager == "conda"]
+    pip = [pip_item(p, site) for p in packages if p.manager == "pip"]
+    for item in conda:
+        check_local_file(item.name, item.url, item.source, item.sha256)
     build_dir = build_dir_for(stack, site)
     work_dir = site.cache / "build" / stack.stack_id / "work"
     package_cache = site.cache / "pkgs"
@@ -157,7 +180,7 @@ def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None =
             raise BuildError(f"{stack.source}: kernel_spec_dirs: {rel!r} is not a directory ({source})")
         mounts.append(Mount(source, f"{KERNEL_SPECS}/{i}", read_only=True))
         spec_dirs.append(f"{KERNEL_SPECS}/{i}")
-    urls = [c.url for c in conda] + [p.url for p in pip]
+    urls = [c.source for c in conda] + [p.fetch or p.url for p in pip if p.fetch or not p.index]
     mounts += [Mount(root, str(root), read_only=True) for root in local_roots(urls)]
     install = InstallPlan(
         prefix=stack.prefix,
@@ -186,7 +209,7 @@ def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None =
         source_date_epoch=int(epoch) if epoch and epoch.isdigit() else lock_time(path),
         install=install,
         mounts=tuple(mounts),
-        network=any(_local_path(u) is None for u in urls),
+        network=any(_local_path(u) is None for u in urls) or any(p.index for p in pip),
         pip_locks={p.name: {"url": p.url, "sha256": p.sha256 or ""} for p in pip},
     )
 

@@ -41,7 +41,7 @@ from .errors import ChannelError, SwstackError
 from .fsutil import atomic_dir, atomic_write_text, exclusive_lock, sha256_file
 
 # Bump when the way packages are made changes: every cache key changes with it.
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "5"
 
 PLATFORM = "linux-64"
 PACKAGE_FORMAT = "conda:3"
@@ -69,6 +69,17 @@ TARGET_TAGS_PLATFORMS = (
 BUILD_ROOT = Path("/tmp/swstack-channel-build")
 # Every build timestamp (index.json, archive members, .pyc via pip) is set to this.
 SOURCE_DATE_EPOCH = DEFAULT_EPOCH
+# rattler-build writes the build machine's virtual packages into every package it makes
+# (info/recipe/rendered_recipe.yaml): the running kernel's version (__linux), the CPU's
+# microarchitecture (__archspec) and glibc's version. Two machines differ in those even
+# with the same image, so the builds see these fixed values instead (rattler's
+# CONDA_OVERRIDE_* variables): the oldest kernel and glibc the packages are for
+# (Debian 12's), the generic CPU level.
+BUILD_VIRTUAL_PACKAGES = {
+    "CONDA_OVERRIDE_LINUX": "6.1",
+    "CONDA_OVERRIDE_GLIBC": "2.36",
+    "CONDA_OVERRIDE_ARCHSPEC": "x86_64",
+}
 LABCLIENT_VERSION = "1.0.0"
 LABCLIENT_DEV_VERSION = "1.1.0.dev0"
 # Fixed identity and dates make the labclient repository's commit shas stable.
@@ -319,7 +330,8 @@ def recipe_files(recipe: Path) -> list[Path]:
 
 def cache_key(*parts: str) -> str:
     digest = hashlib.sha256()
-    for part in (BUILDER_VERSION, REPACK_FORMAT, str(BUILD_ROOT), str(SOURCE_DATE_EPOCH), *parts):
+    fixed = json.dumps(BUILD_VIRTUAL_PACKAGES, sort_keys=True)
+    for part in (BUILDER_VERSION, REPACK_FORMAT, str(BUILD_ROOT), str(SOURCE_DATE_EPOCH), fixed, *parts):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:32]
 
@@ -383,8 +395,11 @@ def plan_channel(
             )
         else:
             kind = "binary-wheel"
+            # The python package's key too: the rendered recipe a binary-wheel package carries
+            # records the host python's hashes, so a new python package means new bytes here.
             key = cache_key(
-                "binary-wheel", rb, w.sha256, python.major_minor, _mapping_fingerprint(), BINARY_WHEEL_RECIPE
+                "binary-wheel", rb, w.sha256, python.major_minor, jobs[0].key, _mapping_fingerprint(),
+                BINARY_WHEEL_RECIPE,
             )
         jobs.append(PackageJob(name=conda_name(w.name), kind=kind, key=key, version=w.version, wheel=w))
     names = [j.name for j in jobs]
@@ -895,9 +910,12 @@ def _build_python(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     stage = out / "stage"
     stage.mkdir()
     stage_python(ctx.python, stage)
+    # The interpreter's own prefix (a path of this machine, often in a home) goes to the
+    # build script in a file beside the stage: rattler-build records the script's
+    # environment in the package, and only the fixed stage path may be there.
+    stage.with_name(stage.name + ".old-prefix").write_text(str(ctx.python.prefix))
     env = {
         "SWSTACK_PYTHON_STAGE": str(stage),
-        "SWSTACK_PYTHON_OLD_PREFIX": str(ctx.python.prefix),
         "SWSTACK_PYTHON_VERSION": ctx.python.version,
     }
     _rattler_build(job, job.recipe, out, ctx, env)
@@ -921,7 +939,8 @@ def _rattler_build(
         ctx.python_channel.as_uri(),
     ]
     # SOURCE_DATE_EPOCH: pip writes hash-checked .pyc files (no source mtime) with it.
-    extra = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), **env}
+    # The fixed virtual packages: no fact of the build machine goes into the package.
+    extra = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), **BUILD_VIRTUAL_PACKAGES, **env}
     # Keep rattler-build's own caches inside the shared cache, not under $HOME.
     extra.setdefault("RATTLER_CACHE_DIR", str(ctx.cache_dir / "rattler"))
     proc.run(argv, extra_env=extra, error=ChannelError, what=f"rattler-build {job.name}", timeout=1800)

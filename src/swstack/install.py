@@ -31,16 +31,24 @@ from .errors import BuildError, SwstackError
 @dataclass(frozen=True)
 class CondaItem:
     name: str
-    url: str
+    url: str  # the canonical URL the lockfile names (recorded in conda-meta)
     sha256: str
     md5: str
+    fetch: str = ""  # where this site fetches it (its mirror); "" = from ``url``
+
+    @property
+    def source(self) -> str:
+        return self.fetch or self.url
 
 
 @dataclass(frozen=True)
 class PipItem:
     name: str
-    url: str  # a wheel/sdist URL, or "git+URL@sha"
+    url: str  # the canonical URL the lockfile names: a file's URL, an index-relative name, or "git+URL@sha"
     sha256: str | None
+    fetch: str = ""  # a URL pip installs directly (a site's wheelhouse file, the git mirror)
+    version: str = ""
+    index: str = ""  # else: install ``name==version`` from this index, hash-checked
 
 
 @dataclass(frozen=True)
@@ -97,46 +105,70 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _mirror_of(url: str) -> str:
+    """A package URL -> its channel (or directory) URL, for messages."""
+    return url.rsplit("/", 2)[0] if url.endswith((".conda", ".tar.bz2")) else url.rsplit("/", 1)[0]
+
+
 def _fetch(item: CondaItem, downloads: Path) -> Path:
     """The package archive on local disk, its sha256 checked against the lockfile."""
-    parsed = urllib.parse.urlparse(item.url)
+    parsed = urllib.parse.urlparse(item.source)
     file_name = Path(parsed.path).name
-    cached = downloads / f"{item.sha256[:16]}-{file_name}"
+    cached = downloads / item.sha256[:16] / file_name
     if cached.is_file() and _sha256(cached) == item.sha256:
         return cached
     partial = cached.with_name(cached.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    mirror = _mirror_of(item.source)
     if parsed.scheme == "file":
-        source = Path(urllib.parse.unquote(parsed.path))
-        if not source.is_file():
-            raise BuildError(f"{item.url}: the locked package is missing from its channel; rebuild the channel or re-lock")
-        shutil.copyfile(source, partial)
+        check_local_file(item.name, item.url, item.source, None)
+        shutil.copyfile(urllib.parse.unquote(parsed.path), partial)
     else:
         try:
-            with urllib.request.urlopen(item.url, timeout=60) as response, open(partial, "wb") as out:
+            with urllib.request.urlopen(item.source, timeout=60) as response, open(partial, "wb") as out:
                 shutil.copyfileobj(response, out)
         except OSError as exc:
-            raise BuildError(f"{item.url}: download failed: {exc}") from None
+            raise BuildError(f"{item.name}: cannot fetch {file_name} from the mirror {mirror}: {exc}") from None
     actual = _sha256(partial)
     if actual != item.sha256:
         partial.unlink()
         raise BuildError(
-            f"{item.url}: sha256 {actual} does not match the lockfile's {item.sha256}; "
-            "the channel changed under the lock: re-lock the stack"
+            f"{item.name}: {file_name} from the mirror {mirror} has sha256 {actual}, the lockfile says "
+            f"{item.sha256}; the mirror is not a copy of what was locked: rebuild it or re-lock"
         )
     os.replace(partial, cached)
     return cached
 
 
-def _record(item: CondaItem, archive: Path) -> Any:
-    """The package's record, read from the archive itself, carrying the locked URL."""
+def _record(archive: Path) -> Any:
+    """The package's record, read from the fetched archive (which the linker then reads)."""
     import rattler
 
     record: Any = rattler.RepoDataRecord.from_package_archive(archive)
     if asyncio.iscoroutine(record):
         record = asyncio.run(record)
-    record.url = item.url
-    record.channel = item.url.rsplit("/", 2)[0]
+    record.url = archive.as_uri()
+    record.channel = archive.parent.as_uri()
     return record
+
+
+def record_origins(prefix: Path, items: list[CondaItem]) -> None:
+    """Write each package's canonical URL and channel into its ``conda-meta`` record.
+
+    The linker saw the fetched copy (a mirror's file, the download cache); the installed
+    environment names where the package really comes from, as the lockfile does.
+    """
+    by_file = {item.url.rsplit("/", 1)[-1]: item for item in items}
+    for path in sorted((prefix / "conda-meta").glob("*.json")):
+        data = json.loads(path.read_text())
+        item = by_file.get(str(data.get("fn", "")))
+        if item is None:
+            continue
+        data["url"] = item.url
+        data["channel"] = item.url.rsplit("/", 2)[0]
+        # extracted_package_dir and link.source stay: conda-pack finds the package cache
+        # through them (and blanks them in what it packs).
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def install_conda(plan: InstallPlan) -> None:
@@ -148,7 +180,7 @@ def install_conda(plan: InstallPlan) -> None:
     records = []
     with log.progress("fetching conda packages", total=len(plan.conda)) as bar:
         for item in plan.conda:
-            records.append(_record(item, _fetch(item, downloads)))
+            records.append(_record(_fetch(item, downloads)))
             bar.advance()
     log.info(f"linking {len(records)} conda packages into {plan.prefix}")
     try:
@@ -166,9 +198,36 @@ def install_conda(plan: InstallPlan) -> None:
         raise
     except Exception as exc:
         raise BuildError(f"installing conda packages into {plan.prefix} failed: {exc}") from None
+    record_origins(Path(plan.prefix), plan.conda)
 
 
 # ---- pip -----------------------------------------------------------------------------------------------
+
+
+def check_local_file(name: str, locked_url: str, fetch: str, sha256: str | None) -> None:
+    """A file a local (file://) mirror should hold for a package: present, with the locked bytes.
+
+    Raises one line naming the package and the mirror; URLs of other schemes are left to the fetch.
+    """
+    parsed = urllib.parse.urlparse(fetch)
+    if parsed.scheme != "file":
+        return
+    path = Path(urllib.parse.unquote(parsed.path))
+    mirror = _mirror_of(fetch)
+    if not path.is_file():
+        raise BuildError(f"{name}: the mirror {mirror} has no {path.name} (locked as {locked_url}); "
+                         "rebuild the mirror or re-lock")
+    if sha256:
+        actual = _sha256(path)
+        if actual != sha256:
+            raise BuildError(f"{name}: {path.name} in the mirror {mirror} has sha256 {actual}, the lockfile says "
+                             f"{sha256}; the mirror is not a copy of what was locked: rebuild it or re-lock")
+
+
+def _pip_requirement(item: PipItem) -> str:
+    if item.fetch:
+        return f"{item.name} @ {item.fetch} --hash=sha256:{item.sha256}"
+    return f"{item.name}=={item.version} --hash=sha256:{item.sha256}"
 
 
 def install_pip(plan: InstallPlan) -> None:
@@ -179,28 +238,38 @@ def install_pip(plan: InstallPlan) -> None:
     vcs = [p for p in plan.pip if not p.sha256]
     # Only what the plan names: no index, no user or machine pip configuration.
     quiet_env = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1"}
-    base = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation",
-            "--disable-pip-version-check", "--no-cache-dir", "--no-warn-script-location", "--no-compile"]
-    if hashed:
+    common = [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+              "--disable-pip-version-check", "--no-cache-dir", "--no-warn-script-location", "--no-compile"]
+    base = [*common, "--no-index"]
+    for item in hashed:
+        check_local_file(item.name, item.url, item.fetch, item.sha256)
+    # Files named by URL go in together; files named by index and version, one index at a time.
+    groups: dict[str, list[PipItem]] = {}
+    for item in hashed:
+        groups.setdefault("" if item.fetch else item.index, []).append(item)
+    for index, items in sorted(groups.items()):
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as reqs:
-            for item in hashed:
-                reqs.write(f"{item.name} @ {item.url} --hash=sha256:{item.sha256}\n")
-        log.info(f"pip: installing {len(hashed)} locked packages with hash checking")
-        proc.run([*base, "--require-hashes", "-r", reqs.name], extra_env=quiet_env, error=BuildError,
-                 what="pip install (locked wheels)")
+            for item in items:
+                reqs.write(_pip_requirement(item) + "\n")
+        where = f" from {index}" if index else ""
+        log.info(f"pip: installing {len(items)} locked packages{where} with hash checking")
+        argv = [*common, "--index-url", index] if index else base
+        proc.run([*argv, "--require-hashes", "-r", reqs.name], extra_env=quiet_env, error=BuildError,
+                 what=f"pip install (locked files{where})")
         os.unlink(reqs.name)
     for item in vcs:
         # A git dependency is pinned by its commit sha (pip cannot hash-check a checkout). It is
         # built into a wheel with the sandbox's own Python and build tools, which the stack's
         # environment need not contain, then installed like any wheel.
-        log.info(f"pip: building and installing {item.name} from {item.url}")
+        source = item.fetch or item.url
+        log.info(f"pip: building and installing {item.name} from {source}")
         with tempfile.TemporaryDirectory() as wheels:
             proc.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation",
-                      "--disable-pip-version-check", "--no-cache-dir", "-w", wheels, f"{item.url}#egg={item.name}"],
+                      "--disable-pip-version-check", "--no-cache-dir", "-w", wheels, f"{source}#egg={item.name}"],
                      extra_env=quiet_env, error=BuildError, what=f"building {item.name} from git")
             built = sorted(Path(wheels).glob("*.whl"))
             if len(built) != 1:
-                raise BuildError(f"building {item.name} from {item.url} gave {len(built)} wheels, expected one")
+                raise BuildError(f"building {item.name} from {source} gave {len(built)} wheels, expected one")
             proc.run([*base, str(built[0])], extra_env=quiet_env, error=BuildError, what=f"pip install {item.name}")
 
 

@@ -1,10 +1,20 @@
 """Stack + site -> ``lockfiles/<stack>[/<variant>]/conda-lock.yml`` (conda-lock's unified format).
 
-Conda packages are solved with py-rattler against the stack's channels (through the site's
-mirrors) for every platform; pip packages with conda-lock's own pip resolver, the conda
-side's Python packages counting as installed; a git dependency is locked to a commit.
-The file is written through conda-lock's models so that ``conda-lock render`` reads it.
-Planning (``plan_lock``) and the staleness check are pure; solving talks to channels.
+For every platform of the stack, conda packages are solved with py-rattler against the
+stack's channels, reached through the site's mirrors, with the stack's virtual packages for
+that platform; pip packages are resolved by pip itself (``pip install --dry-run --report``
+in a bare virtualenv, for the target platform's wheel tags), the conda side's Python
+packages standing in as installed distributions; a git dependency is locked to a commit.
+
+The lockfile names the real sources only: each conda package by its channel's own URL
+(``https://conda.anaconda.org/conda-forge/...``), a pip file from a site's wheelhouse or
+index by its index-relative name on PyPI, a git dependency by its real URL, each with its
+sha256 (git: its commit). Mirrors are applied when solving and when fetching
+(``Site.fetch_url``), never written down, so a lockfile is the same whoever makes it
+where. It is written through conda-lock's models so that ``conda-lock render`` reads it.
+
+``plan_lock`` is pure; ``staleness`` reads the lockfile and, for a site whose mirror is a
+local directory, the locked files in it; solving talks to the channels.
 """
 
 from __future__ import annotations
@@ -26,11 +36,14 @@ from typing import Any
 from . import log, proc
 from .errors import LockError, StaleLockError
 from .fsutil import atomic_output
-from .site import Site
+from .site import Site, canonical_channel
 from .spec import PipGit, Stack
 from .tomlloc import index_lines, line_of
 
-LOCK_FORMAT = 1  # bump when the meaning of the inputs hash changes
+LOCK_FORMAT = 2  # bump when the meaning of the inputs hash changes
+# The pip index a lockfile names for files a site serves from its wheelhouse or own index:
+# ``<PYPI_INDEX>/<project>/<file>`` with the file's sha256; the site maps it at install time.
+PYPI_INDEX = "https://pypi.org/simple"
 LOCKFILE_NAME = "conda-lock.yml"
 PYPI_MAPPING = Path(__file__).with_name("data") / "pypi-mapping.json"
 
@@ -43,7 +56,9 @@ class LockPlan:
     """Everything a solve needs and the hashes that tell whether a lockfile is current."""
 
     stack: Stack
-    channel_urls: tuple[str, ...]
+    site: Site
+    channel_urls: tuple[str, ...]  # what the solver reads: the channels through the site's mirrors
+    channels: tuple[str, ...]  # what the lockfile names: the channels' own URLs
     platforms: tuple[str, ...]
     content_hash: dict[str, str]  # platform -> hash of the inputs
     path: Path
@@ -53,13 +68,16 @@ def lockfile_path(stack: Stack, project: Path) -> Path:
     return project / "lockfiles" / stack.lock_subdir / LOCKFILE_NAME
 
 
-def inputs_hash(stack: Stack, site: Site, platform: str) -> str:
-    """The staleness key: what the stack asks for, where the site takes it from, the platform."""
+def inputs_hash(stack: Stack, platform: str) -> str:
+    """The staleness key: what the stack asks for, for which platform.
+
+    No site setting is part of it: mirrors are copies of the channels the stack names (as
+    pixi treats them), so a lock does not depend on which site or machine made it.
+    """
     payload = {
         "format": LOCK_FORMAT,
         "stack": stack.locking_inputs(),
-        "channels": [site.channel_url(c) for c in stack.channels],
-        "site": site.channel_fingerprint(),
+        "channels": [canonical_channel(c) for c in stack.channels],
         "platform": platform,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -68,9 +86,11 @@ def inputs_hash(stack: Stack, site: Site, platform: str) -> str:
 def plan_lock(stack: Stack, site: Site, project: Path) -> LockPlan:
     return LockPlan(
         stack=stack,
+        site=site,
         channel_urls=tuple(site.channel_url(c) for c in stack.channels),
+        channels=tuple(canonical_channel(c) for c in stack.channels),
         platforms=stack.platforms,
-        content_hash={p: inputs_hash(stack, site, p) for p in stack.platforms},
+        content_hash={p: inputs_hash(stack, p) for p in stack.platforms},
         path=lockfile_path(stack, project),
     )
 
@@ -88,28 +108,51 @@ def staleness(plan: LockPlan) -> str | None:
         return f"platforms changed: locked {sorted(recorded)}, stack asks {sorted(plan.platforms)}"
     changed = [p for p in plan.platforms if recorded.get(p) != plan.content_hash[p]]
     if changed:
-        return f"inputs changed for {', '.join(changed)} (stack file, variant or site channel settings)"
-    return local_drift(lockfile)
+        return f"inputs changed for {', '.join(changed)} (stack file, variant or lock format)"
+    return local_drift(lockfile, plan.site)
 
 
-def local_drift(lockfile: Any) -> str | None:
-    """A locked file:// package that is gone or has other bytes now (a rebuilt local channel).
-
-    Remote channels never change a published file, but a site's local channel can be rebuilt;
-    a lock whose packages no longer exist as locked is stale, however unchanged its inputs.
-    """
+def local_file(url: str) -> Path | None:
+    """The local path of a file:// URL, else None."""
     import urllib.parse
 
+    parsed = urllib.parse.urlparse(url)
+    return Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else None
+
+
+def pip_index_file(url: str) -> tuple[str, str] | None:
+    """``<PYPI_INDEX>/<project>/<file>`` -> (project, file); None for any other URL."""
+    if not url.startswith(PYPI_INDEX + "/"):
+        return None
+    project, _, filename = url[len(PYPI_INDEX) + 1:].partition("/")
+    return (project, filename) if project and filename and "/" not in filename else None
+
+
+def local_drift(lockfile: Any, site: Site) -> str | None:
+    """A locked package that the site's local mirror lacks or holds with other bytes.
+
+    Remote channels never change a published file, but a site's local channel (the offline
+    one) can be rebuilt; a lock whose packages the mirror no longer has as locked is stale,
+    however unchanged its inputs. Only local mirrors are read; nothing is downloaded.
+    """
     from .fsutil import sha256_file
 
     for package in lockfile.package:
-        if not package.url.startswith("file://") or not package.hash.sha256:
+        sha256 = package.hash.sha256
+        if not sha256:
             continue
-        local = Path(urllib.parse.unquote(urllib.parse.urlparse(package.url).path))
+        if package.manager == "conda":
+            fetch = site.fetch_url(package.url)
+        else:
+            named = pip_index_file(package.url)
+            fetch = (site.pip_file_url(*named) if named else None) or package.url
+        local = local_file(fetch)
+        if local is None:
+            continue
         if not local.is_file():
-            return f"{package.url} is gone (the local channel was rebuilt or moved)"
-        if sha256_file(local) != package.hash.sha256:
-            return f"{package.url} has other bytes than when locked (the local channel was rebuilt)"
+            return f"{package.name}: the mirror has no {local.name} ({fetch}; the local channel was rebuilt or moved)"
+        if sha256_file(local) != sha256:
+            return f"{package.name}: {fetch} has other bytes than when locked (the local channel was rebuilt)"
     return None
 
 
@@ -145,7 +188,7 @@ def _solve_conda(plan: LockPlan, platform: str, cache: Path) -> list[Any]:
 
     virtual = [
         rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), rattler.BuildString(b))
-        for n, v, b in virtual_package_specs(plan.stack.lock.virtual_packages)
+        for n, v, b in virtual_package_specs(plan.stack.lock.virtual_packages_for(platform))
     ]
     gateway = rattler.Gateway(cache_dir=cache / "repodata")
     try:
@@ -181,7 +224,8 @@ def _explain_unsolvable(plan: LockPlan, platform: str, exc: Exception) -> str:
     return "\n".join(lines)
 
 
-def _conda_locked(record: Any, platform: str) -> Any:
+def _conda_locked(record: Any, platform: str, plan: LockPlan) -> Any:
+    """One solved record -> a lockfile entry naming the package's canonical URL (no mirror)."""
     from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
 
     depends: dict[str, str] = {}
@@ -196,7 +240,7 @@ def _conda_locked(record: Any, platform: str) -> Any:
         manager="conda",
         platform=platform,
         dependencies=depends,
-        url=str(record.url),
+        url=plan.site.canonical_url(str(record.url), plan.stack.channels),
         hash=HashModel(md5=record.md5.hex(), sha256=record.sha256.hex()),
         build=str(record.build),
         categories={"main"},
@@ -270,16 +314,17 @@ def _stub_distributions(conda_locked: dict[str, Any], directory: Path) -> None:
 
 
 def _build_tools(directory: Path) -> Path:
-    """A directory exposing this interpreter's setuptools and wheel to the resolver.
+    """A directory exposing this interpreter's pip, setuptools and wheel to the resolver.
 
-    Resolving a git dependency builds its metadata, which needs the build backend; the
-    resolver's own virtualenv has only what ``venv`` gives, and an offline site's index
-    need not carry build tools.
+    On ``PYTHONPATH`` it comes before the resolver virtualenv's own packages, so the pip
+    that resolves is this environment's (``--platform`` with ``--dry-run`` needs a recent
+    one; ``venv`` brings the interpreter's bundled pip). Resolving a git dependency builds
+    its metadata, which needs the build backend; an offline site's index need not carry it.
     """
     import importlib.util
 
     directory.mkdir(parents=True, exist_ok=True)
-    for module in ("setuptools", "pkg_resources", "_distutils_hack", "wheel", "packaging"):
+    for module in ("pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "packaging"):
         spec = importlib.util.find_spec(module)
         if spec is None or spec.origin is None:
             continue
@@ -316,8 +361,50 @@ def _resolver_python(cache: Path, python_version: str) -> Path:
     return python
 
 
+_WHEEL_ARCH = {"linux-64": "x86_64", "linux-aarch64": "aarch64", "linux-ppc64le": "ppc64le"}
+
+
+def pip_target_options(platform: str, python_version: str, virtual: dict[str, str]) -> list[str]:
+    """pip options that make it choose wheels for ``platform``, not for the machine locking.
+
+    The wheel tags are those the target accepts: manylinux up to the glibc of its
+    ``__glibc`` virtual package, CPython ``python_version``'s ABI, abi3 and pure wheels;
+    binary wheels only (pip cannot build an sdist for another machine). Pure.
+    """
+    arch = _WHEEL_ARCH.get(platform)
+    if arch is None:
+        raise LockError(f"pip dependencies cannot be locked for platform {platform!r} "
+                        f"(pip platforms known: {', '.join(sorted(_WHEEL_ARCH))})")
+    glibc = virtual.get("__glibc", "2.17").partition("=")[0]
+    major, _, minor = glibc.partition(".")
+    tags = [f"manylinux_{major}_{m}_{arch}" for m in range(int(minor or 0), 16, -1)] if major == "2" else []
+    tags.append(f"manylinux2014_{arch}")
+    if arch == "x86_64":
+        tags += ["manylinux_2_12_x86_64", "manylinux2010_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64"]
+    tags.append(f"linux_{arch}")
+    abi = "cp" + python_version.replace(".", "")
+    options = ["--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
+               "--abi", abi, "--abi", "abi3", "--abi", "none"]
+    for tag in tags:
+        options += ["--platform", tag]
+    return options
+
+
+def _canonical_pip_url(item: dict[str, Any], site: Site, from_site: bool) -> str:
+    """The URL a lockfile records for one resolved pip item: never the site's mirror or server."""
+    from packaging.utils import canonicalize_name
+
+    info = item["download_info"]
+    url = str(info["url"])
+    if "vcs_info" in info:
+        return f"git+{site.canonical_git_url(url)}@{info['vcs_info']['commit_id']}"
+    if from_site:
+        return f"{PYPI_INDEX}/{canonicalize_name(item['metadata']['name'])}/{url.rsplit('/', 1)[-1].split('#')[0]}"
+    return url
+
+
 def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform: str) -> list[Any]:
-    """Resolve pip dependencies with pip's own resolver (``--dry-run --report``), offline if the site says so."""
+    """Resolve pip dependencies for ``platform`` with pip's own resolver (``--dry-run --report``)."""
     if not stack.pip:
         return []
     import tempfile
@@ -328,44 +415,43 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
     python = conda_locked.get("python")
     if python is None:
         raise LockError(f"{stack.source}: [pip.dependencies] needs python among the conda dependencies")
-    resolver = _resolver_python(site.cache, ".".join(python.version.split(".")[:2]))
+    python_version = ".".join(python.version.split(".")[:2])
+    resolver = _resolver_python(site.cache, python_version)
     requirements = _pip_requirements(stack, site)
+    target = pip_target_options(platform, python_version, stack.lock.virtual_packages_for(platform))
     with tempfile.TemporaryDirectory(prefix="swstack-pip-") as tmp, contextlib.ExitStack() as ctx:
         stubs = Path(tmp) / "site"
         _stub_distributions(conda_locked, stubs)
         argv = [str(resolver), "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-requires-python",
-                "--disable-pip-version-check", "--no-build-isolation", "--report", f"{tmp}/report.json"]
-        served = None
+                "--disable-pip-version-check", "--no-build-isolation", "--report", f"{tmp}/report.json", *target]
+        from_site = False
         if site.pip_wheelhouse is not None:
             if not (site.pip_wheelhouse / "simple").is_dir():
                 raise LockError(f"{site.pip_wheelhouse}: a wheelhouse needs a PEP 503 'simple/' index "
                                 "(the offline channel's `doit channel` writes one)")
             served = ctx.enter_context(_serve_directory(site.pip_wheelhouse))
             argv += ["--index-url", f"{served}/simple/"]
+            from_site = True
         elif site.pip_index_url:
             argv += ["--index-url", site.pip_index_url]
+            from_site = site.pip_index_url.rstrip("/") != PYPI_INDEX
         # pip reads its config from the environment: only the site's index counts.
         tools = _build_tools(Path(tmp) / "tools")
         env = {"PYTHONPATH": f"{stubs}:{tools}", "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1",
                "PATH": "/usr/bin:/bin", "HOME": tmp}
         proc.run([*argv, *requirements], env=env, error=LockError,
-                 what=f"resolving the pip dependencies of {stack.stack_id}")
+                 what=f"resolving the pip dependencies of {stack.stack_id} for {platform}")
         report = json.loads((Path(tmp) / "report.json").read_text())
     locked = []
     for item in report.get("install", []):
         meta = item["metadata"]
         info = item["download_info"]
-        url = info["url"]
         sha256 = None
-        if "vcs_info" in info:
-            url = f"git+{url}@{info['vcs_info']['commit_id']}"
-        else:
+        if "vcs_info" not in info:
             sha256 = info.get("archive_info", {}).get("hashes", {}).get("sha256")
             if not sha256:
-                raise LockError(f"{url}: the index gives no sha256 for this file; pip dependencies are hash-checked")
-        if served and url.startswith(served):
-            assert site.pip_wheelhouse is not None  # record the site's path, not the short-lived server
-            url = site.pip_wheelhouse.as_uri() + url[len(served):]
+                raise LockError(f"{info['url']}: the index gives no sha256 for this file; pip dependencies "
+                                "are hash-checked")
         depends = {}
         for text in meta.get("requires_dist", []) or []:
             requirement = Requirement(text)
@@ -374,7 +460,8 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
             depends[requirement.name] = str(requirement.specifier) or "*"
         locked.append(LockedDependency(
             name=meta["name"].lower(), version=meta["version"], manager="pip", platform=platform,
-            dependencies=depends, url=url, hash=HashModel(sha256=sha256), categories={"main"},
+            dependencies=depends, url=_canonical_pip_url(item, site, from_site), hash=HashModel(sha256=sha256),
+            categories={"main"},
         ))
     return locked
 
@@ -391,7 +478,7 @@ def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) 
         sources.append(os.path.relpath(plan.stack.source.resolve(), plan.path.parent.resolve()))
     metadata = LockMeta(
         content_hash=plan.content_hash,
-        channels=[Channel.from_string(url) for url in plan.channel_urls],
+        channels=[Channel.from_string(url) for url in plan.channels],
         platforms=list(plan.platforms),
         sources=sources,
         time_metadata=TimeMeta.create(),
@@ -405,6 +492,8 @@ def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) 
     lockfile = Lockfile(package=packages, metadata=metadata)
     with atomic_output(plan.path) as partial:
         write_conda_lock_file(lockfile, partial, metadata_choices=set(), include_help_text=True)
+        # The help text names the file it was written to: the final name, not the partial one.
+        partial.write_text(partial.read_text().replace(partial.name, plan.path.name))
 
 
 @dataclass(frozen=True)
@@ -433,7 +522,7 @@ def lock(stack: Stack, site: Site, project: Path, *, check: bool = False, force:
     packages: list[Any] = []
     for platform in plan.platforms:
         records = _solve_conda(plan, platform, site.cache)
-        conda = [_conda_locked(r, platform) for r in records]
+        conda = [_conda_locked(r, platform, plan) for r in records]
         log.info(f"  {platform}: {len(conda)} conda packages")
         pip = _solve_pip(stack, site, {d.name: d for d in conda}, platform)
         if pip:

@@ -15,6 +15,16 @@ from typing import Any
 
 SCHEMA = 1
 IN_TREE_PATH = "conda-meta/swstack-manifest.json"
+# uname's machine -> the conda platform's architecture part.
+_CONDA_ARCH = {"x86_64": "64", "aarch64": "aarch64", "arm64": "aarch64", "ppc64le": "ppc64le"}
+
+
+def host_platform() -> str:
+    """This machine's conda platform (``linux-64``, ``linux-aarch64``): what it can run."""
+    import platform
+
+    machine = platform.machine()
+    return f"linux-{_CONDA_ARCH.get(machine, machine)}"
 
 # The variant names a manifest written before it recorded ``default_variant`` used for
 # its stack's default variant; only reading such a manifest needs them.

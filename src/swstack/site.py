@@ -8,8 +8,6 @@ and ``{project}`` (the checkout); relative paths are relative to the site file.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,19 +130,63 @@ class Site:
             return channel.rstrip("/")
         return f"{self.channel_alias}/{channel}"
 
+    def fetch_url(self, url: str) -> str:
+        """A package's canonical URL (as a lockfile names it) -> where this site fetches it.
+
+        The inverse of ``canonical_url``: a mirrored channel's prefix is swapped for the
+        mirror's, a named channel's default alias for the site's alias; anything else is
+        fetched where it is.
+        """
+        for name, target in sorted(self.mirrors.items(), key=lambda item: -len(item[0])):
+            canonical = canonical_channel(name)
+            if url.startswith(canonical + "/"):
+                return target + url[len(canonical):]
+        if self.channel_alias != DEFAULT_CHANNEL_ALIAS and url.startswith(DEFAULT_CHANNEL_ALIAS + "/"):
+            return self.channel_alias + url[len(DEFAULT_CHANNEL_ALIAS):]
+        return url
+
+    def canonical_url(self, url: str, channels: tuple[str, ...]) -> str:
+        """A package URL the solver gave (through this site's mirrors) -> its channel's own URL."""
+        for channel in channels:
+            served = self.channel_url(channel)
+            if url.startswith(served + "/"):
+                return canonical_channel(channel) + url[len(served):]
+        return url
+
     def git_url(self, url: str) -> str:
+        """A git dependency's URL -> where this site clones it from (its git mirror, if any)."""
         return self.git_mirrors.get(url, url)
 
-    def channel_fingerprint(self) -> str:
-        """What of the site changes a lock: mirrors, alias, pip sources (for staleness checks)."""
-        payload = {
-            "alias": self.channel_alias,
-            "mirrors": dict(sorted(self.mirrors.items())),
-            "pip_index_url": self.pip_index_url,
-            "pip_wheelhouse": str(self.pip_wheelhouse) if self.pip_wheelhouse else None,
-            "git_mirrors": dict(sorted(self.git_mirrors.items())),
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    def canonical_git_url(self, url: str) -> str:
+        """The inverse of ``git_url``: a git mirror's URL -> the repository it mirrors."""
+        for real, mirror in self.git_mirrors.items():
+            if url == mirror or url.startswith(mirror + "@"):
+                return real + url[len(mirror):]
+        return url
+
+    def pip_file_url(self, name: str, filename: str) -> str | None:
+        """Where this site serves a locked pip file by name (wheelhouse), or None (fetch its URL)."""
+        if self.pip_wheelhouse is None:
+            return None
+        return (self.pip_wheelhouse / filename).as_uri()
+
+    def mirror_description(self) -> str:
+        """The site's package sources in a few words, for messages."""
+        parts = [f"{name} -> {target}" for name, target in sorted(self.mirrors.items())]
+        if self.pip_wheelhouse is not None:
+            parts.append(f"pip -> {self.pip_wheelhouse}")
+        return f"site {self.name!r} ({'; '.join(parts) or 'no mirrors'})"
+
+
+def canonical_channel(channel: str) -> str:
+    """A channel name or URL -> the URL a lockfile names: the channel's own, never a mirror's.
+
+    Named channels are conda's default alias (``conda-forge`` ->
+    ``https://conda.anaconda.org/conda-forge``), whatever alias or mirror a site uses.
+    """
+    if "://" in channel:
+        return channel.rstrip("/")
+    return f"{DEFAULT_CHANNEL_ALIAS}/{channel}"
 
 
 def _expand(value: str, base: Path, project: Path, cache: Path) -> str:

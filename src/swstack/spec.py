@@ -218,20 +218,64 @@ class PackSettings(Model):
     threads: Annotated[int, Field(ge=0, le=256)] = 0
 
 
-class LockSettings(Model):
-    """Virtual packages the solver assumes for each target platform (``__glibc`` etc.)."""
+KNOWN_PLATFORMS = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
+# The CPU level a platform's packages are solved for when the stack names none.
+GENERIC_ARCHSPEC = {"linux-64": "1=x86_64", "linux-aarch64": "1=aarch64", "linux-ppc64le": "1=ppc64le"}
 
-    virtual_packages: dict[str, str] = Field(
-        default_factory=lambda: {"__glibc": "2.28", "__linux": "5.10", "__unix": "0", "__archspec": "1=x86_64"}
-    )
+
+def _check_virtual(packages: dict[str, str]) -> dict[str, str]:
+    for name in packages:
+        if not name.startswith("__"):
+            raise ValueError(f"virtual package {name!r} must start with '__' (e.g. __glibc)")
+    return packages
+
+
+class PlatformLockSettings(Model):
+    """What one target platform's hosts provide, beside (and over) the shared virtual packages."""
+
+    virtual_packages: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("virtual_packages")
     @classmethod
     def _virtual(cls, packages: dict[str, str]) -> dict[str, str]:
-        for name in packages:
-            if not name.startswith("__"):
-                raise ValueError(f"virtual package {name!r} must start with '__' (e.g. __glibc)")
-        return packages
+        return _check_virtual(packages)
+
+
+class LockSettings(Model):
+    """Virtual packages the solver assumes for each target platform (``__glibc`` etc.).
+
+    ``virtual_packages`` hold for every platform; ``platform.<name>.virtual_packages``
+    add to them or override them for one; a platform given no ``__archspec`` gets its
+    generic CPU (``1=x86_64``, ``1=aarch64``).
+    """
+
+    virtual_packages: dict[str, str] = Field(
+        default_factory=lambda: {"__glibc": "2.28", "__linux": "5.10", "__unix": "0"}
+    )
+    platform: dict[str, PlatformLockSettings] = Field(default_factory=dict)
+
+    @field_validator("virtual_packages")
+    @classmethod
+    def _virtual(cls, packages: dict[str, str]) -> dict[str, str]:
+        return _check_virtual(packages)
+
+    @field_validator("platform")
+    @classmethod
+    def _platform_names(cls, value: dict[str, PlatformLockSettings]) -> dict[str, PlatformLockSettings]:
+        for name in value:
+            if name not in KNOWN_PLATFORMS:
+                close = difflib.get_close_matches(name, KNOWN_PLATFORMS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown platform {name!r}{hint}")
+        return value
+
+    def virtual_packages_for(self, platform: str) -> dict[str, str]:
+        merged = dict(self.virtual_packages)
+        if platform in self.platform:
+            merged.update(self.platform[platform].virtual_packages)
+        if "__archspec" not in merged and platform in GENERIC_ARCHSPEC:
+            merged["__archspec"] = GENERIC_ARCHSPEC[platform]
+        return dict(sorted(merged.items()))
 
 
 class StackFile(Model):
@@ -279,8 +323,7 @@ class StackFile(Model):
             try:
                 rattler.Subdir(platform)
             except Exception:
-                known = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
-                close = difflib.get_close_matches(platform, known, n=1)
+                close = difflib.get_close_matches(platform, KNOWN_PLATFORMS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"unknown platform {platform!r}{hint}") from None
         return value
@@ -434,7 +477,7 @@ class Stack:
             "channels": list(self.channels),
             "conda": list(self.conda),
             "pip": [[n, s if isinstance(s, str) else s.model_dump()] for n, s in self.pip],
-            "virtual_packages": dict(sorted(self.lock.virtual_packages.items())),
+            "virtual_packages": {p: self.lock.virtual_packages_for(p) for p in self.platforms},
         }
 
 

@@ -213,8 +213,9 @@ def task_demo() -> TaskDict:
 
 
 def _newest_artifact(stack: Any, site: Any) -> Path:
-    from .build import host_platform, latest_manifest
+    from .build import latest_manifest
     from .errors import BuildError
+    from .manifest import host_platform
 
     manifest = latest_manifest(site.artifacts, stack.stack_id, host_platform())
     if manifest is None:

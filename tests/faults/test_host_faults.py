@@ -141,6 +141,22 @@ def test_broken_tarball_changes_nothing(host: dict[str, object], how: str, messa
     assert not (root / "sw.2.0").exists() and not (root / ".swstack" / "staging").exists()
 
 
+def test_an_artifact_of_another_platform_is_refused(host: dict[str, object], tmp_path: Path) -> None:
+    from swstack.manifest import host_platform
+
+    other = "linux-aarch64" if host_platform() != "linux-aarch64" else "linux-64"
+    art = make_artifact(tmp_path / "other-platform", version="2.0", payload=1 << 10, platform=other)
+    root = host["root"]
+    assert isinstance(root, Path)
+    res = run(root, "activate", str(art))
+    assert res.returncode == 11, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    assert f"is built for {other}, this host is {host_platform()}" in lines[0]
+    assert assert_live_complete(host) == "1.0"
+    assert not (root / "sw.2.0").exists() and not (root / ".swstack" / "staging").exists()
+
+
 def test_checksum_mismatch_even_when_the_size_matches(host: dict[str, object]) -> None:
     art = host["a2"]
     assert isinstance(art, Path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from swstack import proc
+from swstack import paths, proc
 from swstack.build import run_build
 from swstack.errors import BuildError
 from swstack.fsutil import sha256_file
@@ -22,6 +22,7 @@ from swstack.site import Site
 from swstack.spec import load_stack
 
 pytestmark = pytest.mark.slow
+PROJECT = Path(__file__).resolve().parents[2]
 
 KERNEL_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -82,6 +83,13 @@ def test_artifact_layout_and_manifest(py3_artifact: Path) -> None:
     assert names["labclient"].manager == "pip" and len(names["numpy"].sha256) == 64
     assert manifest.kernels == ("python3",) and manifest.file_count > 10000
     assert manifest.lockfile_sha256 and manifest.stackfile_sha256 and manifest.tools["swstack"]
+    assert manifest.platform == "linux-64"
+    # Where packages come from, never where this machine got them: no mirror, cache or checkout path.
+    assert {p.channel for p in manifest.packages if p.manager == "conda"} == {"https://conda.anaconda.org/conda-forge"}
+    assert names["labclient"].channel == "https://pypi.org/simple/labclient/labclient-1.0.0-py3-none-any.whl"
+    text = (py3_artifact / "manifest.json").read_text()
+    for machine_path in ("file://", str(Path.home()), str(paths.cache_dir()), str(PROJECT), "/tmp/"):
+        assert machine_path not in text
 
 
 def test_kernel_runs_from_the_tarball_at_the_production_prefix(py3_artifact: Path, tmp_path: Path) -> None:
@@ -185,7 +193,9 @@ def test_dev_variant_installs_the_client_from_git(project_copy: Path, artifacts_
     assert result.artifact_dir == artifacts_site.artifacts / "py3-dev" / "dev1"
     client = next(p for p in Manifest.load(result.artifact_dir / "manifest.json").packages if p.name == "labclient")
     assert client.version == "1.1.0.dev0" and client.manager == "pip"
-    assert client.channel.startswith("git+file://") and len(client.channel.rsplit("@", 1)[1]) == 40
+    # The real repository, not the site's git mirror it was cloned from.
+    assert client.channel.startswith("git+https://git.example.org/datalab/labclient.git@")
+    assert len(client.channel.rsplit("@", 1)[1]) == 40
     sw = tmp_path / "sw"
     _untar(_tarball(result.artifact_dir), sw / "py3")
     out = proc.output(private_root_argv([Mount(sw, "/data0/sw")]) + ["/data0/sw/py3/bin/labclient", "--version"])

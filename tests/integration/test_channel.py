@@ -164,19 +164,43 @@ def repodata_entries(channel: Path) -> dict[str, dict[str, object]]:
     return entries
 
 
-def test_two_cold_builds_make_identical_packages(tmp_path: Path) -> None:
-    """Two builds with empty package caches (as on two fresh machines) give the same bytes,
-    so a lockfile's sha256/md5 stay valid wherever the channel is rebuilt. Wheels are shared
-    from the download cache: they are pinned by hash anyway."""
-    import hashlib
+def info_texts(package: Path) -> dict[str, str]:
+    """The text of a package's ``info/`` files (recipe, about.json, paths.json, ...)."""
+    from conda_package_streaming.package_streaming import stream_conda_info
 
+    texts = {}
+    with open(package, "rb") as fh:
+        for tar, member in stream_conda_info(package.name, fh):
+            extracted = tar.extractfile(member) if member.isfile() else None
+            if extracted is not None:
+                texts[member.name] = extracted.read().decode(errors="replace")
+    return texts
+
+
+def test_two_cold_builds_in_caches_at_different_paths_make_identical_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builds with empty caches at different paths and different homes (as on two fresh
+    machines, for two users) give the same bytes for every package, so a lockfile's sha256/md5
+    stay valid wherever the channel is rebuilt. No fact of the machine is inside a package:
+    not the cache, the home, the kernel's version or the CPU's level (rattler-build records
+    virtual packages). Wheels are shared from the download cache: they are pinned by hash."""
+    import hashlib
+    import platform
+
+    from swstack.channel import BUILD_VIRTUAL_PACKAGES
+
+    real_home = str(Path.home())
     outs = []
-    for run_id in ("one", "two"):
-        cache = tmp_path / f"cache-{run_id}"
-        cache.mkdir()
+    caches = {"one": tmp_path / "cache-one", "two": tmp_path / "elsewhere" / "much" / "deeper" / "cache-two"}
+    for run_id, cache in caches.items():
+        cache.mkdir(parents=True)
+        home = tmp_path / f"home-{run_id}"
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))
         (paths.cache_dir() / "wheels").mkdir(parents=True, exist_ok=True)
         (cache / "wheels").symlink_to(paths.cache_dir() / "wheels", target_is_directory=True)
-        out = tmp_path / f"channel-{run_id}"
+        out = cache / "offline-channel"
         report = build_channel(
             out, recipes_dir=REPO / "channel" / "recipes", cache_dir=cache, only=REPRODUCIBLE_SUBSET
         )
@@ -185,6 +209,16 @@ def test_two_cold_builds_make_identical_packages(tmp_path: Path) -> None:
     one, two = (repodata_entries(out) for out in outs)
     assert len(one) == len(REPRODUCIBLE_SUBSET)
     assert one == two
+    machine = [str(tmp_path), real_home, str(paths.cache_dir())]
+    kernel = platform.release().split("-")[0]
+    if kernel != BUILD_VIRTUAL_PACKAGES["CONDA_OVERRIDE_LINUX"]:
+        machine.append(f"__linux={kernel}=")
     for rel in one:
         a, b = (hashlib.sha256((out / rel).read_bytes()).hexdigest() for out in outs)
         assert a == b, f"{rel} differs between the two builds"
+        for name, text in info_texts(outs[0] / rel).items():
+            for fact in machine:
+                assert fact not in text, f"{rel}: {name} holds {fact!r}, a fact of the build machine"
+            if name == "info/recipe/rendered_recipe.yaml":
+                assert f"__linux={BUILD_VIRTUAL_PACKAGES['CONDA_OVERRIDE_LINUX']}=0" in text
+                assert f"__archspec=1={BUILD_VIRTUAL_PACKAGES['CONDA_OVERRIDE_ARCHSPEC']}" in text

@@ -11,18 +11,15 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from tests.support.host import make_artifact, swstack_argv
 from tests.support.imagekit import offline_site, py3_stack
 from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - fixture
 
 from swstack.tasks import _publish
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support_host import make_artifact, swstack_argv  # noqa: E402
 
 pytestmark = pytest.mark.registry
 

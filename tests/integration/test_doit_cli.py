@@ -90,7 +90,8 @@ def test_unsatisfiable_spec_names_the_entry_and_writes_nothing(project: Path, of
 @pytest.mark.slow
 def test_conda_lock_renders_an_explicit_list_from_the_offline_channel(project: Path, offline_site: Site,
                                                                       tmp_path: Path) -> None:
-    """conda-lock's own tools read our lockfile; every URL is in the offline channel, sha256 matching."""
+    """conda-lock's own tools read our lockfile; every URL is conda-forge's own, and the offline
+    site's mirror holds each file with the locked sha256."""
     import urllib.parse
 
     import yaml
@@ -104,9 +105,11 @@ def test_conda_lock_renders_an_explicit_list_from_the_offline_channel(project: P
     assert result.returncode == 0, result.stderr
     urls = [line.split("#")[0] for line in (tmp_path / "explicit-linux-64").read_text().splitlines()
             if line.startswith(("file://", "http"))]
+    assert len(urls) > 100 and all(url.startswith("https://conda.anaconda.org/conda-forge/") for url in urls)
     channel = (offline_site.cache / "offline-channel").as_uri()
-    assert len(urls) > 100 and all(url.startswith(channel + "/") for url in urls)
     locked = {p["url"]: p["hash"]["sha256"] for p in yaml.safe_load(lockfile.read_text())["package"]
               if p["manager"] == "conda"}
     for url in urls:
-        assert sha256_file(Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))) == locked[url]
+        mirrored = offline_site.fetch_url(url)
+        assert mirrored.startswith(channel + "/")
+        assert sha256_file(Path(urllib.parse.unquote(urllib.parse.urlparse(mirrored).path))) == locked[url]

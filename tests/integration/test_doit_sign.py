@@ -9,14 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.host import make_artifact, swstack_argv
 from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
 
 from swstack import attest, trust
 from swstack.errors import ActivateError
 from swstack.oci import RegistryClient
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support_host import make_artifact, swstack_argv  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.registry]

@@ -13,14 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.host import make_artifact, swstack_argv
 from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
 
 from swstack import sign, trust
 from swstack.oci import RegistryClient
 from swstack.publish import publish_artifact
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support_host import make_artifact, swstack_argv  # noqa: E402
 
 
 @pytest.fixture(scope="module")

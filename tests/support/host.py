@@ -68,6 +68,7 @@ def base_manifest(
     prefix: str,
     owner: str | None = None,
     packages: tuple[PackageEntry, ...] | None = None,
+    platform: str = PLATFORM,
 ) -> Manifest:
     pkgs = (
         packages
@@ -83,7 +84,7 @@ def base_manifest(
         stack=stack,
         variant="default",
         version=version,
-        platform=PLATFORM,
+        platform=platform,
         prefix=prefix,
         lockfile_sha256="0" * 64,
         stackfile_sha256="1" * 64,
@@ -164,10 +165,11 @@ def make_artifact(
     packages: tuple[PackageEntry, ...] | None = None,
     understate: bool = False,
     small_files: int = 0,
+    platform: str = PLATFORM,
 ) -> Path:
     """Write an artifact directory ``out`` and return it (``understate``: a manifest claiming 1 kB)."""
     prefix = prefix or f"/data0/sw/{stack}"
-    manifest = base_manifest(stack, version, prefix, owner, packages)
+    manifest = base_manifest(stack, version, prefix, owner, packages, platform)
     files = tree_files(prefix, binary, payload, manifest)
     for i in range(small_files):  # a site-packages-like mass of small text files
         files[f"lib/python3.11/site-packages/pkg{i // 100:03d}/mod{i % 100:02d}.py"] = (
@@ -191,7 +193,7 @@ def make_artifact(
         members.append((_link("lib/libfake.so.1", "libfake.so"), None))
     out.mkdir(parents=True, exist_ok=True)
     ext = {"zstd": "tar.zst", "gzip": "tar.gz", "none": "tar"}[compression]
-    tarball = out / f"{manifest.stack_id}-{version}-{PLATFORM}.{ext}"
+    tarball = out / f"{manifest.stack_id}-{version}-{platform}.{ext}"
     write_tar(tarball, members, compression)
     seal(out, tarball, manifest, compression)
     return out

@@ -22,30 +22,31 @@ def test_lockfile_paths_per_variant() -> None:
     assert lockfile_path(load_stack(ROOT / "stacks/py3.toml", "dev"), ROOT) == ROOT / "lockfiles/py3/dev/conda-lock.yml"
 
 
-def test_hash_changes_with_stack_variant_site_and_platform(tmp_path: Path) -> None:
+def test_hash_changes_with_stack_variant_and_platform_never_with_the_site(tmp_path: Path) -> None:
     site = load_site(ROOT / "sites/offline.toml", ROOT)
     default_site = resolve_site(SiteFile(), None, ROOT)
     stable = load_stack(ROOT / "stacks/py3.toml")
     dev = load_stack(ROOT / "stacks/py3.toml", "dev")
-    base = inputs_hash(stable, site, "linux-64")
-    assert base == inputs_hash(load_stack(ROOT / "stacks/py3.toml"), site, "linux-64")
-    assert base != inputs_hash(dev, site, "linux-64")
-    assert base != inputs_hash(stable, default_site, "linux-64")
-    assert base != inputs_hash(stable, site, "linux-aarch64")
+    base = inputs_hash(stable, "linux-64")
+    assert base == inputs_hash(load_stack(ROOT / "stacks/py3.toml"), "linux-64")
+    assert base != inputs_hash(dev, "linux-64")
+    assert base != inputs_hash(stable, "linux-aarch64")
+    # Mirrors are copies of the channels: which site (and cache path) locks changes nothing.
+    assert plan_lock(stable, site, ROOT).content_hash == plan_lock(stable, default_site, ROOT).content_hash
+    elsewhere = resolve_site(SiteFile(cache=str(tmp_path / "other-cache"),
+                                      channels={"mirrors": {"conda-forge": "{cache}/offline-channel"}}), None, ROOT)
+    assert plan_lock(stable, elsewhere, ROOT).content_hash == plan_lock(stable, site, ROOT).content_hash
     edited = tmp_path / "py3.toml"
     edited.write_text((ROOT / "stacks/py3.toml").read_text().replace('numpy = ">=1.26"', 'numpy = ">=2"'))
     (tmp_path / "base.toml").write_text((ROOT / "stacks/base.toml").read_text())
-    assert base != inputs_hash(load_stack(edited), site, "linux-64")
+    assert base != inputs_hash(load_stack(edited), "linux-64")
 
 
 def test_comments_do_not_make_a_lock_stale(tmp_path: Path) -> None:
-    site = load_site(ROOT / "sites/offline.toml", ROOT)
     (tmp_path / "base.toml").write_text((ROOT / "stacks/base.toml").read_text())
     edited = tmp_path / "py3.toml"
     edited.write_text("# a new comment\n" + (ROOT / "stacks/py3.toml").read_text())
-    assert inputs_hash(load_stack(edited), site, "linux-64") == inputs_hash(
-        load_stack(ROOT / "stacks/py3.toml"), site, "linux-64"
-    )
+    assert inputs_hash(load_stack(edited), "linux-64") == inputs_hash(load_stack(ROOT / "stacks/py3.toml"), "linux-64")
 
 
 def test_missing_lockfile_is_stale(tmp_path: Path) -> None:
@@ -66,13 +67,46 @@ def test_mirrors_map_channel_names_and_urls(tmp_path: Path) -> None:
     assert site.channel_url("https://conda.anaconda.org/conda-forge") == (tmp_path / "mirror/cf").as_uri()
     assert site.channel_url("bioconda") == "https://mirror.example.org/bioconda"
     assert site.channel_url("pytorch") == "https://conda.anaconda.org/pytorch"
+    # A lockfile names the channel's own URL; the site maps it back to its mirror to fetch.
+    mirrored = (tmp_path / "mirror/cf").as_uri() + "/noarch/six-1.16-py_0.conda"
+    canonical = "https://conda.anaconda.org/conda-forge/noarch/six-1.16-py_0.conda"
+    assert site.canonical_url(mirrored, ("conda-forge",)) == canonical
+    assert site.fetch_url(canonical) == mirrored
+    assert site.fetch_url("https://conda.anaconda.org/bioconda/linux-64/x-1-0.conda") == (
+        "https://mirror.example.org/bioconda/linux-64/x-1-0.conda")
+    assert site.fetch_url("https://conda.anaconda.org/pytorch/linux-64/x-1-0.conda") == (
+        "https://conda.anaconda.org/pytorch/linux-64/x-1-0.conda")
 
 
-def test_offline_site_points_everything_at_the_offline_channel() -> None:
+def test_virtual_packages_per_platform() -> None:
+    stack = load_stack(ROOT / "stacks/py3.toml")
+    x86 = stack.lock.virtual_packages_for("linux-64")
+    arm = stack.lock.virtual_packages_for("linux-aarch64")
+    assert x86["__archspec"] == "1=x86_64" and arm["__archspec"] == "1=aarch64"
+    assert x86["__glibc"] == arm["__glibc"] == "2.36"
+    from swstack.spec import LockSettings
+
+    assert LockSettings().virtual_packages_for("linux-aarch64")["__archspec"] == "1=aarch64"
+
+
+def test_pip_target_options_name_the_target_platform() -> None:
+    from swstack.lock import pip_target_options
+
+    arm = pip_target_options("linux-aarch64", "3.11", {"__glibc": "2.36"})
+    platforms = [arm[i + 1] for i, o in enumerate(arm) if o == "--platform"]
+    assert "manylinux_2_36_aarch64" in platforms and "manylinux2014_aarch64" in platforms
+    assert "manylinux_2_37_aarch64" not in platforms and not any("x86_64" in p for p in platforms)
+    assert "--only-binary=:all:" in arm and arm[arm.index("--abi") + 1] == "cp311"
+
+
+def test_offline_site_solves_from_the_offline_channel_but_names_conda_forge() -> None:
     site = load_site(ROOT / "sites/offline.toml", ROOT)
     plan = plan_lock(load_stack(ROOT / "stacks/py3.toml"), site, ROOT)
     assert all(url.startswith("file://") and url.endswith("/offline-channel") for url in plan.channel_urls)
-    assert site.git_url("https://git.example.org/datalab/labclient.git").startswith("file://")
+    assert plan.channels == ("https://conda.anaconda.org/conda-forge",)
+    real = "https://git.example.org/datalab/labclient.git"
+    assert site.git_url(real).startswith("file://")
+    assert site.canonical_git_url(site.git_url(real) + "@abc") == real + "@abc"
 
 
 def test_bad_site_file_is_located(tmp_path: Path) -> None:
@@ -102,3 +136,42 @@ def test_local_roots_cover_every_file_url() -> None:
         "https://conda.anaconda.org/conda-forge/noarch/x-1-0.conda",
     ]
     assert local_roots(urls) == [Path("/c/ch")]
+
+
+def test_install_items_map_canonical_urls_to_the_sites_mirrors() -> None:
+    from types import SimpleNamespace
+
+    from swstack.build import conda_item, pip_item
+
+    site = load_site(ROOT / "sites/offline.toml", ROOT)
+    channel = (site.cache / "offline-channel").as_uri()
+
+    def locked(name: str, url: str, sha256: str | None = "ab" * 32) -> object:
+        return SimpleNamespace(name=name, url=url, version="1.0.0", hash=SimpleNamespace(sha256=sha256, md5="00"))
+
+    numpy = conda_item(locked("numpy", "https://conda.anaconda.org/conda-forge/linux-64/numpy-2-0.conda"), site)
+    assert numpy.url.startswith("https://conda.anaconda.org/") and numpy.source == f"{channel}/linux-64/numpy-2-0.conda"
+    wheel = pip_item(locked("labclient", "https://pypi.org/simple/labclient/labclient-1.0.0-py3-none-any.whl"), site)
+    assert wheel.fetch == f"{channel}/pip/labclient-1.0.0-py3-none-any.whl" and not wheel.index
+    real = "https://git.example.org/datalab/labclient.git"
+    git = pip_item(locked("labclient", f"git+{real}@{'1' * 40}", None), site)
+    assert git.url == f"git+{real}@{'1' * 40}" and git.fetch == f"git+{site.git_url(real)}@{'1' * 40}"
+    # With no mirrors, a conda URL is fetched as it is and an index name comes from PyPI by version.
+    plain = resolve_site(SiteFile(), None, ROOT)
+    assert conda_item(locked("numpy", numpy.url), plain).source == numpy.url
+    from_pypi = pip_item(locked("labclient", wheel.url), plain)
+    assert from_pypi.index == "https://pypi.org/simple" and not from_pypi.fetch and from_pypi.version == "1.0.0"
+
+
+def test_an_unknown_platform_in_lock_settings_is_located(tmp_path: Path) -> None:
+    import pytest
+
+    from swstack.errors import SpecError
+
+    path = tmp_path / "demo.toml"
+    path.write_text('name = "demo"\nchannels = ["conda-forge"]\n[dependencies]\npython = "3.11.*"\n[lock]\n'
+                    'platform.linux-aarch46.virtual_packages = { __archspec = "1=aarch64" }\n')
+    with pytest.raises(SpecError) as info:
+        load_stack(path)
+    expected = "demo.toml:6: lock.platform: unknown platform 'linux-aarch46'; did you mean 'linux-aarch64'?"
+    assert expected in str(info.value)

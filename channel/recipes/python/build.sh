@@ -3,9 +3,10 @@
 # $PREFIX in text files, so the package records prefix placeholders and the
 # installer writes each target prefix back (as conda-forge's python does).
 set -euo pipefail
+OLD_PREFIX=$(cat "$SWSTACK_PYTHON_STAGE.old-prefix")
 cp -a "$SWSTACK_PYTHON_STAGE"/. "$PREFIX"/
-grep -rlIZ --fixed-strings -- "$SWSTACK_PYTHON_OLD_PREFIX" "$PREFIX" \
-  | xargs -0 --no-run-if-empty sed -i "s|$SWSTACK_PYTHON_OLD_PREFIX|$PREFIX|g"
+grep -rlIZ --fixed-strings -- "$OLD_PREFIX" "$PREFIX" \
+  | xargs -0 --no-run-if-empty sed -i "s|$OLD_PREFIX|$PREFIX|g"
 # Byte-compile the standard library once, with pycs that need no source check: the
 # installed tree is read-only for its users. Files that hold the prefix are left out:
 # their pycs would carry it inside marshalled strings the installer cannot rewrite.

@@ -20,12 +20,12 @@ from pathlib import Path
 from .. import log
 from ..errors import ActivateError
 from ..fsutil import atomic_write_text, sha256_file
-from ..manifest import IN_TREE_PATH, Manifest
+from ..manifest import IN_TREE_PATH, Manifest, host_platform
 from . import faults, inuse, relocate, signature, source, space, switch
 from .extract import extract
 from .layout import HostState, Layout, StackState, check_name, normalize_version, version_key
 from .lock import host_lock
-from .verify import check_in_tree_manifest, expectations
+from .verify import check_in_tree_manifest, check_platform, expectations
 
 UNCHANGED_EXIT = 3  # `activate`, `set-version`, `restore`, `prune`: nothing to do (Ansible's changed_when)
 
@@ -384,6 +384,7 @@ def activate(
         artifacts = [signature.fetch(s, layout.downloads, trust) for s in sources]
         targets: dict[str, Target] = {}
         for art in artifacts:
+            check_platform(art.manifest, art.source, host_platform())
             stack = check_name("stack", art.manifest.stack_id)
             if stack in targets:
                 raise ActivateError(f"{stack} appears twice among the sources; give one artifact per stack")

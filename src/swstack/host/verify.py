@@ -132,3 +132,12 @@ def check_in_tree_manifest(in_tree_text: str | None, manifest: Manifest, where: 
             f"{where}: the tree's manifest differs from manifest.json in {', '.join(fields)}; "
             f"the artifact was tampered with or mixed up"
         )
+
+
+def check_platform(manifest: Manifest, where: str, here: str) -> None:
+    """Refuse an artifact built for another platform before anything on the host changes."""
+    if manifest.platform != here:
+        raise ActivateError(
+            f"{where}: {manifest.stack_id} {manifest.version} is built for {manifest.platform}, this host is "
+            f"{here}; activate the {here} artifact of this version"
+        )

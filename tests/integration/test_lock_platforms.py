@@ -1,0 +1,180 @@
+"""Locking for two platforms against a small channel fixture, and what the lockfile names.
+
+The fixture is a site whose ``conda-forge`` mirror is a local directory with repodata for
+linux-64, linux-aarch64 and noarch, and whose pip wheelhouse holds one binary wheel per
+architecture. The lock is made by the real solver and pip's real resolver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from swstack.channel import write_simple_index
+from swstack.errors import BuildError
+from swstack.lock import PYPI_INDEX, lock, plan_lock, staleness
+from swstack.site import load_site
+from swstack.spec import load_stack
+
+CANONICAL = "https://conda.anaconda.org/conda-forge"
+PLATFORMS = ("linux-64", "linux-aarch64")
+WHEEL_TAG = {"linux-64": "manylinux2014_x86_64", "linux-aarch64": "manylinux2014_aarch64"}
+
+
+def _package(subdir: Path, name: str, version: str, build: str, depends: list[str], noarch: bool = False
+             ) -> tuple[str, dict[str, object]]:
+    """A package file (its bytes tell it apart) and its repodata record."""
+    filename = f"{name}-{version}-{build}.conda"
+    data = f"{subdir.name}/{filename}\n".encode()
+    (subdir / filename).write_bytes(data)
+    record: dict[str, object] = {
+        "name": name, "version": version, "build": build, "build_number": 0, "depends": depends,
+        "subdir": subdir.name, "md5": hashlib.md5(data).hexdigest(), "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+    if noarch:
+        record["noarch"] = "python"
+    return filename, record
+
+
+def make_channel(root: Path) -> None:
+    for subdir in (*PLATFORMS, "noarch"):
+        (root / subdir).mkdir(parents=True)
+        records = {}
+        if subdir == "noarch":
+            records.update([_package(root / subdir, "six", "1.16.0", "py_0", ["python"], noarch=True)])
+        else:
+            records.update([
+                _package(root / subdir, "python", "3.11.7", "h0_0", []),
+                _package(root / subdir, "fakenum", "1.0", "py311_0", ["python >=3.11,<3.12.0a0"]),
+            ])
+        repodata = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": records}
+        (root / subdir / "repodata.json").write_text(json.dumps(repodata))
+
+
+def make_wheel(directory: Path, tag: str) -> Path:
+    """A binary wheel of ``fakebin`` for one platform tag (it needs six, which conda provides)."""
+    path = directory / f"fakebin-1.0-cp311-cp311-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        whl.writestr("fakebin/__init__.py", f"TAG = {tag!r}\n")
+        whl.writestr("fakebin-1.0.dist-info/METADATA",
+                     "Metadata-Version: 2.1\nName: fakebin\nVersion: 1.0\nRequires-Dist: six\n")
+        whl.writestr("fakebin-1.0.dist-info/WHEEL",
+                     f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: cp311-cp311-{tag}\n")
+        whl.writestr("fakebin-1.0.dist-info/RECORD", "")
+    return path
+
+
+@pytest.fixture()
+def fixture_project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    make_channel(project / "mirror" / "channel")
+    wheelhouse = project / "mirror" / "pip"
+    wheelhouse.mkdir(parents=True)
+    write_simple_index(wheelhouse, [make_wheel(wheelhouse, tag) for tag in WHEEL_TAG.values()])
+    (project / "site.toml").write_text(textwrap.dedent(f"""
+        name = "fixture"
+        cache = "{tmp_path / 'cache'}"
+        [channels.mirrors]
+        conda-forge = "mirror/channel"
+        [pip]
+        wheelhouse = "mirror/pip"
+    """))
+    (project / "stacks").mkdir()
+    (project / "stacks" / "tiny.toml").write_text(textwrap.dedent("""
+        name = "tiny"
+        prefix = "/data0/sw/tiny"
+        platforms = ["linux-64", "linux-aarch64"]
+        channels = ["conda-forge"]
+        [dependencies]
+        python = "3.11.*"
+        fakenum = "*"
+        six = "*"
+        [pip.dependencies]
+        fakebin = "*"
+        [lock]
+        virtual_packages = { __glibc = "2.36", __linux = "6.1", __unix = "0" }
+    """))
+    return project
+
+
+@pytest.mark.slow
+def test_lock_for_two_platforms_names_canonical_urls_only(fixture_project: Path, tmp_path: Path) -> None:
+    site = load_site(fixture_project / "site.toml", fixture_project)
+    stack = load_stack(fixture_project / "stacks" / "tiny.toml")
+    result = lock(stack, site, fixture_project)
+    text = result.path.read_text()
+    data = yaml.safe_load(text)
+    by_platform: dict[str, dict[str, str]] = {p: {} for p in PLATFORMS}
+    for package in data["package"]:
+        by_platform[package["platform"]][package["name"]] = package["url"]
+    for platform in PLATFORMS:
+        urls = by_platform[platform]
+        assert set(urls) == {"python", "fakenum", "six", "fakebin"}
+        assert urls["python"] == f"{CANONICAL}/{platform}/python-3.11.7-h0_0.conda"
+        assert urls["six"] == f"{CANONICAL}/noarch/six-1.16.0-py_0.conda"
+        # pip resolved for the target platform: each platform gets its own wheel, named on the index.
+        assert urls["fakebin"] == f"{PYPI_INDEX}/fakebin/fakebin-1.0-cp311-cp311-{WHEEL_TAG[platform]}.whl"
+    assert [c["url"] for c in data["metadata"]["channels"]] == [CANONICAL]
+    for machine_path in (str(fixture_project), str(tmp_path), str(Path.home()), "file://", "127.0.0.1"):
+        assert machine_path not in text
+
+    # The same lock from another cache and mirror path is current: no machine path in its inputs.
+    assert staleness(plan_lock(stack, site, fixture_project)) is None
+    moved = tmp_path / "elsewhere"
+    (fixture_project / "mirror").rename(moved)
+    (fixture_project / "site.toml").write_text(
+        (fixture_project / "site.toml").read_text().replace("mirror/", f"{moved}/").replace("/cache\"", "/cache2\""))
+    assert staleness(plan_lock(stack, load_site(fixture_project / "site.toml", fixture_project),
+                               fixture_project)) is None
+
+    # conda-lock's own tools read the file, per platform.
+    conda_lock = str(Path(sys.executable).with_name("conda-lock"))
+    out = subprocess.run([conda_lock, "render", "--kind", "explicit", "-p", "linux-aarch64",
+                          "--filename-template", str(tmp_path / "explicit-{platform}"), str(result.path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    explicit = (tmp_path / "explicit-linux-aarch64").read_text()
+    assert f"{CANONICAL}/linux-aarch64/python-3.11.7-h0_0.conda" in explicit
+
+
+@pytest.mark.slow
+def test_a_mirror_that_lacks_or_changed_a_package_is_named(fixture_project: Path) -> None:
+    from swstack.build import conda_item, plan_build
+    from swstack.install import check_local_file
+    from swstack.lock import read_lockfile
+
+    site = load_site(fixture_project / "site.toml", fixture_project)
+    stack = load_stack(fixture_project / "stacks" / "tiny.toml")
+    result = lock(stack, site, fixture_project)
+    packages = [p for p in read_lockfile(result.path).package if p.manager == "conda" and p.name == "fakenum"
+                and p.platform == "linux-64"]
+    item = conda_item(packages[0], site)
+    local = fixture_project / "mirror/channel/linux-64/fakenum-1.0-py311_0.conda"
+    assert item.url == f"{CANONICAL}/linux-64/fakenum-1.0-py311_0.conda" and item.source == local.as_uri()
+    check_local_file(item.name, item.url, item.source, item.sha256)
+
+    plan_build(stack, site, fixture_project)  # the build's plan checks every local mirror file
+
+    local.write_bytes(b"other bytes\n")
+    reason = staleness(plan_lock(stack, site, fixture_project))
+    assert reason is not None and "fakenum" in reason and "other bytes" in reason
+    with pytest.raises(BuildError) as changed:
+        plan_build(stack, site, fixture_project)
+    assert "\n" not in str(changed.value)
+    assert str(changed.value).startswith("fakenum: ") and local.parent.parent.as_uri() in str(changed.value)
+    assert "the lockfile says" in str(changed.value)
+
+    local.unlink()
+    with pytest.raises(BuildError) as missing:
+        plan_build(stack, site, fixture_project)
+    assert "\n" not in str(missing.value)
+    assert f"fakenum: the mirror {local.parent.parent.as_uri()} has no {local.name}" in str(missing.value)

@@ -1,0 +1,56 @@
+"""The committed lockfiles name real sources only: no path of the machine that made them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from swstack import paths
+from swstack.lock import PYPI_INDEX
+from swstack.site import canonical_channel
+from swstack.spec import Stack, load_stack
+from swstack.tasks import stack_files
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCKFILES = sorted((ROOT / "lockfiles").rglob("conda-lock.yml"))
+
+
+def machine_paths() -> list[str]:
+    return ["file://", "127.0.0.1", "/tmp/", "/home/", "/root/", str(Path.home()), str(paths.cache_dir()), str(ROOT)]
+
+
+def test_every_stack_variant_has_a_committed_lockfile() -> None:
+    assert len(LOCKFILES) >= 3
+
+
+@pytest.mark.parametrize("lockfile", LOCKFILES, ids=lambda p: str(p.relative_to(ROOT / "lockfiles")))
+def test_lockfile_holds_no_path_of_the_build_machine(lockfile: Path) -> None:
+    text = lockfile.read_text()
+    for path in machine_paths():
+        assert path not in text, f"{lockfile.relative_to(ROOT)} names {path!r}"
+
+
+@pytest.mark.parametrize("lockfile", LOCKFILES, ids=lambda p: str(p.relative_to(ROOT / "lockfiles")))
+def test_lockfile_urls_are_the_stacks_channels_pypi_or_git(lockfile: Path) -> None:
+    data = yaml.safe_load(lockfile.read_text())
+    meta = data["metadata"]["custom_metadata"]
+    stacks = {(s.name, s.variant): s for path in stack_files(ROOT) for s in _variants(path)}
+    stack = stacks[(meta["swstack.stack"], meta["swstack.variant"])]
+    channels = tuple(canonical_channel(c) for c in stack.channels)
+    assert [c["url"] for c in data["metadata"]["channels"]] == list(channels)
+    for package in data["package"]:
+        url = package["url"]
+        if package["manager"] == "conda":
+            assert url.startswith(tuple(c + "/" for c in channels)) and package["hash"]["sha256"], url
+        elif url.startswith("git+"):
+            assert url.startswith("git+https://") and len(url.rsplit("@", 1)[1]) == 40, url
+        else:
+            assert url.startswith(PYPI_INDEX + "/") and package["hash"]["sha256"], url
+
+
+def _variants(path: Path) -> list[Stack]:
+    from swstack.spec import load_stack_file
+
+    return [load_stack(path, v) for v in load_stack_file(path).variant_names]
