@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -30,6 +31,9 @@ default = true
 """
 
 TODAY = datetime(2026, 11, 21, 12, tzinfo=timezone.utc)
+# The locked conda package: real bytes in the local channel, since planning checks the mirror has them.
+PACKAGE = b"a stand-in conda package"
+PACKAGE_SHA256 = hashlib.sha256(PACKAGE).hexdigest()
 
 
 def _lockfile(channel: Path, pip_url: str) -> str:
@@ -56,7 +60,7 @@ def _lockfile(channel: Path, pip_url: str) -> str:
           url: {channel.as_uri()}/linux-64/python-3.11.9-h0_0.conda
           hash:
             md5: {"ab" * 16}
-            sha256: {"cd" * 32}
+            sha256: {PACKAGE_SHA256}
           category: main
           optional: false
         - name: tomli
@@ -79,6 +83,8 @@ def project(tmp_path: Path) -> Path:
     (root / "stacks").mkdir(parents=True)
     (root / "stacks" / "demo.toml").write_text(STACK)
     channel = tmp_path / "channel"
+    (channel / "linux-64").mkdir(parents=True)
+    (channel / "linux-64" / "python-3.11.9-h0_0.conda").write_bytes(PACKAGE)
     wheels = tmp_path / "wheels"
     for subdir in ("demo", "demo/edge"):
         (root / "lockfiles" / subdir).mkdir(parents=True)
@@ -118,7 +124,7 @@ def test_the_plan_mounts_the_build_dir_at_the_prefix_parent(project: Path, site:
 def test_the_install_plan_is_the_lockfile_s_exact_urls_and_hashes(project: Path, site: Site) -> None:
     plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, today=TODAY)
     (conda,) = plan.install.conda
-    assert (conda.name, conda.sha256, conda.md5) == ("python", "cd" * 32, "ab" * 16)
+    assert (conda.name, conda.sha256, conda.md5) == ("python", PACKAGE_SHA256, "ab" * 16)
     assert conda.url.endswith("/channel/linux-64/python-3.11.9-h0_0.conda")
     (pip,) = plan.install.pip
     assert (pip.name, pip.sha256) == ("tomli", "ef" * 32)

@@ -10,8 +10,7 @@ import yaml
 from swstack import paths
 from swstack.lock import PYPI_INDEX
 from swstack.site import canonical_channel
-from swstack.spec import Stack, load_stack
-from swstack.tasks import stack_files
+from swstack.spec import Stack, load_stack, stack_files
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCKFILES = sorted((ROOT / "lockfiles").rglob("conda-lock.yml"))
@@ -36,7 +35,7 @@ def test_lockfile_holds_no_path_of_the_build_machine(lockfile: Path) -> None:
 def test_lockfile_urls_are_the_stacks_channels_pypi_or_git(lockfile: Path) -> None:
     data = yaml.safe_load(lockfile.read_text())
     meta = data["metadata"]["custom_metadata"]
-    stacks = {(s.name, s.variant): s for path in stack_files(ROOT) for s in _variants(path)}
+    stacks = {(s.name, s.variant): s for path in stack_files(ROOT / "stacks") for s in _variants(path)}
     stack = stacks[(meta["swstack.stack"], meta["swstack.variant"])]
     channels = tuple(canonical_channel(c) for c in stack.channels)
     assert [c["url"] for c in data["metadata"]["channels"]] == list(channels)

@@ -98,13 +98,6 @@ def test_the_shipped_offline_site_loads() -> None:
     assert site.mirrors["conda-forge"] == (site.cache / "offline-channel").as_uri()
 
 
-def test_the_channel_fingerprint_follows_the_mirrors_only(tmp_path: Path) -> None:
-    a = load_site(_site_file(tmp_path, 'name = "a"\nsandbox = "namespace"\n'), tmp_path)
-    b = load_site(_site_file(tmp_path, 'name = "b"\n'), tmp_path)
-    c = load_site(_site_file(tmp_path, '[channels.mirrors]\nconda-forge = "https://m.example.org/cf"\n'), tmp_path)
-    assert a.channel_fingerprint() == b.channel_fingerprint() != c.channel_fingerprint()
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
