@@ -110,3 +110,90 @@ def test_conda_lock_renders_an_explicit_list_from_the_offline_channel(project: P
               if p["manager"] == "conda"}
     for url in urls:
         assert sha256_file(Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))) == locked[url]
+
+
+# ---- a built project: the up-to-date check looks at the artifact itself -------------------------------
+
+SMALL = "antares-kernel"  # the smallest stack: one real build costs about a minute
+
+
+@pytest.fixture(scope="module")
+def built_project(tmp_path_factory: pytest.TempPathFactory, project_copy: Path) -> Path:
+    """A project copy whose smallest stack was built once through `doit build` (namespace sandbox)."""
+    root = tmp_path_factory.mktemp("built") / "proj"
+    shutil.copytree(project_copy, root)
+    shutil.copy(PROJECT / "dodo.py", root / "dodo.py")
+    shutil.copytree(PROJECT / "sites", root / "sites")
+    site = root / "sites/offline.toml"
+    site.write_text(site.read_text().replace('sandbox = "auto"', 'sandbox = "namespace"'))
+    result = doit(root, "build", f"stack={SMALL}", "site=sites/offline.toml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def _only_artifact(project: Path) -> Path:
+    (version_dir,) = (project / "artifacts" / SMALL).iterdir()
+    return version_dir
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_a_damaged_artifact_is_not_up_to_date_and_is_rebuilt(built_project: Path, tmp_path: Path) -> None:
+    import json
+
+    artifact = _only_artifact(built_project)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    tarball = artifact / manifest["tarball"]["name"]
+    side = tarball.with_name(tarball.name + ".sha256")
+    status = ["info", f"build:{SMALL}", "site=sites/offline.toml"]
+
+    whole = doit(built_project, *status)
+    assert whole.returncode == 0 and "status     : up-to-date" in whole.stdout, whole.stdout + whole.stderr
+
+    def altered_manifest(path: Path) -> None:
+        data = json.loads(path.read_text())
+        data["tarball"]["sha256"] = "0" * 64
+        path.write_text(json.dumps(data))
+
+    damages = {
+        "tarball removed": (tarball, Path.unlink, f"{tarball} is missing"),
+        "tarball altered": (tarball, _flip_last_byte, f"{tarball} has sha256 "),
+        "tarball grown": (tarball, lambda p: p.write_bytes(p.read_bytes() + b"x"), f"{tarball} has "),
+        "side file removed": (side, Path.unlink, f"{side} is missing"),
+        "side file altered": (side, _flip_last_byte, f"{side} does not name the tarball"),
+        "manifest altered": (artifact / "manifest.json", altered_manifest, f"{side} does not name the tarball"),
+        "manifest unreadable": (artifact / "manifest.json", lambda p: p.write_text("{"), "unreadable manifest"),
+        "manifest removed": (artifact / "manifest.json", Path.unlink, f"no artifact of {SMALL}"),
+    }
+    for what, (part, damage, why) in damages.items():
+        saved = tmp_path / part.name
+        shutil.copy2(part, saved)
+        damage(part)
+        try:
+            result = doit(built_project, *status)
+            assert "status     : run" in result.stdout, f"{what}: {result.stdout}"
+            assert f"build:{SMALL} is not up to date" in result.stderr, f"{what}: {result.stderr}"
+            assert why in result.stderr, f"{what}: {result.stderr}"
+        finally:
+            shutil.move(saved, part)
+    assert "status     : up-to-date" in doit(built_project, *status).stdout
+
+    # As a user would find it: the tarball moved away, then a build. It rebuilds, saying why.
+    moved = tmp_path / tarball.name
+    shutil.move(tarball, moved)
+    try:
+        rebuilt = doit(built_project, "build", f"stack={SMALL}", "site=sites/offline.toml")
+        assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+        assert f".  build:{SMALL}" in rebuilt.stdout and f"{tarball} is missing" in rebuilt.stderr
+        versions = sorted(p for p in (built_project / "artifacts" / SMALL).iterdir() if p != artifact)
+        assert len(versions) == 1 and (versions[0] / "manifest.json").is_file()
+        again = doit(built_project, "build", f"stack={SMALL}", "site=sites/offline.toml")
+        assert again.returncode == 0 and f"-- build:{SMALL}" in again.stdout, again.stdout
+        shutil.rmtree(versions[0])  # leave the module's project with its one whole artifact
+    finally:
+        shutil.move(moved, tarball)
