@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
 
 from swstack.site import Site
 
@@ -197,3 +198,54 @@ def test_a_damaged_artifact_is_not_up_to_date_and_is_rebuilt(built_project: Path
         shutil.rmtree(versions[0])  # leave the module's project with its one whole artifact
     finally:
         shutil.move(moved, tarball)
+
+
+# ---- the nightly job ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+@pytest.mark.registry
+def test_doit_ci_runs_the_nightly_against_a_loopback_registry(built_project: Path, registry: LocalRegistry) -> None:
+    """`doit ci` on the smallest stack: lock check, build (reused when current), kernels started from the tarball,
+    image pushed, tarball published, summary written; the registry then holds both."""
+    import json
+    import urllib.request
+
+    site = built_project / "sites/offline.toml"
+    site.write_text(site.read_text().replace('url = "127.0.0.1:5000"', f'url = "{registry.host}"'))
+    # The shared offline channel may have been rebuilt since the module's build: lock first,
+    # as a developer would before committing, so the nightly's lock check passes.
+    relock = doit(built_project, "lock", f"stack={SMALL}", "site=sites/offline.toml")
+    assert relock.returncode == 0, relock.stderr[-3000:]
+    before = {p.name for p in (built_project / "artifacts" / SMALL).iterdir() if p.is_dir()}
+    result = doit(built_project, "ci", f"stack={SMALL}", "site=sites/offline.toml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f".  ci:{SMALL}" in result.stdout and ".  ci:summary" in result.stdout
+
+    artifacts = built_project / "artifacts"
+    summary = json.loads((artifacts / "nightly.json").read_text())
+    (report,) = summary["stacks"]
+    manifest = json.loads((artifacts / SMALL / report["version"] / "manifest.json").read_text())
+    assert report["stack_id"] == SMALL
+    # Reused when the module's build is still current, else built anew by the nightly.
+    assert report["built"] is (report["version"] not in before)
+    assert report["tarball_sha256"] == manifest["tarball"]["sha256"]
+    assert report["tarball_size"] == manifest["tarball"]["size"] and report["file_count"] == manifest["file_count"]
+    assert report["smoke"] == [f"kernel {k}" for k in manifest["kernels"]] and len(report["smoke"]) == 3
+    # The first nightly compares with the version built before it, if any (`swstack diff`'s logic).
+    assert report["changes"]["previous"] == (max(before) if report["built"] else None)
+    markdown = (artifacts / "nightly.md").read_text()
+    reused = "" if report["built"] else " (reused)"
+    assert markdown.startswith("| stack | version |") and f"| {SMALL} | {report['version']}{reused} |" in markdown
+
+    # What the summary names is in the registry: the image by digest, the tarball as an OCI artifact.
+    repository, digest = report["image"].split("@")
+    name = repository.split("/", 1)[1]
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    for path in (f"/v2/{name}/manifests/{digest}",
+                 f"/v2/{SMALL}/manifests/{report['published'].rsplit('@', 1)[1]}",
+                 f"/v2/{SMALL}/manifests/{report['version']}"):
+        request = urllib.request.Request(registry.url + path, headers={"Accept": accept}, method="HEAD")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200, path
