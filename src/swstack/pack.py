@@ -178,6 +178,15 @@ def normal_mode(kind: EntryKind, mode: int) -> int:
     return 0o644
 
 
+def normalised(e: Entry, source_date_epoch: int) -> Entry:
+    """``e`` with its mode normalised and its mtime clamped to the epoch (None: at the epoch)."""
+    mtime = source_date_epoch if e.mtime is None else min(int(e.mtime), source_date_epoch)
+    mode = normal_mode(e.kind, e.mode)
+    if mode == e.mode and mtime == e.mtime:
+        return e
+    return Entry(e.name, e.kind, mode, mtime, e.size, e.source, e.data, e.linkname)
+
+
 def plan_entries(recorded: Iterable[Entry], source_date_epoch: int) -> list[Entry]:
     """Normalise and sort what conda-pack recorded; add every parent directory.
 
@@ -187,14 +196,15 @@ def plan_entries(recorded: Iterable[Entry], source_date_epoch: int) -> list[Entr
     """
     by_name: dict[str, Entry] = {}
     for e in recorded:
-        mtime = source_date_epoch if e.mtime is None else min(int(e.mtime), source_date_epoch)
-        mode = normal_mode(e.kind, e.mode)
-        by_name[e.name] = Entry(e.name, e.kind, mode, mtime, e.size, e.source, e.data, e.linkname)
-    for name in list(by_name):
-        parent = os.path.dirname(name)
-        while parent and parent not in by_name:
-            by_name[parent] = Entry(parent, "dir", 0o755, source_date_epoch)
-            parent = os.path.dirname(parent)
+        by_name[e.name] = normalised(e, source_date_epoch)
+    dirs = set()
+    for name in by_name:
+        parent = name.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    for parent in dirs - by_name.keys():
+        by_name[parent] = Entry(parent, "dir", 0o755, source_date_epoch)
     return [by_name[name] for name in sorted(by_name)]
 
 
@@ -378,11 +388,19 @@ def _same_content(source: str, st: os.stat_result, data: bytes) -> bool:
         return fh.read() == data
 
 
-def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
-    """Run conda-pack's Packer over the prefix; return what it would have archived.
+def _pack_records(prefix: Path, require_package_cache: bool, source_date_epoch: int) -> list[Entry]:
+    """Run conda-pack's Packer over the prefix; return what it would have archived, normalised.
 
     Without the package cache conda-pack marks every file "unknown" and, on Linux, does
     not relocate binaries, so by default a missing cache is an error, not a warning.
+
+    conda-pack's ``Packer.add`` does two things with a file of no prefix (``file_mode``
+    None): a package record (``conda-meta/*.json``) is rewritten, anything else is handed
+    to the archive as it is. Those plain files are most of a prefix, so they skip the
+    Packer and the remapping to the installed tree and become entries straight from one
+    ``lstat`` (what ``_RecordingArchive.add`` would record); the Packer still sees every
+    other file, in conda-pack's order, so ``conda-unpack``'s prefix records are its own.
+    ``tests/unit/test_pack.py`` checks both ways give the same entries.
     """
     from unittest import mock
 
@@ -396,6 +414,7 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
             archive.add_text(fpath, ftext, executable)
 
     archive = _RecordingArchive()
+    plain: list[Entry] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -408,7 +427,11 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
             # conda-unpack rewrite it like any other text prefix.
             with mock.patch.object(conda_pack.core, "rewrite_shebang", _keep_shebang):
                 for f in env.files:
-                    packer.add(_from_installed_tree(f, env.prefix))
+                    entry = _plain_entry(f, env.prefix, source_date_epoch)
+                    if entry is not None:
+                        plain.append(entry)
+                    else:
+                        packer.add(_from_installed_tree(f, env.prefix))
                 packer.finish()
     except CondaPackException as exc:
         hint = (
@@ -419,7 +442,40 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
         raise PackError(f"conda-pack cannot pack {prefix}: {str(exc).strip()}{hint}") from exc
     for w in caught:
         log.warn(str(w.message).strip())
-    return archive.entries
+    # The Packer's records come after the plain files: its generated files win a name clash.
+    return plain + [normalised(e, source_date_epoch) for e in archive.entries]
+
+
+def _is_package_record(target: str) -> bool:
+    """conda-pack's ``fnmatch(target, 'conda-meta/*.json')`` (fnmatch's ``*`` also matches ``/``)."""
+    return target.startswith("conda-meta/") and target.endswith(".json")
+
+
+def _plain_entry(file: Any, prefix: str, source_date_epoch: int) -> Entry | None:
+    """The normalised entry of a file the Packer would archive unchanged, or None when it must see it.
+
+    That is a file with no prefix (``file_mode`` None) that is no package record and that
+    the build did not write over after linking; as ``_from_installed_tree`` does, it is
+    read from the installed tree, or from the package cache if it is not installed.
+    """
+    target = file.target
+    if file.file_mode is not None or _is_package_record(target) or target.startswith(WRITTEN_AFTER_LINKING):
+        return None
+    installed = prefix + "/" + target
+    try:
+        st = os.lstat(installed)
+        source = installed
+    except FileNotFoundError:
+        st, source = os.lstat(file.source), file.source
+    mode = st.st_mode
+    mtime = min(int(st.st_mtime), source_date_epoch)
+    if stat.S_ISREG(mode):
+        return Entry(target, "file", 0o755 if mode & 0o111 else 0o644, mtime, st.st_size, source)
+    if stat.S_ISLNK(mode):
+        return Entry(target, "symlink", 0o777, mtime, linkname=os.readlink(source))
+    if stat.S_ISDIR(mode):
+        return Entry(target, "dir", 0o755, mtime)
+    raise PackError(f"{source}: not a file, directory or symlink; remove it from the prefix")
 
 
 def _keep_shebang(data: bytes, target: str, prefix: str) -> tuple[bytes, bool]:
@@ -675,7 +731,8 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
         manifest = replace(manifest, version=next_version(existing, datetime.now(timezone.utc).date()))
     version_dir = stack_dir / manifest.version
 
-    entries = [e for e in _pack_records(prefix, options.require_package_cache) if e.name != IN_TREE_PATH]
+    recorded = _pack_records(prefix, options.require_package_cache, options.source_date_epoch)
+    entries = [e for e in recorded if e.name != IN_TREE_PATH]
     entries = plan_entries(entries, options.source_date_epoch)
     file_count, total_size = tree_totals(entries)
     manifest = replace(manifest, file_count=file_count, total_size=total_size)
