@@ -503,7 +503,9 @@ def _from_installed_tree(file: Any, prefix: str) -> Any:
     installed = os.path.join(prefix, file.target)
     if not os.path.lexists(installed):
         return file
-    placeholder = prefix if file.prefix_placeholder and file.file_mode in ("text", "binary") else file.prefix_placeholder
+    placeholder = file.prefix_placeholder
+    if placeholder and file.file_mode in ("text", "binary"):
+        placeholder = prefix
     mode = file.file_mode
     if not placeholder and file.target.startswith(WRITTEN_AFTER_LINKING) and _holds(installed, prefix):
         # A package's file the build replaced (the stack's own kernel.json over ipykernel's
@@ -554,13 +556,13 @@ class _HashingFile:
 class _TarSink:
     """What the tar stream goes to: batches small writes into large compressor calls."""
 
-    def __init__(self, write: Callable[[bytes], object], batch: int = _COPY_CHUNK):
+    def __init__(self, write: Callable[[bytes | bytearray | memoryview], object], batch: int = _COPY_CHUNK):
         self._write = write
         self._buf = bytearray()
         self._batch = batch
         self.offset = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.offset += len(data)
         if len(data) >= self._batch:  # large chunks go through without a copy
             self.flush()
@@ -573,7 +575,7 @@ class _TarSink:
 
     def flush(self) -> None:
         if self._buf:
-            self._write(bytes(self._buf))
+            self._write(self._buf)  # consumed before the call returns: no copy needed
             self._buf.clear()
 
 
@@ -662,6 +664,7 @@ def write_tar(
     entries: Sequence[Entry], sink: _TarSink, uid: int, gid: int, advance: Callable[[int], None]
 ) -> None:
     """Write ``entries`` in order as a PAX tar stream, as tarfile would, with less per-file work."""
+    buffer = memoryview(bytearray(_COPY_CHUNK))
     for entry in entries:
         header = ustar_header(entry, uid, gid)
         if header is None:
@@ -672,22 +675,35 @@ def write_tar(
                 sink.write(entry.data)
             else:
                 assert entry.source is not None
-                _copy_file(entry.source, entry.size, sink)
+                _copy_file(entry.source, entry.size, sink, buffer)
             sink.write(bytes(-entry.size % tarfile.BLOCKSIZE))
         advance(entry.size)
     sink.write(bytes(2 * tarfile.BLOCKSIZE))
     sink.write(bytes(-sink.offset % tarfile.RECORDSIZE))
 
 
-def _copy_file(source: str, size: int, sink: _TarSink) -> None:
+def _copy_file(source: str, size: int, sink: _TarSink, buffer: memoryview) -> None:
+    """Copy ``size`` bytes of ``source`` into the stream; a file of another size is an error.
+
+    A small file is one ``read``. A large one is read into ``buffer``, reused from file to
+    file: a fresh 1 MiB ``bytes`` per read is a fresh mapping whose pages the kernel
+    zeroes and faults in, which cost as much as the copy itself. The sink may keep no
+    reference to what it is given (compressors consume their input before returning).
+    """
     with open(source, "rb", buffering=0) as fh:
+        if size < len(buffer):
+            data = fh.read(size + 1)  # one byte more: a file that grew is caught here
+            if len(data) != size:
+                raise PackError(f"{source} changed while packing; nothing may write to the prefix")
+            sink.write(data)
+            return
         left = size
         while left > 0:
-            chunk = fh.read(min(left, _COPY_CHUNK))
-            if not chunk:
+            got = fh.readinto(buffer[: min(left, len(buffer))])
+            if not got:
                 break
-            sink.write(chunk)
-            left -= len(chunk)
+            sink.write(buffer[:got])
+            left -= got
         if left or fh.read(1):
             raise PackError(f"{source} changed while packing; nothing may write to the prefix")
 
