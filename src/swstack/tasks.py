@@ -242,8 +242,10 @@ def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> No
 
 @guarded
 def task_ci(opts: Options) -> Iterator[TaskDict]:
-    """The nightly job: lock check, build, smoke test, image, push and publish every stack and variant, then a
-    summary (<artifacts>/nightly.json, nightly.md) with sizes, digests and packages changed since the last nightly."""
+    """The nightly job per stack and variant: lock check, build, smoke test, image, push, publish; then a summary.
+
+    The summary (<artifacts>/nightly.json, nightly.md) lists sizes, digests and packages changed since the
+    previous nightly."""
     from .nightly import run_stack, write_summary
 
     site = _site(opts)
