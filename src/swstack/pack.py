@@ -554,29 +554,114 @@ class _HashingFile:
 
 
 class _TarSink:
-    """What the tar stream goes to: batches small writes into large compressor calls."""
+    """What the tar stream goes to: fixed-size blocks, each handed to ``write`` once full.
 
-    def __init__(self, write: Callable[[bytes | bytearray | memoryview], object], batch: int = _COPY_CHUNK):
+    Files are read straight into the block (``copy_from``), so no ``bytes`` is made per
+    read. ``write`` may keep no reference to the block it is given: compressors consume
+    their input before they return, and the block is filled again.
+    """
+
+    def __init__(self, write: Callable[[memoryview], object], batch: int = _COPY_CHUNK):
         self._write = write
-        self._buf = bytearray()
         self._batch = batch
+        self._block = bytearray(batch)
+        self._view = memoryview(self._block)
+        self._pos = 0
         self.offset = 0
 
+    def _emit(self, block: bytearray, length: int) -> bytearray:
+        """Hand ``block[:length]`` on; return the block to fill next."""
+        self._write(memoryview(block)[:length])
+        return block
+
+    def _next_block(self) -> None:
+        self._block = self._emit(self._block, self._pos)
+        self._view = memoryview(self._block)
+        self._pos = 0
+
     def write(self, data: bytes | memoryview) -> int:
-        self.offset += len(data)
-        if len(data) >= self._batch:  # large chunks go through without a copy
-            self.flush()
-            self._write(data)
-            return len(data)
-        self._buf += data
-        if len(self._buf) >= self._batch:
-            self.flush()
-        return len(data)
+        view = memoryview(data)
+        total = len(view)
+        self.offset += total
+        while view:
+            k = min(len(view), self._batch - self._pos)
+            self._view[self._pos : self._pos + k] = view[:k]
+            self._pos += k
+            view = view[k:]
+            if self._pos == self._batch:
+                self._next_block()
+        return total
+
+    def copy_from(self, fh: BinaryIO, size: int) -> int:
+        """Read up to ``size`` bytes of ``fh`` into the stream; return how many there were."""
+        left = size
+        while left > 0:
+            k = min(left, self._batch - self._pos)
+            got = fh.readinto(self._view[self._pos : self._pos + k])  # type: ignore[attr-defined]
+            if not got:
+                break
+            self._pos += got
+            self.offset += got
+            left -= got
+            if self._pos == self._batch:
+                self._next_block()
+        return size - left
 
     def flush(self) -> None:
-        if self._buf:
-            self._write(self._buf)  # consumed before the call returns: no copy needed
-            self._buf.clear()
+        if self._pos:
+            self._next_block()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ThreadedSink(_TarSink):
+    """A ``_TarSink`` whose full blocks are compressed in another thread.
+
+    The tar stream (headers, file reads: Python work) is built in the caller's thread while
+    this one feeds the compressor, which releases the GIL, so building and compressing
+    overlap instead of taking turns. The bytes are the same: one ordered stream of blocks.
+    """
+
+    def __init__(self, write: Callable[[memoryview], object], batch: int = _COPY_CHUNK, depth: int = 16):
+        super().__init__(write, batch)
+        import queue
+        import threading
+
+        self._full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(depth - 1):
+            self._free.put(bytearray(batch))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._consume, name="pack-compress", daemon=True)
+        self._thread.start()
+
+    def _consume(self) -> None:
+        while (item := self._full.get()) is not None:
+            block, length = item
+            if self._error is None:
+                try:
+                    self._write(memoryview(block)[:length])
+                except BaseException as exc:  # handed to the producing thread
+                    self._error = exc
+            self._free.put(block)
+
+    def _emit(self, block: bytearray, length: int) -> bytearray:
+        if self._error is not None:
+            raise self._error
+        self._full.put((block, length))
+        return self._free.get()
+
+    def close(self) -> None:
+        """Flush, wait for the compressor thread, and raise what it raised."""
+        try:
+            if self._error is None:
+                self.flush()
+        finally:
+            self._full.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 @contextlib.contextmanager
@@ -591,9 +676,11 @@ def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_Tar
             level=options.resolved_level(), threads=options.resolved_threads(), write_checksum=True
         )
         writer = cctx.stream_writer(out, closefd=False)  # type: ignore[arg-type]
-        sink = _TarSink(writer.write)
-        yield sink
-        sink.flush()
+        sink = _ThreadedSink(writer.write)
+        try:
+            yield sink
+        finally:
+            sink.close()
         writer.flush(zstandard.FLUSH_FRAME)
         writer.close()  # type: ignore[no-untyped-call]
     elif options.compression == "gzip":
@@ -601,9 +688,11 @@ def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_Tar
         gz = gzip.GzipFile(
             filename="", mode="wb", fileobj=out, compresslevel=options.resolved_level(), mtime=0
         )
-        sink = _TarSink(gz.write)
-        yield sink
-        sink.flush()
+        sink = _ThreadedSink(gz.write)
+        try:
+            yield sink
+        finally:
+            sink.close()
         gz.close()
     else:
         raise PackError(f"compression {options.compression!r}: expected 'zstd' or 'gzip'")
@@ -664,7 +753,6 @@ def write_tar(
     entries: Sequence[Entry], sink: _TarSink, uid: int, gid: int, advance: Callable[[int], None]
 ) -> None:
     """Write ``entries`` in order as a PAX tar stream, as tarfile would, with less per-file work."""
-    buffer = memoryview(bytearray(_COPY_CHUNK))
     for entry in entries:
         header = ustar_header(entry, uid, gid)
         if header is None:
@@ -675,36 +763,16 @@ def write_tar(
                 sink.write(entry.data)
             else:
                 assert entry.source is not None
-                _copy_file(entry.source, entry.size, sink, buffer)
+                _copy_file(entry.source, entry.size, sink)
             sink.write(bytes(-entry.size % tarfile.BLOCKSIZE))
         advance(entry.size)
     sink.write(bytes(2 * tarfile.BLOCKSIZE))
     sink.write(bytes(-sink.offset % tarfile.RECORDSIZE))
 
 
-def _copy_file(source: str, size: int, sink: _TarSink, buffer: memoryview) -> None:
-    """Copy ``size`` bytes of ``source`` into the stream; a file of another size is an error.
-
-    A small file is one ``read``. A large one is read into ``buffer``, reused from file to
-    file: a fresh 1 MiB ``bytes`` per read is a fresh mapping whose pages the kernel
-    zeroes and faults in, which cost as much as the copy itself. The sink may keep no
-    reference to what it is given (compressors consume their input before returning).
-    """
+def _copy_file(source: str, size: int, sink: _TarSink) -> None:
     with open(source, "rb", buffering=0) as fh:
-        if size < len(buffer):
-            data = fh.read(size + 1)  # one byte more: a file that grew is caught here
-            if len(data) != size:
-                raise PackError(f"{source} changed while packing; nothing may write to the prefix")
-            sink.write(data)
-            return
-        left = size
-        while left > 0:
-            got = fh.readinto(buffer[: min(left, len(buffer))])
-            if not got:
-                break
-            sink.write(buffer[:got])
-            left -= got
-        if left or fh.read(1):
+        if sink.copy_from(fh, size) != size or fh.read(1):
             raise PackError(f"{source} changed while packing; nothing may write to the prefix")
 
 
