@@ -10,9 +10,10 @@ artifacts root::
 
 conda-pack decides which files belong to the environment and how they relocate (its
 ``bin/conda-unpack`` and prefix records): we run its ``Packer`` against a recording
-archive, then write the recorded entries ourselves, sorted, with normalised metadata,
-through a multithreaded zstd (or gzip) stream. The same prefix packed twice gives the
-same bytes.
+archive (files it would archive unchanged skip it, see ``_pack_records``), then write the
+recorded entries ourselves, sorted, with normalised metadata, through a multithreaded
+zstd (or gzip) stream fed from a second thread while the first builds the tar. The same
+prefix packed twice gives the same bytes.
 
 This module runs inside the build sandbox, so it imports only the standard library,
 ``conda_pack``, ``zstandard`` and swstack's light modules.
