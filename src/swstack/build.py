@@ -9,6 +9,7 @@ where conda-pack sees the real prefix. The machine's own ``/data0`` is never tou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform as _platform
@@ -250,10 +251,8 @@ def _tools() -> list[str]:
 
     tools = [f"swstack={__version__}"]
     for dist in ("py-rattler", "conda-lock"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             tools.append(f"{dist}={version(dist)}")
-        except PackageNotFoundError:
-            pass
     return tools
 
 

@@ -109,7 +109,8 @@ def _fetch(item: CondaItem, downloads: Path) -> Path:
     if parsed.scheme == "file":
         source = Path(urllib.parse.unquote(parsed.path))
         if not source.is_file():
-            raise BuildError(f"{item.url}: the locked package is missing from its channel; rebuild the channel or re-lock")
+            raise BuildError(f"{item.url}: the locked package is missing from its channel; "
+                             "rebuild the channel or re-lock")
         shutil.copyfile(source, partial)
     else:
         try:
@@ -250,7 +251,8 @@ def check_extensions(plan: InstallPlan) -> None:
     installed = {p.name.split("-")[0].lower() for p in (Path(plan.prefix) / "conda-meta").glob("*.json")}
     for site in (Path(plan.prefix) / "lib").glob("python*/site-packages"):
         installed |= {p.name.split("-")[0].lower().replace("_", "-") for p in site.glob("*.dist-info")}
-    missing = [e for e in plan.extensions if e.lower() not in installed and e.lower().replace("-", "_") not in installed]
+    missing = [e for e in plan.extensions
+               if e.lower() not in installed and e.lower().replace("-", "_") not in installed]
     if missing:
         raise BuildError(f"JupyterLab extension package(s) not installed: {', '.join(missing)}")
 
