@@ -4,11 +4,13 @@
     doit channel                    build the offline conda channel
     doit lock stack=py3 [check=1]   lock a stack (check=1: fail if the lockfile is stale)
     doit build stack=py3 [variant=dev]
+    doit ci [stack=py3]             the nightly job: lock check, build, test, image, push, publish, summary
 """
 
 from swstack.tasks import (  # noqa: F401
     task_build,
     task_channel,
+    task_ci,
     task_demo,
     task_image,
     task_images,

@@ -9,6 +9,7 @@ where conda-pack sees the real prefix. The machine's own ``/data0`` is never tou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from .fsutil import atomic_write_text, exclusive_lock, sha256_file
 from .install import CondaItem, InstallPlan, KernelItem, PipItem, check_local_file
 from .lock import PYPI_INDEX, lock, lock_time, lockfile_path, pip_index_file, read_lockfile
 from .manifest import Manifest, host_platform
-from .pack import next_version
+from .pack import checksum_line, next_version
 from .sandbox import DockerSandbox, Mount, Sandbox, open_sandbox
 from .site import Site
 from .spec import Stack
@@ -126,28 +127,73 @@ def existing_versions(artifacts: Path, stack_id: str) -> list[str]:
 
 
 def latest_manifest(artifacts: Path, stack_id: str, platform: str) -> Manifest | None:
-    """The newest complete artifact (its manifest.json exists) of a stack for a platform."""
+    """The newest complete artifact (its manifest.json exists) of a stack for a platform.
+
+    A manifest that cannot be read is skipped with a warning: the artifact it belonged to
+    cannot be used, and the next build makes a new one.
+    """
     found = []
     for version in existing_versions(artifacts, stack_id):
         path = artifacts / stack_id / version / "manifest.json"
         if path.is_file():
-            manifest = Manifest.load(path)
+            try:
+                manifest = Manifest.load(path)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warn(f"{path}: unreadable manifest ({exc}); that artifact is ignored")
+                continue
             if manifest.platform == platform:
                 found.append((path.stat().st_mtime, manifest))
     return max(found, key=lambda item: item[0])[1] if found else None
 
 
-def is_current(stack: Stack, site: Site, project: Path, platform: str | None = None) -> bool:
-    """True when the newest artifact was built from today's lockfile and stack file (doit's uptodate)."""
+def artifact_damage(artifact_dir: Path, manifest: Manifest) -> str | None:
+    """Why the artifact in ``artifact_dir`` is not whole, or None when it is.
+
+    Whole means: the tarball the manifest names is there, with the manifest's size and
+    sha256, and its ``.sha256`` side file is the ``sha256sum`` line of that name and sha256. The tarball is hashed
+    (about a second per 500 MiB): a file of the right size with other bytes is damaged too.
+    """
+    if manifest.tarball is None:
+        return f"{artifact_dir / 'manifest.json'} names no tarball"
+    tarball = artifact_dir / manifest.tarball.name
+    side = tarball.with_name(tarball.name + ".sha256")
+    if not tarball.is_file():
+        return f"{tarball} is missing"
+    if not side.is_file():
+        return f"{side} is missing"
+    if side.read_text(errors="replace") != checksum_line(manifest.tarball.sha256, tarball.name):
+        return f"{side} does not name the tarball with the sha256 manifest.json records ({manifest.tarball.sha256})"
+    size = tarball.stat().st_size
+    if size != manifest.tarball.size:
+        return f"{tarball} has {size} bytes, manifest.json records {manifest.tarball.size}"
+    actual = sha256_file(tarball)
+    if actual != manifest.tarball.sha256:
+        return f"{tarball} has sha256 {actual}, manifest.json and {side.name} record {manifest.tarball.sha256}"
+    return None
+
+
+def why_not_current(stack: Stack, site: Site, project: Path, platform: str | None = None) -> str | None:
+    """Why ``stack`` needs a build, or None when its newest artifact is whole and from today's inputs."""
     path = lockfile_path(stack, project)
     if not path.is_file():
-        return False
+        return f"{path} does not exist yet"
     manifest = latest_manifest(site.artifacts, stack.stack_id, platform or host_platform())
-    return (
-        manifest is not None
-        and manifest.lockfile_sha256 == sha256_file(path)
-        and manifest.stackfile_sha256 == stack.source_hash
-    )
+    if manifest is None:
+        return f"no artifact of {stack.stack_id} in {site.artifacts}"
+    if manifest.lockfile_sha256 != sha256_file(path):
+        return f"{stack.stack_id} {manifest.version} was built from another {path.name}"
+    if manifest.stackfile_sha256 != stack.source_hash:
+        return f"{stack.stack_id} {manifest.version} was built from another version of {stack.source}"
+    return artifact_damage(site.artifacts / stack.stack_id / manifest.version, manifest)
+
+
+def is_current(stack: Stack, site: Site, project: Path, platform: str | None = None) -> bool:
+    """doit's uptodate: the newest artifact is whole and was built from today's lockfile and
+    stack file. When it is not, one line says why (the build that follows fixes it)."""
+    reason = why_not_current(stack, site, project, platform)
+    if reason is not None:
+        log.info(f"build:{stack.stack_id} is not up to date: {reason}")
+    return reason is None
 
 
 def build_dir_for(stack: Stack, site: Site) -> Path:
@@ -229,10 +275,8 @@ def _tools() -> list[str]:
 
     tools = [f"swstack={__version__}"]
     for dist in ("py-rattler", "conda-lock"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             tools.append(f"{dist}={version(dist)}")
-        except PackageNotFoundError:
-            pass
     return tools
 
 

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -318,7 +319,8 @@ def check_extensions(plan: InstallPlan) -> None:
     installed = {p.name.split("-")[0].lower() for p in (Path(plan.prefix) / "conda-meta").glob("*.json")}
     for site in (Path(plan.prefix) / "lib").glob("python*/site-packages"):
         installed |= {p.name.split("-")[0].lower().replace("_", "-") for p in site.glob("*.dist-info")}
-    missing = [e for e in plan.extensions if e.lower() not in installed and e.lower().replace("-", "_") not in installed]
+    missing = [e for e in plan.extensions
+               if e.lower() not in installed and e.lower().replace("-", "_") not in installed]
     if missing:
         raise BuildError(f"JupyterLab extension package(s) not installed: {', '.join(missing)}")
 
@@ -327,13 +329,38 @@ def compile_bytecode(plan: InstallPlan) -> None:
     """Byte-compile the tree once, here: a read-only /data0/sw would otherwise make every
     process recompile on import. Hash-based pycs keep the tree the same from build to build
     (timestamp pycs would embed the install time) and are never re-validated against sources,
-    which cannot change in a released tree."""
+    which cannot change in a released tree. A file that does not compile fails the build:
+    shipped, it would fail on import on every host."""
     python = Path(plan.prefix) / "bin" / "python"
     if not python.exists():
         return
     log.info("byte-compiling the tree")
-    proc.run([str(python), "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-              plan.prefix + "/lib"], error=BuildError, what="compileall", check=False)
+    lib = plan.prefix + "/lib"
+    result = proc.run([str(python), "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+                       lib], error=BuildError, what="compileall", check=False)
+    if result.returncode != 0:
+        raise BuildError(compile_failure(result.stdout + result.stderr, lib, result.returncode))
+
+
+_COMPILE_ERROR = re.compile(r"^\*\*\* Error compiling '(?P<path>.+)'\.\.\.$", re.MULTILINE)
+
+
+def compile_failure(output: str, lib: str, returncode: int) -> str:
+    """One message naming each file compileall could not compile and the error it gave (pure)."""
+    blocks = list(_COMPILE_ERROR.finditer(output))
+    if not blocks:
+        tail = output.strip().splitlines()[-1:] or ["no output"]
+        return f"byte-compiling {lib} failed (exit {returncode}): {tail[0]}"
+    failures = []
+    for i, match in enumerate(blocks):
+        end = blocks[i + 1].start() if i + 1 < len(blocks) else len(output)
+        lines = [line.strip() for line in output[match.end():end].splitlines() if line.strip()]
+        error = lines[-1] if lines else ""  # "SyntaxError: invalid syntax"
+        where = next((m.group(1) for m in (re.search(r", line (\d+)", line) for line in lines) if m), "")
+        failures.append(f"{match.group('path')}" + (f":{where}" if where else "") + (f": {error}" if error else ""))
+    shown = "; ".join(failures[:5]) + (f"; and {len(failures) - 5} more" if len(failures) > 5 else "")
+    return (f"byte-compiling {lib} failed for {len(failures)} file(s): {shown}; "
+            "fix or drop the package that ships it")
 
 
 def remove_install_litter(plan: InstallPlan) -> None:

@@ -10,9 +10,10 @@ artifacts root::
 
 conda-pack decides which files belong to the environment and how they relocate (its
 ``bin/conda-unpack`` and prefix records): we run its ``Packer`` against a recording
-archive, then write the recorded entries ourselves, sorted, with normalised metadata,
-through a multithreaded zstd (or gzip) stream. The same prefix packed twice gives the
-same bytes.
+archive (files it would archive unchanged skip it, see ``_pack_records``), then write the
+recorded entries ourselves, sorted, with normalised metadata, through a multithreaded
+zstd (or gzip) stream fed from a second thread while the first builds the tar. The same
+prefix packed twice gives the same bytes.
 
 This module runs inside the build sandbox, so it imports only the standard library,
 ``conda_pack``, ``zstandard`` and swstack's light modules.
@@ -179,6 +180,15 @@ def normal_mode(kind: EntryKind, mode: int) -> int:
     return 0o644
 
 
+def normalised(e: Entry, source_date_epoch: int) -> Entry:
+    """``e`` with its mode normalised and its mtime clamped to the epoch (None: at the epoch)."""
+    mtime = source_date_epoch if e.mtime is None else min(int(e.mtime), source_date_epoch)
+    mode = normal_mode(e.kind, e.mode)
+    if mode == e.mode and mtime == e.mtime:
+        return e
+    return Entry(e.name, e.kind, mode, mtime, e.size, e.source, e.data, e.linkname)
+
+
 def plan_entries(recorded: Iterable[Entry], source_date_epoch: int) -> list[Entry]:
     """Normalise and sort what conda-pack recorded; add every parent directory.
 
@@ -188,14 +198,15 @@ def plan_entries(recorded: Iterable[Entry], source_date_epoch: int) -> list[Entr
     """
     by_name: dict[str, Entry] = {}
     for e in recorded:
-        mtime = source_date_epoch if e.mtime is None else min(int(e.mtime), source_date_epoch)
-        mode = normal_mode(e.kind, e.mode)
-        by_name[e.name] = Entry(e.name, e.kind, mode, mtime, e.size, e.source, e.data, e.linkname)
-    for name in list(by_name):
-        parent = os.path.dirname(name)
-        while parent and parent not in by_name:
-            by_name[parent] = Entry(parent, "dir", 0o755, source_date_epoch)
-            parent = os.path.dirname(parent)
+        by_name[e.name] = normalised(e, source_date_epoch)
+    dirs = set()
+    for name in by_name:
+        parent = name.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    for parent in dirs - by_name.keys():
+        by_name[parent] = Entry(parent, "dir", 0o755, source_date_epoch)
     return [by_name[name] for name in sorted(by_name)]
 
 
@@ -379,11 +390,19 @@ def _same_content(source: str, st: os.stat_result, data: bytes) -> bool:
         return fh.read() == data
 
 
-def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
-    """Run conda-pack's Packer over the prefix; return what it would have archived.
+def _pack_records(prefix: Path, require_package_cache: bool, source_date_epoch: int) -> list[Entry]:
+    """Run conda-pack's Packer over the prefix; return what it would have archived, normalised.
 
     Without the package cache conda-pack marks every file "unknown" and, on Linux, does
     not relocate binaries, so by default a missing cache is an error, not a warning.
+
+    conda-pack's ``Packer.add`` does two things with a file of no prefix (``file_mode``
+    None): a package record (``conda-meta/*.json``) is rewritten, anything else is handed
+    to the archive as it is. Those plain files are most of a prefix, so they skip the
+    Packer and the remapping to the installed tree and become entries straight from one
+    ``lstat`` (what ``_RecordingArchive.add`` would record); the Packer still sees every
+    other file, in conda-pack's order, so ``conda-unpack``'s prefix records are its own.
+    ``tests/unit/test_pack.py`` checks both ways give the same entries.
     """
     from unittest import mock
 
@@ -397,6 +416,7 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
             archive.add_text(fpath, ftext, executable)
 
     archive = _RecordingArchive()
+    plain: list[Entry] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -409,7 +429,11 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
             # conda-unpack rewrite it like any other text prefix.
             with mock.patch.object(conda_pack.core, "rewrite_shebang", _keep_shebang):
                 for f in env.files:
-                    packer.add(_from_installed_tree(f, env.prefix))
+                    entry = _plain_entry(f, env.prefix, source_date_epoch)
+                    if entry is not None:
+                        plain.append(entry)
+                    else:
+                        packer.add(_from_installed_tree(f, env.prefix))
                 packer.finish()
     except CondaPackException as exc:
         hint = (
@@ -420,7 +444,40 @@ def _pack_records(prefix: Path, require_package_cache: bool) -> list[Entry]:
         raise PackError(f"conda-pack cannot pack {prefix}: {str(exc).strip()}{hint}") from exc
     for w in caught:
         log.warn(str(w.message).strip())
-    return archive.entries
+    # The Packer's records come after the plain files: its generated files win a name clash.
+    return plain + [normalised(e, source_date_epoch) for e in archive.entries]
+
+
+def _is_package_record(target: str) -> bool:
+    """conda-pack's ``fnmatch(target, 'conda-meta/*.json')`` (fnmatch's ``*`` also matches ``/``)."""
+    return target.startswith("conda-meta/") and target.endswith(".json")
+
+
+def _plain_entry(file: Any, prefix: str, source_date_epoch: int) -> Entry | None:
+    """The normalised entry of a file the Packer would archive unchanged, or None when it must see it.
+
+    That is a file with no prefix (``file_mode`` None) that is no package record and that
+    the build did not write over after linking; as ``_from_installed_tree`` does, it is
+    read from the installed tree, or from the package cache if it is not installed.
+    """
+    target = file.target
+    if file.file_mode is not None or _is_package_record(target) or target.startswith(WRITTEN_AFTER_LINKING):
+        return None
+    installed = prefix + "/" + target
+    try:
+        st = os.lstat(installed)
+        source = installed
+    except FileNotFoundError:
+        st, source = os.lstat(file.source), file.source
+    mode = st.st_mode
+    mtime = min(int(st.st_mtime), source_date_epoch)
+    if stat.S_ISREG(mode):
+        return Entry(target, "file", 0o755 if mode & 0o111 else 0o644, mtime, st.st_size, source)
+    if stat.S_ISLNK(mode):
+        return Entry(target, "symlink", 0o777, mtime, linkname=os.readlink(source))
+    if stat.S_ISDIR(mode):
+        return Entry(target, "dir", 0o755, mtime)
+    raise PackError(f"{source}: not a file, directory or symlink; remove it from the prefix")
 
 
 def _keep_shebang(data: bytes, target: str, prefix: str) -> tuple[bytes, bool]:
@@ -448,7 +505,9 @@ def _from_installed_tree(file: Any, prefix: str) -> Any:
     installed = os.path.join(prefix, file.target)
     if not os.path.lexists(installed):
         return file
-    placeholder = prefix if file.prefix_placeholder and file.file_mode in ("text", "binary") else file.prefix_placeholder
+    placeholder = file.prefix_placeholder
+    if placeholder and file.file_mode in ("text", "binary"):
+        placeholder = prefix
     mode = file.file_mode
     if not placeholder and file.target.startswith(WRITTEN_AFTER_LINKING) and _holds(installed, prefix):
         # A package's file the build replaced (the stack's own kernel.json over ipykernel's
@@ -497,29 +556,114 @@ class _HashingFile:
 
 
 class _TarSink:
-    """What the tar stream goes to: batches small writes into large compressor calls."""
+    """What the tar stream goes to: fixed-size blocks, each handed to ``write`` once full.
 
-    def __init__(self, write: Callable[[bytes], object], batch: int = _COPY_CHUNK):
+    Files are read straight into the block (``copy_from``), so no ``bytes`` is made per
+    read. ``write`` may keep no reference to the block it is given: compressors consume
+    their input before they return, and the block is filled again.
+    """
+
+    def __init__(self, write: Callable[[memoryview], object], batch: int = _COPY_CHUNK):
         self._write = write
-        self._buf = bytearray()
         self._batch = batch
+        self._block = bytearray(batch)
+        self._view = memoryview(self._block)
+        self._pos = 0
         self.offset = 0
 
-    def write(self, data: bytes) -> int:
-        self.offset += len(data)
-        if len(data) >= self._batch:  # large chunks go through without a copy
-            self.flush()
-            self._write(data)
-            return len(data)
-        self._buf += data
-        if len(self._buf) >= self._batch:
-            self.flush()
-        return len(data)
+    def _emit(self, block: bytearray, length: int) -> bytearray:
+        """Hand ``block[:length]`` on; return the block to fill next."""
+        self._write(memoryview(block)[:length])
+        return block
+
+    def _next_block(self) -> None:
+        self._block = self._emit(self._block, self._pos)
+        self._view = memoryview(self._block)
+        self._pos = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        total = len(view)
+        self.offset += total
+        while view:
+            k = min(len(view), self._batch - self._pos)
+            self._view[self._pos : self._pos + k] = view[:k]
+            self._pos += k
+            view = view[k:]
+            if self._pos == self._batch:
+                self._next_block()
+        return total
+
+    def copy_from(self, fh: BinaryIO, size: int) -> int:
+        """Read up to ``size`` bytes of ``fh`` into the stream; return how many there were."""
+        left = size
+        while left > 0:
+            k = min(left, self._batch - self._pos)
+            got = fh.readinto(self._view[self._pos : self._pos + k])  # type: ignore[attr-defined]
+            if not got:
+                break
+            self._pos += got
+            self.offset += got
+            left -= got
+            if self._pos == self._batch:
+                self._next_block()
+        return size - left
 
     def flush(self) -> None:
-        if self._buf:
-            self._write(bytes(self._buf))
-            self._buf.clear()
+        if self._pos:
+            self._next_block()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ThreadedSink(_TarSink):
+    """A ``_TarSink`` whose full blocks are compressed in another thread.
+
+    The tar stream (headers, file reads: Python work) is built in the caller's thread while
+    this one feeds the compressor, which releases the GIL, so building and compressing
+    overlap instead of taking turns. The bytes are the same: one ordered stream of blocks.
+    """
+
+    def __init__(self, write: Callable[[memoryview], object], batch: int = _COPY_CHUNK, depth: int = 16):
+        super().__init__(write, batch)
+        import queue
+        import threading
+
+        self._full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(depth - 1):
+            self._free.put(bytearray(batch))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._consume, name="pack-compress", daemon=True)
+        self._thread.start()
+
+    def _consume(self) -> None:
+        while (item := self._full.get()) is not None:
+            block, length = item
+            if self._error is None:
+                try:
+                    self._write(memoryview(block)[:length])
+                except BaseException as exc:  # handed to the producing thread
+                    self._error = exc
+            self._free.put(block)
+
+    def _emit(self, block: bytearray, length: int) -> bytearray:
+        if self._error is not None:
+            raise self._error
+        self._full.put((block, length))
+        return self._free.get()
+
+    def close(self) -> None:
+        """Flush, wait for the compressor thread, and raise what it raised."""
+        try:
+            if self._error is None:
+                self.flush()
+        finally:
+            self._full.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 @contextlib.contextmanager
@@ -534,9 +678,11 @@ def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_Tar
             level=options.resolved_level(), threads=options.resolved_threads(), write_checksum=True
         )
         writer = cctx.stream_writer(out, closefd=False)  # type: ignore[arg-type]
-        sink = _TarSink(writer.write)
-        yield sink
-        sink.flush()
+        sink = _ThreadedSink(writer.write)
+        try:
+            yield sink
+        finally:
+            sink.close()
         writer.flush(zstandard.FLUSH_FRAME)
         writer.close()  # type: ignore[no-untyped-call]
     elif options.compression == "gzip":
@@ -544,9 +690,11 @@ def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_Tar
         gz = gzip.GzipFile(
             filename="", mode="wb", fileobj=out, compresslevel=options.resolved_level(), mtime=0
         )
-        sink = _TarSink(gz.write)
-        yield sink
-        sink.flush()
+        sink = _ThreadedSink(gz.write)
+        try:
+            yield sink
+        finally:
+            sink.close()
         gz.close()
     else:
         raise PackError(f"compression {options.compression!r}: expected 'zstd' or 'gzip'")
@@ -626,14 +774,7 @@ def write_tar(
 
 def _copy_file(source: str, size: int, sink: _TarSink) -> None:
     with open(source, "rb", buffering=0) as fh:
-        left = size
-        while left > 0:
-            chunk = fh.read(min(left, _COPY_CHUNK))
-            if not chunk:
-                break
-            sink.write(chunk)
-            left -= len(chunk)
-        if left or fh.read(1):
+        if sink.copy_from(fh, size) != size or fh.read(1):
             raise PackError(f"{source} changed while packing; nothing may write to the prefix")
 
 
@@ -677,7 +818,8 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
         manifest = replace(manifest, version=next_version(existing, datetime.now(timezone.utc).date()))
     version_dir = stack_dir / manifest.version
 
-    entries = [e for e in _pack_records(prefix, options.require_package_cache) if e.name != IN_TREE_PATH]
+    recorded = _pack_records(prefix, options.require_package_cache, options.source_date_epoch)
+    entries = [e for e in recorded if e.name != IN_TREE_PATH]
     entries = plan_entries(entries, options.source_date_epoch)
     file_count, total_size = tree_totals(entries)
     manifest = replace(manifest, file_count=file_count, total_size=total_size)

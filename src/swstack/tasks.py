@@ -4,6 +4,7 @@ Task creation is pure (it reads stack files and plans; it never solves, builds o
 the actions call the stage modules through ``_boundary``, which turns a ``SwstackError``
 into its message and exit code, so a user sees no traceback for a mistake of theirs.
 Command-line variables: ``stack=``, ``variant=``, ``site=``, ``check=1``, ``version=``.
+``doit ci`` is the nightly job (``nightly.py``), one subtask per stack variant and a summary.
 """
 
 from __future__ import annotations
@@ -205,6 +206,34 @@ def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> No
     image = build_image(stack, site, project, artifact_dir)
     log.info(f"image {image.repository}@{image.digest} ({len(image.layers)} layers) in {artifact_dir / 'image'}; "
              f"`doit push stack={stack.name}` pushes it")
+
+
+@guarded
+def task_ci(opts: Options) -> Iterator[TaskDict]:
+    """The nightly job per stack and variant: lock check, build, smoke test, image, push, publish; then a summary.
+
+    The summary (<artifacts>/nightly.json, nightly.md) lists sizes, digests and packages changed since the
+    previous nightly."""
+    from .nightly import run_stack, write_summary
+
+    site = _site(opts)
+    stacks = selected_stacks(opts, all_variants=True)
+    for stack in stacks:
+
+        @_boundary
+        def run(stack: Any = stack) -> None:
+            run_stack(stack, site, opts.project)  # its report is on disk; doit wants no value back
+
+        yield {"name": stack.stack_id, "doc": f"nightly of {stack.stack_id}", "actions": [run],
+               "uptodate": [False], "verbosity": 2}
+    ids = [s.stack_id for s in stacks]
+
+    @_boundary
+    def summary() -> None:
+        write_summary(site, ids)
+
+    yield {"name": "summary", "doc": "gather the nightly reports into nightly.json and nightly.md",
+           "actions": [summary], "task_dep": [f"ci:{i}" for i in ids], "uptodate": [False], "verbosity": 2}
 
 
 def task_demo() -> TaskDict:

@@ -13,7 +13,7 @@ import pytest
 
 from swstack import paths, proc
 from swstack.build import run_build
-from swstack.errors import BuildError
+from swstack.errors import BuildError, SwstackError
 from swstack.fsutil import sha256_file
 from swstack.lock import lock
 from swstack.manifest import Manifest
@@ -200,3 +200,56 @@ def test_dev_variant_installs_the_client_from_git(project_copy: Path, artifacts_
     _untar(_tarball(result.artifact_dir), sw / "py3")
     out = proc.output(private_root_argv([Mount(sw, "/data0/sw")]) + ["/data0/sw/py3/bin/labclient", "--version"])
     assert "1.1.0.dev0" in out
+
+
+def _wheel(directory: Path, name: str, files: dict[str, str]) -> Path:
+    """A pure-Python wheel written by hand (zip + dist-info with a hashed RECORD)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-1.0.dist-info"
+    content = {**files, f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+               f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for rel, text in content.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(text.encode())}")
+    content[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
+    path = directory / f"{name}-1.0-py3-none-any.whl"
+    directory.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, text in content.items():
+            zf.writestr(rel, text)
+    return path
+
+
+def test_a_package_that_does_not_byte_compile_fails_the_build_naming_the_file(offline_site: Site,
+                                                                              tmp_path: Path) -> None:
+    from swstack.channel import write_simple_index
+
+    wheelhouse = tmp_path / "wheels"
+    wheel = _wheel(wheelhouse, "brokenpkg", {"brokenpkg/__init__.py": "VERSION = 1\n",
+                                             "brokenpkg/oops.py": "def f(:\n    pass\n"})
+    write_simple_index(wheelhouse, [wheel])
+    project = tmp_path / "proj"
+    (project / "stacks").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    (project / "stacks/broken.toml").write_text(textwrap.dedent("""
+        name = "broken"
+        channels = ["conda-forge"]
+        prefix = "/data0/sw/broken"
+        [dependencies]
+        python = "3.11.*"
+        [pip.dependencies]
+        brokenpkg = "*"
+    """))
+    site = replace(offline_site, artifacts=tmp_path / "artifacts", pip_wheelhouse=wheelhouse)
+    stack = load_stack(project / "stacks/broken.toml")
+    lock(stack, site, project)
+    with pytest.raises(SwstackError) as info:
+        run_build(stack, site, project, version="1", sandbox=NamespaceSandbox())
+    message = str(info.value)
+    assert "/data0/sw/broken/lib/python3.11/site-packages/brokenpkg/oops.py:1: SyntaxError" in message
+    assert "failed for 1 file(s)" in message
+    assert not (tmp_path / "artifacts" / "broken" / "1" / "manifest.json").exists()

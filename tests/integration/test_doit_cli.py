@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
 
 from swstack.site import Site
 
@@ -113,3 +114,141 @@ def test_conda_lock_renders_an_explicit_list_from_the_offline_channel(project: P
         mirrored = offline_site.fetch_url(url)
         assert mirrored.startswith(channel + "/")
         assert sha256_file(Path(urllib.parse.unquote(urllib.parse.urlparse(mirrored).path))) == locked[url]
+
+
+# ---- a built project: the up-to-date check looks at the artifact itself -------------------------------
+
+SMALL = "antares-kernel"  # the smallest stack: one real build costs about a minute
+
+
+@pytest.fixture(scope="module")
+def built_project(tmp_path_factory: pytest.TempPathFactory, project_copy: Path) -> Path:
+    """A project copy whose smallest stack was built once through `doit build` (namespace sandbox)."""
+    root = tmp_path_factory.mktemp("built") / "proj"
+    shutil.copytree(project_copy, root)
+    shutil.copy(PROJECT / "dodo.py", root / "dodo.py")
+    shutil.copytree(PROJECT / "sites", root / "sites")
+    site = root / "sites/offline.toml"
+    site.write_text(site.read_text().replace('sandbox = "auto"', 'sandbox = "namespace"'))
+    result = doit(root, "build", f"stack={SMALL}", "site=sites/offline.toml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def _only_artifact(project: Path) -> Path:
+    (version_dir,) = (project / "artifacts" / SMALL).iterdir()
+    return version_dir
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_a_damaged_artifact_is_not_up_to_date_and_is_rebuilt(built_project: Path, tmp_path: Path) -> None:
+    import json
+
+    artifact = _only_artifact(built_project)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    tarball = artifact / manifest["tarball"]["name"]
+    side = tarball.with_name(tarball.name + ".sha256")
+    status = ["info", f"build:{SMALL}", "site=sites/offline.toml"]
+
+    whole = doit(built_project, *status)
+    assert whole.returncode == 0 and "status     : up-to-date" in whole.stdout, whole.stdout + whole.stderr
+
+    def altered_manifest(path: Path) -> None:
+        data = json.loads(path.read_text())
+        data["tarball"]["sha256"] = "0" * 64
+        path.write_text(json.dumps(data))
+
+    damages = {
+        "tarball removed": (tarball, Path.unlink, f"{tarball} is missing"),
+        "tarball altered": (tarball, _flip_last_byte, f"{tarball} has sha256 "),
+        "tarball grown": (tarball, lambda p: p.write_bytes(p.read_bytes() + b"x"), f"{tarball} has "),
+        "side file removed": (side, Path.unlink, f"{side} is missing"),
+        "side file altered": (side, _flip_last_byte, f"{side} does not name the tarball"),
+        "manifest altered": (artifact / "manifest.json", altered_manifest, f"{side} does not name the tarball"),
+        "manifest unreadable": (artifact / "manifest.json", lambda p: p.write_text("{"), "unreadable manifest"),
+        "manifest removed": (artifact / "manifest.json", Path.unlink, f"no artifact of {SMALL}"),
+    }
+    for what, (part, damage, why) in damages.items():
+        saved = tmp_path / part.name
+        shutil.copy2(part, saved)
+        damage(part)
+        try:
+            result = doit(built_project, *status)
+            assert "status     : run" in result.stdout, f"{what}: {result.stdout}"
+            assert f"build:{SMALL} is not up to date" in result.stderr, f"{what}: {result.stderr}"
+            assert why in result.stderr, f"{what}: {result.stderr}"
+        finally:
+            shutil.move(saved, part)
+    assert "status     : up-to-date" in doit(built_project, *status).stdout
+
+    # As a user would find it: the tarball moved away, then a build. It rebuilds, saying why.
+    moved = tmp_path / tarball.name
+    shutil.move(tarball, moved)
+    try:
+        rebuilt = doit(built_project, "build", f"stack={SMALL}", "site=sites/offline.toml")
+        assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+        assert f".  build:{SMALL}" in rebuilt.stdout and f"{tarball} is missing" in rebuilt.stderr
+        versions = sorted(p for p in (built_project / "artifacts" / SMALL).iterdir() if p != artifact)
+        assert len(versions) == 1 and (versions[0] / "manifest.json").is_file()
+        again = doit(built_project, "build", f"stack={SMALL}", "site=sites/offline.toml")
+        assert again.returncode == 0 and f"-- build:{SMALL}" in again.stdout, again.stdout
+        shutil.rmtree(versions[0])  # leave the module's project with its one whole artifact
+    finally:
+        shutil.move(moved, tarball)
+
+
+# ---- the nightly job ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+@pytest.mark.registry
+def test_doit_ci_runs_the_nightly_against_a_loopback_registry(built_project: Path, registry: LocalRegistry) -> None:
+    """`doit ci` on the smallest stack: lock check, build (reused when current), kernels started from the tarball,
+    image pushed, tarball published, summary written; the registry then holds both."""
+    import json
+    import urllib.request
+
+    site = built_project / "sites/offline.toml"
+    site.write_text(site.read_text().replace('url = "127.0.0.1:5000"', f'url = "{registry.host}"'))
+    # The shared offline channel may have been rebuilt since the module's build: lock first,
+    # as a developer would before committing, so the nightly's lock check passes.
+    relock = doit(built_project, "lock", f"stack={SMALL}", "site=sites/offline.toml")
+    assert relock.returncode == 0, relock.stderr[-3000:]
+    before = {p.name for p in (built_project / "artifacts" / SMALL).iterdir() if p.is_dir()}
+    result = doit(built_project, "ci", f"stack={SMALL}", "site=sites/offline.toml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f".  ci:{SMALL}" in result.stdout and ".  ci:summary" in result.stdout
+
+    artifacts = built_project / "artifacts"
+    summary = json.loads((artifacts / "nightly.json").read_text())
+    (report,) = summary["stacks"]
+    manifest = json.loads((artifacts / SMALL / report["version"] / "manifest.json").read_text())
+    assert report["stack_id"] == SMALL
+    # Reused when the module's build is still current, else built anew by the nightly.
+    assert report["built"] is (report["version"] not in before)
+    assert report["tarball_sha256"] == manifest["tarball"]["sha256"]
+    assert report["tarball_size"] == manifest["tarball"]["size"] and report["file_count"] == manifest["file_count"]
+    assert report["smoke"] == [f"kernel {k}" for k in manifest["kernels"]] and len(report["smoke"]) == 3
+    # The first nightly compares with the version built before it, if any (`swstack diff`'s logic).
+    assert report["changes"]["previous"] == (max(before) if report["built"] else None)
+    markdown = (artifacts / "nightly.md").read_text()
+    reused = "" if report["built"] else " (reused)"
+    assert markdown.startswith("| stack | version |") and f"| {SMALL} | {report['version']}{reused} |" in markdown
+
+    # What the summary names is in the registry: the image by digest, the tarball as an OCI artifact.
+    repository, digest = report["image"].split("@")
+    name = repository.split("/", 1)[1]
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    for path in (f"/v2/{name}/manifests/{digest}",
+                 f"/v2/{SMALL}/manifests/{report['published'].rsplit('@', 1)[1]}",
+                 f"/v2/{SMALL}/manifests/{report['version']}"):
+        request = urllib.request.Request(registry.url + path, headers={"Accept": accept}, method="HEAD")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200, path

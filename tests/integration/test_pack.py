@@ -383,3 +383,38 @@ def test_packs_at_the_production_path_in_a_private_root(hello_prefix: Path, tmp_
     dest = _short_dest(tmp_path, "h")
     lines = _unpack_and_run(tarball, dest).splitlines()
     assert lines == [f"prefix={dest}", f"hello-data installed at {dest}"]
+
+
+def _records_through_the_packer(prefix: Path, sde: int) -> list[pack.Entry]:
+    """The entries as conda-pack's Packer records them when it sees every file (the slow way)."""
+    from unittest import mock
+
+    import conda_pack.core
+    from conda_pack.core import CondaEnv, Packer
+
+    archive = pack._RecordingArchive()
+
+    class RecordingPacker(Packer):  # type: ignore[misc]
+        def _write_text_file(self, fpath: str, ftext: str, executable: bool = False) -> None:
+            archive.add_text(fpath, ftext, executable)
+
+    env = CondaEnv.from_prefix(str(prefix), on_missing_cache="raise")
+    packer = RecordingPacker(env.prefix, archive)
+    with mock.patch.object(conda_pack.core, "rewrite_shebang", pack._keep_shebang):
+        for f in env.files:
+            packer.add(pack._from_installed_tree(f, env.prefix))
+        packer.finish()
+    return pack.plan_entries(archive.entries, sde)
+
+
+def test_plain_files_skip_the_packer_and_give_the_same_entries(tmp_path: Path, offline_site: Site) -> None:
+    """_pack_records records files of no prefix straight from lstat: the same plan as the Packer's."""
+    prefix = tmp_path / "env"
+    _install(offline_site.cache / "offline-channel", ["python 3.11.*", "numpy"], prefix, tmp_path / "pkgs")
+    spec = prefix / "share/jupyter/kernels/k/kernel.json"  # written after linking, holding the prefix
+    spec.parent.mkdir(parents=True)
+    spec.write_text(json.dumps({"argv": [f"{prefix}/bin/python"]}))
+    sde = 1_700_000_000
+    fast = pack.plan_entries(pack._pack_records(prefix, True, sde), sde)
+    assert fast == _records_through_the_packer(prefix, sde)
+    assert len(fast) > 1000 and any(e.name == "bin/conda-unpack" for e in fast)

