@@ -336,9 +336,12 @@ def compile_bytecode(plan: InstallPlan) -> None:
         return
     log.info("byte-compiling the tree")
     lib = plan.prefix + "/lib"
-    result = proc.run([str(python), "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-                       lib], error=BuildError, what="compileall", check=False)
+    argv = [str(python), "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash"]
+    result = proc.run([*argv, "-j", "0", lib], error=BuildError, what="compileall", check=False)
     if result.returncode != 0:
+        # Parallel workers share one stdout, so their error reports can interleave; once more in one
+        # process (everything good is compiled already) gives a report that names each file cleanly.
+        result = proc.run([*argv, lib], error=BuildError, what="compileall", check=False)
         raise BuildError(compile_failure(result.stdout + result.stderr, lib, result.returncode))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swstack.tasks import stack_files
+from swstack.spec import stack_files
 
 PROJECT = Path(__file__).resolve().parents[2]
 NIGHTLY = PROJECT / ".github/workflows/nightly.yml"
@@ -55,7 +55,7 @@ def test_the_nightly_runs_doit_ci_over_every_stack() -> None:
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as a boolean
     assert "schedule" in triggers and "workflow_dispatch" in triggers
     (job,) = workflow["jobs"].values()
-    stacks = {path.stem for path in stack_files(PROJECT)}
+    stacks = {path.stem for path in stack_files(PROJECT / "stacks")}
     assert set(job["strategy"]["matrix"]["stack"]) == stacks
     runs = "\n".join(step.get("run", "") for step in job["steps"])
     assert 'doit ci "stack=${{ matrix.stack }}"' in runs
