@@ -20,6 +20,7 @@ from pathlib import Path
 
 import zstandard
 
+from swstack.fsutil import sha256_file
 from swstack.manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
 
 PLATFORM = "linux-64"
@@ -205,7 +206,7 @@ def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarI
 
 def seal(out: Path, tarball: Path, manifest: Manifest, compression: str = "zstd") -> None:
     """Write the .sha256 and manifest.json for ``tarball`` as pack does."""
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    digest = sha256_file(tarball)
     (out / f"{tarball.name}.sha256").write_text(f"{digest}  {tarball.name}\n")
     full = replace(
         manifest,
@@ -298,3 +299,50 @@ def bwrap_argv(
             argv += ["--size", str(tmpfs_size), "--tmpfs", "/data0/sw.tmpfs"]
     argv += ["--chdir", "/", "--", *cmd]
     return argv
+
+
+def unpack_artifact(artifact: Path, dest: Path) -> Manifest:
+    """Extract an artifact's tarball into the new directory ``dest`` (checked, as the host does)."""
+    from swstack.host.extract import extract
+    from swstack.host.verify import Expected
+
+    manifest = Manifest.load(artifact / "manifest.json")
+    assert manifest.tarball is not None
+    dest.mkdir(parents=True)
+    extract(artifact / manifest.tarball.name, dest, Expected(manifest.tarball.sha256, manifest.tarball.size))
+    return manifest
+
+
+def repack_tree(tree: Path, manifest: Manifest, out: Path, version: str, changes: dict[str, bytes]) -> Path:
+    """Pack an unpacked artifact tree again as ``version``, with ``changes`` (name -> content) written
+    over or added, through pack's own tar writer; return the new artifact directory ``out``.
+
+    A cheap second version of a real stack: every other file keeps its bytes, mode and mtime.
+    """
+    from swstack.pack import Entry, PackOptions, _write_tarball, in_tree_manifest_entry, plan_entries
+
+    recorded: list[Entry] = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, tree)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                recorded.append(Entry(rel, "symlink", 0o777, st.st_mtime, linkname=os.readlink(path)))
+            elif os.path.isdir(path):
+                recorded.append(Entry(rel, "dir", st.st_mode & 0o7777, st.st_mtime))
+            elif rel != IN_TREE_PATH and rel not in changes:
+                recorded.append(Entry(rel, "file", st.st_mode & 0o7777, st.st_mtime, st.st_size, source=path))
+    epoch = manifest.source_date_epoch
+    for rel, data in changes.items():
+        recorded.append(Entry(rel, "file", 0o644, epoch, len(data), data=data))
+    entries = plan_entries(recorded, epoch)
+    count = sum(1 for e in entries if e.kind != "dir")
+    size = sum(e.size for e in entries if e.kind == "file")
+    new = replace(manifest, version=version, tarball=None, file_count=count + 1, total_size=size)
+    entries = sorted([*entries, in_tree_manifest_entry(new, epoch)], key=lambda e: e.name)
+    out.mkdir(parents=True)
+    tarball = out / f"{new.stack_id}-{version}-{new.platform}.tar.zst"
+    _write_tarball(tarball, entries, PackOptions(epoch, level=1), 0, 0, size)
+    seal(out, tarball, new)
+    return out

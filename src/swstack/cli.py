@@ -27,9 +27,9 @@ UNCHANGED_EXIT = 3
 
 _EPILOG = """\
 layout under the root (default /data0):
-  sw -> sw.tmpfs         live trees, one link per stack (sw/<stack>)
+  sw -> sw.tmpfs         live trees, one link per built prefix (sw/py3 for /data0/sw/py3)
   sw.tmpfs/              ramdisk: .<stack>@<version> copies (production only)
-  sw.<version>/<stack>/  persistent trees;  sw.hdd -> sw.<version>
+  sw.<version>/<stack>/  persistent trees (stack id: py3, py3-dev);  sw.hdd -> sw.<version>
 exit status: 0 changed, 3 unchanged, 11 activation error, 1 other error, 2 usage.
 See docs/host.md."""
 
@@ -56,7 +56,9 @@ def _print_outcome(outcome: Any, as_json: bool) -> int:
         for r in outcome.results:
             if r.changed:
                 _out(
-                    f"{r.stack}: {r.version} active ({', '.join(r.steps)}"
+                    f"{r.stack}: {r.version}"
+                    + (f" ({r.tree})" if r.tree and r.tree != r.stack else "")
+                    + f" active ({', '.join(r.steps)}"
                     + (f"; previous {r.previous}" if r.previous else "")
                     + ")"
                     + (f"; relocated from {r.relocated_from}" if r.relocated_from else "")
@@ -113,7 +115,9 @@ def cmd_active(args: argparse.Namespace) -> int:
             _out(f"no stack is active under {args.root}")
         for s in statuses:
             sync = {None: "", True: ", ramdisk copy matches", False: ", RAMDISK COPY DIFFERS"}[s.in_sync]
-            _out(f"{s.stack}: {s.version or 'NOT LIVE'}{sync}")
+            served = [f"tree {s.tree}"] if s.tree and s.tree != s.stack else []
+            served += [f"variant {s.variant}"] if s.variant else []
+            _out(f"{s.stack}: {s.version or 'NOT LIVE'}" + (f" ({', '.join(served)})" if served else "") + sync)
             if args.verbose:
                 _out(f"  live path:   {s.live_path}")
                 _out(f"  served from: {s.served_from}")

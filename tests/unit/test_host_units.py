@@ -10,7 +10,7 @@ import pytest
 
 from swstack.errors import ActivateError
 from swstack.host import commands, extract, relocate, source
-from swstack.host.layout import Layout, normalize_version, version_key
+from swstack.host.layout import Layout, live_name, normalize_version, version_key
 from swstack.host.verify import read_checksum_file
 from swstack.manifest import PackageEntry
 
@@ -35,11 +35,19 @@ def test_seed_spellings_of_a_version(arg: str) -> None:
 
 def test_link_targets_round_trip(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
-    assert layout.version_of_target("py3", layout.link_target("py3", "2026.01.01")) == "2026.01.01"
+    assert layout.tree_of_target(layout.link_target("py3", "2026.01.01")) == ("py3", "2026.01.01")
     (tmp_path / "sw.tmpfs").mkdir()
-    assert layout.link_target("py3", "v1") == ".py3@v1"
-    assert layout.version_of_target("py3", ".py3@v1") == "v1"
-    assert layout.version_of_target("py3", "../sw.v1/py3") == "v1"
+    assert layout.link_target("py3-dev", "v1") == ".py3-dev@v1"
+    assert layout.tree_of_target(".py3-dev@v1") == ("py3-dev", "v1")
+    assert layout.tree_of_target("../sw.v1/py3") == ("py3", "v1")
+    assert layout.tree_of_target("../elsewhere/py3") is None
+
+
+@pytest.mark.parametrize(
+    ("prefix", "live"), [("/data0/sw/py3", "py3"), ("/data0/sw/anaconda3", "anaconda3"), ("/opt/x/py3/", "py3")]
+)
+def test_live_name_is_the_built_prefix(prefix: str, live: str) -> None:
+    assert live_name(prefix) == live
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../x", "a/../../x", "a/..", "x\x00y"])

@@ -23,7 +23,7 @@ from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest
 from . import faults, inuse, relocate, source, space, switch
 from .extract import extract
-from .layout import HostState, Layout, StackState, check_name, normalize_version, version_key
+from .layout import HostState, Layout, StackState, check_name, live_name, normalize_version, version_key
 from .lock import host_lock
 from .verify import check_in_tree_manifest, expectations
 
@@ -35,13 +35,14 @@ UNCHANGED_EXIT = 3  # `activate`, `set-version`, `restore`, `prune`: nothing to 
 
 @dataclass(frozen=True)
 class StackResult:
-    stack: str
+    stack: str  # the live name: <root>/sw/<stack>
     version: str
     previous: str | None
     changed: bool
     steps: tuple[str, ...] = ()
     relocated_from: str | None = None
     kept_in_use: tuple[str, ...] = ()
+    tree: str = ""  # the variant's tree (stack id), e.g. py3-dev
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,20 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Target:
-    """One stack to make live at one version, from an artifact or from the tree already on the host."""
+    """One tree to make live at one version, from an artifact or from the tree already on the host.
+
+    ``stack`` names the tree (the stack id: py3, py3-dev); ``live`` the live path it answers
+    to, <root>/sw/<live>, from the prefix it was built for.
+    """
 
     stack: str
     version: str
     artifact: source.Artifact | None = None
+    live: str = ""
+
+    @property
+    def live_name(self) -> str:
+        return self.live or self.stack
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class StackPlan:
     switch: bool
     record: bool
     previous: str | None
+    previous_tree: str | None = None
 
 
 def _in_tree_manifest(tree: Path) -> str | None:
@@ -98,21 +109,29 @@ def plan_stack(layout: Layout, state: HostState, target: Target) -> StackPlan:
             f"{target.stack} {target.version} is not on this host (no {persistent}); "
             f"versions here: {', '.join(versions) or 'none'}; activate it from its artifact"
         )
-    live = layout.live_version(target.stack)
-    entry = state.stacks.get(target.stack)
-    if entry is not None and entry.version != target.version:
-        previous: str | None = entry.version
-    elif live is not None and live != target.version:
+    name = target.live_name
+    live = layout.live_tree(name)
+    entry = state.stacks.get(name)
+    wanted = (target.stack, target.version)
+    previous: tuple[str, str] | None
+    if entry is not None and (entry.tree_of(name), entry.version) != wanted:
+        previous = (entry.tree_of(name), entry.version)
+    elif live is not None and live != wanted:
         previous = live
+    elif entry is not None and entry.previous:
+        previous = (entry.previous_tree or name, entry.previous)
     else:
-        previous = entry.previous if entry else None
+        previous = None
+    recorded = (entry.tree_of(name), entry.version) if entry else None
+    recorded_previous = (entry.previous_tree or name, entry.previous) if entry and entry.previous else None
     return StackPlan(
         target=target,
         extract=not have_tree,
         copy=layout.production and not layout.ramdisk_copy(target.stack, target.version).is_dir(),
-        switch=live != target.version,
-        record=entry is None or entry.version != target.version or entry.previous != previous,
-        previous=previous,
+        switch=live != wanted,
+        record=recorded != wanted or recorded_previous != previous,
+        previous=previous[1] if previous else None,
+        previous_tree=previous[0] if previous else None,
     )
 
 
@@ -186,7 +205,7 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
         result = extract(art.tarball, staging, expected)
         check_in_tree_manifest(result.in_tree_manifest, art.manifest, str(art.tarball))
         faults.hit("extracted")
-        target_prefix = str(layout.live_path(t.stack))
+        target_prefix = str(layout.live_path(t.live_name))
         moved_from = None
         relocation = relocate.plan(staging, art.manifest.prefix, target_prefix)
         if relocation is not None:
@@ -238,12 +257,13 @@ def drop_unused_copies(layout: Layout) -> list[str]:
     kept: list[str] = []
     if not layout.production:
         return kept
+    live = set(layout.live_links().values())
     for entry in sorted(layout.tmpfs.iterdir()):
         name = entry.name
         if not (name.startswith(".") and "@" in name) or name.endswith(".partial") or not entry.is_dir():
             continue
         stack, version = name[1:].split("@", 1)
-        if layout.live_version(stack) == version:
+        if (stack, version) in live:
             continue
         users = inuse.users_of(entry)
         if users:
@@ -268,25 +288,28 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
     for p in plans:
         if p.switch:
             switch.replace_symlink(
-                layout.live_link(p.target.stack), layout.link_target(p.target.stack, p.target.version)
+                layout.live_link(p.target.live_name), layout.link_target(p.target.stack, p.target.version)
             )
             log.info(
-                f"{p.target.stack}: {p.previous or 'nothing'} -> {p.target.version} is live at "
-                f"{layout.live_path(p.target.stack)}"
+                f"{p.target.live_name}: {p.previous or 'nothing'} -> {p.target.version} "
+                f"({p.target.stack}) is live at {layout.live_path(p.target.live_name)}"
             )
     faults.hit("switched")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     for p in plans:
+        name = p.target.live_name
         if p.record or p.target.stack in moved:
-            old = state.stacks.get(p.target.stack)
+            old = state.stacks.get(name)
             entry = StackState(
                 version=p.target.version,
                 previous=p.previous,
                 source=sources.get(p.target.stack) or (old.source if old else ""),
                 relocated_from=moved.get(p.target.stack, old.relocated_from if old else None),
                 activated_at=now if p.switch or p.record else (old.activated_at if old else now),
+                tree="" if p.target.stack == name else p.target.stack,
+                previous_tree="" if p.previous_tree in (None, name) else str(p.previous_tree),
             )
-            state = state.with_stack(p.target.stack, entry)
+            state = state.with_stack(name, entry)
     if any(p.record or p.extract for p in plans):
         atomic_write_text(layout.state_file, state.to_json())
     faults.hit("state-written")
@@ -312,13 +335,14 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
         ]
         results.append(
             StackResult(
-                p.target.stack,
+                p.target.live_name,
                 p.target.version,
                 p.previous,
                 changed=bool(steps),
                 steps=tuple(steps),
                 relocated_from=moved.get(p.target.stack),
                 kept_in_use=kept,
+                tree=p.target.stack,
             )
         )
     if hdd_changed and results and not any(r.changed for r in results):
@@ -382,9 +406,13 @@ def activate(root: Path, sources: list[str], wait: float = 0.0) -> Outcome:
         targets: dict[str, Target] = {}
         for art in artifacts:
             stack = check_name("stack", art.manifest.stack_id)
-            if stack in targets:
-                raise ActivateError(f"{stack} appears twice among the sources; give one artifact per stack")
-            targets[stack] = Target(stack, check_name("version", art.manifest.version), art)
+            live = live_name(art.manifest.prefix)
+            if live in targets:
+                raise ActivateError(
+                    f"{stack} and {targets[live].stack} both answer to {layout.live_path(live)}; "
+                    f"give one artifact per live path"
+                )
+            targets[live] = Target(stack, check_name("version", art.manifest.version), art, live)
         state = HostState.load(layout)
         plans = [plan_stack(layout, state, t) for t in targets.values()]
         hdd = plans[-1].target.version
@@ -405,11 +433,24 @@ def set_version(root: Path, version: str, stack: str | None = None, wait: float 
                 f"{layout.version_dir(version)}: no such version on this host; "
                 f"versions here: {', '.join(layout.versions()) or 'none'}"
             )
-        stacks = [stack] if stack else layout.stacks_in(version)
-        if not stacks:
+        trees = {s: layout.live_name_of(s, version) for s in layout.stacks_in(version)}
+        if stack:
+            trees = {s: live for s, live in trees.items() if stack in (s, live)} or {stack: stack}
+        if not trees:
             raise ActivateError(f"{layout.version_dir(version)} holds no stack")
+        by_live: dict[str, str] = {}
+        for tree, live in sorted(trees.items()):
+            if live in by_live:
+                raise ActivateError(
+                    f"{layout.version_dir(version)} holds {by_live[live]} and {tree}, both for "
+                    f"{layout.live_path(live)}: pick one with --stack"
+                )
+            by_live[live] = tree
         state = HostState.load(layout)
-        plans = [plan_stack(layout, state, Target(check_name("stack", s), version)) for s in stacks]
+        plans = [
+            plan_stack(layout, state, Target(check_name("stack", tree), version, None, live))
+            for live, tree in by_live.items()
+        ]
         return _apply(layout, plans, version, {})
 
     return _run_locked(root, wait, body)
@@ -424,7 +465,7 @@ def restore(root: Path, wait: float = 0.0) -> Outcome:
             log.info(f"nothing recorded in {layout.state_file}; nothing to restore")
             return Outcome(())
         plans = [
-            plan_stack(layout, state, Target(name, entry.version))
+            plan_stack(layout, state, Target(entry.tree_of(name), entry.version, None, name))
             for name, entry in sorted(state.stacks.items())
         ]
         return _apply(layout, plans, None, {})
@@ -437,7 +478,9 @@ def restore(root: Path, wait: float = 0.0) -> Outcome:
 
 @dataclass(frozen=True)
 class StackStatus:
-    stack: str
+    stack: str  # the live name
+    tree: str | None  # the variant's tree (stack id) the live path serves
+    variant: str | None
     version: str | None
     recorded: str | None
     previous: str | None
@@ -476,15 +519,19 @@ def compare_trees(a: Path, b: Path, by_hash: bool) -> list[str]:
 def active(root: Path, verify: bool = False) -> list[StackStatus]:
     layout = Layout(root)
     state = HostState.load(layout)
-    names = set(state.stacks)
-    if layout.link_dir.is_dir():
-        names |= {e.name for e in layout.link_dir.iterdir() if e.is_symlink() and not e.name.startswith(".")}
+    links = layout.live_links()
+    names = set(state.stacks) | set(links)
     out = []
     for name in sorted(names):
-        version = layout.live_version(name)
         entry = state.stacks.get(name)
-        persistent = layout.persistent_tree(name, version) if version else None
-        served = layout.served_tree(name, version) if version else None
+        tree, version = links.get(name, (entry.tree_of(name) if entry else name, None))
+        persistent = layout.persistent_tree(tree, version) if version else None
+        served = layout.served_tree(tree, version) if version else None
+        variant = None
+        text = _in_tree_manifest(persistent) if persistent else None
+        if text:
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                variant = Manifest.from_json(text).variant
         in_sync: bool | None = None
         diffs: list[str] = []
         if version and layout.production:
@@ -497,6 +544,8 @@ def active(root: Path, verify: bool = False) -> list[StackStatus]:
         out.append(
             StackStatus(
                 name,
+                tree if version else None,
+                variant,
                 version,
                 entry.version if entry else None,
                 entry.previous if entry else None,
@@ -535,7 +584,7 @@ def list_versions(root: Path) -> tuple[list[VersionInfo], str | None]:
             VersionInfo(
                 v,
                 stacks,
-                tuple(s for s in stacks if layout.live_version(s) == v),
+                tuple(s for s in stacks if layout.is_live(s, v)),
                 tuple(s for s, e in state.stacks.items() if e.previous == v),
                 size,
             )
@@ -636,10 +685,8 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tu
             if entry.previous:
                 protected.setdefault(entry.previous, f"previous version of {name}")
             protected[entry.version] = f"recorded active version of {name}"
-        for v in layout.versions():
-            for s in layout.stacks_in(v):
-                if layout.live_version(s) == v:
-                    protected[v] = f"live version of {s}"
+        for live, (tree, v) in layout.live_links().items():
+            protected[v] = f"live version of {live} ({tree})"
         hdd = layout.hdd_version()
         if hdd is not None:
             protected.setdefault(hdd, "sw.hdd points at it")
