@@ -8,7 +8,6 @@ conda-pack's (``update_prefix`` + ``_prefix_records``).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os

@@ -21,7 +21,7 @@ from .. import log
 from ..errors import ActivateError
 from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest
-from . import faults, inuse, relocate, source, space, switch
+from . import faults, inuse, relocate, reuse, source, space, switch
 from .extract import extract
 from .layout import HostState, Layout, StackState, check_name, live_name, normalize_version, version_key
 from .lock import host_lock
@@ -202,15 +202,22 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
     os.mkdir(staging, 0o755)
     try:
         log.step(f"{t.stack} {t.version}: verifying and extracting {art.tarball.name}")
-        result = extract(art.tarball, staging, expected)
+        previous = previous_on_disk(layout, t, art.manifest.owner)
+        result = extract(art.tarball, staging, expected, previous)
+        if previous is not None:
+            reuse.report(f"{t.stack} {t.version}", previous.linked, previous.linked_bytes)
         check_in_tree_manifest(result.in_tree_manifest, art.manifest, str(art.tarball))
         faults.hit("extracted")
         target_prefix = str(layout.live_path(t.live_name))
         moved_from = None
+        hashes = dict(result.hashes)
         relocation = relocate.plan(staging, art.manifest.prefix, target_prefix)
         if relocation is not None:
             relocate.relocate(staging, relocation)
             moved_from = ", ".join(relocation.placeholders)
+            for rel in relocation.paths:
+                if rel in hashes:
+                    hashes[rel] = sha256_file(staging / rel)
         faults.hit("relocated")
         owner = switch.parse_owner(art.manifest.owner)
         if owner is not None:
@@ -220,6 +227,7 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
                 log.warn(f"{t.stack}: not root, so the tree is not given to its owner {art.manifest.owner}")
         persistent = layout.persistent_tree(t.stack, t.version)
         persistent.parent.mkdir(exist_ok=True)
+        reuse.write_index(reuse.index_path(persistent.parent, t.stack), hashes)
         os.rename(staging, persistent)
         faults.hit("persisted")
         return moved_from
@@ -231,14 +239,39 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
             layout.staging.rmdir()
 
 
-def load_ramdisk(layout: Layout, stack: str, version: str) -> None:
+def previous_on_disk(layout: Layout, target: Target, owner: str | None) -> reuse.Previous | None:
+    """The tree live at the target's live path, if a new tree may share files with it (same owner)."""
+    live = layout.live_tree(target.live_name)
+    if live is None or live == (target.stack, target.version):
+        return None
+    tree = layout.persistent_tree(*live)
+    text = _in_tree_manifest(tree)
+    try:
+        if text is None or Manifest.from_json(text).owner != owner:
+            return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return reuse.Previous.load(tree, reuse.index_path(tree.parent, live[0]))
+
+
+def previous_on_ramdisk(layout: Layout, live_name: str, stack: str, version: str) -> reuse.RamdiskPrevious | None:
+    live = layout.live_tree(live_name)
+    if live is None or live == (stack, version):
+        return None
+    return reuse.RamdiskPrevious.load(layout.persistent_tree(*live), layout.ramdisk_copy(*live))
+
+
+def load_ramdisk(layout: Layout, stack: str, version: str, live_name: str | None = None) -> None:
     dest = layout.ramdisk_copy(stack, version)
     partial = dest.with_name(dest.name + ".partial")
     switch.remove_tree(partial)
     log.step(f"{stack} {version}: loading onto the ramdisk {layout.tmpfs}")
     try:
         faults.hit("ramdisk-copying")
-        switch.copy_tree(layout.persistent_tree(stack, version), partial)
+        previous = previous_on_ramdisk(layout, live_name or stack, stack, version)
+        switch.copy_tree(layout.persistent_tree(stack, version), partial, previous)
+        if previous is not None:
+            reuse.report(f"{stack} {version} on the ramdisk", previous.linked, previous.linked_bytes)
     except OSError as exc:
         switch.remove_tree(partial)
         raise ActivateError(
@@ -283,7 +316,7 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
             moved[p.target.stack] = stage_tree(layout, p)
     for p in plans:
         if p.copy:
-            load_ramdisk(layout, p.target.stack, p.target.version)
+            load_ramdisk(layout, p.target.stack, p.target.version, p.target.live_name)
     # Commit: every tree is complete; each switch is one rename.
     for p in plans:
         if p.switch:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 import tarfile
@@ -23,9 +24,13 @@ from .. import log
 from ..errors import ActivateError
 from ..manifest import IN_TREE_PATH
 from . import faults
+from .reuse import Previous
 from .verify import Expected, HashingReader
 
 _CHUNK = 1 << 20
+# Files up to this size are read whole, hashed, then linked to the previous version or
+# written; larger ones stream to disk while hashed. Memory stays flat in the tarball's size.
+_BUFFER = 8 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_LINK_DEPTH = 40
@@ -42,6 +47,7 @@ class _Tree:
     dirs: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (mode, mtime)
     files: set[str] = field(default_factory=set)
     symlinks: dict[str, str] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)  # regular file -> sha256 of its content
     file_count: int = 0
     total_size: int = 0
 
@@ -52,6 +58,7 @@ class Extracted:
     total_size: int
     in_tree_manifest: str | None
     sha256: str
+    hashes: dict[str, str] = field(default_factory=dict)  # regular file -> sha256
 
 
 def normalize_name(name: str) -> str:
@@ -149,18 +156,42 @@ def _ensure_parents(dest: Path, name: str, tree: _Tree) -> None:
             tree.dirs[rel] = (0o755, 0)
 
 
-def _write_file(tf: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+def _create(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def _write_file(tf: tarfile.TarFile, member: tarfile.TarInfo, path: Path, previous: Previous | None) -> str:
+    """Write one regular member (or link it to the previous version's identical file); its sha256."""
     src = tf.extractfile(member)
     assert src is not None
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        while chunk := src.read(_CHUNK):
-            out.write(chunk)
-    os.chmod(path, member.mode & 0o777, follow_symlinks=False)
+    mode = member.mode & 0o777
+    if member.size <= _BUFFER:
+        data = src.read()
+        digest = hashlib.sha256(data).hexdigest()
+        if previous is not None and previous.link(digest, mode, len(data), path):
+            return digest  # a shared inode: never chmod-ed or touched
+        with os.fdopen(_create(path), "wb") as out:
+            out.write(data)
+    else:
+        h = hashlib.sha256()
+        with os.fdopen(_create(path), "wb") as out:
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+        digest = h.hexdigest()
+        if previous is not None:
+            shared = path.with_name(f".{path.name}.shared")
+            if previous.link(digest, mode, member.size, shared):
+                os.replace(shared, path)
+                return digest
+    os.chmod(path, mode, follow_symlinks=False)
     os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+    return digest
 
 
-def _apply(tf: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path, tree: _Tree) -> None:
+def _apply(
+    tf: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path, tree: _Tree, previous: Previous | None
+) -> None:
     path = dest / name if name else dest
     if member.isdir():
         if name and name not in tree.dirs:
@@ -174,10 +205,12 @@ def _apply(tf: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path, 
         os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
         tree.symlinks[name] = member.linkname
     elif member.islnk():
-        os.link(dest / normalize_name(member.linkname), path, follow_symlinks=False)
+        source = normalize_name(member.linkname)
+        os.link(dest / source, path, follow_symlinks=False)
         tree.files.add(name)
+        tree.hashes[name] = tree.hashes[source]
     else:
-        _write_file(tf, member, path)
+        tree.hashes[name] = _write_file(tf, member, path, previous)
         tree.files.add(name)
         tree.total_size += member.size
     tree.file_count += 1
@@ -220,8 +253,12 @@ def _peek(path: Path) -> bytes:
         return fh.read(4)
 
 
-def extract(tarball: Path, dest: Path, expected: Expected) -> Extracted:
-    """Stream ``tarball`` into the empty directory ``dest``; verify its sha256 before returning."""
+def extract(tarball: Path, dest: Path, expected: Expected, previous: Previous | None = None) -> Extracted:
+    """Stream ``tarball`` into the empty directory ``dest``; verify its sha256 before returning.
+
+    With ``previous``, a file whose content and mode the previous kept tree already has
+    is hardlinked to it instead of written.
+    """
     tree = _Tree()
     size = tarball.stat().st_size
     with open(tarball, "rb") as raw:
@@ -233,7 +270,7 @@ def extract(tarball: Path, dest: Path, expected: Expected) -> Extracted:
                 seen = 0
                 while (member := tf.next()) is not None:
                     name = check_member(member, tree)
-                    _apply(tf, member, name, dest, tree)
+                    _apply(tf, member, name, dest, tree, previous)
                     tf.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every TarInfo
                     bar.advance(reader.count - seen)
                     seen = reader.count
@@ -273,4 +310,4 @@ def extract(tarball: Path, dest: Path, expected: Expected) -> Extracted:
     manifest_text = None
     if IN_TREE_PATH in tree.files:
         manifest_text = (dest / IN_TREE_PATH).read_text()
-    return Extracted(tree.file_count, tree.total_size, manifest_text, digest)
+    return Extracted(tree.file_count, tree.total_size, manifest_text, digest, tree.hashes)
