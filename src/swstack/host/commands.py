@@ -22,7 +22,7 @@ from ..errors import ActivateError
 from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest
 from . import faults, inuse, relocate, reuse, source, space, switch
-from .extract import extract
+from .extract import Mirror, extract
 from .layout import HostState, Layout, StackState, check_name, live_name, normalize_version, version_key
 from .lock import host_lock
 from .verify import check_in_tree_manifest, expectations
@@ -191,8 +191,17 @@ def clean_leftovers(layout: Layout) -> None:
                 switch.remove_tree(entry)
 
 
+def _partial(layout: Layout, stack: str, version: str) -> Path:
+    dest = layout.ramdisk_copy(stack, version)
+    return dest.with_name(dest.name + ".partial")
+
+
 def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
-    """Artifact -> verified, relocated, owned tree at sw.<version>/<stack>; returns the old prefix."""
+    """Artifact -> verified, relocated, owned tree at sw.<version>/<stack>; returns the old prefix.
+
+    When the version goes onto the ramdisk, its copy is written in the same pass into
+    sw.tmpfs/.<stack>@<version>.partial (``load_ramdisk`` renames it).
+    """
     t = plan.target
     assert t.artifact is not None
     art = t.artifact
@@ -200,12 +209,21 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
     staging = layout.staging / f"{t.stack}@{t.version}"
     layout.staging.mkdir(parents=True, exist_ok=True)
     os.mkdir(staging, 0o755)
+    mirror = None
+    if plan.copy:
+        partial = _partial(layout, t.stack, t.version)
+        switch.remove_tree(partial)
+        os.mkdir(partial, 0o755)
+        live = layout.live_tree(t.live_name)
+        mirror = Mirror(partial, layout.ramdisk_copy(*live) if live else None)
     try:
         log.step(f"{t.stack} {t.version}: verifying and extracting {art.tarball.name}")
         previous = previous_on_disk(layout, t, art.manifest.owner)
-        result = extract(art.tarball, staging, expected, previous)
+        result = extract(art.tarball, staging, expected, previous, mirror)
         if previous is not None:
             reuse.report(f"{t.stack} {t.version}", previous.linked, previous.linked_bytes)
+        if mirror is not None:
+            reuse.report(f"{t.stack} {t.version} on the ramdisk", mirror.linked, mirror.linked_bytes)
         check_in_tree_manifest(result.in_tree_manifest, art.manifest, str(art.tarball))
         faults.hit("extracted")
         target_prefix = str(layout.live_path(t.live_name))
@@ -218,11 +236,15 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
             for rel in relocation.paths:
                 if rel in hashes:
                     hashes[rel] = sha256_file(staging / rel)
+                    if mirror is not None:
+                        reuse.replace_with_copy(staging / rel, mirror.root / rel)
         faults.hit("relocated")
         owner = switch.parse_owner(art.manifest.owner)
         if owner is not None:
             if os.geteuid() == 0:
                 switch.chown_tree(staging, owner)
+                if mirror is not None:
+                    switch.chown_tree(mirror.root, owner)
             else:
                 log.warn(f"{t.stack}: not root, so the tree is not given to its owner {art.manifest.owner}")
         persistent = layout.persistent_tree(t.stack, t.version)
@@ -233,6 +255,8 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
         return moved_from
     except BaseException:
         switch.remove_tree(staging)
+        if mirror is not None:
+            switch.remove_tree(mirror.root)
         raise
     finally:
         with contextlib.suppress(OSError):
@@ -261,9 +285,17 @@ def previous_on_ramdisk(layout: Layout, live_name: str, stack: str, version: str
     return reuse.RamdiskPrevious.load(layout.persistent_tree(*live), layout.ramdisk_copy(*live))
 
 
-def load_ramdisk(layout: Layout, stack: str, version: str, live_name: str | None = None) -> None:
+def load_ramdisk(
+    layout: Layout, stack: str, version: str, live_name: str | None = None, written: bool = False
+) -> None:
+    """Put a version's ramdisk copy in place: rename the copy ``stage_tree`` wrote (``written``), or copy it."""
     dest = layout.ramdisk_copy(stack, version)
-    partial = dest.with_name(dest.name + ".partial")
+    partial = _partial(layout, stack, version)
+    if written:
+        faults.hit("ramdisk-copying")
+        os.rename(partial, dest)
+        faults.hit("ramdisk-copied")
+        return
     switch.remove_tree(partial)
     log.step(f"{stack} {version}: loading onto the ramdisk {layout.tmpfs}")
     try:
@@ -316,7 +348,7 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
             moved[p.target.stack] = stage_tree(layout, p)
     for p in plans:
         if p.copy:
-            load_ramdisk(layout, p.target.stack, p.target.version, p.target.live_name)
+            load_ramdisk(layout, p.target.stack, p.target.version, p.target.live_name, written=p.extract)
     # Commit: every tree is complete; each switch is one rename.
     for p in plans:
         if p.switch:

@@ -71,27 +71,43 @@ class Previous:
             by_hash.setdefault(digest, name)
         return cls(tree, by_hash)
 
-    def link(self, digest: str, mode: int, size: int, dest: Path) -> bool:
-        """Hardlink ``dest`` to the previous tree's file with this content and mode; False if none."""
+    def link(self, digest: str, mode: int, size: int, dest: Path) -> str | None:
+        """Hardlink ``dest`` to the previous tree's file with this content and mode; its name, or None."""
         name = self.by_hash.get(digest)
         if name is None:
-            return False
+            return None
         source = self.tree / name
         try:
             st = os.lstat(source)
         except OSError:
-            return False
+            return None
         if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_size != size:
-            return False
-        try:
-            os.link(source, dest, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno in _NO_LINK:
-                return False
-            raise
+            return None
+        if not link_if_possible(source, dest):
+            return None
         self.linked += 1
         self.linked_bytes += size
-        return True
+        return name
+
+
+def link_if_possible(source: Path, dest: Path) -> bool:
+    try:
+        os.link(source, dest, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    return True
+
+
+def same_inode_data(a: os.stat_result, b: os.stat_result) -> bool:
+    """Two regular files a reader could not tell apart by their attributes (content checked elsewhere)."""
+    return (
+        stat.S_ISREG(a.st_mode)
+        and stat.S_ISREG(b.st_mode)
+        and (a.st_size, a.st_mode, a.st_mtime_ns, a.st_uid, a.st_gid)
+        == (b.st_size, b.st_mode, b.st_mtime_ns, b.st_uid, b.st_gid)
+    )
 
 
 def inode_names(tree: Path) -> dict[tuple[int, int], str]:
@@ -148,6 +164,18 @@ class RamdiskPrevious:
         self.linked += 1
         self.linked_bytes += st.st_size
         return True
+
+
+def replace_with_copy(source: Path, dest: Path) -> None:
+    """Replace ``dest`` by a fresh copy of ``source`` (content, mode, mtime): never writes ``dest``'s inode."""
+    st = os.lstat(source)
+    tmp = dest.with_name(f".{dest.name}.copy-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    shutil.copyfile(source, tmp, follow_symlinks=False)
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, dest)
 
 
 def unshare(path: Path) -> None:
