@@ -57,7 +57,8 @@ def test_real_kernel_from_activated_stack(py3_artifact: Path, tmp_path: Path) ->
         timeout=900,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "KERNEL:/data0/sw/py3" in res.stdout
+    # The kernel runs from the version's own tree (bin/swstack-launch), not through the live link.
+    assert "KERNEL:/data0/sw.tmpfs/.py3@2026.11.21" in res.stdout
 
 
 SWITCH_SCRIPT = r"""
