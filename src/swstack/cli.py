@@ -1,4 +1,4 @@
-"""Command line -> the host commands (activate, active, set-version, list, diff, prune, restore).
+"""Command line -> the host commands (init, activate, active, set-version, list, diff, prune, restore).
 
 Starts fast and imports little: argparse here, each command's module only when it
 runs, and nothing of the build side (pydantic, rattler, docker, doit). A
@@ -181,6 +181,22 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .host.init import init
+
+    result = init(args.root, args.ramdisk_size)
+    if args.json:
+        _emit_json({**vars(result), "changed": result.changed})
+    else:
+        for change in result.changes:
+            _out(change)
+        if result.tmpfs_mounted:
+            _out(f"{args.root}/sw.tmpfs is a tmpfs mount ({log.human_bytes(result.tmpfs_size or 0)})")
+        if not result.changed:
+            _out("nothing changed")
+    return 0 if result.changed else UNCHANGED_EXIT
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from .host import commands
 
@@ -240,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(func=func)
         return p
+
+    p = add(
+        "init",
+        cmd_init,
+        "create the host layout and check the ramdisk",
+        "Create <root> (default /data0), <root>/sw.tmpfs, <root>/.swstack and the link\n"
+        "sw -> sw.tmpfs; as root, give them to root (0755). Check that sw.tmpfs is a tmpfs\n"
+        "mount and, if not, print the /etc/fstab line that mounts it (init mounts nothing).\n"
+        "Exit 0 if something changed, 3 if everything was already in place.",
+    )
+    p.add_argument(
+        "--ramdisk-size",
+        default="32G",
+        metavar="SIZE",
+        help="tmpfs size for the fstab line and the size check (default: 32G; 512M, 50%% work too)",
+    )
 
     p = add(
         "activate",
