@@ -132,17 +132,21 @@ def _info(name: str, size: int = 0, mode: int = 0o644, kind: bytes = tarfile.REG
 
 
 def write_tar(
-    path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], compression: str = "zstd"
+    path: Path,
+    members: list[tuple[tarfile.TarInfo, bytes | None]],
+    compression: str = "zstd",
+    fmt: int = tarfile.PAX_FORMAT,
 ) -> None:
     with path.open("wb") as raw:
         if compression == "zstd":
             with (
                 zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as fh,
-                tarfile.open(fileobj=fh, mode="w|") as tar,
+                tarfile.open(fileobj=fh, mode="w|", format=fmt) as tar,
             ):
                 _add_all(tar, members)
         else:
-            with tarfile.open(fileobj=raw, mode="w|gz" if compression == "gzip" else "w|") as tar:
+            mode = "w|gz" if compression == "gzip" else "w|"
+            with tarfile.open(fileobj=raw, mode=mode, format=fmt) as tar:  # type: ignore[call-overload]
                 _add_all(tar, members)
 
 
@@ -197,6 +201,12 @@ def make_artifact(
     return out
 
 
+def _pax(info: tarfile.TarInfo, **headers: str) -> tarfile.TarInfo:
+    """A member whose PAX extended header overrides what its plain header says."""
+    info.pax_headers = dict(headers)
+    return info
+
+
 def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
     info = _info(name, mode=0o777, kind=kind)
     info.linkname = target
@@ -243,10 +253,22 @@ def hostile_artifact(out: Path, case: str, stack: str = "py3", version: str = "2
         "setuid": [(_info("bin-su", len(payload), 0o4755), payload)],
         "setgid": [(_info("bin-sg", len(payload), 0o2755), payload)],
         "duplicate-over-symlink": [(_link("etc", "/tmp"), None), (_info("etc", len(payload)), payload)],
+        "newline-name": [(_info("lib/evil\nname.py", len(payload)), payload)],
+        "escape-in-name": [(_info("lib/\x1b[2Jclear.py", len(payload)), payload)],
+        "non-utf8-name": [(_info("lib/bad-\udcff-name.py", len(payload)), payload)],
+        "newline-link-target": [(_link("lib", "ok\nthere"), None)],
+        "pax-path-override": [(_pax(_info("harmless.txt", len(payload)), path="../escaped.txt"), payload)],
+        "pax-linkpath-override": [(_pax(_link("lib", "ok"), linkpath="/tmp"), None)],
+        "gnu-longname-traversal": [(_info("../" * 40 + "escaped-long.txt", len(payload)), payload)],
+        "gnu-longlink-absolute": [(_link("lib", "/" + "x" * 200), None)],
+        "root-symlink": [(_link(".", "/tmp"), None)],
+        "root-file": [(_info("./", len(payload)), payload)],
+        "huge-size": [(_info("share/huge.bin", 1 << 50), None)],
     }[case]
     out.mkdir(parents=True, exist_ok=True)
     tarball = out / f"{stack}-{version}-{PLATFORM}.tar.zst"
-    write_tar(tarball, good + evil)
+    fmt = tarfile.GNU_FORMAT if case.startswith("gnu-") else tarfile.PAX_FORMAT
+    write_tar(tarball, good + evil, fmt=fmt)
     seal(out, tarball, manifest)
     return out
 
@@ -266,6 +288,17 @@ HOSTILE_CASES = (
     "setuid",
     "setgid",
     "duplicate-over-symlink",
+    "newline-name",
+    "escape-in-name",
+    "non-utf8-name",
+    "newline-link-target",
+    "pax-path-override",
+    "pax-linkpath-override",
+    "gnu-longname-traversal",
+    "gnu-longlink-absolute",
+    "root-symlink",
+    "root-file",
+    "huge-size",
 )
 
 

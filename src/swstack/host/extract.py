@@ -34,6 +34,9 @@ _BUFFER = 8 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_LINK_DEPTH = 40
+# A member claiming more than the manifest's whole tree (and more than this floor, for
+# manifests that under-report) is refused before tarfile skips over its claimed data.
+_MIN_MEMBER_LIMIT = 1 << 30
 
 
 class UnsafeMember(ActivateError):
@@ -48,6 +51,7 @@ class _Tree:
     files: set[str] = field(default_factory=set)
     symlinks: dict[str, str] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)  # regular file -> sha256 of its content
+    max_member: int = _MIN_MEMBER_LIMIT
     file_count: int = 0
     total_size: int = 0
 
@@ -75,10 +79,25 @@ class Extracted:
     hashes: dict[str, str] = field(default_factory=dict)  # regular file -> sha256
 
 
+def check_text(what: str, name: str) -> None:
+    """Refuse control characters (newlines, escapes) and bytes that are not UTF-8 in names (pure).
+
+    A newline in a file name forges lines in every log and listing that prints it; a name
+    that is not UTF-8 cannot be shown or typed. Software trees hold neither.
+    """
+    if "\x00" in name:
+        raise UnsafeMember(f"{what} {name!r}: NUL in name")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise UnsafeMember(f"{what} {name!r}: control character in name")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafeMember(f"{what} {name!r}: name is not valid UTF-8") from None
+
+
 def normalize_name(name: str) -> str:
     """Member name -> relative POSIX path inside the tree, or raise (pure)."""
-    if "\x00" in name:
-        raise UnsafeMember(f"member {name!r}: NUL in name")
+    check_text("member", name)
     if name.startswith("/"):
         raise UnsafeMember(f"member {name!r}: absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -143,6 +162,14 @@ def check_member(member: tarfile.TarInfo, tree: _Tree) -> str:
         raise UnsafeMember(f"{what}: appears twice (a second member would replace the first)")
     if name in tree.dirs and not member.isdir():
         raise UnsafeMember(f"{what}: replaces a directory")
+    if member.issym() or member.islnk():
+        check_text(f"{what}: link target", member.linkname)
+    if not name and not member.isdir():
+        raise UnsafeMember(f"{what}: would replace the root of the tree")
+    if member.size < 0 or member.size > tree.max_member:
+        raise UnsafeMember(
+            f"{what}: claims {member.size} bytes, more than the whole tree the manifest describes"
+        )
     if member.issym():
         target = member.linkname
         if target.startswith("/"):
@@ -351,7 +378,7 @@ def extract(
     is hardlinked to it instead of written. With ``mirror``, the same tree is written
     into ``mirror.root`` too (the ramdisk), in the same pass.
     """
-    tree = _Tree()
+    tree = _Tree(max_member=max(expected.tree_size or 0, _MIN_MEMBER_LIMIT))
     size = tarball.stat().st_size
     with open(tarball, "rb") as raw:
         reader = HashingReader(raw)

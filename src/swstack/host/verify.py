@@ -27,6 +27,7 @@ _SUM_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(.+)$")
 class Expected:
     sha256: str
     size: int | None
+    tree_size: int | None = None  # the manifest's total_size: no member may claim more
 
 
 def read_checksum_file(text: str, tarball_name: str) -> str:
@@ -72,7 +73,7 @@ def expectations(artifact: Artifact) -> Expected:
             f"{artifact.tarball}: {actual} bytes, the manifest says {size}: truncated or "
             f"replaced; re-download it"
         )
-    return Expected(digest, size)
+    return Expected(digest, size, m.total_size)
 
 
 class HashingReader:
