@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import log
-from ..fsutil import atomic_write_text
 
 INDEX_SCHEMA = 1
 # Links fail across filesystems (EXDEV), past the link limit (EMLINK) or where they are
@@ -36,8 +35,14 @@ def index_path(version_dir: Path, tree: str) -> Path:
 
 
 def write_index(path: Path, files: dict[str, str]) -> None:
-    """name -> sha256 of every regular file of a tree, written atomically beside the tree."""
-    atomic_write_text(path, json.dumps({"schema": INDEX_SCHEMA, "files": files}, sort_keys=True) + "\n")
+    """name -> sha256 of every regular file of a tree, renamed into place beside the tree.
+
+    Not fsync-ed (an fsync here waits for the whole extracted tree to reach the disk): the
+    index is only a hint, and a lost or torn one reads as empty, so nothing is shared.
+    """
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps({"schema": INDEX_SCHEMA, "files": files}, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def read_index(path: Path) -> dict[str, str]:
