@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -12,7 +13,7 @@ from swstack.errors import ActivateError
 from swstack.host import commands, extract, relocate, source
 from swstack.host.layout import Layout, live_name, normalize_version, version_key
 from swstack.host.verify import read_checksum_file
-from swstack.manifest import PackageEntry
+from swstack.manifest import Manifest, PackageEntry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support_host import base_manifest  # noqa: E402
@@ -193,3 +194,45 @@ def test_help_imports_no_build_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]")
+
+
+@pytest.mark.parametrize(
+    "name", ["lib/a\nb.py", "lib/\x1b[31mred", "lib/bad-\udcff.py", "tab\there", "del\x7f"]
+)
+def test_names_with_control_characters_or_bad_bytes_are_refused(name: str) -> None:
+    with pytest.raises(extract.UnsafeMember) as info:
+        extract.normalize_name(name)
+    assert "\n" not in str(info.value)  # the message itself stays one line
+
+
+def test_kernel_argv_goes_through_the_launcher() -> None:
+    from swstack.install import kernel_argv
+
+    default = ["{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    assert kernel_argv(default, "/data0/sw/py3")[0] == "/data0/sw/py3/bin/swstack-launch"
+    assert kernel_argv(default, "/data0/sw/py3", launcher=False)[0] == "/data0/sw/py3/bin/python"
+    custom = ["/usr/bin/env", "R", "--slave", "-f", "{connection_file}"]
+    assert kernel_argv(custom, "/data0/sw/r") == custom
+
+
+def test_launcher_runs_python_from_the_resolved_tree(tmp_path: Path) -> None:
+    """The launcher execs bin/python through the real directory, not the link it was called through."""
+    import subprocess
+
+    from swstack.install import write_launcher
+
+    tree = tmp_path / ".py3@1"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "python").write_text('#!/bin/sh\necho "$0" "$@"\n')
+    (tree / "bin" / "python").chmod(0o755)
+    write_launcher(tree)
+    (tmp_path / "py3").symlink_to(".py3@1")
+    out = subprocess.run([str(tmp_path / "py3/bin/swstack-launch"), "-c", "x"], capture_output=True, text=True)
+    assert out.stdout.split() == [f"{tree}/bin/python", "-c", "x"]
+
+
+def test_manifest_fields_are_type_checked() -> None:
+    good = json.loads(base_manifest("py3", "1", "/data0/sw/py3").to_json())
+    for bad, key in ((dict(good, version=1), "version"), (dict(good, packages=[{"name": 1}]), "packages[0]")):
+        with pytest.raises(ValueError, match=key.replace("[", r"\[")):
+            Manifest.from_dict(bad)
