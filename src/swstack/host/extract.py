@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import stat
 import tarfile
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ _BUFFER = 8 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_LINK_DEPTH = 40
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A member claiming more than the manifest's whole tree (and more than this floor, for
 # manifests that under-report) is refused before tarfile skips over its claimed data.
 _MIN_MEMBER_LIMIT = 1 << 30
@@ -87,7 +89,7 @@ def check_text(what: str, name: str) -> None:
     """
     if "\x00" in name:
         raise UnsafeMember(f"{what} {name!r}: NUL in name")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _CONTROL.search(name):
         raise UnsafeMember(f"{what} {name!r}: control character in name")
     try:
         name.encode("utf-8")
