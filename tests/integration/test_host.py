@@ -348,3 +348,32 @@ def test_ramdisk_update_links_the_previous_copy_while_it_is_kept(tmp_path: Path)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_an_update_that_fits_only_shared_goes_on_and_one_that_does_not_stops_cleanly(tmp_path: Path) -> None:
+    """On a real tmpfs with room for one full copy and a bit: a one-file update of the live version
+    (everything else shared) is activated; an unrelated version of the same size hits ENOSPC and
+    leaves the live version as it was."""
+    from support_host import repack_tree, unpack_artifact
+
+    first = make_artifact(tmp_path / "a", version="1.0", payload=6 << 20)
+    tree = tmp_path / "tree"
+    manifest = unpack_artifact(first, tree)
+    update = repack_tree(tree, manifest, tmp_path / "b", "1.1", {"share/note.txt": b"one new file\n"})
+    other = make_artifact(tmp_path / "c", version="2.0", payload=6 << 20)
+    root = tmp_path / "root"
+    root.mkdir()
+    res = _in_private_data0(
+        root,
+        f"swstack activate {first}; swstack activate {update}; echo rc=$?; "
+        f"cat /data0/sw/py3/share/note.txt; swstack activate {other} || echo rc=$?; "
+        f"cat /data0/sw/py3/share/version.txt; ls -A /data0/sw.tmpfs",
+        tmpfs_size=9 << 20,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "rc=0" in lines and "one new file" in lines, res.stdout + res.stderr
+    assert "less than a full copy" in res.stderr and "shared with the previous version" in res.stderr
+    assert "rc=11" in lines and "onto the ramdisk" in res.stderr and "nothing live changed" in res.stderr
+    assert "1.0" in lines  # version.txt of 1.1 is 1.0's: only note.txt changed
+    assert ".partial" not in res.stdout and ".py3@2.0" not in res.stdout

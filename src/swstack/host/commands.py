@@ -135,20 +135,33 @@ def plan_stack(layout: Layout, state: HostState, target: Target) -> StackPlan:
     )
 
 
+def _live_tree_bytes(layout: Layout, live_name: str) -> int:
+    """Bytes of the tree live at ``live_name``, from its in-tree manifest (0 if unknown)."""
+    live = layout.live_tree(live_name)
+    text = _in_tree_manifest(layout.persistent_tree(*live)) if live else None
+    try:
+        return Manifest.from_json(text).total_size if text else 0
+    except ValueError:
+        return 0
+
+
 def space_needs(layout: Layout, plans: list[StackPlan]) -> list[space.SpaceNeed]:
     needs = []
     for p in plans:
         t = p.target
+        shareable = 0
         if t.artifact is not None:
             m = t.artifact.manifest
             size = space.estimate(m.total_size, m.file_count)
+            if previous_on_disk(layout, t, m.owner) is not None:
+                shareable = _live_tree_bytes(layout, t.live_name)
         else:
             total, count = switch.tree_size(layout.persistent_tree(t.stack, t.version))
             size = space.estimate(total, count)
         if p.extract:
-            needs.append(space.SpaceNeed("disk", layout.root, size))
+            needs.append(space.SpaceNeed("disk", layout.root, size, shareable))
         if p.copy:
-            needs.append(space.SpaceNeed("ramdisk", layout.tmpfs, size))
+            needs.append(space.SpaceNeed("ramdisk", layout.tmpfs, size, shareable if p.extract else 0))
     return needs
 
 
