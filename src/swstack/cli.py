@@ -279,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch, verify and switch to artifacts",
         "Fetch artifacts (tarball path, artifact directory, http(s) URL or OCI reference\n"
         "host:port/name:tag), verify their sha256 and manifest, extract them safely into\n"
-        "<root>/sw.<version>/<stack>, relocate if the root differs from the built prefix,\n"
-        "load them onto the ramdisk and switch <root>/sw/<stack> atomically; then point\n"
-        "<root>/sw.hdd at the version. Exit 0 if something changed, 3 if already active.",
+        "<root>/sw.<version>/<stack id> and onto the ramdisk in one pass (files the live\n"
+        "version already has are hardlinked), relocate if the root differs from the built\n"
+        "prefix, and switch the live path <root>/sw/<name> (<name>: the built prefix's last\n"
+        "component; variants of a stack share it) atomically; then point <root>/sw.hdd at\n"
+        "the version. Exit 0 if something changed, 3 if already active.",
         lock=True,
     )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="artifact: path, URL or OCI reference")
