@@ -62,7 +62,7 @@ def test_real_kernel_from_activated_stack(py3_artifact: Path, tmp_path: Path) ->
 
 
 SWITCH_SCRIPT = r"""
-import json, os, sys, time
+import json, os, subprocess, sys, time
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from swstack.cli import main
@@ -101,6 +101,13 @@ def stop(km, kc):
 
 PROBE = "import sys, swstack_probe; print(sys.prefix, swstack_probe.VERSION)"
 report["activate1"] = main(["activate", v1])
+# The single-user server starts the same way: its module, from the version's own tree.
+LAUNCH = "/data0/sw/py3/bin/swstack-launch"
+report["singleuser_help"] = subprocess.run(
+    [LAUNCH, "-m", "jupyterhub.singleuser", "--help"], capture_output=True).returncode
+report["singleuser_file"] = subprocess.run(
+    [LAUNCH, "-c", "import jupyterhub.singleuser as s; print(s.__file__)"],
+    capture_output=True, text=True).stdout.strip()
 km1, kc1 = start()
 report["k1_before"] = run(kc1, "import sys; print(sys.prefix)")
 report["activate2"] = main(["activate", v2])
@@ -147,6 +154,8 @@ def test_running_kernel_keeps_its_version_across_a_switch(py3_artifact: Path, tm
     v1, v2, v3 = versions
     assert (report["activate1"], report["activate2"], report["activate3"]) == (0, 0, 0)
     assert report["k1_before"] == f"/data0/sw.tmpfs/.py3@{v1}"
+    assert report["singleuser_help"] == 0
+    assert report["singleuser_file"].startswith(f"/data0/sw.tmpfs/.py3@{v1}/lib/python3.")
     assert report["k1_after"] == f"/data0/sw.tmpfs/.py3@{v1} {v1}"
     assert report["k2"] == f"/data0/sw.tmpfs/.py3@{v2} {v2}"
     # v1 is neither active nor previous: only the running kernel keeps it.
