@@ -249,6 +249,12 @@ def _write_file(
     mode = member.mode & 0o777
     if member.size <= _BUFFER:
         data = src.read()
+        if previous is not None:  # the same name with the same bytes: no hashing needed
+            same = previous.link_same(name, data, mode, path)
+            if same is not None:
+                if mirror is not None:
+                    _mirror_shared(mirror, name, name, path, data)
+                return same
         digest = hashlib.sha256(data).hexdigest()
         linked = previous.link(digest, mode, len(data), path) if previous is not None else None
         if linked is not None:  # a shared inode: never chmod-ed or touched

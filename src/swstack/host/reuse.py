@@ -63,6 +63,7 @@ class Previous:
 
     tree: Path
     by_hash: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256, from its index
     linked: int = 0
     linked_bytes: int = 0
 
@@ -74,7 +75,32 @@ class Previous:
         by_hash: dict[str, str] = {}
         for name, digest in sorted(files.items()):
             by_hash.setdefault(digest, name)
-        return cls(tree, by_hash)
+        return cls(tree, by_hash, files)
+
+    def link_same(self, name: str, data: bytes, mode: int, dest: Path) -> str | None:
+        """Hardlink ``dest`` to the previous tree's file of the same name if its bytes are ``data``.
+
+        Comparing bytes (memcmp) costs far less than hashing them; the previous file's
+        sha256 is then the new one's. Returns that sha256, or None.
+        """
+        digest = self.files.get(name)
+        if digest is None:
+            return None
+        source = self.tree / name
+        try:
+            st = os.lstat(source)
+            if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_size != len(data):
+                return None
+            with open(source, "rb", buffering=0) as fh:
+                if fh.read(len(data) + 1) != data:
+                    return None
+        except OSError:
+            return None
+        if not link_if_possible(source, dest):
+            return None
+        self.linked += 1
+        self.linked_bytes += len(data)
+        return digest
 
     def link(self, digest: str, mode: int, size: int, dest: Path) -> str | None:
         """Hardlink ``dest`` to the previous tree's file with this content and mode; its name, or None."""
