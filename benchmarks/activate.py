@@ -5,10 +5,15 @@ blobs plus a site-packages-like mass of small files). Output, measured side by s
 one run under a scratch root whose sw.tmpfs lives on /dev/shm (a real tmpfs):
 
 1. time from tarball to active: ours vs ``tar --zstd -xf`` into sw.<version> then
-   ``rsync -a`` to the ramdisk (the seed's S2/P1 steps);
-2. peak RSS of ``swstack activate`` for two tarball sizes (flat in size);
-3. a probe reading <root>/sw/py3 in a loop while versions switch, counting missing and
-   mixed observations: ours (``swstack set-version``) vs ``ln -sfn`` vs ``rsync --delete``.
+   ``rsync -a`` to the ramdisk (the seed's S2/P1 steps); target <= 0.7x;
+2. a one-package update (one small package's files rewritten, repacked with pack's own
+   writer) activated over the live version, against the full activation: target <= 0.1x;
+   and the ramdisk bytes of the two versions kept side by side (a process holds the old
+   copy) against one version: target <= 1.1x;
+3. peak RSS of ``swstack activate`` for two tarball sizes (flat in size);
+4. a probe reading <root>/sw/py3 in a loop while versions switch, counting missing and
+   mixed observations: ours (``swstack set-version``) vs ``ln -sfn`` vs ``rsync --delete``;
+   target 0 missing, 0 mixed for ours.
 
     .venv/bin/python benchmarks/activate.py [--small-mb 32] [--big-mb 256] [--files 3000]
 """
@@ -27,7 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from support_host import make_artifact, swstack_argv  # noqa: E402
+from support_host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
+
+from swstack.manifest import Manifest  # noqa: E402
 
 
 def scratch_root(base: Path, name: str) -> Path:
@@ -67,6 +74,29 @@ def seed_procedure(tarball: Path, root: Path, version: str) -> float:
     (root / "sw.hdd").symlink_to(f"sw.{version}")
     subprocess.run(["rsync", "-a", f"{root}/sw.{version}/", f"{root}/sw.tmpfs/"], check=True)
     return time.perf_counter() - start
+
+
+def one_package_update(artifact: Path, work: Path, version: str) -> tuple[Path, int]:
+    """``artifact`` again as ``version`` with one package's modules rewritten; (artifact, files changed)."""
+    tree = work / f"tree-{version}"
+    manifest = unpack_artifact(artifact, tree)
+    package = tree / "lib/python3.11/site-packages/pkg000"
+    changes = {
+        str(f.relative_to(tree)): f.read_bytes() + f"# {version}\n".encode() for f in sorted(package.iterdir())
+    }
+    out = repack_tree(tree, manifest, work / f"art-{version}", version, changes)
+    shutil.rmtree(tree)
+    return out, len(changes)
+
+
+def tree_bytes(*trees: Path) -> int:
+    """Bytes of the files under ``trees``, a hardlinked inode counted once (du -b semantics)."""
+    res = subprocess.run(["du", "-s", "-b", "-c", *map(str, trees)], check=True, capture_output=True, text=True)
+    return int(res.stdout.splitlines()[-1].split()[0])
+
+
+def verdict(value: float, target: float) -> str:
+    return f"{value:.2f}x (target <= {target}x: {'met' if value <= target else 'NOT MET'})"
 
 
 def probe_loop(live: str, stop_file: str) -> None:
@@ -149,20 +179,40 @@ def main() -> None:
         print(f"\n1. tarball -> active ({args.big_mb} MiB + {args.files} files)")
         print(f"   seed (tar --zstd -xf, then rsync -a to the ramdisk): {t_seed:6.2f} s")
         print(f"   swstack activate (verify + extract + copy + switch): {t_ours:6.2f} s")
-        print(f"   ratio ours/seed: {t_ours / t_seed:.2f}")
+        print(f"   ratio ours/seed: {verdict(t_ours / t_seed, 0.7)}")
+
+        # 2. a one-package update over the live version, the old copy held by a process.
+        update, changed = one_package_update(big, base, "2.1")
+        update_tar = next(update.glob("*.tar.zst"))
+        update_tar.read_bytes()
+        tmpfs = Path(os.readlink(ours_root / "sw.tmpfs"))
+        one_version = tree_bytes(tmpfs / ".py3@2.0")
+        holder = subprocess.Popen(["sleep", "600"], cwd=tmpfs / ".py3@2.0")
+        try:
+            t_update, _ = timed(swstack_argv("activate", str(update), "--root", str(ours_root)))
+            two_versions = tree_bytes(tmpfs / ".py3@2.0", tmpfs / ".py3@2.1")
+        finally:
+            holder.kill()
+            holder.wait()
+        manifest = Manifest.load(update / "manifest.json")
+        print(f"\n2. one-package update ({changed} of {manifest.file_count} files changed), old copy kept in use")
+        print(f"   full activation {t_ours:6.2f} s, update activation {t_update:6.2f} s: "
+              f"{verdict(t_update / t_ours, 0.1)}")
+        print(f"   ramdisk bytes: one version {one_version >> 20} MiB, both kept {two_versions >> 20} MiB: "
+              f"{verdict(two_versions / one_version, 1.1)}")
 
         # 2. peak memory for two sizes.
         mem_root = scratch_root(base, "mem")
         shm_dirs.append(Path(os.readlink(mem_root / "sw.tmpfs")))
         _, rss_small = timed(swstack_argv("activate", str(small), "--root", str(mem_root)))
         ratio_size = big_tar.stat().st_size / next(small.glob("*.tar.zst")).stat().st_size
-        print("\n2. peak RSS of swstack activate")
+        print("\n3. peak RSS of swstack activate")
         print(
             f"   small tarball: {rss_small / 1024:6.1f} MiB   big tarball ({ratio_size:.1f}x larger): "
             f"{rss_big / 1024:6.1f} MiB   ratio {rss_big / rss_small:.2f}"
         )
 
-        # 3. atomicity probe. Both versions are on the host (mem_root has 1.0 live; add 2.0).
+        # 4. atomicity probe. Both versions are on the host (mem_root has 1.0 live; add 2.0).
         subprocess.run(
             swstack_argv("activate", str(big), "--root", str(mem_root)), check=True, capture_output=True
         )
@@ -200,7 +250,7 @@ def main() -> None:
                 subprocess.run(["rsync", "-a", "-I", "--delete", f"{src}/", f"{rs_live}/"], check=True)
         results["rsync --delete (seed S3)"] = probe
         print(
-            f"\n3. readers of <root>/sw/py3 during {args.switches} switches (fd-relative reads of two files)"
+            f"\n4. readers of <root>/sw/py3 during {args.switches} switches (fd-relative reads of two files)"
         )
         for name, p in results.items():
             print(f"   {name:<26} reads {p.reads:>8}  missing {p.missing:>6}  mixed {p.mixed:>6}")

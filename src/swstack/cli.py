@@ -1,4 +1,4 @@
-"""Command line -> the host commands (activate, active, set-version, list, diff, prune, restore)
+"""Command line -> the host commands (init, activate, active, set-version, list, diff, prune, restore)
 and the hub's (hub-config, prepull).
 
 Starts fast and imports little: argparse here, each command's module only when it
@@ -28,9 +28,9 @@ UNCHANGED_EXIT = 3
 
 _EPILOG = f"""\
 layout under the root (default {paths.ROOT}):
-  sw -> sw.tmpfs         live trees, one link per stack (sw/<stack>)
+  sw -> sw.tmpfs         live trees, one link per built prefix (sw/py3 for /data0/sw/py3)
   sw.tmpfs/              ramdisk: .<stack>@<version> copies (production only)
-  sw.<version>/<stack>/  persistent trees;  sw.hdd -> sw.<version>
+  sw.<version>/<stack>/  persistent trees (stack id: py3, py3-dev);  sw.hdd -> sw.<version>
 exit status: 0 changed, 3 unchanged, 9 menu error, 11 activation error, 1 other error, 2 usage.
 See docs/host.md."""
 
@@ -57,7 +57,9 @@ def _print_outcome(outcome: Any, as_json: bool) -> int:
         for r in outcome.results:
             if r.changed:
                 _out(
-                    f"{r.stack}: {r.version} active ({', '.join(r.steps)}"
+                    f"{r.stack}: {r.version}"
+                    + (f" ({r.tree})" if r.tree and r.tree != r.stack else "")
+                    + f" active ({', '.join(r.steps)}"
                     + (f"; previous {r.previous}" if r.previous else "")
                     + ")"
                     + (f"; relocated from {r.relocated_from}" if r.relocated_from else "")
@@ -116,7 +118,9 @@ def cmd_active(args: argparse.Namespace) -> int:
             _out(f"no stack is active under {args.root}")
         for s in statuses:
             sync = {None: "", True: ", ramdisk copy matches", False: ", RAMDISK COPY DIFFERS"}[s.in_sync]
-            _out(f"{s.stack}: {s.version or 'NOT LIVE'}{sync}")
+            served = [f"tree {s.tree}"] if s.tree and s.tree != s.stack else []
+            served += [f"variant {s.variant}"] if s.variant else []
+            _out(f"{s.stack}: {s.version or 'NOT LIVE'}" + (f" ({', '.join(served)})" if served else "") + sync)
             if args.verbose:
                 _out(f"  live path:   {s.live_path}")
                 _out(f"  served from: {s.served_from}")
@@ -178,6 +182,22 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if d.empty:
         _out("  no package differs")
     return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .host.init import init
+
+    result = init(args.root, args.ramdisk_size)
+    if args.json:
+        _emit_json({**vars(result), "changed": result.changed})
+    else:
+        for change in result.changes:
+            _out(change)
+        if result.tmpfs_mounted:
+            _out(f"{args.root}/sw.tmpfs is a tmpfs mount ({log.human_bytes(result.tmpfs_size or 0)})")
+        if not result.changed:
+            _out("nothing changed")
+    return 0 if result.changed else UNCHANGED_EXIT
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -343,15 +363,33 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add(
+        "init",
+        cmd_init,
+        "create the host layout and check the ramdisk",
+        "Create <root> (default /data0), <root>/sw.tmpfs, <root>/.swstack and the link\n"
+        "sw -> sw.tmpfs; as root, give them to root (0755). Check that sw.tmpfs is a tmpfs\n"
+        "mount and, if not, print the /etc/fstab line that mounts it (init mounts nothing).\n"
+        "Exit 0 if something changed, 3 if everything was already in place.",
+    )
+    p.add_argument(
+        "--ramdisk-size",
+        default="32G",
+        metavar="SIZE",
+        help="tmpfs size for the fstab line and the size check (default: 32G; 512M, 50%% work too)",
+    )
+
+    p = add(
         "activate",
         cmd_activate,
         "fetch, verify and switch to artifacts",
         "Fetch artifacts (tarball path, artifact directory, http(s) URL or OCI reference\n"
         "host:port/name:tag), verify their sha256 and manifest, extract them safely into\n"
-        "<root>/sw.<version>/<stack>, relocate if the root differs from the built prefix,\n"
-        "load them onto the ramdisk and switch <root>/sw/<stack> atomically; then point\n"
-        "<root>/sw.hdd at the version. With a signature policy (--require-signature or the\n"
-        "host config), an artifact no trusted key signed is refused before anything is written.\n"
+        "<root>/sw.<version>/<stack id> and onto the ramdisk in one pass (files the live\n"
+        "version already has are hardlinked), relocate if the root differs from the built\n"
+        "prefix, and switch the live path <root>/sw/<name> (<name>: the built prefix's last\n"
+        "component; variants of a stack share it) atomically; then point <root>/sw.hdd at\n"
+        "the version. With a signature policy (--require-signature or the host config), an\n"
+        "artifact no trusted key signed is refused before anything is written.\n"
         "Exit 0 if something changed, 3 if already active, 11 if refused or failed.",
         lock=True,
     )

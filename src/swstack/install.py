@@ -277,14 +277,48 @@ def install_pip(plan: InstallPlan) -> None:
 # ---- kernels, owner ------------------------------------------------------------------------------------
 
 
+# Kernels start python through this script so that the interpreter's path is the tree's
+# resolved, versioned directory (sw.tmpfs/.py3@V), not the live link sw/py3. CPython keeps
+# the path it was started through as sys.prefix, so a kernel started through the live link
+# would import the next version's files after a switch; through the resolved path it keeps
+# importing from its own tree until it restarts. The script holds no prefix, so packing and
+# relocation leave it as it is, and a host keeps the tree alive while the process maps it.
+LAUNCHER = "bin/swstack-launch"
+LAUNCHER_TEXT = """\
+#!/bin/sh
+# Written by swstack: run this tree's python through the tree's resolved directory, so a
+# process started before a version switch keeps importing from its own version.
+bin=$(cd -P -- "$(dirname -- "$0")" && pwd) || exit 1
+exec "$bin/python" "$@"
+"""
+_PYTHONS = ("{prefix}/bin/python", "{prefix}/bin/python3")
+
+
+def kernel_argv(argv: list[str], prefix: str, launcher: bool = True) -> list[str]:
+    """A spec's argv with the tree's python started through the launcher, if there is one (pure)."""
+    if launcher and argv and argv[0] in _PYTHONS:
+        argv = ["{prefix}/" + LAUNCHER, *argv[1:]]
+    return [a.replace("{prefix}", prefix) for a in argv]
+
+
+def write_launcher(prefix: Path) -> None:
+    path = prefix / LAUNCHER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(LAUNCHER_TEXT)
+    path.chmod(0o755)
+
+
 def install_kernels(plan: InstallPlan) -> list[str]:
     """Write the stack's kernel specs and copy foreign ones; return the installed kernel names."""
     kernels_dir = Path(plan.prefix) / "share" / "jupyter" / "kernels"
     kernels_dir.mkdir(parents=True, exist_ok=True)
+    launcher = (Path(plan.prefix) / "bin" / "python").exists()
+    if launcher:
+        write_launcher(Path(plan.prefix))
     names = []
     for kernel in plan.kernels:
         spec = {
-            "argv": [a.replace("{prefix}", plan.prefix) for a in kernel.argv],
+            "argv": kernel_argv(list(kernel.argv), plan.prefix, launcher),
             "display_name": kernel.display_name,
             "language": kernel.language,
             "interrupt_mode": kernel.interrupt_mode,

@@ -9,7 +9,7 @@ installs without the build dependencies.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +108,28 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Raises ValueError naming the key when a field is missing or of the wrong type."""
+        if not isinstance(data, dict):
+            raise ValueError("a manifest is a JSON object")
         data = dict(data)
-        data["packages"] = tuple(PackageEntry(**p) for p in data.get("packages", ()))
-        data["kernels"] = tuple(data.get("kernels", ()))
+        packages = data.get("packages", ())
+        if not isinstance(packages, (list, tuple)):
+            raise ValueError("packages: expected a list")
+        data["packages"] = tuple(_typed(PackageEntry, p, f"packages[{i}]") for i, p in enumerate(packages))
+        kernels = data.get("kernels", ())
+        if not isinstance(kernels, (list, tuple)) or not all(isinstance(k, str) for k in kernels):
+            raise ValueError("kernels: expected a list of names")
+        data["kernels"] = tuple(kernels)
         tb = data.get("tarball")
-        data["tarball"] = TarballInfo(**tb) if tb else None
-        data["attestations"] = tuple(AttestationInfo(**a) for a in data.get("attestations", ()))
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data["tarball"] = _typed(TarballInfo, tb, "tarball") if tb else None
+        attestations = data.get("attestations", ())
+        if not isinstance(attestations, (list, tuple)):
+            raise ValueError("attestations: expected a list")
+        data["attestations"] = tuple(
+            _typed(AttestationInfo, a, f"attestations[{i}]") for i, a in enumerate(attestations)
+        )
+        manifest: Manifest = _typed(cls, data, "")
+        return manifest
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -124,3 +138,35 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> Manifest:
         return cls.from_json(path.read_text())
+
+
+# Field annotations (strings: ``from __future__ import annotations``) -> the JSON types they take.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "str | None": (str, type(None)),
+    "dict[str, str]": (dict,),
+    "dict[str, Any]": (dict,),
+}
+
+
+def _typed(cls: Any, data: Any, where: str) -> Any:
+    """``cls(**data)`` for a manifest dataclass, with each known field's JSON type checked (pure)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'manifest'}: expected a JSON object")
+    fields = cls.__dataclass_fields__
+    missing = [n for n, f in fields.items() if n not in data and f.default is f.default_factory is MISSING]
+    if missing:
+        raise ValueError(f"{where + ': ' if where else ''}missing {', '.join(missing)}")
+    for name, value in data.items():
+        if name not in fields:
+            continue
+        allowed = _JSON_TYPES.get(str(fields[name].type))
+        if allowed is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
+            key = f"{where}.{name}" if where else name
+            raise ValueError(f"{key}: expected {fields[name].type}, got {type(value).__name__}")
+        if str(fields[name].type) == "dict[str, str]" and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ValueError(f"{where + '.' if where else ''}{name}: expected strings")
+    return cls(**{k: v for k, v in data.items() if k in fields})

@@ -1,9 +1,10 @@
 """Site settings TOML -> ``Site``: what differs between data centres rather than between stacks.
 
-Registry, artifact directory, root dir, channel mirrors, pip index / wheelhouse / git
+Registry, artifact directory, channel mirrors, pip index / wheelhouse / git
 mirrors, sandbox backend. Chosen by ``SWSTACK_SITE`` or doit's ``site=``; with no site file
 the embedded defaults work for a new user. Values may use ``{cache}`` (the shared cache)
-and ``{project}`` (the checkout); relative paths are relative to the site file.
+and ``{project}`` (the checkout); relative paths are relative to the site file. The host
+root is not a site setting: the host commands take ``--root`` (default /data0).
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ class SigningSettings(Model):
 
 class SiteFile(Model):
     name: str = "default"
-    root: str = paths.ROOT
     artifacts: str = "{project}/artifacts"
     cache: str | None = None
     sandbox: Literal["auto", "docker", "namespace"] = "auto"
@@ -76,21 +76,12 @@ class SiteFile(Model):
     images: ImageSettings = Field(default_factory=ImageSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
 
-    @field_validator("root")
-    @classmethod
-    def _root(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"root {value!r} must be an absolute path (the seed's {paths.ROOT})")
-        return value.rstrip("/") or "/"
-
-
 @dataclass(frozen=True)
 class Site:
     """Resolved site settings: placeholders expanded, paths absolute, channels as URLs."""
 
     name: str
     source: Path | None
-    root: str
     artifacts: Path
     cache: Path
     sandbox: str
@@ -220,7 +211,6 @@ def resolve_site(site_file: SiteFile, source: Path | None, project: Path | None 
     return Site(
         name=site_file.name,
         source=source,
-        root=site_file.root,
         artifacts=_as_path(site_file.artifacts, base, project, cache),
         cache=cache,
         sandbox=site_file.sandbox,

@@ -6,7 +6,6 @@ installs it into the running virtualenv. The host root is a temporary directory.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -43,12 +42,6 @@ def ansible_playbook() -> str:
         except ExternalCommandError as exc:
             pytest.skip(f"ansible-core could not be installed: {exc}")
     return str(exe)
-
-
-@pytest.fixture(scope="module")
-def host_cli() -> None:
-    if importlib.util.find_spec("swstack.cli") is None:
-        pytest.skip("the host CLI (swstack.cli) is not there yet")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +101,6 @@ def inventory(tmp_path: Path) -> Iterator[Path]:
 
 def test_rollout_activates_once_then_reports_unchanged(
     ansible_playbook: str,
-    host_cli: None,
     host_artifact: Path,
     registry: LocalRegistry,
     inventory: Path,
@@ -125,21 +117,33 @@ def test_rollout_activates_once_then_reports_unchanged(
         "swstack_venv": str(tmp_path / "venv"),
         "swstack_python": sys.executable,
         "swstack_expect_version": "2026.11.21",
+        "swstack_systemd_root": str(tmp_path / "sysroot"),
     }
+    (tmp_path / "sysroot" / "etc" / "systemd" / "system").mkdir(parents=True)
     first = _run(ansible_playbook, inventory, extra)
     assert _task_status(first, "Record whether the installation changed") == "changed"
+    assert _task_status(first, "Install the restore unit") == "changed"
+    assert _task_status(first, "Enable the restore unit") == "changed"
+    unit = tmp_path / "sysroot/etc/systemd/system/swstack-restore.service"
+    exec_start = f"ExecStart={tmp_path / 'venv'}/bin/swstack restore --root {root} --wait 600"
+    assert exec_start in unit.read_text().splitlines()
+    assert (tmp_path / "venv/bin/swstack").is_file()  # the unit's command is the installed one
+    wants = tmp_path / "sysroot/etc/systemd/system/multi-user.target.wants/swstack-restore.service"
+    assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/swstack-restore.service"
     assert _task_status(first, "Activate") == "changed"
     assert _task_status(first, "Check the live version") == "ok"
     assert (root / "sw.2026.11.21").is_dir() or any(root.glob("sw.*2026*11*21*")), sorted(os.listdir(root))
 
     second = _run(ansible_playbook, inventory, extra)
+    assert _task_status(second, "Install the restore unit") == "ok"
+    assert _task_status(second, "Enable the restore unit") == "ok"
     assert _task_status(second, "Activate") == "ok"
     assert _recap(second)["changed"] == 0, second
     assert digest.startswith("sha256:")
 
 
 def test_rollout_goes_host_by_host_and_stops_at_a_failure(
-    ansible_playbook: str, host_cli: None, host_artifact: Path, tmp_path: Path
+    ansible_playbook: str, host_artifact: Path, tmp_path: Path
 ) -> None:
     """Two hosts (both local, each its own root): the first fails, the second is never touched."""
     roots = {name: tmp_path / name for name in ("first", "second")}
@@ -156,6 +160,7 @@ def test_rollout_goes_host_by_host_and_stops_at_a_failure(
     extra = {
         "swstack_install": "none",
         "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+        "swstack_restore_unit": False,
     }
     bad = {**extra, "swstack_source": str(tmp_path / "no-such-artifact")}
     output = _run(ansible_playbook, inventory, bad, check=2)

@@ -114,7 +114,7 @@ def test_kernel_runs_relocated_after_conda_unpack(py3_artifact: Path, tmp_path: 
     assert result["out"].split()[:2] == ["/srv/k/py3", "10"]
     assert proc.output(inside + ["/srv/k/py3/bin/sitepaths"]).splitlines()[0].endswith("/srv/k/py3")
     spec = json.loads((host / "py3/share/jupyter/kernels/python3/kernel.json").read_text())
-    assert spec["argv"][0] == "/srv/k/py3/bin/python"
+    assert spec["argv"][0] == "/srv/k/py3/bin/swstack-launch"
     assert (host / "py3/bin/jupyter").read_text().startswith("#!/srv/k/py3/bin/python")
 
 

@@ -293,3 +293,84 @@ def test_other_compressions(tmp_path: Path, compression: str) -> None:
         str(next(p for p in art.iterdir() if ".tar" in p.name and not p.name.endswith("sha256"))),
     )
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "1.0\n"
+
+
+def _inodes(tree: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(tree)): p.lstat().st_ino for p in tree.rglob("*") if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_update_shares_unchanged_files_on_disk_and_ramdisk(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    old, new = (make_artifact(tmp_path / v, version=v, small_files=300) for v in ("2026.01.01", "2026.02.01"))
+    sw(root, "activate", str(old))
+    before = {p: p.read_bytes() for p in (root / "sw.2026.01.01/py3").rglob("*") if p.is_file()}
+    out = sw(root, "activate", str(new), "--debug")
+    assert "shared with the previous version" in out.stdout + out.stderr
+    disk_old, disk_new = _inodes(root / "sw.2026.01.01/py3"), _inodes(root / "sw.2026.02.01/py3")
+    shared = {n for n in disk_new if disk_old.get(n) == disk_new[n]}
+    # Everything but the version file, the in-tree manifest and the relocated files is one inode.
+    assert "share/version.txt" not in shared and "conda-meta/swstack-manifest.json" not in shared
+    assert "etc/prefix.txt" not in shared and "bin/tool" not in shared  # rewritten by relocation
+    assert len(shared) >= len(disk_new) - 6
+    # The old version's files were never written through a shared inode.
+    assert all(p.read_bytes() == data for p, data in before.items())
+    ram_old = _inodes(root / "sw.tmpfs/.py3@2026.01.01") if (root / "sw.tmpfs/.py3@2026.01.01").exists() else {}
+    ram_new = _inodes(root / "sw.tmpfs/.py3@2026.02.01")
+    assert not ram_old  # the old copy was dropped: nothing uses it
+    nlinks = [(root / "sw.tmpfs/.py3@2026.02.01" / n).stat().st_nlink for n in ram_new]
+    assert sum(n > 1 for n in nlinks) == 0  # its last other name went with the old copy
+    status = json.loads(sw(root, "active", "--verify", "--json").stdout)
+    assert status["stacks"][0]["in_sync"] is True
+    live = root / "sw/py3"
+    assert (live / "etc/prefix.txt").read_text() == f"prefix={live}\n"
+
+
+def test_ramdisk_update_links_the_previous_copy_while_it_is_kept(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    old, new = (make_artifact(tmp_path / v, version=v, small_files=300) for v in ("2026.01.01", "2026.02.01"))
+    sw(root, "activate", str(old))
+    holder = subprocess.Popen(["sleep", "60"], cwd=root / "sw.tmpfs/.py3@2026.01.01")
+    try:
+        sw(root, "activate", str(new))
+        ram_old, ram_new = _inodes(root / "sw.tmpfs/.py3@2026.01.01"), _inodes(root / "sw.tmpfs/.py3@2026.02.01")
+        shared = {n for n in ram_new if ram_old.get(n) == ram_new[n]}
+        assert len(shared) >= len(ram_new) - 6 and "share/version.txt" not in shared
+        assert (root / "sw.tmpfs/.py3@2026.01.01/share/version.txt").read_text() == "2026.01.01\n"
+        status = json.loads(sw(root, "active", "--verify", "--json").stdout)
+        assert status["stacks"][0]["in_sync"] is True
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_update_that_fits_only_shared_goes_on_and_one_that_does_not_stops_cleanly(tmp_path: Path) -> None:
+    """On a real tmpfs with room for one full copy and a bit: a one-file update of the live version
+    (everything else shared) is activated; an unrelated version of the same size hits ENOSPC and
+    leaves the live version as it was."""
+    from tests.support.host import repack_tree, unpack_artifact
+
+    first = make_artifact(tmp_path / "a", version="1.0", payload=6 << 20)
+    tree = tmp_path / "tree"
+    manifest = unpack_artifact(first, tree)
+    update = repack_tree(tree, manifest, tmp_path / "b", "1.1", {"share/note.txt": b"one new file\n"})
+    other = make_artifact(tmp_path / "c", version="2.0", payload=6 << 20)
+    root = tmp_path / "root"
+    root.mkdir()
+    res = _in_private_data0(
+        root,
+        f"swstack activate {first}; swstack activate {update}; echo rc=$?; "
+        f"cat /data0/sw/py3/share/note.txt; swstack activate {other} || echo rc=$?; "
+        f"cat /data0/sw/py3/share/version.txt; ls -A /data0/sw.tmpfs",
+        tmpfs_size=9 << 20,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "rc=0" in lines and "one new file" in lines, res.stdout + res.stderr
+    assert "less than a full copy" in res.stderr and "shared with the previous version" in res.stderr
+    assert "rc=11" in lines and "onto the ramdisk" in res.stderr and "nothing live changed" in res.stderr
+    assert "1.0" in lines  # version.txt of 1.1 is 1.0's: only note.txt changed
+    assert ".partial" not in res.stdout and ".py3@2.0" not in res.stdout

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tests.support.host import bwrap_argv
+from tests.support.host import bwrap_argv, repack_tree, unpack_artifact
 
 KERNEL_SCRIPT = r"""
 import glob, os, sys
@@ -53,4 +55,113 @@ def test_real_kernel_from_activated_stack(py3_artifact: Path, tmp_path: Path) ->
         timeout=900,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "KERNEL:/data0/sw/py3" in res.stdout
+    # The kernel runs from the version's own tree (bin/swstack-launch), not through the live link.
+    assert "KERNEL:/data0/sw.tmpfs/.py3@2026.11.21" in res.stdout
+
+
+SWITCH_SCRIPT = r"""
+import json, os, subprocess, sys, time
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from swstack.cli import main
+
+v1, v2, v3 = sys.argv[1:4]
+KERNELS = "/data0/sw/py3/share/jupyter/kernels"
+report = {}
+
+
+def start():
+    ksm = KernelSpecManager(kernel_dirs=[KERNELS])
+    km = KernelManager(kernel_name="python3", kernel_spec_manager=ksm)
+    env = dict(os.environ, PATH="/data0/sw/py3/bin:" + os.environ["PATH"])
+    env.pop("PYTHONPATH", None)
+    km.start_kernel(env=env)
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+    return km, kc
+
+
+def run(kc, code):
+    out = []
+    kc.execute_interactive(code, timeout=120,
+                           output_hook=lambda m: out.append(m["content"].get("text", "")))
+    return "".join(out).strip()
+
+
+def stop(km, kc):
+    pid = km.provisioner.pid
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+    while os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.1)
+
+
+PROBE = "import sys, swstack_probe; print(sys.prefix, swstack_probe.VERSION)"
+report["activate1"] = main(["activate", v1])
+# The single-user server starts the same way: its module, from the version's own tree.
+LAUNCH = "/data0/sw/py3/bin/swstack-launch"
+report["singleuser_help"] = subprocess.run(
+    [LAUNCH, "-m", "jupyterhub.singleuser", "--help"], capture_output=True).returncode
+report["singleuser_file"] = subprocess.run(
+    [LAUNCH, "-c", "import jupyterhub.singleuser as s; print(s.__file__)"],
+    capture_output=True, text=True).stdout.strip()
+km1, kc1 = start()
+report["k1_before"] = run(kc1, "import sys; print(sys.prefix)")
+report["activate2"] = main(["activate", v2])
+report["k1_after"] = run(kc1, PROBE)
+km2, kc2 = start()
+report["k2"] = run(kc2, PROBE)
+stop(km2, kc2)
+report["activate3"] = main(["activate", v3])
+report["prune_running"] = main(["prune", "--keep", "0"])
+report["kept_running"] = sorted(os.listdir("/data0/sw.tmpfs")), sorted(os.listdir("/data0"))
+report["k1_late"] = run(kc1, PROBE)
+stop(km1, kc1)
+report["prune_exited"] = main(["prune", "--keep", "0"])
+report["kept_exited"] = sorted(os.listdir("/data0/sw.tmpfs")), sorted(os.listdir("/data0"))
+print("REPORT:" + json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_running_kernel_keeps_its_version_across_a_switch(py3_artifact: Path, tmp_path: Path) -> None:
+    """A real kernel started before a switch imports from its own version until it exits; prune keeps
+    that version while it runs and frees it afterwards."""
+    tree = tmp_path / "tree"
+    manifest = unpack_artifact(py3_artifact, tree)
+    site = next(tree.glob("lib/python3.*/site-packages"))
+    probe = str((site / "swstack_probe.py").relative_to(tree))
+    versions = ["2026.12.01", "2026.12.02", "2026.12.03"]
+    artifacts = [
+        repack_tree(tree, manifest, tmp_path / v, v, {probe: f"VERSION = {v!r}\n".encode()}) for v in versions
+    ]
+    shutil.rmtree(tree)
+    root = tmp_path / "root"
+    root.mkdir()
+    script = tmp_path / "switch_check.py"
+    script.write_text(SWITCH_SCRIPT)
+    res = subprocess.run(
+        bwrap_argv(root, [sys.executable, str(script), *map(str, artifacts)], tmpfs_size=8 << 30),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout.split("REPORT:", 1)[1])
+    v1, v2, v3 = versions
+    assert (report["activate1"], report["activate2"], report["activate3"]) == (0, 0, 0)
+    assert report["k1_before"] == f"/data0/sw.tmpfs/.py3@{v1}"
+    assert report["singleuser_help"] == 0
+    assert report["singleuser_file"].startswith(f"/data0/sw.tmpfs/.py3@{v1}/lib/python3.")
+    assert report["k1_after"] == f"/data0/sw.tmpfs/.py3@{v1} {v1}"
+    assert report["k2"] == f"/data0/sw.tmpfs/.py3@{v2} {v2}"
+    # v1 is neither active nor previous: only the running kernel keeps it.
+    assert report["prune_running"] == 3
+    ramdisk, disk = report["kept_running"]
+    assert f".py3@{v1}" in ramdisk and f"sw.{v1}" in disk
+    assert report["k1_late"] == f"/data0/sw.tmpfs/.py3@{v1} {v1}"
+    assert report["prune_exited"] == 0
+    ramdisk, disk = report["kept_exited"]
+    assert f".py3@{v1}" not in ramdisk and f"sw.{v1}" not in disk
+    assert f".py3@{v3}" in ramdisk and {f"sw.{v2}", f"sw.{v3}"} <= set(disk)

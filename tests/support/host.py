@@ -8,7 +8,6 @@ conda-pack's (``update_prefix`` + ``_prefix_records``).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import zstandard
 
+from swstack.fsutil import sha256_file
 from swstack.manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
 
 PLATFORM = "linux-64"
@@ -133,17 +133,21 @@ def _info(name: str, size: int = 0, mode: int = 0o644, kind: bytes = tarfile.REG
 
 
 def write_tar(
-    path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], compression: str = "zstd"
+    path: Path,
+    members: list[tuple[tarfile.TarInfo, bytes | None]],
+    compression: str = "zstd",
+    fmt: int = tarfile.PAX_FORMAT,
 ) -> None:
     with path.open("wb") as raw:
         if compression == "zstd":
             with (
                 zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as fh,
-                tarfile.open(fileobj=fh, mode="w|") as tar,
+                tarfile.open(fileobj=fh, mode="w|", format=fmt) as tar,
             ):
                 _add_all(tar, members)
         else:
-            with tarfile.open(fileobj=raw, mode="w|gz" if compression == "gzip" else "w|") as tar:
+            mode = "w|gz" if compression == "gzip" else "w|"
+            with tarfile.open(fileobj=raw, mode=mode, format=fmt) as tar:  # type: ignore[call-overload]
                 _add_all(tar, members)
 
 
@@ -199,6 +203,12 @@ def make_artifact(
     return out
 
 
+def _pax(info: tarfile.TarInfo, **headers: str) -> tarfile.TarInfo:
+    """A member whose PAX extended header overrides what its plain header says."""
+    info.pax_headers = dict(headers)
+    return info
+
+
 def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
     info = _info(name, mode=0o777, kind=kind)
     info.linkname = target
@@ -207,7 +217,7 @@ def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarI
 
 def seal(out: Path, tarball: Path, manifest: Manifest, compression: str = "zstd") -> None:
     """Write the .sha256 and manifest.json for ``tarball`` as pack does."""
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    digest = sha256_file(tarball)
     (out / f"{tarball.name}.sha256").write_text(f"{digest}  {tarball.name}\n")
     full = replace(
         manifest,
@@ -245,10 +255,22 @@ def hostile_artifact(out: Path, case: str, stack: str = "py3", version: str = "2
         "setuid": [(_info("bin-su", len(payload), 0o4755), payload)],
         "setgid": [(_info("bin-sg", len(payload), 0o2755), payload)],
         "duplicate-over-symlink": [(_link("etc", "/tmp"), None), (_info("etc", len(payload)), payload)],
+        "newline-name": [(_info("lib/evil\nname.py", len(payload)), payload)],
+        "escape-in-name": [(_info("lib/\x1b[2Jclear.py", len(payload)), payload)],
+        "non-utf8-name": [(_info("lib/bad-\udcff-name.py", len(payload)), payload)],
+        "newline-link-target": [(_link("lib", "ok\nthere"), None)],
+        "pax-path-override": [(_pax(_info("harmless.txt", len(payload)), path="../escaped.txt"), payload)],
+        "pax-linkpath-override": [(_pax(_link("lib", "ok"), linkpath="/tmp"), None)],
+        "gnu-longname-traversal": [(_info("../" * 40 + "escaped-long.txt", len(payload)), payload)],
+        "gnu-longlink-absolute": [(_link("lib", "/" + "x" * 200), None)],
+        "root-symlink": [(_link(".", "/tmp"), None)],
+        "root-file": [(_info("./", len(payload)), payload)],
+        "huge-size": [(_info("share/huge.bin", 1 << 50), None)],
     }[case]
     out.mkdir(parents=True, exist_ok=True)
     tarball = out / f"{stack}-{version}-{PLATFORM}.tar.zst"
-    write_tar(tarball, good + evil)
+    fmt = tarfile.GNU_FORMAT if case.startswith("gnu-") else tarfile.PAX_FORMAT
+    write_tar(tarball, good + evil, fmt=fmt)
     seal(out, tarball, manifest)
     return out
 
@@ -268,6 +290,17 @@ HOSTILE_CASES = (
     "setuid",
     "setgid",
     "duplicate-over-symlink",
+    "newline-name",
+    "escape-in-name",
+    "non-utf8-name",
+    "newline-link-target",
+    "pax-path-override",
+    "pax-linkpath-override",
+    "gnu-longname-traversal",
+    "gnu-longlink-absolute",
+    "root-symlink",
+    "root-file",
+    "huge-size",
 )
 
 
@@ -300,3 +333,50 @@ def bwrap_argv(
             argv += ["--size", str(tmpfs_size), "--tmpfs", "/data0/sw.tmpfs"]
     argv += ["--chdir", "/", "--", *cmd]
     return argv
+
+
+def unpack_artifact(artifact: Path, dest: Path) -> Manifest:
+    """Extract an artifact's tarball into the new directory ``dest`` (checked, as the host does)."""
+    from swstack.host.extract import extract
+    from swstack.host.verify import Expected
+
+    manifest = Manifest.load(artifact / "manifest.json")
+    assert manifest.tarball is not None
+    dest.mkdir(parents=True)
+    extract(artifact / manifest.tarball.name, dest, Expected(manifest.tarball.sha256, manifest.tarball.size))
+    return manifest
+
+
+def repack_tree(tree: Path, manifest: Manifest, out: Path, version: str, changes: dict[str, bytes]) -> Path:
+    """Pack an unpacked artifact tree again as ``version``, with ``changes`` (name -> content) written
+    over or added, through pack's own tar writer; return the new artifact directory ``out``.
+
+    A cheap second version of a real stack: every other file keeps its bytes, mode and mtime.
+    """
+    from swstack.pack import Entry, PackOptions, _write_tarball, in_tree_manifest_entry, plan_entries
+
+    recorded: list[Entry] = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, tree)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                recorded.append(Entry(rel, "symlink", 0o777, st.st_mtime, linkname=os.readlink(path)))
+            elif os.path.isdir(path):
+                recorded.append(Entry(rel, "dir", st.st_mode & 0o7777, st.st_mtime))
+            elif rel != IN_TREE_PATH and rel not in changes:
+                recorded.append(Entry(rel, "file", st.st_mode & 0o7777, st.st_mtime, st.st_size, source=path))
+    epoch = manifest.source_date_epoch
+    for rel, data in changes.items():
+        recorded.append(Entry(rel, "file", 0o644, epoch, len(data), data=data))
+    entries = plan_entries(recorded, epoch)
+    count = sum(1 for e in entries if e.kind != "dir")
+    size = sum(e.size for e in entries if e.kind == "file")
+    new = replace(manifest, version=version, tarball=None, file_count=count + 1, total_size=size)
+    entries = sorted([*entries, in_tree_manifest_entry(new, epoch)], key=lambda e: e.name)
+    out.mkdir(parents=True)
+    tarball = out / f"{new.stack_id}-{version}-{new.platform}.tar.zst"
+    _write_tarball(tarball, entries, PackOptions(epoch, level=1), 0, 0, size)
+    seal(out, tarball, new)
+    return out

@@ -12,9 +12,9 @@ from tests.support.host import base_manifest
 
 from swstack.errors import ActivateError
 from swstack.host import commands, extract, relocate, source
-from swstack.host.layout import Layout, normalize_version, version_key
+from swstack.host.layout import Layout, live_name, normalize_version, version_key
 from swstack.host.verify import read_checksum_file
-from swstack.manifest import PackageEntry
+from swstack.manifest import Manifest, PackageEntry
 
 
 def test_version_order_is_natural() -> None:
@@ -34,11 +34,19 @@ def test_seed_spellings_of_a_version(arg: str) -> None:
 
 def test_link_targets_round_trip(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
-    assert layout.version_of_target("py3", layout.link_target("py3", "2026.01.01")) == "2026.01.01"
+    assert layout.tree_of_target(layout.link_target("py3", "2026.01.01")) == ("py3", "2026.01.01")
     (tmp_path / "sw.tmpfs").mkdir()
-    assert layout.link_target("py3", "v1") == ".py3@v1"
-    assert layout.version_of_target("py3", ".py3@v1") == "v1"
-    assert layout.version_of_target("py3", "../sw.v1/py3") == "v1"
+    assert layout.link_target("py3-dev", "v1") == ".py3-dev@v1"
+    assert layout.tree_of_target(".py3-dev@v1") == ("py3-dev", "v1")
+    assert layout.tree_of_target("../sw.v1/py3") == ("py3", "v1")
+    assert layout.tree_of_target("../elsewhere/py3") is None
+
+
+@pytest.mark.parametrize(
+    ("prefix", "live"), [("/data0/sw/py3", "py3"), ("/data0/sw/anaconda3", "anaconda3"), ("/opt/x/py3/", "py3")]
+)
+def test_live_name_is_the_built_prefix(prefix: str, live: str) -> None:
+    assert live_name(prefix) == live
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../x", "a/../../x", "a/..", "x\x00y"])
@@ -216,3 +224,44 @@ def test_the_host_modules_are_found() -> None:
 @pytest.mark.parametrize("module", [*_host_modules(), "swstack.oci"])
 def test_every_host_module_imports_nothing_of_the_build_side(module: str) -> None:
     assert _loaded_build_side(f"import {module}") == []
+
+@pytest.mark.parametrize(
+    "name", ["lib/a\nb.py", "lib/\x1b[31mred", "lib/bad-\udcff.py", "tab\there", "del\x7f"]
+)
+def test_names_with_control_characters_or_bad_bytes_are_refused(name: str) -> None:
+    with pytest.raises(extract.UnsafeMember) as info:
+        extract.normalize_name(name)
+    assert "\n" not in str(info.value)  # the message itself stays one line
+
+
+def test_kernel_argv_goes_through_the_launcher() -> None:
+    from swstack.install import kernel_argv
+
+    default = ["{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    assert kernel_argv(default, "/data0/sw/py3")[0] == "/data0/sw/py3/bin/swstack-launch"
+    assert kernel_argv(default, "/data0/sw/py3", launcher=False)[0] == "/data0/sw/py3/bin/python"
+    custom = ["/usr/bin/env", "R", "--slave", "-f", "{connection_file}"]
+    assert kernel_argv(custom, "/data0/sw/r") == custom
+
+
+def test_launcher_runs_python_from_the_resolved_tree(tmp_path: Path) -> None:
+    """The launcher execs bin/python through the real directory, not the link it was called through."""
+    import subprocess
+
+    from swstack.install import write_launcher
+
+    tree = tmp_path / ".py3@1"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "python").write_text('#!/bin/sh\necho "$0" "$@"\n')
+    (tree / "bin" / "python").chmod(0o755)
+    write_launcher(tree)
+    (tmp_path / "py3").symlink_to(".py3@1")
+    out = subprocess.run([str(tmp_path / "py3/bin/swstack-launch"), "-c", "x"], capture_output=True, text=True)
+    assert out.stdout.split() == [f"{tree}/bin/python", "-c", "x"]
+
+
+def test_manifest_fields_are_type_checked() -> None:
+    good = json.loads(base_manifest("py3", "1", "/data0/sw/py3").to_json())
+    for bad, key in ((dict(good, version=1), "version"), (dict(good, packages=[{"name": 1}]), "packages[0]")):
+        with pytest.raises(ValueError, match=key.replace("[", r"\[")):
+            Manifest.from_dict(bad)

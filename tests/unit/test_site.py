@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from swstack import paths
 from swstack.errors import SiteError
 from swstack.site import DEFAULT_CHANNEL_ALIAS, load_site
 
@@ -29,7 +28,6 @@ def _site_file(tmp_path: Path, text: str) -> Path:
 def test_without_a_site_file_the_defaults_work(tmp_path: Path) -> None:
     site = load_site(None, tmp_path)
     assert site.name == "default" and site.source is None
-    assert site.root == paths.ROOT == "/data0"
     assert site.artifacts == tmp_path.resolve() / "artifacts"
     assert site.cache == (tmp_path / "cache").resolve()
     assert site.sandbox == "auto" and site.registry is None and not site.registry_insecure
@@ -102,7 +100,8 @@ def test_the_shipped_offline_site_loads() -> None:
     ("text", "expected"),
     [
         ('name = "x"\nregistr = "a"\n', r"here\.toml:2: registr: unknown key"),
-        ('root = "data0"\n', r"here\.toml:1: root: root 'data0' must be an absolute path \(the seed's /data0\)"),
+        # The root is the host commands' --root, not a site setting.
+        ('root = "/data0"\n', r"here\.toml:1: root: unknown key"),
         ('sandbox = "vm"\n', r"here\.toml:1: sandbox: .*'auto', 'docker' or 'namespace'"),
         ('[registry]\nurl = "https://r.example.org"\n', r"here\.toml:2: registry\.url: .*without a scheme"),
         ('name = "x"\n[pip\n', r"here\.toml:2: invalid TOML"),

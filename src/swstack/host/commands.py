@@ -21,9 +21,9 @@ from .. import log
 from ..errors import ActivateError
 from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest, host_platform
-from . import faults, inuse, relocate, signature, source, space, switch
-from .extract import extract
-from .layout import HostState, Layout, StackState, check_name, normalize_version, version_key
+from . import faults, inuse, relocate, reuse, signature, source, space, switch
+from .extract import Mirror, extract
+from .layout import HostState, Layout, StackState, check_name, live_name, normalize_version, version_key
 from .lock import host_lock
 from .verify import check_in_tree_manifest, check_platform, expectations
 
@@ -35,13 +35,14 @@ UNCHANGED_EXIT = 3  # `activate`, `set-version`, `restore`, `prune`: nothing to 
 
 @dataclass(frozen=True)
 class StackResult:
-    stack: str
+    stack: str  # the live name: <root>/sw/<stack>
     version: str
     previous: str | None
     changed: bool
     steps: tuple[str, ...] = ()
     relocated_from: str | None = None
     kept_in_use: tuple[str, ...] = ()
+    tree: str = ""  # the variant's tree (stack id), e.g. py3-dev
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,20 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Target:
-    """One stack to make live at one version, from an artifact or from the tree already on the host."""
+    """One tree to make live at one version, from an artifact or from the tree already on the host.
+
+    ``stack`` names the tree (the stack id: py3, py3-dev); ``live`` the live path it answers
+    to, <root>/sw/<live>, from the prefix it was built for.
+    """
 
     stack: str
     version: str
     artifact: source.Artifact | None = None
+    live: str = ""
+
+    @property
+    def live_name(self) -> str:
+        return self.live or self.stack
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class StackPlan:
     switch: bool
     record: bool
     previous: str | None
+    previous_tree: str | None = None
 
 
 def _in_tree_manifest(tree: Path) -> str | None:
@@ -98,38 +109,59 @@ def plan_stack(layout: Layout, state: HostState, target: Target) -> StackPlan:
             f"{target.stack} {target.version} is not on this host (no {persistent}); "
             f"versions here: {', '.join(versions) or 'none'}; activate it from its artifact"
         )
-    live = layout.live_version(target.stack)
-    entry = state.stacks.get(target.stack)
-    if entry is not None and entry.version != target.version:
-        previous: str | None = entry.version
-    elif live is not None and live != target.version:
+    name = target.live_name
+    live = layout.live_tree(name)
+    entry = state.stacks.get(name)
+    wanted = (target.stack, target.version)
+    previous: tuple[str, str] | None
+    if entry is not None and (entry.tree_of(name), entry.version) != wanted:
+        previous = (entry.tree_of(name), entry.version)
+    elif live is not None and live != wanted:
         previous = live
+    elif entry is not None and entry.previous:
+        previous = (entry.previous_tree or name, entry.previous)
     else:
-        previous = entry.previous if entry else None
+        previous = None
+    recorded = (entry.tree_of(name), entry.version) if entry else None
+    recorded_previous = (entry.previous_tree or name, entry.previous) if entry and entry.previous else None
     return StackPlan(
         target=target,
         extract=not have_tree,
         copy=layout.production and not layout.ramdisk_copy(target.stack, target.version).is_dir(),
-        switch=live != target.version,
-        record=entry is None or entry.version != target.version or entry.previous != previous,
-        previous=previous,
+        switch=live != wanted,
+        record=recorded != wanted or recorded_previous != previous,
+        previous=previous[1] if previous else None,
+        previous_tree=previous[0] if previous else None,
     )
+
+
+def _live_tree_bytes(layout: Layout, live_name: str) -> int:
+    """Bytes of the tree live at ``live_name``, from its in-tree manifest (0 if unknown)."""
+    live = layout.live_tree(live_name)
+    text = _in_tree_manifest(layout.persistent_tree(*live)) if live else None
+    try:
+        return Manifest.from_json(text).total_size if text else 0
+    except ValueError:
+        return 0
 
 
 def space_needs(layout: Layout, plans: list[StackPlan]) -> list[space.SpaceNeed]:
     needs = []
     for p in plans:
         t = p.target
+        shareable = 0
         if t.artifact is not None:
             m = t.artifact.manifest
             size = space.estimate(m.total_size, m.file_count)
+            if previous_on_disk(layout, t, m.owner) is not None:
+                shareable = _live_tree_bytes(layout, t.live_name)
         else:
             total, count = switch.tree_size(layout.persistent_tree(t.stack, t.version))
             size = space.estimate(total, count)
         if p.extract:
-            needs.append(space.SpaceNeed("disk", layout.root, size))
+            needs.append(space.SpaceNeed("disk", layout.root, size, shareable))
         if p.copy:
-            needs.append(space.SpaceNeed("ramdisk", layout.tmpfs, size))
+            needs.append(space.SpaceNeed("ramdisk", layout.tmpfs, size, shareable if p.extract else 0))
     return needs
 
 
@@ -172,8 +204,17 @@ def clean_leftovers(layout: Layout) -> None:
                 switch.remove_tree(entry)
 
 
+def _partial(layout: Layout, stack: str, version: str) -> Path:
+    dest = layout.ramdisk_copy(stack, version)
+    return dest.with_name(dest.name + ".partial")
+
+
 def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
-    """Artifact -> verified, relocated, owned tree at sw.<version>/<stack>; returns the old prefix."""
+    """Artifact -> verified, relocated, owned tree at sw.<version>/<stack>; returns the old prefix.
+
+    When the version goes onto the ramdisk, its copy is written in the same pass into
+    sw.tmpfs/.<stack>@<version>.partial (``load_ramdisk`` renames it).
+    """
     t = plan.target
     assert t.artifact is not None
     art = t.artifact
@@ -181,45 +222,101 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
     staging = layout.staging / f"{t.stack}@{t.version}"
     layout.staging.mkdir(parents=True, exist_ok=True)
     os.mkdir(staging, 0o755)
+    mirror = None
+    if plan.copy:
+        partial = _partial(layout, t.stack, t.version)
+        switch.remove_tree(partial)
+        os.mkdir(partial, 0o755)
+        live = layout.live_tree(t.live_name)
+        mirror = Mirror(partial, layout.ramdisk_copy(*live) if live else None)
     try:
         log.step(f"{t.stack} {t.version}: verifying and extracting {art.tarball.name}")
-        result = extract(art.tarball, staging, expected)
+        previous = previous_on_disk(layout, t, art.manifest.owner)
+        result = extract(art.tarball, staging, expected, previous, mirror)
+        if previous is not None:
+            reuse.report(f"{t.stack} {t.version}", previous.linked, previous.linked_bytes)
+        if mirror is not None:
+            reuse.report(f"{t.stack} {t.version} on the ramdisk", mirror.linked, mirror.linked_bytes)
         check_in_tree_manifest(result.in_tree_manifest, art.manifest, str(art.tarball))
         faults.hit("extracted")
-        target_prefix = str(layout.live_path(t.stack))
+        target_prefix = str(layout.live_path(t.live_name))
         moved_from = None
+        hashes = dict(result.hashes)
         relocation = relocate.plan(staging, art.manifest.prefix, target_prefix)
         if relocation is not None:
             relocate.relocate(staging, relocation)
             moved_from = ", ".join(relocation.placeholders)
+            for rel in relocation.paths:
+                if rel in hashes:
+                    hashes[rel] = sha256_file(staging / rel)
+                    if mirror is not None:
+                        reuse.replace_with_copy(staging / rel, mirror.root / rel)
         faults.hit("relocated")
         owner = switch.parse_owner(art.manifest.owner)
         if owner is not None:
             if os.geteuid() == 0:
                 switch.chown_tree(staging, owner)
+                if mirror is not None:
+                    switch.chown_tree(mirror.root, owner)
             else:
                 log.warn(f"{t.stack}: not root, so the tree is not given to its owner {art.manifest.owner}")
         persistent = layout.persistent_tree(t.stack, t.version)
         persistent.parent.mkdir(exist_ok=True)
+        reuse.write_index(reuse.index_path(persistent.parent, t.stack), hashes)
         os.rename(staging, persistent)
         faults.hit("persisted")
         return moved_from
     except BaseException:
         switch.remove_tree(staging)
+        if mirror is not None:
+            switch.remove_tree(mirror.root)
         raise
     finally:
         with contextlib.suppress(OSError):
             layout.staging.rmdir()
 
 
-def load_ramdisk(layout: Layout, stack: str, version: str) -> None:
+def previous_on_disk(layout: Layout, target: Target, owner: str | None) -> reuse.Previous | None:
+    """The tree live at the target's live path, if a new tree may share files with it (same owner)."""
+    live = layout.live_tree(target.live_name)
+    if live is None or live == (target.stack, target.version):
+        return None
+    tree = layout.persistent_tree(*live)
+    text = _in_tree_manifest(tree)
+    try:
+        if text is None or Manifest.from_json(text).owner != owner:
+            return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return reuse.Previous.load(tree, reuse.index_path(tree.parent, live[0]))
+
+
+def previous_on_ramdisk(layout: Layout, live_name: str, stack: str, version: str) -> reuse.RamdiskPrevious | None:
+    live = layout.live_tree(live_name)
+    if live is None or live == (stack, version):
+        return None
+    return reuse.RamdiskPrevious.load(layout.persistent_tree(*live), layout.ramdisk_copy(*live))
+
+
+def load_ramdisk(
+    layout: Layout, stack: str, version: str, live_name: str | None = None, written: bool = False
+) -> None:
+    """Put a version's ramdisk copy in place: rename the copy ``stage_tree`` wrote (``written``), or copy it."""
     dest = layout.ramdisk_copy(stack, version)
-    partial = dest.with_name(dest.name + ".partial")
+    partial = _partial(layout, stack, version)
+    if written:
+        faults.hit("ramdisk-copying")
+        os.rename(partial, dest)
+        faults.hit("ramdisk-copied")
+        return
     switch.remove_tree(partial)
     log.step(f"{stack} {version}: loading onto the ramdisk {layout.tmpfs}")
     try:
         faults.hit("ramdisk-copying")
-        switch.copy_tree(layout.persistent_tree(stack, version), partial)
+        previous = previous_on_ramdisk(layout, live_name or stack, stack, version)
+        switch.copy_tree(layout.persistent_tree(stack, version), partial, previous)
+        if previous is not None:
+            reuse.report(f"{stack} {version} on the ramdisk", previous.linked, previous.linked_bytes)
     except OSError as exc:
         switch.remove_tree(partial)
         raise ActivateError(
@@ -238,12 +335,13 @@ def drop_unused_copies(layout: Layout) -> list[str]:
     kept: list[str] = []
     if not layout.production:
         return kept
+    live = set(layout.live_links().values())
     for entry in sorted(layout.tmpfs.iterdir()):
         name = entry.name
         if not (name.startswith(".") and "@" in name) or name.endswith(".partial") or not entry.is_dir():
             continue
         stack, version = name[1:].split("@", 1)
-        if layout.live_version(stack) == version:
+        if (stack, version) in live:
             continue
         users = inuse.users_of(entry)
         if users:
@@ -263,30 +361,33 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
             moved[p.target.stack] = stage_tree(layout, p)
     for p in plans:
         if p.copy:
-            load_ramdisk(layout, p.target.stack, p.target.version)
+            load_ramdisk(layout, p.target.stack, p.target.version, p.target.live_name, written=p.extract)
     # Commit: every tree is complete; each switch is one rename.
     for p in plans:
         if p.switch:
             switch.replace_symlink(
-                layout.live_link(p.target.stack), layout.link_target(p.target.stack, p.target.version)
+                layout.live_link(p.target.live_name), layout.link_target(p.target.stack, p.target.version)
             )
             log.info(
-                f"{p.target.stack}: {p.previous or 'nothing'} -> {p.target.version} is live at "
-                f"{layout.live_path(p.target.stack)}"
+                f"{p.target.live_name}: {p.previous or 'nothing'} -> {p.target.version} "
+                f"({p.target.stack}) is live at {layout.live_path(p.target.live_name)}"
             )
     faults.hit("switched")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     for p in plans:
+        name = p.target.live_name
         if p.record or p.target.stack in moved:
-            old = state.stacks.get(p.target.stack)
+            old = state.stacks.get(name)
             entry = StackState(
                 version=p.target.version,
                 previous=p.previous,
                 source=sources.get(p.target.stack) or (old.source if old else ""),
                 relocated_from=moved.get(p.target.stack, old.relocated_from if old else None),
                 activated_at=now if p.switch or p.record else (old.activated_at if old else now),
+                tree="" if p.target.stack == name else p.target.stack,
+                previous_tree="" if p.previous_tree in (None, name) else str(p.previous_tree),
             )
-            state = state.with_stack(p.target.stack, entry)
+            state = state.with_stack(name, entry)
     if any(p.record or p.extract for p in plans):
         atomic_write_text(layout.state_file, state.to_json())
     faults.hit("state-written")
@@ -312,13 +413,14 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
         ]
         results.append(
             StackResult(
-                p.target.stack,
+                p.target.live_name,
                 p.target.version,
                 p.previous,
                 changed=bool(steps),
                 steps=tuple(steps),
                 relocated_from=moved.get(p.target.stack),
                 kept_in_use=kept,
+                tree=p.target.stack,
             )
         )
     if hdd_changed and results and not any(r.changed for r in results):
@@ -386,9 +488,13 @@ def activate(
         for art in artifacts:
             check_platform(art.manifest, art.source, host_platform())
             stack = check_name("stack", art.manifest.stack_id)
-            if stack in targets:
-                raise ActivateError(f"{stack} appears twice among the sources; give one artifact per stack")
-            targets[stack] = Target(stack, check_name("version", art.manifest.version), art)
+            live = live_name(art.manifest.prefix)
+            if live in targets:
+                raise ActivateError(
+                    f"{stack} and {targets[live].stack} both answer to {layout.live_path(live)}; "
+                    f"give one artifact per live path"
+                )
+            targets[live] = Target(stack, check_name("version", art.manifest.version), art, live)
         state = HostState.load(layout)
         plans = [plan_stack(layout, state, t) for t in targets.values()]
         hdd = plans[-1].target.version
@@ -409,11 +515,24 @@ def set_version(root: Path, version: str, stack: str | None = None, wait: float 
                 f"{layout.version_dir(version)}: no such version on this host; "
                 f"versions here: {', '.join(layout.versions()) or 'none'}"
             )
-        stacks = [stack] if stack else layout.stacks_in(version)
-        if not stacks:
+        trees = {s: layout.live_name_of(s, version) for s in layout.stacks_in(version)}
+        if stack:
+            trees = {s: live for s, live in trees.items() if stack in (s, live)} or {stack: stack}
+        if not trees:
             raise ActivateError(f"{layout.version_dir(version)} holds no stack")
+        by_live: dict[str, str] = {}
+        for tree, live in sorted(trees.items()):
+            if live in by_live:
+                raise ActivateError(
+                    f"{layout.version_dir(version)} holds {by_live[live]} and {tree}, both for "
+                    f"{layout.live_path(live)}: pick one with --stack"
+                )
+            by_live[live] = tree
         state = HostState.load(layout)
-        plans = [plan_stack(layout, state, Target(check_name("stack", s), version)) for s in stacks]
+        plans = [
+            plan_stack(layout, state, Target(check_name("stack", tree), version, None, live))
+            for live, tree in by_live.items()
+        ]
         return _apply(layout, plans, version, {})
 
     return _run_locked(root, wait, body)
@@ -428,7 +547,7 @@ def restore(root: Path, wait: float = 0.0) -> Outcome:
             log.info(f"nothing recorded in {layout.state_file}; nothing to restore")
             return Outcome(())
         plans = [
-            plan_stack(layout, state, Target(name, entry.version))
+            plan_stack(layout, state, Target(entry.tree_of(name), entry.version, None, name))
             for name, entry in sorted(state.stacks.items())
         ]
         return _apply(layout, plans, None, {})
@@ -441,7 +560,9 @@ def restore(root: Path, wait: float = 0.0) -> Outcome:
 
 @dataclass(frozen=True)
 class StackStatus:
-    stack: str
+    stack: str  # the live name
+    tree: str | None  # the variant's tree (stack id) the live path serves
+    variant: str | None
     version: str | None
     recorded: str | None
     previous: str | None
@@ -480,15 +601,19 @@ def compare_trees(a: Path, b: Path, by_hash: bool) -> list[str]:
 def active(root: Path, verify: bool = False) -> list[StackStatus]:
     layout = Layout(root)
     state = HostState.load(layout)
-    names = set(state.stacks)
-    if layout.link_dir.is_dir():
-        names |= {e.name for e in layout.link_dir.iterdir() if e.is_symlink() and not e.name.startswith(".")}
+    links = layout.live_links()
+    names = set(state.stacks) | set(links)
     out = []
     for name in sorted(names):
-        version = layout.live_version(name)
         entry = state.stacks.get(name)
-        persistent = layout.persistent_tree(name, version) if version else None
-        served = layout.served_tree(name, version) if version else None
+        tree, version = links.get(name, (entry.tree_of(name) if entry else name, None))
+        persistent = layout.persistent_tree(tree, version) if version else None
+        served = layout.served_tree(tree, version) if version else None
+        variant = None
+        text = _in_tree_manifest(persistent) if persistent else None
+        if text:
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                variant = Manifest.from_json(text).variant
         in_sync: bool | None = None
         diffs: list[str] = []
         if version and layout.production:
@@ -501,6 +626,8 @@ def active(root: Path, verify: bool = False) -> list[StackStatus]:
         out.append(
             StackStatus(
                 name,
+                tree if version else None,
+                variant,
                 version,
                 entry.version if entry else None,
                 entry.previous if entry else None,
@@ -539,7 +666,7 @@ def list_versions(root: Path) -> tuple[list[VersionInfo], str | None]:
             VersionInfo(
                 v,
                 stacks,
-                tuple(s for s in stacks if layout.live_version(s) == v),
+                tuple(s for s in stacks if layout.is_live(s, v)),
                 tuple(s for s, e in state.stacks.items() if e.previous == v),
                 size,
             )
@@ -640,10 +767,8 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tu
             if entry.previous:
                 protected.setdefault(entry.previous, f"previous version of {name}")
             protected[entry.version] = f"recorded active version of {name}"
-        for v in layout.versions():
-            for s in layout.stacks_in(v):
-                if layout.live_version(s) == v:
-                    protected[v] = f"live version of {s}"
+        for live, (tree, v) in layout.live_links().items():
+            protected[v] = f"live version of {live} ({tree})"
         hdd = layout.hdd_version()
         if hdd is not None:
             protected.setdefault(hdd, "sw.hdd points at it")

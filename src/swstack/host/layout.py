@@ -1,10 +1,15 @@
 """Root directory -> the on-disk layout of a host: where versions, ramdisk copies and live links live.
 
     <root>/sw            -> sw.tmpfs (production) or a plain directory (minimal)
-    <root>/sw.tmpfs/     the ramdisk: <stack> -> .<stack>@<version>, one copy per loaded version
-    <root>/sw.<version>/ persistent trees, one sub-directory per stack
+    <root>/sw.tmpfs/     the ramdisk: <live> -> .<tree>@<version>, one copy per loaded version
+    <root>/sw.<version>/ persistent trees, one sub-directory per tree (stack id: py3, py3-dev)
     <root>/sw.hdd        -> sw.<version> last activated
     <root>/.swstack/     lock, state.json, staging/, downloads/
+
+A tree is named by its stack id (``py3``, ``py3-dev`` for the dev variant); its live
+name is the last component of the prefix it was built for (``/data0/sw/py3`` -> ``py3``,
+the seed's ``/data0/sw/anaconda3`` -> ``anaconda3``). Variants of one stack share a live
+name, so they are versions of one live path: ``sw/py3 -> .py3-dev@<version>``.
 
 Everything here is pure path arithmetic plus small reads; nothing is written.
 """
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ActivateError
+from ..manifest import IN_TREE_PATH
 
 RESERVED_VERSIONS = frozenset({"tmpfs", "hdd"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -31,6 +37,12 @@ def check_name(kind: str, value: str) -> str:
             f"(not 'tmpfs' or 'hdd', which are the ramdisk and disk links)"
         )
     return value
+
+
+def live_name(prefix: str) -> str:
+    """The live name a tree answers to: the last component of the prefix it was built for (pure)."""
+    name = prefix.rstrip("/").rsplit("/", 1)[-1]
+    return check_name("prefix", name)
 
 
 @dataclass(frozen=True)
@@ -88,12 +100,12 @@ class Layout:
     def ramdisk_copy(self, stack: str, version: str) -> Path:
         return self.tmpfs / f".{stack}@{version}"
 
-    def live_link(self, stack: str) -> Path:
-        return self.link_dir / stack
+    def live_link(self, live: str) -> Path:
+        return self.link_dir / live
 
-    def live_path(self, stack: str) -> Path:
+    def live_path(self, live: str) -> Path:
         """The path users and kernels see, and the prefix the tree must carry."""
-        return self.sw / stack
+        return self.sw / live
 
     def served_tree(self, stack: str, version: str) -> Path:
         """The real directory the live link points at for ``version``."""
@@ -103,19 +115,46 @@ class Layout:
         """Relative target of the live link, so the tree stays valid if the root is moved or bind-mounted."""
         return f".{stack}@{version}" if self.production else f"../sw.{version}/{stack}"
 
-    def version_of_target(self, stack: str, target: str) -> str | None:
-        """Inverse of ``link_target`` (accepts either configuration's form)."""
-        m = re.fullmatch(rf"\.{re.escape(stack)}@(.+)", target)
+    def tree_of_target(self, target: str) -> tuple[str, str] | None:
+        """Inverse of ``link_target``: (tree, version), accepting either configuration's form."""
+        m = re.fullmatch(r"\.([^/@]+)@([^/]+)", target)
         if m:
-            return m.group(1)
-        m = re.fullmatch(rf"(?:\.\./|{re.escape(str(self.root))}/)sw\.(.+)/{re.escape(stack)}", target)
-        return m.group(1) if m else None
+            return m.group(1), m.group(2)
+        m = re.fullmatch(rf"(?:\.\./|{re.escape(str(self.root))}/)sw\.([^/]+)/([^/]+)", target)
+        return (m.group(2), m.group(1)) if m else None
 
-    def live_version(self, stack: str) -> str | None:
+    def live_tree(self, live: str) -> tuple[str, str] | None:
+        """(tree, version) the live link ``live`` points at, or None."""
         try:
-            return self.version_of_target(stack, os.readlink(self.live_link(stack)))
+            return self.tree_of_target(os.readlink(self.live_link(live)))
         except OSError:
             return None
+
+    def live_version(self, live: str) -> str | None:
+        found = self.live_tree(live)
+        return found[1] if found else None
+
+    def live_links(self) -> dict[str, tuple[str, str]]:
+        """Every live link -> the (tree, version) it points at."""
+        out: dict[str, tuple[str, str]] = {}
+        if self.link_dir.is_dir():
+            for entry in self.link_dir.iterdir():
+                if entry.is_symlink() and not entry.name.startswith("."):
+                    found = self.live_tree(entry.name)
+                    if found:
+                        out[entry.name] = found
+        return out
+
+    def is_live(self, tree: str, version: str) -> bool:
+        return (tree, version) in self.live_links().values()
+
+    def live_name_of(self, tree: str, version: str) -> str:
+        """The live name of a tree on the host: from the prefix in its in-tree manifest."""
+        try:
+            raw = json.loads((self.persistent_tree(tree, version) / IN_TREE_PATH).read_text())
+            return live_name(str(raw["prefix"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return tree
 
     def versions(self) -> list[str]:
         """Versions with a persistent directory, oldest first."""
@@ -163,11 +202,18 @@ def normalize_version(arg: str) -> str:
 
 @dataclass(frozen=True)
 class StackState:
+    """One live path's record; ``tree`` names the variant's tree when it differs from the live name."""
+
     version: str
     previous: str | None = None
     source: str = ""
     relocated_from: str | None = None
     activated_at: str = ""
+    tree: str = ""
+    previous_tree: str = ""
+
+    def tree_of(self, live: str) -> str:
+        return self.tree or live
 
 
 @dataclass(frozen=True)
@@ -187,7 +233,13 @@ class HostState:
                 f"{layout.state_file}: unreadable ({exc}); move it aside and run "
                 f"`swstack set-version` to record the active versions again"
             ) from exc
-        return cls({name: StackState(**entry) for name, entry in raw.get("stacks", {}).items()})
+        try:
+            return cls({str(name): StackState(**entry) for name, entry in raw.get("stacks", {}).items()})
+        except (TypeError, AttributeError) as exc:
+            raise ActivateError(
+                f"{layout.state_file}: not a swstack state file ({exc}); move it aside and run "
+                f"`swstack set-version` to record the active versions again"
+            ) from exc
 
     def to_json(self) -> str:
         from dataclasses import asdict

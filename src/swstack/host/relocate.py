@@ -12,11 +12,13 @@ with NULs), so a longer one is refused before anything is touched.
 from __future__ import annotations
 
 import ast
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log, proc
 from ..errors import ActivateError
+from .reuse import unshare
 
 _DRIVER = """\
 import os, runpy, sys
@@ -42,6 +44,7 @@ class Relocation:
     placeholders: tuple[str, ...]
     target: str
     files: int
+    paths: tuple[str, ...] = ()  # the files rewritten, relative to the tree
 
 
 def read_records(script: Path) -> list[Record] | None:
@@ -88,7 +91,9 @@ def plan(tree: Path, baked_prefix: str, target: str) -> Relocation | None:
             f"{too_short[0]} ({len(too_short[0])} characters) and a binary prefix can only get shorter; "
             f"use a shorter --root or rebuild the stack for this root"
         )
-    return Relocation(tuple(sorted({r.placeholder for r in pending})), target, len(pending))
+    return Relocation(
+        tuple(sorted({r.placeholder for r in pending})), target, len(pending), tuple(r.path for r in pending)
+    )
 
 
 def relocate(tree: Path, relocation: Relocation) -> None:
@@ -100,6 +105,10 @@ def relocate(tree: Path, relocation: Relocation) -> None:
         f"relocating {relocation.files} files from {', '.join(relocation.placeholders)} "
         f"to {relocation.target} (conda-unpack)"
     )
+    # conda-pack rewrites in place: a file shared with the previous version gets its own inode first.
+    for path in relocation.paths:
+        with contextlib.suppress(FileNotFoundError):
+            unshare(tree / path)
     proc.run(
         [python, "-c", _DRIVER, tree, relocation.target],
         error=ActivateError,

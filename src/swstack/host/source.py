@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log
-from ..errors import ActivateError
+from ..errors import ActivateError, SwstackError
 from ..fsutil import atomic_output
 from ..manifest import Manifest
 
@@ -61,7 +61,12 @@ def from_path(source: str) -> Artifact:
         manifest = _load_manifest(manifest_path)
         if manifest.tarball is None:
             raise ActivateError(f"{manifest_path}: has no tarball section; pass the tarball path instead")
-        tarball = path / manifest.tarball.name
+        name = manifest.tarball.name
+        if "/" in name or name in ("", ".", "..") or "\x00" in name:
+            raise ActivateError(
+                f"{manifest_path}: tarball.name {name!r} is not a file name beside manifest.json"
+            )
+        tarball = path / name
     elif path.name == "manifest.json":
         return from_path(str(path.parent))
     elif path.is_file():
@@ -123,9 +128,19 @@ def from_oci(ref: str, downloads: Path) -> Artifact:
 
 
 def fetch(source: str, downloads: Path) -> Artifact:
+    """Any failure to get the artifact is an ``ActivateError`` (exit 11): nothing live changed."""
+    if not source or any(ord(c) < 0x20 for c in source):
+        raise ActivateError(f"{source!r}: not a source (expected a path, an http(s) URL or an OCI reference)")
     kind = kind_of(source)
-    if kind == "http":
-        return from_url(source, downloads)
-    if kind == "oci":
-        return from_oci(source, downloads)
-    return from_path(source)
+    try:
+        if kind == "http":
+            return from_url(source, downloads)
+        if kind == "oci":
+            return from_oci(source, downloads)
+        return from_path(source)
+    except ActivateError:
+        raise
+    except SwstackError as exc:  # a registry error of the shared OCI client
+        raise ActivateError(f"{source}: {exc}") from exc
+    except (OSError, UnicodeError) as exc:
+        raise ActivateError(f"{source}: cannot be read ({exc})") from exc

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import log
 from ..errors import ActivateError
 from ..log import human_bytes
 
@@ -24,6 +25,7 @@ class SpaceNeed:
     what: str  # "disk" | "ramdisk"
     path: Path
     need: int
+    shareable: int = 0  # of ``need``, at most this much may be hardlinks to a kept version
 
 
 def free_bytes(path: Path) -> int:
@@ -44,10 +46,18 @@ def check(needs: list[SpaceNeed]) -> None:
         by_fs.setdefault(os.stat(probe).st_dev, []).append(n)
     for group in by_fs.values():
         total = sum(n.need for n in group)
+        least = sum(max(0, n.need - n.shareable) for n in group)
         have = free_bytes(group[0].path)
-        if total > have:
-            names = " + ".join(sorted({n.what for n in group}))
+        names = " + ".join(sorted({n.what for n in group}))
+        if least > have:
             raise ActivateError(
-                f"not enough space on the {names} ({group[0].path}): need {human_bytes(total)}, "
+                f"not enough space on the {names} ({group[0].path}): need {human_bytes(least)}, "
                 f"have {human_bytes(have)}; free space (`swstack prune --keep N`) or grow it"
+            )
+        if total > have:
+            # Files shared with the live version take no space; how many are is known only
+            # once they are read. A filesystem that fills up stops the activation cleanly.
+            log.warn(
+                f"the {names} ({group[0].path}) has {human_bytes(have)} free, less than a full copy "
+                f"({human_bytes(total)}); going on, since files shared with the live version need no room"
             )

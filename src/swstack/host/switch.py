@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import ActivateError
 from ..log import human_bytes, progress
+from .reuse import RamdiskPrevious
 
 
 def parse_owner(owner: str | None) -> tuple[int, int] | None:
@@ -51,16 +52,27 @@ def tree_size(tree: Path) -> tuple[int, int]:
     return total, count
 
 
-def copy_tree(src: Path, dest: Path) -> None:
-    """Copy ``src`` to the new directory ``dest`` keeping modes, mtimes, owners, symlinks and hardlinks."""
+def copy_tree(src: Path, dest: Path, previous: RamdiskPrevious | None = None) -> None:
+    """Copy ``src`` to the new directory ``dest`` keeping modes, mtimes, owners, symlinks and hardlinks.
+
+    With ``previous``, a file whose inode ``src`` shares with the previous version's
+    persistent tree is linked to that version's copy in ``dest``'s filesystem instead.
+    """
     is_root = os.geteuid() == 0
     links: dict[tuple[int, int], str] = {}
     total, _ = tree_size(src)
     with progress(f"copying to the ramdisk ({human_bytes(total)})", total, "B") as bar:
-        _copy_dir(src, dest, is_root, links, bar)
+        _copy_dir(src, dest, is_root, links, bar, previous)
 
 
-def _copy_dir(src: Path, dest: Path, is_root: bool, links: dict[tuple[int, int], str], bar: object) -> None:
+def _copy_dir(
+    src: Path,
+    dest: Path,
+    is_root: bool,
+    links: dict[tuple[int, int], str],
+    bar: object,
+    previous: RamdiskPrevious | None,
+) -> None:
     st = os.lstat(src)
     os.mkdir(dest, 0o700)
     for entry in os.scandir(src):
@@ -68,7 +80,7 @@ def _copy_dir(src: Path, dest: Path, is_root: bool, links: dict[tuple[int, int],
         d = dest / entry.name
         est = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(est.st_mode):
-            _copy_dir(s, d, is_root, links, bar)
+            _copy_dir(s, d, is_root, links, bar, previous)
             continue
         if stat.S_ISLNK(est.st_mode):
             os.symlink(os.readlink(s), d)
@@ -77,6 +89,10 @@ def _copy_dir(src: Path, dest: Path, is_root: bool, links: dict[tuple[int, int],
             if est.st_nlink > 1 and key in links:
                 os.link(links[key], d)
                 continue
+            if est.st_nlink > 1 and previous is not None and previous.link(est, d):
+                links[key] = str(d)
+                bar.advance(est.st_size)  # type: ignore[attr-defined]
+                continue  # a shared inode: never chmod-ed, chown-ed or touched
             shutil.copyfile(s, d, follow_symlinks=False)
             os.chmod(d, stat.S_IMODE(est.st_mode))
             if est.st_nlink > 1:

@@ -1,0 +1,165 @@
+"""Root directory -> the host layout created (sw -> sw.tmpfs, .swstack), its owners set, the ramdisk checked.
+
+``swstack init`` is the seed's step S1.1 made repeatable: it creates what is missing,
+gives the layout to root when run as root, and checks that ``sw.tmpfs`` really is a
+tmpfs mount (from ``/proc/self/mountinfo``). When it is not, it prints the fstab line
+that mounts it; it never mounts anything itself. Nothing changed -> exit 3.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import log
+from ..errors import ActivateError
+from . import switch
+from .layout import Layout
+
+_SIZE_RE = re.compile(r"^[1-9][0-9]*[kKmMgGtT%]?$")
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+LAYOUT_MODE = 0o755
+
+
+@dataclass(frozen=True)
+class Mount:
+    point: str
+    fstype: str
+    options: str
+
+
+@dataclass(frozen=True)
+class InitResult:
+    root: str
+    changes: tuple[str, ...]
+    tmpfs_mounted: bool
+    tmpfs_size: int | None  # bytes, when mounted
+    fstab_line: str
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def check_size(size: str) -> str:
+    """A tmpfs ``size=`` value: 32G, 512M, 50% (pure)."""
+    if not _SIZE_RE.match(size):
+        raise ActivateError(f"--ramdisk-size {size!r}: give a tmpfs size such as 32G, 512M or 50%")
+    return size
+
+
+def size_bytes(size: str) -> int | None:
+    """32G -> bytes; None for a percentage (pure)."""
+    if size.endswith("%"):
+        return None
+    unit = size[-1].lower()
+    return int(size[:-1]) * _UNITS[unit] if unit in _UNITS else int(size)
+
+
+def fstab_line(tmpfs: Path, size: str) -> str:
+    return f"tmpfs {tmpfs} tmpfs nodev,nosuid,nodiratime,size={size} 0 0"
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """``/proc/self/mountinfo`` -> mounts in mount order (pure)."""
+    out = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        rest = right.split()
+        if not rest:
+            continue
+        out.append(Mount(_unescape(fields[4]), rest[0], fields[5] if len(fields) > 5 else ""))
+    return out
+
+
+def mount_at(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> Mount | None:
+    """The mount whose mount point is ``path`` (the last one mounted there), if any."""
+    try:
+        mounts = parse_mountinfo(mountinfo.read_text(errors="replace"))
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    found = [m for m in mounts if m.point == real]
+    return found[-1] if found else None
+
+
+def _ensure_dir(path: Path, changes: list[str]) -> None:
+    if path.is_symlink() and not path.is_dir():
+        raise ActivateError(f"{path} is a dangling link; remove it and run `swstack init` again")
+    if not path.is_dir():
+        if path.exists():
+            raise ActivateError(f"{path} exists and is not a directory; move it aside and run again")
+        path.mkdir(mode=LAYOUT_MODE)
+        changes.append(f"created {path}")
+
+
+def _ensure_owner(path: Path, changes: list[str]) -> None:
+    """Root-owned, 0755: only root may create or switch versions."""
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) != (0, 0):
+        os.chown(path, 0, 0)
+        changes.append(f"owner of {path} set to 0:0")
+    if st.st_mode & 0o7777 != LAYOUT_MODE:
+        os.chmod(path, LAYOUT_MODE)
+        changes.append(f"mode of {path} set to {LAYOUT_MODE:o}")
+
+
+def init(root: Path, ramdisk_size: str = "32G", mountinfo: Path = Path("/proc/self/mountinfo")) -> InitResult:
+    """Create the production layout under ``root``; check the ramdisk; say what changed."""
+    check_size(ramdisk_size)
+    layout = Layout(root)
+    changes: list[str] = []
+    if not root.is_dir():
+        root.mkdir(parents=True, mode=LAYOUT_MODE)
+        changes.append(f"created {root}")
+    _ensure_dir(layout.tmpfs, changes)
+    _ensure_dir(layout.private, changes)
+    if layout.sw.is_symlink():
+        if os.path.realpath(layout.sw) != os.path.realpath(layout.tmpfs):
+            raise ActivateError(
+                f"{layout.sw} points at {os.readlink(layout.sw)}, not sw.tmpfs; "
+                f"fix the link (ln -sfn sw.tmpfs {layout.sw}) and run again"
+            )
+    elif layout.sw.exists():
+        raise ActivateError(
+            f"{layout.sw} is a real directory; move its trees into {root}/sw.<version>/ "
+            f"and run `swstack init` again (production links sw -> sw.tmpfs)"
+        )
+    else:
+        switch.replace_symlink(layout.sw, "sw.tmpfs")
+        changes.append(f"linked {layout.sw} -> sw.tmpfs")
+    if os.geteuid() == 0:
+        for path in (root, layout.tmpfs, layout.private):
+            _ensure_owner(path, changes)
+    else:
+        log.warn("not root: the layout keeps its current owners (run `swstack init` as root to set them)")
+    mount = mount_at(layout.tmpfs, mountinfo)
+    mounted = mount is not None and mount.fstype == "tmpfs"
+    line = fstab_line(layout.tmpfs, ramdisk_size)
+    size: int | None = None
+    if mounted:
+        st = os.statvfs(layout.tmpfs)
+        size = st.f_blocks * st.f_frsize
+        wanted = size_bytes(ramdisk_size)
+        if wanted is not None and size < wanted:
+            log.warn(
+                f"{layout.tmpfs} is a tmpfs of {log.human_bytes(size)}, less than the {ramdisk_size} asked for; "
+                f"grow it: mount -o remount,size={ramdisk_size} {layout.tmpfs} (and its /etc/fstab line)"
+            )
+    else:
+        what = f"a {mount.fstype} mount" if mount else "not a mount point"
+        log.warn(
+            f"{layout.tmpfs} is {what}, not a tmpfs: the stacks would be served from disk. "
+            f"Add this line to /etc/fstab, then `mount {layout.tmpfs}`: {line}"
+        )
+    return InitResult(str(root), tuple(changes), mounted, size, line)

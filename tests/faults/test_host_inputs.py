@@ -1,0 +1,177 @@
+"""Broken and hostile inputs other than archive members: empty and non-tar tarballs, manifests of the
+wrong shape, bad names and versions, release files, OCI references and state files.
+
+Each one, run against a host with a version live, ends in exit 11 and one error line, with no
+traceback; the live version, the staging directory and the ramdisk are left as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tests.support.host import make_artifact, seal, swstack_argv
+
+from swstack.manifest import Manifest  # noqa: E402
+
+
+def _tarball(art: Path) -> Path:
+    return next(art.glob("*.tar.zst"))
+
+
+def _reseal_with(art: Path, data: bytes) -> None:
+    tarball = _tarball(art)
+    tarball.write_bytes(data)
+    seal(art, tarball, Manifest.load(art / "manifest.json"))
+
+
+def _edit_manifest(art: Path, **changes: object) -> None:
+    raw = json.loads((art / "manifest.json").read_text())
+    raw.update(changes)
+    (art / "manifest.json").write_text(json.dumps(raw))
+
+
+def empty_tarball(art: Path, tmp: Path) -> list[str]:
+    _reseal_with(art, b"")
+    return [str(art)]
+
+
+def not_a_tar(art: Path, tmp: Path) -> list[str]:
+    _reseal_with(art, os.urandom(4096))
+    return [str(art)]
+
+
+def zstd_of_garbage(art: Path, tmp: Path) -> list[str]:
+    import zstandard
+
+    _reseal_with(art, zstandard.ZstdCompressor().compress(os.urandom(10_000)))
+    return [str(art)]
+
+
+def manifest_not_json(art: Path, tmp: Path) -> list[str]:
+    (art / "manifest.json").write_text("{not json")
+    return [str(art)]
+
+
+def manifest_not_utf8(art: Path, tmp: Path) -> list[str]:
+    (art / "manifest.json").write_bytes(b'{"stack": "\xff\xfe"}')
+    return [str(art)]
+
+
+def manifest_list(art: Path, tmp: Path) -> list[str]:
+    (art / "manifest.json").write_text("[1, 2]")
+    return [str(art)]
+
+
+def version_is_a_number(art: Path, tmp: Path) -> list[str]:
+    _edit_manifest(art, version=20260101)
+    return [str(art)]
+
+
+def version_with_slash(art: Path, tmp: Path) -> list[str]:
+    _edit_manifest(art, version="../../etc")
+    return [str(art)]
+
+
+def version_with_newline(art: Path, tmp: Path) -> list[str]:
+    _edit_manifest(art, version="2026.01.02\nswstack: all good")
+    return [str(art)]
+
+
+def stack_reserved(art: Path, tmp: Path) -> list[str]:
+    _edit_manifest(art, stack="tmpfs")
+    return [str(art)]
+
+
+def prefix_relative(art: Path, tmp: Path) -> list[str]:
+    _edit_manifest(art, prefix="sw/py3")
+    return [str(art)]
+
+
+def prefix_root(art: Path, tmp: Path) -> list[str]:
+    _edit_manifest(art, prefix="/")
+    return [str(art)]
+
+
+def packages_wrong_type(art: Path, tmp: Path) -> list[str]:
+    _edit_manifest(art, packages={"numpy": "1"})
+    return [str(art)]
+
+
+def tarball_name_escapes(art: Path, tmp: Path) -> list[str]:
+    raw = json.loads((art / "manifest.json").read_text())
+    raw["tarball"]["name"] = "../../../../etc/passwd"
+    (art / "manifest.json").write_text(json.dumps(raw))
+    return [str(art)]
+
+
+def huge_total_size(art: Path, tmp: Path) -> list[str]:
+    _edit_manifest(art, total_size=1 << 60)
+    return [str(art)]
+
+
+def release_bad_toml(art: Path, tmp: Path) -> list[str]:
+    (tmp / "release.toml").write_text("[stacks\npy3 = ")
+    return ["--release", str(tmp / "release.toml")]
+
+
+def release_wrong_shape(art: Path, tmp: Path) -> list[str]:
+    (tmp / "release.json").write_text(json.dumps({"stacks": ["py3"]}))
+    return ["--release", str(tmp / "release.json")]
+
+
+def release_missing(art: Path, tmp: Path) -> list[str]:
+    return ["--release", str(tmp / "no-such-release.toml")]
+
+
+def oci_unreachable(art: Path, tmp: Path) -> list[str]:
+    return ["127.0.0.1:9/swstack/py3:2026.01.02"]
+
+
+def oci_bad_reference(art: Path, tmp: Path) -> list[str]:
+    return ["oci://registry.example.org:5000/Py3:bad tag"]
+
+
+def source_with_newline(art: Path, tmp: Path) -> list[str]:
+    return [f"{art}\nswstack: all good"]
+
+
+def state_corrupt(art: Path, tmp: Path) -> list[str]:
+    (tmp / "root" / ".swstack" / "state.json").write_text('{"stacks": {"py3": 5}}')
+    return [str(art)]
+
+
+CASES: dict[str, Callable[[Path, Path], list[str]]] = {f.__name__: f for f in (
+    empty_tarball, not_a_tar, zstd_of_garbage, manifest_not_json, manifest_not_utf8, manifest_list,
+    version_is_a_number, version_with_slash, version_with_newline, stack_reserved, prefix_relative,
+    prefix_root, packages_wrong_type, tarball_name_escapes, huge_total_size, release_bad_toml,
+    release_wrong_shape, release_missing, oci_unreachable, oci_bad_reference, source_with_newline,
+    state_corrupt,
+)}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_broken_input_ends_in_one_line_and_changes_nothing(tmp_path: Path, case: str) -> None:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    good = make_artifact(tmp_path / "good", version="2026.01.01")
+    assert subprocess.run(swstack_argv("activate", str(good), "--root", str(root))).returncode == 0
+    ramdisk = sorted(os.listdir(root / "sw.tmpfs"))
+    bad = make_artifact(tmp_path / "bad", version="2026.01.02")
+    args = CASES[case](bad, tmp_path)
+    res = subprocess.run(
+        swstack_argv("activate", *args, "--root", str(root)),
+        capture_output=True, text=True, timeout=120, env={**os.environ, "SWSTACK_REGISTRY_RETRIES": "0"},
+    )
+    assert res.returncode == 11, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("swstack activate: error: ")]
+    assert len(errors) == 1, res.stderr
+    assert len([line for line in res.stderr.splitlines() if "error" in line.lower()]) == 1, res.stderr
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+    assert sorted(os.listdir(root / "sw.tmpfs")) == ramdisk
+    assert not (root / ".swstack" / "staging").exists() and not (root / "sw.2026.01.02").exists()

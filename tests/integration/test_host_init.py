@@ -1,0 +1,79 @@
+"""`swstack init`: the layout created once (exit 3 after), owners set, the ramdisk checked on a real tmpfs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.support.host import bwrap_argv, swstack_argv
+
+from swstack.host.init import parse_mountinfo  # noqa: E402
+
+
+def sw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(swstack_argv(*args), capture_output=True, text=True, timeout=120)
+
+
+def test_init_creates_the_layout_once_and_prints_the_fstab_line(tmp_path: Path) -> None:
+    root = tmp_path / "data0"
+    first = sw("init", "--root", str(root), "--ramdisk-size", "16G")
+    assert first.returncode == 0, first.stderr
+    assert os.readlink(root / "sw") == "sw.tmpfs" and (root / "sw.tmpfs").is_dir() and (root / ".swstack").is_dir()
+    line = f"tmpfs {root}/sw.tmpfs tmpfs nodev,nosuid,nodiratime,size=16G 0 0"
+    assert line in first.stderr and "not a tmpfs" in first.stderr
+    second = sw("init", "--root", str(root), "--ramdisk-size", "16G")
+    assert second.returncode == 3 and "nothing changed" in second.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting owners needs root")
+def test_init_gives_the_layout_back_to_root(tmp_path: Path) -> None:
+    root = tmp_path / "data0"
+    assert sw("init", "--root", str(root)).returncode == 0
+    os.chown(root / ".swstack", 1234, 1234)
+    os.chmod(root / "sw.tmpfs", 0o777)
+    res = sw("init", "--root", str(root))
+    assert res.returncode == 0, res.stderr
+    assert "owner of" in res.stdout and "mode of" in res.stdout
+    st = os.stat(root / ".swstack")
+    assert (st.st_uid, st.st_gid) == (0, 0) and os.stat(root / "sw.tmpfs").st_mode & 0o7777 == 0o755
+    assert sw("init", "--root", str(root)).returncode == 3
+
+
+def test_init_on_a_real_tmpfs_checks_its_size(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    script = "swstack init --ramdisk-size 1G; echo rc=$?; swstack init --ramdisk-size 64M; echo rc=$?"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    res = subprocess.run(
+        bwrap_argv(root, ["/bin/sh", "-c", script], tmpfs_size=256 << 20),
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.splitlines()
+    assert "rc=0" in out and "rc=3" in out
+    assert "/data0/sw.tmpfs is a tmpfs mount (256.0 MiB)" in res.stdout
+    assert "less than the 1G asked for" in res.stderr and "fstab" not in res.stderr.split("less than")[0]
+    assert "not a tmpfs" not in res.stderr
+
+
+def test_init_refuses_a_real_sw_directory_in_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "data0"
+    (root / "sw").mkdir(parents=True)
+    res = sw("init", "--root", str(root))
+    assert res.returncode == 11
+    assert res.stderr.strip().count("\n") == 0 and "is a real directory" in res.stderr
+    assert "Traceback" not in res.stderr
+    bad = sw("init", "--root", str(root), "--ramdisk-size", "lots")
+    assert bad.returncode == 11 and "--ramdisk-size 'lots'" in bad.stderr
+
+
+def test_mountinfo_parsing_unescapes_mount_points() -> None:
+    text = (
+        "36 25 0:32 / /data0/sw.tmpfs rw,nosuid,nodev - tmpfs tmpfs rw,size=33554432k\n"
+        "37 25 8:1 / /srv/with\\040space rw - ext4 /dev/sda1 rw\n"
+    )
+    mounts = parse_mountinfo(text)
+    assert [(m.point, m.fstype) for m in mounts] == [("/data0/sw.tmpfs", "tmpfs"), ("/srv/with space", "ext4")]

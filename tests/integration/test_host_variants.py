@@ -1,0 +1,106 @@
+"""Variants and prefixes through the real build: a stack whose prefix differs from its name, built as
+its default and its dev variant, then activated in a private /data0 where it was built.
+
+The live path is the prefix the tree was built for (``/data0/sw/toolbox`` for the stack
+``tools``), and both variants are versions of that one live path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from tests.support.host import bwrap_argv
+
+from swstack.build import run_build
+from swstack.manifest import Manifest
+from swstack.sandbox import NamespaceSandbox
+from swstack.site import Site
+from swstack.spec import load_stack
+
+STACK = textwrap.dedent("""
+    name = "tools"
+    channels = ["conda-forge"]
+    prefix = "/data0/sw/toolbox"
+    [dependencies]
+    sitepaths = "*"
+    [variants.stable]
+    default = true
+    description = "released"
+    [variants.dev]
+    description = "development"
+""")
+
+SCRIPT = r"""
+import json, os, subprocess, sys
+stable, dev = sys.argv[1:3]
+swstack = [sys.executable, "-m", "swstack.cli"]
+def sw(*args):
+    res = subprocess.run([*swstack, *args], capture_output=True, text=True)
+    return {"rc": res.returncode, "out": res.stdout, "err": res.stderr}
+report = {}
+report["stable"] = sw("activate", stable)
+report["stable_run"] = subprocess.run(["/data0/sw/toolbox/bin/sitepaths"], capture_output=True, text=True).stdout
+report["dev"] = sw("activate", dev)
+report["link"] = os.readlink("/data0/sw.tmpfs/toolbox")
+report["dev_run"] = subprocess.run(["/data0/sw/toolbox/bin/sitepaths"], capture_output=True, text=True).stdout
+report["active"] = json.loads(sw("active", "--json")["out"])
+report["back"] = sw("set-version", "1", "--stack", "toolbox")
+report["back_link"] = os.readlink("/data0/sw.tmpfs/toolbox")
+report["restore"] = sw("restore")
+report["tmpfs"] = sorted(os.listdir("/data0/sw.tmpfs"))
+print("REPORT:" + json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def variant_artifacts(offline_site: Site, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    project = tmp_path_factory.mktemp("variants")
+    (project / "stacks").mkdir()
+    (project / "pyproject.toml").write_text("")
+    (project / "stacks/tools.toml").write_text(STACK)
+    site = replace(offline_site, artifacts=project / "artifacts")
+    built = []
+    for variant, version in (("stable", "1"), ("dev", "2")):
+        stack = load_stack(project / "stacks/tools.toml", variant)
+        built.append(run_build(stack, site, project, version=version, sandbox=NamespaceSandbox()).artifact_dir)
+    return built[0], built[1]
+
+
+def test_variants_share_the_live_path_of_their_built_prefix(
+    variant_artifacts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    stable, dev = variant_artifacts
+    assert Manifest.load(dev / "manifest.json").stack_id == "tools-dev"
+    assert Manifest.load(dev / "manifest.json").prefix == "/data0/sw/toolbox"
+    root = tmp_path / "root"
+    root.mkdir()
+    script = tmp_path / "variants.py"
+    script.write_text(SCRIPT)
+    res = subprocess.run(
+        bwrap_argv(root, [sys.executable, str(script), str(stable), str(dev)], tmpfs_size=1 << 30),
+        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout.split("REPORT:", 1)[1])
+    assert report["stable"]["rc"] == 0, report["stable"]
+    assert "relocat" not in report["stable"]["out"] + report["stable"]["err"]  # built for this path
+    assert report["stable_run"].splitlines()[0].endswith("/data0/sw/toolbox")
+    assert report["dev"]["rc"] == 0, report["dev"]
+    assert "toolbox: 2 (tools-dev) active" in report["dev"]["out"]
+    assert report["link"] == ".tools-dev@2"
+    assert report["dev_run"].splitlines()[0].endswith("/data0/sw/toolbox")
+    (entry,) = report["active"]["stacks"]
+    assert (entry["stack"], entry["tree"], entry["variant"], entry["version"]) == ("toolbox", "tools-dev", "dev", "2")
+    assert entry["previous"] == "1" and entry["live_path"] == "/data0/sw/toolbox"
+    assert report["back"]["rc"] == 0, report["back"]
+    assert report["back_link"] == ".tools@1"
+    assert report["restore"]["rc"] == 3, report["restore"]
+    assert report["tmpfs"] == [".tools@1", "toolbox"]
+    assert not (root / "sw.tmpfs" / "tools").exists() and not (root / "sw.tmpfs" / "tools-dev").exists()
