@@ -299,10 +299,11 @@ def conda_run_deps(
     table: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
     """The conda run dependencies of a wheel: python first, then its runtime requirements."""
+    python = "python"
     if binary:
         python = PYTHON_RUN_DEP
-    else:
-        python = f"python {requires_python.replace(' ', '')}" if requires_python else "python"
+    elif requires_python:
+        python = f"python {requires_python.replace(' ', '')}"
     deps = {conda_spec(r, table) for r in runtime_requirements(requires_dist)}
     return (python, *sorted(deps))
 

@@ -34,15 +34,16 @@ SUMMARY_JSON = "nightly.json"
 SUMMARY_MD = "nightly.md"
 SCHEMA = 1
 
-# Run with the stack's own python: starts the kernel by name as Jupyter would, runs one
-# cell and prints what the kernel's interpreter reports.
-_KERNEL_CHECK = textwrap.dedent("""
+# Run with the stack's own python: starts the kernel named by argv[1] as Jupyter would, runs
+# the cell argv[2] and prints, as the last line, JSON with what the cell printed and which
+# python ran this driver.
+KERNEL_CHECK = textwrap.dedent("""
     import json, sys
     from jupyter_client.manager import start_new_kernel
 
     km, kc = start_new_kernel(kernel_name=sys.argv[1], startup_timeout=120)
     try:
-        msg_id = kc.execute("import sys; print(sys.prefix)")
+        msg_id = kc.execute(sys.argv[2])
         out = []
         while True:
             msg = kc.get_iopub_msg(timeout=120)
@@ -57,8 +58,9 @@ _KERNEL_CHECK = textwrap.dedent("""
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-    print(json.dumps({"out": "".join(out)}))
+    print(json.dumps({"out": "".join(out), "python": sys.executable}))
 """)
+PREFIX_CELL = "import sys; print(sys.prefix)"
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ def smoke_test(tarball: Path, manifest: Manifest) -> tuple[str, ...]:
         root = private_root_argv([Mount(parent, str(prefix.parent))])
         python = f"{prefix}/bin/python"
         for kernel in manifest.kernels:
-            out = proc.output([*root, python, "-c", _KERNEL_CHECK, kernel], error=BuildError,
+            out = proc.output([*root, python, "-c", KERNEL_CHECK, kernel, PREFIX_CELL], error=BuildError,
                               what=f"smoke test: kernel {kernel} of {manifest.stack_id}", timeout=600)
             printed = json.loads(out.splitlines()[-1])["out"].strip()
             if printed != str(prefix):

@@ -394,7 +394,8 @@ class StackFile(Model):
         if self.variants and chosen not in self.variants:
             close = difflib.get_close_matches(chosen, list(self.variants), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise SpecError(f"stack {self.name!r} has no variant {chosen!r}{hint} (variants: {', '.join(self.variants)})")
+            variants = ", ".join(self.variants)
+            raise SpecError(f"stack {self.name!r} has no variant {chosen!r}{hint} (variants: {variants})")
         if not self.variants and chosen != "default":
             raise SpecError(f"stack {self.name!r} defines no variants; drop variant={chosen}")
         overrides = self.variants.get(chosen, Variant())
@@ -585,7 +586,8 @@ def _describe(error: dict[str, Any], model_fields: Sequence[str]) -> str:
     if kind == "extra_forbidden":
         key = str(loc[-1])
         close = difflib.get_close_matches(key, model_fields, n=1, cutoff=0.5)
-        return "unknown key" + (f"; did you mean {close[0]!r}?" if close else f"; expected one of: {', '.join(model_fields)}")
+        expected = f"; expected one of: {', '.join(model_fields)}"
+        return "unknown key" + (f"; did you mean {close[0]!r}?" if close else expected)
     if kind == "missing":
         return "required key is missing"
     if kind == "value_error":
@@ -619,7 +621,8 @@ def _fields_at(loc: KeyPath, root: type[BaseModel]) -> list[str]:
 
 def _clean_loc(loc: tuple[Any, ...]) -> KeyPath:
     """Drop pydantic's union-branch markers ('str', 'PipGit', 'function-after[...]') from a location."""
-    return tuple(p for p in loc if isinstance(p, int) or not (p[:1].isupper() or "[" in p or p in ("str", "int", "bool", "literal[False]")))
+    type_names = ("str", "int", "bool", "literal[False]")
+    return tuple(p for p in loc if isinstance(p, int) or not (p[:1].isupper() or "[" in p or p in type_names))
 
 
 def format_validation_error(

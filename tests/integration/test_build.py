@@ -17,6 +17,7 @@ from swstack.errors import BuildError, SwstackError
 from swstack.fsutil import sha256_file
 from swstack.lock import lock
 from swstack.manifest import Manifest
+from swstack.nightly import KERNEL_CHECK
 from swstack.sandbox import Mount, NamespaceSandbox, open_sandbox, private_root_argv
 from swstack.site import Site
 from swstack.spec import load_stack
@@ -24,29 +25,7 @@ from swstack.spec import load_stack
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[2]
 
-KERNEL_SCRIPT = textwrap.dedent("""
-    import json, sys
-    from jupyter_client.manager import start_new_kernel
-
-    km, kc = start_new_kernel(kernel_name=sys.argv[1], startup_timeout=120)
-    try:
-        msg_id = kc.execute("import sys, numpy; print(sys.prefix, int(numpy.arange(5).sum()), numpy.__file__)")
-        out = []
-        while True:
-            msg = kc.get_iopub_msg(timeout=120)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                out.append("ERROR " + msg["content"]["evalue"])
-            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-    print(json.dumps({"out": "".join(out), "python": sys.executable}))
-""")
+NUMPY_CELL = "import sys, numpy; print(sys.prefix, int(numpy.arange(5).sum()), numpy.__file__)"
 
 
 def _untar(tarball: Path, dest: Path) -> None:
@@ -64,9 +43,9 @@ def _run_kernel(sw_dir: Path, prefix: str, tmp_path: Path) -> dict[str, str]:
     """Start the stack's kernel with jupyter_client inside a private root where ``sw_dir`` is
     mounted at the prefix's parent, and run numpy in it."""
     script = tmp_path / "kernel_check.py"
-    script.write_text(KERNEL_SCRIPT)
+    script.write_text(KERNEL_CHECK)
     parent = str(Path(prefix).parent)
-    argv = private_root_argv([Mount(sw_dir, parent)]) + [f"{prefix}/bin/python", str(script), "python3"]
+    argv = private_root_argv([Mount(sw_dir, parent)]) + [f"{prefix}/bin/python", str(script), "python3", NUMPY_CELL]
     out = proc.output(argv, extra_env={"HOME": str(tmp_path), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
                       what="kernel check", timeout=300)
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]

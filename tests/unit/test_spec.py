@@ -105,7 +105,8 @@ default = true
 
 def test_digest_ignores_comments_and_formatting(tmp_path: Path) -> None:
     a = load_stack(write(tmp_path, MINIMAL, "a.toml"))
-    b = load_stack(write(tmp_path, "# a comment\n" + MINIMAL.replace(" = ", "=").replace('name="demo"', 'name = "demo"'), "b.toml"))
+    reformatted = MINIMAL.replace(" = ", "=").replace('name="demo"', 'name = "demo"')
+    b = load_stack(write(tmp_path, "# a comment\n" + reformatted, "b.toml"))
     assert a.source_hash == b.source_hash
 
 
