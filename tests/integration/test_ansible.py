@@ -177,7 +177,7 @@ def test_rollout_goes_host_by_host_and_stops_at_a_failure(
 
 
 def test_rollout_passes_the_key_and_policy(
-    ansible_playbook: str, host_cli: None, host_artifact: Path, tmp_path: Path, inventory: Path
+    ansible_playbook: str, host_artifact: Path, tmp_path: Path, inventory: Path
 ) -> None:
     """With swstack_require_signature the role installs the key and policy; unsigned fails, signed goes live."""
     import shutil
@@ -199,6 +199,7 @@ def test_rollout_passes_the_key_and_policy(
         "swstack_require_signature": True,
         "swstack_trusted_keys": [str(public)],
         "swstack_config_dir": str(config),
+        "swstack_restore_unit": False,  # the unit's own test is above; never the machine's /etc
     }
     output = _run(ansible_playbook, inventory, extra, check=2)
     assert _task_status(output, "Activate") == "fatal" and "unsigned" in output
