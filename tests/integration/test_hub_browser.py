@@ -16,20 +16,16 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from tests.integration.test_jupyterhub import CHP, HUB_CONFIG, TOKEN, USER, _api, _execute, _server_ready, _wait
+from tests.support.hub import USER, Hub, api, execute, hub_config, running_hub, server_ready, wait_for
 from tests.support.imagekit import PROJECT, image_site, py3_stack, relabelled_artifact  # noqa: F401 - fixture
-from tests.support.registry import LocalRegistry, free_port, registry_fixture  # noqa: F401 - fixture
+from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - fixture
 
-from swstack import cli, proc
+from swstack import cli
 from swstack.engine import DockerEngine
 from swstack.hub import Menu
 from swstack.image import PushResult, build_image, push_image
@@ -44,9 +40,7 @@ RELEASE_BUILT = "2026-11-24T10:00:00Z"  # a Tuesday: week 48, after the date bui
 
 @dataclass(frozen=True)
 class MenuHub:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    hub: Hub
     menu: Menu
     versions: dict[str, str]  # pinned image -> version
 
@@ -58,8 +52,6 @@ def menu_hub(
     image_site: Site,  # noqa: F811
     registry: LocalRegistry,  # noqa: F811
 ) -> Iterator[MenuHub]:
-    if not CHP.exists():
-        pytest.fail(f"{CHP} is missing: run scripts/setup (it installs configurable-http-proxy from npm)")
     repository = f"{registry.host}/hubtest/py3"
     release = relabelled_artifact(py3_artifact, tmp_path / "release", "29.0.0", RELEASE_BUILT)
     pushed: dict[str, PushResult] = {}
@@ -78,42 +70,11 @@ def menu_hub(
     assert cli.main(["prepull", str(menu_json), "--keep", "3"]) == 0
     assert all(engine.image_exists(ref) for ref in versions)
 
-    proxy_port, hub_port, api_port, server_port = (free_port() for _ in range(4))
-    config = tmp_path / "jupyterhub_config.py"
-    base_config = HUB_CONFIG.format(
-        proxy_port=proxy_port,
-        hub_port=hub_port,
-        proxy_api_port=api_port,
-        server_port=server_port,
-        work=tmp_path,
-        chp=CHP,
-        image="set-by-the-menu",
-        token=TOKEN,
-    )
     # The rendered file, loaded as it is: allowed_images, the default image, pull policy.
-    config.write_text(base_config + f"\nload_subconfig({str(menu_py)!r})\n")
-    log_path = tmp_path / "hub.log"
-    env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": uuid.uuid4().hex}
-    child = proc.spawn(
-        [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(config)],
-        cwd=tmp_path,
-        env=env,
-        log_file=log_path,
-    )
-    url = f"http://127.0.0.1:{proxy_port}"
-    try:
-        _wait("the hub API", lambda: _api(f"{url}/hub/api/")[0] == 200, 60, child, log_path)
-        yield MenuHub(url, child, log_path, menu, versions)
-        _api(f"{url}/hub/api/users/{USER}/server", "DELETE")
-        _wait("the server to stop", lambda: not _server_ready(url), 60, child, log_path)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait(timeout=10)
+    config = hub_config(tmp_path, "set-by-the-menu")
+    config = replace(config, text=config.text + f"\nload_subconfig({str(menu_py)!r})\n")
+    with running_hub(tmp_path, config) as hub:
+        yield MenuHub(hub, menu, versions)
 
 
 @pytest.fixture
@@ -157,7 +118,7 @@ def test_pick_a_version_in_the_browser_and_the_kernel_runs_it(
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     driver: WebDriver = browser  # type: ignore[assignment]
-    menu, url = menu_hub.menu, menu_hub.url
+    menu, url = menu_hub.menu, menu_hub.hub.url
     assert [e.tag for e in menu.entries] == ["r29_0_0", "w_2026_48", "w_2026_47", "d_2026_11_24", "d_2026_11_21"]
 
     driver.get(f"{url}/hub/login")
@@ -184,15 +145,15 @@ def test_pick_a_version_in_the_browser_and_the_kernel_runs_it(
     assert not chosen.default and menu_hub.versions[chosen.image] == "2026.11.21"
     select.select_by_visible_text(chosen.display_name)
     driver.find_element(By.CSS_SELECTOR, "#spawn_form button[type=submit]").click()
-    _wait("alice's server", lambda: _server_ready(url), 240, menu_hub.process, menu_hub.log)
+    wait_for("alice's server", lambda: server_ready(url), 240, menu_hub.hub.process, menu_hub.hub.log)
 
-    status, kernel = _api(f"{url}/user/{USER}/api/kernels", "POST", {"name": "python3"})
+    status, kernel = api(f"{url}/user/{USER}/api/kernels", "POST", {"name": "python3"})
     assert status == 201, kernel
     ws = url.replace("http://", "ws://") + f"/user/{USER}/api/kernels/{kernel['id']}/channels"
     code = "import os, sys; print(sys.prefix, os.environ['SWSTACK_VERSION'], os.environ['JUPYTER_IMAGE_SPEC'])"
-    prefix, version, spec = asyncio.run(_execute(ws, code)).split()
+    prefix, version, spec = asyncio.run(execute(ws, code)).split()
     assert (prefix, version, spec) == ("/data0/sw/py3", "2026.11.21", chosen.image)
     container = DockerEngine().client.containers.get(f"jupyter-{USER}")
     assert container.image.id == DockerEngine().client.images.get(chosen.image).id
-    status, _ = _api(f"{url}/user/{USER}/api/kernels/{kernel['id']}", "DELETE")
+    status, _ = api(f"{url}/user/{USER}/api/kernels/{kernel['id']}", "DELETE")
     assert status == 204
