@@ -43,6 +43,7 @@ from typing import IO, Any, BinaryIO
 import zstandard
 
 from . import log, paths, proc
+from .artifact import open_artifact, reraise
 from .engine import Engine
 from .errors import ImageError, PushError, SwstackError
 from .fsutil import atomic_dir, atomic_write_text
@@ -706,27 +707,6 @@ def base_file(base: BaseImage, name: str, *, retry: RetryPolicy | None = None) -
 # ----------------------------------------------------------------------------- build
 
 
-def find_tarball(artifact_dir: Path, manifest: Manifest) -> Path:
-    if manifest.tarball is not None and (artifact_dir / manifest.tarball.name).is_file():
-        return artifact_dir / manifest.tarball.name
-    found = sorted(artifact_dir.glob("*.tar.zst")) + sorted(artifact_dir.glob("*.tar.gz"))
-    if not found:
-        raise ImageError(
-            f"{artifact_dir}: no tarball beside manifest.json; build the stack first (doit build)"
-        )
-    return found[0]
-
-
-def load_artifact(artifact_dir: Path) -> Manifest:
-    path = artifact_dir / "manifest.json"
-    if not path.is_file():
-        raise ImageError(f"{artifact_dir}: no manifest.json, so no complete artifact: build the stack first")
-    try:
-        return Manifest.load(path)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ImageError(f"{path}: unreadable artifact manifest ({exc}); build the stack again") from exc
-
-
 def project_source(project: Path) -> str:
     """The ``source`` label: the checkout's origin URL when git knows one (credentials removed)."""
     try:
@@ -748,8 +728,9 @@ def build_image(
     gzip_level: int = GZIP_LEVEL,
 ) -> ImageResult:
     """Assemble the stack's image from its artifact into ``<artifact_dir>/image`` (an OCI layout)."""
-    manifest = load_artifact(artifact_dir)
-    tarball = find_tarball(artifact_dir, manifest)
+    with reraise(ImageError, "build the stack (doit build)"):
+        artifact = open_artifact(artifact_dir)
+    manifest, tarball = artifact.manifest, artifact.tarball
     base_ref = site.image_ref(stack.image.base)
     log.step(f"image of {manifest.stack_id} {manifest.version} on {base_ref}")
     base = resolve_base(base_ref, retry=retry)

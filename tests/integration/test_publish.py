@@ -14,7 +14,7 @@ from tests.support.registry import (
     registry_fixture,  # noqa: F401 - provides the `registry` fixture
 )
 
-from swstack import oci
+from swstack import artifact, oci
 from swstack.errors import ActivateError, PushError
 from swstack.manifest import Manifest
 from swstack.publish import plan_publish, publish_artifact
@@ -40,9 +40,9 @@ def test_publish_list_and_fetch_round_trip(registry: LocalRegistry, tmp_path: Pa
     doc = client.get_manifest("swstack/roundtrip", digest)
     assert doc.digest == digest and doc.media_type == oci.OCI_MANIFEST
     body = doc.json()
-    assert body["artifactType"] == oci.ARTIFACT_TYPE
+    assert body["artifactType"] == artifact.ARTIFACT_TYPE
     assert body["annotations"][oci.VERSION] == "2026-11-21"
-    assert body["annotations"][oci.STACK] == "roundtrip"
+    assert body["annotations"][artifact.STACK] == "roundtrip"
 
     out = tmp_path / "fetched"
     tarball = oci.fetch_artifact(f"oci://{registry.host}/swstack/roundtrip:2026-11-21", out)

@@ -204,48 +204,6 @@ def test_client_errors_are_redacted(tmp_path: Path) -> None:
     assert "hunter2" not in str(error)
 
 
-# -- the artifact layout
-
-
-def _artifact_manifest(title: str = "py3-1-linux-64.tar.zst") -> dict[str, object]:
-    return {
-        "schemaVersion": 2,
-        "artifactType": oci.ARTIFACT_TYPE,
-        "config": {"mediaType": oci.STACK_MANIFEST_TYPE, "digest": DIGEST, "size": 10},
-        "layers": [
-            {
-                "mediaType": oci.TARBALL_TYPES["zstd"],
-                "digest": DIGEST,
-                "size": 5,
-                "annotations": {oci.TITLE: title},
-            },
-            {"mediaType": oci.STACK_MANIFEST_TYPE, "digest": DIGEST, "size": 10},
-        ],
-    }
-
-
-def test_artifact_layout_finds_both_layers() -> None:
-    layout = oci.artifact_layout(_artifact_manifest())
-    assert layout.tarball.annotations[oci.TITLE] == "py3-1-linux-64.tar.zst"
-    assert layout.manifest.media_type == oci.STACK_MANIFEST_TYPE
-
-
-@pytest.mark.parametrize("title", ["../evil.tar.zst", "/etc/passwd", "", ".hidden", "a/b.tar.zst"])
-def test_artifact_layout_refuses_unsafe_titles(title: str) -> None:
-    with pytest.raises(ActivateError, match="not a plain file name"):
-        oci.artifact_layout(_artifact_manifest(title))
-
-
-def test_artifact_layout_refuses_container_images() -> None:
-    image = {
-        "schemaVersion": 2,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": DIGEST, "size": 1},
-        "layers": [],
-    }
-    with pytest.raises(ActivateError, match="a container image, not a swstack stack artifact"):
-        oci.artifact_layout(image)
-
-
 def test_next_link_and_digest_query() -> None:
     assert (
         oci._next_link('</v2/a/tags/list?n=2&last=b>; rel="next"', "http://r:1/v2/a/tags/list?n=2")

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from tests.support.artifacts import make_artifact
 
+from swstack.artifact import ARTIFACT_TYPE, STACK_MANIFEST_TYPE, TARBALL_TYPES
 from swstack.errors import PushError
 from swstack.manifest import Manifest
-from swstack.oci import ARTIFACT_TYPE, OCI_MANIFEST, STACK_MANIFEST_TYPE, TARBALL_TYPES
+from swstack.oci import OCI_MANIFEST
 from swstack.publish import plan_publish
 
 
@@ -111,7 +112,10 @@ def _other_side_file(artifact: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        (lambda a: (a / "manifest.json").unlink(), r"no manifest\.json; is this an artifact directory made by `pack`"),
+        (
+            lambda a: (a / "manifest.json").unlink(),
+            r"no manifest\.json, so no complete artifact .*; pack the stack again",
+        ),
         (_break_json, r"manifest\.json: not a swstack manifest .*; pack the stack again"),
         (_drop_tarball_section, r"manifest\.json: has no 'tarball' section"),
         (lambda a: _tarball(a).unlink(), r"\.tar\.zst: missing \(named by .*manifest\.json\)"),
