@@ -25,8 +25,8 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import ChannelError
-from .fsutil import atomic_output
+from ..errors import ChannelError
+from ..fsutil import atomic_output
 
 # 2024-01-01T00:00:00Z: the date every normalised package carries.
 DEFAULT_EPOCH = 1704067200
