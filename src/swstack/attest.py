@@ -278,25 +278,15 @@ def referrers_tag(digest: str) -> str:
 
 def render_referrer(subject: Mapping[str, Any], info: AttestationInfo, size: int, created: str) -> bytes:
     """An OCI artifact manifest carrying one attestation file, whose ``subject`` is the image or artifact."""
-    from .oci import OCI_MANIFEST, TITLE, canonical_json, digest_of
+    from .oci import CREATED, TITLE, Descriptor, digest_of, render_manifest
 
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": info.media_type,
-        "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": digest_of(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)},
-        "layers": [
-            {
-                "mediaType": info.media_type,
-                "digest": f"sha256:{info.sha256}",
-                "size": size,
-                "annotations": {TITLE: info.name},
-            }
-        ],
-        "subject": dict(subject),
-        "annotations": {"org.opencontainers.image.created": created},
-    }
-    return canonical_json(doc)
+    return render_manifest(
+        config=Descriptor(EMPTY_CONFIG_TYPE, digest_of(EMPTY_CONFIG), len(EMPTY_CONFIG)),
+        layers=(Descriptor(info.media_type, f"sha256:{info.sha256}", size, {TITLE: info.name}),),
+        annotations={CREATED: created},
+        artifact_type=info.media_type,
+        subject=subject,
+    )
 
 
 def attach_attestations(client: Any, repository: str, subject_digest: str, artifact_dir: Path) -> list[str]:

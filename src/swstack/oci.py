@@ -384,19 +384,24 @@ def render_manifest(
     *,
     config: Descriptor,
     layers: Sequence[Descriptor],
-    annotations: Mapping[str, str],
+    annotations: Mapping[str, str] | None = None,
     artifact_type: str | None = None,
+    subject: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """An OCI image manifest as canonical JSON: an image's, or an artifact's (``artifact_type`` set)."""
+    """An OCI image manifest as canonical JSON: an image's, an artifact's (``artifact_type`` set)
+    or a referrer's (``subject`` set). The one renderer, so equal content is one digest."""
     doc: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": config.to_json(),
         "layers": [layer.to_json() for layer in layers],
-        "annotations": dict(annotations),
     }
+    if annotations:
+        doc["annotations"] = dict(annotations)
     if artifact_type:
         doc["artifactType"] = artifact_type
+    if subject is not None:
+        doc["subject"] = dict(subject)
     return canonical_json(doc)
 
 
@@ -1026,6 +1031,62 @@ def _hint(status: int) -> str:
         404: "; check the repository name",
         413: "; the registry (or a proxy in front of it) refuses bodies this large: lower the chunk size",
     }.get(status, "")
+
+
+# ----------------------------------------------------------------------------- pushing
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One blob to push and where its bytes are: a file, bytes, or a function that makes the
+    file (called only when the registry lacks the blob: a base layer fetched from elsewhere)."""
+
+    descriptor: Descriptor
+    source: Path | bytes | Callable[[], Path]
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    digest: str  # of the manifest
+    uploaded: tuple[str, ...]  # blob digests sent, in order, once each
+    skipped: tuple[str, ...]  # blob digests the registry already had
+
+
+def push_manifest(
+    client: RegistryClient,
+    repository: str,
+    blobs: Sequence[Blob],
+    manifest: bytes,
+    *,
+    tags: Sequence[str] = (),
+    media_type: str = OCI_MANIFEST,
+) -> PushOutcome:
+    """Push what a manifest needs, then the manifest: the one push routine (images, artifacts).
+
+    Blobs the registry lacks go first, then the manifest once per tag (by its digest when
+    there is no tag): a push that fails on the way leaves every tag where it was.
+    """
+    sent, had = len(client.uploaded), len(client.skipped)
+    try:
+        for blob in blobs:
+            d, source = blob.descriptor, blob.source
+            if callable(source):
+                if client.blob_exists(repository, d.digest, push=True):
+                    client.skipped.append(d.digest)
+                    continue
+                source = source()
+            client.push_blob(repository, source, d.digest, d.size)
+    except SwstackError as exc:
+        stopped = f"the push stopped before the manifest: no tag of {repository} moved"
+        raise client.error(f"{exc}\n{stopped}") from None
+    digest = digest_of(manifest)
+    for reference in tags or (digest,):
+        client.put_manifest(repository, reference, manifest, media_type)
+    return PushOutcome(
+        digest,
+        tuple(dict.fromkeys(client.uploaded[sent:])),
+        tuple(dict.fromkeys(client.skipped[had:])),
+    )
 
 
 # ----------------------------------------------------------------------------- the swstack artifact

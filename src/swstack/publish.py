@@ -22,24 +22,16 @@ from .artifact import (
 )
 from .errors import PushError
 from .oci import (
-    OCI_MANIFEST,
     TITLE,
+    Blob,
     Descriptor,
     Reference,
     RegistryClient,
     RetryPolicy,
     digest_of,
     parse_reference,
+    push_manifest,
 )
-
-
-@dataclass(frozen=True)
-class Blob:
-    """One blob to push: a file on disk or bytes in memory, and its descriptor."""
-
-    descriptor: Descriptor
-    path: Path | None = None
-    data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -70,28 +62,15 @@ def plan_publish(artifact_dir: Path, ref: str) -> PublishPlan:
     manifest_bytes = artifact.manifest_path.read_bytes()
     tarball = Descriptor(media_type, f"sha256:{info.sha256}", info.size, {TITLE: info.name})
     manifest_layer, oci_manifest = render_artifact_manifest(manifest, manifest_bytes, tarball)
-    blobs = (Blob(manifest_layer, data=manifest_bytes), Blob(tarball, path=artifact.tarball))
+    blobs = (Blob(manifest_layer, manifest_bytes), Blob(tarball, artifact.tarball))
     return PublishPlan(reference, blobs, oci_manifest, digest_of(oci_manifest))
 
 
 def push(plan: PublishPlan, client: RegistryClient) -> PublishResult:
     """Send the blobs the registry lacks, then the manifest (which moves the tag)."""
-    repo = plan.ref.repository
-    uploaded: list[str] = []
-    skipped: list[str] = []
-    for blob in plan.blobs:
-        d = blob.descriptor
-        source: Path | bytes
-        if blob.data is not None:
-            source = blob.data
-        else:
-            assert blob.path is not None
-            source = blob.path
-        sent = client.push_blob(repo, source, d.digest, d.size)
-        (uploaded if sent else skipped).append(d.digest)
     tag = plan.ref.tag or plan.ref.reference
-    digest = client.put_manifest(repo, tag, plan.manifest, OCI_MANIFEST)
-    return PublishResult(plan.ref.with_tag(tag), digest, tuple(uploaded), tuple(skipped))
+    outcome = push_manifest(client, plan.ref.repository, plan.blobs, plan.manifest, tags=(tag,))
+    return PublishResult(plan.ref.with_tag(tag), outcome.digest, outcome.uploaded, outcome.skipped)
 
 
 def publish_artifact(

@@ -35,9 +35,9 @@ def test_the_plan_pushes_manifest_and_tarball_then_the_oci_manifest(artifact: Pa
     assert (plan.ref.registry, plan.ref.repository, plan.ref.tag) == ("127.0.0.1:5000", "demo", "2026.11.21")
     man_blob, tar_blob = plan.blobs
     manifest_bytes = (artifact / "manifest.json").read_bytes()
-    assert man_blob.data == manifest_bytes and man_blob.path is None
+    assert man_blob.source == manifest_bytes
     assert man_blob.descriptor.digest == "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
-    assert tar_blob.path == tarball and tar_blob.data is None
+    assert tar_blob.source == tarball
     assert tar_blob.descriptor.digest == "sha256:" + hashlib.sha256(tarball.read_bytes()).hexdigest()
     assert tar_blob.descriptor.size == tarball.stat().st_size
     assert tar_blob.descriptor.media_type == TARBALL_TYPES["zstd"]
