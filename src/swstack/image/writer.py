@@ -21,6 +21,7 @@ from ..oci import (
     OCI_MANIFEST,
     canonical_json,
 )
+from ..tarwriter import TarStream, copy_header, dir_header, header
 from .plan import (
     ImagePlan,
     LayerBlob,
@@ -28,8 +29,6 @@ from .plan import (
 from .tarball import member_path, open_tarball
 
 GZIP_LEVEL = 6  # what docker itself uses; zstd layers need engines newer than Debian 12's
-
-
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
@@ -57,7 +56,7 @@ class _HashWriter:
 
 
 class LayerWriter:
-    """One layer being written: tar -> (diff_id hash) -> gzip -> (digest hash) -> file."""
+    """One layer being written: deterministic tar -> (diff_id hash) -> gzip -> (digest hash) -> file."""
 
     def __init__(self, path: Path, level: int = GZIP_LEVEL) -> None:
         self.path = path
@@ -68,20 +67,13 @@ class LayerWriter:
             filename="", mode="wb", fileobj=self._compressed, compresslevel=level, mtime=0
         )
         self._plain = _HashWriter(self._gzip)
-        self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
-            fileobj=self._plain, mode="w|", format=tarfile.PAX_FORMAT  # type: ignore[call-overload]
-        )
-        self._dirs: set[str] = set()
+        self._tar = TarStream(self._plain)
 
     def add(self, info: tarfile.TarInfo, data: IO[bytes] | None = None) -> None:
-        if info.isdir():
-            if info.name in self._dirs:
-                return
-            self._dirs.add(info.name)
-        self._tar.addfile(info, data)
+        self._tar.add(info, data)
 
     def has_dir(self, name: str) -> bool:
-        return name in self._dirs
+        return self._tar.has_dir(name)
 
     def close(self) -> tuple[str, str, int]:
         """Finish the blob; return (digest, diff_id, size)."""
@@ -95,34 +87,6 @@ class LayerWriter:
             self._file.close()
 
 
-def normalised_info(member: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
-    """A header with the tarball's metadata and nothing that varies between machines."""
-    info = tarfile.TarInfo(name)
-    info.type = member.type
-    info.mode = member.mode
-    info.mtime = int(member.mtime)
-    info.size = member.size if member.isfile() else 0
-    info.linkname = member.linkname
-    info.uid, info.gid = member.uid, member.gid
-    info.uname = info.gname = ""
-    return info
-
-
-def dir_info(name: str, epoch: int, uid: int = 0, gid: int = 0, mode: int = 0o755) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.DIRTYPE
-    info.mode, info.mtime, info.uid, info.gid = mode, epoch, uid, gid
-    info.uname = info.gname = ""
-    return info
-
-
-def file_info(name: str, size: int, epoch: int, mode: int = 0o644) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, mode, epoch
-    info.uname = info.gname = ""
-    return info
-
-
 def write_env_layers(
     tarball: Path, layers: Sequence[Layer], prefix: str, epoch: int, blobs: Path, level: int = GZIP_LEVEL
 ) -> list[LayerBlob]:
@@ -132,21 +96,21 @@ def write_env_layers(
     prefix_dirs = [*ancestors(root), root]
     tmp = [blobs / f".layer-{i}.partial" for i in range(len(layers))]
     writers = [LayerWriter(path, level) for path in tmp]
-    dirs: dict[str, tarfile.TarInfo] = {d: dir_info(d, epoch) for d in prefix_dirs}
+    dirs: dict[str, tarfile.TarInfo] = {d: dir_header(d, epoch) for d in prefix_dirs}
     try:
         with open_tarball(tarball) as tar, log.progress("image layers", total=None, unit="files") as bar:
             for member in tar:
                 rel = member_path(member.name)
                 target = f"{root}/{rel}" if rel else root
                 if member.isdir():
-                    dirs[target] = normalised_info(member, target)
+                    dirs[target] = copy_header(member, target)
                 if rel not in where:
                     continue  # a directory some file needs: written with that file
                 writer = writers[where[rel]]
                 for parent in [*prefix_dirs, *(f"{root}/{a}" for a in ancestors(rel))]:
                     if not writer.has_dir(parent):
-                        writer.add(dirs.get(parent) or dir_info(parent, epoch))
-                info = normalised_info(member, target)
+                        writer.add(dirs.get(parent) or dir_header(parent, epoch))
+                info = copy_header(member, target)
                 writer.add(info, tar.extractfile(member) if member.isfile() else None)
                 bar.advance()
         results = []
@@ -167,12 +131,12 @@ def write_user_layer(passwd: str, group: str, plan: ImagePlan, epoch: int, blobs
     path = blobs / ".layer-user.partial"
     writer = LayerWriter(path)
     try:
-        writer.add(dir_info("etc", epoch))
+        writer.add(dir_header("etc", epoch))
         for name, text in (("etc/group", group), ("etc/passwd", passwd)):
             data = text.encode()
-            writer.add(file_info(name, len(data), epoch), io.BytesIO(data))
-        writer.add(dir_info("home", epoch))
-        writer.add(dir_info(plan.home.strip("/"), epoch, plan.uid, plan.uid, 0o750))
+            writer.add(header(name, size=len(data), mtime=epoch), io.BytesIO(data))
+        writer.add(dir_header("home", epoch))
+        writer.add(dir_header(plan.home.strip("/"), epoch, plan.uid, plan.uid, 0o750))
         digest, diff_id, size = writer.close()
     except BaseException:
         writer.abort()
