@@ -56,7 +56,7 @@ def test_publish_list_and_fetch_round_trip(registry: LocalRegistry, tmp_path: Pa
 
 
 def test_republish_sends_no_blob_twice(registry: LocalRegistry, tmp_path: Path) -> None:
-    art = make_artifact(tmp_path / "artifacts", "again", "1.0", extra_bytes=256 << 10)
+    art = make_artifact(tmp_path / "artifacts", "again", "1.0", payload=256 << 10)
     with FlakyProxy(registry.host) as proxy:
         ref = f"{proxy.host}/swstack/again:1.0"
         first = publish_artifact(art, ref)
@@ -73,7 +73,7 @@ def test_republish_sends_no_blob_twice(registry: LocalRegistry, tmp_path: Path) 
 
 
 def test_chunked_upload_and_streamed_download(registry: LocalRegistry, tmp_path: Path) -> None:
-    art = make_artifact(tmp_path / "artifacts", "chunked", "1.0", extra_bytes=3 << 20)
+    art = make_artifact(tmp_path / "artifacts", "chunked", "1.0", payload=3 << 20)
     client = oci.RegistryClient(registry.host, chunk_size=1 << 20)
     with FlakyProxy(registry.host) as proxy:
         proxied = oci.RegistryClient(proxy.host, chunk_size=1 << 20)

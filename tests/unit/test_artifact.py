@@ -95,7 +95,7 @@ def _unsafe_name(art: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        (lambda a: (a / "manifest.json").unlink(), r"demo/2026\.11\.21: no manifest\.json, so no complete artifact"),
+        (lambda a: (a / "manifest.json").unlink(), r"artifacts: no manifest\.json, so no complete artifact"),
         (lambda a: (a / "manifest.json").write_text("{not json"), r"manifest\.json: not a swstack manifest \("),
         (_drop_tarball_section, r"manifest\.json: has no 'tarball' section$"),
         (_unsafe_name, r"tarball\.name '\.\./x' is not a file name beside manifest\.json"),

@@ -55,7 +55,7 @@ def test_the_plan_pushes_manifest_and_tarball_then_the_oci_manifest(artifact: Pa
         "io.swstack.stack": "demo",
         "org.opencontainers.image.version": "2026.11.21",
         "io.swstack.platform": "linux-64",
-        "org.opencontainers.image.created": "2026-11-21T00:00:00Z",
+        "org.opencontainers.image.created": "2026-11-21T00:00:00+00:00",
     }
     assert plan.digest == "sha256:" + hashlib.sha256(plan.manifest).hexdigest()
 
