@@ -220,8 +220,8 @@ def mirror_base(stack: Stack, site: Site, engine: Engine | None = None) -> str |
     site) gets our Debian base pushed there, as production sites keep their bases in their
     registry. Returns the pushed reference, or None when the site pulls the base as named.
     """
-    from .baseimage import ensure_base, load_base_spec
-    from .engine import DockerEngine
+    from ..baseimage import ensure_base, load_base_spec
+    from ..engine import DockerEngine
 
     target = site.image_ref(stack.image.base)
     if target == stack.image.base or site.registry is None or not target.startswith(site.registry + "/"):
@@ -235,8 +235,6 @@ def mirror_base(stack: Stack, site: Site, engine: Engine | None = None) -> str |
 
 def registry_answers(site: Site) -> bool:
     """Whether the site's registry answers now (one quick try, no retries)."""
-    from .oci import RegistryClient, RetryPolicy
-
     if not site.registry:
         return False
     try:
