@@ -18,9 +18,7 @@ import zstandard
 from ..errors import ImageError
 from ..layers import TreeEntry, normalise_path
 from ..manifest import Manifest
-from .plan import (
-    TreeIndex,
-)
+from .plan import TreeIndex
 
 
 def open_tarball(path: Path) -> contextlib.AbstractContextManager[tarfile.TarFile]:
