@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        art = make_artifact(work / "art", "bench", "1.0", extra_bytes=args.mb << 20)
+        art = make_artifact(work / "art", "bench", "1.0", payload=args.mb << 20)
         mib = sum(p.stat().st_size for p in art.iterdir()) / (1 << 20)
         ctx = multiprocessing.get_context("spawn")
         queue: multiprocessing.Queue[dict[str, float]] = ctx.Queue()

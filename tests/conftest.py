@@ -23,7 +23,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def offline_site() -> Site:
     """The shipped offline site, its channel built (a no-op when it is current)."""
-    from swstack.channel import build_channel
+    from swstack.offline_channel import build_channel
 
     site = load_site(PROJECT / "sites/offline.toml", PROJECT)
     build_channel(site.cache / "offline-channel", recipes_dir=PROJECT / "channel" / "recipes",

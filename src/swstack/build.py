@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, log, proc
+from . import __version__, artifact, log, proc
 from .attest import attest_artifact
 from .audit import audit
 from .errors import BuildError
@@ -28,7 +28,7 @@ from .fsutil import atomic_write_text, exclusive_lock, sha256_file
 from .install import CondaItem, InstallPlan, KernelItem, PipItem, check_local_file
 from .lock import PYPI_INDEX, lock, lock_time, lockfile_path, pip_index_file, read_lockfile
 from .manifest import Manifest, host_platform
-from .pack import checksum_line, next_version
+from .pack import next_version
 from .sandbox import DockerSandbox, Mount, Sandbox, open_sandbox
 from .site import Site
 from .spec import Stack
@@ -134,42 +134,16 @@ def latest_manifest(artifacts: Path, stack_id: str, platform: str) -> Manifest |
     """
     found = []
     for version in existing_versions(artifacts, stack_id):
-        path = artifacts / stack_id / version / "manifest.json"
+        path = artifacts / stack_id / version / artifact.MANIFEST_NAME
         if path.is_file():
             try:
-                manifest = Manifest.load(path)
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                log.warn(f"{path}: unreadable manifest ({exc}); that artifact is ignored")
+                manifest = artifact.load_manifest(path)
+            except artifact.ArtifactError as exc:
+                log.warn(f"unreadable manifest: {exc}; that artifact is ignored")
                 continue
             if manifest.platform == platform:
                 found.append((path.stat().st_mtime, manifest))
     return max(found, key=lambda item: item[0])[1] if found else None
-
-
-def artifact_damage(artifact_dir: Path, manifest: Manifest) -> str | None:
-    """Why the artifact in ``artifact_dir`` is not whole, or None when it is.
-
-    Whole means: the tarball the manifest names is there, with the manifest's size and
-    sha256, and its ``.sha256`` side file is the ``sha256sum`` line of that name and sha256. The tarball is hashed
-    (about a second per 500 MiB): a file of the right size with other bytes is damaged too.
-    """
-    if manifest.tarball is None:
-        return f"{artifact_dir / 'manifest.json'} names no tarball"
-    tarball = artifact_dir / manifest.tarball.name
-    side = tarball.with_name(tarball.name + ".sha256")
-    if not tarball.is_file():
-        return f"{tarball} is missing"
-    if not side.is_file():
-        return f"{side} is missing"
-    if side.read_text(errors="replace") != checksum_line(manifest.tarball.sha256, tarball.name):
-        return f"{side} does not name the tarball with the sha256 manifest.json records ({manifest.tarball.sha256})"
-    size = tarball.stat().st_size
-    if size != manifest.tarball.size:
-        return f"{tarball} has {size} bytes, manifest.json records {manifest.tarball.size}"
-    actual = sha256_file(tarball)
-    if actual != manifest.tarball.sha256:
-        return f"{tarball} has sha256 {actual}, manifest.json and {side.name} record {manifest.tarball.sha256}"
-    return None
 
 
 def why_not_current(stack: Stack, site: Site, project: Path, platform: str | None = None) -> str | None:
@@ -184,7 +158,7 @@ def why_not_current(stack: Stack, site: Site, project: Path, platform: str | Non
         return f"{stack.stack_id} {manifest.version} was built from another {path.name}"
     if manifest.stackfile_sha256 != stack.source_hash:
         return f"{stack.stack_id} {manifest.version} was built from another version of {stack.source}"
-    return artifact_damage(site.artifacts / stack.stack_id / manifest.version, manifest)
+    return artifact.damage(site.artifacts / stack.stack_id / manifest.version, manifest)
 
 
 def is_current(stack: Stack, site: Site, project: Path, platform: str | None = None) -> bool:

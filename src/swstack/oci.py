@@ -30,16 +30,24 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from . import log
+from .artifact import (
+    ARTIFACT_TYPE,
+    ArtifactError,
+    artifact_layout,
+    checksum_line,
+    checksum_path,
+    load_manifest,
+)
 from .errors import ActivateError, PushError, SwstackError
 from .fsutil import atomic_output, atomic_write_text, sha256_file
-from .manifest import Manifest
+from .manifest import Manifest, host_platform
 
 # ----------------------------------------------------------------------------- media types
 
@@ -48,19 +56,9 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
-
-# The swstack artifact: config and one layer are manifest.json, the other layer the tarball.
-ARTIFACT_TYPE = "application/vnd.swstack.stack.v1+json"
-STACK_MANIFEST_TYPE = "application/vnd.swstack.manifest.v1+json"
-TARBALL_TYPES = {
-    "zstd": "application/vnd.swstack.stack.tar+zstd",
-    "gzip": "application/vnd.swstack.stack.tar+gzip",
-}
 TITLE = "org.opencontainers.image.title"
 VERSION = "org.opencontainers.image.version"
 CREATED = "org.opencontainers.image.created"
-STACK = "io.swstack.stack"
-PLATFORM = "io.swstack.platform"
 
 DEFAULT_CHUNK = 32 << 20  # bytes per PATCH; blobs up to this size go in one PUT
 _QUIET_BELOW = 8 << 20  # smaller blobs transfer without a progress line
@@ -380,6 +378,69 @@ def digest_of(data: bytes) -> str:
 def canonical_json(obj: Any) -> bytes:
     """Stable bytes (sorted keys, no spaces), so one artifact always renders one digest."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def render_manifest(
+    *,
+    config: Descriptor,
+    layers: Sequence[Descriptor],
+    annotations: Mapping[str, str] | None = None,
+    artifact_type: str | None = None,
+    subject: Mapping[str, Any] | None = None,
+) -> bytes:
+    """An OCI image manifest as canonical JSON: an image's, an artifact's (``artifact_type`` set)
+    or a referrer's (``subject`` set). The one renderer, so equal content is one digest."""
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.to_json(),
+        "layers": [layer.to_json() for layer in layers],
+    }
+    if annotations:
+        doc["annotations"] = dict(annotations)
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    if subject is not None:
+        doc["subject"] = dict(subject)
+    return canonical_json(doc)
+
+
+# conda's platform names (``manifest.host_platform``) -> OCI's os and architecture.
+_OCI_OS = {"osx": "darwin", "win": "windows"}
+_OCI_ARCH = {"64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le", "32": "386"}
+
+
+def oci_platform(platform: str) -> tuple[str, str]:
+    """``linux-64`` -> ``("linux", "amd64")``, ``linux-aarch64`` -> ``("linux", "arm64")``."""
+    os_name, _, arch = platform.partition("-")
+    return _OCI_OS.get(os_name, os_name), _OCI_ARCH.get(arch, arch)
+
+
+def pick_from_index(
+    index: Mapping[str, Any],
+    platform: str,
+    *,
+    error: type[SwstackError],
+    what: str,
+    artifact_type: str | None = None,
+) -> str:
+    """The digest of the entry of a multi-platform index for ``platform`` (conda's name).
+
+    An entry naming that os and architecture wins; else one naming no platform (a
+    publisher's only build). With ``artifact_type``, entries of that type are preferred.
+    """
+    entries = [d for d in index.get("manifests") or [] if isinstance(d, dict) and "digest" in d]
+    if artifact_type:
+        entries = [d for d in entries if d.get("artifactType") == artifact_type] or entries
+    want = oci_platform(platform)
+    for entry in entries:
+        plat = entry.get("platform") or {}
+        if plat and (plat.get("os", want[0]), plat.get("architecture", want[1])) == want:
+            return str(entry["digest"])
+    for entry in entries:
+        if not entry.get("platform"):
+            return str(entry["digest"])
+    raise error(f"{what}: the index has no entry for {want[0]}/{want[1]} (platform {platform})")
 
 
 # ----------------------------------------------------------------------------- the client
@@ -972,63 +1033,63 @@ def _hint(status: int) -> str:
     }.get(status, "")
 
 
-# ----------------------------------------------------------------------------- the swstack artifact
+# ----------------------------------------------------------------------------- pushing
 
 
 @dataclass(frozen=True)
-class ArtifactLayout:
-    """Where a swstack artifact keeps its files: the tarball layer and the manifest.json layer."""
+class Blob:
+    """One blob to push and where its bytes are: a file, bytes, or a function that makes the
+    file (called only when the registry lacks the blob: a base layer fetched from elsewhere)."""
 
-    tarball: Descriptor
-    manifest: Descriptor
-
-
-_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]*$")
+    descriptor: Descriptor
+    source: Path | bytes | Callable[[], Path]
 
 
-def artifact_layout(
-    manifest: Mapping[str, Any], *, error: type[SwstackError] = ActivateError
-) -> ArtifactLayout:
-    """Find the tarball and manifest.json layers of an artifact manifest; refuse anything else."""
-    config_type = (manifest.get("config") or {}).get("mediaType")
-    kind = manifest.get("artifactType") or config_type
-    if kind not in (ARTIFACT_TYPE, STACK_MANIFEST_TYPE):
-        what = (
-            "a container image"
-            if config_type
-            in ("application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json")
-            else f"an artifact of type {kind!r}"
-        )
-        raise error(f"this reference is {what}, not a swstack stack artifact (artifactType {ARTIFACT_TYPE})")
-    layers = [Descriptor.from_json(d, error) for d in manifest.get("layers") or []]
-    tarballs = [d for d in layers if d.media_type in TARBALL_TYPES.values()]
-    manifests = [d for d in layers if d.media_type == STACK_MANIFEST_TYPE]
-    if len(tarballs) != 1 or len(manifests) != 1:
-        raise error(
-            f"malformed swstack artifact: expected one tarball and one manifest.json layer, "
-            f"found {len(tarballs)} and {len(manifests)}"
-        )
-    tarball = tarballs[0]
-    title = tarball.annotations.get(TITLE, "")
-    if not _SAFE_NAME_RE.match(title) or "/" in title:
-        raise error(
-            f"malformed swstack artifact: the tarball layer's title {title!r} is not a plain file name"
-        )
-    return ArtifactLayout(tarball=tarball, manifest=manifests[0])
+@dataclass(frozen=True)
+class PushOutcome:
+    digest: str  # of the manifest
+    uploaded: tuple[str, ...]  # blob digests sent, in order, once each
+    skipped: tuple[str, ...]  # blob digests the registry already had
 
 
-def _pick_from_index(index: Mapping[str, Any], error: type[SwstackError]) -> str:
-    """An index (several platforms) published by someone else: take our artifact for this host."""
-    import platform as _platform
+def push_manifest(
+    client: RegistryClient,
+    repository: str,
+    blobs: Sequence[Blob],
+    manifest: bytes,
+    *,
+    tags: Sequence[str] = (),
+    media_type: str = OCI_MANIFEST,
+) -> PushOutcome:
+    """Push what a manifest needs, then the manifest: the one push routine (images, artifacts).
 
-    machine = {"x86_64": "amd64", "aarch64": "arm64"}.get(_platform.machine(), _platform.machine())
-    entries = [d for d in index.get("manifests") or [] if isinstance(d, dict)]
-    ours = [d for d in entries if d.get("artifactType") == ARTIFACT_TYPE] or entries
-    for entry in ours:
-        plat = entry.get("platform") or {}
-        if not plat or plat.get("architecture") in (machine, None):
-            return str(entry["digest"])
-    raise error(f"the index has no entry for this host's platform (linux/{machine})")
+    Blobs the registry lacks go first, then the manifest once per tag (by its digest when
+    there is no tag): a push that fails on the way leaves every tag where it was.
+    """
+    sent, had = len(client.uploaded), len(client.skipped)
+    try:
+        for blob in blobs:
+            d, source = blob.descriptor, blob.source
+            if callable(source):
+                if client.blob_exists(repository, d.digest, push=True):
+                    client.skipped.append(d.digest)
+                    continue
+                source = source()
+            client.push_blob(repository, source, d.digest, d.size)
+    except SwstackError as exc:
+        stopped = f"the push stopped before the manifest: no tag of {repository} moved"
+        raise client.error(f"{exc}\n{stopped}") from None
+    digest = digest_of(manifest)
+    for reference in tags or (digest,):
+        client.put_manifest(repository, reference, manifest, media_type)
+    return PushOutcome(
+        digest,
+        tuple(dict.fromkeys(client.uploaded[sent:])),
+        tuple(dict.fromkeys(client.skipped[had:])),
+    )
+
+
+# ----------------------------------------------------------------------------- the swstack artifact
 
 
 def fetch_artifact(ref: str, dest_dir: Path, *, retry: RetryPolicy | None = None) -> Path:
@@ -1043,7 +1104,12 @@ def fetch_artifact(ref: str, dest_dir: Path, *, retry: RetryPolicy | None = None
     repo = reference.repository
     doc = client.get_manifest(repo, reference.reference)
     if doc.media_type in (OCI_INDEX, DOCKER_LIST):
-        doc = client.get_manifest(repo, _pick_from_index(doc.json(), ActivateError))
+        doc = client.get_manifest(
+            repo,
+            pick_from_index(
+                doc.json(), host_platform(), error=ActivateError, what=str(reference), artifact_type=ARTIFACT_TYPE
+            ),
+        )
     try:
         layout = artifact_layout(doc.json(), error=ActivateError)
     except ValueError as exc:
@@ -1068,7 +1134,7 @@ def fetch_artifact(ref: str, dest_dir: Path, *, retry: RetryPolicy | None = None
     else:
         log.info(f"fetching {reference} ({log.human_bytes(layout.tarball.size)})")
         client.pull_blob(repo, layout.tarball.digest, tarball, layout.tarball.size)
-    atomic_write_text(tarball.with_name(name + ".sha256"), f"{expected}  {name}\n")
+    atomic_write_text(checksum_path(tarball), checksum_line(expected, name))
     return tarball
 
 
@@ -1081,9 +1147,9 @@ def _already_there(path: Path, blob: Descriptor) -> bool:
 
 def _load_stack_manifest(path: Path, reference: Reference) -> Manifest:
     try:
-        return Manifest.load(path)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ActivateError(f"{reference}: the artifact's manifest.json is unreadable ({exc})") from exc
+        return load_manifest(path)
+    except ArtifactError as exc:
+        raise ActivateError(f"{reference}: the artifact's manifest.json is unreadable ({exc})") from None
 
 
 def list_tags(repo_ref: str, *, retry: RetryPolicy | None = None) -> list[str]:

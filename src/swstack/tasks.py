@@ -116,7 +116,7 @@ def _site(opts: Options) -> Any:
 @guarded
 def task_channel(opts: Options) -> TaskDict:
     """Build the offline conda channel (python, wheels, compiled packages) the offline site mirrors."""
-    from .channel import channel_inputs
+    from .offline_channel import channel_inputs
 
     site = _site(opts)
     out = site.cache / "offline-channel"
@@ -124,7 +124,7 @@ def task_channel(opts: Options) -> TaskDict:
 
     @_boundary
     def build() -> None:
-        from .channel import build_channel
+        from .offline_channel import build_channel
 
         build_channel(out, recipes_dir=recipes, cache_dir=site.cache)
 

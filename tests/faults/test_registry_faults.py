@@ -35,8 +35,8 @@ def published(
 ) -> tuple[str, str, Path]:
     """A repository whose tag ``stable`` holds version 1; returns (repo, v1 digest, v2 artifact dir)."""
     repo = f"swstack/{request.node.name.replace('_', '-')[:60].strip('-')}"
-    v1 = make_artifact(tmp_path / "a", "faulty", "1", payload=b"# one\n")
-    v2 = make_artifact(tmp_path / "b", "faulty", "2", payload=b"# two\n", extra_bytes=512 << 10)
+    v1 = make_artifact(tmp_path / "a", "faulty", "1")
+    v2 = make_artifact(tmp_path / "b", "faulty", "2", payload=512 << 10)
     digest = publish_artifact(v1, f"{registry.host}/{repo}:stable")
     return repo, digest, v2
 

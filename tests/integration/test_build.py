@@ -205,7 +205,7 @@ def _wheel(directory: Path, name: str, files: dict[str, str]) -> Path:
 
 def test_a_package_that_does_not_byte_compile_fails_the_build_naming_the_file(offline_site: Site,
                                                                               tmp_path: Path) -> None:
-    from swstack.channel import write_simple_index
+    from swstack.offline_channel.labclient import write_simple_index
 
     wheelhouse = tmp_path / "wheels"
     wheel = _wheel(wheelhouse, "brokenpkg", {"brokenpkg/__init__.py": "VERSION = 1\n",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from swstack import paths
-from swstack.channel import ChannelReport, build_channel
+from swstack.offline_channel import ChannelReport, build_channel
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = [
@@ -188,7 +188,7 @@ def test_two_cold_builds_in_caches_at_different_paths_make_identical_packages(
     import hashlib
     import platform
 
-    from swstack.channel import BUILD_VIRTUAL_PACKAGES
+    from swstack.offline_channel.target import BUILD_VIRTUAL_PACKAGES
 
     real_home = str(Path.home())
     outs = []

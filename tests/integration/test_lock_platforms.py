@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swstack.channel import write_simple_index
 from swstack.errors import BuildError
 from swstack.lock import PYPI_INDEX, lock, plan_lock, staleness
+from swstack.offline_channel.labclient import write_simple_index
 from swstack.site import load_site
 from swstack.spec import load_stack
 

@@ -14,7 +14,7 @@ from tests.support.registry import (
     registry_fixture,  # noqa: F401 - provides the `registry` fixture
 )
 
-from swstack import oci
+from swstack import artifact, oci
 from swstack.errors import ActivateError, PushError
 from swstack.manifest import Manifest
 from swstack.publish import plan_publish, publish_artifact
@@ -40,9 +40,9 @@ def test_publish_list_and_fetch_round_trip(registry: LocalRegistry, tmp_path: Pa
     doc = client.get_manifest("swstack/roundtrip", digest)
     assert doc.digest == digest and doc.media_type == oci.OCI_MANIFEST
     body = doc.json()
-    assert body["artifactType"] == oci.ARTIFACT_TYPE
+    assert body["artifactType"] == artifact.ARTIFACT_TYPE
     assert body["annotations"][oci.VERSION] == "2026-11-21"
-    assert body["annotations"][oci.STACK] == "roundtrip"
+    assert body["annotations"][artifact.STACK] == "roundtrip"
 
     out = tmp_path / "fetched"
     tarball = oci.fetch_artifact(f"oci://{registry.host}/swstack/roundtrip:2026-11-21", out)
@@ -56,7 +56,7 @@ def test_publish_list_and_fetch_round_trip(registry: LocalRegistry, tmp_path: Pa
 
 
 def test_republish_sends_no_blob_twice(registry: LocalRegistry, tmp_path: Path) -> None:
-    art = make_artifact(tmp_path / "artifacts", "again", "1.0", extra_bytes=256 << 10)
+    art = make_artifact(tmp_path / "artifacts", "again", "1.0", payload=256 << 10)
     with FlakyProxy(registry.host) as proxy:
         ref = f"{proxy.host}/swstack/again:1.0"
         first = publish_artifact(art, ref)
@@ -73,7 +73,7 @@ def test_republish_sends_no_blob_twice(registry: LocalRegistry, tmp_path: Path) 
 
 
 def test_chunked_upload_and_streamed_download(registry: LocalRegistry, tmp_path: Path) -> None:
-    art = make_artifact(tmp_path / "artifacts", "chunked", "1.0", extra_bytes=3 << 20)
+    art = make_artifact(tmp_path / "artifacts", "chunked", "1.0", payload=3 << 20)
     client = oci.RegistryClient(registry.host, chunk_size=1 << 20)
     with FlakyProxy(registry.host) as proxy:
         proxied = oci.RegistryClient(proxy.host, chunk_size=1 << 20)

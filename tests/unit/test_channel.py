@@ -9,19 +9,21 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from swstack import channel
-from swstack.channel import (
+from swstack.errors import ChannelError
+from swstack.offline_channel import build as channel_build
+from swstack.offline_channel import labclient
+from swstack.offline_channel import plan as channel_plan
+from swstack.offline_channel import wheels as channel_wheels
+from swstack.offline_channel.plan import plan_channel
+from swstack.offline_channel.python import PythonBuild, python_keep
+from swstack.offline_channel.wheels import (
     PinnedWheel,
-    PythonBuild,
     conda_name,
     conda_run_deps,
     conda_spec,
     parse_wheel_list,
-    plan_channel,
-    python_keep,
     runtime_requirements,
 )
-from swstack.errors import ChannelError
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = {"rattler-build": "0.73.0", "whl2conda": "26.7.2"}
@@ -60,7 +62,7 @@ def test_wheel_list_rejects_a_line_without_hash() -> None:
 
 
 def test_wheel_list_roundtrips() -> None:
-    text = channel.format_wheel_list(wheels(), "# h")
+    text = channel_wheels.format_wheel_list(wheels(), "# h")
     assert parse_wheel_list(text) == tuple(sorted(wheels(), key=lambda w: w.name))
 
 
@@ -168,7 +170,7 @@ def test_plan_refuses_hub_metapackage_without_hub(recipes: Path) -> None:
 
 
 def test_channel_inputs_cover_recipes_wheels_and_client() -> None:
-    inputs = channel.channel_inputs(REPO / "channel" / "recipes")
+    inputs = channel_build.channel_inputs(REPO / "channel" / "recipes")
     rel = {str(p.relative_to(REPO)) for p in inputs if REPO in p.parents}
     assert "channel/wheels.txt" in rel
     assert "channel/recipes/sitepaths/sitepaths.c" in rel
@@ -205,7 +207,7 @@ def test_python_package_contents(rel: str, kept: bool) -> None:
 def test_binary_wheel_recipe_renders_deps_and_wheel(tmp_path: Path) -> None:
     plan = plan_channel(REPO / "channel" / "recipes", wheels(), PY, TOOLS)
     job = plan.job("numpy")
-    text = channel.render_binary_wheel_recipe(job, tmp_path / "n.whl", ("python >=3.11,<3.12.0a0",), "NumPy")
+    text = channel_plan.render_binary_wheel_recipe(job, tmp_path / "n.whl", ("python >=3.11,<3.12.0a0",), "NumPy")
     assert "name: numpy" in text and 'version: "2.4.6"' in text
     assert '- "python >=3.11,<3.12.0a0"' in text
     assert str(tmp_path / "n.whl") in text
@@ -215,7 +217,7 @@ def test_binary_wheel_recipe_renders_deps_and_wheel(tmp_path: Path) -> None:
 def test_simple_index_has_sha256_fragments(tmp_path: Path) -> None:
     whl = tmp_path / "labclient-1.0.0-py3-none-any.whl"
     whl.write_bytes(b"wheel")
-    channel.write_simple_index(tmp_path, [whl])
+    labclient.write_simple_index(tmp_path, [whl])
     page = (tmp_path / "simple" / "labclient" / "index.html").read_text()
     assert f"#sha256={hashlib.sha256(b'wheel').hexdigest()}" in page
     assert 'href="../../labclient-1.0.0-py3-none-any.whl' in page
@@ -227,8 +229,8 @@ def test_wheelhouse_file_with_wrong_hash_is_refused(tmp_path: Path) -> None:
     pinned = PinnedWheel("comm", "0.2.3", SHA_A, "comm-0.2.3-py3-none-any.whl")
     (house / pinned.filename).write_bytes(b"not the pinned wheel")
     with pytest.raises(ChannelError, match="does not match"):
-        channel.fetch_wheels([pinned], tmp_path / "cache", wheelhouse=house)
-    assert not channel.wheel_cache_path(tmp_path / "cache", pinned).exists()
+        channel_wheels.fetch_wheels([pinned], tmp_path / "cache", wheelhouse=house)
+    assert not channel_wheels.wheel_cache_path(tmp_path / "cache", pinned).exists()
 
 
 def test_wheelhouse_wheel_is_taken_when_its_hash_matches(tmp_path: Path) -> None:
@@ -237,13 +239,13 @@ def test_wheelhouse_wheel_is_taken_when_its_hash_matches(tmp_path: Path) -> None
     data = b"pretend wheel"
     pinned = PinnedWheel("comm", "0.2.3", hashlib.sha256(data).hexdigest(), "comm-0.2.3-py3-none-any.whl")
     (house / pinned.filename).write_bytes(data)
-    got = channel.fetch_wheels([pinned], tmp_path / "cache", wheelhouse=house)
+    got = channel_wheels.fetch_wheels([pinned], tmp_path / "cache", wheelhouse=house)
     assert got["comm"].read_bytes() == data
 
 
 def test_labclient_repository_is_deterministic(tmp_path: Path) -> None:
     client = REPO / "clients" / "labclient"
-    sha1 = channel.make_labclient_repo(client, tmp_path / "a" / "labclient.git", tmp_path / "wa")
-    sha2 = channel.make_labclient_repo(client, tmp_path / "b" / "labclient.git", tmp_path / "wb")
+    sha1 = labclient.make_labclient_repo(client, tmp_path / "a" / "labclient.git", tmp_path / "wa")
+    sha2 = labclient.make_labclient_repo(client, tmp_path / "b" / "labclient.git", tmp_path / "wb")
     assert sha1 == sha2
     assert (tmp_path / "a" / "labclient.git" / "HEAD").is_file()

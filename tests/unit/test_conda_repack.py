@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from swstack.conda_repack import DEFAULT_EPOCH, repack_conda
 from swstack.errors import ChannelError
+from swstack.offline_channel.conda_repack import DEFAULT_EPOCH, repack_conda
 
 PAYLOAD = {
     "bin/tool": (b"#!/opt/prefix/bin/python\nprint('hi')\n", 0o775),

@@ -184,8 +184,8 @@ def test_release_manifest(tmp_path: Path) -> None:
 # What a notebook host may load of swstack: the host package, the CLI and these light modules.
 # Everything else (spec, site, lock, sandbox, build, pack, image, publish, tasks...) is the
 # build side, and pydantic, rattler, docker, doit, conda-pack and conda-lock are its dependencies.
-HOST_SIDE = {"swstack", "swstack.cli", "swstack.errors", "swstack.log", "swstack.fsutil", "swstack.manifest",
-             "swstack.paths", "swstack.proc", "swstack.toml", "swstack.oci", "swstack.trust"}
+HOST_SIDE = {"swstack", "swstack.artifact", "swstack.cli", "swstack.errors", "swstack.log", "swstack.fsutil",
+             "swstack.manifest", "swstack.paths", "swstack.proc", "swstack.toml", "swstack.oci", "swstack.trust"}
 BUILD_DEPENDENCIES = ("pydantic", "rattler", "docker", "doit", "conda_pack", "conda_lock")
 
 
@@ -221,7 +221,7 @@ def test_the_host_modules_are_found() -> None:
     assert {"swstack.host.commands", "swstack.host.extract", "swstack.host.source"} <= set(_host_modules())
 
 
-@pytest.mark.parametrize("module", [*_host_modules(), "swstack.oci"])
+@pytest.mark.parametrize("module", [*_host_modules(), "swstack.oci", "swstack.artifact"])
 def test_every_host_module_imports_nothing_of_the_build_side(module: str) -> None:
     assert _loaded_build_side(f"import {module}") == []
 

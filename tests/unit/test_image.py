@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -172,7 +173,7 @@ def test_config_and_manifest(artifact: Path) -> None:
     assert config["rootfs"]["diff_ids"] == ["sha256:" + "c" * 64, "sha256:" + "f" * 64]
     assert len(config["history"]) == 2
     raw = canonical_json(config)
-    doc = render_manifest(BASE, ours, raw, {})
+    doc = json.loads(render_manifest(BASE, ours, raw, {}))
     assert doc["config"]["digest"] == digest_of(raw)
     assert [d["digest"] for d in doc["layers"]] == [BASE.layers[0].digest, ours[0].digest]
     assert all(d["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip" for d in doc["layers"])

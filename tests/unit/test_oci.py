@@ -204,48 +204,6 @@ def test_client_errors_are_redacted(tmp_path: Path) -> None:
     assert "hunter2" not in str(error)
 
 
-# -- the artifact layout
-
-
-def _artifact_manifest(title: str = "py3-1-linux-64.tar.zst") -> dict[str, object]:
-    return {
-        "schemaVersion": 2,
-        "artifactType": oci.ARTIFACT_TYPE,
-        "config": {"mediaType": oci.STACK_MANIFEST_TYPE, "digest": DIGEST, "size": 10},
-        "layers": [
-            {
-                "mediaType": oci.TARBALL_TYPES["zstd"],
-                "digest": DIGEST,
-                "size": 5,
-                "annotations": {oci.TITLE: title},
-            },
-            {"mediaType": oci.STACK_MANIFEST_TYPE, "digest": DIGEST, "size": 10},
-        ],
-    }
-
-
-def test_artifact_layout_finds_both_layers() -> None:
-    layout = oci.artifact_layout(_artifact_manifest())
-    assert layout.tarball.annotations[oci.TITLE] == "py3-1-linux-64.tar.zst"
-    assert layout.manifest.media_type == oci.STACK_MANIFEST_TYPE
-
-
-@pytest.mark.parametrize("title", ["../evil.tar.zst", "/etc/passwd", "", ".hidden", "a/b.tar.zst"])
-def test_artifact_layout_refuses_unsafe_titles(title: str) -> None:
-    with pytest.raises(ActivateError, match="not a plain file name"):
-        oci.artifact_layout(_artifact_manifest(title))
-
-
-def test_artifact_layout_refuses_container_images() -> None:
-    image = {
-        "schemaVersion": 2,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": DIGEST, "size": 1},
-        "layers": [],
-    }
-    with pytest.raises(ActivateError, match="a container image, not a swstack stack artifact"):
-        oci.artifact_layout(image)
-
-
 def test_next_link_and_digest_query() -> None:
     assert (
         oci._next_link('</v2/a/tags/list?n=2&last=b>; rel="next"', "http://r:1/v2/a/tags/list?n=2")
@@ -291,3 +249,62 @@ def test_tag_pages_are_followed() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- one platform picker, by conda's platform name
+
+
+def _index(*entries: dict[str, object]) -> dict[str, object]:
+    return {"schemaVersion": 2, "manifests": list(entries)}
+
+
+def _entry(digest: str, os_name: str | None = None, arch: str | None = None, **extra: object) -> dict[str, object]:
+    entry: dict[str, object] = {"digest": digest, "size": 1, **extra}
+    if os_name or arch:
+        entry["platform"] = {k: v for k, v in (("os", os_name), ("architecture", arch)) if v}
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [("linux-64", ("linux", "amd64")), ("linux-aarch64", ("linux", "arm64")), ("osx-arm64", ("darwin", "arm64"))],
+)
+def test_conda_platforms_map_to_oci(platform: str, expected: tuple[str, str]) -> None:
+    assert oci.oci_platform(platform) == expected
+
+
+def test_the_index_entry_of_the_platform_is_picked() -> None:
+    index = _index(
+        _entry("sha256:att", "unknown", "unknown"),
+        _entry("sha256:arm", "linux", "arm64"),
+        _entry("sha256:amd", "linux", "amd64"),
+    )
+    assert oci.pick_from_index(index, "linux-64", error=PushError, what="x") == "sha256:amd"
+    assert oci.pick_from_index(index, "linux-aarch64", error=PushError, what="x") == "sha256:arm"
+    missing = r"base image b: the index has no entry for linux/ppc64le \(platform linux-ppc64le\)"
+    with pytest.raises(PushError, match=missing):
+        oci.pick_from_index(index, "linux-ppc64le", error=PushError, what="base image b")
+
+
+def test_an_entry_naming_no_platform_is_the_fallback_and_our_type_is_preferred() -> None:
+    index = _index(_entry("sha256:other", "linux", "arm64"), _entry("sha256:any"))
+    assert oci.pick_from_index(index, "linux-64", error=ActivateError, what="r") == "sha256:any"
+    typed = _index(_entry("sha256:image", "linux", "amd64"), _entry("sha256:ours", artifactType="x/y"))
+    assert oci.pick_from_index(typed, "linux-64", error=ActivateError, what="r", artifact_type="x/y") == "sha256:ours"
+
+
+def test_one_renderer_for_every_manifest() -> None:
+    config = oci.Descriptor("a/config", DIGEST, 2)
+    layer = oci.Descriptor("a/layer", DIGEST, 3, {oci.TITLE: "t"})
+    plain = json.loads(oci.render_manifest(config=config, layers=[layer]))
+    assert plain == {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": "a/config", "digest": DIGEST, "size": 2},
+        "layers": [{"mediaType": "a/layer", "digest": DIGEST, "size": 3, "annotations": {oci.TITLE: "t"}}],
+    }
+    subject = {"mediaType": oci.OCI_MANIFEST, "digest": DIGEST, "size": 9}
+    full = json.loads(
+        oci.render_manifest(config=config, layers=[layer], annotations={"k": "v"}, artifact_type="x/y", subject=subject)
+    )
+    assert (full["annotations"], full["artifactType"], full["subject"]) == ({"k": "v"}, "x/y", subject)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from tests.support.artifacts import make_artifact
 
+from swstack.artifact import ARTIFACT_TYPE, STACK_MANIFEST_TYPE, TARBALL_TYPES
 from swstack.errors import PushError
 from swstack.manifest import Manifest
-from swstack.oci import ARTIFACT_TYPE, OCI_MANIFEST, STACK_MANIFEST_TYPE, TARBALL_TYPES
+from swstack.oci import OCI_MANIFEST
 from swstack.publish import plan_publish
 
 
@@ -34,9 +35,9 @@ def test_the_plan_pushes_manifest_and_tarball_then_the_oci_manifest(artifact: Pa
     assert (plan.ref.registry, plan.ref.repository, plan.ref.tag) == ("127.0.0.1:5000", "demo", "2026.11.21")
     man_blob, tar_blob = plan.blobs
     manifest_bytes = (artifact / "manifest.json").read_bytes()
-    assert man_blob.data == manifest_bytes and man_blob.path is None
+    assert man_blob.source == manifest_bytes
     assert man_blob.descriptor.digest == "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
-    assert tar_blob.path == tarball and tar_blob.data is None
+    assert tar_blob.source == tarball
     assert tar_blob.descriptor.digest == "sha256:" + hashlib.sha256(tarball.read_bytes()).hexdigest()
     assert tar_blob.descriptor.size == tarball.stat().st_size
     assert tar_blob.descriptor.media_type == TARBALL_TYPES["zstd"]
@@ -54,7 +55,7 @@ def test_the_plan_pushes_manifest_and_tarball_then_the_oci_manifest(artifact: Pa
         "io.swstack.stack": "demo",
         "org.opencontainers.image.version": "2026.11.21",
         "io.swstack.platform": "linux-64",
-        "org.opencontainers.image.created": "2026-11-21T00:00:00Z",
+        "org.opencontainers.image.created": "2026-11-21T00:00:00+00:00",
     }
     assert plan.digest == "sha256:" + hashlib.sha256(plan.manifest).hexdigest()
 
@@ -111,7 +112,10 @@ def _other_side_file(artifact: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        (lambda a: (a / "manifest.json").unlink(), r"no manifest\.json; is this an artifact directory made by `pack`"),
+        (
+            lambda a: (a / "manifest.json").unlink(),
+            r"no manifest\.json, so no complete artifact .*; pack the stack again",
+        ),
         (_break_json, r"manifest\.json: not a swstack manifest .*; pack the stack again"),
         (_drop_tarball_section, r"manifest\.json: has no 'tarball' section"),
         (lambda a: _tarball(a).unlink(), r"\.tar\.zst: missing \(named by .*manifest\.json\)"),

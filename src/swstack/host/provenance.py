@@ -110,12 +110,13 @@ def verify_path(spec: str, keys: list[Path]) -> Report:
 def verify_oci(spec: str, keys: list[Path]) -> Report:
     """A published artifact: its provenance referrer, subject = the tarball layer's digest, signatures when ``keys``."""
     from .. import oci
+    from ..artifact import artifact_layout
 
     ref = oci.parse_reference(spec.removeprefix("oci://"), error=ActivateError)
     client = oci.RegistryClient(ref.registry, error=ActivateError)
     repo = ref.repository
     doc = client.get_manifest(repo, ref.reference)
-    layout = oci.artifact_layout(doc.json(), error=ActivateError)
+    layout = artifact_layout(doc.json(), error=ActivateError)
     index_tag = doc.digest.replace(":", "-", 1)
     if client.head_manifest(repo, index_tag) is None:
         raise ActivateError(f"{ref}: no attestations attached (no referrers tag {index_tag[:19]}…)")

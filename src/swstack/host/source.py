@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log
+from ..artifact import CHECKSUM_SUFFIX, MANIFEST_NAME, checksum_path, load_manifest, reraise, tarball_path
 from ..errors import ActivateError, SwstackError
 from ..fsutil import atomic_output
 from ..manifest import Manifest
@@ -44,43 +45,34 @@ def kind_of(source: str) -> str:
 
 
 def _load_manifest(path: Path) -> Manifest:
-    try:
-        return Manifest.load(path)
-    except FileNotFoundError:
-        raise ActivateError(
-            f"{path}: missing; an artifact carries manifest.json beside its tarball"
-        ) from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ActivateError(f"{path}: not a valid swstack manifest ({exc})") from exc
+    with reraise(ActivateError):
+        return load_manifest(path)
 
 
 def from_path(source: str) -> Artifact:
     path = Path(source).expanduser()
     if path.is_dir():
-        manifest_path = path / "manifest.json"
-        manifest = _load_manifest(manifest_path)
+        manifest = _load_manifest(path / MANIFEST_NAME)
         if manifest.tarball is None:
-            raise ActivateError(f"{manifest_path}: has no tarball section; pass the tarball path instead")
-        name = manifest.tarball.name
-        if "/" in name or name in ("", ".", "..") or "\x00" in name:
-            raise ActivateError(
-                f"{manifest_path}: tarball.name {name!r} is not a file name beside manifest.json"
-            )
-        tarball = path / name
-    elif path.name == "manifest.json":
+            raise ActivateError(f"{path / MANIFEST_NAME}: has no tarball section; pass the tarball path instead")
+        with reraise(ActivateError):
+            tarball = tarball_path(path, manifest)
+    elif path.name == MANIFEST_NAME:
         return from_path(str(path.parent))
     elif path.is_file():
         tarball = path
-        manifest = _load_manifest(path.parent / "manifest.json")
+        manifest = _load_manifest(path.parent / MANIFEST_NAME)
     else:
         raise ActivateError(
             f"{source}: no such file or directory (expected a tarball, its directory, "
             f"an http(s) URL or an OCI reference)"
         )
-    if not tarball.is_file():
-        raise ActivateError(f"{tarball}: tarball missing beside {tarball.parent / 'manifest.json'}")
-    checksum = tarball.with_name(tarball.name + ".sha256")
-    return Artifact(tarball, checksum if checksum.is_file() else None, manifest, source)
+    return Artifact(tarball, _checksum_file(tarball), manifest, source)
+
+
+def _checksum_file(tarball: Path) -> Path | None:
+    checksum = checksum_path(tarball)
+    return checksum if checksum.is_file() else None
 
 
 def _download(url: str, dest: Path) -> Path:
@@ -105,9 +97,9 @@ def from_url(url: str, downloads: Path) -> Artifact:
     dest_dir = downloads / re.sub(r"[^A-Za-z0-9._-]", "_", f"{parsed.netloc}{Path(parsed.path).parent}")
     tarball = _download(url, dest_dir / name)
     base = url.rsplit("/", 1)[0]
-    _download(f"{base}/manifest.json", dest_dir / "manifest.json")
-    checksum = _download(f"{url}.sha256", dest_dir / f"{name}.sha256")
-    return Artifact(tarball, checksum, _load_manifest(dest_dir / "manifest.json"), url)
+    _download(f"{base}/{MANIFEST_NAME}", dest_dir / MANIFEST_NAME)
+    checksum = _download(f"{url}{CHECKSUM_SUFFIX}", checksum_path(tarball))
+    return Artifact(tarball, checksum, _load_manifest(dest_dir / MANIFEST_NAME), url)
 
 
 def from_oci(ref: str, downloads: Path) -> Artifact:
@@ -118,13 +110,7 @@ def from_oci(ref: str, downloads: Path) -> Artifact:
     dest = downloads / re.sub(r"[^A-Za-z0-9._-]", "_", ref.removeprefix("oci://"))
     dest.mkdir(parents=True, exist_ok=True)
     tarball = Path(oci.fetch_artifact(ref.removeprefix("oci://"), dest))
-    checksum = tarball.with_name(tarball.name + ".sha256")
-    return Artifact(
-        tarball,
-        checksum if checksum.is_file() else None,
-        _load_manifest(tarball.parent / "manifest.json"),
-        ref,
-    )
+    return Artifact(tarball, _checksum_file(tarball), _load_manifest(tarball.parent / MANIFEST_NAME), ref)
 
 
 def fetch(source: str, downloads: Path) -> Artifact:

@@ -7,11 +7,11 @@ is compared before the extracted tree is renamed anywhere a reader could see it.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from .. import log
+from ..artifact import parse_checksum, reraise
 from ..errors import ActivateError
 from ..manifest import Manifest
 from .layout import check_name
@@ -20,7 +20,6 @@ from .source import Artifact
 # The in-tree copy dates itself at the lock time (SOURCE_DATE_EPOCH) so the tarball is
 # reproducible; the manifest beside it records when the build really ran.
 _INFORMATIONAL = frozenset({"file_count", "total_size", "build_time"})
-_SUM_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(.+)$")
 
 
 @dataclass(frozen=True)
@@ -32,14 +31,8 @@ class Expected:
 
 def read_checksum_file(text: str, tarball_name: str) -> str:
     """sha256sum format ('<hex>  <name>'); the line naming our tarball wins, a lone hash is accepted."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        m = _SUM_RE.match(line)
-        if m and m.group(2).strip() in (tarball_name, f"./{tarball_name}"):
-            return m.group(1).lower()
-    if len(lines) == 1 and re.fullmatch(r"[0-9a-fA-F]{64}", lines[0].split()[0]):
-        return lines[0].split()[0].lower()
-    raise ActivateError(f"{tarball_name}.sha256: no sha256 for {tarball_name} in it")
+    with reraise(ActivateError):
+        return parse_checksum(text, tarball_name)
 
 
 def expectations(artifact: Artifact) -> Expected:

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import ChannelError
-from .fsutil import atomic_output
+from ..errors import ChannelError
+from ..fsutil import atomic_output
+from ..tarwriter import TarStream, header
 
 # 2024-01-01T00:00:00Z: the date every normalised package carries.
 DEFAULT_EPOCH = 1704067200
@@ -87,20 +88,17 @@ def read_tar(raw: bytes) -> list[Member]:
 def write_tar(members: list[Member], epoch: int) -> bytes:
     """An uncompressed tar of ``members``, sorted by name, with no trace of who made it."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+    with TarStream(buf) as tar:
         for m in sorted(members, key=lambda m: m.name):
-            info = tarfile.TarInfo(m.name)
-            info.type = m.type
-            info.mode = normalized_mode(m.type, m.mode)
-            info.mtime = epoch
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.linkname = m.linkname
-            if m.type == tarfile.REGTYPE:
-                info.size = len(m.data)
-                tar.addfile(info, io.BytesIO(m.data))
-            else:
-                tar.addfile(info)
+            info = header(
+                m.name,
+                kind=m.type,
+                mode=normalized_mode(m.type, m.mode),
+                mtime=epoch,
+                size=len(m.data),
+                linkname=m.linkname,
+            )
+            tar.add(info, io.BytesIO(m.data) if m.type == tarfile.REGTYPE else None)
     return buf.getvalue()
 
 

@@ -1,0 +1,244 @@
+"""The image and the registry: the base image read (manifest, config, blobs, files), the
+image pushed (through ``oci.push_manifest``), the repository's tags listed for spawner menus.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import tarfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import log, paths
+from ..engine import Engine
+from ..errors import ImageError, PushError, SwstackError
+from ..layers import normalise_path
+from ..oci import (
+    DOCKER_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Blob,
+    Descriptor,
+    RegistryClient,
+    RetryPolicy,
+    parse_reference,
+    pick_from_index,
+    push_manifest,
+)
+from ..site import Site
+from ..spec import Stack
+from .plan import (
+    LAYER_GZIP,
+    LAYER_TYPES_GZIP,
+    OCI_CONFIG,
+    BaseImage,
+    ImageResult,
+    image_repository,
+    load_image_result,
+)
+
+
+def resolve_base(ref: str, platform: str, *, retry: RetryPolicy | None = None) -> BaseImage:
+    """The base image's manifest and config from its registry (of a multi-platform index, the
+    entry for ``platform``, conda's name of the artifact's platform: ``linux-64`` is linux/amd64)."""
+    reference = parse_reference(ref, error=ImageError)
+    client = RegistryClient(reference.registry, retry=retry, error=ImageError)
+    doc = client.get_manifest(reference.repository, reference.reference)
+    if doc.media_type in (OCI_INDEX, DOCKER_LIST):
+        entry = pick_from_index(doc.json(), platform, error=ImageError, what=f"base image {ref}")
+        doc = client.get_manifest(reference.repository, entry)
+    data = doc.json()
+    config_desc = Descriptor.from_json(data.get("config"), ImageError)
+    layers = tuple(Descriptor.from_json(d, ImageError) for d in data.get("layers") or ())
+    for layer in layers:
+        if layer.media_type not in LAYER_TYPES_GZIP:
+            raise ImageError(
+                f"base image {ref}: layer {layer.digest[:19]} is {layer.media_type}; "
+                "only gzip layers are supported"
+            )
+    config_path = base_blob(client, reference.repository, config_desc)
+    return BaseImage(
+        ref=ref,
+        registry=reference.registry,
+        repository=reference.repository,
+        digest=doc.digest,
+        config=json.loads(config_path.read_bytes()),
+        layers=layers,
+    )
+
+
+def base_blob(client: RegistryClient, repository: str, desc: Descriptor) -> Path:
+    """A blob of the base image, downloaded once into the shared cache (content-addressed)."""
+    path = paths.cache_dir() / "image-blobs" / desc.digest.removeprefix("sha256:")
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        client.pull_blob(repository, desc.digest, path, desc.size)
+    return path
+
+
+def base_file(base: BaseImage, name: str, *, retry: RetryPolicy | None = None) -> str:
+    """A text file of the base image's tree (the top-most layer that has it), e.g. ``etc/passwd``."""
+    client = RegistryClient(base.registry, retry=retry, error=ImageError)
+    for desc in reversed(base.layers):
+        path = base_blob(client, base.repository, desc)
+        with gzip.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            for member in tar:
+                if normalise_path(member.name) == name and member.isfile():
+                    handle = tar.extractfile(member)
+                    return handle.read().decode() if handle else ""
+    return ""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repository: str
+    digest: str
+    tags: tuple[str, ...]
+    uploaded: tuple[str, ...]  # digests of blobs sent
+    skipped: tuple[str, ...]  # digests the registry already had
+    bytes_uploaded: int
+    bytes_total: int  # layers + config: what a push to an empty registry sends
+
+    def ref(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+def push_image(
+    image: ImageResult | Path,
+    *,
+    repository: str | None = None,
+    tags: Sequence[str] | None = None,
+    retry: RetryPolicy | None = None,
+    chunk_size: int | None = None,
+) -> PushResult:
+    """Push the image: missing blobs first (base layers copied from the base's registry), the
+    manifest last and once per tag, so a failed push never moves a tag."""
+    result = image if isinstance(image, ImageResult) else load_image_result(image)
+    target = parse_reference(repository or result.repository, default_tag=None, error=PushError)
+    client = RegistryClient(target.registry, retry=retry, error=PushError)
+    if chunk_size:
+        client.chunk_size = chunk_size
+    repo = target.repository
+    blobs_dir = result.layout / "blobs" / "sha256"
+    base = parse_reference(result.base_repository, default_tag=None, error=PushError)
+    base_client = RegistryClient(base.registry, retry=retry, error=PushError)
+    config = (blobs_dir / result.config_digest.removeprefix("sha256:")).read_bytes()
+    manifest_bytes = (blobs_dir / result.digest.removeprefix("sha256:")).read_bytes()
+    config_blob = Blob(Descriptor(OCI_CONFIG, result.config_digest, len(config)), config)
+    blobs = [*_layer_blobs(result, base_client, base.repository), config_blob]
+    sizes = {blob.descriptor.digest: blob.descriptor.size for blob in blobs}
+    chosen = tuple(tags) if tags is not None else result.tags
+    log.step(f"pushing {target.registry}/{repo} ({len(result.layers)} layers)")
+    outcome = push_manifest(client, repo, blobs, manifest_bytes, tags=chosen)
+    pushed = PushResult(
+        repository=f"{target.registry}/{repo}",
+        digest=outcome.digest,
+        tags=chosen,
+        uploaded=outcome.uploaded,
+        skipped=outcome.skipped,
+        bytes_uploaded=sum(sizes.get(d, 0) for d in outcome.uploaded) + len(manifest_bytes),
+        bytes_total=sum(sizes.values()) + len(manifest_bytes),
+    )
+    log.info(
+        f"pushed {pushed.ref()} as {', '.join(chosen) or '(no tag)'}: "
+        f"sent {log.human_bytes(pushed.bytes_uploaded)} of {log.human_bytes(pushed.bytes_total)} "
+        f"({len(pushed.uploaded)} blobs; {len(pushed.skipped)} already there)"
+    )
+    return pushed
+
+
+def _layer_blobs(result: ImageResult, base_client: RegistryClient, base_repo: str) -> list[Blob]:
+    """Every layer: ours from the layout, the base's fetched from its registry only if the target lacks it."""
+    blobs_dir = result.layout / "blobs" / "sha256"
+    blobs = []
+    for layer in result.layers:
+        desc = Descriptor(LAYER_GZIP, layer.digest, layer.size)
+        if layer.base:
+            blobs.append(Blob(desc, functools.partial(base_blob, base_client, base_repo, desc)))
+        else:
+            blobs.append(Blob(desc, blobs_dir / layer.digest.removeprefix("sha256:")))
+    return blobs
+
+
+def list_images(stack: Stack, site: Site, *, retry: RetryPolicy | None = None) -> list[dict[str, Any]]:
+    """The registry's images of ``stack``, newest first, as JSON a spawner's image menu can use.
+
+    Each entry: ``image`` (``host/name:tag``), ``tag``, ``digest``, ``display_name``,
+    ``version``, ``variant``, ``created``, ``revision``. DockerSpawner's ``allowed_images``
+    is ``{e["display_name"]: e["image"] for e in entries}``; KubeSpawner's ``profile_list``
+    takes ``{"display_name": ..., "kubespawner_override": {"image": ...}}`` per entry.
+    """
+    reference = parse_reference(image_repository(stack, site), default_tag=None, error=PushError)
+    client = RegistryClient(reference.registry, retry=retry, error=PushError)
+    entries = []
+    configs: dict[str, Mapping[str, str]] = {}
+    for tag in sorted(client.list_tags(reference.repository)):
+        doc = client.get_manifest(reference.repository, tag)
+        if doc.media_type not in (OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"):
+            continue
+        config_digest = str((doc.json().get("config") or {}).get("digest", ""))
+        if config_digest not in configs:
+            configs[config_digest] = _labels_of(client, reference.repository, config_digest)
+        labels = configs[config_digest]
+        version = labels.get("org.opencontainers.image.version", tag)
+        entries.append(
+            {
+                "image": f"{reference.registry}/{reference.repository}:{tag}",
+                "tag": tag,
+                "digest": doc.digest,
+                "display_name": f"{stack.name} {tag}" + (f" ({version})" if version != tag else ""),
+                "version": version,
+                "variant": labels.get("io.swstack.variant", stack.variant),
+                "created": labels.get("org.opencontainers.image.created", ""),
+                "revision": labels.get("org.opencontainers.image.revision", ""),
+            }
+        )
+    entries.sort(key=lambda e: (e["created"], e["tag"] == "latest", e["tag"]), reverse=True)
+    return entries
+
+
+def _labels_of(client: RegistryClient, repository: str, digest: str) -> Mapping[str, str]:
+    path = paths.cache_dir() / "image-blobs" / digest.removeprefix("sha256:")
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        client.pull_blob(repository, digest, path)
+    try:
+        config = json.loads(path.read_bytes())
+    except ValueError:
+        return {}
+    return dict((config.get("config") or {}).get("Labels") or {})
+
+
+def mirror_base(stack: Stack, site: Site, engine: Engine | None = None) -> str | None:
+    """Put the debootstrapped Debian where the site mirrors the stack's base image.
+
+    A site whose image mirror maps the stack's base into its own registry (the offline
+    site) gets our Debian base pushed there, as production sites keep their bases in their
+    registry. Returns the pushed reference, or None when the site pulls the base as named.
+    """
+    from ..baseimage import ensure_base, load_base_spec
+    from ..engine import DockerEngine
+
+    target = site.image_ref(stack.image.base)
+    if target == stack.image.base or site.registry is None or not target.startswith(site.registry + "/"):
+        return None
+    engine = engine or DockerEngine()
+    local = ensure_base(engine, load_base_spec(mirror=site.debian_mirror, suite=site.debian_suite))
+    engine.tag_image(local, target)
+    engine.push_image(target)
+    return target
+
+
+def registry_answers(site: Site) -> bool:
+    """Whether the site's registry answers now (one quick try, no retries)."""
+    if not site.registry:
+        return False
+    try:
+        RegistryClient(site.registry, retry=RetryPolicy(attempts=1), timeout=5).ping()
+    except SwstackError:
+        return False
+    return True
