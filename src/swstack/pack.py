@@ -13,8 +13,9 @@ conda-pack decides which files belong to the environment and how they relocate (
 archive (files it would archive unchanged skip it, see ``_pack_records``), then write the
 recorded entries ourselves, sorted, with normalised metadata, cut into chunks at member
 boundaries chosen by name (``starts_chunk``), each compressed as its own zstd frame by a
-pool of threads while the first builds the tar (gzip: one stream), so a host can verify
-and fetch only the chunks that changed. The same prefix packed twice gives the same bytes.
+pool of threads (gzip: one stream), so a host can verify and fetch only the chunks that
+changed. conda-pack's scan runs in a forked process while the chunks guessed from the
+package records compress (``_speculate``). The same prefix packed twice gives the same bytes.
 
 This module runs inside the build sandbox, so it imports only the standard library,
 ``conda_pack``, ``zstandard`` and swstack's light modules.
@@ -43,7 +44,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NoReturn
 
 from . import __version__, log
 from .errors import PackError, SwstackError
@@ -611,6 +612,31 @@ def _fields(e: Entry) -> tuple[Any, ...]:
     return (e.name, e.kind, e.mode, e.mtime, e.size, e.source, e.data, e.linkname)
 
 
+def _scan_and_exit(answer_fd: int, prefix: Path, require_package_cache: bool, source_date_epoch: int) -> NoReturn:
+    """The forked child: scan, send the entries (plain tuples: pickled ~5x faster than the
+    dataclasses), the error's message or a bug's traceback, and exit at once."""
+    import pickle
+    import traceback
+
+    code = 0
+    try:
+        try:
+            recorded = _pack_records(prefix, require_package_cache, source_date_epoch)
+            answer: tuple[str, Any] = ("ok", [_fields(e) for e in recorded])
+        except SwstackError as exc:
+            answer = ("error", str(exc))
+        except BaseException:
+            answer = ("bug", traceback.format_exc())
+        with os.fdopen(answer_fd, "wb") as fh:
+            fh.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+    except BaseException:
+        code = 1
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()  # conda-pack's warnings, logged here
+        os._exit(code)  # no atexit handlers, no buffers of the parent's written twice
+
+
 class _BackgroundScan:
     """``_pack_records`` in a forked process, so conda-pack's scan (pure Python, about a
     second of one core on a large prefix) runs while this one compresses what it guessed.
@@ -619,33 +645,17 @@ class _BackgroundScan:
     """
 
     def __init__(self, prefix: Path, require_package_cache: bool, source_date_epoch: int):
-        import pickle
-
         read_end, write_end = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the child: scan, send the result or the error, exit at once
-            code = 0
-            try:
-                os.close(read_end)
-                try:
-                    recorded = _pack_records(prefix, require_package_cache, source_date_epoch)
-                    # Plain tuples: pickled ~5x faster than the dataclasses.
-                    result: tuple[str, Any] = ("ok", [_fields(e) for e in recorded])
-                except SwstackError as exc:
-                    result = ("error", PackError(str(exc)))
-                except BaseException as exc:  # a bug: the parent raises it with its text
-                    result = ("error", PackError(f"conda-pack's scan failed: {type(exc).__name__}: {exc}"))
-                with os.fdopen(write_end, "wb") as fh:
-                    fh.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
+        if pid == 0:
+            os.close(read_end)
+            _scan_and_exit(write_end, prefix, require_package_cache, source_date_epoch)
         os.close(write_end)
         self._pid: int | None = pid
         self._answer = os.fdopen(read_end, "rb")
 
     def result(self) -> list[Entry]:
+        """conda-pack's entries, or its error raised here."""
         import pickle
 
         with self._answer:
@@ -655,7 +665,9 @@ class _BackgroundScan:
             raise PackError("conda-pack's scan of the prefix died without an answer")
         kind, value = pickle.loads(data)
         if kind == "error":
-            raise value
+            raise PackError(value)
+        if kind == "bug":
+            raise RuntimeError(f"conda-pack's scan failed in its process:\n{value}")
         return [Entry(*fields) for fields in value]
 
     def _reap(self) -> None:

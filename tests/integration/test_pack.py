@@ -539,3 +539,15 @@ def test_frames_compressed_on_a_guess_are_the_frames_compressed_after_the_scan(
     assert taken[0] > 5 and taken[1] == 0
     assert guessing.tarball.read_bytes() == after_scan.tarball.read_bytes()
     assert guessing.manifest.tarball == after_scan.manifest.tarball
+
+
+def test_a_bug_in_the_scan_process_keeps_its_traceback(
+    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> list[pack.Entry]:
+        raise KeyError("link")
+
+    monkeypatch.setattr(pack, "_pack_records", broken)  # the forked child inherits it
+    with pytest.raises(RuntimeError, match=r"(?s)in its process:.*Traceback.*KeyError: 'link'"):
+        pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
