@@ -894,10 +894,13 @@ def plan_chunks(entries: Sequence[Entry], uid: int, gid: int, *, last: bool = Tr
 class _ChunkCompressor:
     """A pool of threads turning planned chunks into zstd frames (and their sha256).
 
-    Each chunk is built (headers written directly, files read straight into a recycled
-    1 MiB block) and compressed by one thread, single-threaded, as its blocks are filled;
-    zstandard and file reads release the GIL, so chunks compress in parallel. A frame's
-    bytes depend only on the chunk and the level, never on the number of threads.
+    Each chunk is built (headers written directly, files read straight into the buffer)
+    and compressed by one thread, single-threaded; zstandard and file reads release the
+    GIL, so chunks compress in parallel. A frame's bytes depend only on the chunk and the
+    level, never on the number of threads. A chunk up to ``CHUNK_MAX`` is built whole in a
+    buffer the thread keeps and compressed in one call (faster, and smaller, than
+    streaming); a larger one (a single large member) streams through 1 MiB blocks, so
+    memory stays bounded. Both frames record the content size.
     """
 
     def __init__(self, level: int, threads: int, uid: int, gid: int):
@@ -913,22 +916,25 @@ class _ChunkCompressor:
         return self._pool.submit(self._compress, chunk)
 
     def _compress(self, chunk: PlannedChunk) -> tuple[bytes, str]:
+        import zstandard
+
         local = self._local
         if not hasattr(local, "cctx"):
-            import zstandard
-
             local.cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True)
             local.parts = []
-            local.sink = _TarSink(lambda view: local.parts.append(local.frame.compress(view)))
-        local.frame = local.cctx.compressobj()
+            local.whole = _TarSink(lambda view: local.parts.append(local.cctx.compress(view)), batch=CHUNK_MAX)
+            local.blocks = _TarSink(lambda view: local.parts.append(local.frame.compress(view)))
         parts: list[bytes] = local.parts
-        sink: _TarSink = local.sink
+        sink: _TarSink = local.whole if chunk.raw_size <= CHUNK_MAX else local.blocks
+        if sink is local.blocks:
+            local.frame = local.cctx.compressobj(size=chunk.raw_size)
         try:
             headers = [member_header(e, self._uid, self._gid) for e in chunk.entries]
             write_members(chunk.entries, headers, sink)
             sink.write(chunk.tail)
             sink.flush()
-            parts.append(local.frame.flush())
+            if sink is local.blocks:
+                parts.append(local.frame.flush())
             data = b"".join(parts)
         finally:
             parts.clear()
@@ -972,14 +978,18 @@ def _write_chunks(
     out: _HashingFile,
     chunks: Sequence[PlannedChunk],
     compressor: _ChunkCompressor,
-    guessed: Mapping[PlannedChunk, Future[tuple[bytes, str]]],
+    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]],
     window: int,
     advance: Callable[[int], None],
 ) -> tuple[TarballChunk, ...]:
-    """Compress ``chunks`` (taking the frame of an equal guessed chunk instead) and write
-    them in order, with at most ``window`` of them compressed ahead of the file."""
+    """Compress ``chunks`` (taking the frame of an equal guessed chunk instead, out of
+    ``guessed``) and write them in order, with at most ``window`` compressed ahead of the file."""
     table: list[TarballChunk] = []
     pending: deque[tuple[PlannedChunk, Future[tuple[bytes, str]]]] = deque()
+    real = set(chunks)
+    for chunk, future in guessed.items():
+        if chunk not in real:
+            future.cancel()  # guessed wrong: if it has not started, it never will
 
     def write_oldest() -> None:
         chunk, future = pending.popleft()
@@ -989,8 +999,9 @@ def _write_chunks(
         advance(chunk.file_bytes())
 
     for chunk in chunks:
-        future = guessed.get(chunk)
-        pending.append((chunk, future if future is not None else compressor.submit(chunk)))
+        # Popped: the frame is freed once written.
+        future = guessed.pop(chunk) if chunk in guessed else compressor.submit(chunk)
+        pending.append((chunk, future))
         while len(pending) > window:
             write_oldest()
     while pending:
@@ -1170,7 +1181,6 @@ def _pack_recorded(
     manifest_path = version_dir / MANIFEST_NAME
     _claim_version_dir(manifest_path, options.overwrite)
     written = _write_tarball(tarball, entries, options, uid, gid, compressor, guessed)
-    guessed.clear()  # frames not taken: free them before the manifest is written
 
     checksum = tarball.with_name(tarball.name + ".sha256")
     atomic_write_text(checksum, checksum_line(written.sha256, tarball.name))
@@ -1202,7 +1212,7 @@ def _write_tarball(
     uid: int,
     gid: int,
     compressor: _ChunkCompressor,
-    guessed: Mapping[PlannedChunk, Future[tuple[bytes, str]]],
+    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]],
 ) -> TarballInfo:
     """Write the tarball atomically; return what the manifest says of it."""
     total = tree_totals(entries)[1]

@@ -315,3 +315,30 @@ def test_plan_chunks_covers_the_stream_and_ends_it() -> None:
     assert out.getvalue().endswith(chunks[-1].tail)
     guess = pack.plan_chunks(entries, 0, 0, last=False)
     assert guess[:-1] == chunks[:-1] and guess[-1].tail == b""
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunk_frames_concatenate_to_the_tar_stream(threads: int) -> None:
+    """Chunks up to the maximum are compressed whole, a larger one streamed: both are whole
+    frames, with a checksum and the content size, and together they are the tar stream."""
+    import zstandard
+
+    big = bytes(range(256)) * ((pack.CHUNK_MAX + 300_000) // 256)
+    entries = [Entry(f"lib/f{i:04d}", "file", 0o644, SDE, 30_000, data=bytes([i % 251]) * 30_000) for i in range(300)]
+    entries.insert(150, Entry("lib/f0149-big", "file", 0o644, SDE, len(big), data=big))
+    chunks = pack.plan_chunks(entries, 0, 0)
+    assert any(c.raw_size > pack.CHUNK_MAX for c in chunks) and len(chunks) > 2
+    compressor = pack._ChunkCompressor(3, threads, 0, 0)
+    try:
+        frames = [f.result()[0] for f in [compressor.submit(c) for c in chunks]]
+    finally:
+        compressor.close()
+    for chunk, frame in zip(chunks, frames, strict=True):
+        params = zstandard.get_frame_parameters(frame)
+        assert params.has_checksum and params.content_size == chunk.raw_size
+    out = io.BytesIO()
+    sink = pack._TarSink(out.write)
+    pack.write_tar(entries, sink, 0, 0, lambda n: None)
+    sink.flush()
+    joined = io.BytesIO(b"".join(frames))
+    assert zstandard.ZstdDecompressor().stream_reader(joined, read_across_frames=True).read() == out.getvalue()
