@@ -1180,7 +1180,8 @@ def _pack_recorded(
     )
     manifest_path = version_dir / MANIFEST_NAME
     _claim_version_dir(manifest_path, options.overwrite)
-    written = _write_tarball(tarball, entries, options, uid, gid, compressor, guessed)
+    total = tree_totals(entries)[1]
+    written = _write_tarball(tarball, entries, options, uid, gid, total, compressor=compressor, guessed=guessed)
 
     checksum = tarball.with_name(tarball.name + ".sha256")
     atomic_write_text(checksum, checksum_line(written.sha256, tarball.name))
@@ -1211,11 +1212,19 @@ def _write_tarball(
     options: PackOptions,
     uid: int,
     gid: int,
-    compressor: _ChunkCompressor,
-    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]],
+    total: int,
+    *,
+    compressor: _ChunkCompressor | None = None,
+    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]] | None = None,
 ) -> TarballInfo:
-    """Write the tarball atomically; return what the manifest says of it."""
-    total = tree_totals(entries)[1]
+    """Write the tarball atomically; return what the manifest says of it. ``total`` is the
+    bytes of files, for the progress bar; ``guessed``: see ``_speculate``."""
+    if compressor is None:
+        compressor = _ChunkCompressor(options.resolved_level(), options.resolved_threads(), uid, gid)
+        try:
+            return _write_tarball(tarball, entries, options, uid, gid, total, compressor=compressor)
+        finally:
+            compressor.close()
     chunks: tuple[TarballChunk, ...] = ()
     try:
         with (
@@ -1227,7 +1236,7 @@ def _write_tarball(
             if options.compression == "zstd":
                 planned = plan_chunks(entries, uid, gid)
                 window = 2 * options.resolved_threads() + 2
-                chunks = _write_chunks(out, planned, compressor, guessed, window, bar.advance)
+                chunks = _write_chunks(out, planned, compressor, guessed or {}, window, bar.advance)
             elif options.compression == "gzip":
                 with _gzip_stream(out, options.resolved_level()) as sink:
                     write_tar(entries, sink, uid, gid, bar.advance)
