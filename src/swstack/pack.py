@@ -860,10 +860,15 @@ def member_size(entry: Entry, uid: int, gid: int) -> int:
     """Bytes of the member in the tar stream: header (PAX records included), data, padding."""
     size = entry.size if entry.kind == "file" else 0
     name = entry.name + "/" if entry.kind == "dir" else entry.name
-    if len(name) <= 100 and len(entry.linkname) <= 100 and name.isascii() and entry.linkname.isascii():
-        header = tarfile.BLOCKSIZE  # the common case, as ustar_header gives it, without building it
-        if size >= 8**11 or not 0 <= int(entry.mtime or 0) < 8**11 or not (0 <= uid < 8**7 and 0 <= gid < 8**7):
-            header = len(member_header(entry, uid, gid))
+    plain = name.isascii() and entry.linkname.isascii() and size < 8**11 and 0 <= int(entry.mtime or 0) < 8**11
+    if plain and 0 <= uid < 8**7 and 0 <= gid < 8**7:
+        # What ustar_header makes, without making it: one block, or with PAX records
+        # for long names, a PAX header block, the records padded, then the block.
+        long = [(k, v.encode()) for k, v in ((b"path", name), (b"linkpath", entry.linkname)) if len(v) > 100]
+        header = tarfile.BLOCKSIZE
+        if long:
+            records = len(_pax_records(long))
+            header += tarfile.BLOCKSIZE + records + -records % tarfile.BLOCKSIZE
     else:
         header = len(member_header(entry, uid, gid))
     return header + size + -size % tarfile.BLOCKSIZE

@@ -292,6 +292,8 @@ def test_member_size_is_what_the_writer_writes() -> None:
         Entry("share/link", "symlink", 0o777, SDE, linkname="../" + "l" * 110),
         Entry("d" * 99 + "/", "dir", 0o755, SDE),  # 100 bytes with the slash: still ustar
         Entry("e" * 100, "dir", 0o755, SDE),  # 101 with it: a PAX record
+        Entry("f" * 300, "symlink", 0o777, SDE, linkname="g" * 990),  # two records, lengths crossing digits
+        Entry("share/big", "file", 0o644, 8**11, 0, data=b""),  # an mtime ustar cannot hold
     ]
     for e in entries:
         out = io.BytesIO()
