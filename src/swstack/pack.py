@@ -1185,8 +1185,7 @@ def _pack_recorded(
     )
     manifest_path = version_dir / MANIFEST_NAME
     _claim_version_dir(manifest_path, options.overwrite)
-    total = tree_totals(entries)[1]
-    written = _write_tarball(tarball, entries, options, uid, gid, total, compressor=compressor, guessed=guessed)
+    written = _write_tarball(tarball, entries, options, uid, gid, compressor, guessed)
 
     checksum = tarball.with_name(tarball.name + ".sha256")
     atomic_write_text(checksum, checksum_line(written.sha256, tarball.name))
@@ -1217,19 +1216,12 @@ def _write_tarball(
     options: PackOptions,
     uid: int,
     gid: int,
-    total: int,
-    *,
-    compressor: _ChunkCompressor | None = None,
-    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]] | None = None,
+    compressor: _ChunkCompressor,
+    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]],
 ) -> TarballInfo:
-    """Write the tarball atomically; return what the manifest says of it. ``total`` is the
-    bytes of files, for the progress bar; ``guessed``: see ``_speculate``."""
-    if compressor is None:
-        compressor = _ChunkCompressor(options.resolved_level(), options.resolved_threads(), uid, gid)
-        try:
-            return _write_tarball(tarball, entries, options, uid, gid, total, compressor=compressor)
-        finally:
-            compressor.close()
+    """Write the tarball atomically; return what the manifest says of it. ``guessed``: the
+    frames started before the entries were known (``_speculate``), taken out when used."""
+    total = tree_totals(entries)[1]
     chunks: tuple[TarballChunk, ...] = ()
     try:
         with (
@@ -1241,7 +1233,7 @@ def _write_tarball(
             if options.compression == "zstd":
                 planned = plan_chunks(entries, uid, gid)
                 window = 2 * options.resolved_threads() + 2
-                chunks = _write_chunks(out, planned, compressor, guessed or {}, window, bar.advance)
+                chunks = _write_chunks(out, planned, compressor, guessed, window, bar.advance)
             elif options.compression == "gzip":
                 with _gzip_stream(out, options.resolved_level()) as sink:
                     write_tar(entries, sink, uid, gid, bar.advance)
