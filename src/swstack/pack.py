@@ -65,8 +65,8 @@ MANIFEST_NAME = "manifest.json"
 PIP_INSTALLERS = frozenset({"pip", "uv"})
 _COPY_CHUNK = 1 << 20
 # Chunks of a zstd tarball (see starts_chunk), in bytes of the tar stream. The mask gives
-# one boundary candidate per 128 member names: ~2.3 MiB after the minimum on py3, whose
-# members average 18 KiB, so chunks average ~3.3 MiB.
+# one boundary candidate per 128 member names, ~2.3 MiB on py3, whose members average
+# 18 KiB: chunks there average ~4 MiB (the candidate after the minimum, and big files).
 CHUNK_MIN = 1 << 20
 CHUNK_MAX = 16 << 20
 CHUNK_MASK = (1 << 7) - 1
