@@ -1110,6 +1110,8 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     # package lists and compresses the chunks it can guess (see _speculate).
     scan = None
     if options.compression == "zstd":
+        import conda_pack.core  # noqa: F401  (once, before the fork: the child inherits it)
+
         scan = _BackgroundScan(prefix, options.require_package_cache, options.source_date_epoch)
     compressor = _ChunkCompressor(options.resolved_level(), options.resolved_threads(), uid, gid)
     try:
