@@ -19,6 +19,7 @@ import tarfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -127,7 +128,7 @@ def _members(tarball: Path) -> list[tarfile.TarInfo]:
 def _open_tar(tarball: Path) -> tarfile.TarFile:
     raw = tarball.read_bytes()
     if tarball.name.endswith(".zst"):
-        raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+        raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True).read()
     else:
         raw = gzip.decompress(raw)
     return tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
@@ -254,22 +255,37 @@ def test_gzip_variant_is_reproducible_and_relocates(hello_prefix: Path, tmp_path
     assert _unpack_and_run(one.tarball, dest).splitlines()[0] == f"prefix={dest}"
 
 
+def _disk_full_after_first_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = pack._HashingFile.write
+
+    def write(self: pack._HashingFile, data: bytes) -> int:
+        if self.size:
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(pack._HashingFile, "write", write)
+
+
+def _read_error_in_a_compressing_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_copy = pack._copy_file
+    calls = iter(range(1_000_000))
+
+    def copy(source: str, size: int, sink: pack._TarSink) -> None:
+        if next(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_copy(source, size, sink)
+
+    monkeypatch.setattr(pack, "_copy_file", copy)
+
+
+@pytest.mark.parametrize("fault", [_disk_full_after_first_write, _read_error_in_a_compressing_thread])
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
 def test_a_failure_mid_pack_leaves_nothing_that_looks_finished(
-    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Any, compression: str
 ) -> None:
-    real_write_tar = pack.write_tar
-
-    def failing_write_tar(entries, sink, uid, gid, advance):  # type: ignore[no-untyped-def]
-        def advance_then_fail(n: int) -> None:
-            advance(n)
-            if n:
-                raise OSError(28, "No space left on device")
-
-        real_write_tar(entries, sink, uid, gid, advance_then_fail)
-
-    monkeypatch.setattr(pack, "write_tar", failing_write_tar)
+    fault(monkeypatch)
     with pytest.raises(PackError, match="No space left"):
-        pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+        pack.pack_prefix(hello_prefix, tmp_path, options=_options(compression=compression), info=INFO)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
@@ -418,3 +434,120 @@ def test_plain_files_skip_the_packer_and_give_the_same_entries(tmp_path: Path, o
     fast = pack.plan_entries(pack._pack_records(prefix, True, sde), sde)
     assert fast == _records_through_the_packer(prefix, sde)
     assert len(fast) > 1000 and any(e.name == "bin/conda-unpack" for e in fast)
+
+
+def _chunk_bytes(tarball: Path, manifest: Manifest) -> list[bytes]:
+    assert manifest.tarball is not None
+    raw = tarball.read_bytes()
+    return [raw[c.offset : c.offset + c.size] for c in manifest.tarball.chunks]
+
+
+def _members_of_chunk(frame: bytes) -> list[str]:
+    """The members a chunk holds, decompressed alone: one zstd frame of whole tar members."""
+    params = zstandard.get_frame_parameters(frame)
+    assert params.has_checksum
+    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame)).read()  # this frame only
+    assert len(data) % tarfile.BLOCKSIZE == 0
+    names, end = [], 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for m in tar:
+            names.append(m.name)
+            end = m.offset_data + (m.size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+    assert data[end:] == bytes(len(data) - end)  # nothing after the last member but the end blocks
+    return names
+
+
+def test_the_tarball_is_a_table_of_independently_verifiable_chunks(hello_prefix: Path, tmp_path: Path) -> None:
+    result = pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    manifest = Manifest.load(result.manifest_path)
+    assert manifest.tarball is not None
+    chunks = manifest.tarball.chunks
+    assert chunks[0].offset == 0 and sum(c.size for c in chunks) == result.tarball.stat().st_size
+    frames = _chunk_bytes(result.tarball, manifest)
+    assert [hashlib.sha256(f).hexdigest() for f in frames] == [c.sha256 for c in chunks]
+    per_chunk = [_members_of_chunk(f) for f in frames]
+    assert [n for names in per_chunk for n in names] == [m.name for m in _members(result.tarball)]
+    assert ["bin/conda-unpack"] in per_chunk and [IN_TREE_PATH] in per_chunk
+    last = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frames[-1])).read()
+    assert last.endswith(bytes(2 * tarfile.BLOCKSIZE))  # tar's end-of-archive blocks
+    # Still one ordinary .tar.zst for the standard tools.
+    proc.run(["zstd", "-q", "-t", result.tarball], what="zstd -t")
+    dest = tmp_path / "x"
+    dest.mkdir()
+    proc.run(["tar", "--zstd", "-xf", result.tarball, "-C", dest], what="tar -x")
+    assert (dest / "bin" / "hello").is_file() and (dest / IN_TREE_PATH).is_file()
+
+
+def test_gzip_tarballs_have_no_chunks(hello_prefix: Path, tmp_path: Path) -> None:
+    result = pack.pack_prefix(hello_prefix, tmp_path, options=_options(compression="gzip"), info=INFO)
+    assert result.manifest.tarball is not None and result.manifest.tarball.chunks == ()
+
+
+def _synthetic_tree(prefix: Path) -> list[str]:
+    """40 packages of 60 files of 2-14 KiB, of random bytes: ~24 MiB, many chunks."""
+    import random
+
+    rng = random.Random(7)
+    names = []
+    for p in range(40):
+        for f in range(60):
+            rel = f"share/synth/pkg{p:02d}/file{f:02d}.bin"
+            path = prefix / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(rng.randbytes(rng.randrange(2048, 14336)))
+            names.append(rel)
+    return names
+
+
+def test_a_one_file_change_changes_only_its_chunk_and_the_manifests(hello_prefix: Path, tmp_path: Path) -> None:
+    prefix = tmp_path / "env"
+    shutil.copytree(hello_prefix, prefix, symlinks=True)
+    names = _synthetic_tree(prefix)
+    one = pack.pack_prefix(prefix, tmp_path / "out", options=_options(), info=replace(INFO, version="1"))
+    changed = prefix / names[len(names) // 2]
+    changed.write_bytes(bytes(b ^ 0xFF for b in changed.read_bytes()))  # same size, new bytes
+    two = pack.pack_prefix(prefix, tmp_path / "out", options=_options(threads=1), info=replace(INFO, version="2"))
+
+    def table(result: pack.PackResult) -> list[tuple[str, list[str]]]:
+        frames = _chunk_bytes(result.tarball, result.manifest)
+        return [(hashlib.sha256(f).hexdigest(), _members_of_chunk(f)) for f in frames]
+
+    before, after = table(one), table(two)
+    assert len(before) > 6
+    assert [names for _, names in before] == [names for _, names in after]  # the same boundaries
+    differing = [names for (a, names), (b, _) in zip(before, after, strict=True) if a != b]
+    assert sorted(differing) == sorted([[IN_TREE_PATH], next(n for _, n in before if names[len(names) // 2] in n)])
+
+
+def test_frames_compressed_on_a_guess_are_the_frames_compressed_after_the_scan(
+    tmp_path: Path, offline_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks compressed while conda-pack scans are taken only when equal to the real ones."""
+    prefix = tmp_path / "env"
+    _install(offline_site.cache / "offline-channel", ["python 3.11.*", "numpy"], prefix, tmp_path / "pkgs")
+    taken: list[int] = []
+    real_write_chunks = pack._write_chunks
+
+    def counting(out, chunks, compressor, guessed, window, advance):  # type: ignore[no-untyped-def]
+        taken.append(sum(1 for c in chunks if c in guessed))
+        return real_write_chunks(out, chunks, compressor, guessed, window, advance)
+
+    monkeypatch.setattr(pack, "_write_chunks", counting)
+    guessing = pack.pack_prefix(prefix, tmp_path / "a", options=_options(), info=INFO)
+    monkeypatch.setattr(pack, "SPECULATION_PER_THREAD", 0)
+    after_scan = pack.pack_prefix(prefix, tmp_path / "b", options=_options(), info=INFO)
+    assert taken[0] > 5 and taken[1] == 0
+    assert guessing.tarball.read_bytes() == after_scan.tarball.read_bytes()
+    assert guessing.manifest.tarball == after_scan.manifest.tarball
+
+
+def test_a_bug_in_the_scan_process_keeps_its_traceback(
+    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> list[pack.Entry]:
+        raise KeyError("link")
+
+    monkeypatch.setattr(pack, "_pack_records", broken)  # the forked child inherits it
+    with pytest.raises(RuntimeError, match=r"(?s)in its process:.*Traceback.*KeyError: 'link'"):
+        pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -164,7 +164,7 @@ def repack_tree(tree: Path, manifest: Manifest, out: Path, version: str, changes
 
     A cheap second version of a real stack: every other file keeps its bytes, mode and mtime.
     """
-    from swstack.pack import Entry, PackOptions, _write_tarball, in_tree_manifest_entry, plan_entries
+    from swstack.pack import Entry, PackOptions, _ChunkCompressor, _write_tarball, in_tree_manifest_entry, plan_entries
 
     recorded: list[Entry] = []
     for dirpath, dirnames, filenames in os.walk(tree):
@@ -188,6 +188,27 @@ def repack_tree(tree: Path, manifest: Manifest, out: Path, version: str, changes
     entries = sorted([*entries, in_tree_manifest_entry(new, epoch)], key=lambda e: e.name)
     out.mkdir(parents=True)
     tarball = out / f"{new.stack_id}-{version}-{new.platform}.tar.zst"
-    _write_tarball(tarball, entries, PackOptions(epoch, level=1), 0, 0, size)
+    options = PackOptions(epoch, level=1)
+    compressor = _ChunkCompressor(options.resolved_level(), options.resolved_threads(), 0, 0)
+    try:
+        info = _write_tarball(tarball, entries, options, 0, 0, compressor, {})
+    finally:
+        compressor.close()
     seal(out, tarball, new)
+    (out / "manifest.json").write_text(replace(new, tarball=info).to_json())  # with pack's chunk table
     return out
+
+
+def chunked_pair(work: Path, first: str = "1.0", second: str = "1.1", *, payload: int = 4 << 20,
+                 small_files: int = 600) -> tuple[Path, Path]:  # fmt: skip
+    """Two chunked artifacts (pack's writer) of one tree: ``first``, and ``second`` with one package's
+    modules (``lib/python3.11/site-packages/pkg000``) rewritten; every other file keeps its bytes."""
+    plain = make_artifact(work / "plain", version=first, payload=payload, small_files=small_files)
+    tree = work / "tree"
+    manifest = unpack_artifact(plain, tree)
+    one = repack_tree(tree, manifest, work / first, first, {})
+    package = tree / "lib/python3.11/site-packages/pkg000"
+    changes = {str(f.relative_to(tree)): f.read_bytes() + b"# changed\n" for f in sorted(package.iterdir())}
+    two = repack_tree(tree, manifest, work / second, second, changes)
+    shutil.rmtree(tree)
+    return one, two

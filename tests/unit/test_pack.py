@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from datetime import date
@@ -31,11 +32,10 @@ def test_next_version(existing: list[str], expected: str) -> None:
     assert pack.next_version(existing, date(2026, 2, 3)) == expected
 
 
-def test_tarball_name_and_checksum_line() -> None:
+def test_tarball_name() -> None:
     name = pack.tarball_name("py3-dev", "2026.02.03", "linux-64", "zstd")
     assert name == "py3-dev-2026.02.03-linux-64.tar.zst"
     assert pack.tarball_name("py3", "2026.02.03.1", "linux-64", "gzip") == "py3-2026.02.03.1-linux-64.tar.gz"
-    assert pack.checksum_line("ab" * 32, "x.tar.zst") == f"{'ab' * 32}  x.tar.zst\n"
 
 
 def test_parse_owner() -> None:
@@ -228,3 +228,118 @@ def test_write_tar_matches_tarfiles_pax_writer(tmp_path: Path) -> None:
             tar.addfile(pack.tar_info(e, 899, 0), data)
     assert sink_out.getvalue() == expected.getvalue()
     assert pack.ustar_header(entries[4], 0, 0) is None  # non-ASCII: tarfile writes it
+
+
+def _candidate() -> str:
+    """A name whose hash makes it a boundary candidate."""
+    return next(f"lib/x{i}" for i in range(10_000) if pack.name_hash(f"lib/x{i}") & pack.CHUNK_MASK == 0)
+
+
+def _ordinary() -> str:
+    return next(f"lib/y{i}" for i in range(10_000) if pack.name_hash(f"lib/y{i}") & pack.CHUNK_MASK)
+
+
+def test_a_chunk_ends_at_a_candidate_name_once_it_holds_the_minimum() -> None:
+    candidate, ordinary = _candidate(), _ordinary()
+    small, half = 512, pack.CHUNK_MIN // 2
+    assert not pack.starts_chunk(candidate, "a", 0, small)  # nothing held: nothing to end
+    assert not pack.starts_chunk(candidate, "a", pack.CHUNK_MIN - 1, small)  # below the minimum
+    assert pack.starts_chunk(candidate, "a", pack.CHUNK_MIN, small)
+    assert not pack.starts_chunk(ordinary, "a", pack.CHUNK_MIN + half, small)
+    assert pack.starts_chunk(ordinary, "a", pack.CHUNK_MAX - small + 1, small)  # would pass the maximum
+    assert not pack.starts_chunk(ordinary, "a", pack.CHUNK_MAX - small, small)
+
+
+def test_members_that_change_every_version_are_chunks_of_their_own() -> None:
+    for solo in sorted(pack.SOLO_MEMBERS):
+        assert pack.starts_chunk(solo, "a", 512, 512)
+        assert pack.starts_chunk("zz", solo, 512, 512)
+    assert pack.chunk_starts([("bin", 512), ("bin/conda-unpack", 4096), ("bin/x", 512), ("bin/y", 512)]) == [0, 1, 2]
+
+
+def test_a_member_over_the_maximum_is_a_chunk_of_its_own() -> None:
+    ordinary = [f"lib/{c}" for c in "abcd"]
+    members = [(ordinary[0], 512), (ordinary[1], pack.CHUNK_MAX + 512), (ordinary[2], 512), (ordinary[3], 512)]
+    assert pack.chunk_starts(members) == [0, 1, 2]
+
+
+def test_boundaries_depend_on_names_so_a_change_moves_only_its_own() -> None:
+    """Growing one member leaves every boundary but the ones right after it in place."""
+    names = [f"pkg{p:02d}/file{f:03d}" for p in range(40) for f in range(100)]
+    sizes = {name: 40_000 + (pack.name_hash(name) % 20_000) for name in names}
+    before = pack.chunk_starts((n, sizes[n]) for n in names)
+    changed = names[len(names) // 2]
+    sizes[changed] += 300_000
+    after = pack.chunk_starts((n, sizes[n]) for n in names)
+    assert len(before) > 20  # the test means something: many chunks
+    where = names.index(changed)
+    assert [s for s in before if s <= where] == [s for s in after if s <= where]
+    moved = set(before) ^ set(after)
+    assert all(where < s for s in moved) and len(moved) <= 2
+    assert before[-10:] == after[-10:]
+    # Pinned: another hash would move every boundary between two versions of a stack.
+    assert pack.name_hash("bin/python") == 0x802DF2D073633CEB
+
+
+def test_member_size_is_what_the_writer_writes() -> None:
+    entries = [
+        Entry("bin", "dir", 0o755, SDE),
+        Entry("bin/python", "symlink", 0o777, SDE, linkname="python3.11"),
+        Entry("bin/tool", "file", 0o755, SDE - 5, 1000, data=b"x" * 1000),
+        Entry("share/" + "d" * 120 + "/long-name.txt", "file", 0o644, SDE, 3, data=b"abc"),
+        Entry("share/naïve.txt", "file", 0o644, SDE, 512, data=b"y" * 512),
+        Entry("share/link", "symlink", 0o777, SDE, linkname="../" + "l" * 110),
+        Entry("d" * 99 + "/", "dir", 0o755, SDE),  # 100 bytes with the slash: still ustar
+        Entry("e" * 100, "dir", 0o755, SDE),  # 101 with it: a PAX record
+        Entry("f" * 300, "symlink", 0o777, SDE, linkname="g" * 990),  # two records, lengths crossing digits
+        Entry("share/big", "file", 0o644, 8**11, 0, data=b""),  # an mtime ustar cannot hold
+    ]
+    for e in entries:
+        out = io.BytesIO()
+        sink = pack._TarSink(out.write)
+        pack.write_members([e], [pack.member_header(e, 899, 0)], sink)
+        sink.flush()
+        assert pack.member_size(e, 899, 0) == len(out.getvalue()), e.name
+
+
+def test_plan_chunks_covers_the_stream_and_ends_it() -> None:
+    entries = [Entry(f"lib/f{i:05d}", "file", 0o644, SDE, 20_000, data=bytes(20_000)) for i in range(1500)]
+    chunks = pack.plan_chunks(entries, 0, 0)
+    assert len(chunks) > 2
+    assert [e for c in chunks for e in c.entries] == entries
+    assert all(c.tail == b"" for c in chunks[:-1])
+    out = io.BytesIO()
+    sink = pack._TarSink(out.write)
+    pack.write_tar(entries, sink, 0, 0, lambda n: None)
+    sink.flush()
+    assert sum(c.raw_size for c in chunks) == len(out.getvalue())
+    assert out.getvalue().endswith(chunks[-1].tail)
+    guess = pack.plan_chunks(entries, 0, 0, last=False)
+    assert guess[:-1] == chunks[:-1] and guess[-1].tail == b""
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunk_frames_concatenate_to_the_tar_stream(threads: int) -> None:
+    """Chunks up to the maximum are compressed whole, a larger one streamed: both are whole
+    frames, with a checksum and the content size, and together they are the tar stream."""
+    import zstandard
+
+    big = bytes(range(256)) * ((pack.CHUNK_MAX + 300_000) // 256)
+    entries = [Entry(f"lib/f{i:04d}", "file", 0o644, SDE, 30_000, data=bytes([i % 251]) * 30_000) for i in range(300)]
+    entries.insert(150, Entry("lib/f0149-big", "file", 0o644, SDE, len(big), data=big))
+    chunks = pack.plan_chunks(entries, 0, 0)
+    assert any(c.raw_size > pack.CHUNK_MAX for c in chunks) and len(chunks) > 2
+    compressor = pack._ChunkCompressor(3, threads, 0, 0)
+    try:
+        frames = [f.result()[0] for f in [compressor.submit(c) for c in chunks]]
+    finally:
+        compressor.close()
+    for chunk, frame in zip(chunks, frames, strict=True):
+        params = zstandard.get_frame_parameters(frame)
+        assert params.has_checksum and params.content_size == chunk.raw_size
+    out = io.BytesIO()
+    sink = pack._TarSink(out.write)
+    pack.write_tar(entries, sink, 0, 0, lambda n: None)
+    sink.flush()
+    joined = io.BytesIO(b"".join(frames))
+    assert zstandard.ZstdDecompressor().stream_reader(joined, read_across_frames=True).read() == out.getvalue()
