@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from support_host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
+sys.path.insert(0, str(REPO))
+
+from tests.support.host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
 
 from swstack.manifest import Manifest  # noqa: E402
 
