@@ -412,7 +412,7 @@ def open_tarball(path: Path) -> contextlib.AbstractContextManager[tarfile.TarFil
     def opened() -> Iterator[tarfile.TarFile]:
         with open(path, "rb") as raw:
             if path.name.endswith(".zst"):
-                reader: Any = zstandard.ZstdDecompressor().stream_reader(raw)
+                reader: Any = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
             else:
                 reader = gzip.GzipFile(fileobj=raw, mode="rb")
             with reader, tarfile.open(fileobj=reader, mode="r|") as tar:

@@ -49,11 +49,23 @@ class PackageEntry:
 
 
 @dataclass(frozen=True)
+class TarballChunk:
+    """One independently verifiable piece of a zstd tarball: a complete zstd frame of whole
+    tar members, at ``offset`` in the file, ``size`` compressed bytes, their ``sha256``."""
+
+    offset: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class TarballInfo:
     name: str  # file name, beside manifest.json
     sha256: str
     size: int
     compression: str  # "zstd" | "gzip"
+    # zstd: contiguous from 0, sizes summing to ``size``; gzip and older manifests: none.
+    chunks: tuple[TarballChunk, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,7 @@ class Manifest:
             raise ValueError("kernels: expected a list of names")
         data["kernels"] = tuple(kernels)
         tb = data.get("tarball")
-        data["tarball"] = _typed(TarballInfo, tb, "tarball") if tb else None
+        data["tarball"] = _tarball(tb) if tb else None
         attestations = data.get("attestations", ())
         if not isinstance(attestations, (list, tuple)):
             raise ValueError("attestations: expected a list")
@@ -148,6 +160,40 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "dict[str, str]": (dict,),
     "dict[str, Any]": (dict,),
 }
+
+
+def _tarball(data: Any) -> TarballInfo:
+    """The ``tarball`` section, its chunk table checked to tile the file (pure)."""
+    if not isinstance(data, dict):
+        raise ValueError("tarball: expected a JSON object")
+    data = dict(data)
+    chunks = data.get("chunks", ())
+    if not isinstance(chunks, (list, tuple)):
+        raise ValueError("tarball.chunks: expected a list")
+    data["chunks"] = tuple(_typed(TarballChunk, c, f"tarball.chunks[{i}]") for i, c in enumerate(chunks))
+    info: TarballInfo = _typed(TarballInfo, data, "tarball")
+    _check_chunk_table(info)
+    return info
+
+
+def _check_chunk_table(info: TarballInfo) -> None:
+    """Chunks start at 0, follow each other without gap or overlap and end at the file's end."""
+    offset = 0
+    for i, chunk in enumerate(info.chunks):
+        where = f"tarball.chunks[{i}]"
+        if chunk.offset != offset:
+            raise ValueError(f"{where}.offset: expected {offset} (chunks are contiguous from 0), got {chunk.offset}")
+        if chunk.size <= 0:
+            raise ValueError(f"{where}.size: expected a positive size, got {chunk.size}")
+        if not _is_sha256(chunk.sha256):
+            raise ValueError(f"{where}.sha256: expected 64 lowercase hex digits")
+        offset += chunk.size
+    if info.chunks and offset != info.size:
+        raise ValueError(f"tarball.chunks: they cover {offset} bytes, the tarball has {info.size}")
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _typed(cls: Any, data: Any, where: str) -> Any:

@@ -11,9 +11,10 @@ artifacts root::
 conda-pack decides which files belong to the environment and how they relocate (its
 ``bin/conda-unpack`` and prefix records): we run its ``Packer`` against a recording
 archive (files it would archive unchanged skip it, see ``_pack_records``), then write the
-recorded entries ourselves, sorted, with normalised metadata, through a multithreaded
-zstd (or gzip) stream fed from a second thread while the first builds the tar. The same
-prefix packed twice gives the same bytes.
+recorded entries ourselves, sorted, with normalised metadata, cut into chunks at member
+boundaries chosen by name (``starts_chunk``), each compressed as its own zstd frame by a
+pool of threads while the first builds the tar (gzip: one stream), so a host can verify
+and fetch only the chunks that changed. The same prefix packed twice gives the same bytes.
 
 This module runs inside the build sandbox, so it imports only the standard library,
 ``conda_pack``, ``zstandard`` and swstack's light modules.
@@ -29,13 +30,16 @@ import hashlib
 import json
 import os
 import platform as _platform
+import queue
 import re
 import stat
 import sys
 import tarfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -44,7 +48,7 @@ from typing import Any, BinaryIO, Literal
 from . import __version__, log
 from .errors import PackError, SwstackError
 from .fsutil import atomic_output, atomic_write_text
-from .manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
+from .manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballChunk, TarballInfo
 
 Compression = Literal["zstd", "gzip"]
 EntryKind = Literal["file", "dir", "symlink"]
@@ -59,6 +63,15 @@ MANIFEST_NAME = "manifest.json"
 # Installers whose ``*.dist-info`` we list as pip packages (conda's own say "conda").
 PIP_INSTALLERS = frozenset({"pip", "uv"})
 _COPY_CHUNK = 1 << 20
+# Chunks of a zstd tarball (see starts_chunk), in bytes of the tar stream. The mask gives
+# one boundary candidate per 128 member names: ~2.3 MiB after the minimum on py3, whose
+# members average 18 KiB, so chunks average ~3.3 MiB.
+CHUNK_MIN = 1 << 20
+CHUNK_MAX = 16 << 20
+CHUNK_MASK = (1 << 7) - 1
+# Members that change in every version (the in-tree manifest holds the version,
+# conda-unpack the file list): alone in their chunks, so they never drag neighbours along.
+SOLO_MEMBERS = frozenset({IN_TREE_PATH, "bin/conda-unpack"})
 _TYPEFLAGS: dict[str, bytes] = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
 
 
@@ -222,6 +235,41 @@ def tree_totals(entries: Iterable[Entry]) -> tuple[int, int]:
             count += 1
             size += e.size
     return count, size
+
+
+def name_hash(name: str) -> int:
+    """A hash of a member name that is the same on every machine and Python run."""
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def starts_chunk(name: str, previous: str | None, held: int, size: int) -> bool:
+    """Whether the member ``name`` (``size`` bytes of tar stream, header and padding
+    included) starts a new chunk, after ``previous`` when the current chunk holds ``held``.
+
+    Content-defined on names: a boundary falls before a name whose hash has its low bits
+    zero once the chunk holds ``CHUNK_MIN``, so a change to one package's files moves no
+    boundary but those around them, and the chunks before and after keep their bytes.
+    A chunk grows past ``CHUNK_MAX`` only by a single member larger than that. The
+    ``SOLO_MEMBERS`` are chunks of their own.
+    """
+    if held == 0:
+        return False
+    if name in SOLO_MEMBERS or previous in SOLO_MEMBERS or held + size > CHUNK_MAX:
+        return True
+    return held >= CHUNK_MIN and name_hash(name) & CHUNK_MASK == 0
+
+
+def chunk_starts(members: Iterable[tuple[str, int]]) -> list[int]:
+    """Indices of the members that start a chunk, for (name, size in the tar stream) pairs."""
+    starts: list[int] = []
+    previous, held = None, 0
+    for i, (name, size) in enumerate(members):
+        if not starts or starts_chunk(name, previous, held, size):
+            starts.append(i)
+            held = 0
+        previous, held = name, held + size
+    return starts
 
 
 def tar_info(entry: Entry, uid: int, gid: int) -> tarfile.TarInfo:
@@ -613,6 +661,9 @@ class _TarSink:
         if self._pos:
             self._next_block()
 
+    def begin_member(self, name: str, size: int) -> None:
+        """Called before each member's ``size`` bytes (header and padding included)."""
+
     def close(self) -> None:
         self.flush()
 
@@ -666,35 +717,127 @@ class _ThreadedSink(_TarSink):
             raise self._error
 
 
-@contextlib.contextmanager
-def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_TarSink]:
-    """A sink whose bytes reach ``out`` compressed; the frame is finished on exit."""
-    if options.compression == "zstd":
+def _no_write(view: memoryview) -> None:
+    raise AssertionError("unreachable: the sink's _emit takes every block")
+
+
+class _ChunkedZstdSink(_TarSink):
+    """A ``_TarSink`` cut into chunks at member boundaries (``starts_chunk``), each
+    compressed as its own zstd frame, with a content checksum, by a pool of threads.
+
+    The tar stream is built in the caller's thread; each chunk goes, block by block, to one
+    worker that compresses it single-threaded (zstandard releases the GIL), and finished
+    chunks are written in order. A chunk's bytes depend only on its content and the level,
+    never on the number of threads. Memory stays bounded: ``depth`` blocks are in flight,
+    and a chunk is compressed as its blocks arrive, however large it is.
+    """
+
+    def __init__(self, out: _HashingFile, level: int, threads: int, batch: int = _COPY_CHUNK):
+        super().__init__(_no_write, batch)  # _emit takes the blocks
+        import threading
+
+        self._out = out
+        self._level = level
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pack-zstd")
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(2 * threads + 6):
+            self._free.put(bytearray(batch))
+        self._current: queue.Queue[tuple[bytearray, int] | None] | None = None
+        self._pending: deque[Future[tuple[bytes, str]]] = deque()
+        self._previous: str | None = None
+        self._held = 0
+        self.chunks: list[TarballChunk] = []
+
+    def begin_member(self, name: str, size: int) -> None:
+        if starts_chunk(name, self._previous, self._held, size):
+            self.cut()
+        self._previous, self._held = name, self._held + size
+
+    def cut(self) -> None:
+        """End the current chunk (the next byte written starts another)."""
+        self.flush()
+        if self._current is not None:
+            self._current.put(None)
+            self._current = None
+        self._held = 0
+
+    def _emit(self, block: bytearray, length: int) -> bytearray:
+        if self._current is None:
+            self._current = queue.Queue()
+            self._pending.append(self._pool.submit(self._compress, self._current))
+        self._current.put((block, length))
+        while self._pending and self._pending[0].done():
+            self._write_chunk(self._pending.popleft())
+        return self._free.get()
+
+    def _compress(self, blocks: queue.Queue[tuple[bytearray, int] | None]) -> tuple[bytes, str]:
+        """One chunk's frame and its sha256; every block goes back to the free list."""
         import zstandard
 
-        # threads >= 1 always: zstd's multithreaded output does not depend on the
-        # number of workers, so the bytes do not depend on the machine's cores.
-        cctx = zstandard.ZstdCompressor(
-            level=options.resolved_level(), threads=options.resolved_threads(), write_checksum=True
-        )
-        writer = cctx.stream_writer(out, closefd=False)  # type: ignore[arg-type]
-        sink = _ThreadedSink(writer.write)
+        cctx = getattr(self._local, "cctx", None)
+        if cctx is None:
+            cctx = self._local.cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True)
+        frame = cctx.compressobj()
+        parts: list[bytes] = []
+        error: BaseException | None = None
+        while (item := blocks.get()) is not None:
+            block, length = item
+            if error is None:
+                try:
+                    parts.append(frame.compress(memoryview(block)[:length]))
+                except BaseException as exc:  # raised in the writing thread, after draining
+                    error = exc
+            self._free.put(block)
+        if error is not None:
+            raise error
+        parts.append(frame.flush())
+        data = b"".join(parts)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _write_chunk(self, future: Future[tuple[bytes, str]]) -> None:
+        data, sha256 = future.result()
+        self.chunks.append(TarballChunk(self._out.size, len(data), sha256))
+        self._out.write(data)
+
+    def close(self) -> None:
+        """Finish the last chunk and write every chunk still being compressed."""
+        try:
+            self.cut()
+            while self._pending:
+                self._write_chunk(self._pending.popleft())
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop the workers (after a failure: their chunks are dropped)."""
+        if self._current is not None:
+            self._current.put(None)
+            self._current = None
+        self._pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_TarSink]:
+    """A sink whose bytes reach ``out`` compressed, finished on exit (zstd: in chunks)."""
+    if options.compression == "zstd":
+        sink = _ChunkedZstdSink(out, options.resolved_level(), options.resolved_threads())
         try:
             yield sink
-        finally:
-            sink.close()
-        writer.flush(zstandard.FLUSH_FRAME)
-        writer.close()  # type: ignore[no-untyped-call]
+        except BaseException:
+            sink.abort()
+            raise
+        sink.close()
     elif options.compression == "gzip":
         # filename="" and mtime=0 keep the output's name and the clock out of the header.
         gz = gzip.GzipFile(
             filename="", mode="wb", fileobj=out, compresslevel=options.resolved_level(), mtime=0
         )
-        sink = _ThreadedSink(gz.write)
+        gsink = _ThreadedSink(gz.write)
         try:
-            yield sink
+            yield gsink
         finally:
-            sink.close()
+            gsink.close()
         gz.close()
     else:
         raise PackError(f"compression {options.compression!r}: expected 'zstd' or 'gzip'")
@@ -759,6 +902,8 @@ def write_tar(
         header = ustar_header(entry, uid, gid)
         if header is None:
             header = tar_info(entry, uid, gid).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        size = entry.size if entry.kind == "file" else 0
+        sink.begin_member(entry.name, len(header) + size + -size % tarfile.BLOCKSIZE)
         sink.write(header)
         if entry.kind == "file":
             if entry.data is not None:
@@ -831,16 +976,16 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     )
     manifest_path = version_dir / MANIFEST_NAME
     _claim_version_dir(manifest_path, options.overwrite)
-    sha256, size = _write_tarball(tarball, entries, options, uid, gid, tree_totals(entries)[1])
+    written = _write_tarball(tarball, entries, options, uid, gid, tree_totals(entries)[1])
 
     checksum = tarball.with_name(tarball.name + ".sha256")
-    atomic_write_text(checksum, checksum_line(sha256, tarball.name))
-    manifest = replace(manifest, tarball=TarballInfo(tarball.name, sha256, size, options.compression))
+    atomic_write_text(checksum, checksum_line(written.sha256, tarball.name))
+    manifest = replace(manifest, tarball=written)
     atomic_write_text(manifest_path, manifest.to_json())  # last: its presence means complete
     seconds = time.monotonic() - started
     log.info(
         f"packed {file_count} files, {log.human_bytes(total_size)} -> {tarball} "
-        f"({log.human_bytes(size)}) in {seconds:.1f}s"
+        f"({log.human_bytes(written.size)}, {len(written.chunks)} chunks) in {seconds:.1f}s"
     )
     return PackResult(tarball, checksum, manifest_path, manifest, seconds)
 
@@ -858,8 +1003,8 @@ def _claim_version_dir(manifest_path: Path, overwrite: bool) -> None:
 
 def _write_tarball(
     tarball: Path, entries: Sequence[Entry], options: PackOptions, uid: int, gid: int, total: int
-) -> tuple[str, int]:
-    """Write the tarball atomically; return its sha256 and size."""
+) -> TarballInfo:
+    """Write the tarball atomically; return what the manifest says of it."""
     try:
         with (
             atomic_output(tarball) as partial,
@@ -869,11 +1014,12 @@ def _write_tarball(
             out = _HashingFile(fh)
             with _compressed_stream(out, options) as sink:
                 write_tar(entries, sink, uid, gid, bar.advance)
+            chunks = tuple(sink.chunks) if isinstance(sink, _ChunkedZstdSink) else ()
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
         raise PackError(f"writing {tarball} failed: {exc}") from exc
-    return out.digest.hexdigest(), out.size
+    return TarballInfo(tarball.name, out.digest.hexdigest(), out.size, options.compression, chunks)
 
 
 # ---------------------------------------------------------------- command line

@@ -127,7 +127,7 @@ def _members(tarball: Path) -> list[tarfile.TarInfo]:
 def _open_tar(tarball: Path) -> tarfile.TarFile:
     raw = tarball.read_bytes()
     if tarball.name.endswith(".zst"):
-        raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+        raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True).read()
     else:
         raw = gzip.decompress(raw)
     return tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
@@ -418,3 +418,86 @@ def test_plain_files_skip_the_packer_and_give_the_same_entries(tmp_path: Path, o
     fast = pack.plan_entries(pack._pack_records(prefix, True, sde), sde)
     assert fast == _records_through_the_packer(prefix, sde)
     assert len(fast) > 1000 and any(e.name == "bin/conda-unpack" for e in fast)
+
+
+def _chunk_bytes(tarball: Path, manifest: Manifest) -> list[bytes]:
+    assert manifest.tarball is not None
+    raw = tarball.read_bytes()
+    return [raw[c.offset : c.offset + c.size] for c in manifest.tarball.chunks]
+
+
+def _members_of_chunk(frame: bytes) -> list[str]:
+    """The members a chunk holds, decompressed alone: one zstd frame of whole tar members."""
+    params = zstandard.get_frame_parameters(frame)
+    assert params.has_checksum
+    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame)).read()  # this frame only
+    assert len(data) % tarfile.BLOCKSIZE == 0
+    names, end = [], 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for m in tar:
+            names.append(m.name)
+            end = m.offset_data + (m.size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+    assert data[end:] == bytes(len(data) - end)  # nothing after the last member but the end blocks
+    return names
+
+
+def test_the_tarball_is_a_table_of_independently_verifiable_chunks(hello_prefix: Path, tmp_path: Path) -> None:
+    result = pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    manifest = Manifest.load(result.manifest_path)
+    assert manifest.tarball is not None
+    chunks = manifest.tarball.chunks
+    assert chunks[0].offset == 0 and sum(c.size for c in chunks) == result.tarball.stat().st_size
+    frames = _chunk_bytes(result.tarball, manifest)
+    assert [hashlib.sha256(f).hexdigest() for f in frames] == [c.sha256 for c in chunks]
+    per_chunk = [_members_of_chunk(f) for f in frames]
+    assert [n for names in per_chunk for n in names] == [m.name for m in _members(result.tarball)]
+    assert ["bin/conda-unpack"] in per_chunk and [IN_TREE_PATH] in per_chunk
+    last = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frames[-1])).read()
+    assert last.endswith(bytes(2 * tarfile.BLOCKSIZE))  # tar's end-of-archive blocks
+    # Still one ordinary .tar.zst for the standard tools.
+    proc.run(["zstd", "-q", "-t", result.tarball], what="zstd -t")
+    dest = tmp_path / "x"
+    dest.mkdir()
+    proc.run(["tar", "--zstd", "-xf", result.tarball, "-C", dest], what="tar -x")
+    assert (dest / "bin" / "hello").is_file() and (dest / IN_TREE_PATH).is_file()
+
+
+def test_gzip_tarballs_have_no_chunks(hello_prefix: Path, tmp_path: Path) -> None:
+    result = pack.pack_prefix(hello_prefix, tmp_path, options=_options(compression="gzip"), info=INFO)
+    assert result.manifest.tarball is not None and result.manifest.tarball.chunks == ()
+
+
+def _synthetic_tree(prefix: Path) -> list[str]:
+    """40 packages of 60 files of 2-14 KiB, of random bytes: ~24 MiB, many chunks."""
+    import random
+
+    rng = random.Random(7)
+    names = []
+    for p in range(40):
+        for f in range(60):
+            rel = f"share/synth/pkg{p:02d}/file{f:02d}.bin"
+            path = prefix / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(rng.randbytes(rng.randrange(2048, 14336)))
+            names.append(rel)
+    return names
+
+
+def test_a_one_file_change_changes_only_its_chunk_and_the_manifests(hello_prefix: Path, tmp_path: Path) -> None:
+    prefix = tmp_path / "env"
+    shutil.copytree(hello_prefix, prefix, symlinks=True)
+    names = _synthetic_tree(prefix)
+    one = pack.pack_prefix(prefix, tmp_path / "out", options=_options(), info=replace(INFO, version="1"))
+    changed = prefix / names[len(names) // 2]
+    changed.write_bytes(bytes(b ^ 0xFF for b in changed.read_bytes()))  # same size, new bytes
+    two = pack.pack_prefix(prefix, tmp_path / "out", options=_options(threads=1), info=replace(INFO, version="2"))
+
+    def table(result: pack.PackResult) -> list[tuple[str, list[str]]]:
+        frames = _chunk_bytes(result.tarball, result.manifest)
+        return [(hashlib.sha256(f).hexdigest(), _members_of_chunk(f)) for f in frames]
+
+    before, after = table(one), table(two)
+    assert len(before) > 6
+    assert [names for _, names in before] == [names for _, names in after]  # the same boundaries
+    differing = [names for (a, names), (b, _) in zip(before, after, strict=True) if a != b]
+    assert sorted(differing) == sorted([[IN_TREE_PATH], next(n for _, n in before if names[len(names) // 2] in n)])

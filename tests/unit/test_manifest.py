@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
 from tests.support.host import base_manifest
 
-from swstack.manifest import Manifest, stack_id
+from swstack.manifest import Manifest, TarballChunk, stack_id
 from swstack.pack import _parser, options_from_args
 
 
@@ -44,3 +45,49 @@ def test_the_pack_command_records_the_default_variant() -> None:
     assert (info.variant, info.default_variant) == ("lts", "lts")
     _, info = options_from_args(_parser().parse_args(argv))
     assert (info.variant, info.default_variant) == ("default", "default")
+
+
+def _with_chunks(chunks: list[dict[str, object]], size: int) -> dict[str, object]:
+    base = _manifest("default", "default")
+    data: dict[str, object] = json.loads(base.to_json())
+    data["tarball"] = {"name": "py3.tar.zst", "sha256": "a" * 64, "size": size, "compression": "zstd",
+                       "chunks": chunks}  # fmt: skip
+    return data
+
+
+def test_the_chunk_table_survives_the_json_round_trip() -> None:
+    chunks = [{"offset": 0, "size": 10, "sha256": "b" * 64}, {"offset": 10, "size": 5, "sha256": "c" * 64}]
+    manifest = Manifest.from_dict(_with_chunks(chunks, 15))
+    assert manifest.tarball is not None
+    assert manifest.tarball.chunks == (TarballChunk(0, 10, "b" * 64), TarballChunk(10, 5, "c" * 64))
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert json.loads(manifest.to_json())["tarball"]["chunks"] == chunks
+
+
+def test_a_manifest_written_before_chunks_has_none() -> None:
+    data = _with_chunks([], 15)
+    del data["tarball"]["chunks"]  # type: ignore[attr-defined]
+    manifest = Manifest.from_dict(data)
+    assert manifest.tarball is not None and manifest.tarball.chunks == ()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        ("nope", r"tarball\.chunks: expected a list"),
+        (["x"], r"tarball\.chunks\[0\]: expected a JSON object"),
+        ([{"offset": 0, "size": 15}], r"tarball\.chunks\[0\]: missing sha256"),
+        ([{"offset": 0, "size": "15", "sha256": "b" * 64}], r"tarball\.chunks\[0\]\.size: expected int"),
+        ([{"offset": 0, "size": 15, "sha256": 7}], r"tarball\.chunks\[0\]\.sha256: expected str"),
+        ([{"offset": 0, "size": 15, "sha256": "B" * 64}], r"tarball\.chunks\[0\]\.sha256: expected 64"),
+        ([{"offset": 1, "size": 15, "sha256": "b" * 64}], r"tarball\.chunks\[0\]\.offset: expected 0"),
+        ([{"offset": 0, "size": 10, "sha256": "b" * 64}, {"offset": 9, "size": 6, "sha256": "b" * 64}],
+         r"tarball\.chunks\[1\]\.offset: expected 10"),
+        ([{"offset": 0, "size": 0, "sha256": "b" * 64}, {"offset": 0, "size": 15, "sha256": "b" * 64}],
+         r"tarball\.chunks\[0\]\.size: expected a positive size"),
+        ([{"offset": 0, "size": 14, "sha256": "b" * 64}], r"cover 14 bytes, the tarball has 15"),
+    ],
+)  # fmt: skip
+def test_a_malformed_chunk_table_is_one_clear_error(chunks: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Manifest.from_dict(_with_chunks(chunks, 15))  # type: ignore[arg-type]

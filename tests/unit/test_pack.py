@@ -228,3 +228,54 @@ def test_write_tar_matches_tarfiles_pax_writer(tmp_path: Path) -> None:
             tar.addfile(pack.tar_info(e, 899, 0), data)
     assert sink_out.getvalue() == expected.getvalue()
     assert pack.ustar_header(entries[4], 0, 0) is None  # non-ASCII: tarfile writes it
+
+
+def _candidate() -> str:
+    """A name whose hash makes it a boundary candidate."""
+    return next(f"lib/x{i}" for i in range(10_000) if pack.name_hash(f"lib/x{i}") & pack.CHUNK_MASK == 0)
+
+
+def _ordinary() -> str:
+    return next(f"lib/y{i}" for i in range(10_000) if pack.name_hash(f"lib/y{i}") & pack.CHUNK_MASK)
+
+
+def test_a_chunk_ends_at_a_candidate_name_once_it_holds_the_minimum() -> None:
+    candidate, ordinary = _candidate(), _ordinary()
+    small, half = 512, pack.CHUNK_MIN // 2
+    assert not pack.starts_chunk(candidate, "a", 0, small)  # nothing held: nothing to end
+    assert not pack.starts_chunk(candidate, "a", pack.CHUNK_MIN - 1, small)  # below the minimum
+    assert pack.starts_chunk(candidate, "a", pack.CHUNK_MIN, small)
+    assert not pack.starts_chunk(ordinary, "a", pack.CHUNK_MIN + half, small)
+    assert pack.starts_chunk(ordinary, "a", pack.CHUNK_MAX - small + 1, small)  # would pass the maximum
+    assert not pack.starts_chunk(ordinary, "a", pack.CHUNK_MAX - small, small)
+
+
+def test_members_that_change_every_version_are_chunks_of_their_own() -> None:
+    for solo in sorted(pack.SOLO_MEMBERS):
+        assert pack.starts_chunk(solo, "a", 512, 512)
+        assert pack.starts_chunk("zz", solo, 512, 512)
+    assert pack.chunk_starts([("bin", 512), ("bin/conda-unpack", 4096), ("bin/x", 512), ("bin/y", 512)]) == [0, 1, 2]
+
+
+def test_a_member_over_the_maximum_is_a_chunk_of_its_own() -> None:
+    ordinary = [f"lib/{c}" for c in "abcd"]
+    members = [(ordinary[0], 512), (ordinary[1], pack.CHUNK_MAX + 512), (ordinary[2], 512), (ordinary[3], 512)]
+    assert pack.chunk_starts(members) == [0, 1, 2]
+
+
+def test_boundaries_depend_on_names_so_a_change_moves_only_its_own() -> None:
+    """Growing one member leaves every boundary but the ones right after it in place."""
+    names = [f"pkg{p:02d}/file{f:03d}" for p in range(40) for f in range(100)]
+    sizes = {name: 40_000 + (pack.name_hash(name) % 20_000) for name in names}
+    before = pack.chunk_starts((n, sizes[n]) for n in names)
+    changed = names[len(names) // 2]
+    sizes[changed] += 300_000
+    after = pack.chunk_starts((n, sizes[n]) for n in names)
+    assert len(before) > 20  # the test means something: many chunks
+    where = names.index(changed)
+    assert [s for s in before if s <= where] == [s for s in after if s <= where]
+    moved = set(before) ^ set(after)
+    assert all(where < s for s in moved) and len(moved) <= 2
+    assert before[-10:] == after[-10:]
+    # Pinned: another hash would move every boundary between two versions of a stack.
+    assert pack.name_hash("bin/python") == 0x802DF2D073633CEB
