@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import ActivateError
+from .reuse import same_inode_data
 
 RECORD_SCHEMA = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -85,26 +86,34 @@ def check_table(chunks: Sequence[ChunkLike], file_size: int, where: str) -> None
         )
 
 
-def plan(chunks: Sequence[ChunkLike], record: dict[str, list[Entry]], live: Path | None) -> list[Segment]:
+def plan(
+    chunks: Sequence[ChunkLike], record: dict[str, list[Entry]], live: Path | None, live_copy: Path | None = None
+) -> list[Segment]:
     """Each chunk in order: replayed when the live tree's record holds it and its files are in place, else read."""
     out = []
     for i, chunk in enumerate(chunks):
         entries = record.get(chunk.sha256) if live is not None else None
-        replay = tuple(entries) if entries is not None and live is not None and in_place(entries, live) else None
+        replay = None
+        copy = str(live_copy) if live_copy is not None else None
+        if entries is not None and live is not None and in_place(entries, str(live), copy):
+            replay = tuple(entries)
         out.append(Segment(i, chunk.offset, chunk.size, chunk.sha256, replay))
     return out
 
 
-def in_place(entries: Iterable[Entry], live: Path) -> bool:
-    """Every file the chunk held is in the live tree as recorded: a regular file of that mode and size."""
+def in_place(entries: Iterable[Entry], live: str, live_copy: str | None) -> bool:
+    """Every file the chunk held is in the live tree as recorded (a regular file of that mode and size)
+    and, when the live version has a ramdisk copy, there too with the same attributes."""
     for entry in entries:
         if entry[0] != "f":
             continue
         try:
-            st = os.lstat(live / str(entry[1]))
+            st = os.lstat(f"{live}/{entry[1]}")
+            if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != entry[2] or st.st_size != entry[4]:
+                return False
+            if live_copy is not None and not same_inode_data(os.lstat(f"{live_copy}/{entry[1]}"), st):
+                return False
         except OSError:
-            return False
-        if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != entry[2] or st.st_size != entry[4]:
             return False
     return True
 

@@ -35,7 +35,7 @@ from ..errors import ActivateError
 from ..manifest import IN_TREE_PATH
 from . import faults
 from .chunks import Entry, Segment
-from .reuse import Previous, link_if_possible, same_inode_data
+from .reuse import NO_LINK, Previous, link_if_possible, same_inode_data
 from .tarstream import BLOCK, BrokenTar, Member, is_end, next_member, padded
 from .verify import Expected
 
@@ -440,6 +440,7 @@ class _Feed:
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """All of ``data`` (a write to a regular file returns short only on errors, which then raise)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -449,8 +450,79 @@ def _mtime_ns(mtime: float) -> int:
     return int(mtime) * 1_000_000_000 if float(mtime).is_integer() else int(mtime * 1e9)
 
 
+class _InOrder:
+    """One thread running submitted calls in order (the ramdisk copy's writes), with bytes in flight bounded.
+
+    The first error stops the rest and is raised to the submitter at its next call or at ``close``.
+    """
+
+    def __init__(self, budget: int = 4 * _BLOCK):
+        self._calls: queue.Queue[tuple[Callable[..., object], tuple[object, ...], int] | None] = queue.Queue()
+        self._budget = budget
+        self._inflight = 0
+        self._room = threading.Condition()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="swstack-ramdisk-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., object], *args: object, size: int = 0) -> None:
+        if self.error is not None:
+            raise self.error
+        with self._room:
+            while self._inflight and self._inflight + size > self._budget:
+                self._room.wait()
+            self._inflight += size
+        self._calls.put((fn, args, size))
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, args, size = call
+            if self.error is None:
+                try:
+                    fn(*args)
+                except BaseException as exc:
+                    self.error = exc
+            with self._room:
+                self._inflight -= size
+                self._room.notify_all()
+
+    def close(self) -> None:
+        """Wait for every call; raise the first error."""
+        self._calls.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _create(path: str, mode: int, umask: int) -> int:
+    fd = os.open(path, _CREATE, mode)
+    if mode & umask:
+        os.fchmod(fd, mode)
+    return fd
+
+
+def _write_new(path: str, mode: int, umask: int, ns: int, data: bytes | memoryview) -> None:
+    fd = _create(path, mode, umask)
+    try:
+        _write_all(fd, data)
+        os.utime(fd, ns=(ns, ns))
+    finally:
+        os.close(fd)
+
+
+def _symlink(path: str, target: str, ns: int) -> None:
+    os.symlink(target, path)
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
 class _Writer:
-    """Creates the members in the staging tree and in the ramdisk copy; links what the live version has."""
+    """Creates the members in the staging tree and, on another thread, in the ramdisk copy; links what the
+    live version has.
+
+    The disk side decides (write, or link to the live version); the ramdisk side follows in
+    the same order, so a directory exists before what goes in it and a link's source before
+    the link.
+    """
 
     def __init__(self, dest: Path, tree: _Tree, previous: Previous | None, mirror: Mirror | None, hashing: bool):
         self.dest = str(dest)
@@ -458,13 +530,27 @@ class _Writer:
         self.previous = previous
         self.mirror = mirror
         self.mroot = str(mirror.root) if mirror is not None else None
+        self.bg = _InOrder() if mirror is not None else None
         self.hashing = hashing
         umask = os.umask(0o022)
         os.umask(umask)
         self.umask = umask
 
-    def roots(self) -> list[str]:
-        return [self.dest] if self.mroot is None else [self.dest, self.mroot]
+    def close(self) -> None:
+        if self.bg is not None:
+            self.bg.close()
+
+    def abandon(self) -> None:
+        """Stop the ramdisk writer after a failure (its own error, if any, is not the one to report)."""
+        if self.bg is not None:
+            with contextlib.suppress(BaseException):
+                self.bg.close()
+
+    def _both(self, fn: Callable[..., object], name: str, *args: object, size: int = 0) -> None:
+        """``fn(<root>/<name>, *args)`` on disk now, on the ramdisk in turn."""
+        fn(f"{self.dest}/{name}", *args)
+        if self.bg is not None:
+            self.bg.submit(fn, f"{self.mroot}/{name}", *args, size=size)
 
     def ensure_parents(self, name: str) -> None:
         parent = name.rpartition("/")[0]
@@ -474,30 +560,26 @@ class _Writer:
         for i in range(1, len(parts)):
             rel = "/".join(parts[:i])
             if rel not in self.tree.dirs:
-                for r in self.roots():
-                    os.mkdir(f"{r}/{rel}", 0o755)
+                self._both(os.mkdir, rel, 0o755)
                 self.tree.dirs[rel] = (0o755, 0)
 
     def directory(self, name: str, mode: int, mtime: float) -> None:
         if name and name not in self.tree.dirs:
             self.ensure_parents(name)
-            for r in self.roots():
-                os.mkdir(f"{r}/{name}", 0o755)
+            self._both(os.mkdir, name, 0o755)
         self.tree.dirs[name] = (mode & 0o777 | 0o700, int(mtime))
 
     def symlink(self, name: str, target: str, mtime: float) -> None:
         self.ensure_parents(name)
-        ns = _mtime_ns(mtime)
-        for r in self.roots():
-            os.symlink(target, f"{r}/{name}")
-            os.utime(f"{r}/{name}", ns=(ns, ns), follow_symlinks=False)
+        self._both(_symlink, name, target, _mtime_ns(mtime))
         self.tree.symlinks[name] = target
         self.tree.file_count += 1
 
     def hardlink(self, name: str, source: str) -> None:
         self.ensure_parents(name)
-        for r in self.roots():
-            os.link(f"{r}/{source}", f"{r}/{name}", follow_symlinks=False)
+        os.link(f"{self.dest}/{source}", f"{self.dest}/{name}", follow_symlinks=False)
+        if self.bg is not None:
+            self.bg.submit(os.link, f"{self.mroot}/{source}", f"{self.mroot}/{name}")
         self.tree.files.add(name)
         if source in self.tree.hashes:
             self.tree.hashes[name] = self.tree.hashes[source]
@@ -509,21 +591,6 @@ class _Writer:
             self.tree.hashes[name] = digest
         self.tree.file_count += 1
         self.tree.total_size += size
-
-    def _open(self, path: str, mode: int) -> int:
-        fd = os.open(path, _CREATE, mode)
-        if mode & self.umask:
-            os.fchmod(fd, mode)
-        return fd
-
-    def _new_file(self, name: str, mode: int, ns: int, data: bytes | memoryview) -> None:
-        for r in self.roots():
-            fd = self._open(f"{r}/{name}", mode)
-            try:
-                _write_all(fd, data)
-                os.utime(fd, ns=(ns, ns))
-            finally:
-                os.close(fd)
 
     def regular(self, name: str, mode: int, mtime: float, size: int, feed: _Feed) -> None:
         """Write one regular member (or link it to the live version's identical file)."""
@@ -545,24 +612,27 @@ class _Writer:
             same = self.previous.link_same(name, data, mode, Path(path))
             if same is not None:  # the same name with the same bytes: no hashing needed
                 digest = same or (hashlib.sha256(data).hexdigest() if self.hashing else None)
-                self._mirror_shared(name, name, path, data)
+                self._mirror_shared(name, name, data)
                 self._added(name, len(data), digest)
                 return
         if self.hashing:
             digest = hashlib.sha256(data).hexdigest()
             linked = self.previous.link(digest, mode, len(data), Path(path)) if self.previous else None
             if linked is not None:  # a shared inode: never chmod-ed or touched
-                self._mirror_shared(name, linked, path, data)
+                self._mirror_shared(name, linked, data)
                 self._added(name, len(data), digest)
                 return
-        self._new_file(name, mode, ns, data)
+        self._both(_write_new, name, mode, self.umask, ns, data, size=len(data))
         self._added(name, len(data), digest)
 
     def _large(self, name: str, mode: int, ns: int, size: int, feed: _Feed) -> None:
         path = f"{self.dest}/{name}"
         h = hashlib.sha256() if self.hashing else None
         live = self.previous.same_name(name, mode, size) if self.previous is not None else None
-        fds = [self._open(f"{r}/{name}", mode) for r in self.roots()]
+        mirror = _Stream(f"{self.mroot}/{name}", mode, self.umask) if self.bg is not None else None
+        if mirror is not None and self.bg is not None:
+            self.bg.submit(mirror.open)
+        fd = _create(path, mode, self.umask)
         try:
             for piece in feed.pieces(size):
                 if h is not None:
@@ -570,13 +640,14 @@ class _Writer:
                 if live is not None and live.read(len(piece)) != piece:
                     live.close()
                     live = None
-                for fd in fds:
-                    _write_all(fd, piece)
-            for fd in fds:
-                os.utime(fd, ns=(ns, ns))
+                _write_all(fd, piece)
+                if mirror is not None and self.bg is not None:
+                    self.bg.submit(mirror.write, piece, size=len(piece))
+            os.utime(fd, ns=(ns, ns))
         finally:
-            for fd in fds:
-                os.close(fd)
+            os.close(fd)
+            if mirror is not None and self.bg is not None:
+                self.bg.submit(mirror.close, ns)
         digest = h.hexdigest() if h is not None else None
         linked: str | None = None
         if self.previous is not None:
@@ -591,15 +662,20 @@ class _Writer:
                 linked = self.previous.link(digest, mode, size, shared)
             if linked is not None:
                 os.replace(shared, path)
-                if self.mroot is not None:
-                    os.unlink(f"{self.mroot}/{name}")
-                    self._mirror_shared(name, linked, path, None)
+                if self.bg is not None:
+                    self.bg.submit(os.unlink, f"{self.mroot}/{name}")
+                    self._mirror_shared(name, linked, None)
         self._added(name, size, digest)
 
-    def _mirror_shared(self, name: str, linked_to: str, disk: str, data: bytes | memoryview | None) -> None:
-        """The mirror's copy of a file linked on disk: a link to the previous copy, else a copy with its attributes."""
-        if self.mirror is None:
-            return
+    def _mirror_shared(self, name: str, linked_to: str, data: bytes | memoryview | None) -> None:
+        """The ramdisk copy of a file linked on disk (in turn, on the ramdisk writer's thread)."""
+        if self.bg is not None:
+            self.bg.submit(self._shared_copy, name, linked_to, data, size=len(data) if data is not None else 0)
+
+    def _shared_copy(self, name: str, linked_to: str, data: bytes | memoryview | None) -> None:
+        """A link to the live version's ramdisk file when it equals the disk file, else a copy with its attributes."""
+        assert self.mirror is not None
+        disk = f"{self.dest}/{name}"
         dest = f"{self.mroot}/{name}"
         st = os.lstat(disk)
         if self.mirror.previous is not None:
@@ -612,7 +688,7 @@ class _Writer:
                 self.mirror.linked += 1
                 self.mirror.linked_bytes += st.st_size
                 return
-        fd = self._open(dest, stat.S_IMODE(st.st_mode))
+        fd = _create(dest, stat.S_IMODE(st.st_mode), self.umask)
         try:
             if data is None:
                 with open(disk, "rb", buffering=0) as fh:
@@ -626,28 +702,74 @@ class _Writer:
             os.close(fd)
 
     def replayed_file(self, name: str, size: int) -> None:
-        """A file of a chunk not read: a link to the live version's file (its content is the chunk's)."""
+        """A file of a chunk not read: links to the live version's file and to its ramdisk copy.
+
+        ``chunks.plan`` checked both are as recorded; where a link is impossible the file is copied.
+        """
         assert self.previous is not None
         self.ensure_parents(name)
-        source = self.previous.tree / name
         path = f"{self.dest}/{name}"
-        if not link_if_possible(source, Path(path)):  # no link possible: the live file's bytes, copied
-            try:
-                st = os.lstat(source)
-                with open(source, "rb", buffering=0) as fh:
-                    data = fh.read(size + 1)
-            except FileNotFoundError:
-                data = b""
-            if len(data) != size:
-                raise ActivateError(
-                    f"{source}: changed while the next version was extracted; nothing live changed, run again"
-                )
-            self._new_file(name, stat.S_IMODE(st.st_mode), st.st_mtime_ns, data)
-            self._added(name, size, None)
+        source = f"{self.previous.tree}/{name}"
+        try:
+            os.link(source, path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in NO_LINK:
+                raise
+            self._copy_live(name, source, size)
             return
         self.previous.count(size)
-        self._mirror_shared(name, name, path, None)
         self._added(name, size, None)
+        if self.bg is not None:
+            self.bg.submit(self._replayed_copy, name, size)
+
+    def _replayed_copy(self, name: str, size: int) -> None:
+        assert self.mirror is not None
+        if self.mirror.previous is not None:
+            try:
+                os.link(f"{self.mirror.previous}/{name}", f"{self.mroot}/{name}", follow_symlinks=False)
+                self.mirror.linked += 1
+                self.mirror.linked_bytes += size
+                return
+            except OSError as exc:
+                if exc.errno not in NO_LINK:
+                    raise
+        self._shared_copy(name, name, None)
+
+    def _copy_live(self, name: str, source: str, size: int) -> None:
+        try:
+            st = os.lstat(source)
+            with open(source, "rb", buffering=0) as fh:
+                data = fh.read(size + 1)
+        except FileNotFoundError:
+            data = b""
+        if len(data) != size:
+            raise ActivateError(
+                f"{source}: changed while the next version was extracted; nothing live changed, run again"
+            )
+        self._both(_write_new, name, stat.S_IMODE(st.st_mode), self.umask, st.st_mtime_ns, data, size=size)
+        self._added(name, size, None)
+
+
+class _Stream:
+    """A file the ramdisk writer fills piece by piece (a member too large to hold whole)."""
+
+    def __init__(self, path: str, mode: int, umask: int):
+        self.path, self.mode, self.umask = path, mode, umask
+        self.fd = -1
+
+    def open(self) -> None:
+        self.fd = _create(self.path, self.mode, self.umask)
+
+    def write(self, piece: memoryview) -> None:
+        _write_all(self.fd, piece)
+
+    def close(self, ns: int) -> None:
+        if self.fd >= 0:
+            try:
+                os.utime(self.fd, ns=(ns, ns))
+            finally:
+                os.close(self.fd)
+                self.fd = -1
 
 
 # ---------------------------------------------------------------- the extraction
@@ -806,6 +928,7 @@ def extract(
         reader.start()
         try:
             job.run()
+            writer.close()
             _final_link_check(tree)
         except ActivateError as exc:
             failure = exc
@@ -814,9 +937,11 @@ def extract(
         except (BrokenTar, OSError) as exc:
             failure = exc
         except BaseException:
+            writer.abandon()
             reader.stop()
             raise
         if failure is not None:
+            writer.abandon()
             final = reader.stop()
             if final[0] == "failed" and isinstance(final[1], ActivateError):
                 failure = final[1]  # a corrupt tarball explains whatever went wrong reading it
