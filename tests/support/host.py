@@ -382,3 +382,18 @@ def repack_tree(tree: Path, manifest: Manifest, out: Path, version: str, changes
     info = _write_tarball(tarball, entries, PackOptions(epoch, level=1), 0, 0, size)
     seal(out, tarball, new, chunks=info.chunks)
     return out
+
+
+def chunked_pair(work: Path, first: str = "1.0", second: str = "1.1", *, payload: int = 4 << 20,
+                 small_files: int = 600) -> tuple[Path, Path]:  # fmt: skip
+    """Two chunked artifacts (pack's writer) of one tree: ``first``, and ``second`` with one package's
+    modules (``lib/python3.11/site-packages/pkg000``) rewritten; every other file keeps its bytes."""
+    plain = make_artifact(work / "plain", version=first, payload=payload, small_files=small_files)
+    tree = work / "tree"
+    manifest = unpack_artifact(plain, tree)
+    one = repack_tree(tree, manifest, work / first, first, {})
+    package = tree / "lib/python3.11/site-packages/pkg000"
+    changes = {str(f.relative_to(tree)): f.read_bytes() + b"# changed\n" for f in sorted(package.iterdir())}
+    two = repack_tree(tree, manifest, work / second, second, changes)
+    shutil.rmtree(tree)
+    return one, two

@@ -958,9 +958,10 @@ def extract(
             f"nothing live changed; free disk space (`swstack prune --keep N`)"
         ) from failure
     if failure is not None:
+        matches = "every chunk read matches its sha256" if chunked else "its sha256 matches"
         raise ActivateError(
             f"{tarball}: cannot be unpacked ({type(failure).__name__}: {failure}); "
-            f"its sha256 matches, so it was packed broken: rebuild it"
+            f"{matches}, so it was packed broken: rebuild it"
         ) from failure
     _finish_dirs(dest, tree)
     if mirror is not None:
