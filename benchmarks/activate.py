@@ -314,6 +314,9 @@ def probe_switches(mem_root: Path, switches: int) -> None:
             )
     results["swstack set-version"] = probe
     tmpfs = Path(os.path.realpath(mem_root / "sw.tmpfs"))
+    # The two ramdisk copies stay as a pair of trees for the baselines (set-version dropped 1.0's).
+    if not (tmpfs / ".py3@1.0").exists():
+        subprocess.run(["cp", "-a", str(mem_root / "sw.1.0" / "py3"), str(tmpfs / ".py3@1.0")], check=True)
     n = switches * 10
     with Probe(live) as probe:
         script = f"for i in $(seq {n}); do ln -sfn .py3@1.0 py3; ln -sfn .py3@2.0 py3; done"

@@ -40,8 +40,8 @@ from .tarstream import BLOCK, BrokenTar, Member, is_end, next_member, padded
 from .verify import Expected
 
 _CHUNK = 1 << 20  # compressed bytes per read
-_BLOCK = 2 << 20  # decompressed bytes per queue item
-_DEPTH = 6  # queue items in flight: memory stays at a few blocks
+_BLOCK = 1 << 20  # decompressed bytes per queue item
+_DEPTH = 4  # queue items in flight: memory stays at a few blocks
 # Files up to this size are compared or hashed whole before they are linked or written;
 # larger ones stream to disk and are swapped for a link when they turn out to be shared.
 _BUFFER = 8 << 20
