@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -211,7 +212,7 @@ def chunk_cut_inside_a_member(art: Path, tmp: Path) -> list[str]:
     from swstack.manifest import TarballChunk
 
     tarball = _tarball(art)
-    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(tarball.read_bytes())).read()
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(tarball.read_bytes()), read_across_frames=True).read()
     cut = len(raw) // 2 // 512 * 512 + 100
     frames = [zstandard.ZstdCompressor().compress(part) for part in (raw[:cut], raw[cut:])]
     tarball.write_bytes(b"".join(frames))
@@ -219,7 +220,10 @@ def chunk_cut_inside_a_member(art: Path, tmp: Path) -> list[str]:
         TarballChunk(0, len(frames[0]), hashlib.sha256(frames[0]).hexdigest()),
         TarballChunk(len(frames[0]), len(frames[1]), hashlib.sha256(frames[1]).hexdigest()),
     )
-    seal(art, tarball, Manifest.load(art / "manifest.json"), chunks=chunks)
+    seal(art, tarball, Manifest.load(art / "manifest.json"))
+    manifest = Manifest.load(art / "manifest.json")
+    assert manifest.tarball is not None
+    (art / "manifest.json").write_text(replace(manifest, tarball=replace(manifest.tarball, chunks=chunks)).to_json())
     return [str(art)]
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import zstandard
 
 from swstack.fsutil import sha256_file
-from swstack.manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballChunk, TarballInfo
+from swstack.manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballInfo
 
 PLATFORM = "linux-64"
 MTIME = 1_700_000_000
@@ -215,16 +215,14 @@ def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarI
     return info
 
 
-def seal(
-    out: Path, tarball: Path, manifest: Manifest, compression: str = "zstd", chunks: tuple[TarballChunk, ...] = ()
-) -> None:
-    """Write the .sha256 and manifest.json for ``tarball`` as pack does (``chunks``: its chunk table)."""
+def seal(out: Path, tarball: Path, manifest: Manifest, compression: str = "zstd") -> None:
+    """Write the .sha256 and manifest.json for ``tarball`` as pack does."""
     digest = sha256_file(tarball)
     (out / f"{tarball.name}.sha256").write_text(f"{digest}  {tarball.name}\n")
     full = replace(
         manifest,
         tarball=TarballInfo(
-            tarball.name, digest, tarball.stat().st_size, "gzip" if compression == "gzip" else "zstd", chunks
+            tarball.name, digest, tarball.stat().st_size, "gzip" if compression == "gzip" else "zstd"
         ),
     )
     (out / "manifest.json").write_text(full.to_json())
@@ -380,7 +378,8 @@ def repack_tree(tree: Path, manifest: Manifest, out: Path, version: str, changes
     out.mkdir(parents=True)
     tarball = out / f"{new.stack_id}-{version}-{new.platform}.tar.zst"
     info = _write_tarball(tarball, entries, PackOptions(epoch, level=1), 0, 0, size)
-    seal(out, tarball, new, chunks=info.chunks)
+    seal(out, tarball, new)
+    (out / "manifest.json").write_text(replace(new, tarball=info).to_json())  # with pack's chunk table
     return out
 
 
