@@ -3,10 +3,10 @@
 Input: a conda prefix (argument; default: the conda packages of the py3 stack, solved from
 the offline channel ``doit channel`` builds in the cache, when it exists, else a sample
 prefix made of one package holding a copy of this virtualenv's site-packages: the same mix
-of .py, .pyc and .so files). Output: a table of time and size per method, measured side by side in
-one run on the same warm page cache, and the ratios the issue sets targets for.
+of .py, .pyc and .so files). Output: a table of median time, CPU and size per method, measured
+side by side in rounds on the same warm page cache, and the ratios the issue sets targets for.
 
-    .venv/bin/python benchmarks/pack.py [PREFIX] [--levels 1,3,6] [--repeat 2]
+    .venv/bin/python benchmarks/pack.py [PREFIX] [--levels 1,3,6] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import resource
 import shutil
+import statistics
 import sys
 import sysconfig
 import tempfile
@@ -36,24 +37,34 @@ SDE = 1_700_000_000
 @dataclass(frozen=True)
 class Row:
     method: str
-    seconds: float
-    cpu: float  # user + system seconds, this process's threads and its children
+    seconds: float  # median
+    cpu: float  # median user + system seconds, this process's threads and its children
     size: int
 
 
-def timed(method: str, repeat: int, run: Callable[[Path], Path], out_dir: Path) -> Row:
-    """Best of ``repeat`` runs; each writes into a fresh directory."""
-    best, best_cpu, size = float("inf"), float("inf"), 0
+def run_once(method: str, run: Callable[[Path], Path], out_dir: Path, i: int) -> tuple[float, float, int]:
+    """One run into a fresh directory: (seconds, cpu seconds, output size)."""
+    work = out_dir / f"{method.replace(' ', '_')}-{i}"
+    work.mkdir(parents=True)
+    cpu0, started = cpu_seconds(), time.perf_counter()
+    output = run(work)
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu0
+    size = output.stat().st_size
+    shutil.rmtree(work)
+    return seconds, cpu, size
+
+
+def timed_rounds(methods: dict[str, Callable[[Path], Path]], repeat: int, out_dir: Path) -> list[Row]:
+    """Medians over ``repeat`` rounds, each running every method once, in turn: a busy
+    neighbour slows every method of a round alike instead of one method's every run."""
+    runs: dict[str, list[tuple[float, float, int]]] = {m: [] for m in methods}
     for i in range(repeat):
-        work = out_dir / f"{method.replace(' ', '_')}-{i}"
-        work.mkdir(parents=True)
-        cpu0, started = cpu_seconds(), time.perf_counter()
-        output = run(work)
-        best = min(best, time.perf_counter() - started)
-        best_cpu = min(best_cpu, cpu_seconds() - cpu0)
-        size = output.stat().st_size
-        shutil.rmtree(work)
-    return Row(method, best, best_cpu, size)
+        for method, run in methods.items():
+            runs[method].append(run_once(method, run, out_dir, i))
+    return [
+        Row(m, statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[-1][2])
+        for m, rs in runs.items()
+    ]
 
 
 def cpu_seconds() -> float:
@@ -141,7 +152,7 @@ def main() -> int:
     )
     parser.add_argument("prefix", nargs="?", type=Path)
     parser.add_argument("--levels", default="1,3,6", help="zstd levels to measure for swstack")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the report gives medians")
     parser.add_argument("--skip-gzip", action="store_true", help="skip the slow gzip rows (ours and conda-pack's)")
     args = parser.parse_args()
     log.setup(False)
@@ -152,16 +163,15 @@ def main() -> int:
         count, size = prefix_size(prefix)
         print(f"prefix {prefix}: {count} files, {log.human_bytes(size)}; {len(levels)} zstd levels")
         out = scratch / "out"
-        timed("warm page cache", 1, tar_zstd(prefix), out)
-        rows = [
-            timed(f"swstack zstd -{lv}", args.repeat, swstack_pack(prefix, "zstd", lv), out) for lv in levels
-        ]
+        run_once("warm page cache", tar_zstd(prefix), out, 0)
+        methods = {f"swstack zstd -{lv}": swstack_pack(prefix, "zstd", lv) for lv in levels}
         if not args.skip_gzip:
-            rows.append(timed("swstack gzip -6", args.repeat, swstack_pack(prefix, "gzip", 6), out))
-        rows.append(timed("conda-pack tar.zst", args.repeat, conda_pack_cli(prefix, "tar.zst"), out))
+            methods["swstack gzip -6"] = swstack_pack(prefix, "gzip", 6)
+        methods["conda-pack tar.zst"] = conda_pack_cli(prefix, "tar.zst")
         if not args.skip_gzip:
-            rows.append(timed("conda-pack tar.gz", args.repeat, conda_pack_cli(prefix, "tar.gz"), out))
-        rows.append(timed("tar | zstd -T0 -3", args.repeat, tar_zstd(prefix), out))
+            methods["conda-pack tar.gz"] = conda_pack_cli(prefix, "tar.gz")
+        methods["tar | zstd -T0 -3"] = tar_zstd(prefix)
+        rows = timed_rounds(methods, args.repeat, out)
     print_report(rows, size, default_level=pack.DEFAULT_ZSTD_LEVEL)
     return 0
 

@@ -13,8 +13,9 @@ conda-pack decides which files belong to the environment and how they relocate (
 archive (files it would archive unchanged skip it, see ``_pack_records``), then write the
 recorded entries ourselves, sorted, with normalised metadata, cut into chunks at member
 boundaries chosen by name (``starts_chunk``), each compressed as its own zstd frame by a
-pool of threads while the first builds the tar (gzip: one stream), so a host can verify
-and fetch only the chunks that changed. The same prefix packed twice gives the same bytes.
+pool of threads (gzip: one stream), so a host can verify and fetch only the chunks that
+changed. conda-pack's scan runs in a forked process while the chunks guessed from the
+package records compress (``_speculate``). The same prefix packed twice gives the same bytes.
 
 This module runs inside the build sandbox, so it imports only the standard library,
 ``conda_pack``, ``zstandard`` and swstack's light modules.
@@ -43,7 +44,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NoReturn
 
 from . import __version__, log
 from .errors import PackError, SwstackError
@@ -583,6 +584,108 @@ def in_tree_manifest_entry(manifest: Manifest, source_date_epoch: int) -> Entry:
     return Entry(IN_TREE_PATH, "file", 0o644, source_date_epoch, len(data), data=data)
 
 
+def guess_entries(prefix: Path, records: Iterable[CondaRecord], source_date_epoch: int) -> list[Entry]:
+    """The entries conda-pack will most likely record, from the package records alone.
+
+    Every file a package installed, as installed (what ``_plain_entry`` records); a stand-in
+    for each member that is a chunk of its own, so the guessed chunks start where the real
+    ones do. Unmanaged files are missing and package records differ (conda-pack cleans
+    them): chunks holding those are guessed wrong, and compressed again (``_speculate``).
+    """
+    root = str(prefix)
+    entries = [Entry(name, "file", 0o644, source_date_epoch, data=b"") for name in sorted(SOLO_MEMBERS)]
+    for target in sorted({f for r in records for f in r.files}):
+        source = root + "/" + target
+        try:
+            st = os.lstat(source)
+        except OSError:
+            continue  # conda-pack will say what is missing
+        mtime = min(int(st.st_mtime), source_date_epoch)
+        if stat.S_ISREG(st.st_mode):
+            entries.append(Entry(target, "file", 0o755 if st.st_mode & 0o111 else 0o644, mtime, st.st_size, source))
+        elif stat.S_ISLNK(st.st_mode):
+            entries.append(Entry(target, "symlink", 0o777, mtime, linkname=os.readlink(source)))
+    return plan_entries(entries, source_date_epoch)
+
+
+def _fields(e: Entry) -> tuple[Any, ...]:
+    return (e.name, e.kind, e.mode, e.mtime, e.size, e.source, e.data, e.linkname)
+
+
+def _scan_and_exit(answer_fd: int, prefix: Path, require_package_cache: bool, source_date_epoch: int) -> NoReturn:
+    """The forked child: scan, send the entries (plain tuples: pickled ~5x faster than the
+    dataclasses), the error's message or a bug's traceback, and exit at once."""
+    import pickle
+    import traceback
+
+    code = 0
+    try:
+        try:
+            recorded = _pack_records(prefix, require_package_cache, source_date_epoch)
+            answer: tuple[str, Any] = ("ok", [_fields(e) for e in recorded])
+        except SwstackError as exc:
+            answer = ("error", str(exc))
+        except BaseException:
+            answer = ("bug", traceback.format_exc())
+        with os.fdopen(answer_fd, "wb") as fh:
+            fh.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+    except BaseException:
+        code = 1
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()  # conda-pack's warnings, logged here
+        os._exit(code)  # no atexit handlers, no buffers of the parent's written twice
+
+
+class _BackgroundScan:
+    """``_pack_records`` in a forked process, so conda-pack's scan (pure Python, about a
+    second of one core on a large prefix) runs while this one compresses what it guessed.
+
+    Plain ``fork`` and a pipe: nothing that needs ``/dev/shm`` or a fresh interpreter.
+    """
+
+    def __init__(self, prefix: Path, require_package_cache: bool, source_date_epoch: int):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            _scan_and_exit(write_end, prefix, require_package_cache, source_date_epoch)
+        os.close(write_end)
+        self._pid: int | None = pid
+        self._answer = os.fdopen(read_end, "rb")
+
+    def result(self) -> list[Entry]:
+        """conda-pack's entries, or its error raised here."""
+        import pickle
+
+        with self._answer:
+            data = self._answer.read()
+        self._reap()
+        if not data:
+            raise PackError("conda-pack's scan of the prefix died without an answer")
+        kind, value = pickle.loads(data)
+        if kind == "error":
+            raise PackError(value)
+        if kind == "bug":
+            raise RuntimeError(f"conda-pack's scan failed in its process:\n{value}")
+        return [Entry(*fields) for fields in value]
+
+    def _reap(self) -> None:
+        if self._pid is not None:
+            os.waitpid(self._pid, 0)
+            self._pid = None
+
+    def stop(self) -> None:
+        """Kill the scan if it still runs (the parent failed first)."""
+        if self._pid is not None:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            self._reap()
+        self._answer.close()
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -661,8 +764,10 @@ class _TarSink:
         if self._pos:
             self._next_block()
 
-    def begin_member(self, name: str, size: int) -> None:
-        """Called before each member's ``size`` bytes (header and padding included)."""
+    def reset(self) -> None:
+        """Forget what was written and not flushed (the sink is used again)."""
+        self._pos = 0
+        self.offset = 0
 
     def close(self) -> None:
         self.flush()
@@ -717,130 +822,191 @@ class _ThreadedSink(_TarSink):
             raise self._error
 
 
-def _no_write(view: memoryview) -> None:
-    raise AssertionError("unreachable: the sink's _emit takes every block")
+@contextlib.contextmanager
+def _gzip_stream(out: _HashingFile, level: int) -> Iterator[_TarSink]:
+    """A sink whose bytes reach ``out`` as one gzip stream, finished on exit."""
+    # filename="" and mtime=0 keep the output's name and the clock out of the header.
+    gz = gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=level, mtime=0)
+    sink = _ThreadedSink(gz.write)
+    try:
+        yield sink
+    finally:
+        sink.close()
+    gz.close()
 
 
-class _ChunkedZstdSink(_TarSink):
-    """A ``_TarSink`` cut into chunks at member boundaries (``starts_chunk``), each
-    compressed as its own zstd frame, with a content checksum, by a pool of threads.
+@dataclass(frozen=True)
+class PlannedChunk:
+    """Whole tar members, and for the last chunk tar's end-of-archive blocks, to compress
+    into one zstd frame. Equal plans give equal frames, whenever and wherever compressed."""
 
-    The tar stream is built in the caller's thread; each chunk goes, block by block, to one
-    worker that compresses it single-threaded (zstandard releases the GIL), and finished
-    chunks are written in order. A chunk's bytes depend only on its content and the level,
-    never on the number of threads. Memory stays bounded: ``depth`` blocks are in flight,
-    and a chunk is compressed as its blocks arrive, however large it is.
+    entries: tuple[Entry, ...]
+    raw_size: int  # bytes of tar stream, tail included
+    tail: bytes = b""
+
+    def file_bytes(self) -> int:
+        return sum(e.size for e in self.entries if e.kind == "file")
+
+
+def member_header(entry: Entry, uid: int, gid: int) -> bytes:
+    """The member's header, PAX records included."""
+    header = ustar_header(entry, uid, gid)
+    if header is None:
+        header = tar_info(entry, uid, gid).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return header
+
+
+def member_size(entry: Entry, uid: int, gid: int) -> int:
+    """Bytes of the member in the tar stream: header (PAX records included), data, padding."""
+    size = entry.size if entry.kind == "file" else 0
+    name = entry.name + "/" if entry.kind == "dir" else entry.name
+    if len(name) <= 100 and len(entry.linkname) <= 100 and name.isascii() and entry.linkname.isascii():
+        header = tarfile.BLOCKSIZE  # the common case, as ustar_header gives it, without building it
+        if size >= 8**11 or not 0 <= int(entry.mtime or 0) < 8**11 or not (0 <= uid < 8**7 and 0 <= gid < 8**7):
+            header = len(member_header(entry, uid, gid))
+    else:
+        header = len(member_header(entry, uid, gid))
+    return header + size + -size % tarfile.BLOCKSIZE
+
+
+def tar_end(length: int) -> bytes:
+    """What ends a tar stream of ``length`` bytes of members: two zero blocks, then zeros
+    up to a whole record, as tarfile writes."""
+    end = 2 * tarfile.BLOCKSIZE
+    return bytes(end + -(length + end) % tarfile.RECORDSIZE)
+
+
+def plan_chunks(entries: Sequence[Entry], uid: int, gid: int, *, last: bool = True) -> list[PlannedChunk]:
+    """Cut the members into chunks (``chunk_starts``); the last one gets the end of the
+    archive unless ``last`` is false (a guess at the start of the list, see ``_speculate``)."""
+    sizes = [member_size(e, uid, gid) for e in entries]
+    starts = chunk_starts(zip((e.name for e in entries), sizes, strict=True))
+    bounds = [*starts, len(entries)]
+    chunks = [
+        PlannedChunk(tuple(entries[i:j]), sum(sizes[i:j])) for i, j in zip(bounds, bounds[1:], strict=False)
+    ]
+    if last and chunks:
+        tail = tar_end(sum(sizes))
+        chunks[-1] = replace(chunks[-1], raw_size=chunks[-1].raw_size + len(tail), tail=tail)
+    return chunks
+
+
+class _ChunkCompressor:
+    """A pool of threads turning planned chunks into zstd frames (and their sha256).
+
+    Each chunk is built (headers written directly, files read straight into the buffer)
+    and compressed by one thread, single-threaded; zstandard and file reads release the
+    GIL, so chunks compress in parallel. A frame's bytes depend only on the chunk and the
+    level, never on the number of threads. A chunk up to ``CHUNK_MAX`` is built whole in a
+    buffer the thread keeps and compressed in one call (faster, and smaller, than
+    streaming); a larger one (a single large member) streams through 1 MiB blocks, so
+    memory stays bounded. Both frames record the content size.
     """
 
-    def __init__(self, out: _HashingFile, level: int, threads: int, batch: int = _COPY_CHUNK):
-        super().__init__(_no_write, batch)  # _emit takes the blocks
+    def __init__(self, level: int, threads: int, uid: int, gid: int):
         import threading
 
-        self._out = out
         self._level = level
+        self._uid, self._gid = uid, gid
         self._local = threading.local()
+        self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pack-zstd")
-        self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(2 * threads + 6):
-            self._free.put(bytearray(batch))
-        self._current: queue.Queue[tuple[bytearray, int] | None] | None = None
-        self._pending: deque[Future[tuple[bytes, str]]] = deque()
-        self._previous: str | None = None
-        self._held = 0
-        self.chunks: list[TarballChunk] = []
 
-    def begin_member(self, name: str, size: int) -> None:
-        if starts_chunk(name, self._previous, self._held, size):
-            self.cut()
-        self._previous, self._held = name, self._held + size
+    def submit(self, chunk: PlannedChunk) -> Future[tuple[bytes, str]]:
+        return self._pool.submit(self._compress, chunk)
 
-    def cut(self) -> None:
-        """End the current chunk (the next byte written starts another)."""
-        self.flush()
-        if self._current is not None:
-            self._current.put(None)
-            self._current = None
-        self._held = 0
-
-    def _emit(self, block: bytearray, length: int) -> bytearray:
-        if self._current is None:
-            self._current = queue.Queue()
-            self._pending.append(self._pool.submit(self._compress, self._current))
-        self._current.put((block, length))
-        while self._pending and self._pending[0].done():
-            self._write_chunk(self._pending.popleft())
-        return self._free.get()
-
-    def _compress(self, blocks: queue.Queue[tuple[bytearray, int] | None]) -> tuple[bytes, str]:
-        """One chunk's frame and its sha256; every block goes back to the free list."""
+    def _compress(self, chunk: PlannedChunk) -> tuple[bytes, str]:
         import zstandard
 
-        cctx = getattr(self._local, "cctx", None)
-        if cctx is None:
-            cctx = self._local.cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True)
-        frame = cctx.compressobj()
-        parts: list[bytes] = []
-        error: BaseException | None = None
-        while (item := blocks.get()) is not None:
-            block, length = item
-            if error is None:
-                try:
-                    parts.append(frame.compress(memoryview(block)[:length]))
-                except BaseException as exc:  # raised in the writing thread, after draining
-                    error = exc
-            self._free.put(block)
-        if error is not None:
-            raise error
-        parts.append(frame.flush())
-        data = b"".join(parts)
+        local = self._local
+        if not hasattr(local, "cctx"):
+            local.cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True)
+            local.parts = []
+            local.whole = _TarSink(lambda view: local.parts.append(local.cctx.compress(view)), batch=CHUNK_MAX)
+            local.blocks = _TarSink(lambda view: local.parts.append(local.frame.compress(view)))
+        parts: list[bytes] = local.parts
+        sink: _TarSink = local.whole if chunk.raw_size <= CHUNK_MAX else local.blocks
+        if sink is local.blocks:
+            local.frame = local.cctx.compressobj(size=chunk.raw_size)
+        try:
+            headers = [member_header(e, self._uid, self._gid) for e in chunk.entries]
+            write_members(chunk.entries, headers, sink)
+            sink.write(chunk.tail)
+            sink.flush()
+            if sink is local.blocks:
+                parts.append(local.frame.flush())
+            data = b"".join(parts)
+        finally:
+            parts.clear()
+            sink.reset()
         return data, hashlib.sha256(data).hexdigest()
 
-    def _write_chunk(self, future: Future[tuple[bytes, str]]) -> None:
-        data, sha256 = future.result()
-        self.chunks.append(TarballChunk(self._out.size, len(data), sha256))
-        self._out.write(data)
-
     def close(self) -> None:
-        """Finish the last chunk and write every chunk still being compressed."""
-        try:
-            self.cut()
-            while self._pending:
-                self._write_chunk(self._pending.popleft())
-        finally:
-            self.abort()
-
-    def abort(self) -> None:
-        """Stop the workers (after a failure: their chunks are dropped)."""
-        if self._current is not None:
-            self._current.put(None)
-            self._current = None
-        self._pool.shutdown(wait=True)
+        """Drop what has not started; wait for what has."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-@contextlib.contextmanager
-def _compressed_stream(out: _HashingFile, options: PackOptions) -> Iterator[_TarSink]:
-    """A sink whose bytes reach ``out`` compressed, finished on exit (zstd: in chunks)."""
-    if options.compression == "zstd":
-        sink = _ChunkedZstdSink(out, options.resolved_level(), options.resolved_threads())
-        try:
-            yield sink
-        except BaseException:
-            sink.abort()
-            raise
-        sink.close()
-    elif options.compression == "gzip":
-        # filename="" and mtime=0 keep the output's name and the clock out of the header.
-        gz = gzip.GzipFile(
-            filename="", mode="wb", fileobj=out, compresslevel=options.resolved_level(), mtime=0
-        )
-        gsink = _ThreadedSink(gz.write)
-        try:
-            yield gsink
-        finally:
-            gsink.close()
-        gz.close()
-    else:
-        raise PackError(f"compression {options.compression!r}: expected 'zstd' or 'gzip'")
+# How much of the tar stream, per thread and in all, may be compressed on a guess while
+# conda-pack scans the prefix: bounds the memory the guessed frames hold (about a
+# quarter of it) on a large stack.
+SPECULATION_PER_THREAD = 128 << 20
+SPECULATION_LIMIT = 1 << 30
+
+
+def _speculate(
+    guess: Sequence[Entry], uid: int, gid: int, compressor: _ChunkCompressor
+) -> dict[PlannedChunk, Future[tuple[bytes, str]]]:
+    """Start compressing the chunks of a guessed entry list, up to ``SPECULATION_LIMIT``.
+
+    Chunks are cut by name, so most guessed chunks equal real ones, whose frames are then
+    taken as they are (``_write_chunks``). Chunks that certainly differ are skipped: the
+    stand-ins, package records (conda-pack cleans them) and the last (it ends the archive).
+    """
+    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]] = {}
+    budget = min(SPECULATION_PER_THREAD * compressor.threads, SPECULATION_LIMIT)
+    for chunk in plan_chunks(guess, uid, gid, last=False)[:-1]:
+        if any(e.name in SOLO_MEMBERS or _is_package_record(e.name) for e in chunk.entries):
+            continue
+        budget -= chunk.raw_size
+        if budget < 0:
+            break
+        guessed[chunk] = compressor.submit(chunk)
+    return guessed
+
+
+def _write_chunks(
+    out: _HashingFile,
+    chunks: Sequence[PlannedChunk],
+    compressor: _ChunkCompressor,
+    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]],
+    window: int,
+    advance: Callable[[int], None],
+) -> tuple[TarballChunk, ...]:
+    """Compress ``chunks`` (taking the frame of an equal guessed chunk instead, out of
+    ``guessed``) and write them in order, with at most ``window`` compressed ahead of the file."""
+    table: list[TarballChunk] = []
+    pending: deque[tuple[PlannedChunk, Future[tuple[bytes, str]]]] = deque()
+    real = set(chunks)
+    for chunk, future in guessed.items():
+        if chunk not in real:
+            future.cancel()  # guessed wrong: if it has not started, it never will
+
+    def write_oldest() -> None:
+        chunk, future = pending.popleft()
+        data, sha256 = future.result()
+        table.append(TarballChunk(out.size, len(data), sha256))
+        out.write(data)
+        advance(chunk.file_bytes())
+
+    for chunk in chunks:
+        # Popped: the frame is freed once written.
+        future = guessed.pop(chunk) if chunk in guessed else compressor.submit(chunk)
+        pending.append((chunk, future))
+        while len(pending) > window:
+            write_oldest()
+    while pending:
+        write_oldest()
+    return tuple(table)
 
 
 _USTAR_TAIL = tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
@@ -894,16 +1060,9 @@ def ustar_header(entry: Entry, uid: int, gid: int) -> bytes | None:
     return pax + records + bytes(-len(records) % tarfile.BLOCKSIZE) + header
 
 
-def write_tar(
-    entries: Sequence[Entry], sink: _TarSink, uid: int, gid: int, advance: Callable[[int], None]
-) -> None:
-    """Write ``entries`` in order as a PAX tar stream, as tarfile would, with less per-file work."""
-    for entry in entries:
-        header = ustar_header(entry, uid, gid)
-        if header is None:
-            header = tar_info(entry, uid, gid).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        size = entry.size if entry.kind == "file" else 0
-        sink.begin_member(entry.name, len(header) + size + -size % tarfile.BLOCKSIZE)
+def write_members(entries: Sequence[Entry], headers: Sequence[bytes], sink: _TarSink) -> None:
+    """Write each member, its header given, as a PAX tar stream does."""
+    for entry, header in zip(entries, headers, strict=True):
         sink.write(header)
         if entry.kind == "file":
             if entry.data is not None:
@@ -912,9 +1071,16 @@ def write_tar(
                 assert entry.source is not None
                 _copy_file(entry.source, entry.size, sink)
             sink.write(bytes(-entry.size % tarfile.BLOCKSIZE))
+
+
+def write_tar(
+    entries: Sequence[Entry], sink: _TarSink, uid: int, gid: int, advance: Callable[[int], None]
+) -> None:
+    """Write ``entries`` in order as a PAX tar stream, as tarfile would, with less per-file work."""
+    for entry in entries:
+        write_members([entry], [member_header(entry, uid, gid)], sink)
         advance(entry.size)
-    sink.write(bytes(2 * tarfile.BLOCKSIZE))
-    sink.write(bytes(-sink.offset % tarfile.RECORDSIZE))
+    sink.write(tar_end(sink.offset))
 
 
 def _copy_file(source: str, size: int, sink: _TarSink) -> None:
@@ -935,7 +1101,32 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     uid, gid = parse_owner(options.owner)
 
     log.step(f"pack {prefix}")
-    records = read_conda_records(prefix)
+    # zstd: conda-pack scans in another process from the start, while this one reads the
+    # package lists and compresses the chunks it can guess (see _speculate).
+    scan = None
+    if options.compression == "zstd":
+        scan = _BackgroundScan(prefix, options.require_package_cache, options.source_date_epoch)
+    compressor = _ChunkCompressor(options.resolved_level(), options.resolved_threads(), uid, gid)
+    try:
+        records = read_conda_records(prefix)
+        manifest = _manifest_before_packing(prefix, out_dir, records, options, info)
+        guessed: dict[PlannedChunk, Future[tuple[bytes, str]]] = {}
+        if scan is not None:
+            guessed = _speculate(guess_entries(prefix, records, options.source_date_epoch), uid, gid, compressor)
+            recorded = scan.result()
+        else:
+            recorded = _pack_records(prefix, options.require_package_cache, options.source_date_epoch)
+        return _pack_recorded(recorded, manifest, out_dir, options, uid, gid, compressor, guessed, started)
+    finally:
+        if scan is not None:
+            scan.stop()
+        compressor.close()
+
+
+def _manifest_before_packing(
+    prefix: Path, out_dir: Path, records: Sequence[CondaRecord], options: PackOptions, info: ArtifactInfo
+) -> Manifest:
+    """The manifest but for what packing tells: file count, total size, the tarball."""
     conda_files = {f for r in records for f in r.files}
     manifest = Manifest(
         stack=info.stack,
@@ -957,13 +1148,25 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
         owner=options.owner,
         kernels=tuple(info.kernels),
     )
-    stack_dir = out_dir / manifest.stack_id
     if not manifest.version:
+        stack_dir = out_dir / manifest.stack_id
         existing = [p.name for p in stack_dir.iterdir()] if stack_dir.is_dir() else []
         manifest = replace(manifest, version=next_version(existing, datetime.now(timezone.utc).date()))
-    version_dir = stack_dir / manifest.version
+    return manifest
 
-    recorded = _pack_records(prefix, options.require_package_cache, options.source_date_epoch)
+
+def _pack_recorded(
+    recorded: Sequence[Entry],
+    manifest: Manifest,
+    out_dir: Path,
+    options: PackOptions,
+    uid: int,
+    gid: int,
+    compressor: _ChunkCompressor,
+    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]],
+    started: float,
+) -> PackResult:
+    """Write the tarball of what conda-pack recorded, then its checksum, then the manifest."""
     entries = [e for e in recorded if e.name != IN_TREE_PATH]
     entries = plan_entries(entries, options.source_date_epoch)
     file_count, total_size = tree_totals(entries)
@@ -971,12 +1174,13 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     # Already sorted: adding one entry to a sorted list is a linear merge for sorted().
     entries = sorted([*entries, in_tree_manifest_entry(manifest, options.source_date_epoch)], key=_name)
 
+    version_dir = out_dir / manifest.stack_id / manifest.version
     tarball = version_dir / tarball_name(
         manifest.stack_id, manifest.version, manifest.platform, options.compression
     )
     manifest_path = version_dir / MANIFEST_NAME
     _claim_version_dir(manifest_path, options.overwrite)
-    written = _write_tarball(tarball, entries, options, uid, gid, tree_totals(entries)[1])
+    written = _write_tarball(tarball, entries, options, uid, gid, compressor, guessed)
 
     checksum = tarball.with_name(tarball.name + ".sha256")
     atomic_write_text(checksum, checksum_line(written.sha256, tarball.name))
@@ -1002,9 +1206,17 @@ def _claim_version_dir(manifest_path: Path, overwrite: bool) -> None:
 
 
 def _write_tarball(
-    tarball: Path, entries: Sequence[Entry], options: PackOptions, uid: int, gid: int, total: int
+    tarball: Path,
+    entries: Sequence[Entry],
+    options: PackOptions,
+    uid: int,
+    gid: int,
+    compressor: _ChunkCompressor,
+    guessed: dict[PlannedChunk, Future[tuple[bytes, str]]],
 ) -> TarballInfo:
     """Write the tarball atomically; return what the manifest says of it."""
+    total = tree_totals(entries)[1]
+    chunks: tuple[TarballChunk, ...] = ()
     try:
         with (
             atomic_output(tarball) as partial,
@@ -1012,9 +1224,15 @@ def _write_tarball(
             log.progress(f"packing {tarball.name}", total=total, unit="B") as bar,
         ):
             out = _HashingFile(fh)
-            with _compressed_stream(out, options) as sink:
-                write_tar(entries, sink, uid, gid, bar.advance)
-            chunks = tuple(sink.chunks) if isinstance(sink, _ChunkedZstdSink) else ()
+            if options.compression == "zstd":
+                planned = plan_chunks(entries, uid, gid)
+                window = 2 * options.resolved_threads() + 2
+                chunks = _write_chunks(out, planned, compressor, guessed, window, bar.advance)
+            elif options.compression == "gzip":
+                with _gzip_stream(out, options.resolved_level()) as sink:
+                    write_tar(entries, sink, uid, gid, bar.advance)
+            else:
+                raise PackError(f"compression {options.compression!r}: expected 'zstd' or 'gzip'")
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:

@@ -19,6 +19,7 @@ import tarfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -254,22 +255,37 @@ def test_gzip_variant_is_reproducible_and_relocates(hello_prefix: Path, tmp_path
     assert _unpack_and_run(one.tarball, dest).splitlines()[0] == f"prefix={dest}"
 
 
+def _disk_full_after_first_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = pack._HashingFile.write
+
+    def write(self: pack._HashingFile, data: bytes) -> int:
+        if self.size:
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(pack._HashingFile, "write", write)
+
+
+def _read_error_in_a_compressing_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_copy = pack._copy_file
+    calls = iter(range(1_000_000))
+
+    def copy(source: str, size: int, sink: pack._TarSink) -> None:
+        if next(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_copy(source, size, sink)
+
+    monkeypatch.setattr(pack, "_copy_file", copy)
+
+
+@pytest.mark.parametrize("fault", [_disk_full_after_first_write, _read_error_in_a_compressing_thread])
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
 def test_a_failure_mid_pack_leaves_nothing_that_looks_finished(
-    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Any, compression: str
 ) -> None:
-    real_write_tar = pack.write_tar
-
-    def failing_write_tar(entries, sink, uid, gid, advance):  # type: ignore[no-untyped-def]
-        def advance_then_fail(n: int) -> None:
-            advance(n)
-            if n:
-                raise OSError(28, "No space left on device")
-
-        real_write_tar(entries, sink, uid, gid, advance_then_fail)
-
-    monkeypatch.setattr(pack, "write_tar", failing_write_tar)
+    fault(monkeypatch)
     with pytest.raises(PackError, match="No space left"):
-        pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+        pack.pack_prefix(hello_prefix, tmp_path, options=_options(compression=compression), info=INFO)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
@@ -501,3 +517,37 @@ def test_a_one_file_change_changes_only_its_chunk_and_the_manifests(hello_prefix
     assert [names for _, names in before] == [names for _, names in after]  # the same boundaries
     differing = [names for (a, names), (b, _) in zip(before, after, strict=True) if a != b]
     assert sorted(differing) == sorted([[IN_TREE_PATH], next(n for _, n in before if names[len(names) // 2] in n)])
+
+
+def test_frames_compressed_on_a_guess_are_the_frames_compressed_after_the_scan(
+    tmp_path: Path, offline_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks compressed while conda-pack scans are taken only when equal to the real ones."""
+    prefix = tmp_path / "env"
+    _install(offline_site.cache / "offline-channel", ["python 3.11.*", "numpy"], prefix, tmp_path / "pkgs")
+    taken: list[int] = []
+    real_write_chunks = pack._write_chunks
+
+    def counting(out, chunks, compressor, guessed, window, advance):  # type: ignore[no-untyped-def]
+        taken.append(sum(1 for c in chunks if c in guessed))
+        return real_write_chunks(out, chunks, compressor, guessed, window, advance)
+
+    monkeypatch.setattr(pack, "_write_chunks", counting)
+    guessing = pack.pack_prefix(prefix, tmp_path / "a", options=_options(), info=INFO)
+    monkeypatch.setattr(pack, "SPECULATION_PER_THREAD", 0)
+    after_scan = pack.pack_prefix(prefix, tmp_path / "b", options=_options(), info=INFO)
+    assert taken[0] > 5 and taken[1] == 0
+    assert guessing.tarball.read_bytes() == after_scan.tarball.read_bytes()
+    assert guessing.manifest.tarball == after_scan.manifest.tarball
+
+
+def test_a_bug_in_the_scan_process_keeps_its_traceback(
+    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> list[pack.Entry]:
+        raise KeyError("link")
+
+    monkeypatch.setattr(pack, "_pack_records", broken)  # the forked child inherits it
+    with pytest.raises(RuntimeError, match=r"(?s)in its process:.*Traceback.*KeyError: 'link'"):
+        pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

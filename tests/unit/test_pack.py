@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from datetime import date
@@ -279,3 +280,65 @@ def test_boundaries_depend_on_names_so_a_change_moves_only_its_own() -> None:
     assert before[-10:] == after[-10:]
     # Pinned: another hash would move every boundary between two versions of a stack.
     assert pack.name_hash("bin/python") == 0x802DF2D073633CEB
+
+
+def test_member_size_is_what_the_writer_writes() -> None:
+    entries = [
+        Entry("bin", "dir", 0o755, SDE),
+        Entry("bin/python", "symlink", 0o777, SDE, linkname="python3.11"),
+        Entry("bin/tool", "file", 0o755, SDE - 5, 1000, data=b"x" * 1000),
+        Entry("share/" + "d" * 120 + "/long-name.txt", "file", 0o644, SDE, 3, data=b"abc"),
+        Entry("share/naïve.txt", "file", 0o644, SDE, 512, data=b"y" * 512),
+        Entry("share/link", "symlink", 0o777, SDE, linkname="../" + "l" * 110),
+        Entry("d" * 99 + "/", "dir", 0o755, SDE),  # 100 bytes with the slash: still ustar
+        Entry("e" * 100, "dir", 0o755, SDE),  # 101 with it: a PAX record
+    ]
+    for e in entries:
+        out = io.BytesIO()
+        sink = pack._TarSink(out.write)
+        pack.write_members([e], [pack.member_header(e, 899, 0)], sink)
+        sink.flush()
+        assert pack.member_size(e, 899, 0) == len(out.getvalue()), e.name
+
+
+def test_plan_chunks_covers_the_stream_and_ends_it() -> None:
+    entries = [Entry(f"lib/f{i:05d}", "file", 0o644, SDE, 20_000, data=bytes(20_000)) for i in range(1500)]
+    chunks = pack.plan_chunks(entries, 0, 0)
+    assert len(chunks) > 2
+    assert [e for c in chunks for e in c.entries] == entries
+    assert all(c.tail == b"" for c in chunks[:-1])
+    out = io.BytesIO()
+    sink = pack._TarSink(out.write)
+    pack.write_tar(entries, sink, 0, 0, lambda n: None)
+    sink.flush()
+    assert sum(c.raw_size for c in chunks) == len(out.getvalue())
+    assert out.getvalue().endswith(chunks[-1].tail)
+    guess = pack.plan_chunks(entries, 0, 0, last=False)
+    assert guess[:-1] == chunks[:-1] and guess[-1].tail == b""
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunk_frames_concatenate_to_the_tar_stream(threads: int) -> None:
+    """Chunks up to the maximum are compressed whole, a larger one streamed: both are whole
+    frames, with a checksum and the content size, and together they are the tar stream."""
+    import zstandard
+
+    big = bytes(range(256)) * ((pack.CHUNK_MAX + 300_000) // 256)
+    entries = [Entry(f"lib/f{i:04d}", "file", 0o644, SDE, 30_000, data=bytes([i % 251]) * 30_000) for i in range(300)]
+    entries.insert(150, Entry("lib/f0149-big", "file", 0o644, SDE, len(big), data=big))
+    chunks = pack.plan_chunks(entries, 0, 0)
+    assert any(c.raw_size > pack.CHUNK_MAX for c in chunks) and len(chunks) > 2
+    compressor = pack._ChunkCompressor(3, threads, 0, 0)
+    try:
+        frames = [f.result()[0] for f in [compressor.submit(c) for c in chunks]]
+    finally:
+        compressor.close()
+    for chunk, frame in zip(chunks, frames, strict=True):
+        params = zstandard.get_frame_parameters(frame)
+        assert params.has_checksum and params.content_size == chunk.raw_size
+    out = io.BytesIO()
+    sink = pack._TarSink(out.write)
+    pack.write_tar(entries, sink, 0, 0, lambda n: None)
+    sink.flush()
+    joined = io.BytesIO(b"".join(frames))
+    assert zstandard.ZstdDecompressor().stream_reader(joined, read_across_frames=True).read() == out.getvalue()
