@@ -353,7 +353,7 @@ def repack_tree(tree: Path, manifest: Manifest, out: Path, version: str, changes
 
     A cheap second version of a real stack: every other file keeps its bytes, mode and mtime.
     """
-    from swstack.pack import Entry, PackOptions, _write_tarball, in_tree_manifest_entry, plan_entries
+    from swstack.pack import Entry, PackOptions, _ChunkCompressor, _write_tarball, in_tree_manifest_entry, plan_entries
 
     recorded: list[Entry] = []
     for dirpath, dirnames, filenames in os.walk(tree):
@@ -377,7 +377,12 @@ def repack_tree(tree: Path, manifest: Manifest, out: Path, version: str, changes
     entries = sorted([*entries, in_tree_manifest_entry(new, epoch)], key=lambda e: e.name)
     out.mkdir(parents=True)
     tarball = out / f"{new.stack_id}-{version}-{new.platform}.tar.zst"
-    info = _write_tarball(tarball, entries, PackOptions(epoch, level=1), 0, 0, size)
+    options = PackOptions(epoch, level=1)
+    compressor = _ChunkCompressor(options.resolved_level(), options.resolved_threads(), 0, 0)
+    try:
+        info = _write_tarball(tarball, entries, options, 0, 0, compressor, {})
+    finally:
+        compressor.close()
     seal(out, tarball, new)
     (out / "manifest.json").write_text(replace(new, tarball=info).to_json())  # with pack's chunk table
     return out
