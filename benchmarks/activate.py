@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -51,8 +52,17 @@ def scratch_root(base: Path, name: str) -> Path:
     return root
 
 
-def timed(argv: list[str]) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one child process.
+LOAD: list[float] = []  # the load average when the run started: the machine may be shared
+CPU: dict[str, list[float]] = {}  # what -> CPU seconds (user + system, children included) per run
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed(argv: list[str], what: str = "") -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one child process; its CPU time goes to ``CPU[what]``.
 
     The RSS comes from GNU time, not from wait4 here: a child forked from this process
     would report our own (large, artifact-building) RSS as its peak until it execs.
@@ -60,26 +70,30 @@ def timed(argv: list[str]) -> tuple[float, int]:
     rss_file = Path(tempfile.mktemp(prefix="swstack-rss-"))
     start = time.perf_counter()
     subprocess.run(
-        ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv],
+        ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *argv],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     elapsed = time.perf_counter() - start
-    rss = int(rss_file.read_text().split()[-1])
+    rss, user, system = rss_file.read_text().split()[-3:]
     rss_file.unlink()
-    return elapsed, rss
+    if what:
+        CPU.setdefault(what, []).append(float(user) + float(system))
+    return elapsed, int(rss)
 
 
 def seed_procedure(tarball: Path, root: Path, version: str) -> float:
-    start = time.perf_counter()
+    cpu, start = children_cpu(), time.perf_counter()
     vdir = root / f"sw.{version}" / "py3"
     vdir.mkdir(parents=True)
     subprocess.run(["tar", "--zstd", "-xf", str(tarball), "-C", str(vdir)], check=True)
     (root / "sw.hdd").unlink(missing_ok=True)
     (root / "sw.hdd").symlink_to(f"sw.{version}")
     subprocess.run(["rsync", "-a", f"{root}/sw.{version}/", f"{root}/sw.tmpfs/"], check=True)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    CPU.setdefault("seed", []).append(children_cpu() - cpu)
+    return elapsed
 
 
 def one_package_update(artifact: Path, work: Path, version: str) -> tuple[Path, int]:
@@ -236,6 +250,7 @@ def main() -> None:
     ap.add_argument("--switches", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each timing; medians are reported")
     args = ap.parse_args()
+    LOAD.append(os.getloadavg()[0])
     base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
     roots = Roots(base)
     try:
@@ -274,13 +289,13 @@ def main() -> None:
             def ours() -> None:
                 nonlocal rss_big, one_version, two_versions
                 root = roots.new("ours")
-                elapsed, rss_big = timed(swstack_argv("activate", str(big), "--root", str(root)))
+                elapsed, rss_big = timed(swstack_argv("activate", str(big), "--root", str(root)), "full")
                 full_t.append(elapsed)
                 tmpfs = Path(os.readlink(root / "sw.tmpfs"))
                 one_version = tree_bytes(tmpfs / ".py3@2.0")
                 holder = subprocess.Popen(["sleep", "600"], cwd=tmpfs / ".py3@2.0")
                 try:
-                    update_t.append(timed(swstack_argv("activate", str(update), "--root", str(root)))[0])
+                    update_t.append(timed(swstack_argv("activate", str(update), "--root", str(root)), "update")[0])
                     two_versions = tree_bytes(tmpfs / ".py3@2.0", tmpfs / ".py3@2.1")
                 finally:
                     holder.kill()
@@ -300,6 +315,10 @@ def main() -> None:
         print(f"   seed (tar --zstd -xf, then rsync -a to the ramdisk): {t_seed:6.2f} s")
         print(f"   swstack activate (verify + extract + copy + switch): {t_ours:6.2f} s")
         print(f"   ratio ours/seed: {verdict(t_ours / t_seed, 0.7)}")
+        print(
+            f"   CPU (user + system, children included): seed {median(CPU['seed']):.2f} s, "
+            f"ours {median(CPU['full']):.2f} s; load average before: {LOAD[0]:.1f}, after: {os.getloadavg()[0]:.1f}"
+        )
         print(f"   (reference: the same tree as an unchunked tarball: {t_plain:.2f} s, {t_plain / t_seed:.2f}x)")
         if erofs_t:
             t_erofs = median(erofs_t)
@@ -312,6 +331,7 @@ def main() -> None:
         manifest = Manifest.load(update / "manifest.json")
         print(f"\n2. one-package update ({changed} of {manifest.file_count} files changed), old copy kept in use")
         print(f"   chunks read: {fresh} of {total} ({fresh_bytes / (1 << 20):.1f} of {total_bytes >> 20} MiB)")
+        print(f"   CPU of the update: {median(CPU['update']):.2f} s")
         print(f"   full activation {t_ours:6.2f} s, update activation {t_update:6.2f} s: "
               f"{verdict(t_update / t_ours, 0.1)}")
         print(f"   ramdisk bytes: one version {one_version >> 20} MiB, both kept {two_versions >> 20} MiB: "

@@ -252,8 +252,8 @@ class _Hashing:
     def readable(self) -> bool:
         return True
 
-    def drain(self) -> None:
-        while self.read(_CHUNK):
+    def drain(self, aborting: threading.Event) -> None:
+        while not aborting.is_set() and self.read(_CHUNK):
             pass
 
 
@@ -294,6 +294,7 @@ class _Reader:
         self.chunked = chunked
         self.items: queue.Queue[_Item] = queue.Queue(_DEPTH)
         self.stopping = threading.Event()
+        self.aborting = threading.Event()  # an interrupt: not even the hashing is finished
         self.count = 0
         self.final: _Item = ("done", None, 0)
         self._thread = threading.Thread(target=self._run, name="swstack-tar-reader", daemon=True)
@@ -305,6 +306,8 @@ class _Reader:
         try:
             with open(self.tarball, "rb", buffering=0) as raw:
                 for seg in self.segments:
+                    if self.aborting.is_set():
+                        break
                     if seg.replay is not None:
                         if not self.stopping.is_set():
                             self.items.put(("replay", seg, self.count))
@@ -338,7 +341,7 @@ class _Reader:
                 if not _is_decompression_error(exc):
                     raise
                 broken = exc
-        reader.drain()  # the whole range is hashed, even past a decompression error
+        reader.drain(self.aborting)  # the whole range is hashed, even past a decompression error
         self.count += seg.size
         digest = reader.hash.hexdigest()
         if digest != seg.sha256:
@@ -361,8 +364,11 @@ class _Reader:
             f"the tarball is corrupt or truncated: re-download or rebuild it"
         )
 
-    def stop(self) -> _Item:
-        """Stop decompressing (the remaining ranges are still hashed); the final item once the thread ends."""
+    def stop(self, abort: bool = False) -> _Item:
+        """Stop decompressing (the remaining ranges are still hashed, unless ``abort``); the final item
+        once the thread ends."""
+        if abort:
+            self.aborting.set()
         self.stopping.set()
         while self._thread.is_alive() or not self.items.empty():
             with contextlib.suppress(queue.Empty):
@@ -938,7 +944,7 @@ def extract(
             failure = exc
         except BaseException:
             writer.abandon()
-            reader.stop()
+            reader.stop(abort=True)
             raise
         if failure is not None:
             writer.abandon()
