@@ -495,3 +495,39 @@ def test_a_torn_chunk_record_means_every_chunk_is_read(tmp_path: Path) -> None:
     out = sw(root, "activate", str(two))
     assert "not read" not in out.stderr and "shared with the previous version" in out.stderr
     assert json.loads(sw(root, "active", "--verify", "--json").stdout)["stacks"][0]["in_sync"] is True
+
+
+def test_hardlinked_members_share_an_inode_on_disk_and_on_the_ramdisk(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    import zstandard
+    from tests.support.host import base_manifest, seal
+
+    from swstack.manifest import IN_TREE_PATH
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    manifest = base_manifest("py3", "1.0", str(root / "sw/py3"))  # built for this root: no relocation
+    body, meta = b"#!/bin/sh\necho hi\n", manifest.to_json().encode()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data, link in (
+            ("bin", tarfile.DIRTYPE, b"", ""),
+            ("bin/tool", tarfile.REGTYPE, body, ""),
+            ("bin/tool2", tarfile.LNKTYPE, b"", "bin/tool"),
+            ("conda-meta", tarfile.DIRTYPE, b"", ""),
+            (IN_TREE_PATH, tarfile.REGTYPE, meta, ""),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.linkname, info.mode = kind, len(data), link, 0o755
+            tar.addfile(info, io.BytesIO(data))
+    art = tmp_path / "art"
+    art.mkdir()
+    tarball = art / "py3-1.0-linux-64.tar.zst"
+    tarball.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    seal(art, tarball, manifest)
+    sw(root, "activate", str(art))
+    for tree in (root / "sw.1.0/py3", root / "sw.tmpfs/.py3@1.0"):
+        assert (tree / "bin/tool").stat().st_ino == (tree / "bin/tool2").stat().st_ino
+        assert (tree / "bin/tool2").read_bytes() == body

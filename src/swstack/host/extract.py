@@ -516,6 +516,10 @@ def _write_new(path: str, mode: int, umask: int, ns: int, data: bytes | memoryvi
         os.close(fd)
 
 
+def _hardlink(source: str, path: str) -> None:
+    os.link(source, path, follow_symlinks=False)
+
+
 def _symlink(path: str, target: str, ns: int) -> None:
     os.symlink(target, path)
     os.utime(path, ns=(ns, ns), follow_symlinks=False)
@@ -585,7 +589,7 @@ class _Writer:
         self.ensure_parents(name)
         os.link(f"{self.dest}/{source}", f"{self.dest}/{name}", follow_symlinks=False)
         if self.bg is not None:
-            self.bg.submit(os.link, f"{self.mroot}/{source}", f"{self.mroot}/{name}")
+            self.bg.submit(_hardlink, f"{self.mroot}/{source}", f"{self.mroot}/{name}")
         self.tree.files.add(name)
         if source in self.tree.hashes:
             self.tree.hashes[name] = self.tree.hashes[source]
