@@ -459,14 +459,21 @@ def _mtime_ns(mtime: float) -> int:
 class _InOrder:
     """One thread running submitted calls in order (the ramdisk copy's writes), with bytes in flight bounded.
 
-    The first error stops the rest and is raised to the submitter at its next call or at ``close``.
+    Calls travel in batches (a queue hand-over per call would cost as much as the call). The
+    first error stops the rest and is raised to the submitter at its next call or at ``close``.
     """
 
+    _BATCH = 64
+
     def __init__(self, budget: int = 4 * _BLOCK):
-        self._calls: queue.Queue[tuple[Callable[..., object], tuple[object, ...], int] | None] = queue.Queue()
+        self._calls: queue.Queue[tuple[list[tuple[Callable[..., object], tuple[object, ...]]], int] | None] = (
+            queue.Queue()
+        )
         self._budget = budget
         self._inflight = 0
         self._room = threading.Condition()
+        self._batch: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+        self._batch_size = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="swstack-ramdisk-writer", daemon=True)
         self._thread.start()
@@ -474,26 +481,38 @@ class _InOrder:
     def submit(self, fn: Callable[..., object], *args: object, size: int = 0) -> None:
         if self.error is not None:
             raise self.error
+        self._batch.append((fn, args))
+        self._batch_size += size
+        if len(self._batch) >= self._BATCH or self._batch_size >= self._budget // 4:
+            self._push()
+
+    def _push(self) -> None:
+        batch, size = self._batch, self._batch_size
+        if not batch:
+            return
+        self._batch, self._batch_size = [], 0
         with self._room:
             while self._inflight and self._inflight + size > self._budget:
                 self._room.wait()
             self._inflight += size
-        self._calls.put((fn, args, size))
+        self._calls.put((batch, size))
 
     def _run(self) -> None:
-        while (call := self._calls.get()) is not None:
-            fn, args, size = call
-            if self.error is None:
-                try:
-                    fn(*args)
-                except BaseException as exc:
-                    self.error = exc
+        while (item := self._calls.get()) is not None:
+            batch, size = item
+            for fn, args in batch:
+                if self.error is None:
+                    try:
+                        fn(*args)
+                    except BaseException as exc:
+                        self.error = exc
             with self._room:
                 self._inflight -= size
                 self._room.notify_all()
 
     def close(self) -> None:
         """Wait for every call; raise the first error."""
+        self._push()
         self._calls.put(None)
         self._thread.join()
         if self.error is not None:
