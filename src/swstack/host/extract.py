@@ -560,6 +560,8 @@ class _Writer:
         self.mirror = mirror
         self.mroot = str(mirror.root) if mirror is not None else None
         self.bg = _InOrder() if mirror is not None else None
+        self.live = str(previous.tree) if previous is not None else ""  # paths as str: no Path per file
+        self.live_copy = str(mirror.previous) if mirror is not None and mirror.previous is not None else None
         self.hashing = hashing
         umask = os.umask(0o022)
         os.umask(umask)
@@ -707,8 +709,8 @@ class _Writer:
         disk = f"{self.dest}/{name}"
         dest = f"{self.mroot}/{name}"
         st = os.lstat(disk)
-        if self.mirror.previous is not None:
-            source = f"{self.mirror.previous}/{linked_to}"
+        if self.live_copy is not None:
+            source = f"{self.live_copy}/{linked_to}"
             try:
                 ok = same_inode_data(os.lstat(source), st)
             except OSError:
@@ -738,7 +740,7 @@ class _Writer:
         assert self.previous is not None
         self.ensure_parents(name)
         path = f"{self.dest}/{name}"
-        source = f"{self.previous.tree}/{name}"
+        source = f"{self.live}/{name}"
         try:
             os.link(source, path, follow_symlinks=False)
         except OSError as exc:
@@ -753,9 +755,9 @@ class _Writer:
 
     def _replayed_copy(self, name: str, size: int) -> None:
         assert self.mirror is not None
-        if self.mirror.previous is not None:
+        if self.live_copy is not None:
             try:
-                os.link(f"{self.mirror.previous}/{name}", f"{self.mroot}/{name}", follow_symlinks=False)
+                os.link(f"{self.live_copy}/{name}", f"{self.mroot}/{name}", follow_symlinks=False)
                 self.mirror.linked += 1
                 self.mirror.linked_bytes += size
                 return
