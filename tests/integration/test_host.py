@@ -497,7 +497,9 @@ def test_a_torn_chunk_record_means_every_chunk_is_read(tmp_path: Path) -> None:
     assert json.loads(sw(root, "active", "--verify", "--json").stdout)["stacks"][0]["in_sync"] is True
 
 
-def test_hardlinked_members_share_an_inode_on_disk_and_on_the_ramdisk(tmp_path: Path) -> None:
+def _artifact_of(out: Path, root: Path, version: str, members: list[tuple[str, bytes, str, bytes]]) -> Path:
+    """An unchunked artifact built for ``root``'s live path (nothing to relocate) holding
+    ``members`` as (name, tar type, link target, data), plus its in-tree manifest."""
     import io
     import tarfile
 
@@ -506,28 +508,59 @@ def test_hardlinked_members_share_an_inode_on_disk_and_on_the_ramdisk(tmp_path: 
 
     from swstack.manifest import IN_TREE_PATH
 
-    root = tmp_path / "root"
-    (root / "sw.tmpfs").mkdir(parents=True)
-    manifest = base_manifest("py3", "1.0", str(root / "sw/py3"))  # built for this root: no relocation
-    body, meta = b"#!/bin/sh\necho hi\n", manifest.to_json().encode()
+    manifest = base_manifest("py3", version, str(root / "sw/py3"))
+    meta = ("conda-meta", tarfile.DIRTYPE, "", b""), (IN_TREE_PATH, tarfile.REGTYPE, "", manifest.to_json().encode())
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, kind, data, link in (
-            ("bin", tarfile.DIRTYPE, b"", ""),
-            ("bin/tool", tarfile.REGTYPE, body, ""),
-            ("bin/tool2", tarfile.LNKTYPE, b"", "bin/tool"),
-            ("conda-meta", tarfile.DIRTYPE, b"", ""),
-            (IN_TREE_PATH, tarfile.REGTYPE, meta, ""),
-        ):
+        for name, kind, link, data in (*members, *meta):
             info = tarfile.TarInfo(name)
-            info.type, info.size, info.linkname, info.mode = kind, len(data), link, 0o755
+            info.type, info.size, info.linkname, info.mode, info.mtime = kind, len(data), link, 0o755, 1_700_000_000
             tar.addfile(info, io.BytesIO(data))
-    art = tmp_path / "art"
-    art.mkdir()
-    tarball = art / "py3-1.0-linux-64.tar.zst"
+    out.mkdir(parents=True)
+    tarball = out / f"py3-{version}-linux-64.tar.zst"
     tarball.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
-    seal(art, tarball, manifest)
+    seal(out, tarball, manifest)
+    return out
+
+
+def test_hardlinked_members_share_an_inode_on_disk_and_on_the_ramdisk(tmp_path: Path) -> None:
+    import tarfile
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    body = b"#!/bin/sh\necho hi\n"
+    art = _artifact_of(tmp_path / "art", root, "1.0", [
+        ("bin", tarfile.DIRTYPE, "", b""), ("bin/tool", tarfile.REGTYPE, "", body),
+        ("bin/tool2", tarfile.LNKTYPE, "bin/tool", b""),
+    ])  # fmt: skip
     sw(root, "activate", str(art))
     for tree in (root / "sw.1.0/py3", root / "sw.tmpfs/.py3@1.0"):
         assert (tree / "bin/tool").stat().st_ino == (tree / "bin/tool2").stat().st_ino
         assert (tree / "bin/tool2").read_bytes() == body
+
+
+def test_a_large_unchanged_file_streams_then_is_shared(tmp_path: Path) -> None:
+    """A file over the 8 MiB read-whole limit is written while compared with the live one, then
+    swapped for a link to it, on disk and on the ramdisk; a changed one stays its own."""
+    import tarfile
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    same, old, new = os.urandom(9 << 20), os.urandom(9 << 20), os.urandom(9 << 20)
+    files = [("share", tarfile.DIRTYPE, "", b""), ("share/same.bin", tarfile.REGTYPE, "", same)]
+    one = _artifact_of(tmp_path / "one", root, "1.0", [*files, ("share/changed.bin", tarfile.REGTYPE, "", old)])
+    two = _artifact_of(tmp_path / "two", root, "2.0", [*files, ("share/changed.bin", tarfile.REGTYPE, "", new)])
+    sw(root, "activate", str(one))
+    holder = subprocess.Popen(["sleep", "60"], cwd=root / "sw.tmpfs/.py3@1.0")
+    try:
+        sw(root, "activate", str(two))
+        pairs = ((root / "sw.1.0/py3", root / "sw.2.0/py3"), (root / "sw.tmpfs/.py3@1.0", root / "sw.tmpfs/.py3@2.0"))
+        for a, b in pairs:
+            assert (a / "share/same.bin").stat().st_ino == (b / "share/same.bin").stat().st_ino
+            assert (a / "share/changed.bin").stat().st_ino != (b / "share/changed.bin").stat().st_ino
+            assert (b / "share/changed.bin").read_bytes() == new and (a / "share/changed.bin").read_bytes() == old
+            assert not list(b.rglob(".*.shared"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(sw(root, "active", "--verify", "--json").stdout)["stacks"][0]["in_sync"] is True
