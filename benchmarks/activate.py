@@ -1,21 +1,25 @@
 """Benchmark: ``swstack activate`` against the seed's manual procedure, memory, and switch atomicity.
 
 Input: nothing (it makes conda-pack-like artifacts with the test support: 1 MiB random
-blobs plus a site-packages-like mass of small files). Output, measured side by side in
-one run under a scratch root whose sw.tmpfs lives on /dev/shm (a real tmpfs):
+blobs plus a site-packages-like mass of small files, packed by pack's own chunked writer
+and built for the scratch root's live path, as production artifacts are built for
+/data0/sw/<name>, so nothing is relocated). Output, measured side by side in one run
+under scratch roots whose sw.tmpfs lives on /dev/shm (a real tmpfs), each time the median
+of ``--repeat`` runs alternating the order:
 
 1. time from tarball to active: ours vs ``tar --zstd -xf`` into sw.<version> then
-   ``rsync -a`` to the ramdisk (the seed's S2/P1 steps); target <= 0.7x;
+   ``rsync -a`` to the ramdisk (the seed's S2/P1 steps); target <= 0.7x. The same tree in
+   an unchunked tarball (older artifacts) is activated too, for reference;
 2. a one-package update (one small package's files rewritten, repacked with pack's own
-   writer) activated over the live version, against the full activation: target <= 0.1x;
-   and the ramdisk bytes of the two versions kept side by side (a process holds the old
-   copy) against one version: target <= 1.1x;
+   chunked writer) activated over the live version, against the full activation: target
+   <= 0.1x; and the ramdisk bytes of the two versions kept side by side (a process holds
+   the old copy) against one version: target <= 1.1x;
 3. peak RSS of ``swstack activate`` for two tarball sizes (flat in size);
 4. a probe reading <root>/sw/py3 in a loop while versions switch, counting missing and
    mixed observations: ours (``swstack set-version``) vs ``ln -sfn`` vs ``rsync --delete``;
    target 0 missing, 0 mixed for ours.
 
-    .venv/bin/python benchmarks/activate.py [--small-mb 32] [--big-mb 256] [--files 3000]
+    .venv/bin/python benchmarks/activate.py [--small-mb 32] [--big-mb 256] [--files 3000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,10 +37,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from support_host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
+sys.path.insert(0, str(REPO))
 
-from swstack.manifest import Manifest  # noqa: E402
+from tests.support.host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
+
+from swstack.manifest import Manifest, TarballChunk  # noqa: E402
 
 
 def scratch_root(base: Path, name: str) -> Path:
@@ -45,8 +52,17 @@ def scratch_root(base: Path, name: str) -> Path:
     return root
 
 
-def timed(argv: list[str]) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one child process.
+LOAD: list[float] = []  # the load average when the run started: the machine may be shared
+CPU: dict[str, list[float]] = {}  # what -> CPU seconds (user + system, children included) per run
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed(argv: list[str], what: str = "") -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one child process; its CPU time goes to ``CPU[what]``.
 
     The RSS comes from GNU time, not from wait4 here: a child forked from this process
     would report our own (large, artifact-building) RSS as its peak until it execs.
@@ -54,26 +70,30 @@ def timed(argv: list[str]) -> tuple[float, int]:
     rss_file = Path(tempfile.mktemp(prefix="swstack-rss-"))
     start = time.perf_counter()
     subprocess.run(
-        ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv],
+        ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *argv],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     elapsed = time.perf_counter() - start
-    rss = int(rss_file.read_text().split()[-1])
+    rss, user, system = rss_file.read_text().split()[-3:]
     rss_file.unlink()
-    return elapsed, rss
+    if what:
+        CPU.setdefault(what, []).append(float(user) + float(system))
+    return elapsed, int(rss)
 
 
 def seed_procedure(tarball: Path, root: Path, version: str) -> float:
-    start = time.perf_counter()
+    cpu, start = children_cpu(), time.perf_counter()
     vdir = root / f"sw.{version}" / "py3"
     vdir.mkdir(parents=True)
     subprocess.run(["tar", "--zstd", "-xf", str(tarball), "-C", str(vdir)], check=True)
     (root / "sw.hdd").unlink(missing_ok=True)
     (root / "sw.hdd").symlink_to(f"sw.{version}")
     subprocess.run(["rsync", "-a", f"{root}/sw.{version}/", f"{root}/sw.tmpfs/"], check=True)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    CPU.setdefault("seed", []).append(children_cpu() - cpu)
+    return elapsed
 
 
 def one_package_update(artifact: Path, work: Path, version: str) -> tuple[Path, int]:
@@ -87,6 +107,29 @@ def one_package_update(artifact: Path, work: Path, version: str) -> tuple[Path, 
     out = repack_tree(tree, manifest, work / f"art-{version}", version, changes)
     shutil.rmtree(tree)
     return out, len(changes)
+
+
+def chunked(artifact: Path, work: Path, version: str) -> Path:
+    """The same tree packed again by pack's own (chunked) writer."""
+    tree = work / f"tree-{version}"
+    manifest = unpack_artifact(artifact, tree)
+    out = repack_tree(tree, manifest, work / f"art-{version}", version, {})
+    shutil.rmtree(tree)
+    return out
+
+
+def chunks_read(old: Path, new: Path) -> tuple[int, int, int, int]:
+    """(chunks, bytes) of ``new`` that ``old`` does not have, and (chunks, bytes) in all."""
+    have = {c.sha256 for c in _chunks(old)}
+    table = _chunks(new)
+    fresh = [c for c in table if c.sha256 not in have]
+    return len(fresh), sum(c.size for c in fresh), len(table), sum(c.size for c in table)
+
+
+def _chunks(artifact: Path) -> tuple[TarballChunk, ...]:
+    tarball = Manifest.load(artifact / "manifest.json").tarball
+    assert tarball is not None
+    return tarball.chunks
 
 
 def tree_bytes(*trees: Path) -> int:
@@ -147,117 +190,215 @@ class Probe:
         self.reads, self.missing, self.mixed = data["reads"], data["missing"], data["mixed"]
 
 
+def erofs_mode(artifact: Path, base: Path, i: int) -> float | None:
+    """Tarball -> tree on the ramdisk (swstack, minimal configuration on /dev/shm) -> EROFS image of it
+    on disk (mkfs.erofs) -> mounted read-only (a private mount namespace): the persistent copy is one
+    file instead of a tree. None where mkfs.erofs or the mount is unavailable."""
+    if shutil.which("mkfs.erofs") is None or os.geteuid() != 0:
+        return None
+    shm = Path(tempfile.mkdtemp(prefix="swstack-bench-erofs-", dir="/dev/shm"))
+    root = base / "ours"
+    root.symlink_to(shm)  # the live path stays <base>/ours/sw/py3, as the artifacts were built for
+    image, mnt = base / f"erofs-{i}.img", base / f"erofs-{i}.mnt"
+    mnt.mkdir()
+    version = Manifest.load(artifact / "manifest.json").version
+    try:
+        start = time.perf_counter()
+        subprocess.run(swstack_argv("activate", str(artifact), "--root", str(root)), check=True, capture_output=True)
+        subprocess.run(
+            ["mkfs.erofs", "--quiet", "--preserve-mtime", str(image), str(shm / f"sw.{version}" / "py3")],
+            check=True,
+        )
+        mounted = subprocess.run(
+            ["unshare", "-m", "sh", "-c", f"mount -t erofs -o ro {image} {mnt} && cat {mnt}/share/version.txt"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - start
+        return elapsed if mounted.returncode == 0 else None
+    finally:
+        root.unlink()
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+class Roots:
+    """Scratch roots; every run of ours uses the same path, <base>/ours, so the artifacts built for
+    its live path need no relocation (a finished root is renamed away, never deleted mid-run:
+    deleting thousands of files slows the next ones' creation on ext4)."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.shm: list[Path] = []
+
+    def new(self, name: str) -> Path:
+        root = scratch_root(self.base, name)
+        self.shm.append(Path(os.readlink(root / "sw.tmpfs")))
+        return root
+
+    def retire(self, root: Path) -> None:
+        root.rename(self.base / f"{root.name}-done-{len(self.shm)}")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small-mb", type=int, default=32)
     ap.add_argument("--big-mb", type=int, default=256)
     ap.add_argument("--files", type=int, default=3000, help="small files per artifact")
     ap.add_argument("--switches", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each timing; medians are reported")
     args = ap.parse_args()
+    LOAD.append(os.getloadavg()[0])
     base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
-    shm_dirs: list[Path] = []
+    roots = Roots(base)
     try:
-        small = make_artifact(
-            base / "art-small", version="1.0", payload=args.small_mb << 20, small_files=args.files
+        live = str(base / "ours" / "sw" / "py3")
+        plain = make_artifact(
+            base / "art-big", version="2.0", prefix=live, payload=args.big_mb << 20, small_files=args.files
         )
-        big = make_artifact(
-            base / "art-big", version="2.0", payload=args.big_mb << 20, small_files=args.files
+        big = chunked(plain, base, "2.0")
+        small = chunked(
+            make_artifact(
+                base / "art-small", version="1.0", prefix=live, payload=args.small_mb << 20, small_files=args.files
+            ),
+            base,
+            "1.0",
         )
-        big_tar = next(big.glob("*.tar.zst"))
+        update, changed = one_package_update(big, base, "2.1")
+        big_tar, plain_tar = next(big.glob("*.tar.zst")), next(plain.glob("*.tar.zst"))
         print(
-            f"artifacts: small {sum(f.stat().st_size for f in small.iterdir()) >> 20} MiB, "
-            f"big {big_tar.stat().st_size >> 20} MiB compressed, {args.files} small files each"
+            f"artifacts: big {big_tar.stat().st_size >> 20} MiB compressed in {len(_chunks(big))} chunks "
+            f"(pack's writer), {args.files} small files; small {args.small_mb} MiB; median of {args.repeat} runs"
         )
 
-        # 1. time to active, same tarball, same page cache state (read once before both).
-        big_tar.read_bytes()
-        ours_root = scratch_root(base, "ours")
-        seed_root = scratch_root(base, "seed")
-        shm_dirs += [Path(os.readlink(r / "sw.tmpfs")) for r in (ours_root, seed_root)]
-        t_seed = seed_procedure(big_tar, seed_root, "2.0")
-        t_ours, rss_big = timed(swstack_argv("activate", str(big), "--root", str(ours_root)))
+        seed_t: list[float] = []
+        full_t: list[float] = []
+        update_t: list[float] = []
+        plain_t: list[float] = []
+        erofs_t: list[float] = []
+        rss_big = one_version = two_versions = 0
+        for i in range(args.repeat):
+            for tarball in (big_tar, plain_tar, next(update.glob("*.tar.zst"))):
+                tarball.read_bytes()  # the same page cache state for every method
+
+            def seed(i: int = i) -> None:
+                seed_t.append(seed_procedure(big_tar, roots.new(f"seed-{i}"), "2.0"))
+
+            def ours() -> None:
+                nonlocal rss_big, one_version, two_versions
+                root = roots.new("ours")
+                elapsed, rss_big = timed(swstack_argv("activate", str(big), "--root", str(root)), "full")
+                full_t.append(elapsed)
+                tmpfs = Path(os.readlink(root / "sw.tmpfs"))
+                one_version = tree_bytes(tmpfs / ".py3@2.0")
+                holder = subprocess.Popen(["sleep", "600"], cwd=tmpfs / ".py3@2.0")
+                try:
+                    update_t.append(timed(swstack_argv("activate", str(update), "--root", str(root)), "update")[0])
+                    two_versions = tree_bytes(tmpfs / ".py3@2.0", tmpfs / ".py3@2.1")
+                finally:
+                    holder.kill()
+                    holder.wait()
+                roots.retire(root)
+
+            for run in (seed, ours) if i % 2 == 0 else (ours, seed):
+                run()
+            root = roots.new("ours")
+            plain_t.append(timed(swstack_argv("activate", str(plain), "--root", str(root)))[0])
+            roots.retire(root)
+            if (mounted := erofs_mode(big, base, i)) is not None:
+                erofs_t.append(mounted)
+
+        t_seed, t_ours, t_update, t_plain = map(median, (seed_t, full_t, update_t, plain_t))
         print(f"\n1. tarball -> active ({args.big_mb} MiB + {args.files} files)")
         print(f"   seed (tar --zstd -xf, then rsync -a to the ramdisk): {t_seed:6.2f} s")
         print(f"   swstack activate (verify + extract + copy + switch): {t_ours:6.2f} s")
         print(f"   ratio ours/seed: {verdict(t_ours / t_seed, 0.7)}")
+        print(
+            f"   CPU (user + system, children included): seed {median(CPU['seed']):.2f} s, "
+            f"ours {median(CPU['full']):.2f} s; load average before: {LOAD[0]:.1f}, after: {os.getloadavg()[0]:.1f}"
+        )
+        print(f"   (reference: the same tree as an unchunked tarball: {t_plain:.2f} s, {t_plain / t_seed:.2f}x)")
+        if erofs_t:
+            t_erofs = median(erofs_t)
+            print(
+                f"   (mount-based, not a product mode: extract to the ramdisk, mkfs.erofs image on disk, mount: "
+                f"{t_erofs:.2f} s, {t_erofs / t_seed:.2f}x)"
+            )
 
-        # 2. a one-package update over the live version, the old copy held by a process.
-        update, changed = one_package_update(big, base, "2.1")
-        update_tar = next(update.glob("*.tar.zst"))
-        update_tar.read_bytes()
-        tmpfs = Path(os.readlink(ours_root / "sw.tmpfs"))
-        one_version = tree_bytes(tmpfs / ".py3@2.0")
-        holder = subprocess.Popen(["sleep", "600"], cwd=tmpfs / ".py3@2.0")
-        try:
-            t_update, _ = timed(swstack_argv("activate", str(update), "--root", str(ours_root)))
-            two_versions = tree_bytes(tmpfs / ".py3@2.0", tmpfs / ".py3@2.1")
-        finally:
-            holder.kill()
-            holder.wait()
+        fresh, fresh_bytes, total, total_bytes = chunks_read(big, update)
         manifest = Manifest.load(update / "manifest.json")
         print(f"\n2. one-package update ({changed} of {manifest.file_count} files changed), old copy kept in use")
+        print(f"   chunks read: {fresh} of {total} ({fresh_bytes / (1 << 20):.1f} of {total_bytes >> 20} MiB)")
+        print(f"   CPU of the update: {median(CPU['update']):.2f} s")
         print(f"   full activation {t_ours:6.2f} s, update activation {t_update:6.2f} s: "
               f"{verdict(t_update / t_ours, 0.1)}")
         print(f"   ramdisk bytes: one version {one_version >> 20} MiB, both kept {two_versions >> 20} MiB: "
               f"{verdict(two_versions / one_version, 1.1)}")
 
-        # 2. peak memory for two sizes.
-        mem_root = scratch_root(base, "mem")
-        shm_dirs.append(Path(os.readlink(mem_root / "sw.tmpfs")))
-        _, rss_small = timed(swstack_argv("activate", str(small), "--root", str(mem_root)))
+        root = roots.new("ours")
+        _, rss_small = timed(swstack_argv("activate", str(small), "--root", str(root)))
+        roots.retire(root)
         ratio_size = big_tar.stat().st_size / next(small.glob("*.tar.zst")).stat().st_size
         print("\n3. peak RSS of swstack activate")
         print(
             f"   small tarball: {rss_small / 1024:6.1f} MiB   big tarball ({ratio_size:.1f}x larger): "
-            f"{rss_big / 1024:6.1f} MiB   ratio {rss_big / rss_small:.2f}"
+            f"{rss_big / 1024:6.1f} MiB   ratio {rss_big / rss_small:.2f} (target: flat)"
         )
 
-        # 4. atomicity probe. Both versions are on the host (mem_root has 1.0 live; add 2.0).
-        subprocess.run(
-            swstack_argv("activate", str(big), "--root", str(mem_root)), check=True, capture_output=True
-        )
-        live = mem_root / "sw" / "py3"
-        results = {}
-        with Probe(live) as probe:
-            for i in range(args.switches):
-                subprocess.run(
-                    swstack_argv("set-version", "1.0" if i % 2 == 0 else "2.0", "--root", str(mem_root)),
-                    check=True,
-                    capture_output=True,
-                )
-        results["swstack set-version"] = probe
-        tmpfs = mem_root / "sw.tmpfs"
-        # The two ramdisk copies stay as a pair of trees for the baselines.
-        subprocess.run(["cp", "-a", str(mem_root / "sw.1.0" / "py3"), str(tmpfs / ".py3@1.0")], check=True)
-        with Probe(live) as probe:
-            n = args.switches * 10
-            script = f"for i in $(seq {n}); do ln -sfn .py3@1.0 py3; ln -sfn .py3@2.0 py3; done"
-            subprocess.run(["sh", "-c", script], cwd=os.path.realpath(tmpfs), check=True)
-        results["ln -sfn (coreutils 9)"] = probe
-        with Probe(live) as probe:
-            script = (
-                f"for i in $(seq {n}); do rm -f py3; ln -s .py3@1.0 py3; rm -f py3; ln -s .py3@2.0 py3; done"
+        # 4. atomicity probe. Both versions on the host (relocated there: not timed).
+        mem_root = roots.new("mem")
+        for art in (small, big):
+            subprocess.run(
+                swstack_argv("activate", str(art), "--root", str(mem_root)), check=True, capture_output=True
             )
-            subprocess.run(["sh", "-c", script], cwd=os.path.realpath(tmpfs), check=True)
-        results["rm + ln -s (ln -sfn < 9)"] = probe
-        rs_live = Path(os.path.realpath(tmpfs)) / "rsync-live"
-        subprocess.run(["cp", "-a", str(mem_root / "sw.2.0" / "py3"), str(rs_live)], check=True)
-        os.replace(Path(os.path.realpath(tmpfs)) / "py3", Path(os.path.realpath(tmpfs)) / "py3.bak")
-        (Path(os.path.realpath(tmpfs)) / "py3").symlink_to("rsync-live")
-        with Probe(live) as probe:
-            for i in range(args.switches):
-                src = mem_root / ("sw.1.0" if i % 2 == 0 else "sw.2.0") / "py3"
-                subprocess.run(["rsync", "-a", "-I", "--delete", f"{src}/", f"{rs_live}/"], check=True)
-        results["rsync --delete (seed S3)"] = probe
-        print(
-            f"\n4. readers of <root>/sw/py3 during {args.switches} switches (fd-relative reads of two files)"
-        )
-        for name, p in results.items():
-            print(f"   {name:<26} reads {p.reads:>8}  missing {p.missing:>6}  mixed {p.mixed:>6}")
+        probe_switches(mem_root, args.switches)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-        for d in shm_dirs:
+        for d in roots.shm:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def probe_switches(mem_root: Path, switches: int) -> None:
+    """Readers of <root>/sw/py3 while versions 1.0 and 2.0 switch: ours, then three baselines."""
+    live = mem_root / "sw" / "py3"
+    results = {}
+    with Probe(live) as probe:
+        for i in range(switches):
+            subprocess.run(
+                swstack_argv("set-version", "1.0" if i % 2 == 0 else "2.0", "--root", str(mem_root)),
+                check=True,
+                capture_output=True,
+            )
+    results["swstack set-version"] = probe
+    tmpfs = Path(os.path.realpath(mem_root / "sw.tmpfs"))
+    # The two ramdisk copies stay as a pair of trees for the baselines (set-version dropped 1.0's).
+    if not (tmpfs / ".py3@1.0").exists():
+        subprocess.run(["cp", "-a", str(mem_root / "sw.1.0" / "py3"), str(tmpfs / ".py3@1.0")], check=True)
+    n = switches * 10
+    with Probe(live) as probe:
+        script = f"for i in $(seq {n}); do ln -sfn .py3@1.0 py3; ln -sfn .py3@2.0 py3; done"
+        subprocess.run(["sh", "-c", script], cwd=tmpfs, check=True)
+    results["ln -sfn (coreutils 9)"] = probe
+    with Probe(live) as probe:
+        script = f"for i in $(seq {n}); do rm -f py3; ln -s .py3@1.0 py3; rm -f py3; ln -s .py3@2.0 py3; done"
+        subprocess.run(["sh", "-c", script], cwd=tmpfs, check=True)
+    results["rm + ln -s (ln -sfn < 9)"] = probe
+    rs_live = tmpfs / "rsync-live"
+    subprocess.run(["cp", "-a", str(mem_root / "sw.2.0" / "py3"), str(rs_live)], check=True)
+    os.replace(tmpfs / "py3", tmpfs / "py3.bak")
+    (tmpfs / "py3").symlink_to("rsync-live")
+    with Probe(live) as probe:
+        for i in range(switches):
+            src = mem_root / ("sw.1.0" if i % 2 == 0 else "sw.2.0") / "py3"
+            subprocess.run(["rsync", "-a", "-I", "--delete", f"{src}/", f"{rs_live}/"], check=True)
+    results["rsync --delete (seed S3)"] = probe
+    print(f"\n4. readers of <root>/sw/py3 during {switches} switches (fd-relative reads of two files)")
+    for name, p in results.items():
+        print(f"   {name:<26} reads {p.reads:>8}  missing {p.missing:>6}  mixed {p.mixed:>6}")
+    bad = results["swstack set-version"].missing + results["swstack set-version"].mixed
+    print(f"   swstack set-version: target 0 missing, 0 mixed: {'met' if bad == 0 else 'NOT MET'}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -145,13 +146,105 @@ def state_corrupt(art: Path, tmp: Path) -> list[str]:
     return [str(art)]
 
 
+def _chunked(art: Path, tmp: Path) -> tuple[Path, dict[str, object]]:
+    """``art`` packed again by pack's chunked writer (same version); its manifest as raw JSON."""
+    from tests.support.host import repack_tree, unpack_artifact
+
+    manifest = unpack_artifact(art, tmp / "tree")
+    out = repack_tree(tmp / "tree", manifest, tmp / "chunked", manifest.version, {})
+    return out, json.loads((out / "manifest.json").read_text())
+
+
+def _chunks_edited(art: Path, tmp: Path, edit: Callable[[list[dict[str, object]]], None]) -> list[str]:
+    out, raw = _chunked(art, tmp)
+    tarball = raw["tarball"]
+    assert isinstance(tarball, dict) and len(tarball["chunks"]) > 1
+    edit(tarball["chunks"])
+    (out / "manifest.json").write_text(json.dumps(raw))
+    return [str(out)]
+
+
+def chunk_table_short_of_the_file(art: Path, tmp: Path) -> list[str]:
+    return _chunks_edited(art, tmp, lambda chunks: chunks.pop())
+
+
+def chunk_table_overlapping(art: Path, tmp: Path) -> list[str]:
+    def edit(chunks: list[dict[str, object]]) -> None:
+        chunks[1]["offset"] = int(chunks[1]["offset"]) - 16  # type: ignore[call-overload]
+        chunks[1]["size"] = int(chunks[1]["size"]) + 16  # type: ignore[call-overload]
+
+    return _chunks_edited(art, tmp, edit)
+
+
+def chunk_table_past_the_end(art: Path, tmp: Path) -> list[str]:
+    def edit(chunks: list[dict[str, object]]) -> None:
+        chunks[-1]["size"] = int(chunks[-1]["size"]) + 512  # type: ignore[call-overload]
+
+    return _chunks_edited(art, tmp, edit)
+
+
+def chunk_with_a_flipped_byte(art: Path, tmp: Path) -> list[str]:
+    """One byte of the largest chunk flipped; the whole file's sha256 re-sealed, so only the chunk's
+    own sha256 can catch it."""
+    from swstack.fsutil import sha256_file
+
+    out, raw = _chunked(art, tmp)
+    tarball = raw["tarball"]
+    assert isinstance(tarball, dict)
+    chunk = max(tarball["chunks"], key=lambda c: c["size"])
+    path = out / tarball["name"]
+    data = bytearray(path.read_bytes())
+    data[chunk["offset"] + chunk["size"] // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    tarball["sha256"] = sha256_file(path)
+    (out / "manifest.json").write_text(json.dumps(raw))
+    (out / f"{path.name}.sha256").write_text(f"{tarball['sha256']}  {path.name}\n")
+    return [str(out)]
+
+
+def chunk_cut_inside_a_member(art: Path, tmp: Path) -> list[str]:
+    """Two zstd frames, correctly listed and hashed, but cut in the middle of a member."""
+    import hashlib
+    import io
+
+    import zstandard
+
+    from swstack.manifest import TarballChunk
+
+    tarball = _tarball(art)
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(tarball.read_bytes()), read_across_frames=True).read()
+    cut = len(raw) // 2 // 512 * 512 + 100
+    frames = [zstandard.ZstdCompressor().compress(part) for part in (raw[:cut], raw[cut:])]
+    tarball.write_bytes(b"".join(frames))
+    chunks = (
+        TarballChunk(0, len(frames[0]), hashlib.sha256(frames[0]).hexdigest()),
+        TarballChunk(len(frames[0]), len(frames[1]), hashlib.sha256(frames[1]).hexdigest()),
+    )
+    seal(art, tarball, Manifest.load(art / "manifest.json"))
+    manifest = Manifest.load(art / "manifest.json")
+    assert manifest.tarball is not None
+    (art / "manifest.json").write_text(replace(manifest, tarball=replace(manifest.tarball, chunks=chunks)).to_json())
+    return [str(art)]
+
+
 CASES: dict[str, Callable[[Path, Path], list[str]]] = {f.__name__: f for f in (
+    chunk_table_short_of_the_file, chunk_table_overlapping, chunk_table_past_the_end, chunk_with_a_flipped_byte,
+    chunk_cut_inside_a_member,
     empty_tarball, not_a_tar, zstd_of_garbage, manifest_not_json, manifest_not_utf8, manifest_list,
     version_is_a_number, version_with_slash, version_with_newline, stack_reserved, prefix_relative,
     prefix_root, packages_wrong_type, tarball_name_escapes, huge_total_size, release_bad_toml,
     release_wrong_shape, release_missing, oci_unreachable, oci_bad_reference, source_with_newline,
     state_corrupt,
 )}
+
+
+MESSAGES = {  # what the one line says, where the case is about the chunk table
+    "chunk_table_short_of_the_file": "tarball.chunks",
+    "chunk_table_overlapping": "tarball.chunks[1]",
+    "chunk_table_past_the_end": "tarball.chunks",
+    "chunk_with_a_flipped_byte": "sha256 mismatch",
+    "chunk_cut_inside_a_member": "continues past the end of its chunk",
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -172,6 +265,7 @@ def test_broken_input_ends_in_one_line_and_changes_nothing(tmp_path: Path, case:
     errors = [line for line in res.stderr.splitlines() if line.startswith("swstack activate: error: ")]
     assert len(errors) == 1, res.stderr
     assert len([line for line in res.stderr.splitlines() if "error" in line.lower()]) == 1, res.stderr
+    assert MESSAGES.get(case, "") in errors[0], errors[0]
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
     assert sorted(os.listdir(root / "sw.tmpfs")) == ramdisk
     assert not (root / ".swstack" / "staging").exists() and not (root / "sw.2026.01.02").exists()

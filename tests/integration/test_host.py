@@ -374,3 +374,193 @@ def test_an_update_that_fits_only_shared_goes_on_and_one_that_does_not_stops_cle
     assert "rc=11" in lines and "onto the ramdisk" in res.stderr and "nothing live changed" in res.stderr
     assert "1.0" in lines  # version.txt of 1.1 is 1.0's: only note.txt changed
     assert ".partial" not in res.stdout and ".py3@2.0" not in res.stdout
+
+
+# ---------------------------------------------------------------- chunked tarballs
+
+
+def _chunk_names(art: Path) -> list[tuple[str, list[str]]]:
+    """(sha256, member names) of each chunk of an artifact's tarball, read chunk by chunk."""
+    import io
+    import tarfile
+
+    import zstandard
+
+    from swstack.manifest import Manifest
+
+    tb = Manifest.load(art / "manifest.json").tarball
+    assert tb is not None and tb.chunks
+    data = (art / tb.name).read_bytes()
+    out = []
+    for c in tb.chunks:
+        raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data[c.offset : c.offset + c.size])).read()
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            out.append((c.sha256, [os.path.normpath(n) for n in tar.getnames()]))
+    return out
+
+
+def _files(tree: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+RELOCATED = {"etc/prefix.txt", "bin/tool"}  # rewritten for the live path under tmp_path
+
+
+def test_chunked_update_reads_only_the_changed_chunks(tmp_path: Path) -> None:
+    from tests.support.host import chunked_pair, unpack_artifact
+
+    one, two = chunked_pair(tmp_path / "art")
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(one))
+    old_disk, old_ram = root / "sw.1.0/py3", root / "sw.tmpfs/.py3@1.0"
+    before = _files(old_disk)
+    record = json.loads((root / "sw.1.0/.py3.chunks.json").read_text())["chunks"]
+    held = {sha for sha, names in _chunk_names(one) if RELOCATED & set(names)}
+    assert held and not held & set(record)  # chunks holding relocated files are read again
+    holder = subprocess.Popen(["sleep", "60"], cwd=old_ram)
+    try:
+        out = sw(root, "activate", str(two))
+        ram_old, ram_new = _inodes(old_ram), _inodes(root / "sw.tmpfs/.py3@1.1")
+    finally:
+        holder.kill()
+        holder.wait()
+    unchanged = len({sha for sha, _ in _chunk_names(one)} & {sha for sha, _ in _chunk_names(two)} - held)
+    assert f"{unchanged} of {len(_chunk_names(two))} chunks unchanged, not read" in out.stderr, out.stderr
+    new_disk = root / "sw.1.1/py3"
+    disk_old, disk_new = _inodes(old_disk), _inodes(new_disk)
+    changed = {n for n in disk_new if n.startswith("lib/python3.11/site-packages/pkg000/")}
+    assert len(changed) == 100
+    not_shared = {n for n in disk_new if disk_old.get(n) != disk_new[n]}
+    assert changed <= not_shared <= changed | RELOCATED | {"conda-meta/swstack-manifest.json"}
+    assert {n for n in ram_new if ram_old.get(n) != ram_new[n]} == not_shared
+    # The new tree is the tarball's, the old one untouched; the ramdisk copy matches.
+    expected = _files(tmp_path / "unpacked") if unpack_artifact(two, tmp_path / "unpacked") else {}
+    got = _files(new_disk)
+    assert {n: d for n, d in got.items() if n not in RELOCATED} == {
+        n: d for n, d in expected.items() if n not in RELOCATED
+    }
+    assert (new_disk / "etc/prefix.txt").read_text() == f"prefix={root / 'sw/py3'}\n"
+    assert _files(old_disk) == before
+    assert not (root / "sw.1.1/.py3.files.json").exists() and (root / "sw.1.1/.py3.chunks.json").is_file()
+    assert json.loads(sw(root, "active", "--verify", "--json").stdout)["stacks"][0]["in_sync"] is True
+
+
+def _flip_in_chunk(art: Path, sha: str) -> None:
+    """Flip a byte inside chunk ``sha`` and re-seal the whole file's sha256 (the chunk table stays)."""
+    from swstack.fsutil import sha256_file
+    from swstack.manifest import Manifest
+
+    raw = json.loads((art / "manifest.json").read_text())
+    chunk = next(c for c in raw["tarball"]["chunks"] if c["sha256"] == sha)
+    tarball = art / raw["tarball"]["name"]
+    data = bytearray(tarball.read_bytes())
+    data[chunk["offset"] + chunk["size"] // 2] ^= 0x01
+    tarball.write_bytes(bytes(data))
+    raw["tarball"]["sha256"] = sha256_file(tarball)
+    (art / "manifest.json").write_text(json.dumps(raw))
+    (art / f"{tarball.name}.sha256").write_text(f"{raw['tarball']['sha256']}  {tarball.name}\n")
+    Manifest.load(art / "manifest.json")
+
+
+def test_a_chunk_the_live_version_holds_is_not_read(tmp_path: Path) -> None:
+    """A damaged chunk that the live version already holds is never read (its files are linked); the
+    same damage on a host without that version is refused naming the chunk."""
+    from tests.support.host import chunked_pair
+
+    one, two = chunked_pair(tmp_path / "art")
+    shared = [sha for sha, names in _chunk_names(two)[1:-1] if not RELOCATED & set(names)]
+    shared = [sha for sha in shared if sha in {s for s, _ in _chunk_names(one)}]
+    _flip_in_chunk(two, shared[0])
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(one))
+    sw(root, "activate", str(two))
+    assert json.loads(sw(root, "active", "--verify", "--json").stdout)["stacks"][0]["in_sync"] is True
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    res = sw(fresh, "activate", str(two), check=11)
+    assert "sha256 mismatch" in res.stderr and "chunk " in res.stderr and "Traceback" not in res.stderr
+    assert not (fresh / "sw.1.1").exists()
+
+
+def test_a_torn_chunk_record_means_every_chunk_is_read(tmp_path: Path) -> None:
+    from tests.support.host import chunked_pair
+
+    one, two = chunked_pair(tmp_path / "art")
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(one))
+    (root / "sw.1.0/.py3.chunks.json").write_text('{"schema": 1, "chunks": {"ab')
+    out = sw(root, "activate", str(two))
+    assert "not read" not in out.stderr and "shared with the previous version" in out.stderr
+    assert json.loads(sw(root, "active", "--verify", "--json").stdout)["stacks"][0]["in_sync"] is True
+
+
+def _artifact_of(out: Path, root: Path, version: str, members: list[tuple[str, bytes, str, bytes]]) -> Path:
+    """An unchunked artifact built for ``root``'s live path (nothing to relocate) holding
+    ``members`` as (name, tar type, link target, data), plus its in-tree manifest."""
+    import io
+    import tarfile
+
+    import zstandard
+    from tests.support.host import base_manifest, seal
+
+    from swstack.manifest import IN_TREE_PATH
+
+    manifest = base_manifest("py3", version, str(root / "sw/py3"))
+    meta = ("conda-meta", tarfile.DIRTYPE, "", b""), (IN_TREE_PATH, tarfile.REGTYPE, "", manifest.to_json().encode())
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, link, data in (*members, *meta):
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.linkname, info.mode, info.mtime = kind, len(data), link, 0o755, 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    out.mkdir(parents=True)
+    tarball = out / f"py3-{version}-linux-64.tar.zst"
+    tarball.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    seal(out, tarball, manifest)
+    return out
+
+
+def test_hardlinked_members_share_an_inode_on_disk_and_on_the_ramdisk(tmp_path: Path) -> None:
+    import tarfile
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    body = b"#!/bin/sh\necho hi\n"
+    art = _artifact_of(tmp_path / "art", root, "1.0", [
+        ("bin", tarfile.DIRTYPE, "", b""), ("bin/tool", tarfile.REGTYPE, "", body),
+        ("bin/tool2", tarfile.LNKTYPE, "bin/tool", b""),
+    ])  # fmt: skip
+    sw(root, "activate", str(art))
+    for tree in (root / "sw.1.0/py3", root / "sw.tmpfs/.py3@1.0"):
+        assert (tree / "bin/tool").stat().st_ino == (tree / "bin/tool2").stat().st_ino
+        assert (tree / "bin/tool2").read_bytes() == body
+
+
+def test_a_large_unchanged_file_streams_then_is_shared(tmp_path: Path) -> None:
+    """A file over the 8 MiB read-whole limit is written while compared with the live one, then
+    swapped for a link to it, on disk and on the ramdisk; a changed one stays its own."""
+    import tarfile
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    same, old, new = os.urandom(9 << 20), os.urandom(9 << 20), os.urandom(9 << 20)
+    files = [("share", tarfile.DIRTYPE, "", b""), ("share/same.bin", tarfile.REGTYPE, "", same)]
+    one = _artifact_of(tmp_path / "one", root, "1.0", [*files, ("share/changed.bin", tarfile.REGTYPE, "", old)])
+    two = _artifact_of(tmp_path / "two", root, "2.0", [*files, ("share/changed.bin", tarfile.REGTYPE, "", new)])
+    sw(root, "activate", str(one))
+    holder = subprocess.Popen(["sleep", "60"], cwd=root / "sw.tmpfs/.py3@1.0")
+    try:
+        sw(root, "activate", str(two))
+        pairs = ((root / "sw.1.0/py3", root / "sw.2.0/py3"), (root / "sw.tmpfs/.py3@1.0", root / "sw.tmpfs/.py3@2.0"))
+        for a, b in pairs:
+            assert (a / "share/same.bin").stat().st_ino == (b / "share/same.bin").stat().st_ino
+            assert (a / "share/changed.bin").stat().st_ino != (b / "share/changed.bin").stat().st_ino
+            assert (b / "share/changed.bin").read_bytes() == new and (a / "share/changed.bin").read_bytes() == old
+            assert not list(b.rglob(".*.shared"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(sw(root, "active", "--verify", "--json").stdout)["stacks"][0]["in_sync"] is True

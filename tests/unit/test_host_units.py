@@ -265,3 +265,140 @@ def test_manifest_fields_are_type_checked() -> None:
     for bad, key in ((dict(good, version=1), "version"), (dict(good, packages=[{"name": 1}]), "packages[0]")):
         with pytest.raises(ValueError, match=key.replace("[", r"\[")):
             Manifest.from_dict(bad)
+
+
+# ---------------------------------------------------------------- the tar reader and chunk plans
+
+
+def _tar_bytes(members: list[tarfile.TarInfo], fmt: int) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for m in members:
+            tar.addfile(m, io.BytesIO(b"x" * m.size) if m.isreg() else None)
+    return out.getvalue()
+
+
+def _ours(data: bytes) -> list[tuple[object, ...]]:
+    """Every member of ``data`` as our parser reads it (name, type, mode, mtime, size, link)."""
+    from swstack.host.tarstream import BLOCK, is_end, next_member, padded
+
+    pos, out, global_pax = 0, [], {}
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        pos += n
+        return data[pos - n : pos]
+
+    while pos < len(data) and not is_end(first := read(BLOCK)):
+        m = next_member(first, read, global_pax)
+        read(padded(m.size) if m.isreg() else 0)
+        out.append((m.name, m.type, m.mode, m.mtime, m.size, m.linkname))
+    return out
+
+
+def _theirs(data: bytes) -> list[tuple[object, ...]]:
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        return [(m.name, m.type, m.mode, m.mtime, m.size, m.linkname) for m in tar.getmembers()]
+
+
+def _ti(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, link: str = "", mtime: float = 1_700_000_000):
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname, info.mtime, info.mode = kind, size, link, mtime, 0o755
+    return info
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_our_tar_headers_read_as_tarfile_reads_them(fmt: int) -> None:
+    """Long names (PAX records, GNU long-name headers, ustar prefixes), long link targets, directories,
+    odd bytes: our parser sees the very names tarfile does, so the checks apply to what is created."""
+    long_dir = "lib/" + "d" * 90 + "/" + "e" * 40
+    members = [
+        _ti("bin", tarfile.DIRTYPE),
+        _ti("bin/python", size=5),
+        _ti(f"{long_dir}/module.py", size=700),
+        _ti("bin/python3", tarfile.SYMTYPE, link="python"),
+        _ti("bin/py", tarfile.LNKTYPE, link="bin/python"),
+    ]
+    if fmt != tarfile.USTAR_FORMAT:  # names ustar cannot hold at all
+        members += [
+            _ti("share/" + "x" * 200, size=3),
+            _ti("share/link", tarfile.SYMTYPE, link="../" + "y" * 150),
+            _ti("lib/caf\udce9.py", size=1),
+        ]
+    if fmt == tarfile.PAX_FORMAT:
+        members.append(_ti("share/when", size=2, mtime=1_700_000_000.25))
+    data = _tar_bytes(members, fmt)
+    assert _ours(data) == _theirs(data)
+
+
+def test_pax_overrides_and_old_forms_read_as_tarfile_reads_them() -> None:
+    pax = _ti("harmless.txt", size=4)
+    pax.pax_headers = {"path": "../escaped.txt", "mtime": "12.5"}
+    link = _ti("lib", tarfile.SYMTYPE, link="ok")
+    link.pax_headers = {"linkpath": "/tmp"}
+    v7_dir = _ti("olddir/", tarfile.AREGTYPE)
+    data = _tar_bytes([pax, link, v7_dir], tarfile.PAX_FORMAT)
+    ours = _ours(data)
+    assert ours == _theirs(data)
+    assert [m[0] for m in ours] == ["../escaped.txt", "lib", "olddir"]
+    assert ours[1][5] == "/tmp" and ours[2][1] == tarfile.DIRTYPE
+
+
+def test_broken_tar_headers_are_refused() -> None:
+    from swstack.host.tarstream import BLOCK, BrokenTar, next_member
+
+    good = bytearray(_tar_bytes([_ti("a", size=1)], tarfile.PAX_FORMAT)[:BLOCK])
+    good[0] ^= 1  # the checksum no longer matches
+    with pytest.raises(BrokenTar, match="checksum"):
+        next_member(bytes(good), lambda n: bytes(n), {})
+    huge = tarfile.TarInfo("big")
+    huge.size = 1 << 40  # GNU base-256 number
+    block = huge.tobuf(tarfile.GNU_FORMAT)[:BLOCK]
+    assert next_member(block, lambda n: bytes(n), {}).size == 1 << 40
+
+
+def test_chunk_tables_must_tile_the_tarball() -> None:
+    from swstack.host.chunks import check_table
+    from swstack.manifest import TarballChunk
+
+    sha = "a" * 64
+    check_table([TarballChunk(0, 10, sha), TarballChunk(10, 5, sha)], 15, "t")
+    for table, size, message in (
+        ([TarballChunk(0, 10, sha), TarballChunk(8, 7, sha)], 15, "inside the chunk before it"),
+        ([TarballChunk(0, 10, sha), TarballChunk(12, 3, sha)], 15, "in no chunk"),
+        ([TarballChunk(0, 10, sha), TarballChunk(10, 9, sha)], 15, "past the end"),
+        ([TarballChunk(0, 10, sha)], 15, "cover 10 of the tarball's 15 bytes"),
+        ([TarballChunk(0, 15, "A" * 64)], 15, "64 lowercase hex"),
+    ):
+        with pytest.raises(ActivateError, match=message):
+            check_table(table, size, "t")
+
+
+def test_chunk_plan_replays_only_recorded_chunks_whose_files_are_in_place(tmp_path: Path) -> None:
+    from swstack.host.chunks import plan, read_record, record_path, write_record
+    from swstack.manifest import TarballChunk
+
+    live = tmp_path / "sw.1" / "py3"
+    (live / "lib").mkdir(parents=True)
+    (live / "lib" / "a.py").write_bytes(b"aaaa")
+    (live / "lib" / "a.py").chmod(0o644)
+    kept, moved, fresh = "1" * 64, "2" * 64, "3" * 64
+    record = {
+        kept: [["d", "lib", 0o755, 1], ["f", "lib/a.py", 0o644, 1, 4], ["l", "lib/b", "a.py", 1]],
+        moved: [["f", "lib/gone.py", 0o644, 1, 4]],
+    }
+    path = record_path(live.parent, "py3")
+    write_record(path, record)
+    assert read_record(path) == record
+    table = [TarballChunk(0, 10, kept), TarballChunk(10, 10, moved), TarballChunk(20, 10, fresh)]
+    segments = plan(table, read_record(path), live)
+    assert [s.replay is not None for s in segments] == [True, False, False]
+    assert [s.offset for s in segments] == [0, 10, 20]
+    (live / "lib" / "a.py").chmod(0o600)  # not as recorded: read it
+    assert plan(table, record, live)[0].replay is None
+    path.write_text('{"schema": 1, "chunks": {"' + kept + '": [["f", 1]]}}')  # torn or tampered: nothing replayed
+    assert read_record(path) == {}

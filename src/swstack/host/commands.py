@@ -21,7 +21,7 @@ from .. import log
 from ..errors import ActivateError
 from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest, host_platform
-from . import faults, inuse, relocate, reuse, signature, source, space, switch
+from . import chunks, faults, inuse, relocate, reuse, signature, source, space, switch
 from .extract import Mirror, extract
 from .layout import HostState, Layout, StackState, check_name, live_name, normalize_version, version_key
 from .lock import host_lock
@@ -232,7 +232,13 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
     try:
         log.step(f"{t.stack} {t.version}: verifying and extracting {art.tarball.name}")
         previous = previous_on_disk(layout, t, art.manifest.owner)
-        result = extract(art.tarball, staging, expected, previous, mirror)
+        segments = chunk_plan(art, previous, mirror.previous if mirror is not None else None)
+        result = extract(art.tarball, staging, expected, previous, mirror, segments)
+        if result.replayed:
+            log.info(
+                f"{t.stack} {t.version}: {result.replayed} of {len(segments or ())} chunks unchanged, "
+                f"not read: their files are shared with the live version"
+            )
         if previous is not None:
             reuse.report(f"{t.stack} {t.version}", previous.linked, previous.linked_bytes)
         if mirror is not None:
@@ -247,10 +253,12 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
             relocate.relocate(staging, relocation)
             moved_from = ", ".join(relocation.placeholders)
             for rel in relocation.paths:
+                if not (staging / rel).is_file() or (staging / rel).is_symlink():
+                    continue
                 if rel in hashes:
                     hashes[rel] = sha256_file(staging / rel)
-                    if mirror is not None:
-                        reuse.replace_with_copy(staging / rel, mirror.root / rel)
+                if mirror is not None:
+                    reuse.replace_with_copy(staging / rel, mirror.root / rel)
         faults.hit("relocated")
         owner = switch.parse_owner(art.manifest.owner)
         if owner is not None:
@@ -262,7 +270,11 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
                 log.warn(f"{t.stack}: not root, so the tree is not given to its owner {art.manifest.owner}")
         persistent = layout.persistent_tree(t.stack, t.version)
         persistent.parent.mkdir(exist_ok=True)
-        reuse.write_index(reuse.index_path(persistent.parent, t.stack), hashes)
+        if result.chunks is not None:  # what each chunk held, less the chunks of relocated files
+            record = chunks.without(result.chunks, relocation.paths if relocation else ())
+            chunks.write_record(chunks.record_path(persistent.parent, t.stack), record)
+        else:
+            reuse.write_index(reuse.index_path(persistent.parent, t.stack), hashes)
         os.rename(staging, persistent)
         faults.hit("persisted")
         return moved_from
@@ -274,6 +286,21 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
     finally:
         with contextlib.suppress(OSError):
             layout.staging.rmdir()
+
+
+def chunk_plan(
+    art: source.Artifact, previous: reuse.Previous | None, live_copy: Path | None
+) -> list[chunks.Segment] | None:
+    """A chunked tarball's chunks, each to read or (held by the live tree's record) to replay; None if unchunked."""
+    table = art.manifest.tarball.chunks if art.manifest.tarball is not None else ()
+    if not table:
+        return None
+    chunks.check_table(table, art.tarball.stat().st_size, str(art.tarball))
+    if previous is None:
+        return chunks.plan(table, {}, None)
+    record = chunks.read_record(chunks.record_path(previous.tree.parent, previous.tree.name))
+    copy = live_copy if live_copy is not None and live_copy.is_dir() else None
+    return chunks.plan(table, record, previous.tree, copy)
 
 
 def previous_on_disk(layout: Layout, target: Target, owner: str | None) -> reuse.Previous | None:

@@ -20,12 +20,14 @@ def _pid_uses(pid_dir: Path, prefix: str) -> bool:
             pass
     try:
         with open(pid_dir / "maps", errors="replace") as fh:
-            for line in fh:
-                fields = line.split(None, 5)
-                if len(fields) == 6 and _under(fields[5].rstrip("\n"), prefix):
-                    return True
+            maps = fh.read()
     except OSError:
-        pass
+        maps = ""
+    if prefix in maps:  # most processes map nothing under it: skip parsing their lines
+        for line in maps.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) == 6 and _under(fields[5], prefix):
+                return True
     try:
         fds = os.listdir(pid_dir / "fd")
     except OSError:

@@ -21,13 +21,14 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .. import log
 
 INDEX_SCHEMA = 1
 # Links fail across filesystems (EXDEV), past the link limit (EMLINK) or where they are
 # not allowed (EPERM): then the file is written, as without a previous version.
-_NO_LINK = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOENT})
+NO_LINK = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOENT})
 
 
 def index_path(version_dir: Path, tree: str) -> Path:
@@ -59,33 +60,34 @@ def read_index(path: Path) -> dict[str, str]:
 
 @dataclass
 class Previous:
-    """Content of the previous kept tree that a new one may link to: sha256 -> one of its files."""
+    """The live tree a new one may link to: files by name (bytes compared) and, from its index, by sha256."""
 
     tree: Path
     by_hash: dict[str, str] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)  # name -> sha256, from its index
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256, from its index (may be empty)
     linked: int = 0
     linked_bytes: int = 0
 
     @classmethod
     def load(cls, tree: Path, index: Path) -> Previous | None:
-        files = read_index(index)
-        if not files or not tree.is_dir():
+        if not tree.is_dir():
             return None
+        files = read_index(index)
         by_hash: dict[str, str] = {}
         for name, digest in sorted(files.items()):
             by_hash.setdefault(digest, name)
         return cls(tree, by_hash, files)
 
-    def link_same(self, name: str, data: bytes, mode: int, dest: Path) -> str | None:
+    def count(self, size: int) -> None:
+        self.linked += 1
+        self.linked_bytes += size
+
+    def link_same(self, name: str, data: bytes | memoryview, mode: int, dest: Path) -> str | None:
         """Hardlink ``dest`` to the previous tree's file of the same name if its bytes are ``data``.
 
-        Comparing bytes (memcmp) costs far less than hashing them; the previous file's
-        sha256 is then the new one's. Returns that sha256, or None.
+        Comparing bytes (memcmp) costs far less than hashing them. Returns the previous
+        file's sha256 from the index ("" when the index does not have it), or None.
         """
-        digest = self.files.get(name)
-        if digest is None:
-            return None
         source = self.tree / name
         try:
             st = os.lstat(source)
@@ -98,9 +100,19 @@ class Previous:
             return None
         if not link_if_possible(source, dest):
             return None
-        self.linked += 1
-        self.linked_bytes += len(data)
-        return digest
+        self.count(len(data))
+        return self.files.get(name, "")
+
+    def same_name(self, name: str, mode: int, size: int) -> BinaryIO | None:
+        """The previous tree's file of this name, open for a streamed compare, if its mode and size match."""
+        source = self.tree / name
+        try:
+            st = os.lstat(source)
+            if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_size != size:
+                return None
+            return open(source, "rb", buffering=0)  # noqa: SIM115  # closed by the caller
+        except OSError:
+            return None
 
     def link(self, digest: str, mode: int, size: int, dest: Path) -> str | None:
         """Hardlink ``dest`` to the previous tree's file with this content and mode; its name, or None."""
@@ -116,8 +128,7 @@ class Previous:
             return None
         if not link_if_possible(source, dest):
             return None
-        self.linked += 1
-        self.linked_bytes += size
+        self.count(size)
         return name
 
 
@@ -125,7 +136,7 @@ def link_if_possible(source: Path, dest: Path) -> bool:
     try:
         os.link(source, dest, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno in _NO_LINK:
+        if exc.errno in NO_LINK:
             return False
         raise
     return True
@@ -189,7 +200,7 @@ class RamdiskPrevious:
         try:
             os.link(source, dest, follow_symlinks=False)
         except OSError as exc:
-            if exc.errno in _NO_LINK:
+            if exc.errno in NO_LINK:
                 return False
             raise
         self.linked += 1
