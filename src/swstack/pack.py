@@ -833,7 +833,7 @@ def _gzip_stream(out: _HashingFile, level: int) -> Iterator[_TarSink]:
 
 @dataclass(frozen=True)
 class PlannedChunk:
-    """Whole tar members, and for the last chunk tar's end-of-archive blocks, to compress
+    """Whole tar members, or (the last chunk, alone) tar's end-of-archive blocks, to compress
     into one zstd frame. Equal plans give equal frames, whenever and wherever compressed."""
 
     entries: tuple[Entry, ...]
@@ -887,8 +887,10 @@ def plan_chunks(entries: Sequence[Entry], uid: int, gid: int, *, last: bool = Tr
         PlannedChunk(tuple(entries[i:j]), sum(sizes[i:j])) for i, j in zip(bounds, bounds[1:], strict=False)
     ]
     if last and chunks:
+        # The end of the archive is a chunk of its own: its length follows the total size,
+        # so in the last members' chunk it would change that chunk in every version.
         tail = tar_end(sum(sizes))
-        chunks[-1] = replace(chunks[-1], raw_size=chunks[-1].raw_size + len(tail), tail=tail)
+        chunks.append(PlannedChunk((), len(tail), tail))
     return chunks
 
 
