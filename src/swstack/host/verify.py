@@ -1,14 +1,13 @@
-"""Artifact -> checked expectations (checksum, size, names), and a reader that hashes while it streams.
+"""Artifact -> checked expectations (checksum, size, names; the chunk table is checked in chunks.py).
 
-The tarball is read once: extraction pulls it through ``HashingReader`` and the digest
-is compared before the extracted tree is renamed anywhere a reader could see it.
+The tarball is read once: extraction hashes it as it streams (the whole file, or each
+chunk it reads against the chunk table) and the digests are compared before the
+extracted tree is renamed anywhere a reader could see it.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from .. import log
 from ..artifact import parse_checksum, reraise
@@ -67,36 +66,6 @@ def expectations(artifact: Artifact) -> Expected:
             f"replaced; re-download it"
         )
     return Expected(digest, size, m.total_size)
-
-
-class HashingReader:
-    """A file-like reader that hashes what passes through it."""
-
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
-        self._hash = hashlib.sha256()
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self._hash.update(data)
-        self.count += len(data)
-        return data
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
 
 
 def check_in_tree_manifest(in_tree_text: str | None, manifest: Manifest, where: str) -> None:
