@@ -26,7 +26,7 @@ from .plan import (
     select_packages,
     tool_versions,
 )
-from .python import current_python
+from .python import pinned_python
 from .target import BUILD_ROOT, PLATFORM, ensure_dir
 from .wheels import fetch_wheels, parse_wheel_list
 
@@ -70,7 +70,7 @@ def build_channel(
     if not wheel_list.is_file():
         raise ChannelError(f"{wheel_list} is missing; create it with `python -m swstack.offline_channel lock-wheels`")
     wheels = parse_wheel_list(wheel_list.read_text(), str(wheel_list))
-    python = current_python()
+    python = pinned_python(recipes_dir / "python")
     plan = plan_channel(recipes_dir, wheels, python, tool_versions())
     if only is not None:
         plan = select_packages(plan, only)
