@@ -287,6 +287,7 @@ def bundle_libraries(
 
 def _library_in_deb(soname: str, deb: Path, tree: Path) -> Path:
     if not tree.is_dir():
+        tree.parent.mkdir(parents=True, exist_ok=True)
         proc.run(["dpkg-deb", "-x", deb, tree], error=ChannelError, what=f"dpkg-deb -x {deb.name}")
     for libdir in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
         candidate = tree / libdir / soname

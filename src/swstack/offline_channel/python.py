@@ -126,9 +126,10 @@ def stage_python(python: PythonBuild, compiled: Path, debs: Mapping[str, Path], 
             rel = rel_dir / name
             if python_keep(rel, python.version):
                 shutil.copy2(compiled / rel, stage / rel, follow_symlinks=False)
-    # `python`, as conda-forge's package has it (CPython installs only python3).
-    if not (stage / "bin" / "python").exists():
-        (stage / "bin" / "python").symlink_to(f"python{python.major_minor}")
+    # `python` and `pip`, as conda-forge's packages have them (CPython installs python3, pip3).
+    for name in ("python", "pip"):
+        if not (stage / "bin" / name).exists():
+            (stage / "bin" / name).symlink_to(f"{name}{python.major_minor}")
     elves = sorted(p for p in stage.rglob("*") if _is_linked_elf(p))
     bundled = bundle_libraries(elves, python.recipe.libraries, debs, stage / "lib", work)
     for path in elves + bundled:
