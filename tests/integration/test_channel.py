@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from swstack import paths
-from swstack.offline_channel import ChannelReport, build_channel
+from swstack.offline_channel import ChannelReport, build_channel, python_is_current
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = [
@@ -157,6 +157,10 @@ def test_second_build_reuses_everything(built: tuple[Path, ChannelReport]) -> No
     again = build_channel(out, recipes_dir=REPO / "channel" / "recipes", cache_dir=paths.cache_dir())
     assert again.built == ()
     assert len(again.reused) == len(first.built) + len(first.reused)
+    # doit's uptodate: the channel holds the python package of today's compiler and apt state.
+    assert python_is_current(out, REPO / "channel" / "recipes")
+    (out / "python-key").write_text("0" * 32 + "\n")
+    assert not python_is_current(out, REPO / "channel" / "recipes")
     assert again.seconds < 60
     assert (out / "noarch" / "repodata.json").is_file()
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial") or p.name.endswith(".old")]

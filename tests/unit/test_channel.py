@@ -313,3 +313,9 @@ def test_setup_installs_every_package_the_cpython_compile_needs() -> None:
     m = re.search(r"CPYTHON_BUILD_DEBS=\(([^)]*)\)", setup)
     assert m is not None
     assert sorted(m[1].split()) == sorted(CPYTHON.build_depends)
+
+
+def test_a_linked_library_outside_the_table_fails_naming_its_soname(tmp_path: Path) -> None:
+    # Debian's ls links libselinux, which the python package has no business bundling.
+    with pytest.raises(ChannelError, match=r"CPython links libselinux.so.1, which .*cpython.toml's \[libraries\]"):
+        cpython.bundle_libraries([Path("/bin/ls")], CPYTHON.libraries, {}, tmp_path / "lib", tmp_path / "debs")

@@ -22,7 +22,7 @@ git fixture), ``build`` (the whole build) and ``__main__`` (``python -m swstack.
 
 from __future__ import annotations
 
-from .build import build_channel, channel_inputs, default_out_dir, index_channel
+from .build import build_channel, channel_inputs, default_out_dir, index_channel, python_is_current
 from .plan import ChannelPlan, ChannelReport, PackageJob, plan_channel, select_packages
 from .python import PythonBuild, pinned_python
 from .wheels import PinnedWheel, lock_wheels, parse_wheel_list
@@ -40,6 +40,7 @@ __all__ = [
     "lock_wheels",
     "parse_wheel_list",
     "pinned_python",
+    "python_is_current",
     "plan_channel",
     "select_packages",
 ]

@@ -45,6 +45,23 @@ def channel_inputs(recipes_dir: Path) -> list[Path]:
     return files
 
 
+# The python package's key, written into the channel: its inputs include the apt state
+# (library .debs, build packages), which no file of the checkout shows.
+PYTHON_KEY_FILE = "python-key"
+
+
+def python_is_current(out_dir: Path, recipes_dir: Path) -> bool:
+    """Whether the channel at ``out_dir`` holds the python package of today's inputs
+    (compiler, Debian packages): doit's ``uptodate`` beside the input files."""
+    recorded = out_dir / PYTHON_KEY_FILE
+    if not recorded.is_file():
+        return False
+    wheel_list = recipes_dir.parent / "wheels.txt"
+    wheels = parse_wheel_list(wheel_list.read_text(), str(wheel_list))
+    plan = plan_channel(recipes_dir, wheels, pinned_python(recipes_dir / "python"), tool_versions())
+    return recorded.read_text().strip() == plan.job("python").key
+
+
 def default_out_dir(root: Path | None = None) -> Path:
     return (root or paths.project_root()) / "artifacts" / "channel"
 
@@ -103,6 +120,7 @@ def build_channel(
         try:
             with atomic_dir(out_dir) as tmp_out:
                 _assemble(plan, cache_dir, tmp_out)
+                (tmp_out / PYTHON_KEY_FILE).write_text(plan.job("python").key + "\n")
                 _write_pip_side(channel_dir.parent / "clients" / "labclient", tmp_out, cache_dir, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
