@@ -117,6 +117,11 @@ def test_python_is_compiled_from_the_pinned_source_with_libraries_from_debian_pa
     libpython = (prefix / "lib" / "libpython3.11.so.1.0").read_bytes()
     assert b"python-build." not in libpython and str(Path.home()).encode() not in libpython
     assert str(COMPILE_DIR).encode() in libpython  # the fixed install prefix, a fallback only
+    # Every pyc is an unchecked-hash one (flags 1): a timestamp pyc would hold the day
+    # CPython was compiled (its sources' mtimes), which differs between two compiles.
+    pycs = list((prefix / "lib" / "python3.11").rglob("*.pyc"))
+    assert len(pycs) > 1000
+    assert [p for p in pycs if p.read_bytes()[4:8] != b"\x01\0\0\0"] == []
     python = pinned_python(REPO / "channel" / "recipes" / "python")
     debs = {d.name: paths.cache_dir() / "cpython" / "debs" / d.filename for d in python.libraries}
     unpacked = tmp_path / "debs"
