@@ -295,18 +295,18 @@ def attach_attestations(client: Any, repository: str, subject_digest: str, artif
     The referrers index (tag ``sha256-<hex>``) keeps entries of other artifact types and is
     rewritten with ours, so pushing twice leaves one entry per type.
     """
-    from .oci import OCI_INDEX, OCI_MANIFEST, canonical_json, digest_of
+    from .oci import OCI_INDEX, OCI_MANIFEST, Blob, Descriptor, canonical_json, digest_of, push_manifest
 
     manifest = Manifest.load(artifact_dir / "manifest.json")
     subject_doc = client.get_manifest(repository, subject_digest)
     subject = {"mediaType": subject_doc.media_type, "digest": subject_doc.digest, "size": len(subject_doc.data)}
-    client.push_blob(repository, EMPTY_CONFIG, digest_of(EMPTY_CONFIG), len(EMPTY_CONFIG))
+    config = Blob(Descriptor(EMPTY_CONFIG_TYPE, digest_of(EMPTY_CONFIG), len(EMPTY_CONFIG)), EMPTY_CONFIG)
     entries: list[dict[str, Any]] = []
     for info, path in attestations_of(artifact_dir):
         size = path.stat().st_size
-        client.push_blob(repository, path, f"sha256:{info.sha256}", size)
         referrer = render_referrer(subject, info, size, manifest.build_time)
-        digest = client.put_manifest(repository, digest_of(referrer), referrer, OCI_MANIFEST)
+        document = Blob(Descriptor(info.media_type, f"sha256:{info.sha256}", size), path)
+        digest = push_manifest(client, repository, (config, document), referrer).digest
         entries.append(
             {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(referrer), "artifactType": info.media_type}
         )

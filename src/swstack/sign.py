@@ -24,7 +24,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import __version__, log, proc
 from .errors import SignError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .oci import OCI_MANIFEST, ManifestDoc, RegistryClient, canonical_json, digest_of, parse_reference
+from .oci import (
+    OCI_MANIFEST,
+    Blob,
+    Descriptor,
+    ManifestDoc,
+    RegistryClient,
+    canonical_json,
+    digest_of,
+    parse_reference,
+    push_manifest,
+)
 from .trust import SIGNATURE_ANNOTATION, SIMPLE_SIGNING_TYPE, signature_tag, simple_signing_payload
 
 PASSWORD_ENV = "SWSTACK_SIGNING_PASSWORD"
@@ -191,9 +201,11 @@ def sign_in_registry(client: RegistryClient, repository: str, digest: str, key: 
         existing = doc.json()
     plan = plan_signature(reference, digest, key, existing)
     # Kept signatures' payloads are in the registry already; ours and the config may not be.
-    for blob in (plan.payload, plan.config):
-        client.push_blob(repository, blob, digest_of(blob), len(blob))
-    sig_digest = client.put_manifest(repository, plan.tag, plan.manifest, OCI_MANIFEST)
+    blobs = (
+        Blob(Descriptor(SIMPLE_SIGNING_TYPE, digest_of(plan.payload), len(plan.payload)), plan.payload),
+        Blob(Descriptor(_EMPTY_CONFIG_TYPE, digest_of(plan.config), len(plan.config)), plan.config),
+    )
+    sig_digest = push_manifest(client, repository, blobs, plan.manifest, tags=(plan.tag,)).digest
     log.info(f"signed {reference}@{digest[:19]} -> {plan.tag}")
     return sig_digest
 

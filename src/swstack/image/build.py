@@ -11,13 +11,7 @@ from .. import log, proc
 from ..artifact import open_artifact, reraise
 from ..errors import ImageError, SwstackError
 from ..fsutil import atomic_dir, atomic_write_text
-from ..oci import (
-    CREATED,
-    VERSION,
-    RetryPolicy,
-    canonical_json,
-    digest_of,
-)
+from ..oci import CREATED, VERSION, RetryPolicy, canonical_json, digest_of
 from ..site import Site
 from ..spec import Stack
 from .plan import (
@@ -30,17 +24,9 @@ from .plan import (
     render_config,
     render_manifest,
 )
-from .registry import (
-    base_file,
-    resolve_base,
-)
+from .registry import base_file, resolve_base
 from .tarball import index_tarball
-from .writer import (
-    GZIP_LEVEL,
-    write_env_layers,
-    write_layout,
-    write_user_layer,
-)
+from .writer import GZIP_LEVEL, write_env_layers, write_layout, write_user_layer
 
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"

@@ -16,28 +16,15 @@ from .. import log, oci
 from ..errors import ImageError, PushError
 from ..layers import Layer, TreeEntry, plan_layers
 from ..manifest import Manifest
-from ..oci import (
-    Descriptor,
-    digest_of,
-)
+from ..oci import Descriptor, digest_of
 from ..site import Site
 from ..spec import ImageSettings, Stack
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-
-
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-
-
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
 LAYER_TYPES_GZIP = (LAYER_GZIP, "application/vnd.docker.image.rootfs.diff.tar.gzip")
-
-
 IMAGE_DIR = "image"
-
-
 IMAGE_JSON = "image.json"
 
 

@@ -18,9 +18,7 @@ import zstandard
 from ..errors import ImageError
 from ..layers import TreeEntry, normalise_path
 from ..manifest import Manifest
-from .plan import (
-    TreeIndex,
-)
+from .plan import TreeIndex
 
 
 def open_tarball(path: Path) -> contextlib.AbstractContextManager[tarfile.TarFile]:
@@ -30,7 +28,7 @@ def open_tarball(path: Path) -> contextlib.AbstractContextManager[tarfile.TarFil
     def opened() -> Iterator[tarfile.TarFile]:
         with open(path, "rb") as raw:
             if path.name.endswith(".zst"):
-                reader: Any = zstandard.ZstdDecompressor().stream_reader(raw)
+                reader: Any = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
             else:
                 reader = gzip.GzipFile(fileobj=raw, mode="rb")
             with reader, tarfile.open(fileobj=reader, mode="r|") as tar:

@@ -16,16 +16,9 @@ from typing import IO, BinaryIO
 
 from .. import log
 from ..layers import Layer, ancestors, layer_of
-from ..oci import (
-    OCI_INDEX,
-    OCI_MANIFEST,
-    canonical_json,
-)
+from ..oci import OCI_INDEX, OCI_MANIFEST, canonical_json
 from ..tarwriter import TarStream, copy_header, dir_header, header
-from .plan import (
-    ImagePlan,
-    LayerBlob,
-)
+from .plan import ImagePlan, LayerBlob
 from .tarball import member_path, open_tarball
 
 GZIP_LEVEL = 6  # what docker itself uses; zstd layers need engines newer than Debian 12's
