@@ -133,10 +133,15 @@ def parse_print_uris(text: str) -> tuple[DebPackage, ...]:
 
 def installed_versions(packages: Iterable[str]) -> dict[str, str]:
     """The installed version of each package ("" if it is not installed)."""
-    versions = {}
-    for name in sorted(set(packages)):
-        result = proc.run(["dpkg-query", "-W", "-f=${Version}", name], check=False, error=ChannelError)
-        versions[name] = result.stdout.strip() if result.returncode == 0 else ""
+    names = sorted(set(packages))
+    # One query for all (exit 1 when some are unknown: those are simply absent).
+    result = proc.run(["dpkg-query", "-W", "-f=${Package} ${Status} ${Version}\n", *names], check=False,
+                      error=ChannelError, what="dpkg-query")
+    versions = dict.fromkeys(names, "")
+    for line in result.stdout.splitlines():
+        m = re.match(r"(\S+) install ok installed (\S+)$", line)
+        if m and m[1] in versions:
+            versions[m[1]] = m[2]
     return versions
 
 
