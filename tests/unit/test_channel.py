@@ -182,6 +182,7 @@ def test_channel_inputs_cover_recipes_wheels_and_client() -> None:
     rel = {str(p.relative_to(REPO)) for p in inputs if REPO in p.parents}
     assert "channel/wheels.txt" in rel
     assert "channel/recipes/sitepaths/sitepaths.c" in rel
+    assert "channel/recipes/python/cpython.toml" in rel
     assert "clients/labclient/pyproject.toml" in rel
 
 
