@@ -196,7 +196,11 @@ def fetch_source(recipe: CPythonRecipe, cache_dir: Path) -> Path:
             with urllib.request.urlopen(recipe.url, timeout=120) as resp, open(part, "wb") as fh:
                 shutil.copyfileobj(resp, fh)
         except OSError as exc:
-            raise ChannelError(f"downloading {recipe.url} failed: {exc}") from exc
+            part.unlink(missing_ok=True)
+            raise ChannelError(
+                f"downloading {recipe.url} failed: {exc}; without access to Debian's archive, put the "
+                f"file (sha256 {recipe.sha256}) at {path}"
+            ) from exc
         os.replace(part, path)
     got = sha256_file(path)
     if got != recipe.sha256:
