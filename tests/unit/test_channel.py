@@ -320,3 +320,12 @@ def test_a_linked_library_outside_the_table_fails_naming_its_soname(tmp_path: Pa
     # Debian's ls links libselinux, which the python package has no business bundling.
     with pytest.raises(ChannelError, match=r"CPython links libselinux.so.1, which .*cpython.toml's \[libraries\]"):
         cpython.bundle_libraries([Path("/bin/ls")], CPYTHON.libraries, {}, tmp_path / "lib", tmp_path / "debs")
+
+
+def test_a_source_tarball_with_other_bytes_is_refused_and_removed(tmp_path: Path) -> None:
+    tarball = tmp_path / "cpython" / "src" / CPYTHON.tarball_name
+    tarball.parent.mkdir(parents=True)
+    tarball.write_bytes(b"not CPython")
+    with pytest.raises(ChannelError, match=r"python3.11_3.11.2.orig.tar.gz: sha256 [0-9a-f]{64}, cpython.toml pins"):
+        cpython.fetch_source(CPYTHON, tmp_path)
+    assert not tarball.exists()
