@@ -116,7 +116,7 @@ def _site(opts: Options) -> Any:
 @guarded
 def task_channel(opts: Options) -> TaskDict:
     """Build the offline conda channel (python, wheels, compiled packages) the offline site mirrors."""
-    from .offline_channel import channel_inputs
+    from .offline_channel import channel_inputs, python_is_current
 
     site = _site(opts)
     out = site.cache / "offline-channel"
@@ -132,6 +132,8 @@ def task_channel(opts: Options) -> TaskDict:
         "actions": [build],
         "file_dep": [str(p) for p in channel_inputs(recipes)],
         "targets": [str(out / "noarch" / "repodata.json")],
+        # The python package also depends on the apt state (its libraries' .debs).
+        "uptodate": [lambda: python_is_current(out, recipes)],
         "verbosity": 2,
         "clean": True,
     }

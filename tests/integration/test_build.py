@@ -25,7 +25,9 @@ from swstack.spec import load_stack
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[2]
 
-NUMPY_CELL = "import sys, numpy; print(sys.prefix, int(numpy.arange(5).sum()), numpy.__file__)"
+# The interpreter's own extension modules too: each links a library bundled into the python package.
+NUMPY_CELL = ("import sys, numpy, ssl, sqlite3, ctypes, lzma, bz2, zlib, readline, uuid, curses, _curses_panel; "
+              "print(sys.prefix, int(numpy.arange(5).sum()), numpy.__file__)")
 
 
 def _untar(tarball: Path, dest: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from swstack import paths
-from swstack.offline_channel import ChannelReport, build_channel
+from swstack.offline_channel import ChannelReport, build_channel, python_is_current
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = [
@@ -86,8 +86,11 @@ def test_solve_install_and_run_in_two_prefixes(built: tuple[Path, ChannelReport]
     for prefix in (tmp_path / "a", tmp_path / "a-much-longer-second-prefix"):
         assert install(out, prefix, SPECS) > 50
         assert run(
-            prefix, "python", "-c", "import sys, ssl, sqlite3, ctypes, zlib, lzma, bz2; print(sys.prefix)"
+            prefix, "python", "-c",
+            "import sys, ssl, sqlite3, ctypes, zlib, lzma, bz2, readline, uuid, curses, _curses_panel, crypt;"
+            "print(sys.prefix)",
         ) == str(prefix)
+        assert run(prefix, "python", "-c", "import platform; print(platform.python_version())") == "3.11.2"
         assert run(prefix, "python", "-c", "import numpy as np; print(int(np.arange(10).sum()))") == "45"
         assert run(prefix, "sitepaths").splitlines() == [f"prefix: {prefix}", "site: swstack sitepaths"]
         assert "pip" in run(prefix, "pip", "--version")
@@ -96,6 +99,48 @@ def test_solve_install_and_run_in_two_prefixes(built: tuple[Path, ChannelReport]
         assert "jupyterlab_widgets" in run(prefix, "jupyter", "labextension", "list") + run(
             prefix, "python", "-c", "import jupyterlab_widgets; print(jupyterlab_widgets.__name__)"
         )
+
+
+def build_id(elf: Path) -> str:
+    notes = subprocess.run(["readelf", "-n", str(elf)], capture_output=True, text=True, check=True).stdout
+    (found,) = [line.split(":", 1)[1].strip() for line in notes.splitlines() if "Build ID" in line]
+    return found
+
+
+def test_python_is_compiled_from_the_pinned_source_with_libraries_from_debian_packages(
+    built: tuple[Path, ChannelReport], tmp_path: Path
+) -> None:
+    """The interpreter is the one cpython.toml pins (fixed build date, fixed build directory),
+    and every bundled library is the file from the candidate .deb the build downloaded."""
+    from swstack.offline_channel.cpython import COMPILE_DIR
+    from swstack.offline_channel.python import pinned_python
+
+    out, _ = built
+    prefix = tmp_path / "p"
+    install(out, prefix, ["python 3.11.*"])
+    # SOURCE_DATE_EPOCH (2024-01-01), not the day of the compile.
+    assert run(prefix, "python", "-c", "import platform; print(platform.python_build()[1])") == "Jan  1 2024 00:00:00"
+    libpython = (prefix / "lib" / "libpython3.11.so.1.0").read_bytes()
+    assert b"python-build." not in libpython and str(Path.home()).encode() not in libpython
+    assert str(COMPILE_DIR).encode() in libpython  # the fixed install prefix, a fallback only
+    # Every pyc is an unchecked-hash one (flags 1): a timestamp pyc would hold the day
+    # CPython was compiled (its sources' mtimes), which differs between two compiles.
+    pycs = list((prefix / "lib" / "python3.11").rglob("*.pyc"))
+    assert len(pycs) > 1000
+    assert [p for p in pycs if p.read_bytes()[4:8] != b"\x01\0\0\0"] == []
+    python = pinned_python(REPO / "channel" / "recipes" / "python")
+    debs = {d.name: paths.cache_dir() / "cpython" / "debs" / d.filename for d in python.libraries}
+    unpacked = tmp_path / "debs"
+    for soname, package in python.recipe.libraries.items():
+        bundled = prefix / "lib" / soname
+        assert bundled.is_file(), soname
+        tree = unpacked / package
+        if not tree.is_dir():
+            unpacked.mkdir(exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", str(debs[package]), str(tree)], check=True)
+        (from_deb,) = [p for p in tree.rglob(soname) if "x86_64-linux-gnu" in str(p)]
+        # The same build (GNU build id) as the .deb's file: patchelf changed only its RUNPATH.
+        assert build_id(bundled) == build_id(from_deb.resolve()), f"{soname} is not {package}'s"
 
 
 def test_labclient_installs_from_the_wheelhouse_over_conda_deps(
@@ -125,6 +170,10 @@ def test_second_build_reuses_everything(built: tuple[Path, ChannelReport]) -> No
     again = build_channel(out, recipes_dir=REPO / "channel" / "recipes", cache_dir=paths.cache_dir())
     assert again.built == ()
     assert len(again.reused) == len(first.built) + len(first.reused)
+    # doit's uptodate: the channel holds the python package of today's compiler and apt state.
+    assert python_is_current(out, REPO / "channel" / "recipes")
+    (out / "python-key").write_text("0" * 32 + "\n")
+    assert not python_is_current(out, REPO / "channel" / "recipes")
     assert again.seconds < 60
     assert (out / "noarch" / "repodata.json").is_file()
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial") or p.name.endswith(".old")]
@@ -184,7 +233,7 @@ def test_two_cold_builds_in_caches_at_different_paths_make_identical_packages(
     machines, for two users) give the same bytes for every package, so a lockfile's sha256/md5
     stay valid wherever the channel is rebuilt. No fact of the machine is inside a package:
     not the cache, the home, the kernel's version or the CPU's level (rattler-build records
-    virtual packages). Wheels are shared from the download cache: they are pinned by hash."""
+    virtual packages)."""
     import hashlib
     import platform
 
@@ -198,8 +247,12 @@ def test_two_cold_builds_in_caches_at_different_paths_make_identical_packages(
         home = tmp_path / f"home-{run_id}"
         home.mkdir()
         monkeypatch.setenv("HOME", str(home))
-        (paths.cache_dir() / "wheels").mkdir(parents=True, exist_ok=True)
-        (cache / "wheels").symlink_to(paths.cache_dir() / "wheels", target_is_directory=True)
+        # Wheels, CPython's source, its Debian packages and the compiled CPython are shared:
+        # all are pinned by hash or keyed by every input (the compile was checked twice by
+        # hand, docs/channel.md); staging and packaging python run twice.
+        for shared in ("wheels", "cpython"):
+            (paths.cache_dir() / shared).mkdir(parents=True, exist_ok=True)
+            (cache / shared).symlink_to(paths.cache_dir() / shared, target_is_directory=True)
         out = cache / "offline-channel"
         report = build_channel(
             out, recipes_dir=REPO / "channel" / "recipes", cache_dir=cache, only=REPRODUCIBLE_SUBSET

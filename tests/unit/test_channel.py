@@ -11,9 +11,10 @@ from packaging.requirements import Requirement
 
 from swstack.errors import ChannelError
 from swstack.offline_channel import build as channel_build
-from swstack.offline_channel import labclient
+from swstack.offline_channel import cpython, labclient
 from swstack.offline_channel import plan as channel_plan
 from swstack.offline_channel import wheels as channel_wheels
+from swstack.offline_channel.cpython import DebPackage, read_recipe
 from swstack.offline_channel.plan import plan_channel
 from swstack.offline_channel.python import PythonBuild, python_keep
 from swstack.offline_channel.wheels import (
@@ -27,7 +28,10 @@ from swstack.offline_channel.wheels import (
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = {"rattler-build": "0.73.0", "whl2conda": "26.7.2"}
-PY = PythonBuild(prefix=Path("/opt/python"), version="3.11.7", fingerprint="f" * 64)
+CPYTHON = read_recipe(REPO / "channel" / "recipes" / "python" / "cpython.toml")
+PY = PythonBuild(
+    recipe=CPYTHON, compile_key="f" * 32, libraries=(DebPackage("libffi8", "libffi8_3.4.4-1_amd64.deb", "f" * 64),)
+)
 SHA_A = "a" * 64
 SHA_B = "b" * 64
 
@@ -156,8 +160,12 @@ def test_key_changes_when_a_wheel_hash_changes(recipes: Path) -> None:
 
 def test_key_changes_with_the_python_build_and_converters(recipes: Path) -> None:
     before = keys(recipes)
-    rebuilt = PythonBuild(prefix=PY.prefix, version=PY.version, fingerprint="e" * 64)
-    assert keys(recipes, py=rebuilt)["python"] != before["python"]
+    recompiled = PythonBuild(recipe=CPYTHON, compile_key="e" * 32, libraries=PY.libraries)
+    assert keys(recipes, py=recompiled)["python"] != before["python"]
+    newer_lib = PythonBuild(recipe=CPYTHON, compile_key=PY.compile_key,
+                            libraries=(DebPackage("libffi8", "libffi8_3.4.4-2_amd64.deb", "e" * 64),))
+    assert keys(recipes, py=newer_lib)["python"] != before["python"]
+    assert keys(recipes, py=newer_lib)["numpy"] != before["numpy"]  # it records python's hash
     newer = {**TOOLS, "whl2conda": "27.0"}
     changed = keys(recipes, tools=newer)
     assert changed["jupyterhub"] != before["jupyterhub"]
@@ -174,6 +182,7 @@ def test_channel_inputs_cover_recipes_wheels_and_client() -> None:
     rel = {str(p.relative_to(REPO)) for p in inputs if REPO in p.parents}
     assert "channel/wheels.txt" in rel
     assert "channel/recipes/sitepaths/sitepaths.c" in rel
+    assert "channel/recipes/python/cpython.toml" in rel
     assert "clients/labclient/pyproject.toml" in rel
 
 
@@ -201,7 +210,54 @@ def test_channel_inputs_cover_recipes_wheels_and_client() -> None:
     ],
 )
 def test_python_package_contents(rel: str, kept: bool) -> None:
-    assert python_keep(Path(rel), "3.11.7") is kept
+    assert python_keep(Path(rel), "3.11.2") is kept
+
+
+def test_the_committed_cpython_recipe_pins_debian_source_and_maps_every_library() -> None:
+    assert CPYTHON.version == "3.11.2"
+    assert CPYTHON.url.startswith("http://deb.debian.org/debian/pool/main/p/python3.11/")
+    assert CPYTHON.tarball_name == "python3.11_3.11.2.orig.tar.gz"
+    assert len(CPYTHON.sha256) == 64
+    assert {"libssl.so.3", "libsqlite3.so.0", "libffi.so.8", "libreadline.so.8", "libuuid.so.1"} <= set(
+        CPYTHON.libraries
+    )
+    assert "libssl-dev" in CPYTHON.build_depends
+
+
+def test_cpython_recipe_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "cpython.toml"
+    bad.write_text(
+        '[source]\nversion = "3.11.2"\nurl = "u"\nsha256 = "nothex"\n'
+        '[build]\ndepends = []\n[libraries]\n"libz.so.1" = "zlib1g"\n'
+    )
+    with pytest.raises(ChannelError, match=r"cpython.toml: source.sha256: not a sha256"):
+        read_recipe(bad)
+    bad.write_text('[source]\nversion = "3.11.2"\n')
+    with pytest.raises(ChannelError, match=r"cpython.toml: source.url: missing"):
+        read_recipe(bad)
+
+
+def test_apt_print_uris_parse_into_packages_with_sha256() -> None:
+    text = (
+        "'http://deb.debian.org/debian/pool/main/libx/libxcrypt/libcrypt1_4.4.33-2_amd64.deb' "
+        "libcrypt1_1%3a4.4.33-2_amd64.deb 89464 SHA256:" + "a" * 64 + "\n"
+        "'http://deb.debian.org/debian/pool/main/b/bzip2/libbz2-1.0_1.0.8-5%2bb1_amd64.deb' "
+        "libbz2-1.0_1.0.8-5+b1_amd64.deb 47348 SHA256:" + "b" * 64 + "\n"
+    )
+    assert cpython.parse_print_uris(text) == (
+        DebPackage("libbz2-1.0", "libbz2-1.0_1.0.8-5+b1_amd64.deb", "b" * 64),
+        DebPackage("libcrypt1", "libcrypt1_1%3a4.4.33-2_amd64.deb", "a" * 64),
+    )
+
+
+def test_compile_key_follows_compiler_and_build_packages_and_needs_them_installed() -> None:
+    versions = {"gcc": "4:12.2.0-3", "libssl-dev": "3.0.19-1~deb12u2"}
+    key = cpython.compile_key(CPYTHON, versions, "gcc 12.2.0")
+    assert key == cpython.compile_key(CPYTHON, dict(versions), "gcc 12.2.0")
+    assert key != cpython.compile_key(CPYTHON, {**versions, "libssl-dev": "3.0.22-1~deb12u2"}, "gcc 12.2.0")
+    assert key != cpython.compile_key(CPYTHON, versions, "gcc 13.1.0")
+    with pytest.raises(ChannelError, match="needs the Debian packages libssl-dev: run scripts/setup"):
+        cpython.compile_key(CPYTHON, {**versions, "libssl-dev": ""}, "gcc 12.2.0")
 
 
 def test_binary_wheel_recipe_renders_deps_and_wheel(tmp_path: Path) -> None:
@@ -249,3 +305,27 @@ def test_labclient_repository_is_deterministic(tmp_path: Path) -> None:
     sha2 = labclient.make_labclient_repo(client, tmp_path / "b" / "labclient.git", tmp_path / "wb")
     assert sha1 == sha2
     assert (tmp_path / "a" / "labclient.git" / "HEAD").is_file()
+
+
+def test_setup_installs_every_package_the_cpython_compile_needs() -> None:
+    import re
+
+    setup = (REPO / "scripts" / "setup").read_text()
+    m = re.search(r"CPYTHON_BUILD_DEBS=\(([^)]*)\)", setup)
+    assert m is not None
+    assert sorted(m[1].split()) == sorted(CPYTHON.build_depends)
+
+
+def test_a_linked_library_outside_the_table_fails_naming_its_soname(tmp_path: Path) -> None:
+    # Debian's ls links libselinux, which the python package has no business bundling.
+    with pytest.raises(ChannelError, match=r"CPython links libselinux.so.1, which .*cpython.toml's \[libraries\]"):
+        cpython.bundle_libraries([Path("/bin/ls")], CPYTHON.libraries, {}, tmp_path / "lib", tmp_path / "debs")
+
+
+def test_a_source_tarball_with_other_bytes_is_refused_and_removed(tmp_path: Path) -> None:
+    tarball = tmp_path / "cpython" / "src" / CPYTHON.tarball_name
+    tarball.parent.mkdir(parents=True)
+    tarball.write_bytes(b"not CPython")
+    with pytest.raises(ChannelError, match=r"python3.11_3.11.2.orig.tar.gz: sha256 [0-9a-f]{64}, cpython.toml pins"):
+        cpython.fetch_source(CPYTHON, tmp_path)
+    assert not tarball.exists()

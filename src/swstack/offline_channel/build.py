@@ -26,7 +26,7 @@ from .plan import (
     select_packages,
     tool_versions,
 )
-from .python import current_python
+from .python import pinned_python
 from .target import BUILD_ROOT, PLATFORM, ensure_dir
 from .wheels import fetch_wheels, parse_wheel_list
 
@@ -43,6 +43,23 @@ def channel_inputs(recipes_dir: Path) -> list[Path]:
         files.extend(labclient_files(client))
     files.extend(sorted(Path(__file__).resolve().parent.glob("*.py")))  # the builder itself
     return files
+
+
+# The python package's key, written into the channel: its inputs include the apt state
+# (library .debs, build packages), which no file of the checkout shows.
+PYTHON_KEY_FILE = "python-key"
+
+
+def python_is_current(out_dir: Path, recipes_dir: Path) -> bool:
+    """Whether the channel at ``out_dir`` holds the python package of today's inputs
+    (compiler, Debian packages): doit's ``uptodate`` beside the input files."""
+    recorded = out_dir / PYTHON_KEY_FILE
+    if not recorded.is_file():
+        return False
+    wheel_list = recipes_dir.parent / "wheels.txt"
+    wheels = parse_wheel_list(wheel_list.read_text(), str(wheel_list))
+    plan = plan_channel(recipes_dir, wheels, pinned_python(recipes_dir / "python"), tool_versions())
+    return recorded.read_text().strip() == plan.job("python").key
 
 
 def default_out_dir(root: Path | None = None) -> Path:
@@ -70,7 +87,7 @@ def build_channel(
     if not wheel_list.is_file():
         raise ChannelError(f"{wheel_list} is missing; create it with `python -m swstack.offline_channel lock-wheels`")
     wheels = parse_wheel_list(wheel_list.read_text(), str(wheel_list))
-    python = current_python()
+    python = pinned_python(recipes_dir / "python")
     plan = plan_channel(recipes_dir, wheels, python, tool_versions())
     if only is not None:
         plan = select_packages(plan, only)
@@ -103,6 +120,7 @@ def build_channel(
         try:
             with atomic_dir(out_dir) as tmp_out:
                 _assemble(plan, cache_dir, tmp_out)
+                (tmp_out / PYTHON_KEY_FILE).write_text(plan.job("python").key + "\n")
                 _write_pip_side(channel_dir.parent / "clients" / "labclient", tmp_out, cache_dir, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -18,6 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from .. import proc
 from ..errors import ChannelError
 from .conda_repack import repack_conda
+from .cpython import INSTALL_PREFIX, ensure_compiled, fetch_debs
 from .plan import PackageJob, render_binary_wheel_recipe
 from .python import PythonBuild, stage_python
 from .target import BUILD_VIRTUAL_PACKAGES, PACKAGE_FORMAT, PLATFORM, SOURCE_DATE_EPOCH
@@ -210,16 +211,18 @@ def _build_binary_wheel(job: PackageJob, ctx: BuildContext, out: Path) -> None:
 
 def _build_python(job: PackageJob, ctx: BuildContext, out: Path) -> None:
     assert job.recipe is not None
+    python = ctx.python
+    compiled = ensure_compiled(python.recipe, python.compile_key, ctx.cache_dir)
+    debs = fetch_debs(python.libraries, ctx.cache_dir)
     stage = out / "stage"
     stage.mkdir()
-    stage_python(ctx.python, stage)
-    # The interpreter's own prefix (a path of this machine, often in a home) goes to the
-    # build script in a file beside the stage: rattler-build records the script's
-    # environment in the package, and only the fixed stage path may be there.
-    stage.with_name(stage.name + ".old-prefix").write_text(str(ctx.python.prefix))
+    stage_python(python, compiled, debs, stage, out / "debs")
+    # The prefix CPython was compiled for goes to the build script in a file beside the
+    # stage: rattler-build records the script's environment in the package.
+    stage.with_name(stage.name + ".old-prefix").write_text(str(INSTALL_PREFIX))
     env = {
         "SWSTACK_PYTHON_STAGE": str(stage),
-        "SWSTACK_PYTHON_VERSION": ctx.python.version,
+        "SWSTACK_PYTHON_VERSION": python.version,
     }
     _rattler_build(job, job.recipe, out, ctx, env)
     shutil.rmtree(stage, ignore_errors=True)

@@ -1,53 +1,68 @@
-"""The CPython running swstack -> a staged, relocatable copy of it for the channel's ``python`` package.
+"""``channel/recipes/python`` -> the channel's CPython (compiled from Debian's pinned source,
+see ``cpython``) staged as a filtered, relocatable tree with its Debian libraries bundled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
-import sys
-import sysconfig
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import log, proc
+from .. import proc
 from ..errors import ChannelError
-from ..fsutil import sha256_file
-from .target import PY_MAJOR_MINOR
+from .cpython import (
+    RECIPE_FILE,
+    CPythonRecipe,
+    DebPackage,
+    bundle_libraries,
+    candidate_debs,
+    compile_key,
+    installed_versions,
+    read_recipe,
+    toolchain,
+)
+from .target import PY_FULL_VERSION
 
 
 @dataclass(frozen=True)
 class PythonBuild:
-    """The CPython the channel's ``python`` package is made from."""
+    """The CPython the channel's ``python`` package is made from: its pinned inputs."""
 
-    prefix: Path  # its install prefix (sys.base_prefix)
-    version: str  # e.g. 3.11.7
-    fingerprint: str  # sha256 of its shared library: changes when CPython is rebuilt
+    recipe: CPythonRecipe
+    compile_key: str  # the compiled interpreter's key in the cache
+    libraries: tuple[DebPackage, ...]  # the .debs its shared libraries are bundled from
+
+    @property
+    def version(self) -> str:
+        return self.recipe.version
 
     @property
     def major_minor(self) -> str:
         return ".".join(self.version.split(".")[:2])
 
+    @property
+    def fingerprint(self) -> str:
+        """Every input of the package's bytes but the recipe files (the plan adds those)."""
+        digest = hashlib.sha256(self.compile_key.encode() + b"\0")
+        for deb in self.libraries:
+            digest.update(f"{deb.filename}={deb.sha256}".encode() + b"\0")
+        return digest.hexdigest()
 
-def current_python() -> PythonBuild:
-    """The CPython running swstack: a shared-library build, made relocatable for the channel."""
-    prefix = Path(sys.base_prefix)
-    version = ".".join(str(v) for v in sys.version_info[:3])
-    if sysconfig.get_config_var("Py_ENABLE_SHARED") != 1:
-        raise ChannelError(
-            f"the python at {prefix} is a static build; the channel's python package needs a shared "
-            "(--enable-shared) CPython 3.11: run swstack with one"
-        )
-    if version.rsplit(".", 1)[0] != PY_MAJOR_MINOR:
-        raise ChannelError(f"the channel is built for CPython {PY_MAJOR_MINOR}, swstack runs on {version}")
-    libdir = Path(str(sysconfig.get_config_var("LIBDIR")))
-    ldlibrary = str(sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY"))
-    lib = libdir / ldlibrary
-    if not lib.is_file():
-        raise ChannelError(f"cannot find libpython at {lib}")
-    return PythonBuild(prefix=prefix, version=version, fingerprint=sha256_file(lib))
+
+def pinned_python(python_recipe: Path) -> PythonBuild:
+    """The channel's CPython as ``python_recipe/cpython.toml`` pins it, with this machine's
+    compiler, build packages and apt candidates (read, not changed: nothing is built here)."""
+    recipe = read_recipe(python_recipe / RECIPE_FILE)
+    if recipe.version != PY_FULL_VERSION:
+        raise ChannelError(f"{python_recipe / RECIPE_FILE}: source.version {recipe.version} is not CPython "
+                           f"{PY_FULL_VERSION}, the version the channel is built for (target.PY_FULL_VERSION)")
+    key = compile_key(recipe, installed_versions(recipe.build_depends), toolchain())
+    debs = candidate_debs(recipe.libraries.values())
+    return PythonBuild(recipe=recipe, compile_key=key, libraries=debs)
 
 
 # Parts of the interpreter the package leaves out: third-party packages (except pip),
@@ -57,9 +72,6 @@ _PY_DROP_DIRS = {"__pycache__", "test", "tests", "idle_test", "idlelib", "tkinte
 _PY_DROP_EXT_RE = re.compile(
     r"^(_test\w*|_ctypes_test|_xxtestfuzz|_xxsubinterpreters|xxlimited\w*|_tkinter|nis)\."
 )
-# glibc's own libraries come from the host; every other shared library the interpreter
-# links is bundled into $PREFIX/lib so the package runs on a slim base image.
-_GLIBC_LIBS = re.compile(r"^(ld-linux[-\w.]*|libc|libm|libpthread|libdl|librt|libutil|libresolv|libanl)\.so")
 
 
 def python_keep(rel: Path, version: str) -> bool:
@@ -101,44 +113,26 @@ def _is_linked_elf(path: Path) -> bool:
     return head[:4] == b"\x7fELF" and len(head) == 18 and int.from_bytes(head[16:18], "little") in (2, 3)
 
 
-def stage_python(python: PythonBuild, stage: Path) -> None:
-    """Copy the interpreter into ``stage`` (filtered), bundle its non-glibc libraries and
-    point every ELF file's RUNPATH at ``$ORIGIN``-relative ``lib/``."""
-    src = python.prefix
-    for dirpath, dirnames, filenames in os.walk(src):
+def stage_python(python: PythonBuild, compiled: Path, debs: Mapping[str, Path], stage: Path, work: Path) -> None:
+    """Copy the compiled interpreter ``compiled`` into ``stage`` (filtered), bundle its
+    non-glibc libraries from ``debs`` (unpacked under ``work``) so the package runs on a
+    slim base image, and point every ELF file's RUNPATH at ``$ORIGIN``-relative ``lib/``."""
+    for dirpath, dirnames, filenames in os.walk(compiled):
         here = Path(dirpath)
-        rel_dir = here.relative_to(src)
+        rel_dir = here.relative_to(compiled)
         dirnames[:] = [d for d in dirnames if python_keep(rel_dir / d, python.version)]
         (stage / rel_dir).mkdir(parents=True, exist_ok=True)
         for name in filenames:
             rel = rel_dir / name
             if python_keep(rel, python.version):
-                shutil.copy2(src / rel, stage / rel, follow_symlinks=False)
-    elves = [p for p in stage.rglob("*") if _is_linked_elf(p)]
-    bundled = _bundle_shared_libraries(elves, stage / "lib")
+                shutil.copy2(compiled / rel, stage / rel, follow_symlinks=False)
+    # `python` and `pip`, as conda-forge's packages have them (CPython installs python3, pip3).
+    for name in ("python", "pip"):
+        if not (stage / "bin" / name).exists():
+            (stage / "bin" / name).symlink_to(f"{name}{python.major_minor}")
+    elves = sorted(p for p in stage.rglob("*") if _is_linked_elf(p))
+    bundled = bundle_libraries(elves, python.recipe.libraries, debs, stage / "lib", work)
     for path in elves + bundled:
         origin_to_lib = os.path.relpath(stage / "lib", path.parent)
         rpath = "$ORIGIN" if origin_to_lib == "." else f"$ORIGIN/{origin_to_lib}"
         proc.run(["patchelf", "--set-rpath", rpath, path], error=ChannelError, what=f"patchelf {path.name}")
-
-
-def _bundle_shared_libraries(elves: Sequence[Path], libdir: Path) -> list[Path]:
-    """Copy the host libraries ``elves`` need (all but glibc's) into ``libdir``."""
-    needed: dict[str, Path] = {}
-    for path in elves:
-        out = proc.output(["ldd", path], error=ChannelError, what=f"ldd {path.name}")
-        for line in out.splitlines():
-            m = re.match(r"\s*(\S+) => (/\S+)", line)
-            if not m or _GLIBC_LIBS.match(m[1]) or m[1].startswith("libpython"):
-                continue
-            needed.setdefault(m[1], Path(m[2]))
-    copied = []
-    for soname, host_path in sorted(needed.items()):
-        target = libdir / soname
-        if target.exists():
-            continue
-        shutil.copy2(host_path.resolve(), target)
-        target.chmod(0o755)
-        copied.append(target)
-    log.debug(f"python: bundled {', '.join(sorted(needed)) or 'no libraries'}")
-    return copied

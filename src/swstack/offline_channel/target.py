@@ -17,6 +17,8 @@ PACKAGE_FORMAT = "conda:3"
 # Bump when the wheel -> noarch conversion changes (only those packages are rebuilt).
 NOARCH_RULES = "tree+rename-2"
 PY_MAJOR_MINOR = "3.11"
+# The channel's CPython: channel/recipes/python/cpython.toml's source.version (checked).
+PY_FULL_VERSION = "3.11.2"
 # pip options naming the interpreter wheels are chosen for (the channel's CPython 3.11).
 TARGET_INTERPRETER = ("--python-version", PY_MAJOR_MINOR, "--implementation", "cp",
                       "--abi", "cp311", "--abi", "abi3", "--abi", "none")
@@ -60,8 +62,8 @@ MARKER_ENV: Mapping[str, str] = {
     "platform_python_implementation": "CPython",
     "implementation_name": "cpython",
     "python_version": PY_MAJOR_MINOR,
-    "python_full_version": f"{PY_MAJOR_MINOR}.7",
-    "implementation_version": f"{PY_MAJOR_MINOR}.7",
+    "python_full_version": PY_FULL_VERSION,
+    "implementation_version": PY_FULL_VERSION,
     "platform_release": "",
     "platform_version": "",
     "extra": "",

@@ -165,7 +165,9 @@ def _marker_probe(marker: str) -> bool:
 
 
 def mapping_fingerprint() -> str:
-    return hashlib.sha256(json.dumps(sorted(CONDA_FORGE_NAMES.items())).encode()).hexdigest()[:16]
+    """The name table and the marker environment: what a wheel's conda dependencies depend on."""
+    table = [sorted(CONDA_FORGE_NAMES.items()), sorted(MARKER_ENV.items())]
+    return hashlib.sha256(json.dumps(table).encode()).hexdigest()[:16]
 
 
 def wheel_cache_path(cache_dir: Path, wheel: PinnedWheel) -> Path:
