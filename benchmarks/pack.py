@@ -1,5 +1,8 @@
 """Benchmark: swstack's pack against conda-pack (tar.zst, tar.gz) and ``tar | zstd -T0 -3``.
 
+"swstack, scan given" is our pack with conda-pack's scan of the prefix done before the
+timing: it shows what our writer costs apart from conda-pack's pure-Python scan.
+
 Input: a conda prefix (argument; default: the conda packages of the py3 stack, solved from
 the offline channel ``doit channel`` builds in the cache, when it exists, else a sample
 prefix made of one package holding a copy of this virtualenv's site-packages: the same mix
@@ -78,6 +81,30 @@ def swstack_pack(prefix: Path, compression: pack.Compression, level: int) -> Cal
         options = pack.PackOptions(SDE, compression=compression, level=level)
         info = pack.ArtifactInfo(stack="bench", version="1")
         return pack.pack_prefix(prefix, work, options=options, info=info).tarball
+
+    return run
+
+
+def swstack_writer_only(prefix: Path, level: int) -> Callable[[Path], Path]:
+    """Our pack with conda-pack's scan done beforehand, outside the timing: what the
+    writer costs on its own (guess, plan, chunks, compression, checksums, fsync)."""
+    from unittest import mock
+
+    recorded = pack._pack_records(prefix, True, SDE)
+
+    class ScanDone:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def result(self, *args: object) -> list[pack.Entry]:
+            return recorded
+
+        def stop(self) -> None:
+            pass
+
+    def run(work: Path) -> Path:
+        with mock.patch.object(pack, "_BackgroundScan", ScanDone):
+            return swstack_pack(prefix, "zstd", level)(work)
 
     return run
 
@@ -167,6 +194,7 @@ def main() -> int:
         methods = {f"swstack zstd -{lv}": swstack_pack(prefix, "zstd", lv) for lv in levels}
         if not args.skip_gzip:
             methods["swstack gzip -6"] = swstack_pack(prefix, "gzip", 6)
+        methods["swstack, scan given"] = swstack_writer_only(prefix, pack.DEFAULT_ZSTD_LEVEL)
         methods["conda-pack tar.zst"] = conda_pack_cli(prefix, "tar.zst")
         if not args.skip_gzip:
             methods["conda-pack tar.gz"] = conda_pack_cli(prefix, "tar.gz")
@@ -198,6 +226,10 @@ def print_report(rows: list[Row], tree_size: int, default_level: int) -> None:
         )
     print(f"  tar | zstd -T0 -3:  time {ours.seconds / limit.seconds:.2f}x (target <= 1.1), "
           f"cpu {ours.cpu / limit.cpu:.2f}x, size {ours.size / limit.size:.3f}x")  # fmt: skip
+    if "swstack, scan given" in by:
+        given = by["swstack, scan given"]
+        print(f"  the same with conda-pack's scan done beforehand: time {given.seconds / limit.seconds:.2f}x, "
+              f"cpu {given.cpu / limit.cpu:.2f}x tar | zstd -T0 -3")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -325,6 +325,8 @@ class CondaRecord:
     entry: PackageEntry
     subdir: str
     files: tuple[str, ...]
+    meta_name: str  # the record's own file, conda-meta/<name>-<version>-<build>.json
+    meta_size: int
 
 
 def read_conda_records(prefix: Path) -> list[CondaRecord]:
@@ -334,7 +336,8 @@ def read_conda_records(prefix: Path) -> list[CondaRecord]:
         if path.name == os.path.basename(IN_TREE_PATH):
             continue
         try:
-            data = json.loads(path.read_text())
+            raw = path.read_bytes()
+            data = json.loads(raw)
             entry = PackageEntry(
                 name=data["name"],
                 version=data["version"],
@@ -345,7 +348,15 @@ def read_conda_records(prefix: Path) -> list[CondaRecord]:
             )
         except (OSError, ValueError, KeyError) as exc:
             raise PackError(f"{path}: unreadable package record ({exc}); reinstall the prefix") from exc
-        records.append(CondaRecord(entry, data.get("subdir", ""), tuple(data.get("files", ()))))
+        records.append(
+            CondaRecord(
+                entry,
+                data.get("subdir", ""),
+                tuple(data.get("files", ())),
+                f"conda-meta/{path.name}",
+                len(raw),
+            )
+        )
     return sorted(records, key=lambda r: r.entry.name)
 
 
@@ -435,8 +446,21 @@ def _same_content(source: str, st: os.stat_result, data: bytes) -> bool:
         return fh.read() == data
 
 
-def _pack_records(prefix: Path, require_package_cache: bool, source_date_epoch: int) -> list[Entry]:
-    """Run conda-pack's Packer over the prefix; return what it would have archived, normalised.
+def _pack_records(
+    prefix: Path, require_package_cache: bool, source_date_epoch: int, installed: Mapping[str, Entry] | None = None
+) -> list[Entry]:
+    """What conda-pack would have archived, normalised (``_scan_prefix``). ``installed``: the
+    entries of installed files already read (``installed_entries``), taken instead of an
+    ``lstat`` of the same file."""
+    plain, packed = _scan_prefix(prefix, require_package_cache, source_date_epoch)
+    return _plain_entries(plain, str(prefix), source_date_epoch, installed or {}) + packed
+
+
+def _scan_prefix(
+    prefix: Path, require_package_cache: bool, source_date_epoch: int
+) -> tuple[list[tuple[str, str]], list[Entry]]:
+    """Run conda-pack's Packer over the prefix: ``(target, package cache source)`` of each
+    file it would archive unchanged, and the normalised entries of everything else.
 
     Without the package cache conda-pack marks every file "unknown" and, on Linux, does
     not relocate binaries, so by default a missing cache is an error, not a warning.
@@ -445,9 +469,10 @@ def _pack_records(prefix: Path, require_package_cache: bool, source_date_epoch: 
     None): a package record (``conda-meta/*.json``) is rewritten, anything else is handed
     to the archive as it is. Those plain files are most of a prefix, so they skip the
     Packer and the remapping to the installed tree and become entries straight from one
-    ``lstat`` (what ``_RecordingArchive.add`` would record); the Packer still sees every
-    other file, in conda-pack's order, so ``conda-unpack``'s prefix records are its own.
-    ``tests/unit/test_pack.py`` checks both ways give the same entries.
+    ``lstat`` (``_plain_entry``: what ``_RecordingArchive.add`` would record); the Packer
+    still sees every other file, in conda-pack's order, so ``conda-unpack``'s prefix
+    records are its own. ``tests/integration/test_pack.py`` checks both ways give the
+    same entries.
     """
     from unittest import mock
 
@@ -461,7 +486,7 @@ def _pack_records(prefix: Path, require_package_cache: bool, source_date_epoch: 
             archive.add_text(fpath, ftext, executable)
 
     archive = _RecordingArchive()
-    plain: list[Entry] = []
+    plain: list[tuple[str, str]] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -474,9 +499,8 @@ def _pack_records(prefix: Path, require_package_cache: bool, source_date_epoch: 
             # conda-unpack rewrite it like any other text prefix.
             with mock.patch.object(conda_pack.core, "rewrite_shebang", _keep_shebang):
                 for f in env.files:
-                    entry = _plain_entry(f, env.prefix, source_date_epoch)
-                    if entry is not None:
-                        plain.append(entry)
+                    if _is_plain(f.target, f.file_mode):
+                        plain.append((f.target, f.source))
                     else:
                         packer.add(_from_installed_tree(f, env.prefix))
                 packer.finish()
@@ -490,7 +514,7 @@ def _pack_records(prefix: Path, require_package_cache: bool, source_date_epoch: 
     for w in caught:
         log.warn(str(w.message).strip())
     # The Packer's records come after the plain files: its generated files win a name clash.
-    return plain + [normalised(e, source_date_epoch) for e in archive.entries]
+    return plain, [normalised(e, source_date_epoch) for e in archive.entries]
 
 
 def _is_package_record(target: str) -> bool:
@@ -498,22 +522,30 @@ def _is_package_record(target: str) -> bool:
     return target.startswith("conda-meta/") and target.endswith(".json")
 
 
-def _plain_entry(file: Any, prefix: str, source_date_epoch: int) -> Entry | None:
-    """The normalised entry of a file the Packer would archive unchanged, or None when it must see it.
+def _is_plain(target: str, file_mode: str | None) -> bool:
+    """A file the Packer would archive unchanged: no prefix in it (``file_mode`` None), no
+    package record, and not written over by the build after linking."""
+    return file_mode is None and not _is_package_record(target) and not target.startswith(WRITTEN_AFTER_LINKING)
 
-    That is a file with no prefix (``file_mode`` None) that is no package record and that
-    the build did not write over after linking; as ``_from_installed_tree`` does, it is
-    read from the installed tree, or from the package cache if it is not installed.
-    """
-    target = file.target
-    if file.file_mode is not None or _is_package_record(target) or target.startswith(WRITTEN_AFTER_LINKING):
-        return None
+
+def _plain_entries(
+    plain: Iterable[tuple[str, str]], prefix: str, source_date_epoch: int, installed: Mapping[str, Entry]
+) -> list[Entry]:
+    return [
+        installed.get(target) or _plain_entry(target, source, prefix, source_date_epoch) for target, source in plain
+    ]
+
+
+def _plain_entry(target: str, cached: str, prefix: str, source_date_epoch: int) -> Entry:
+    """The normalised entry of a plain file (``_is_plain``): as ``_from_installed_tree``
+    does, read from the installed tree, or from the package cache (``cached``) if it is not
+    installed."""
     installed = prefix + "/" + target
     try:
         st = os.lstat(installed)
         source = installed
     except FileNotFoundError:
-        st, source = os.lstat(file.source), file.source
+        st, source = os.lstat(cached), cached
     mode = st.st_mode
     mtime = min(int(st.st_mtime), source_date_epoch)
     if stat.S_ISREG(mode):
@@ -580,17 +612,12 @@ def in_tree_manifest_entry(manifest: Manifest, source_date_epoch: int) -> Entry:
     return Entry(IN_TREE_PATH, "file", 0o644, source_date_epoch, len(data), data=data)
 
 
-def guess_entries(prefix: Path, records: Iterable[CondaRecord], source_date_epoch: int) -> list[Entry]:
-    """The entries conda-pack will most likely record, from the package records alone.
-
-    Every file a package installed, as installed (what ``_plain_entry`` records); a stand-in
-    for each member that is a chunk of its own, so the guessed chunks start where the real
-    ones do. Unmanaged files are missing and package records differ (conda-pack cleans
-    them): chunks holding those are guessed wrong, and compressed again (``_speculate``).
-    """
+def installed_entries(prefix: Path, records: Iterable[CondaRecord], source_date_epoch: int) -> dict[str, Entry]:
+    """The entry of every file and symlink the packages installed, by name, as installed:
+    what ``_plain_entry`` gives for them, one ``lstat`` each."""
     root = str(prefix)
-    entries = [Entry(name, "file", 0o644, source_date_epoch, data=b"") for name in sorted(SOLO_MEMBERS)]
-    for target in sorted({f for r in records for f in r.files}):
+    entries: dict[str, Entry] = {}
+    for target in {f for r in records for f in r.files}:
         source = root + "/" + target
         try:
             st = os.lstat(source)
@@ -598,10 +625,48 @@ def guess_entries(prefix: Path, records: Iterable[CondaRecord], source_date_epoc
             continue  # conda-pack will say what is missing
         mtime = min(int(st.st_mtime), source_date_epoch)
         if stat.S_ISREG(st.st_mode):
-            entries.append(Entry(target, "file", 0o755 if st.st_mode & 0o111 else 0o644, mtime, st.st_size, source))
+            entries[target] = Entry(target, "file", 0o755 if st.st_mode & 0o111 else 0o644, mtime, st.st_size, source)
         elif stat.S_ISLNK(st.st_mode):
-            entries.append(Entry(target, "symlink", 0o777, mtime, linkname=os.readlink(source)))
+            entries[target] = Entry(target, "symlink", 0o777, mtime, linkname=os.readlink(source))
+    return entries
+
+
+def guess_entries(
+    installed: Mapping[str, Entry], records: Iterable[CondaRecord], source_date_epoch: int
+) -> list[Entry]:
+    """The entries conda-pack will most likely record, from the package records alone.
+
+    The installed files, and in place of what conda-pack writes itself, stand-ins of the
+    same names: the package records (their original size; conda-pack rewrites them) and
+    the members that are chunks of their own, so the guessed chunks start where the real
+    ones do. A stand-in has neither source nor data: a chunk holding one is never
+    compressed on the guess (``_speculate``). Unmanaged files are missing: chunks holding
+    those are guessed wrong, and compressed again.
+    """
+    entries = [*installed.values(), *_conda_pack_scripts(source_date_epoch)]
+    entries += [Entry(name, "file", 0o644, source_date_epoch) for name in SOLO_MEMBERS]
+    entries += [Entry(r.meta_name, "file", 0o644, source_date_epoch, r.meta_size) for r in records]
     return plan_entries(entries, source_date_epoch)
+
+
+def _conda_pack_scripts(source_date_epoch: int) -> list[Entry]:
+    """The scripts conda-pack's ``Packer.finish`` adds besides ``conda-unpack``, as they
+    will be recorded (a guess: conda-pack's private names, read if they are there)."""
+    import conda_pack.core
+
+    entries = []
+    for source, target in getattr(conda_pack.core, "_scripts", []):
+        with contextlib.suppress(OSError):
+            entries.append(normalised(_entry_from_stat(source, target, os.lstat(source)), source_date_epoch))
+    progress = os.path.join(getattr(conda_pack.core, "_current_dir", ""), "_progress.py")
+    with contextlib.suppress(OSError), open(progress, "rb") as fh:
+        data = fh.read()
+        entries.append(Entry("bin/conda_unpack_progress.py", "file", 0o644, source_date_epoch, len(data), data=data))
+    return entries
+
+
+def _is_stand_in(entry: Entry) -> bool:
+    return entry.kind == "file" and entry.source is None and entry.data is None
 
 
 def _fields(e: Entry) -> tuple[Any, ...]:
@@ -609,16 +674,17 @@ def _fields(e: Entry) -> tuple[Any, ...]:
 
 
 def _scan_and_exit(answer_fd: int, prefix: Path, require_package_cache: bool, source_date_epoch: int) -> NoReturn:
-    """The forked child: scan, send the entries (plain tuples: pickled ~5x faster than the
-    dataclasses), the error's message or a bug's traceback, and exit at once."""
+    """The forked child: scan, send what it found (the plain files by name, the Packer's
+    entries as plain tuples: pickled ~5x faster than the dataclasses), the error's message
+    or a bug's traceback, and exit at once."""
     import pickle
     import traceback
 
     code = 0
     try:
         try:
-            recorded = _pack_records(prefix, require_package_cache, source_date_epoch)
-            answer: tuple[str, Any] = ("ok", [_fields(e) for e in recorded])
+            plain, packed = _scan_prefix(prefix, require_package_cache, source_date_epoch)
+            answer: tuple[str, Any] = ("ok", (plain, [_fields(e) for e in packed]))
         except SwstackError as exc:
             answer = ("error", str(exc))
         except BaseException:
@@ -636,6 +702,8 @@ def _scan_and_exit(answer_fd: int, prefix: Path, require_package_cache: bool, so
 class _BackgroundScan:
     """``_pack_records`` in a forked process, so conda-pack's scan (pure Python, about a
     second of one core on a large prefix) runs while this one compresses what it guessed.
+    The plain files come back by name: this process has most of their entries already
+    (``installed_entries``), so neither does an ``lstat`` of each file twice.
 
     Plain ``fork`` and a pipe: nothing that needs ``/dev/shm`` or a fresh interpreter.
     """
@@ -650,8 +718,8 @@ class _BackgroundScan:
         self._pid: int | None = pid
         self._answer = os.fdopen(read_end, "rb")
 
-    def result(self) -> list[Entry]:
-        """conda-pack's entries, or its error raised here."""
+    def result(self, installed: Mapping[str, Entry], prefix: Path, source_date_epoch: int) -> list[Entry]:
+        """conda-pack's entries (``_pack_records``), or its error raised here."""
         import pickle
 
         with self._answer:
@@ -664,7 +732,8 @@ class _BackgroundScan:
             raise PackError(value)
         if kind == "bug":
             raise RuntimeError(f"conda-pack's scan failed in its process:\n{value}")
-        return [Entry(*fields) for fields in value]
+        plain, packed = value
+        return _plain_entries(plain, str(prefix), source_date_epoch, installed) + [Entry(*f) for f in packed]
 
     def _reap(self) -> None:
         if self._pid is not None:
@@ -843,6 +912,12 @@ class PlannedChunk:
     def file_bytes(self) -> int:
         return sum(e.size for e in self.entries if e.kind == "file")
 
+    def __hash__(self) -> int:
+        # Not every member's hash: a chunk is looked up once per pack, and equal chunks
+        # share their first and last names and their size anyway.
+        first, last = (self.entries[0].name, self.entries[-1].name) if self.entries else ("", "")
+        return hash((first, last, len(self.entries), self.raw_size, self.tail))
+
 
 def member_header(entry: Entry, uid: int, gid: int) -> bytes:
     """The member's header, PAX records included."""
@@ -855,6 +930,10 @@ def member_header(entry: Entry, uid: int, gid: int) -> bytes:
 def member_size(entry: Entry, uid: int, gid: int) -> int:
     """Bytes of the member in the tar stream: header (PAX records included), data, padding."""
     size = entry.size if entry.kind == "file" else 0
+    name, link = entry.name, entry.linkname
+    one_block = len(name) < 100 and len(link) <= 100 and name.isascii() and link.isascii()
+    if one_block and size < 8**11 and 0 <= int(entry.mtime or 0) < 8**11 and 0 <= uid < 8**7 and 0 <= gid < 8**7:
+        return tarfile.BLOCKSIZE + size + -size % tarfile.BLOCKSIZE  # the common case: one ustar block
     name = entry.name + "/" if entry.kind == "dir" else entry.name
     plain = name.isascii() and entry.linkname.isascii() and size < 8**11 and 0 <= int(entry.mtime or 0) < 8**11
     if plain and 0 <= uid < 8**7 and 0 <= gid < 8**7:
@@ -963,12 +1042,12 @@ def _speculate(
 
     Chunks are cut by name, so most guessed chunks equal real ones, whose frames are then
     taken as they are (``_write_chunks``). Chunks that certainly differ are skipped: the
-    stand-ins, package records (conda-pack cleans them) and the last (it ends the archive).
+    stand-ins (``guess_entries``) and the last (it ends the archive).
     """
     guessed: dict[PlannedChunk, Future[tuple[bytes, str]]] = {}
     budget = min(SPECULATION_PER_THREAD * compressor.threads, SPECULATION_LIMIT)
     for chunk in plan_chunks(guess, uid, gid, last=False)[:-1]:
-        if any(e.name in SOLO_MEMBERS or _is_package_record(e.name) for e in chunk.entries):
+        if any(_is_stand_in(e) for e in chunk.entries):
             continue
         budget -= chunk.raw_size
         if budget < 0:
@@ -1108,7 +1187,10 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     # package lists and compresses the chunks it can guess (see _speculate).
     scan = None
     if options.compression == "zstd":
-        import conda_pack.core  # noqa: F401  (once, before the fork: the child inherits it)
+        # Imported once, before the fork: the child inherits them.
+        import unittest.mock  # noqa: F401
+
+        import conda_pack.core  # noqa: F401
 
         scan = _BackgroundScan(prefix, options.require_package_cache, options.source_date_epoch)
     compressor = _ChunkCompressor(options.resolved_level(), options.resolved_threads(), uid, gid)
@@ -1117,8 +1199,10 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
         manifest = _manifest_before_packing(prefix, out_dir, records, options, info)
         guessed: dict[PlannedChunk, Future[tuple[bytes, str]]] = {}
         if scan is not None:
-            guessed = _speculate(guess_entries(prefix, records, options.source_date_epoch), uid, gid, compressor)
-            recorded = scan.result()
+            installed = installed_entries(prefix, records, options.source_date_epoch)
+            guess = guess_entries(installed, records, options.source_date_epoch)
+            guessed = _speculate(guess, uid, gid, compressor)
+            recorded = scan.result(installed, prefix, options.source_date_epoch)
         else:
             recorded = _pack_records(prefix, options.require_package_cache, options.source_date_epoch)
         return _pack_recorded(recorded, manifest, out_dir, options, uid, gid, compressor, guessed, started)

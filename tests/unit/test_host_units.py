@@ -217,6 +217,19 @@ def test_help_imports_no_build_dependencies() -> None:
     assert _loaded_build_side(code) == []
 
 
+def test_the_host_commands_load_no_http_client() -> None:
+    """Every host command starts a fresh interpreter; urllib.request (and http.client, ssl,
+    email under it) is loaded only when an artifact comes over HTTP."""
+    import subprocess
+
+    probe = (
+        "import sys, swstack.cli, swstack.host.commands\n"
+        "print('urllib.request' in sys.modules, 'http.client' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
 def test_the_host_modules_are_found() -> None:
     assert {"swstack.host.commands", "swstack.host.extract", "swstack.host.source"} <= set(_host_modules())
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +74,10 @@ def _checksum_file(tarball: Path) -> Path | None:
 
 
 def _download(url: str, dest: Path) -> Path:
+    # Imported here: a local activation never pays for the HTTP client (see signature._read_url).
+    import urllib.error
+    import urllib.request
+
     log.info(f"downloading {url}")
     try:
         with (
