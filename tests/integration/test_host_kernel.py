@@ -167,38 +167,9 @@ def test_running_kernel_keeps_its_version_across_a_switch(py3_artifact: Path, tm
     assert f".py3@{v3}" in ramdisk and {f"sw.{v2}", f"sw.{v3}"} <= set(disk)
 
 
-SERVER_SCRIPT = r"""
-import json, os, signal, socket, subprocess, sys, time, urllib.error, urllib.request, uuid
-from swstack.cli import main
-
-work, chp, v1, v2, v3 = sys.argv[1:6]
-TOKEN, USER = uuid.uuid4().hex, "alice"
-report = {}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-proxy, hub_port, proxy_api = free_port(), free_port(), free_port()
-URL = f"http://127.0.0.1:{proxy}"
 # The spawner starts the single-user server as docs/host.md tells sites to: through the
-# version's launcher at the live path, with nothing of this test's environment.
-CONFIG = f'''
-c = get_config()
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {proxy}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.JupyterHub.db_url = "sqlite:///{work}/hub.sqlite"
-c.JupyterHub.cookie_secret_file = "{work}/cookie_secret"
-c.JupyterHub.pid_file = "{work}/hub.pid"
-c.ConfigurableHTTPProxy.command = ["{chp}"]
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api}"
-c.JupyterHub.authenticator_class = "dummy"
-c.Authenticator.allow_all = True
+# version's launcher at the live path, with nothing of the test's environment.
+LOCAL_SPAWNER = """
 c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
 c.SimpleLocalProcessSpawner.home_dir_template = "{work}/home/{{username}}"
 c.Spawner.cmd = ["/data0/sw/py3/bin/swstack-launch", "-m", "jupyterhub.singleuser"]
@@ -208,41 +179,33 @@ c.Spawner.env_keep = ["LANG", "LC_ALL"]
 c.Spawner.environment = {{"PATH": "/data0/sw/py3/bin:/usr/bin:/bin"}}
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
-c.JupyterHub.services = [{{"name": "tester", "api_token": "{TOKEN}"}}]
-c.JupyterHub.load_roles = [{{"name": "tester", "services": ["tester"],
-    "scopes": ["admin:users", "admin:servers", "access:servers", "read:users"]}}]
-'''
+"""
+
+SERVER_SCRIPT = r"""
+import os, json, sys, time
+from pathlib import Path
+from swstack.cli import main
+from tests.support import hub as hubkit
+from tests.support.hub import USER, api, running_hub, server_ready
+
+work, spawner, v1, v2, v3 = Path(sys.argv[1]), *sys.argv[2:6]
+report = {}
 
 
-def api(path, method="GET", body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(URL + path, data=data, method=method,
-                                     headers={"Authorization": f"token {TOKEN}"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=30) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except OSError:
-        return 0, None
+def start_server(hub):
+    status = api(f"{hub.url}/hub/api/users/{USER}/server", "POST")[0]
+    assert status in (201, 202), f"spawn: HTTP {status}"
+    hubkit.wait_for("the server", lambda: server_ready(hub.url), 180, hub.process, hub.log)
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()
+            and any(m in cmdline(p) for m in (b"-m\0jupyterhub.singleuser", b"/bin/jupyterhub-singleuser"))]
+    assert len(pids) == 1, pids
+    return pids[0]
 
 
-def wait(what, check, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if hub.poll() is not None:
-            raise SystemExit(f"jupyterhub exited while waiting for {what}")
-        if check():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def ready():
-    status, user = api(f"/hub/api/users/{USER}")
-    return status == 200 and bool((user.get("servers") or {}).get("", {}).get("ready"))
+def stop_server(hub, pid):
+    api(f"{hub.url}/hub/api/users/{USER}/server", "DELETE")
+    hubkit.wait_for("the server to stop", lambda: not server_ready(hub.url) and not os.path.exists(f"/proc/{pid}"),
+                    60, hub.process, hub.log)
 
 
 def cmdline(pid):
@@ -253,24 +216,9 @@ def cmdline(pid):
         return b""
 
 
-def start_server():
-    status = api(f"/hub/api/users/{USER}/server", "POST")[0]
-    assert status in (201, 202), f"spawn: HTTP {status}"
-    wait("the server", ready)
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()
-            and any(m in cmdline(p) for m in (b"-m\0jupyterhub.singleuser", b"/bin/jupyterhub-singleuser"))]
-    assert len(pids) == 1, pids
-    return pids[0]
-
-
-def stop_server(pid):
-    api(f"/hub/api/users/{USER}/server", "DELETE")
-    wait("the server to stop", lambda: not ready() and not os.path.exists(f"/proc/{pid}"))
-
-
-def display_name():
+def display_name(hub):
     # Read by the server from its own sys.prefix's share/jupyter/kernels at each request.
-    status, specs = api(f"/user/{USER}/api/kernelspecs")
+    status, specs = api(f"{hub.url}/user/{USER}/api/kernelspecs")
     assert status == 200, status
     return specs["kernelspecs"]["python3"]["spec"]["display_name"]
 
@@ -283,31 +231,21 @@ def trees(pid):
 
 
 report["activate1"] = main(["activate", v1])
-with open(f"{work}/jupyterhub_config.py", "w") as fh:
-    fh.write(CONFIG)
-env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-env["CONFIGPROXY_AUTH_TOKEN"] = uuid.uuid4().hex
-hub = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", "jupyterhub_config.py"],
-                       cwd=work, env=env, stdout=open(f"{work}/hub.log", "wb"), stderr=subprocess.STDOUT)
-try:
-    wait("the hub API", lambda: api("/hub/api/")[0] == 200)
-    assert api(f"/hub/api/users/{USER}", "POST")[0] in (201, 409)
-    old = start_server()
-    report["old_before"] = [display_name(), trees(old)]
+config = hubkit.hub_config_with(work, spawner)
+with running_hub(work, config) as hub:
+    assert api(f"{hub.url}/hub/api/users/{USER}", "POST")[0] in (201, 409)
+    old = start_server(hub)
+    report["old_before"] = [display_name(hub), trees(old)]
     report["activate2"] = main(["activate", v2])
-    report["old_after"] = [display_name(), trees(old)]
+    report["old_after"] = [display_name(hub), trees(old)]
     report["activate3"] = main(["activate", v3])
     report["prune_running"] = main(["prune", "--keep", "0"])
     report["kept_running"] = sorted(os.listdir("/data0/sw.tmpfs"))
-    stop_server(old)
+    stop_server(hub, old)
     report["prune_exited"] = main(["prune", "--keep", "0"])
     report["kept_exited"] = sorted(os.listdir("/data0/sw.tmpfs"))
-    new = start_server()
-    report["new"] = [display_name(), trees(new)]
-    stop_server(new)
-finally:
-    hub.send_signal(signal.SIGTERM)
-    hub.wait(timeout=60)
+    new = start_server(hub)
+    report["new"] = [display_name(hub), trees(new)]
 print("REPORT:" + json.dumps(report))
 """
 
@@ -317,7 +255,7 @@ def test_running_single_user_server_keeps_its_version_across_a_switch(py3_artifa
     """A real single-user server, spawned by a real JupyterHub through the version's launcher, keeps
     reading its own version's files after a switch; prune keeps that version while it runs; the next
     server gets the new version."""
-    from tests.support.hub import CHP
+    from tests.support.imagekit import PROJECT
 
     tree = tmp_path / "tree"
     manifest = unpack_artifact(py3_artifact, tree)
@@ -334,8 +272,11 @@ def test_running_single_user_server_keeps_its_version_across_a_switch(py3_artifa
     work.mkdir()
     script = tmp_path / "server_check.py"
     script.write_text(SERVER_SCRIPT)
-    argv = [sys.executable, str(script), str(work), str(CHP), *map(str, artifacts)]
-    res = subprocess.run(bwrap_argv(root, argv, tmpfs_size=8 << 30), capture_output=True, text=True, timeout=1800)
+    argv = [sys.executable, str(script), str(work), LOCAL_SPAWNER.format(work=work), *map(str, artifacts)]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}  # the script uses the tests' hub helpers
+    res = subprocess.run(
+        bwrap_argv(root, argv, tmpfs_size=8 << 30), capture_output=True, text=True, timeout=1800, env=env
+    )
     hub_log = (work / "hub.log").read_text(errors="replace")[-4000:] if (work / "hub.log").exists() else ""
     assert res.returncode == 0, res.stdout + res.stderr + hub_log
     report = json.loads(res.stdout.split("REPORT:", 1)[1])

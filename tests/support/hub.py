@@ -34,16 +34,9 @@ CHP = PROJECT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http
 USER = "alice"
 TOKEN = uuid.uuid4().hex
 
-HUB_CONFIG = """
-from dockerspawner import DockerSpawner
-
-
-class HostNetworkSpawner(DockerSpawner):
-    # On the host network the server is where we told it to listen.
-    async def get_ip_and_port(self):
-        return "127.0.0.1", self.port
-
-
+# What every test hub shares: loopback ports, its files in the work directory, the npm
+# proxy, any user name logs in, and a "tester" service whose token the tests use.
+HUB_BASE = """
 c = get_config()  # noqa: F821
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {proxy_port}
@@ -56,6 +49,26 @@ c.ConfigurableHTTPProxy.command = ["{chp}"]
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
+c.JupyterHub.services = [{{"name": "tester", "api_token": "{token}"}}]
+c.JupyterHub.load_roles = [
+    {{
+        "name": "tester",
+        "scopes": ["admin:users", "admin:servers", "access:servers", "read:users"],
+        "services": ["tester"],
+    }}
+]
+"""
+
+DOCKER_SPAWNER = """
+from dockerspawner import DockerSpawner
+
+
+class HostNetworkSpawner(DockerSpawner):
+    # On the host network the server is where we told it to listen.
+    async def get_ip_and_port(self):
+        return "127.0.0.1", self.port
+
+
 c.JupyterHub.spawner_class = HostNetworkSpawner
 c.DockerSpawner.image = "{image}"
 c.DockerSpawner.pull_policy = "ifnotpresent"
@@ -66,14 +79,6 @@ c.DockerSpawner.port = {server_port}
 c.DockerSpawner.remove = True
 c.DockerSpawner.start_timeout = 180
 c.DockerSpawner.http_timeout = 120
-c.JupyterHub.services = [{{"name": "tester", "api_token": "{token}"}}]
-c.JupyterHub.load_roles = [
-    {{
-        "name": "tester",
-        "scopes": ["admin:users", "admin:servers", "access:servers", "read:users"],
-        "services": ["tester"],
-    }}
-]
 """
 
 
@@ -181,19 +186,17 @@ class HubConfig:
 
 
 def hub_config(work: Path, image: str) -> HubConfig:
-    """The base JupyterHub config on free loopback ports, spawning ``image``."""
-    proxy_port, hub_port, api_port, server_port = (free_port() for _ in range(4))
-    text = HUB_CONFIG.format(
-        proxy_port=proxy_port,
-        hub_port=hub_port,
-        proxy_api_port=api_port,
-        server_port=server_port,
-        work=work,
-        chp=CHP,
-        image=image,
-        token=TOKEN,
+    """The JupyterHub config on free loopback ports, spawning ``image`` with DockerSpawner."""
+    return hub_config_with(work, DOCKER_SPAWNER.format(image=image, server_port=free_port()))
+
+
+def hub_config_with(work: Path, spawner: str) -> HubConfig:
+    """``HUB_BASE`` on free loopback ports, then ``spawner`` (config lines naming the spawner)."""
+    proxy_port, hub_port, api_port = (free_port() for _ in range(3))
+    text = HUB_BASE.format(
+        proxy_port=proxy_port, hub_port=hub_port, proxy_api_port=api_port, work=work, chp=CHP, token=TOKEN
     )
-    return HubConfig(text, f"http://127.0.0.1:{proxy_port}")
+    return HubConfig(text + spawner, f"http://127.0.0.1:{proxy_port}")
 
 
 @contextmanager
