@@ -8,26 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.project import doit, project_with_dodo
 from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
 
 from swstack.site import Site
 
-PROJECT = Path(__file__).resolve().parents[2]
-
-
-def doit(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, text=True, capture_output=True,
-                          timeout=600)
-
 
 @pytest.fixture()
 def project(tmp_path: Path, project_copy: Path) -> Path:
-    root = tmp_path / "proj"
-    shutil.copytree(project_copy, root)
-    for name in ("dodo.py", "sites"):
-        src = PROJECT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    return root
+    return project_with_dodo(tmp_path / "proj", project_copy)
 
 
 def test_list_shows_every_task_with_help(project: Path) -> None:
@@ -124,12 +113,7 @@ SMALL = "antares-kernel"  # the smallest stack: one real build costs about a min
 @pytest.fixture(scope="module")
 def built_project(tmp_path_factory: pytest.TempPathFactory, project_copy: Path) -> Path:
     """A project copy whose smallest stack was built once through `doit build` (namespace sandbox)."""
-    root = tmp_path_factory.mktemp("built") / "proj"
-    shutil.copytree(project_copy, root)
-    shutil.copy(PROJECT / "dodo.py", root / "dodo.py")
-    shutil.copytree(PROJECT / "sites", root / "sites")
-    site = root / "sites/offline.toml"
-    site.write_text(site.read_text().replace('sandbox = "auto"', 'sandbox = "namespace"'))
+    root = project_with_dodo(tmp_path_factory.mktemp("built") / "proj", project_copy, sandbox="namespace")
     result = doit(root, "build", f"stack={SMALL}", "site=sites/offline.toml")
     assert result.returncode == 0, result.stderr[-3000:]
     return root

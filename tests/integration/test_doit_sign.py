@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from tests.support.host import make_artifact, swstack_argv
+from tests.support.project import doit
 from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
 
 from swstack import attest, trust
@@ -18,12 +18,6 @@ from swstack.oci import RegistryClient
 
 PROJECT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.registry]
-
-
-def doit(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "doit", *args], cwd=project, text=True, capture_output=True, timeout=600
-    )
 
 
 @pytest.fixture()

@@ -1,5 +1,5 @@
-"""Variants and prefixes through the real build: a stack whose prefix differs from its name, built as
-its default and its dev variant, then activated in a private /data0 where it was built.
+"""Variants and prefixes through the real build: a stack whose prefix differs from its name, built with
+`doit build` as its default and its dev variant, then activated in a private /data0 where it was built.
 
 The live path is the prefix the tree was built for (``/data0/sw/toolbox`` for the stack
 ``tools``), and both variants are versions of that one live path.
@@ -12,17 +12,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from tests.support.host import bwrap_argv
+from tests.support.project import doit, project_with_dodo
 
-from swstack.build import run_build
 from swstack.manifest import Manifest
-from swstack.sandbox import NamespaceSandbox
-from swstack.site import Site
-from swstack.spec import load_stack
 
 STACK = textwrap.dedent("""
     name = "tools"
@@ -60,17 +56,16 @@ print("REPORT:" + json.dumps(report))
 
 
 @pytest.fixture(scope="module")
-def variant_artifacts(offline_site: Site, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    project = tmp_path_factory.mktemp("variants")
-    (project / "stacks").mkdir()
-    (project / "pyproject.toml").write_text("")
+def variant_artifacts(project_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The stack locked and built as a user does it: `doit lock`, then `doit build` per variant."""
+    project = project_with_dodo(tmp_path_factory.mktemp("variants") / "proj", project_copy, sandbox="namespace")
     (project / "stacks/tools.toml").write_text(STACK)
-    site = replace(offline_site, artifacts=project / "artifacts")
-    built = []
-    for variant, version in (("stable", "1"), ("dev", "2")):
-        stack = load_stack(project / "stacks/tools.toml", variant)
-        built.append(run_build(stack, site, project, version=version, sandbox=NamespaceSandbox()).artifact_dir)
-    return built[0], built[1]
+    site = "site=sites/offline.toml"
+    for args in (("lock", "stack=tools"), ("build", "stack=tools", "version=1"),
+                 ("build", "stack=tools", "variant=dev", "version=2")):  # fmt: skip
+        result = doit(project, *args, site)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return project / "artifacts/tools/1", project / "artifacts/tools-dev/2"
 
 
 def test_variants_share_the_live_path_of_their_built_prefix(
