@@ -247,6 +247,18 @@ class Roots:
         root.rename(self.base / f"{root.name}-done-{len(self.shm)}")
 
 
+def file_creation_ms(base: Path, count: int = 2000) -> float:
+    """What creating an empty file costs on the benchmark's disk now, in milliseconds: on an
+    ext4 without a journal it grows for a while after a mass deletion (docs/host.md), and
+    both procedures put some 3,300 files there, so it says how to read the run."""
+    probe = base / "creation-probe"
+    probe.mkdir()
+    start = time.perf_counter()
+    for i in range(count):
+        os.close(os.open(probe / str(i), os.O_CREAT | os.O_WRONLY, 0o644))
+    return (time.perf_counter() - start) * 1000 / count
+
+
 def with_bytecode(cache: Path) -> None:
     """Run swstack as a host does: installed with its modules byte-compiled (pip compiles
     them), not compiling them on every start, as a checkout does where
@@ -274,6 +286,7 @@ def main() -> None:
     LOAD.append(os.getloadavg()[0])
     base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
     with_bytecode(base / "pycache")
+    create_ms = file_creation_ms(base)
     roots = Roots(base)
     try:
         live = str(base / "ours" / "sw" / "py3")
@@ -339,7 +352,8 @@ def main() -> None:
         print(f"   ratio ours/seed: {verdict(t_ours / t_seed, 0.7)}")
         print(
             f"   CPU (user + system, children included): seed {median(CPU['seed']):.2f} s, "
-            f"ours {median(CPU['full']):.2f} s; load average before: {LOAD[0]:.1f}, after: {os.getloadavg()[0]:.1f}"
+            f"ours {median(CPU['full']):.2f} s; load average before: {LOAD[0]:.1f}, after: {os.getloadavg()[0]:.1f}; "
+            f"creating a file on this disk before the runs: {create_ms:.3f} ms"
         )
         print(f"   (reference: the same tree as an unchunked tarball: {t_plain:.2f} s, {t_plain / t_seed:.2f}x)")
         if erofs_t:
