@@ -182,7 +182,7 @@ c.Spawner.http_timeout = 180
 """
 
 SERVER_SCRIPT = r"""
-import os, json, sys, time
+import os, json, sys
 from pathlib import Path
 from swstack.cli import main
 from tests.support import hub as hubkit

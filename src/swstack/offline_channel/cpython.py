@@ -23,7 +23,7 @@ import tomllib
 
 from .. import log, proc
 from ..errors import ChannelError
-from ..fsutil import atomic_dir, sha256_file
+from ..fsutil import atomic_dir, atomic_output, sha256_file
 from .target import BUILD_ROOT, SOURCE_DATE_EPOCH, ensure_dir
 
 RECIPE_FILE = "cpython.toml"
@@ -190,18 +190,19 @@ def fetch_source(recipe: CPythonRecipe, cache_dir: Path) -> Path:
     """The source tarball in the cache, downloaded if missing, checked against its sha256."""
     path = ensure_dir(cache_dir / "cpython" / "src") / recipe.tarball_name
     if not path.is_file():
-        part = path.with_name(path.name + ".partial")
         log.info(f"python: downloading {recipe.url}")
         try:
-            with urllib.request.urlopen(recipe.url, timeout=120) as resp, open(part, "wb") as fh:
+            with (
+                atomic_output(path) as part,
+                urllib.request.urlopen(recipe.url, timeout=120) as resp,
+                open(part, "wb") as fh,
+            ):
                 shutil.copyfileobj(resp, fh)
         except OSError as exc:
-            part.unlink(missing_ok=True)
             raise ChannelError(
                 f"downloading {recipe.url} failed: {exc}; without access to Debian's archive, put the "
                 f"file (sha256 {recipe.sha256}) at {path}"
             ) from exc
-        os.replace(part, path)
     got = sha256_file(path)
     if got != recipe.sha256:
         path.unlink()

@@ -42,7 +42,7 @@ class PythonBuild:
 
     @property
     def major_minor(self) -> str:
-        return ".".join(self.version.split(".")[:2])
+        return self.recipe.major_minor
 
     @property
     def fingerprint(self) -> str:
