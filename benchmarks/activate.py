@@ -39,6 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bytecode import with_bytecode  # noqa: E402
 from tests.support.host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
 
 from swstack.manifest import Manifest, TarballChunk  # noqa: E402
@@ -257,18 +258,6 @@ def file_creation_ms(base: Path, count: int = 2000) -> float:
     for i in range(count):
         os.close(os.open(probe / str(i), os.O_CREAT | os.O_WRONLY, 0o644))
     return (time.perf_counter() - start) * 1000 / count
-
-
-def with_bytecode(cache: Path) -> None:
-    """Run swstack as a host does: installed with its modules byte-compiled (pip compiles
-    them), not compiling them on every start, as a checkout does where
-    PYTHONDONTWRITEBYTECODE is set. The bytecode goes to a scratch cache, not the checkout."""
-    import swstack
-
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
-    package = Path(swstack.__file__).parent
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
 
 
 def median(values: list[float]) -> float:

@@ -474,8 +474,6 @@ def _scan_prefix(
     records are its own. ``tests/integration/test_pack.py`` checks both ways give the
     same entries.
     """
-    from unittest import mock
-
     import conda_pack.core
     from conda_pack.core import CondaEnv, CondaPackException, Packer
 
@@ -497,7 +495,7 @@ def _scan_prefix(
             # conda-pack turns scripts' shebangs into `#!/usr/bin/env python`, which runs
             # whatever python is first on PATH; keep the absolute production shebang and let
             # conda-unpack rewrite it like any other text prefix.
-            with mock.patch.object(conda_pack.core, "rewrite_shebang", _keep_shebang):
+            with _replaced(conda_pack.core, "rewrite_shebang", _keep_shebang):
                 for f in env.files:
                     if _is_plain(f.target, f.file_mode):
                         plain.append((f.target, f.source))
@@ -555,6 +553,18 @@ def _plain_entry(target: str, cached: str, prefix: str, source_date_epoch: int) 
     if stat.S_ISDIR(mode):
         return Entry(target, "dir", 0o755, mtime)
     raise PackError(f"{source}: not a file, directory or symlink; remove it from the prefix")
+
+
+@contextlib.contextmanager
+def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` is ``value`` inside the block (unittest.mock's patch would import
+    asyncio and email: 17 ms of every pack's start)."""
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
 
 
 def _keep_shebang(data: bytes, target: str, prefix: str) -> tuple[bytes, bool]:
@@ -1187,9 +1197,7 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     # package lists and compresses the chunks it can guess (see _speculate).
     scan = None
     if options.compression == "zstd":
-        # Imported once, before the fork: the child inherits them.
-        import unittest.mock  # noqa: F401
-
+        # Imported once, before the fork: the child inherits it.
         import conda_pack.core  # noqa: F401
 
         scan = _BackgroundScan(prefix, options.require_package_cache, options.source_date_epoch)
