@@ -66,6 +66,12 @@ def reraise(error: type[SwstackError], remedy: str = "") -> Iterator[None]:
 # ----------------------------------------------------------------------------- the side file
 
 
+def names_registry(component: str) -> bool:
+    """Whether a reference's first component is a registry host: like docker, when it has
+    a dot or a port, or is ``localhost`` (registry.example.org/..., localhost:5000/...)."""
+    return "." in component or ":" in component or component == "localhost"
+
+
 def checksum_path(tarball: Path) -> Path:
     """``<tarball>.sha256``, beside the tarball."""
     return tarball.with_name(tarball.name + CHECKSUM_SUFFIX)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log, paths
-from .errors import SwstackError
+from .errors import SwstackError, UsageError
 
 UNCHANGED_EXIT = 3
 
@@ -80,6 +81,8 @@ def cmd_activate(args: argparse.Namespace) -> int:
     sources = list(args.sources)
     if args.release:
         sources += commands.read_release(Path(args.release))
+    elif not sources:
+        raise UsageError("nothing to activate: give artifact sources or --release FILE")
     policy = load_policy(args.host_config, args.require_signature, list(args.trusted_key))
     return _print_outcome(commands.activate(args.root, sources, wait=args.wait, policy=policy), args.json)
 
@@ -125,9 +128,7 @@ def cmd_active(args: argparse.Namespace) -> int:
                 _out(f"  live path:   {s.live_path}")
                 _out(f"  served from: {s.served_from}")
                 _out(f"  persistent:  {s.persistent}")
-                _out(f"  recorded:    {s.recorded}   previous: {s.previous}")
-                if s.recorded != s.version:
-                    _out("  the recorded version differs from the live one: run `swstack restore`")
+                _out(f"  recorded:    {s.recorded or '-'}   previous: {s.previous or '-'}")
             limit = None if args.verbose else 10
             for d in s.differences[:limit]:
                 _out(f"  differs: {d}")
@@ -141,8 +142,16 @@ def cmd_active(args: argparse.Namespace) -> int:
             f"{', '.join(s.stack for s in bad)}: ramdisk copy missing or different; "
             f"`swstack restore` reloads it"
         )
-        return 1
-    return 0
+    unrecorded = [s for s in statuses if s.version is not None and s.recorded != s.version]
+    for s in unrecorded:
+        # A run cut short between the switch and its record (kill -9, power loss): restore
+        # (and a reboot) would bring the recorded one back.
+        log.warn(
+            f"{s.stack}: {s.version} is live but {s.recorded or 'nothing'} is recorded; "
+            f"`swstack set-version {s.version}` records the live one"
+            + (f", `swstack set-version {s.recorded}` goes back" if s.recorded else "")
+        )
+    return 1 if bad or unrecorded else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -319,6 +328,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """A number of versions: 0 or more (argparse type: a bad one is a usage error, exit 2)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 0 or more")
+    return int(text)
+
+
+def _ramdisk_size(text: str) -> str:
+    from .host.init import check_size
+
+    try:
+        return check_size(text)
+    except SwstackError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--ramdisk-size ")) from exc
+
+
 def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
@@ -373,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ramdisk-size",
+        type=_ramdisk_size,
         default="32G",
         metavar="SIZE",
         help="tmpfs size for the fstab line and the size check (default: 32G; 512M, 50%% work too)",
@@ -466,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stack, never one a process still uses. Exit 3 if nothing was removed.",
         lock=True,
     )
-    p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest versions")
+    p.add_argument("--keep", type=_count, required=True, metavar="N", help="keep the N newest versions")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
 
     p = add(
@@ -544,8 +570,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SwstackError as exc:
         sys.stderr.write(f"swstack {args.command}: error: {exc}\n")
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`swstack list | head`): no traceback, and none at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # the machine's answer (a file where a directory belongs...): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"swstack {args.command}: error: {where}{exc.strerror or exc}\n")
+        return 1
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        done = "a step it finished stays done, one it began is undone"
+        sys.stderr.write(f"swstack {args.command}: interrupted; {done}\n")
         return 130
 
 

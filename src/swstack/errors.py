@@ -87,3 +87,9 @@ class SignError(SwstackError):
     """Making a key or a signature failed (no key, wrong password, registry refused)."""
 
     exit_code = 13
+
+
+class UsageError(SwstackError):
+    """A command line the CLI cannot act on (as argparse's own usage errors)."""
+
+    exit_code = 2

@@ -44,6 +44,7 @@ from .artifact import (
     checksum_line,
     checksum_path,
     load_manifest,
+    names_registry,
 )
 from .errors import ActivateError, PushError, SwstackError
 from .fsutil import atomic_output, atomic_write_text, sha256_file
@@ -116,8 +117,7 @@ def parse_reference(
         if not _DIGEST_RE.match(digest):
             raise error(f"{original!r}: bad digest {digest!r}; {hint}")
     host, sep, path = text.partition("/")
-    # Like docker: the first component is a registry when it has a dot, a port or is localhost.
-    if not sep or not ("." in host or ":" in host or host == "localhost") or not _HOST_RE.match(host):
+    if not sep or not names_registry(host) or not _HOST_RE.match(host):
         raise error(f"{original!r}: no registry host; {hint}")
     tag = None
     last = path.rsplit("/", 1)[-1]

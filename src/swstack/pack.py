@@ -97,9 +97,12 @@ class PackOptions:
     require_package_cache: bool = True  # see _pack_records
 
     def resolved_level(self) -> int:
-        if self.level is not None:
-            return self.level
-        return DEFAULT_ZSTD_LEVEL if self.compression == "zstd" else DEFAULT_GZIP_LEVEL
+        if self.level is None:
+            return DEFAULT_ZSTD_LEVEL if self.compression == "zstd" else DEFAULT_GZIP_LEVEL
+        top = 22 if self.compression == "zstd" else 9
+        if not 1 <= self.level <= top:
+            raise PackError(f"level {self.level}: {self.compression} takes levels 1 to {top}")
+        return self.level
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads > 0 else (os.cpu_count() or 1)
@@ -1191,6 +1194,7 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     if not (prefix / "conda-meta").is_dir():
         raise PackError(f"{prefix}: not a conda environment (no conda-meta/); build it first")
     uid, gid = parse_owner(options.owner)
+    options.resolved_level()  # a bad level fails here, before anything is written
 
     log.step(f"pack {prefix}")
     # zstd: conda-pack scans in another process from the start, while this one reads the

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from . import manifest, paths
 from . import toml as tomllib
@@ -216,6 +224,14 @@ class PackSettings(Model):
     format: Literal["tar.zst", "tar.gz"] = "tar.zst"
     level: Annotated[int, Field(ge=1, le=22)] | None = None
     threads: Annotated[int, Field(ge=0, le=256)] = 0
+
+    @field_validator("level")
+    @classmethod
+    def _gzip_level(cls, level: int | None, info: ValidationInfo) -> int | None:
+        # format is declared first, so it is checked (and in info.data) before level.
+        if info.data.get("format") == "tar.gz" and level is not None and level > 9:
+            raise ValueError(f"{level}: tar.gz takes levels 1 to 9 (1 to 22 is zstd's range)")
+        return level
 
 
 KNOWN_PLATFORMS = ["linux-64", "linux-aarch64", "linux-ppc64le", "osx-64", "osx-arm64", "win-64"]
@@ -637,6 +653,8 @@ def format_validation_error(
             loc = (*loc, cause.key)
         key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
         text = f"{_where(origin, loc, top)}: {key}: {_describe(dict(error), _fields_at(loc, root))}"
+        if error["type"] == "extra_forbidden" and len(loc) > 1 and str(loc[-1]) in root.model_fields:
+            text += f"; {loc[-1]} is a top-level key: move it above the first [table] or [[array]] header"
         if text not in problems:
             problems.append(text)
     return "\n".join(problems)
@@ -660,8 +678,37 @@ def _load_stack_file(path: Path) -> tuple[StackFile, tuple[Path, ...]]:
 
 
 def stack_files(stacks_dir: Path) -> list[Path]:
-    """Every stack file in ``stacks_dir``; files without a top-level ``name`` (base.toml) are shared parts."""
-    return [path for path in sorted(stacks_dir.glob("*.toml")) if "name" in _read_toml(path, ())[0]]
+    """Every stack file in ``stacks_dir``, each named after its file; a file without a top-level
+    ``name`` is a shared part (base.toml), which another file must extend: a stack whose
+    ``name`` is missing or misspelt must fail, not drop out of every command unseen."""
+    read = {path: _read_toml(path, ()) for path in sorted(stacks_dir.glob("*.toml"))}
+    extended = set()
+    for path, (data, _) in read.items():
+        parents = data.get("extends") or []
+        for parent in [parents] if isinstance(parents, str) else parents:
+            if isinstance(parent, str):
+                extended.add((path.parent / parent).resolve())
+    stacks = []
+    for path, (data, src) in read.items():
+        if "name" in data:
+            check_named_after_file(path, data, src)
+            stacks.append(path)
+        elif path.resolve() not in extended:
+            raise SpecError(
+                f"{_display(path)}: no top-level name, and no stack file extends it; a stack sets "
+                f'name = "{path.stem}" (above the first [table]), a shared part is named in another\'s extends'
+            )
+    return stacks
+
+
+def check_named_after_file(path: Path, data: Mapping[str, Any], src: _Source) -> None:
+    """``stacks/py3.toml`` must say ``name = "py3"``: ``stack=py3`` finds the file by its name,
+    and the artifacts and lockfiles go by the stack's."""
+    if data.get("name") != path.stem:
+        raise SpecError(
+            f"{_display(path)}:{line_of(src.lines, ('name',))}: name: {data.get('name')!r} is not the file's "
+            f'name; set name = "{path.stem}" or rename the file to {data.get("name")}.toml'
+        )
 
 
 def read_toml_model(path: Path, model: type[M], error: type[SpecError] = SpecError) -> M:
@@ -700,6 +747,10 @@ def find_stack_file(name: str, stacks_dir: Path) -> Path:
         return candidate
     path = stacks_dir / f"{name}.toml"
     if path.is_file():
+        data, src = _read_toml(path, ())
+        if "name" not in data:
+            raise SpecError(f"{_display(path)}: a shared part (no top-level name), not a stack; name a stack file")
+        check_named_after_file(path, data, src)
         return path
     known = sorted(p.stem for p in stacks_dir.glob("*.toml") if p.stem != "base")
     close = difflib.get_close_matches(name, known, n=1)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import log, paths
-from .errors import SwstackError
+from .errors import SwstackError, UsageError
 
 TaskDict = dict[str, Any]
 
@@ -35,19 +35,44 @@ class Options:
 
     @classmethod
     def from_doit(cls) -> Options:
-        from doit import get_var
+        from doit import doit_cmd
 
-        def flag(name: str) -> bool:
-            return str(get_var(name, "0")).lower() in ("1", "true", "yes", "on")
+        given: dict[str, str] = dict(doit_cmd._CMDLINE_VARS or {})  # doit keeps them there, unvalidated
+        return cls.from_vars(given, paths.project_root())
 
+    @classmethod
+    def from_vars(cls, given: Mapping[str, str], project: Path) -> Options:
+        """The variables, checked: a misspelt one (``chek=1``) must not silently mean "off"."""
+        import difflib
+
+        for name in given:
+            if name not in VARIABLES:
+                close = difflib.get_close_matches(name, VARIABLES, n=1)
+                hint = f"did you mean {close[0]}=?" if close else f"known: {', '.join(f'{v}=' for v in VARIABLES)}"
+                raise UsageError(f"unknown variable {name}={given[name]}; {hint}")
+        check = str(given.get("check", "0")).lower()
+        if check not in _TRUE + _FALSE:
+            raise UsageError(f"check={given['check']}: give check=1 (fail if stale) or check=0")
         return cls(
-            stack=get_var("stack", None),
-            variant=get_var("variant", None),
-            site=get_var("site", None),
-            check=flag("check"),
-            version=get_var("version", None),
-            project=paths.project_root(),
+            stack=given.get("stack"),
+            variant=given.get("variant"),
+            site=given.get("site"),
+            check=check in _TRUE,
+            version=given.get("version"),
+            project=project,
         )
+
+
+# The doit variables every task reads (``doit help`` and dodo.py's docstring describe them).
+VARIABLES = {
+    "stack": "the stack to work on (default: every stack in stacks/)",
+    "variant": "a variant of the stack file (default: its default variant; lock: every variant)",
+    "site": "the site file, e.g. sites/offline.toml (default: $SWSTACK_SITE, else the real channels)",
+    "check": "lock: 1 fails when a lockfile is stale instead of writing it (default 0)",
+    "version": "build: the version to give the artifact (default: YYYY.MM.DD[.N])",
+}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -93,6 +93,33 @@ def test_kill_at_named_point(host: dict[str, object], point: str) -> None:
     assert_finishes(host)
 
 
+def test_a_kill_between_switch_and_record_is_reported_not_reverted(host: dict[str, object]) -> None:
+    root = host["root"]
+    assert isinstance(root, Path)
+    res = run(root, "activate", str(host["a2"]), env={"SWSTACK_FAULT_AT": "switched"})
+    assert res.returncode == -signal.SIGKILL
+    assert assert_live_complete(host) == "2.0"
+    status = run(root, "active")
+    assert status.returncode == 1
+    assert "py3: 2.0 is live but 1.0 is recorded; `swstack set-version 2.0` records the live one" in status.stderr
+    assert run(root, "set-version", "2.0").returncode == 0
+    assert run(root, "active").returncode == 0
+    assert json.loads((root / ".swstack" / "state.json").read_text())["stacks"]["py3"]["version"] == "2.0"
+
+
+@pytest.mark.parametrize("point", ["switched", "state-written"])
+def test_ctrl_c_in_the_commit_lands_after_the_record(host: dict[str, object], point: str) -> None:
+    root = host["root"]
+    assert isinstance(root, Path)
+    env = {"SWSTACK_FAULT_AT": point, "SWSTACK_FAULT_SIGNAL": "INT"}
+    res = run(root, "activate", str(host["a2"]), env=env)
+    assert res.returncode == 130 and "interrupted" in res.stderr, res.stderr
+    assert assert_live_complete(host) == "2.0"
+    assert json.loads((root / ".swstack" / "state.json").read_text())["stacks"]["py3"]["version"] == "2.0"
+    assert os.readlink(root / "sw.hdd") == "sw.2.0"
+    assert run(root, "active", "--verify").returncode == 0
+
+
 @pytest.mark.parametrize("delay", [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
 def test_kill_after_delay(host: dict[str, object], delay: float) -> None:
     proc = subprocess.Popen(

@@ -157,6 +157,33 @@ def test_active_verify_names_files_and_restore_reloads(tmp_path: Path, artifacts
     assert sw(root, "active", "--verify").returncode == 0
 
 
+def test_restore_reloads_a_ramdisk_copy_that_differs_while_a_process_holds_it(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    copy = root / "sw.tmpfs" / ".py3@2026.01.01"
+    with (copy / "etc" / "prefix.txt").open("a") as fh:
+        fh.write("junk\n")
+    (copy / "share" / "version.txt").unlink()
+    assert "differs: " in sw(root, "active", check=1).stdout
+    holder = subprocess.Popen(["sleep", "60"], cwd=copy)  # a kernel started from the damaged copy
+    try:
+        res = sw(root, "restore")
+        assert "loaded onto the ramdisk" in res.stdout and "loading it again" in res.stderr
+        assert sw(root, "active", "--verify").returncode == 0
+        assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+        aside = [p for p in (root / "sw.tmpfs").iterdir() if ".damaged-" in p.name]
+        assert len(aside) == 1 and os.readlink(f"/proc/{holder.pid}/cwd") == str(aside[0])
+    finally:
+        holder.kill()
+        holder.wait()
+    sw(root, "restore", check=3)
+    sw(root, "prune", "--keep", "1", check=None)
+    assert not [p for p in (root / "sw.tmpfs").iterdir() if ".damaged-" in p.name]
+
+
 def test_release_with_two_stacks_and_foreign_owner(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a tree to uid 899 needs root")
@@ -189,6 +216,51 @@ def test_diff_between_versions(tmp_path: Path) -> None:
     out = sw(root, "diff", "1.0", "2.0").stdout
     assert "+ astropy 6.1=py312_0" in out and "- numpy" in out and "~ python 3.11.7=h1_0 -> 3.12.1=h0" in out
     assert json.loads(sw(root, "diff", "1.0", str(tmp_path / "b"), "--json").stdout)["added"]
+
+
+def test_diff_refuses_two_stacks_and_names_what_a_version_holds(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0")))
+    other = make_artifact(tmp_path / "t", version="1.0", stack="tool", prefix="/data0/sw/tool")
+    res = sw(root, "diff", "1.0", str(other), check=11)
+    assert "is py3 and" in res.stderr and "is tool: diff compares two versions of one stack" in res.stderr
+    res = sw(root, "diff", "1.0", "1.0", "--stack", "tool", check=11)
+    assert "version 1.0 has no tool; stacks there: py3" in res.stderr
+    (tmp_path / "e.json").write_text("{}")
+    res = sw(root, "diff", "1.0", str(tmp_path / "e.json"), check=11)
+    assert "e.json: not a swstack manifest" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_usage_errors_exit_2_and_a_missing_root_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    assert "--ramdisk-size: 'bogus'" in sw(root, "init", "--ramdisk-size", "bogus", check=2).stderr
+    assert "--keep: '-1'" in sw(root, "prune", "--keep", "-1", check=2).stderr
+    assert "nothing to activate" in sw(root, "activate", check=2).stderr
+    for command in ("active", "list"):
+        assert "root directory missing" in sw(tmp_path / "nope", command, check=11).stderr
+    (tmp_path / "afile").write_text("")
+    res = sw(tmp_path / "afile", "init", check=1)
+    assert res.stderr.count("\n") == 1 and "afile" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    argv = " ".join(swstack_argv("active", "--json", "--verbose", "--root", str(root)))
+    res = subprocess.run(["bash", "-c", f"{argv} | head -c0"], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
+
+
+def test_a_state_file_naming_paths_outside_the_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / ".swstack").mkdir(parents=True)
+    for entry in ({"version": "1.0", "tree": "../../etc"}, {"version": "1.0", "previous": "../../x"}):
+        (root / ".swstack" / "state.json").write_text(json.dumps({"stacks": {"py3": entry}}))
+        res = sw(root, "restore", check=11)
+        assert "not a swstack state file (invalid" in res.stderr and "../../" in res.stderr
 
 
 def test_same_version_different_content_is_refused(tmp_path: Path) -> None:
@@ -280,6 +352,34 @@ def test_ramdisk_too_small_is_refused_up_front(tmp_path: Path) -> None:
     assert "rc=11" in res.stdout and "need " in res.stderr and ", have " in res.stderr
     assert "1.0\n" in res.stdout
     assert ".partial" not in res.stdout and not (root / ".swstack" / "staging").exists()
+
+
+def test_a_truncated_tarball_is_refused_at_fetch_before_the_space_check(tmp_path: Path) -> None:
+    small = make_artifact(tmp_path / "a", version="1.0")
+    big = make_artifact(tmp_path / "b", version="2.0", payload=6 << 20)
+    tarball = next(big.glob("*.tar.zst"))
+    with tarball.open("r+b") as fh:
+        fh.truncate(tarball.stat().st_size - 4096)
+    root = tmp_path / "root"
+    root.mkdir()
+    res = _in_private_data0(
+        root, f"swstack activate {small}; swstack activate {big} || echo rc=$?", tmpfs_size=4 << 20
+    )
+    assert "rc=11" in res.stdout
+    assert "truncated or replaced; re-download it" in res.stderr and ", have " not in res.stderr
+
+
+def test_a_broken_artifact_of_a_version_already_here_is_refused(tmp_path: Path) -> None:
+    art = make_artifact(tmp_path / "a", version="1.0")
+    root = tmp_path / "root"
+    root.mkdir()
+    sw(root, "activate", str(art))
+    side = next(art.glob("*.sha256"))
+    side.write_text("0" * 64 + side.read_text()[64:])
+    res = sw(root, "activate", str(art), check=11)
+    assert "manifest.json and" in res.stderr and "disagree" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "1.0\n"
 
 
 @pytest.mark.parametrize("compression", ["gzip", "none"])

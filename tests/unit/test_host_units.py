@@ -162,6 +162,10 @@ def test_package_diff() -> None:
         ("oci://localhost:5000/py3:1", "oci"),
         ("localhost:5000/py3:2026.01.01", "oci"),
         ("./artifacts/py3/1", "path"),
+        ("registry.example.org/swstack/py3:2026.11.01", "oci"),
+        ("ghcr.io/site/py3@sha256:" + "a" * 64, "oci"),
+        ("localhost/py3:1", "oci"),
+        ("artifacts/py3:1", "path"),
     ],
 )
 def test_source_kinds(ref: str, kind: str) -> None:

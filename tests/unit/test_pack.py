@@ -344,3 +344,12 @@ def test_chunk_frames_concatenate_to_the_tar_stream(threads: int) -> None:
     sink.flush()
     joined = io.BytesIO(b"".join(frames))
     assert zstandard.ZstdDecompressor().stream_reader(joined, read_across_frames=True).read() == out.getvalue()
+
+
+def test_a_level_outside_the_format_range_is_refused() -> None:
+    assert pack.PackOptions(1, compression="gzip", level=9).resolved_level() == 9
+    assert pack.PackOptions(1, compression="zstd", level=19).resolved_level() == 19
+    with pytest.raises(PackError, match="gzip takes levels 1 to 9"):
+        pack.PackOptions(1, compression="gzip", level=15).resolved_level()
+    with pytest.raises(PackError, match="zstd takes levels 1 to 22"):
+        pack.PackOptions(1, compression="zstd", level=0).resolved_level()

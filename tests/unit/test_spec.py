@@ -125,6 +125,19 @@ def test_unknown_nested_key_points_at_its_line(tmp_path: Path) -> None:
     assert "demo.toml:8: image.repo: unknown key; did you mean 'repository'?" in message
 
 
+def test_top_level_key_under_a_table_says_to_move_it(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '\n[[kernels]]\nname = "py"\ndisplay_name = "Py"\nowner = "root:root"\n')
+    message = error_of(path)
+    assert "demo.toml:10: kernels[0].owner: unknown key" in message
+    assert "owner is a top-level key: move it above the first [table] or [[array]] header" in message
+
+
+def test_gzip_level_above_nine_is_refused(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[pack]\nformat = "tar.gz"\nlevel = 15\n'))
+    assert "demo.toml:9: pack.level: 15: tar.gz takes levels 1 to 9" in message
+    load_stack(write(tmp_path, MINIMAL + '\n[pack]\nformat = "tar.zst"\nlevel = 15\n', "zst.toml"))
+
+
 def test_wrong_type(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL + '\n[pack]\nlevel = "high"\n'))
     assert "demo.toml:8: pack.level:" in message and "integer" in message
@@ -216,3 +229,22 @@ def test_the_documented_full_example_is_valid(tmp_path: Path) -> None:
     dev = load_stack(path, "dev")
     assert "numpy >=2" in dev.conda and dev.owner is not None and dev.kernel_spec_dirs == ("../kernel-specs",)
     assert dev.image.tags[-1] == "exp_{git}"
+
+
+def test_a_stack_file_must_be_named_after_its_file_and_a_nameless_one_extended(tmp_path: Path) -> None:
+    from swstack.spec import stack_files
+
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "base.toml").write_text('channels = ["conda-forge"]\n')
+    (stacks / "py3.toml").write_text('name = "py3"\nextends = "base.toml"\n[dependencies]\npython = "3.11.*"\n')
+    assert [p.name for p in stack_files(stacks)] == ["py3.toml"]
+    (stacks / "py3.toml").write_text('extends = "base.toml"\nname = "py4"\n[dependencies]\npython = "3.11.*"\n')
+    for find in (lambda: stack_files(stacks), lambda: find_stack_file("py3", stacks)):
+        with pytest.raises(SpecError, match=r"py3.toml:2: name: 'py4' is not the file's name; set name = \"py3\""):
+            find()
+    (stacks / "py3.toml").write_text('nmae = "py3"\nextends = "base.toml"\n')
+    with pytest.raises(SpecError, match="py3.toml: no top-level name, and no stack file extends it"):
+        stack_files(stacks)
+    with pytest.raises(SpecError, match="a shared part"):
+        find_stack_file("base", stacks)

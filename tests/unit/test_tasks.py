@@ -137,3 +137,17 @@ def test_a_bug_keeps_its_traceback() -> None:
 
     with pytest.raises(KeyError):
         tasks._boundary(buggy)()
+
+
+def test_doit_variables_are_checked(tmp_path: Path) -> None:
+    from swstack.errors import UsageError
+
+    opts = Options.from_vars({"stack": "py3", "check": "yes"}, tmp_path)
+    assert opts.stack == "py3" and opts.check
+    assert not Options.from_vars({"check": "0"}, tmp_path).check
+    with pytest.raises(UsageError, match=r"unknown variable chek=1; did you mean check=\?"):
+        Options.from_vars({"chek": "1"}, tmp_path)
+    with pytest.raises(UsageError, match="unknown variable stak=py3; did you mean stack="):
+        Options.from_vars({"stak": "py3"}, tmp_path)
+    with pytest.raises(UsageError, match="check=y: give check=1"):
+        Options.from_vars({"check": "y"}, tmp_path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import log
+from ..artifact import load_manifest, reraise
 from ..errors import ActivateError
 from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest, host_platform
@@ -94,7 +95,8 @@ def _in_tree_manifest(tree: Path) -> str | None:
         return None
 
 
-def plan_stack(layout: Layout, state: HostState, target: Target) -> StackPlan:
+def plan_stack(layout: Layout, state: HostState, target: Target, reload_copy: bool = False) -> StackPlan:
+    """What activating ``target`` takes; ``reload_copy``: its ramdisk copy is there but damaged."""
     persistent = layout.persistent_tree(target.stack, target.version)
     have_tree = persistent.is_dir()
     if have_tree and target.artifact is not None:
@@ -127,7 +129,7 @@ def plan_stack(layout: Layout, state: HostState, target: Target) -> StackPlan:
     return StackPlan(
         target=target,
         extract=not have_tree,
-        copy=layout.production and not layout.ramdisk_copy(target.stack, target.version).is_dir(),
+        copy=layout.production and (reload_copy or not layout.ramdisk_copy(target.stack, target.version).is_dir()),
         switch=live != wanted,
         record=recorded != wanted or recorded_previous != previous,
         previous=previous[1] if previous else None,
@@ -168,12 +170,18 @@ def space_needs(layout: Layout, plans: list[StackPlan]) -> list[space.SpaceNeed]
 # ---------------------------------------------------------------- doing
 
 
-def prepare_root(layout: Layout) -> None:
-    """Create what swstack keeps under the root and, in production, the sw -> sw.tmpfs link."""
+def require_root(layout: Layout) -> None:
+    """A root that is not there is an error, for the commands that read it too: a mistyped
+    --root must not look like a healthy, empty host."""
     if not layout.root.is_dir():
         raise ActivateError(
             f"{layout.root}: root directory missing; create it (the seed's step S1.1) or pass --root"
         )
+
+
+def prepare_root(layout: Layout) -> None:
+    """Create what swstack keeps under the root and, in production, the sw -> sw.tmpfs link."""
+    require_root(layout)
     layout.private.mkdir(exist_ok=True)
     if layout.production:
         if layout.sw.is_symlink():
@@ -353,6 +361,10 @@ def load_ramdisk(
     except BaseException:
         switch.remove_tree(partial)
         raise
+    if dest.is_dir():
+        # A damaged copy (``restore``): set aside, not deleted, since running kernels may
+        # hold it; the last step drops it once unused. The live link names dest throughout.
+        os.rename(dest, dest.with_name(f"{dest.name}.damaged-{os.getpid()}"))
     os.rename(partial, dest)
     faults.hit("ramdisk-copied")
 
@@ -390,41 +402,43 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
         if p.copy:
             load_ramdisk(layout, p.target.stack, p.target.version, p.target.live_name, written=p.extract)
     # Commit: every tree is complete; each switch is one rename.
-    for p in plans:
-        if p.switch:
-            switch.replace_symlink(
-                layout.live_link(p.target.live_name), layout.link_target(p.target.stack, p.target.version)
-            )
-            log.info(
-                f"{p.target.live_name}: {p.previous or 'nothing'} -> {p.target.version} "
-                f"({p.target.stack}) is live at {layout.live_path(p.target.live_name)}"
-            )
-    faults.hit("switched")
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    for p in plans:
-        name = p.target.live_name
-        if p.record or p.target.stack in moved:
-            old = state.stacks.get(name)
-            entry = StackState(
-                version=p.target.version,
-                previous=p.previous,
-                source=sources.get(p.target.stack) or (old.source if old else ""),
-                relocated_from=moved.get(p.target.stack, old.relocated_from if old else None),
-                activated_at=now if p.switch or p.record else (old.activated_at if old else now),
-                tree="" if p.target.stack == name else p.target.stack,
-                previous_tree="" if p.previous_tree in (None, name) else str(p.previous_tree),
-            )
-            state = state.with_stack(name, entry)
-    if any(p.record or p.extract for p in plans):
-        atomic_write_text(layout.state_file, state.to_json())
-    faults.hit("state-written")
-    hdd_changed = False
-    if hdd is not None and layout.version_dir(hdd).is_dir():
-        if layout.hdd.exists() and not layout.hdd.is_symlink():
-            log.warn(f"{layout.hdd} is a real directory, not a link; leaving it alone")
-        else:
-            hdd_changed = switch.replace_symlink(layout.hdd, f"sw.{hdd}")
-    faults.hit("hdd-switched")
+    # Held signals: a Ctrl-C lands after the record and sw.hdd, never between a switch and them.
+    with switch.signals_held():
+        for p in plans:
+            if p.switch:
+                switch.replace_symlink(
+                    layout.live_link(p.target.live_name), layout.link_target(p.target.stack, p.target.version)
+                )
+                log.info(
+                    f"{p.target.live_name}: {p.previous or 'nothing'} -> {p.target.version} "
+                    f"({p.target.stack}) is live at {layout.live_path(p.target.live_name)}"
+                )
+        faults.hit("switched")
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        for p in plans:
+            name = p.target.live_name
+            if p.record or p.target.stack in moved:
+                old = state.stacks.get(name)
+                entry = StackState(
+                    version=p.target.version,
+                    previous=p.previous,
+                    source=sources.get(p.target.stack) or (old.source if old else ""),
+                    relocated_from=moved.get(p.target.stack, old.relocated_from if old else None),
+                    activated_at=now if p.switch or p.record else (old.activated_at if old else now),
+                    tree="" if p.target.stack == name else p.target.stack,
+                    previous_tree="" if p.previous_tree in (None, name) else str(p.previous_tree),
+                )
+                state = state.with_stack(name, entry)
+        if any(p.record or p.extract for p in plans):
+            atomic_write_text(layout.state_file, state.to_json())
+        faults.hit("state-written")
+        hdd_changed = False
+        if hdd is not None and layout.version_dir(hdd).is_dir():
+            if layout.hdd.exists() and not layout.hdd.is_symlink():
+                log.warn(f"{layout.hdd} is a real directory, not a link; leaving it alone")
+            else:
+                hdd_changed = switch.replace_symlink(layout.hdd, f"sw.{hdd}")
+        faults.hit("hdd-switched")
     kept = tuple(drop_unused_copies(layout))
     results = []
     for p in plans:
@@ -514,6 +528,11 @@ def activate(
         targets: dict[str, Target] = {}
         for art in artifacts:
             check_platform(art.manifest, art.source, host_platform())
+            # At fetch, before any plan: a broken artifact is refused even when its version's
+            # tree is already here (then it is not read again).
+            expectations(art)
+            if art.manifest.tarball is not None and art.manifest.tarball.chunks:
+                chunks.check_table(art.manifest.tarball.chunks, art.tarball.stat().st_size, str(art.tarball))
             stack = check_name("stack", art.manifest.stack_id)
             live = live_name(art.manifest.prefix)
             if live in targets:
@@ -574,12 +593,30 @@ def restore(root: Path, wait: float = 0.0) -> Outcome:
             log.info(f"nothing recorded in {layout.state_file}; nothing to restore")
             return Outcome(())
         plans = [
-            plan_stack(layout, state, Target(entry.tree_of(name), entry.version, None, name))
+            plan_stack(
+                layout,
+                state,
+                Target(entry.tree_of(name), entry.version, None, name),
+                reload_copy=_copy_differs(layout, entry.tree_of(name), entry.version),
+            )
             for name, entry in sorted(state.stacks.items())
         ]
         return _apply(layout, plans, None, {})
 
     return _run_locked(root, wait, body)
+
+
+def _copy_differs(layout: Layout, stack: str, version: str) -> bool:
+    """Whether the version's ramdisk copy is there but differs from its persistent tree (as
+    ``active`` compares them: by type, mode, size and mtime)."""
+    copy, persistent = layout.ramdisk_copy(stack, version), layout.persistent_tree(stack, version)
+    if not (layout.production and copy.is_dir() and persistent.is_dir()):
+        return False
+    differences = compare_trees(persistent, copy, by_hash=False)
+    if differences:
+        more = f" and {len(differences) - 1} more" if len(differences) > 1 else ""
+        log.warn(f"{copy} differs from {persistent} ({differences[0]}{more}); loading it again")
+    return bool(differences)
 
 
 # ---------------------------------------------------------------- reports
@@ -627,6 +664,7 @@ def compare_trees(a: Path, b: Path, by_hash: bool) -> list[str]:
 
 def active(root: Path, verify: bool = False) -> list[StackStatus]:
     layout = Layout(root)
+    require_root(layout)
     state = HostState.load(layout)
     links = layout.live_links()
     names = set(state.stacks) | set(links)
@@ -679,6 +717,7 @@ class VersionInfo:
 
 def list_versions(root: Path) -> tuple[list[VersionInfo], str | None]:
     layout = Layout(root)
+    require_root(layout)
     state = HostState.load(layout)
     out = []
     for v in layout.versions():
@@ -718,7 +757,8 @@ class Diff:
 def _manifest_for(layout: Layout, ref: str, stack: str | None) -> Manifest:
     path = Path(ref)
     if path.is_file() or (path.is_dir() and (path / "manifest.json").is_file()):
-        return Manifest.load(path if path.is_file() else path / "manifest.json")
+        with reraise(ActivateError):
+            return load_manifest(path)
     version = normalize_version(ref)
     stacks = layout.stacks_in(version)
     if not stacks:
@@ -730,12 +770,16 @@ def _manifest_for(layout: Layout, ref: str, stack: str | None) -> Manifest:
         if len(stacks) > 1:
             raise ActivateError(f"version {version} holds {', '.join(stacks)}: pick one with --stack")
         stack = stacks[0]
-    text = _in_tree_manifest(layout.persistent_tree(stack, version))
+    if stack not in stacks:
+        raise ActivateError(f"version {version} has no {stack}; stacks there: {', '.join(stacks)}")
+    tree = layout.persistent_tree(stack, version)
+    text = _in_tree_manifest(tree)
     if text is None:
-        raise ActivateError(
-            f"{layout.persistent_tree(stack, version)}: no {IN_TREE_PATH}; not a swstack tree"
-        )
-    return Manifest.from_json(text)
+        raise ActivateError(f"{tree}: no {IN_TREE_PATH}; not a swstack tree")
+    try:
+        return Manifest.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ActivateError(f"{tree / IN_TREE_PATH}: not a swstack manifest ({exc})") from exc
 
 
 def _pkg_label(p: object) -> str:
@@ -762,7 +806,12 @@ def diff_packages(a: Manifest, b: Manifest) -> Diff:
 
 def diff(root: Path, a: str, b: str, stack: str | None = None) -> Diff:
     layout = Layout(root)
-    return diff_packages(_manifest_for(layout, a, stack), _manifest_for(layout, b, stack))
+    first, second = _manifest_for(layout, a, stack), _manifest_for(layout, b, stack)
+    if first.stack != second.stack:  # variants of one stack compare; two stacks do not
+        raise ActivateError(
+            f"{a} is {first.stack} and {b} is {second.stack}: diff compares two versions of one stack"
+        )
+    return diff_packages(first, second)
 
 
 @dataclass(frozen=True)

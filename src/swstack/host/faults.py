@@ -1,6 +1,7 @@
 """Named points in the activation where fault tests kill us: ``SWSTACK_FAULT_AT=<point>``.
 
 Off unless the variable is set; the points document the order of the activation steps.
+``SWSTACK_FAULT_SIGNAL=INT`` sends SIGINT there instead (Ctrl-C at that very point).
 """
 
 from __future__ import annotations
@@ -25,4 +26,5 @@ POINTS = (
 def hit(point: str) -> None:
     """Die here, like a power cut or ``kill -9``, if the fault tests asked for this point."""
     if os.environ.get("SWSTACK_FAULT_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+        name = os.environ.get("SWSTACK_FAULT_SIGNAL", "KILL")
+        os.kill(os.getpid(), signal.Signals[f"SIG{name}"])

@@ -234,12 +234,25 @@ class HostState:
                 f"`swstack set-version` to record the active versions again"
             ) from exc
         try:
-            return cls({str(name): StackState(**entry) for name, entry in raw.get("stacks", {}).items()})
-        except (TypeError, AttributeError) as exc:
+            state = cls({str(name): StackState(**entry) for name, entry in raw.get("stacks", {}).items()})
+            state.check_names()
+        except (TypeError, AttributeError, ActivateError) as exc:
             raise ActivateError(
                 f"{layout.state_file}: not a swstack state file ({exc}); move it aside and run "
                 f"`swstack set-version` to record the active versions again"
             ) from exc
+        return state
+
+    def check_names(self) -> None:
+        """Every name the record holds is one a path may be made of (the file is the host's,
+        but it names directories that are created and removed)."""
+        for live, entry in self.stacks.items():
+            check_name("stack", live)
+            check_name("version", entry.version)
+            for kind, value in (("tree", entry.tree), ("previous version", entry.previous or ""),
+                                ("previous tree", entry.previous_tree)):  # fmt: skip
+                if value:
+                    check_name(kind, value)
 
     def to_json(self) -> str:
         from dataclasses import asdict

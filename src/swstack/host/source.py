@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log
-from ..artifact import CHECKSUM_SUFFIX, MANIFEST_NAME, checksum_path, load_manifest, reraise, tarball_path
+from ..artifact import (
+    CHECKSUM_SUFFIX,
+    MANIFEST_NAME,
+    checksum_path,
+    load_manifest,
+    names_registry,
+    reraise,
+    tarball_path,
+)
 from ..errors import ActivateError, SwstackError
 from ..fsutil import atomic_output
 from ..manifest import Manifest
@@ -37,7 +45,7 @@ def kind_of(source: str) -> str:
         return "http"
     if source.startswith("oci://"):
         return "oci"
-    if not Path(source).exists() and _OCI_RE.match(source) and ":" in source.split("/", 1)[0]:
+    if not Path(source).exists() and _OCI_RE.match(source) and names_registry(source.split("/", 1)[0]):
         return "oci"
     return "path"
 

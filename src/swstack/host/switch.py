@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ActivateError
@@ -149,3 +152,27 @@ def remove_tree(tree: Path) -> None:
         tree.unlink()
     elif tree.exists():
         shutil.rmtree(tree, onerror=_onerror)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then act as they would have.
+
+    Around the commit (the switches, the state that records them, sw.hdd): a Ctrl-C there
+    would leave a new version live with the old one recorded, which the next ``restore``
+    (a reboot) would bring back. Only the main thread can set handlers; elsewhere the block
+    runs unguarded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    saved = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
