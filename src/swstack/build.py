@@ -121,9 +121,13 @@ def pip_item(package: Any, site: Site) -> PipItem:
                    index=site.pip_index_url or PYPI_INDEX)
 
 
-def existing_versions(artifacts: Path, stack_id: str) -> list[str]:
+def existing_versions(artifacts: Path, stack_id: str, *, complete: bool = False) -> list[str]:
+    """The version directories of a stack (``complete``: only those holding a manifest.json)."""
     stack_dir = artifacts / stack_id
-    return sorted(p.name for p in stack_dir.iterdir() if p.is_dir()) if stack_dir.is_dir() else []
+    if not stack_dir.is_dir():
+        return []
+    dirs = [p for p in stack_dir.iterdir() if p.is_dir()]
+    return sorted(p.name for p in dirs if not complete or (p / artifact.MANIFEST_NAME).is_file())
 
 
 def latest_manifest(artifacts: Path, stack_id: str, platform: str) -> Manifest | None:
@@ -334,6 +338,31 @@ class BuildResult:
     seconds: float
 
 
+def refuse_other_build_of(plan: BuildPlan) -> None:
+    """A version given again (``version=``) may be rebuilt from the same inputs, which gives
+    the same bytes; from other inputs it would replace an artifact that may be pushed and
+    published under that version already."""
+    path = plan.artifact_dir / artifact.MANIFEST_NAME
+    if not path.is_file():
+        return
+    with contextlib.suppress(artifact.ArtifactError):
+        old = artifact.load_manifest(path)
+        if (old.lockfile_sha256, old.stackfile_sha256) == (plan.lockfile_sha256, plan.stack.source_hash):
+            return
+    raise BuildError(
+        f"{plan.artifact_dir} already holds {plan.stack.stack_id} {plan.version} built from other inputs "
+        f"(lockfile or stack file); give another version=, or remove that directory to replace it"
+    )
+
+
+def drop_unfinished(artifact_dir: Path) -> None:
+    """Remove an artifact directory the pack did not finish (no manifest.json: pack writes
+    it last), so no later step, nor the nightly's diff, takes it for an artifact."""
+    if artifact_dir.is_dir() and not (artifact_dir / artifact.MANIFEST_NAME).is_file():
+        shutil.rmtree(artifact_dir, ignore_errors=True)
+        log.info(f"removed the unfinished {artifact_dir}")
+
+
 def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = None,
               sandbox: Sandbox | None = None, relock: bool = True) -> BuildResult:
     """Lock if stale, install in a sandbox, audit, pack. Returns the artifact's manifest."""
@@ -346,10 +375,15 @@ def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = 
     build_dir = build_dir_for(stack, site)
     with exclusive_lock(build_dir.parent / ".lock", f"build: waiting for another build of {stack.stack_id}"):
         plan = plan_build(stack, site, project, version=version)
+        refuse_other_build_of(plan)
         install_in_sandbox(plan, sandbox)
         log.step(f"audit {plan.stack.prefix} for foreign prefixes")
         audit(plan.host_prefix, plan.stack.prefix, plan.build_dir)
-        manifest = pack_in_sandbox(plan, sandbox, installed_kernels(plan.host_prefix), project)
+        try:
+            manifest = pack_in_sandbox(plan, sandbox, installed_kernels(plan.host_prefix), project)
+        except BaseException:
+            drop_unfinished(plan.artifact_dir)
+            raise
     manifest = attest_artifact(plan.artifact_dir, **builder_identity(sandbox))
     seconds = time.monotonic() - started
     log.info(f"built {manifest.stack_id} {manifest.version} in {seconds:.0f}s -> {plan.artifact_dir}")

@@ -230,7 +230,7 @@ def run_stack(stack: Stack, site: Site, project: Path) -> StackReport:
     published = publish_artifact(artifact, ref)
 
     last = load_report(report_path(site, stack.stack_id))
-    before = previous_version(existing_versions(site.artifacts, stack.stack_id), manifest.version,
+    before = previous_version(existing_versions(site.artifacts, stack.stack_id, complete=True), manifest.version,
                               last.version if last else None)
     previous = Manifest.load(site.artifacts / stack.stack_id / before / "manifest.json") if before else None
     report = StackReport(

@@ -86,6 +86,9 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SwstackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("interrupted; run the same command again to finish", file=sys.stderr)
+            raise SystemExit(130) from None
         return None if result is None or result is True else result
 
     return wrapper
@@ -181,9 +184,9 @@ def task_lock(opts: Options) -> Iterator[TaskDict]:
             "name": stack.stack_id,
             "doc": f"lock {stack.stack_id}",
             "actions": [run],
-            "file_dep": [str(p) for p in stack.sources],
             "targets": [] if opts.check else [str(plan.path)],
             # Up to date when the lockfile records the hash of today's inputs; check=1 always runs.
+            # No file_dep: doit would rerun on a comment, or on a fresh clone with no .doit.db.
             "uptodate": [False] if opts.check else [lambda plan=plan: staleness(plan) is None],
             "verbosity": 2,
         }
@@ -193,7 +196,6 @@ def task_lock(opts: Options) -> Iterator[TaskDict]:
 def task_build(opts: Options) -> Iterator[TaskDict]:
     """Build and pack stacks: artifacts/<stack>/<version>/<stack>-<version>-<platform>.tar.zst (+ manifest)."""
     from .build import is_current, run_build
-    from .lock import lockfile_path
 
     site = _site(opts)
     for stack in selected_stacks(opts, all_variants=False):
@@ -203,14 +205,12 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
             result = run_build(stack, site, opts.project, version=opts.version)
             _local_image(stack, site, opts.project, result.artifact_dir)
 
-        lockfile = lockfile_path(stack, opts.project)
         yield {
             "name": stack.stack_id,
             "doc": f"build {stack.stack_id}",
             "actions": [run],
-            "file_dep": [str(p) for p in stack.sources]
-            + ([str(lockfile)] if lockfile.is_file() else []),
-            # Up to date when the newest artifact came from today's lockfile and stack file.
+            # Up to date when the newest artifact came from today's lockfile and stack file, and
+            # is whole (is_current says why not); no file_dep, which would rebuild on a comment.
             "uptodate": [False] if opts.version else [lambda stack=stack: is_current(stack, site, opts.project)],
             "verbosity": 2,
         }

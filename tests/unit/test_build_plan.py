@@ -199,3 +199,26 @@ def test_local_roots_are_the_fewest_directories_that_cover_every_url() -> None:
     roots = local_roots(urls)
     assert sorted(roots) == [Path("/srv/channel"), Path("/srv/git/labclient"), Path("/srv/other")]
     assert len(roots) == len(set(roots))
+
+
+def test_a_version_given_again_is_rebuilt_only_from_the_same_inputs(project: Path, site: Site) -> None:
+    from tests.support.host import make_artifact
+
+    from swstack.build import drop_unfinished, refuse_other_build_of
+    from swstack.manifest import Manifest
+
+    plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, version="9.9", today=TODAY)
+    refuse_other_build_of(plan)  # nothing there yet
+    art = make_artifact(plan.artifact_dir, stack="demo", version="9.9")
+    manifest = Manifest.load(art / "manifest.json")
+    same = replace(manifest, lockfile_sha256=plan.lockfile_sha256, stackfile_sha256=plan.stack.source_hash)
+    (art / "manifest.json").write_text(same.to_json())
+    refuse_other_build_of(plan)  # the same inputs give the same bytes: allowed
+    (art / "manifest.json").write_text(replace(same, lockfile_sha256="0" * 64).to_json())
+    with pytest.raises(BuildError, match="already holds demo 9.9 built from other inputs"):
+        refuse_other_build_of(plan)
+    drop_unfinished(art)
+    assert art.is_dir()  # finished: kept
+    (art / "manifest.json").unlink()
+    drop_unfinished(art)
+    assert not art.exists()
