@@ -619,13 +619,16 @@ def _describe(error: dict[str, Any], model_fields: Sequence[str]) -> str:
 def _fields_at(loc: KeyPath, root: type[BaseModel]) -> list[str]:
     """Valid keys of the table at ``loc``, for 'did you mean'."""
     model: type[BaseModel] | None = root
+    keyed = False  # the part is a name the user chose (a variant, a platform), not a field
     for part in loc[:-1]:
-        if model is None or isinstance(part, int):
+        if model is None or isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = model.model_fields.get(str(part))
         if field is None:
             return []
         annotation = field.annotation
+        keyed = any(getattr(a, "__origin__", a) is dict for a in (annotation, *getattr(annotation, "__args__", ())))
         model = None
         for candidate in getattr(annotation, "__args__", ()) or (annotation,):
             inner = getattr(candidate, "__args__", None)

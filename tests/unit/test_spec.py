@@ -248,3 +248,10 @@ def test_a_stack_file_must_be_named_after_its_file_and_a_nameless_one_extended(t
         stack_files(stacks)
     with pytest.raises(SpecError, match="a shared part"):
         find_stack_file("base", stacks)
+
+
+def test_unknown_keys_inside_named_tables_suggest_the_nearest(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[variants.stable]\ndefualt = true\n\n[lock.platform.linux-64]\nvirtual_packges = {}\n'
+    message = error_of(write(tmp_path, text))
+    assert "demo.toml:8: variants.stable.defualt: unknown key; did you mean 'default'?" in message
+    assert "demo.toml:11: lock.platform.linux-64.virtual_packges: unknown key; did you mean" in message
