@@ -580,6 +580,12 @@ def _load_merged(
         raise SpecError(f"{_display(path)}:{line}: extends: expected a file name or a list of them")
     merged: dict[str, Any] = {}
     for parent in parent_list:
+        if not (path.parent / parent).is_file():
+            others = [p.name for p in path.parent.glob("*.toml") if p.name != path.name]
+            near = difflib.get_close_matches(parent, others, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (a file beside {_display(path)})"
+            line = line_of(src.lines, ("extends",))
+            raise SpecError(f"{_display(path)}:{line}: extends: {parent!r}: no such file{hint}")
         parent_data = _load_merged(path.parent / parent, (*chain, resolved), origin, files)
         merged = _merge(merged, parent_data, None, None)  # origins recorded by the recursive call
     merged = _merge(merged, data, origin, src)
@@ -612,7 +618,8 @@ def _describe(error: dict[str, Any], model_fields: Sequence[str]) -> str:
         given = type(error.get("input")).__name__
         names = {"str": "a string", "int": "an integer", "bool": "true/false", "list": "a list",
                  "dict": "a table", "float": "a number"}
-        return f"{error['msg'].lower()} (got {names.get(given, given)}: {error.get('input')!r})"
+        msg = error["msg"].lower().replace("valid tuple", "valid list")  # TOML has arrays, not tuples
+        return f"{msg} (got {names.get(given, given)}: {error.get('input')!r})"
     return str(error["msg"])
 
 
@@ -654,8 +661,12 @@ def format_validation_error(
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, EntryError):
             loc = (*loc, cause.key)
+        what = _describe(dict(error), _fields_at(loc, root))
+        named = re.match(r"([a-z_][\w\-]*(?:\.[\w\-]+)*): ", what) if not loc else None
+        if named:  # a check across the file names the key it is about: point at that key's line
+            loc, what = tuple(named.group(1).split(".")), what[named.end() :]
         key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
-        text = f"{_where(origin, loc, top)}: {key}: {_describe(dict(error), _fields_at(loc, root))}"
+        text = f"{_where(origin, loc, top)}: {key}: {what}"
         if error["type"] == "extra_forbidden" and len(loc) > 1 and str(loc[-1]) in root.model_fields:
             text += f"; {loc[-1]} is a top-level key: move it above the first [table] or [[array]] header"
         if text not in problems:

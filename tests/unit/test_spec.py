@@ -167,7 +167,10 @@ def test_extends_cycle(tmp_path: Path) -> None:
 
 def test_extends_missing_file(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, 'extends = "nope.toml"\n' + MINIMAL))
-    assert "nope.toml: no such file (extended by" in message
+    assert "demo.toml:1: extends: 'nope.toml': no such file (a file beside" in message
+    write(tmp_path, 'channels = ["conda-forge"]\n', "base.toml")
+    message = error_of(write(tmp_path, 'extends = "bsae.toml"\n' + MINIMAL))
+    assert "demo.toml:1: extends: 'bsae.toml': no such file; did you mean 'base.toml'?" in message
 
 
 def test_error_in_base_points_into_base(tmp_path: Path) -> None:
@@ -255,3 +258,10 @@ def test_unknown_keys_inside_named_tables_suggest_the_nearest(tmp_path: Path) ->
     message = error_of(write(tmp_path, text))
     assert "demo.toml:8: variants.stable.defualt: unknown key; did you mean 'default'?" in message
     assert "demo.toml:11: lock.platform.linux-64.virtual_packges: unknown key; did you mean" in message
+
+
+def test_a_check_across_the_file_points_at_the_key_it_names(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[jupyterlab]\nextensions = ["ipywidgetz"]\n'))
+    assert "demo.toml:8: jupyterlab.extensions: 'ipywidgetz' is not a dependency" in message
+    message = error_of(write(tmp_path, 'platforms = "linux-64"\n' + MINIMAL, "t.toml"))
+    assert "valid list" in message and "tuple" not in message
