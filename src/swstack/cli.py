@@ -79,12 +79,13 @@ def cmd_activate(args: argparse.Namespace) -> int:
     from .host.signature import load_policy
 
     sources = list(args.sources)
-    if args.release:
-        sources += commands.read_release(Path(args.release))
-    elif not sources:
+    names = commands.read_release(Path(args.release)) if args.release else {}
+    sources += names
+    if not sources:
         raise UsageError("nothing to activate: give artifact sources or --release FILE")
     policy = load_policy(args.host_config, args.require_signature, list(args.trusted_key))
-    return _print_outcome(commands.activate(args.root, sources, wait=args.wait, policy=policy), args.json)
+    outcome = commands.activate(args.root, sources, wait=args.wait, policy=policy, names=names)
+    return _print_outcome(outcome, args.json)
 
 
 def cmd_set_version(args: argparse.Namespace) -> int:

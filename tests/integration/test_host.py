@@ -200,6 +200,9 @@ def test_release_with_two_stacks_and_foreign_owner(tmp_path: Path) -> None:
         assert (st.st_uid, st.st_gid) == (899, 899)
     assert (root / "sw" / "py3" / "bin" / "tool").stat().st_uid == 0
     sw(root, "activate", "--release", str(release), check=3)
+    release.write_text('[stacks]\npy3 = "antares"\n')
+    res = sw(root, "activate", "--release", str(release), check=11)
+    assert "the release names" in res.stderr and "py3, but it holds antares" in res.stderr
 
 
 def test_diff_between_versions(tmp_path: Path) -> None:

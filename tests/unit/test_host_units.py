@@ -176,10 +176,10 @@ def test_release_manifest(tmp_path: Path) -> None:
     (tmp_path / "r.toml").write_text(
         '[stacks]\npy3 = "artifacts/py3"\nantares = "localhost:5000/antares:1"\n'
     )
-    assert commands.read_release(tmp_path / "r.toml") == [
-        str(tmp_path / "artifacts/py3"),
-        "localhost:5000/antares:1",
-    ]
+    assert commands.read_release(tmp_path / "r.toml") == {
+        str(tmp_path / "artifacts/py3"): "py3",
+        "localhost:5000/antares:1": "antares",
+    }
     (tmp_path / "bad.toml").write_text("stacks = 1\n")
     with pytest.raises(ActivateError, match="stacks"):
         commands.read_release(tmp_path / "bad.toml")

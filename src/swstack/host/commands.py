@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -481,8 +482,8 @@ def _run_locked(root: Path, wait: float, body: object) -> Outcome:
 # ---------------------------------------------------------------- commands
 
 
-def read_release(path: Path) -> list[str]:
-    """A release manifest: TOML ``[stacks] py3 = "<source>"`` or JSON ``{"stacks": {...}}`` -> sources."""
+def read_release(path: Path) -> dict[str, str]:
+    """A release manifest: TOML ``[stacks] py3 = "<source>"`` or JSON ``{"stacks": {...}}`` -> {source: name}."""
     import json
 
     try:
@@ -508,17 +509,23 @@ def read_release(path: Path) -> list[str]:
             f'{path}: expected a [stacks] table of name = "<source>" (path, URL or OCI reference)'
         )
     base = path.parent
-    out = []
-    for value in stacks.values():
+    out = {}
+    for name, value in stacks.items():
         kind = source.kind_of(value)
-        out.append(str(base / value) if kind == "path" and not os.path.isabs(value) else value)
+        out[str(base / value) if kind == "path" and not os.path.isabs(value) else value] = str(name)
     return out
 
 
 def activate(
-    root: Path, sources: list[str], wait: float = 0.0, policy: signature.TrustPolicy | None = None
+    root: Path,
+    sources: list[str],
+    wait: float = 0.0,
+    policy: signature.TrustPolicy | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> Outcome:
-    """Fetch, verify (signatures too, when ``policy`` requires them), extract and switch the artifacts together."""
+    """Fetch, verify (signatures too, when ``policy`` requires them), extract and switch the artifacts together.
+
+    ``names``: the stack a release file says each source holds (``read_release``), checked."""
     if not sources:
         raise ActivateError("nothing to activate: give artifact sources or --release FILE")
     trust = policy or signature.TrustPolicy()
@@ -528,6 +535,12 @@ def activate(
         targets: dict[str, Target] = {}
         for art in artifacts:
             check_platform(art.manifest, art.source, host_platform())
+            said = (names or {}).get(art.source)
+            if said is not None and said not in (art.manifest.stack, art.manifest.stack_id):
+                raise ActivateError(
+                    f"the release names {art.source} {said}, but it holds {art.manifest.stack_id}; "
+                    f"fix the release file's key"
+                )
             # At fetch, before any plan: a broken artifact is refused even when its version's
             # tree is already here (then it is not read again).
             expectations(art)
