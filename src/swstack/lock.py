@@ -28,7 +28,7 @@ import http.server
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,7 @@ def staleness(plan: LockPlan) -> str | None:
     changed = [p for p in plan.platforms if recorded.get(p) != plan.content_hash[p]]
     if changed:
         return f"inputs changed for {', '.join(changed)} (stack file, variant or lock format)"
-    return local_drift(lockfile, plan.site)
+    return edited(lockfile, plan.path) or local_drift(lockfile, plan.site)
 
 
 def local_file(url: str) -> Path | None:
@@ -177,7 +177,18 @@ def read_lockfile(path: Path) -> Any:
     except FileNotFoundError:
         raise LockError(f"{path}: no lockfile; run `doit lock stack=...` first") from None
     except Exception as exc:
-        raise LockError(f"{path}: not a readable conda-lock file: {exc}") from None
+        raise LockError(f"{path}: not a readable conda-lock file ({_first_problem(exc)}); lock again") from None
+
+
+def _first_problem(exc: Exception) -> str:
+    """One line of a parser's error: pydantic's first error with its location, else the message's first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        with contextlib.suppress(Exception):
+            first = errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            return f"{where}: {first['msg'].lower()}, got {first.get('input')!r}"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 # ---- solving (side effects) ----------------------------------------------------------------------
@@ -466,6 +477,32 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
     return locked
 
 
+# The digest of the locked packages, beside conda-lock's hash of the inputs: the inputs say
+# whether the lock is current, this says whether the file still holds what was locked.
+PACKAGES_KEY = "swstack.packages_sha256"
+
+
+def packages_digest(packages: Iterable[Any]) -> str:
+    """sha256 over what installs: each package's platform, manager, name, version, URL and sha256."""
+    import hashlib
+    import json
+
+    rows = sorted([p.platform, p.manager, p.name, p.version, p.url, p.hash.sha256 or ""] for p in packages)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+def edited(lockfile: Any, path: Path) -> str | None:
+    """Why the lockfile no longer holds what was locked (edited by hand), or None. Lockfiles
+    written before the digest was recorded carry none and pass."""
+    recorded = (lockfile.metadata.custom_metadata or {}).get(PACKAGES_KEY)
+    if recorded and recorded != packages_digest(lockfile.package):
+        return (
+            f"{path}: its packages are not the ones locked (a URL, version or sha256 was edited by hand); "
+            f"lock again, never edit a lockfile"
+        )
+    return None
+
+
 def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) -> None:
     import os
 
@@ -487,6 +524,7 @@ def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) 
             "swstack.variant": plan.stack.variant,
             "swstack.channels": ",".join(channel_names),
             "swstack.prefix": plan.stack.prefix,
+            PACKAGES_KEY: packages_digest(packages),
         },
     )
     lockfile = Lockfile(package=packages, metadata=metadata)

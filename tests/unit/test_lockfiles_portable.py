@@ -53,3 +53,16 @@ def _variants(path: Path) -> list[Stack]:
     from swstack.spec import load_stack_file
 
     return [load_stack(path, v) for v in load_stack_file(path).variant_names]
+
+
+@pytest.mark.parametrize("lockfile", LOCKFILES, ids=lambda p: str(p.relative_to(ROOT / "lockfiles")))
+def test_a_lockfile_edited_by_hand_is_found_out(lockfile: Path, tmp_path: Path) -> None:
+    from swstack.lock import edited, read_lockfile
+
+    assert edited(read_lockfile(lockfile), lockfile) is None  # as committed: what was locked
+    text = lockfile.read_text()
+    start = text.index("\n  hash:\n", text.index("\npackage:\n"))
+    at = text.index("sha256: ", start) + len("sha256: ")
+    copy = tmp_path / "conda-lock.yml"
+    copy.write_text(text[:at] + "f" * 64 + text[at + 64 :])
+    assert "its packages are not the ones locked" in (edited(read_lockfile(copy), copy) or "")
