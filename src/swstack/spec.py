@@ -568,18 +568,8 @@ def _load_merged(
     data, src = _read_toml(path, chain)
     if resolved not in files:
         files.append(resolved)
-    parents = data.get("extends")
-    if parents is None:
-        parent_list: list[str] = []
-    elif isinstance(parents, str):
-        parent_list = [parents]
-    elif isinstance(parents, list) and all(isinstance(p, str) for p in parents):
-        parent_list = parents
-    else:
-        line = line_of(src.lines, ("extends",))
-        raise SpecError(f"{_display(path)}:{line}: extends: expected a file name or a list of them")
     merged: dict[str, Any] = {}
-    for parent in parent_list:
+    for parent in _extends(path, data, src):
         if not (path.parent / parent).is_file():
             others = [p.name for p in path.parent.glob("*.toml") if p.name != path.name]
             near = difflib.get_close_matches(parent, others, n=1)
@@ -591,6 +581,19 @@ def _load_merged(
     merged = _merge(merged, data, origin, src)
     merged.pop("extends", None)
     return merged
+
+
+def _extends(path: Path, data: Mapping[str, Any], src: _Source) -> list[str]:
+    """The files ``extends`` names: one name or a list of them."""
+    parents = data.get("extends")
+    if parents is None:
+        return []
+    if isinstance(parents, str):
+        return [parents]
+    if isinstance(parents, list) and all(isinstance(p, str) for p in parents):
+        return parents
+    line = line_of(src.lines, ("extends",))
+    raise SpecError(f"{_display(path)}:{line}: extends: expected a file name or a list of them")
 
 
 def _where(origin: dict[KeyPath, _Source], loc: KeyPath, default: _Source) -> str:
@@ -696,12 +699,9 @@ def stack_files(stacks_dir: Path) -> list[Path]:
     ``name`` is a shared part (base.toml), which another file must extend: a stack whose
     ``name`` is missing or misspelt must fail, not drop out of every command unseen."""
     read = {path: _read_toml(path, ()) for path in sorted(stacks_dir.glob("*.toml"))}
-    extended = set()
-    for path, (data, _) in read.items():
-        parents = data.get("extends") or []
-        for parent in [parents] if isinstance(parents, str) else parents:
-            if isinstance(parent, str):
-                extended.add((path.parent / parent).resolve())
+    extended = {
+        (path.parent / parent).resolve() for path, (data, src) in read.items() for parent in _extends(path, data, src)
+    }
     stacks = []
     for path, (data, src) in read.items():
         if "name" in data:

@@ -63,7 +63,7 @@ class Options:
         )
 
 
-# The doit variables every task reads (``doit help`` and dodo.py's docstring describe them).
+# The doit variables every task reads (the README and dodo.py's docstring describe them too).
 VARIABLES = {
     "stack": "the stack to work on (default: every stack in stacks/)",
     "variant": "a variant of the stack file (default: its default variant; lock: every variant)",

@@ -27,7 +27,7 @@ from . import chunks, faults, inuse, relocate, reuse, signature, source, space, 
 from .extract import Mirror, extract
 from .layout import HostState, Layout, StackState, check_name, live_name, normalize_version, version_key
 from .lock import host_lock
-from .verify import check_in_tree_manifest, check_platform, expectations
+from .verify import Expected, check_in_tree_manifest, check_platform, expectations
 
 UNCHANGED_EXIT = 3  # `activate`, `set-version`, `restore`, `prune`: nothing to do (Ansible's changed_when)
 
@@ -72,6 +72,7 @@ class Target:
     version: str
     artifact: source.Artifact | None = None
     live: str = ""
+    expected: Expected | None = None  # what checking the artifact at fetch found (``expectations``)
 
     @property
     def live_name(self) -> str:
@@ -225,9 +226,8 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
     sw.tmpfs/.<stack>@<version>.partial (``load_ramdisk`` renames it).
     """
     t = plan.target
-    assert t.artifact is not None
-    art = t.artifact
-    expected = expectations(art)
+    assert t.artifact is not None and t.expected is not None
+    art, expected = t.artifact, t.expected
     staging = layout.staging / f"{t.stack}@{t.version}"
     layout.staging.mkdir(parents=True, exist_ok=True)
     os.mkdir(staging, 0o755)
@@ -304,7 +304,6 @@ def chunk_plan(
     table = art.manifest.tarball.chunks if art.manifest.tarball is not None else ()
     if not table:
         return None
-    chunks.check_table(table, art.tarball.stat().st_size, str(art.tarball))
     if previous is None:
         return chunks.plan(table, {}, None)
     record = chunks.read_record(chunks.record_path(previous.tree.parent, previous.tree.name))
@@ -543,9 +542,7 @@ def activate(
                 )
             # At fetch, before any plan: a broken artifact is refused even when its version's
             # tree is already here (then it is not read again).
-            expectations(art)
-            if art.manifest.tarball is not None and art.manifest.tarball.chunks:
-                chunks.check_table(art.manifest.tarball.chunks, art.tarball.stat().st_size, str(art.tarball))
+            expected = expectations(art)
             stack = check_name("stack", art.manifest.stack_id)
             live = live_name(art.manifest.prefix)
             if live in targets:
@@ -553,7 +550,7 @@ def activate(
                     f"{stack} and {targets[live].stack} both answer to {layout.live_path(live)}; "
                     f"give one artifact per live path"
                 )
-            targets[live] = Target(stack, check_name("version", art.manifest.version), art, live)
+            targets[live] = Target(stack, check_name("version", art.manifest.version), art, live, expected)
         state = HostState.load(layout)
         plans = [plan_stack(layout, state, t) for t in targets.values()]
         hdd = plans[-1].target.version

@@ -1,4 +1,4 @@
-"""Artifact -> checked expectations (checksum, size, names; the chunk table is checked in chunks.py).
+"""Artifact -> checked expectations (checksum, size, names, the chunk table's tiling).
 
 The tarball is read once: extraction hashes it as it streams (the whole file, or each
 chunk it reads against the chunk table) and the digests are compared before the
@@ -13,6 +13,7 @@ from .. import log
 from ..artifact import parse_checksum, reraise
 from ..errors import ActivateError
 from ..manifest import Manifest
+from . import chunks
 from .layout import check_name
 from .source import Artifact
 
@@ -65,6 +66,8 @@ def expectations(artifact: Artifact) -> Expected:
             f"{artifact.tarball}: {actual} bytes, the manifest says {size}: truncated or "
             f"replaced; re-download it"
         )
+    if m.tarball is not None and m.tarball.chunks:
+        chunks.check_table(m.tarball.chunks, actual, str(artifact.tarball))
     return Expected(digest, size, m.total_size)
 
 
