@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import difflib
 import functools
 import hashlib
 import http.server
@@ -196,11 +197,13 @@ def _first_problem(exc: Exception) -> str:
 
 def _solve_conda(plan: LockPlan, platform: str, cache: Path) -> list[Any]:
     import rattler
+    from rattler.exceptions import GatewayError
 
     virtual = [
         rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), rattler.BuildString(b))
         for n, v, b in virtual_package_specs(plan.stack.lock.virtual_packages_for(platform))
     ]
+    _check_local_channels(plan)
     gateway = rattler.Gateway(cache_dir=cache / "repodata")
     try:
         return asyncio.run(
@@ -212,8 +215,38 @@ def _solve_conda(plan: LockPlan, platform: str, cache: Path) -> list[Any]:
                 virtual_packages=virtual,
             )
         )
+    except GatewayError as exc:
+        raise LockError(_explain_unreachable(plan, exc)) from None
     except Exception as exc:
         raise LockError(_explain_unsolvable(plan, platform, exc)) from None
+
+
+def _check_local_channels(plan: LockPlan) -> None:
+    """A channel served from a directory (a site's mirror) that is not there: say so, not "no candidates"."""
+    for channel, url in zip(plan.stack.channels, plan.channel_urls, strict=True):
+        if url.startswith("file://") and not Path(url[len("file://"):]).is_dir():
+            raise LockError(
+                f"channel {channel}: {plan.site.mirror_description()} serves it from {url}, which does not "
+                "exist; build it first (doit channel) or fix the site's [channels.mirrors]"
+            )
+
+
+def _explain_unreachable(plan: LockPlan, exc: Exception) -> str:
+    """A channel's package index could not be fetched: which channel, why, and, for a channel the
+    site does not mirror, the mirrored ones (a typo in a stack's ``channels`` reaches the network)."""
+    text = str(exc).strip()
+    causes = [line.removeprefix("Caused by: ") for line in text.splitlines()[1:] if line.strip()]
+    why = f" ({causes[-1]})" if causes else ""
+    failed = [c for c, url in zip(plan.stack.channels, plan.channel_urls, strict=True) if f"{url}/" in text]
+    lines = [f"cannot fetch the package index of {', '.join(failed) or ', '.join(plan.channel_urls)}{why}:", text]
+    mirrored = sorted(plan.site.mirrors)
+    for channel in failed:
+        if mirrored and channel not in plan.site.mirrors:
+            close = difflib.get_close_matches(channel, mirrored, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"channel {channel!r} has no mirror in {plan.site.mirror_description()}{hint}")
+    lines.append("Check the stack's channels, the site's [channels.mirrors] and the network.")
+    return "\n".join(lines)
 
 
 def _explain_unsolvable(plan: LockPlan, platform: str, exc: Exception) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 
 from . import paths
 from .errors import SiteError
@@ -25,7 +25,7 @@ DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org"
 
 class RegistrySettings(Model):
     url: str | None = None  # host[:port][/namespace], e.g. "registry.example.org/jupyter"
-    insecure: bool | None = None  # plain http; default: only for 127.0.0.1 / localhost
+    insecure: StrictBool | None = None  # plain http; default: only for 127.0.0.1 / localhost
 
     @field_validator("url")
     @classmethod

@@ -21,6 +21,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -124,7 +126,7 @@ class Variant(Model):
     """Named overrides: ``false`` removes a dependency, a string replaces or adds it."""
 
     description: str = ""
-    default: bool = False
+    default: StrictBool = False
     dependencies: dict[str, str | Literal[False]] = Field(default_factory=dict)
     pip: dict[str, dict[str, PipDependency | Literal[False]]] = Field(default_factory=dict)
 
@@ -199,9 +201,9 @@ class ImageSettings(Model):
     tags: tuple[str, ...] = ("{version}", "latest")
     command: tuple[str, ...] = ("jupyterhub-singleuser",)
     user: str = "jovyan"
-    uid: Annotated[int, Field(ge=1, le=2**31)] = 1000
+    uid: Annotated[StrictInt, Field(ge=1, le=2**31)] = 1000
     labels: dict[str, str] = Field(default_factory=dict)
-    max_layers: Annotated[int, Field(ge=2, le=100)] = 12
+    max_layers: Annotated[StrictInt, Field(ge=2, le=100)] = 12
 
     @field_validator("tags")
     @classmethod
@@ -222,8 +224,8 @@ class ImageSettings(Model):
 
 class PackSettings(Model):
     format: Literal["tar.zst", "tar.gz"] = "tar.zst"
-    level: Annotated[int, Field(ge=1, le=22)] | None = None
-    threads: Annotated[int, Field(ge=0, le=256)] = 0
+    level: Annotated[StrictInt, Field(ge=1, le=22)] | None = None
+    threads: Annotated[StrictInt, Field(ge=0, le=256)] = 0
 
     @field_validator("level")
     @classmethod

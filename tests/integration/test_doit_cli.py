@@ -77,6 +77,35 @@ def test_unsatisfiable_spec_names_the_entry_and_writes_nothing(project: Path, of
     assert lockfile.read_text() == before and not list(lockfile.parent.glob("*.partial"))
 
 
+
+@pytest.mark.slow
+def test_a_misspelt_channel_names_the_mirrors_and_writes_nothing(project: Path, offline_site: Site) -> None:
+    """No conda channel is reachable here, as in an air-gapped site: the misspelt channel goes
+    to the network, fails there, and the message says which channel and what the site mirrors."""
+    base = project / "stacks/base.toml"
+    base.write_text(base.read_text().replace('channels = ["conda-forge"]', 'channels = ["conda-froge"]'))
+    lockfile = project / "lockfiles/antares-kernel/conda-lock.yml"
+    before = lockfile.read_text()
+    result = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml")
+    assert result.returncode == 4
+    assert "cannot fetch the package index of conda-froge" in result.stderr
+    assert "channel 'conda-froge' has no mirror in site 'offline'" in result.stderr
+    assert "did you mean 'conda-forge'?" in result.stderr
+    assert "Relax or remove" not in result.stderr and "Traceback" not in result.stderr
+    assert lockfile.read_text() == before and not list(lockfile.parent.glob("*.partial"))
+
+
+def test_a_mirror_directory_that_is_not_there_is_named(project: Path) -> None:
+    site = project / "sites/elsewhere.toml"
+    text = (project / "sites/offline.toml").read_text()
+    site.write_text(text.replace('conda-forge = "{cache}/offline-channel"', 'conda-forge = "{project}/no-channel"'))
+    stack = project / "stacks/antares-kernel.toml"
+    stack.write_text(stack.read_text().replace('numpy = ">=1.26"', 'numpy = ">=1.25"'))  # stale: a solve is due
+    result = doit(project, "lock", "stack=antares-kernel", "site=sites/elsewhere.toml")
+    assert result.returncode == 4
+    assert f"serves it from file://{project}/no-channel, which does not exist" in result.stderr
+    assert "doit channel" in result.stderr and "Traceback" not in result.stderr
+
 @pytest.mark.slow
 def test_conda_lock_renders_an_explicit_list_from_the_offline_channel(project: Path, offline_site: Site,
                                                                       tmp_path: Path) -> None:

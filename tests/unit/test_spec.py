@@ -143,6 +143,20 @@ def test_wrong_type(tmp_path: Path) -> None:
     assert "demo.toml:8: pack.level:" in message and "integer" in message
 
 
+
+@pytest.mark.parametrize(
+    ("table", "given", "got"),
+    [
+        ("[pack]\nlevel", '"3"', "got a string: '3'"),  # TOML has integers: a quoted one is a typo
+        ("[pack]\nthreads", "2.0", "got a number: 2.0"),
+        ("[image]\nuid", "true", "got true/false: True"),
+        ('[variants.dev]\ndefault', '"yes"', "got a string: 'yes'"),
+    ],
+)
+def test_numbers_and_booleans_are_not_coerced(tmp_path: Path, table: str, given: str, got: str) -> None:
+    message = error_of(write(tmp_path, MINIMAL + f"\n{table} = {given}\n"))
+    assert "demo.toml:8:" in message and got in message
+
 def test_invalid_match_spec(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL + 'numpy = ">=1..2[["\n'))
     assert "demo.toml" in message and "dependencies" in message and "invalid conda match spec" in message
