@@ -259,11 +259,14 @@ def _explain_unsolvable(plan: LockPlan, platform: str, exc: Exception) -> str:
         index = index_lines(source.read_text())
         for spec in mentioned:
             name = spec.split()[0]
-            line = line_of(index, ("dependencies", name)) or line_of(
-                index, ("variants", plan.stack.variant, "dependencies", name)
-            )
+            # The variant's entry, where it overrides the base one: that is the spec solved.
+            key: tuple[str, ...] = ("variants", plan.stack.variant, "dependencies", name)
+            line = index.get(key)
+            if line is None:
+                key = ("dependencies", name)
+                line = line_of(index, key)
             where = f"{source}:{line}" if line else str(source)
-            lines.append(f"{where}: dependencies.{name} = {spec!r} is part of the conflict")
+            lines.append(f"{where}: {'.'.join(key)} = {spec!r} is part of the conflict")
     lines.append("Relax or remove the entries above, or check that the channels carry these packages.")
     return "\n".join(lines)
 

@@ -50,7 +50,7 @@ from . import __version__, log
 from .artifact import checksum_line
 from .errors import PackError, SwstackError
 from .fsutil import atomic_output, atomic_write_text
-from .manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballChunk, TarballInfo
+from .manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballChunk, TarballInfo, check_version
 
 Compression = Literal["zstd", "gzip"]
 EntryKind = Literal["file", "dir", "symlink"]
@@ -414,11 +414,15 @@ class _RecordingArchive:
     that ``conda-unpack`` can put any new prefix in.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tool_dir: str) -> None:
         self.entries: list[Entry] = []
+        self.tool_dir = tool_dir.rstrip("/") + "/"
 
     def add(self, source: str, target: str) -> None:
-        self.entries.append(_entry_from_stat(source, target, os.lstat(source)))
+        entry = _entry_from_stat(source, target, os.lstat(source))
+        if source.startswith(self.tool_dir):
+            entry = _dated_at_epoch(entry)
+        self.entries.append(entry)
 
     def add_bytes(self, source: str, data: bytes, target: str) -> None:
         st = os.lstat(source)
@@ -430,6 +434,12 @@ class _RecordingArchive:
     def add_text(self, target: str, text: str, executable: bool) -> None:
         data = text.encode()
         self.entries.append(Entry(target, "file", 0o755 if executable else 0o644, None, len(data), data=data))
+
+
+def _dated_at_epoch(entry: Entry) -> Entry:
+    """A file of conda-pack's own (its ``activate`` scripts): its mtime is when conda-pack was
+    installed on the build machine, which must not reach the tarball (None: the epoch)."""
+    return replace(entry, mtime=None)
 
 
 def _entry_from_stat(source: str, target: str, st: os.stat_result) -> Entry:
@@ -486,7 +496,7 @@ def _scan_prefix(
         def _write_text_file(self, fpath: str, ftext: str, executable: bool = False) -> None:
             archive.add_text(fpath, ftext, executable)
 
-    archive = _RecordingArchive()
+    archive = _RecordingArchive(os.path.dirname(conda_pack.core.__file__))
     plain: list[tuple[str, str]] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -670,7 +680,8 @@ def _conda_pack_scripts(source_date_epoch: int) -> list[Entry]:
     entries = []
     for source, target in getattr(conda_pack.core, "_scripts", []):
         with contextlib.suppress(OSError):
-            entries.append(normalised(_entry_from_stat(source, target, os.lstat(source)), source_date_epoch))
+            entry = _dated_at_epoch(_entry_from_stat(source, target, os.lstat(source)))
+            entries.append(normalised(entry, source_date_epoch))
     progress = os.path.join(getattr(conda_pack.core, "_current_dir", ""), "_progress.py")
     with contextlib.suppress(OSError), open(progress, "rb") as fh:
         data = fh.read()
@@ -1195,6 +1206,8 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
         raise PackError(f"{prefix}: not a conda environment (no conda-meta/); build it first")
     uid, gid = parse_owner(options.owner)
     options.resolved_level()  # a bad level fails here, before anything is written
+    if info.version is not None:
+        check_version(info.version, PackError)  # it names the directory and files written under out_dir
 
     log.step(f"pack {prefix}")
     # zstd: conda-pack scans in another process from the start, while this one reads the

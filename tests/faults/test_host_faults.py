@@ -120,16 +120,34 @@ def test_ctrl_c_in_the_commit_lands_after_the_record(host: dict[str, object], po
     assert run(root, "active", "--verify").returncode == 0
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
-def test_kill_after_delay(host: dict[str, object], delay: float) -> None:
+@pytest.fixture(scope="module")
+def activation_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """How long activating the fixture's 2.0 over 1.0 takes here (the faster of two runs), so
+    the kills below land inside a run, not after it."""
+    base = tmp_path_factory.mktemp("timing")
+    arts = {v: make_artifact(base / "art" / v, version=v, payload=3 << 20) for v in ("1.0", "2.0")}
+    times = []
+    for i in range(2):
+        root = base / f"root{i}"
+        (root / "sw.tmpfs").mkdir(parents=True)
+        assert run(root, "activate", str(arts["1.0"])).returncode == 0
+        start = time.perf_counter()
+        assert run(root, "activate", str(arts["2.0"])).returncode == 0
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75])
+def test_kill_at_a_random_instant(host: dict[str, object], activation_seconds: float, fraction: float) -> None:
     proc = subprocess.Popen(
         swstack_argv("activate", str(host["a2"]), "--root", str(host["root"])),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(delay)
+    time.sleep(fraction * activation_seconds)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the activation ended before the kill ({proc.returncode})"
     assert_live_complete(host)
     assert_finishes(host)
 

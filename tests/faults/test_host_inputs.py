@@ -238,12 +238,34 @@ CASES: dict[str, Callable[[Path, Path], list[str]]] = {f.__name__: f for f in (
 )}
 
 
-MESSAGES = {  # what the one line says, where the case is about the chunk table
-    "chunk_table_short_of_the_file": "tarball.chunks",
-    "chunk_table_overlapping": "tarball.chunks[1]",
-    "chunk_table_past_the_end": "tarball.chunks",
-    "chunk_with_a_flipped_byte": "sha256 mismatch",
+MESSAGES = {  # what the one line says: the cause, not just any error
     "chunk_cut_inside_a_member": "continues past the end of its chunk",
+    "chunk_table_overlapping": "tarball.chunks[1]",
+    "chunk_table_past_the_end": "tarball.chunks: they cover",
+    "chunk_table_short_of_the_file": "tarball.chunks: they cover",
+    "chunk_with_a_flipped_byte": "sha256 mismatch",
+    "empty_tarball": "the tarball has no conda-meta/swstack-manifest.json",
+    "huge_total_size": "not enough space on the disk + ramdisk",
+    "manifest_list": "a manifest is a JSON object",
+    "manifest_not_json": "manifest.json: not a swstack manifest",
+    "manifest_not_utf8": "can't decode byte 0xff",
+    "not_a_tar": "in a tar header); its sha256 matches, so it was packed broken",
+    "oci_bad_reference": "bad tag 'bad tag'",
+    "oci_unreachable": "the registry is unreachable or failing",
+    "packages_wrong_type": "packages: expected a list",
+    "prefix_relative": "manifest prefix 'sw/py3' is not an absolute path",
+    "prefix_root": "prefix '/': a tree is built for a directory under the live path",
+    "release_bad_toml": "release.toml: not valid TOML",
+    "release_missing": "cannot read the release manifest",
+    "release_wrong_shape": "expected a [stacks] table",
+    "source_with_newline": "not a source (expected a path, an http(s) URL or an OCI reference)",
+    "stack_reserved": "invalid stack name 'tmpfs'",
+    "state_corrupt": "state.json: not a swstack state file (stacks.py3: expected an object, got 5)",
+    "tarball_name_escapes": "tarball.name '../../../../etc/passwd' is not a file name beside manifest.json",
+    "version_is_a_number": "version: expected str, got int",
+    "version_with_newline": "invalid version name '2026.01.02\\nswstack: all good'",
+    "version_with_slash": "invalid version name '../../etc'",
+    "zstd_of_garbage": "in a tar header); its sha256 matches, so it was packed broken",
 }
 
 
@@ -265,7 +287,7 @@ def test_broken_input_ends_in_one_line_and_changes_nothing(tmp_path: Path, case:
     errors = [line for line in res.stderr.splitlines() if line.startswith("swstack activate: error: ")]
     assert len(errors) == 1, res.stderr
     assert len([line for line in res.stderr.splitlines() if "error" in line.lower()]) == 1, res.stderr
-    assert MESSAGES.get(case, "") in errors[0], errors[0]
+    assert MESSAGES[case] in errors[0], errors[0]
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
     assert sorted(os.listdir(root / "sw.tmpfs")) == ramdisk
     assert not (root / ".swstack" / "staging").exists() and not (root / "sw.2026.01.02").exists()

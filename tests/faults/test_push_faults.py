@@ -110,6 +110,7 @@ def test_a_transient_drop_is_retried_and_the_push_completes(
         proxy.add(Fault("status", method="PUT", path="/manifests/", status=503))
         pushed = push_image(second, repository=f"{proxy.host}/{REPO}", retry=FAST)
         assert proxy.count("PUT", "/blobs/uploads/", outcome="drop") == 1
+        assert proxy.count("PUT", "/manifests/", outcome="status") == 1
     assert pushed.digest == second.digest
     tags = _tags(registry)
     assert tags["latest"] == tags["2026.11.22"] == second.digest

@@ -161,7 +161,9 @@ def test_download_failures_retry_then_report(
     out = v2.parent / "host"
     with FlakyProxy(registry.host) as proxy:
         proxy.add(Fault("status", method="GET", path="/blobs/", status=502, times=2))
-        oci.fetch_artifact(f"{proxy.host}/{repo}:stable", out, retry=FAST)
+        fetched = oci.fetch_artifact(f"{proxy.host}/{repo}:stable", out, retry=FAST)
+        assert proxy.count("GET", "/blobs/", outcome="status") == 2
+        assert fetched.read_bytes() == next((v2.parent / "a").glob("*.tar.zst")).read_bytes()  # version 1's
         proxy.add(Fault("status", method="GET", path="/manifests/", status=503, times=FOREVER))
         with pytest.raises(ActivateError, match=r"503 Service Unavailable \(gave up after 4 attempts"):
             oci.fetch_artifact(f"{proxy.host}/{repo}:stable", out / "again", retry=FAST)

@@ -79,6 +79,22 @@ def test_unsatisfiable_spec_names_the_entry_and_writes_nothing(project: Path, of
 
 
 @pytest.mark.slow
+def test_a_variants_conflicting_entry_is_named_at_its_own_line(project: Path, offline_site: Site) -> None:
+    stack = project / "stacks/py3.toml"
+    text = stack.read_text().replace(
+        'description = "development client from git (the seed\'s -d)"\n',
+        'description = "development client from git (the seed\'s -d)"\ndependencies.numpy = ">=99"\n',
+    )
+    stack.write_text(text)
+    line = text.splitlines().index('dependencies.numpy = ">=99"') + 1
+    result = doit(project, "lock", "stack=py3", "variant=dev", "site=sites/offline.toml")
+    assert result.returncode == 4
+    assert f"stacks/py3.toml:{line}: variants.dev.dependencies.numpy = 'numpy >=99' is part of the conflict" in (
+        result.stderr
+    )
+
+
+@pytest.mark.slow
 def test_a_misspelt_channel_names_the_mirrors_and_writes_nothing(project: Path, offline_site: Site) -> None:
     """No conda channel is reachable here, as in an air-gapped site: the misspelt channel goes
     to the network, fails there, and the message says which channel and what the site mirrors."""

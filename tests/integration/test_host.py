@@ -66,6 +66,9 @@ def test_activate_switch_revert_and_idempotence(root: Path, artifacts: dict[str,
     if (root / "sw.tmpfs").is_dir():
         assert status["stacks"][0]["in_sync"] is True
         assert not (root / "sw.tmpfs" / ".py3@2026.01.01").exists()  # old ramdisk copy dropped
+    else:  # no ramdisk: the live path is the persistent tree, there is no copy to be in sync
+        assert status["stacks"][0]["in_sync"] is None
+        assert os.readlink(live) == "../sw.2026.02.01/py3"
 
     sw(root, "set-version", "sw.2026.01.01")
     assert (live / "share" / "version.txt").read_text() == "2026.01.01\n"

@@ -32,7 +32,6 @@ from swstack.site import Site
 
 SDE = 1_700_000_000
 REPO = Path(__file__).resolve().parents[2]
-CHANNEL = REPO / "artifacts" / "channel"
 
 DATA_RECIPE = """\
 package: {name: hello-data, version: "1.0"}
@@ -199,6 +198,17 @@ def test_members_are_sorted_and_normalised(hello_prefix: Path, tmp_path: Path) -
     assert by_name["bin/hello-link"].issym() and by_name["bin/hello-link"].linkname == "hello"
     assert by_name["bin"].isdir()
     assert Manifest.load(result.manifest_path).owner == "899:898"
+
+
+def test_conda_packs_own_scripts_are_dated_at_the_epoch(hello_prefix: Path, tmp_path: Path) -> None:
+    """Copied from conda-pack's installation, their mtime is when it was installed on this
+    machine: with an epoch after that, clamping alone would let it into the tarball."""
+    import conda_pack
+
+    later = int(Path(conda_pack.__file__).parent.joinpath("scripts/posix/activate").stat().st_mtime) + 86_400
+    result = pack.pack_prefix(hello_prefix, tmp_path, options=PackOptions(source_date_epoch=later), info=INFO)
+    by_name = {m.name: m for m in _members(result.tarball)}
+    assert [by_name[n].mtime for n in ("bin/activate", "bin/deactivate", "bin/activate.fish")] == [later] * 3
 
 
 def _unpack_and_run(tarball: Path, dest: Path) -> str:
@@ -408,7 +418,7 @@ def _records_through_the_packer(prefix: Path, sde: int) -> list[pack.Entry]:
     import conda_pack.core
     from conda_pack.core import CondaEnv, Packer
 
-    archive = pack._RecordingArchive()
+    archive = pack._RecordingArchive(str(Path(conda_pack.core.__file__).parent))
 
     class RecordingPacker(Packer):  # type: ignore[misc]
         def _write_text_file(self, fpath: str, ftext: str, executable: bool = False) -> None:

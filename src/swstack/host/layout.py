@@ -42,6 +42,8 @@ def check_name(kind: str, value: str) -> str:
 def live_name(prefix: str) -> str:
     """The live name a tree answers to: the last component of the prefix it was built for (pure)."""
     name = prefix.rstrip("/").rsplit("/", 1)[-1]
+    if not name:
+        raise ActivateError(f"prefix {prefix!r}: a tree is built for a directory under the live path, not for /")
     return check_name("prefix", name)
 
 
@@ -216,6 +218,31 @@ class StackState:
         return self.tree or live
 
 
+_STATE_FIELDS = {f: (str, type(None)) if f in ("previous", "relocated_from") else (str,)
+                 for f in StackState.__dataclass_fields__}
+
+
+def _stack_states(raw: object) -> dict[str, StackState]:
+    """``state.json``'s ``stacks`` table, each field checked: the file is the host's own, but a
+    hand edit or a torn write must end in a message that says where, not a TypeError's."""
+    stacks = raw.get("stacks", {}) if isinstance(raw, dict) else None
+    if not isinstance(stacks, dict):
+        raise ActivateError("stacks: expected an object of live name -> record")
+    states = {}
+    for name, entry in stacks.items():
+        if not isinstance(entry, dict):
+            raise ActivateError(f"stacks.{name}: expected an object, got {json.dumps(entry)}")
+        for key, value in entry.items():
+            if key not in _STATE_FIELDS:
+                raise ActivateError(f"stacks.{name}.{key}: unknown field")
+            if not isinstance(value, _STATE_FIELDS[key]):
+                raise ActivateError(f"stacks.{name}.{key}: expected a string, got {json.dumps(value)}")
+        if "version" not in entry:
+            raise ActivateError(f"stacks.{name}: no version")
+        states[str(name)] = StackState(**entry)
+    return states
+
+
 @dataclass(frozen=True)
 class HostState:
     """What was activated, kept on disk so ``restore`` can reload an empty ramdisk after a reboot."""
@@ -234,9 +261,9 @@ class HostState:
                 f"`swstack set-version` to record the active versions again"
             ) from exc
         try:
-            state = cls({str(name): StackState(**entry) for name, entry in raw.get("stacks", {}).items()})
+            state = cls(_stack_states(raw))
             state.check_names()
-        except (TypeError, AttributeError, ActivateError) as exc:
+        except ActivateError as exc:
             raise ActivateError(
                 f"{layout.state_file}: not a swstack state file ({exc}); move it aside and run "
                 f"`swstack set-version` to record the active versions again"

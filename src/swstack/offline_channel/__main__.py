@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m swstack.offline_channel")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the offline channel")
-    b.add_argument("--out", type=Path, default=None)
+    b.add_argument("--out", type=Path, default=None,
+                   help="where to build it (default: the cache's offline-channel, which the offline site mirrors)")
     b.add_argument("--wheelhouse", type=Path, default=None)
     b.add_argument("-j", "--jobs", type=int, default=2)
     sub.add_parser("lock-wheels", help="re-resolve channel/wheels.in into channel/wheels.txt")
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info(f"channel/wheels.txt: {len(wheels)} wheels")
         else:
             build_channel(
-                args.out or default_out_dir(root),
+                args.out or default_out_dir(),
                 recipes_dir=root / "channel" / "recipes",
                 cache_dir=paths.cache_dir(),
                 wheelhouse=args.wheelhouse,

@@ -62,8 +62,9 @@ def python_is_current(out_dir: Path, recipes_dir: Path) -> bool:
     return recorded.read_text().strip() == plan.job("python").key
 
 
-def default_out_dir(root: Path | None = None) -> Path:
-    return (root or paths.project_root()) / "artifacts" / "channel"
+def default_out_dir() -> Path:
+    """Where the offline site (``{cache}/offline-channel``) and ``doit channel`` keep the channel."""
+    return paths.cache_dir() / "offline-channel"
 
 
 def build_channel(
