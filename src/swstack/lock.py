@@ -528,10 +528,12 @@ def packages_digest(packages: Iterable[Any]) -> str:
 
 
 def edited(lockfile: Any, path: Path) -> str | None:
-    """Why the lockfile no longer holds what was locked (edited by hand), or None. Lockfiles
-    written before the digest was recorded carry none and pass."""
+    """Why the lockfile no longer holds what was locked (edited by hand), or None. The digest
+    is part of what ``lock`` writes: a lockfile without it was edited too (its line deleted)."""
     recorded = (lockfile.metadata.custom_metadata or {}).get(PACKAGES_KEY)
-    if recorded and recorded != packages_digest(lockfile.package):
+    if not recorded:
+        return f"{path}: it records no {PACKAGES_KEY} (the digest of its packages); lock again, never edit a lockfile"
+    if recorded != packages_digest(lockfile.package):
         return (
             f"{path}: its packages are not the ones locked (a URL, version or sha256 was edited by hand); "
             f"lock again, never edit a lockfile"
@@ -581,6 +583,9 @@ class LockResult:
 def lock(stack: Stack, site: Site, project: Path, *, check: bool = False, force: bool = False) -> LockResult:
     """Write the lockfile if it is stale (or ``force``); with ``check`` only report staleness."""
     plan = plan_lock(stack, site, project)
+    # A mirror directory that is not there is the site's problem, not the lockfile's: say so
+    # before staleness would blame every package the mirror lacks.
+    _check_local_channels(plan)
     reason = "forced" if force else staleness(plan)
     if reason is None:
         log.info(f"{plan.path}: up to date")

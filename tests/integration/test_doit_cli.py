@@ -64,18 +64,24 @@ def test_lock_is_a_noop_then_relocks_on_edit_and_check_catches_staleness(project
     assert lockfile.read_text() != before
 
 
-@pytest.mark.slow
-def test_unsatisfiable_spec_names_the_entry_and_writes_nothing(project: Path, offline_site: Site) -> None:
-    stack = project / "stacks/antares-kernel.toml"
-    stack.write_text(stack.read_text().replace('numpy = ">=1.26"', 'numpy = ">=99"'))
+def _failed_lock_after_edit(project: Path, stack_file: str, old: str, new: str) -> subprocess.CompletedProcess[str]:
+    """``doit lock stack=antares-kernel`` after replacing ``old`` by ``new`` in ``stack_file``:
+    it fails as a lock error (exit 4), with no traceback, and leaves the lockfile as it was."""
+    path = project / stack_file
+    path.write_text(path.read_text().replace(old, new))
     lockfile = project / "lockfiles/antares-kernel/conda-lock.yml"
     before = lockfile.read_text()
     result = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml")
-    assert result.returncode == 4
+    assert result.returncode == 4 and "Traceback" not in result.stderr, result.stderr
+    assert lockfile.read_text() == before and not list(lockfile.parent.glob("*.partial"))
+    return result
+
+
+@pytest.mark.slow
+def test_unsatisfiable_spec_names_the_entry_and_writes_nothing(project: Path, offline_site: Site) -> None:
+    result = _failed_lock_after_edit(project, "stacks/antares-kernel.toml", 'numpy = ">=1.26"', 'numpy = ">=99"')
     assert "cannot solve antares-kernel" in result.stderr
     assert "stacks/antares-kernel.toml:" in result.stderr and "dependencies.numpy" in result.stderr
-    assert lockfile.read_text() == before and not list(lockfile.parent.glob("*.partial"))
-
 
 
 @pytest.mark.slow
@@ -98,29 +104,30 @@ def test_a_variants_conflicting_entry_is_named_at_its_own_line(project: Path, of
 def test_a_misspelt_channel_names_the_mirrors_and_writes_nothing(project: Path, offline_site: Site) -> None:
     """No conda channel is reachable here, as in an air-gapped site: the misspelt channel goes
     to the network, fails there, and the message says which channel and what the site mirrors."""
-    base = project / "stacks/base.toml"
-    base.write_text(base.read_text().replace('channels = ["conda-forge"]', 'channels = ["conda-froge"]'))
-    lockfile = project / "lockfiles/antares-kernel/conda-lock.yml"
-    before = lockfile.read_text()
-    result = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml")
-    assert result.returncode == 4
+    result = _failed_lock_after_edit(project, "stacks/base.toml", 'channels = ["conda-forge"]',
+                                     'channels = ["conda-froge"]')
     assert "cannot fetch the package index of conda-froge" in result.stderr
     assert "channel 'conda-froge' has no mirror in site 'offline'" in result.stderr
     assert "did you mean 'conda-forge'?" in result.stderr
-    assert "Relax or remove" not in result.stderr and "Traceback" not in result.stderr
-    assert lockfile.read_text() == before and not list(lockfile.parent.glob("*.partial"))
+    assert "Relax or remove" not in result.stderr
 
 
 def test_a_mirror_directory_that_is_not_there_is_named(project: Path) -> None:
     site = project / "sites/elsewhere.toml"
     text = (project / "sites/offline.toml").read_text()
     site.write_text(text.replace('conda-forge = "{cache}/offline-channel"', 'conda-forge = "{project}/no-channel"'))
+    # A check of a committed lockfile blames the missing mirror, not the lockfile.
+    checked = doit(project, "lock", "stack=antares-kernel", "site=sites/elsewhere.toml", "check=1")
+    assert checked.returncode == 4
+    assert f"serves it from file://{project}/no-channel, which does not exist" in checked.stderr
+    assert "is stale" not in checked.stderr and "Traceback" not in checked.stderr
     stack = project / "stacks/antares-kernel.toml"
     stack.write_text(stack.read_text().replace('numpy = ">=1.26"', 'numpy = ">=1.25"'))  # stale: a solve is due
     result = doit(project, "lock", "stack=antares-kernel", "site=sites/elsewhere.toml")
     assert result.returncode == 4
     assert f"serves it from file://{project}/no-channel, which does not exist" in result.stderr
     assert "doit channel" in result.stderr and "Traceback" not in result.stderr
+
 
 @pytest.mark.slow
 def test_conda_lock_renders_an_explicit_list_from_the_offline_channel(project: Path, offline_site: Site,

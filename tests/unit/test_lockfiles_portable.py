@@ -66,3 +66,17 @@ def test_a_lockfile_edited_by_hand_is_found_out(lockfile: Path, tmp_path: Path) 
     copy = tmp_path / "conda-lock.yml"
     copy.write_text(text[:at] + "f" * 64 + text[at + 64 :])
     assert "its packages are not the ones locked" in (edited(read_lockfile(copy), copy) or "")
+
+
+@pytest.mark.parametrize("lockfile", LOCKFILES[:1], ids=lambda p: str(p.relative_to(ROOT / "lockfiles")))
+def test_a_lockfile_whose_digest_line_was_deleted_is_found_out(lockfile: Path, tmp_path: Path) -> None:
+    from swstack.lock import PACKAGES_KEY, edited, read_lockfile
+
+    lines = lockfile.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if PACKAGES_KEY not in line]
+    assert len(kept) == len(lines) - 1
+    copy = tmp_path / "conda-lock.yml"
+    copy.write_text("".join(kept))
+    assert edited(read_lockfile(copy), copy) == (
+        f"{copy}: it records no {PACKAGES_KEY} (the digest of its packages); lock again, never edit a lockfile"
+    )
