@@ -42,6 +42,9 @@ TAG_FIELDS = (
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _OWNER = re.compile(r"^(?:\d+|[a-z_][a-z0-9_-]*)(?::(?:\d+|[a-z_][a-z0-9_-]*))?$")
 _TAG = re.compile(r"^[A-Za-z0-9_{}][A-Za-z0-9_.{}-]*$")
+# A path component of an OCI repository name (the distribution spec's, as oci.parse_reference
+# checks a reference): lowercase only, so a registry would refuse "Swstack/Py3" at push time.
+_REPOSITORY_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -204,6 +207,16 @@ class ImageSettings(Model):
     uid: Annotated[StrictInt, Field(ge=1, le=2**31)] = 1000
     labels: dict[str, str] = Field(default_factory=dict)
     max_layers: Annotated[StrictInt, Field(ge=2, le=100)] = 12
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, repository: str | None) -> str | None:
+        if repository is not None and not all(_REPOSITORY_COMPONENT.match(c) for c in repository.split("/")):
+            raise ValueError(
+                f"{repository!r}: a repository name is lowercase letters, digits and '.', '_', '-' "
+                "between them, in '/'-separated parts (e.g. swstack/py3)"
+            )
+        return repository
 
     @field_validator("tags")
     @classmethod

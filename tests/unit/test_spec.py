@@ -216,6 +216,14 @@ def test_weekly_tag_with_the_calendar_year_is_refused(tmp_path: Path) -> None:
     assert "image.tags" in message and "pair it with {isoyear}, not {yyyy}" in message
 
 
+@pytest.mark.parametrize("repository", ["Swstack/py3", "swstack//py3", "swstack/py3-", "-py3"])
+def test_a_repository_name_a_registry_would_refuse_is_refused_at_load(tmp_path: Path, repository: str) -> None:
+    text = MINIMAL + f'\n[image]\nrepository = "{repository}"\n'
+    line = text.splitlines().index(f'repository = "{repository}"') + 1
+    message = error_of(write(tmp_path, text))
+    assert f"demo.toml:{line}: image.repository: {repository!r}: a repository name is lowercase" in message
+
+
 def test_several_problems_are_reported_at_once(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL + '\n[pack]\nformat = "zip"\nthreads = -1\n'))
     assert len(message.splitlines()) == 2
