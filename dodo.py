@@ -8,6 +8,7 @@
 """
 
 from swstack.tasks import (  # noqa: F401
+    Reporter,
     task_build,
     task_channel,
     task_ci,
@@ -25,4 +26,5 @@ DOIT_CONFIG = {
     "default_tasks": [],
     "verbosity": 2,
     "action_string_formatting": "new",
+    "reporter": Reporter,  # doit's console reporter; a task printing JSON keeps stdout to itself
 }

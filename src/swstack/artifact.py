@@ -187,13 +187,29 @@ def damage(directory: Path, manifest: Manifest) -> str | None:
         return f"{side} is missing"
     if side.read_text(errors="replace") != checksum_line(manifest.tarball.sha256, tarball.name):
         return f"{side} does not name the tarball with the sha256 manifest.json records ({manifest.tarball.sha256})"
+    return content_damage(tarball, manifest)
+
+
+def content_damage(tarball: Path, manifest: Manifest) -> str | None:
+    """Why ``tarball``'s bytes are not those ``manifest`` records (its size, then its sha256), or None."""
+    assert manifest.tarball is not None  # the callers checked it
+    recorded = manifest.tarball
     size = tarball.stat().st_size
-    if size != manifest.tarball.size:
-        return f"{tarball} has {size} bytes, manifest.json records {manifest.tarball.size}"
+    if size != recorded.size:
+        return f"{tarball} has {size} bytes, {MANIFEST_NAME} records {recorded.size}"
     actual = sha256_file(tarball)
-    if actual != manifest.tarball.sha256:
-        return f"{tarball} has sha256 {actual}, manifest.json and {side.name} record {manifest.tarball.sha256}"
+    if actual != recorded.sha256:
+        return f"{tarball} has sha256 {actual}, {MANIFEST_NAME} records {recorded.sha256}"
     return None
+
+
+def check_whole(artifact: LocalArtifact) -> None:
+    """The tarball is the one manifest.json records (size and sha256, so it is hashed) and its side
+    file, if any, agrees: what to check before sending the tarball anywhere."""
+    check_side_files(artifact)
+    damaged = content_damage(artifact.tarball, artifact.manifest)
+    if damaged is not None:
+        raise ArtifactError(damaged)
 
 
 # ----------------------------------------------------------------------------- the OCI artifact

@@ -27,7 +27,7 @@ from .errors import BuildError
 from .fsutil import atomic_write_text, exclusive_lock, sha256_file
 from .install import CondaItem, InstallPlan, KernelItem, PipItem, check_local_file
 from .lock import PYPI_INDEX, lock, lock_time, lockfile_path, pip_index_file, read_lockfile
-from .manifest import Manifest, host_platform
+from .manifest import Manifest, check_version, host_platform
 from .pack import next_version
 from .sandbox import DockerSandbox, Mount, Sandbox, open_sandbox
 from .site import Site
@@ -150,14 +150,32 @@ def latest_manifest(artifacts: Path, stack_id: str, platform: str) -> Manifest |
     return max(found, key=lambda item: item[0])[1] if found else None
 
 
-def why_not_current(stack: Stack, site: Site, project: Path, platform: str | None = None) -> str | None:
-    """Why ``stack`` needs a build, or None when its newest artifact is whole and from today's inputs."""
+def artifact_manifest(artifacts: Path, stack_id: str, platform: str, version: str | None = None) -> Manifest | None:
+    """The manifest of ``version``'s artifact (None: the newest) of a stack for a platform, or
+    None when there is no such complete artifact (an unreadable manifest warns, as in ``latest_manifest``)."""
+    if version is None:
+        return latest_manifest(artifacts, stack_id, platform)
+    path = artifacts / stack_id / version / artifact.MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = artifact.load_manifest(path)
+    except artifact.ArtifactError as exc:
+        log.warn(f"unreadable manifest: {exc}; that artifact is ignored")
+        return None
+    return manifest if manifest.platform == platform else None
+
+
+def why_not_current(stack: Stack, site: Site, project: Path, platform: str | None = None, *,
+                    version: str | None = None) -> str | None:
+    """Why ``stack`` needs a build, or None when its newest artifact (``version``: that version's)
+    is whole and from today's inputs."""
     path = lockfile_path(stack, project)
     if not path.is_file():
         return f"{path} does not exist yet"
-    manifest = latest_manifest(site.artifacts, stack.stack_id, platform or host_platform())
+    manifest = artifact_manifest(site.artifacts, stack.stack_id, platform or host_platform(), version)
     if manifest is None:
-        return f"no artifact of {stack.stack_id} in {site.artifacts}"
+        return f"no artifact of {stack.stack_id}{f' {version}' if version else ''} in {site.artifacts}"
     if manifest.lockfile_sha256 != sha256_file(path):
         return f"{stack.stack_id} {manifest.version} was built from another {path.name}"
     if manifest.stackfile_sha256 != stack.source_hash:
@@ -165,10 +183,12 @@ def why_not_current(stack: Stack, site: Site, project: Path, platform: str | Non
     return artifact.damage(site.artifacts / stack.stack_id / manifest.version, manifest)
 
 
-def is_current(stack: Stack, site: Site, project: Path, platform: str | None = None) -> bool:
-    """doit's uptodate: the newest artifact is whole and was built from today's lockfile and
-    stack file. When it is not, one line says why (the build that follows fixes it)."""
-    reason = why_not_current(stack, site, project, platform)
+def is_current(stack: Stack, site: Site, project: Path, platform: str | None = None, *,
+               version: str | None = None) -> bool:
+    """doit's uptodate: the newest artifact (``version``: that version's) is whole and was built
+    from today's lockfile and stack file. When it is not, one line says why (the build that
+    follows fixes it, or refuses a version built from other inputs)."""
+    reason = why_not_current(stack, site, project, platform, version=version)
     if reason is not None:
         log.info(f"build:{stack.stack_id} is not up to date: {reason}")
     return reason is None
@@ -218,8 +238,8 @@ def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None =
         package_cache=str(package_cache),
         extensions=list(stack.jupyterlab.extensions),
     )
-    chosen = version or next_version(existing_versions(site.artifacts, stack.stack_id),
-                                     (today or datetime.now(timezone.utc)).date())
+    chosen = check_version(version, BuildError) if version is not None else next_version(
+        existing_versions(site.artifacts, stack.stack_id), (today or datetime.now(timezone.utc)).date())
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     return BuildPlan(
         stack=stack,
@@ -259,9 +279,30 @@ def _tools() -> list[str]:
 
 
 def _fresh_dir(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    """Make ``path`` an empty directory, or fail in one line saying what is in the way."""
+    try:
+        _remove_tree(path)
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise BuildError(
+            f"cannot empty {path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+            + "; stop whatever still writes there (a build killed before the sandbox ended its processes), "
+            "or remove the directory by hand, then build again"
+        ) from None
+
+
+def _remove_tree(path: Path) -> None:
+    """``rmtree``, tried twice: a process still writing into the tree (ENOTEMPTY) may have ended by then."""
+    for attempt in (1, 2):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt == 2:
+                raise
+            time.sleep(1)
 
 
 def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:

@@ -53,7 +53,10 @@ def _out(line: str = "") -> None:
 
 def _print_outcome(outcome: Any, as_json: bool) -> int:
     if as_json:
-        _emit_json({"changed": outcome.changed, "hdd": outcome.hdd, "stacks": list(outcome.results)})
+        _emit_json(
+            {"changed": outcome.changed, "hdd": outcome.hdd, "stacks": list(outcome.results),
+             "failed": list(outcome.failed)}
+        )  # fmt: skip
     else:
         for r in outcome.results:
             if r.changed:
@@ -83,7 +86,10 @@ def cmd_activate(args: argparse.Namespace) -> int:
     sources += names
     if not sources:
         raise UsageError("nothing to activate: give artifact sources or --release FILE")
-    policy = load_policy(args.host_config, args.require_signature, list(args.trusted_key))
+    # A --trusted-key on the command line asks for signatures: it makes them required for this
+    # activation (checking nothing while a key was given would be the surprise).
+    required = args.require_signature or bool(args.trusted_key)
+    policy = load_policy(args.host_config, required, list(args.trusted_key))
     outcome = commands.activate(args.root, sources, wait=args.wait, policy=policy, names=names)
     return _print_outcome(outcome, args.json)
 
@@ -97,9 +103,14 @@ def cmd_set_version(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .errors import ActivateError
     from .host import commands
 
-    return _print_outcome(commands.restore(args.root, wait=args.wait), args.json)
+    outcome = commands.restore(args.root, wait=args.wait)
+    status = _print_outcome(outcome, args.json)
+    for line in outcome.failed:  # the others were restored; each failure is one line
+        sys.stderr.write(f"swstack {args.command}: error: {line}\n")
+    return ActivateError.exit_code if outcome.failed else status
 
 
 def cmd_active(args: argparse.Namespace) -> int:
@@ -127,8 +138,8 @@ def cmd_active(args: argparse.Namespace) -> int:
             _out(f"{s.stack}: {s.version or 'NOT LIVE'}" + (f" ({', '.join(served)})" if served else "") + sync)
             if args.verbose:
                 _out(f"  live path:   {s.live_path}")
-                _out(f"  served from: {s.served_from}")
-                _out(f"  persistent:  {s.persistent}")
+                _out(f"  served from: {s.served_from or '-'}")
+                _out(f"  persistent:  {s.persistent or '-'}")
                 _out(f"  recorded:    {s.recorded or '-'}   previous: {s.previous or '-'}")
             limit = None if args.verbose else 10
             for d in s.differences[:limit]:
@@ -213,18 +224,22 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from .host import commands
 
-    plan, changed = commands.prune(args.root, args.keep, dry_run=args.dry_run, wait=args.wait)
+    pruned = commands.prune(args.root, args.keep, dry_run=args.dry_run, wait=args.wait)
+    plan = pruned.plan
     if args.json:
         _emit_json(
-            {"removed": [] if args.dry_run else plan.remove, "would_remove": plan.remove, "kept": plan.keep}
-        )
+            {"removed": [] if args.dry_run else plan.remove, "would_remove": plan.remove, "kept": plan.keep,
+             "removed_copies": list(pruned.copies)}
+        )  # fmt: skip
     else:
         verb = "would remove" if args.dry_run else "removed"
         for v in plan.remove:
             _out(f"{verb} sw.{v}")
+        for copy in pruned.copies:
+            _out(f"removed {copy} (ramdisk copy no longer live)")
         for v, why in sorted(plan.keep.items()):
             _out(f"kept sw.{v} ({why})")
-    return 0 if changed else UNCHANGED_EXIT
+    return 0 if pruned.changed else UNCHANGED_EXIT
 
 
 def _policy(args: argparse.Namespace) -> Any:
@@ -336,6 +351,17 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    """A --wait: a number of seconds, 0 or more (argparse type: a bad one is a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0.0 <= value < float("inf")):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds, 0 or more")
+    return value
+
+
 def _ramdisk_size(text: str) -> str:
     from .host.init import check_size
 
@@ -359,10 +385,11 @@ def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParse
     if lock:
         p.add_argument(
             "--wait",
-            type=float,
+            type=_seconds,
             default=0.0,
             metavar="SECONDS",
-            help="if another swstack holds the host lock, wait this long (default: fail at once)",
+            help="if another swstack holds the host lock, wait up to this many seconds, 0 or more "
+            "(default 0: fail at once)",
         )
     p.add_argument("--debug", action="store_true", help="log every step and command")
     return p
@@ -415,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
         "version already has are hardlinked), relocate if the root differs from the built\n"
         "prefix, and switch the live path <root>/sw/<name> (<name>: the built prefix's last\n"
         "component; variants of a stack share it) atomically; then point <root>/sw.hdd at\n"
-        "the version. With a signature policy (--require-signature or the host config), an\n"
-        "artifact no trusted key signed is refused before anything is written.\n"
+        "the version. With a signature policy (--require-signature, --trusted-key or the host\n"
+        "config), an artifact no trusted key signed is refused before anything is written.\n"
         "Exit 0 if something changed, 3 if already active, 11 if refused or failed.",
         lock=True,
     )
@@ -429,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--require-signature",
         action="store_true",
-        help="refuse an artifact unless a trusted key signed it (also: [signatures] require in the host config)",
+        help="refuse an artifact unless a trusted key signed it (also: [signatures] require in the host "
+        "config; implied by --trusted-key)",
     )
     p.add_argument(
         "--trusted-key",
@@ -437,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=Path,
         metavar="PUBKEY",
-        help="a PEM public key (the site's cosign.pub) whose signatures are trusted; repeatable",
+        help="a PEM public key (the site's cosign.pub) whose signatures are trusted; repeatable. "
+        "Given here, it requires a signature for this activation, as --require-signature does",
     )
     p.add_argument(
         "--host-config",
@@ -451,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_set_version,
         "switch to a version already on the host",
         "Revert or update to a version already on the host (the seed's --set-version):\n"
-        "VERSION is 2026.11.01, sw.2026.11.01 or <root>/sw.2026.11.01. Exit 3 if already active.",
+        "VERSION is 2026.11.01, sw.2026.11.01, <root>/sw.2026.11.01, or <root>/sw.2026.11.01/<stack>\n"
+        "for one stack of it. Exit 3 if already active, 11 if there is no such version or stack.",
         lock=True,
     )
     p.add_argument("version", metavar="VERSION")

@@ -9,9 +9,12 @@ installs without the build dependencies.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import SwstackError
 
 SCHEMA = 1
 IN_TREE_PATH = "conda-meta/swstack-manifest.json"
@@ -25,6 +28,28 @@ def host_platform() -> str:
 
     machine = platform.machine()
     return f"linux-{_CONDA_ARCH.get(machine, machine)}"
+
+# A version names a directory (artifacts/<stack>/<version>/, a host's sw.<version>), a file
+# (<stack>-<version>-<platform>.tar.zst) and an OCI tag (<registry>/<stack>:<version>), so it
+# takes what all three take: an OCI tag's characters and length (no '+', at most 128), starting
+# with a letter or digit, as the host's names do (so no '.', '..' or '-option').
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+VERSION_RULE = "letters, digits and . _ - (at most 128, the first a letter or digit), e.g. 2026.11.21 or 29.0.0"
+
+
+def check_version(version: str, error: type[SwstackError]) -> str:
+    """``version`` if it is one (see ``VERSION_RULE``), else ``error`` saying what is allowed.
+
+    The one rule for a version, checked where one comes in (doit's ``version=``, ``pack
+    --version``, ``plan_build``), before anything is written.
+    """
+    from .host.layout import RESERVED_VERSIONS  # the host's link names (sw.tmpfs, sw.hdd); lazy: it imports us
+
+    if not _VERSION_RE.fullmatch(version) or version in RESERVED_VERSIONS:
+        reserved = " (not tmpfs or hdd, a host's link names)" if version in RESERVED_VERSIONS else ""
+        raise error(f"version {version!r}: use {VERSION_RULE}{reserved}")
+    return version
+
 
 # The variant names a manifest written before it recorded ``default_variant`` used for
 # its stack's default variant; only reading such a manifest needs them.

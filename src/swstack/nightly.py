@@ -195,13 +195,17 @@ def load_report(path: Path) -> StackReport | None:
         return None
 
 
-def run_stack(stack: Stack, site: Site, project: Path) -> StackReport:
-    """One stack variant through the nightly: lock check, build, smoke test, image, push, publish."""
-    from .build import existing_versions, latest_manifest, run_build, why_not_current
-    from .image import build_image, mirror_base, push_image, registry_answers
+def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = None) -> StackReport:
+    """One stack variant through the nightly: lock check, build, smoke test, image, push, publish.
+
+    ``version``: the artifact's version (default: today's, ``YYYY.MM.DD[.N]``), reused when
+    whole and current, built otherwise. Pushing and publishing go through ``release``, as
+    ``doit push`` and ``doit publish`` do: attested, and signed when the site has keys."""
+    from .build import artifact_manifest, existing_versions, run_build, why_not_current
+    from .image import build_image, mirror_base, registry_answers
     from .lock import lock
     from .manifest import host_platform
-    from .publish import publish_artifact
+    from .release import publish_attested, push_attested
 
     clock = _Clock()
     if not site.registry or not registry_answers(site):
@@ -209,15 +213,15 @@ def run_stack(stack: Stack, site: Site, project: Path) -> StackReport:
                         "the nightly pushes and publishes, so start it or set [registry] url in the site file")
     log.step(f"nightly {stack.stack_id}: lock check")
     lock(stack, site, project, check=True)
-    reason = why_not_current(stack, site, project)
+    reason = why_not_current(stack, site, project, version=version)
     if reason is None:
-        manifest = latest_manifest(site.artifacts, stack.stack_id, host_platform())
+        manifest = artifact_manifest(site.artifacts, stack.stack_id, host_platform(), version)
         assert manifest is not None  # current implies an artifact
         log.info(f"nightly {stack.stack_id}: {manifest.version} is whole and current, reused")
         artifact = site.artifacts / stack.stack_id / manifest.version
     else:
         log.step(f"nightly {stack.stack_id}: build ({reason})")
-        result = run_build(stack, site, project, relock=False)
+        result = run_build(stack, site, project, version=version, relock=False)
         manifest, artifact = result.manifest, result.artifact_dir
     if manifest.tarball is None:
         raise BuildError(f"{artifact / 'manifest.json'} names no tarball")
@@ -225,9 +229,8 @@ def run_stack(stack: Stack, site: Site, project: Path) -> StackReport:
     log.step(f"nightly {stack.stack_id}: image, push, publish")
     mirror_base(stack, site)
     image = build_image(stack, site, project, artifact)
-    pushed = push_image(artifact / "image")
-    ref = f"{site.registry}/{stack.stack_id}:{manifest.version}"
-    published = publish_artifact(artifact, ref)
+    pushed = push_attested(site, artifact)
+    published = publish_attested(site, artifact, stack.stack_id)
 
     last = load_report(report_path(site, stack.stack_id))
     before = previous_version(existing_versions(site.artifacts, stack.stack_id, complete=True), manifest.version,
@@ -237,7 +240,7 @@ def run_stack(stack: Stack, site: Site, project: Path) -> StackReport:
         stack_id=stack.stack_id, version=manifest.version, platform=manifest.platform, built=reason is not None,
         tarball=manifest.tarball.name, tarball_sha256=manifest.tarball.sha256, tarball_size=manifest.tarball.size,
         tree_size=manifest.total_size, file_count=manifest.file_count, packages=len(manifest.packages),
-        image=f"{image.repository}@{pushed.digest}", published=f"{ref}@{published}", smoke=smoke,
+        image=f"{image.repository}@{pushed.digest}", published=published, smoke=smoke,
         changes=changes_between(previous, manifest), seconds=clock.seconds(),
     )
     atomic_write_text(report_path(site, stack.stack_id), json.dumps(report.to_dict(), indent=2) + "\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import log
 from .artifact import (
-    check_side_files,
+    check_whole,
     open_artifact,
     render_artifact_manifest,
     reraise,
@@ -51,10 +51,11 @@ class PublishResult:
 
 
 def plan_publish(artifact_dir: Path, ref: str) -> PublishPlan:
-    """Describe the push: the blobs and the OCI manifest. Reads the artifact's small files only."""
+    """Describe the push: the blobs and the OCI manifest. Hashes the tarball first: a damaged
+    artifact is refused here, before a byte is sent (a registry would only refuse it at the end)."""
     with reraise(PushError, "pack the stack again"):
         artifact = open_artifact(artifact_dir)
-        check_side_files(artifact)
+        check_whole(artifact)
         media_type = tarball_media_type(artifact.manifest)
     manifest, info = artifact.manifest, artifact.manifest.tarball
     assert info is not None  # open_artifact checked it

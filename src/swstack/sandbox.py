@@ -123,9 +123,13 @@ def private_root_argv(
     never ``/`` as a whole: with ``--bind / /`` a ``mkdir /data0`` would reach the real
     disk. Then come, in this order, the ``tmpfs`` mounts (``(target, bytes)``), the bind
     ``mounts`` and the ``symlinks`` (``(link_target, link_path)``), so a mount may land in
-    a tmpfs and a symlink may point at either (``/data0/sw -> /data0/sw.tmpfs``).
+    a tmpfs and a symlink may point at either (``/data0/sw -> /data0/sw.tmpfs``). Every
+    process started inside dies with the process that started bubblewrap.
     """
-    argv = ["bwrap", "--die-with-parent"]
+    # Its own PID namespace, ended with bwrap, and bwrap ended with its parent: a build killed or
+    # interrupted leaves no process behind (compileall's workers went on writing into the next
+    # build's directory).
+    argv = ["bwrap", "--die-with-parent", "--unshare-pid"]
     for entry in host_top_level() if top_level is None else top_level:
         if entry.name in _NOT_BOUND:
             continue

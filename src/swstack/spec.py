@@ -32,7 +32,7 @@ from pydantic import (
 from . import manifest, paths
 from . import toml as tomllib
 from .errors import SpecError
-from .tomlloc import KeyPath, index_lines, line_of
+from .tomlloc import KeyPath, dotted, index_lines, line_of, path_defined_at
 
 DEFAULT_KERNEL_ARGV = ("{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}")
 TAG_FIELDS = (
@@ -545,8 +545,26 @@ def _read_toml(path: Path, chain: Sequence[Path]) -> tuple[dict[str, Any], _Sour
         match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         where = f":{match.group(1)}" if match else ""
         reason = re.sub(r"\s*\(at line.*\)", "", str(exc))
-        raise SpecError(f"{_display(path)}{where}: invalid TOML: {reason}") from None
+        duplicate = _duplicate_key(text, int(match.group(1)), reason) if match else None
+        raise SpecError(f"{_display(path)}{where}: {duplicate or f'invalid TOML: {reason}'}") from None
     return data, _Source(path, text, index_lines(text))
+
+
+# tomllib's words for a key defined twice; they name neither the key nor where it was first.
+_DUPLICATE = re.compile(r"Cannot overwrite a value|Cannot declare .* twice|Duplicate inline table key '(.*)'")
+
+
+def _duplicate_key(text: str, line: int, reason: str) -> str | None:
+    """``key.path: defined twice (first on line N); keep one`` for tomllib's duplicate-key errors."""
+    found = _DUPLICATE.fullmatch(reason)
+    path = path_defined_at(text, line) if found else None
+    if found is None or path is None:
+        return None
+    if found.group(1) is not None:  # a key repeated inside an inline table: { a = 1, a = 2 }
+        path = (*path, found.group(1))
+    first = index_lines(text).get(path)
+    earlier = f" (first on line {first})" if first is not None and first != line else ""
+    return f"{dotted(path)}: defined twice{earlier}; keep one of them"
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any], origin: dict[KeyPath, _Source] | None,
@@ -683,7 +701,7 @@ def format_validation_error(
         named = re.match(r"([a-z_][\w\-]*(?:\.[\w\-]+)*): ", what) if not loc else None
         if named:  # a check across the file names the key it is about: point at that key's line
             loc, what = tuple(named.group(1).split(".")), what[named.end() :]
-        key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[") or "(top level)"
+        key = dotted(loc) or "(top level)"
         text = f"{_where(origin, loc, top)}: {key}: {what}"
         if error["type"] == "extra_forbidden" and len(loc) > 1 and str(loc[-1]) in root.model_fields:
             text += f"; {loc[-1]} is a top-level key: move it above the first [table] or [[array]] header"

@@ -9,6 +9,7 @@ Command-line variables: ``stack=``, ``variant=``, ``site=``, ``check=1``, ``vers
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -16,10 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from doit.reporter import ConsoleReporter
+
 from . import log, paths
 from .errors import SwstackError, UsageError
+from .manifest import check_version
 
 TaskDict = dict[str, Any]
+# A task's ``meta`` key saying its stdout is data (JSON), which doit's reporter must not write into.
+STDOUT_IS_DATA = "swstack.stdout_is_data"
 
 
 @dataclass(frozen=True)
@@ -53,12 +59,15 @@ class Options:
         check = str(given.get("check", "0")).lower()
         if check not in _TRUE + _FALSE:
             raise UsageError(f"check={given['check']}: give check=1 (fail if stale) or check=0")
+        version = given.get("version")
+        if version is not None:
+            check_version(version, UsageError)  # before any task writes a directory named after it
         return cls(
             stack=given.get("stack"),
             variant=given.get("variant"),
             site=given.get("site"),
             check=check in _TRUE,
-            version=given.get("version"),
+            version=version,
             project=project,
         )
 
@@ -69,7 +78,8 @@ VARIABLES = {
     "variant": "a variant of the stack file (default: its default variant; lock: every variant)",
     "site": "the site file, e.g. sites/offline.toml (default: $SWSTACK_SITE, else the real channels)",
     "check": "lock: 1 fails when a lockfile is stale instead of writing it (default 0)",
-    "version": "build: the version to give the artifact (default: YYYY.MM.DD[.N])",
+    "version": "build, ci: the version to give the artifact (default: YYYY.MM.DD[.N]); "
+               "image, push, publish, sign: the artifact to use (default: the newest)",
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -178,6 +188,7 @@ def task_lock(opts: Options) -> Iterator[TaskDict]:
 
         @_boundary
         def run(stack: Any = stack) -> None:
+            refuse_version(opts, "lock", "a lockfile has no version")
             lock(stack, site, opts.project, check=opts.check)
 
         yield {
@@ -185,9 +196,11 @@ def task_lock(opts: Options) -> Iterator[TaskDict]:
             "doc": f"lock {stack.stack_id}",
             "actions": [run],
             "targets": [] if opts.check else [str(plan.path)],
-            # Up to date when the lockfile records the hash of today's inputs; check=1 always runs.
-            # No file_dep: doit would rerun on a comment, or on a fresh clone with no .doit.db.
-            "uptodate": [False] if opts.check else [lambda plan=plan: staleness(plan) is None],
+            # Up to date when the lockfile records the hash of today's inputs; check=1 always runs,
+            # and so does version=, for its action to refuse it. No file_dep: doit would rerun on
+            # a comment, or on a fresh clone with no .doit.db.
+            "uptodate": [False] if opts.check or opts.version is not None
+            else [lambda plan=plan: staleness(plan) is None],
             "verbosity": 2,
         }
 
@@ -209,9 +222,10 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
             "name": stack.stack_id,
             "doc": f"build {stack.stack_id}",
             "actions": [run],
-            # Up to date when the newest artifact came from today's lockfile and stack file, and
-            # is whole (is_current says why not); no file_dep, which would rebuild on a comment.
-            "uptodate": [False] if opts.version else [lambda stack=stack: is_current(stack, site, opts.project)],
+            # Up to date when the newest artifact (version=: that version's) came from today's
+            # lockfile and stack file, and is whole (is_current says why not); no file_dep, which
+            # would rebuild on a comment. A version= built from other inputs runs, and is refused.
+            "uptodate": [lambda stack=stack: is_current(stack, site, opts.project, version=opts.version)],
             "verbosity": 2,
         }
 
@@ -249,7 +263,7 @@ def task_ci(opts: Options) -> Iterator[TaskDict]:
 
         @_boundary
         def run(stack: Any = stack) -> None:
-            run_stack(stack, site, opts.project)  # its report is on disk; doit wants no value back
+            run_stack(stack, site, opts.project, version=opts.version)  # the report is on disk; doit wants None
 
         yield {"name": stack.stack_id, "doc": f"nightly of {stack.stack_id}", "actions": [run],
                "uptodate": [False], "verbosity": 2}
@@ -268,85 +282,75 @@ def task_demo() -> TaskDict:
     return {"actions": None, "task_dep": ["channel", "lock", "build"]}
 
 
-def _newest_artifact(stack: Any, site: Any) -> Path:
-    from .build import latest_manifest
-    from .errors import BuildError
-    from .manifest import host_platform
+def refuse_version(opts: Options, task: str, why: str) -> None:
+    """``version=`` where it cannot apply is an error, not ignored: checked when the task runs,
+    since doit creates every task (this one too) whatever the command line asks for."""
+    if opts.version is not None:
+        raise UsageError(f"{task}: version={opts.version} does not apply ({why}); "
+                         f"version= goes with build, image, push, publish, sign and ci")
 
-    manifest = latest_manifest(site.artifacts, stack.stack_id, host_platform())
+
+def build_command(stack: Any, version: str | None) -> str:
+    """The ``doit build`` that makes the artifact a task wants, to quote in an error."""
+    words = ["doit build", f"stack={stack.name}"]
+    if not stack.is_default_variant:
+        words.append(f"variant={stack.variant}")
+    if version is not None:
+        words.append(f"version={version}")
+    return " ".join(words)
+
+
+def _artifact(stack: Any, site: Any, version: str | None) -> Path:
+    """The artifact directory a task works on: ``version``'s, else the newest; complete, for this platform."""
+    from .build import artifact_manifest
+    from .errors import BuildError
+    from .manifest import Manifest, host_platform
+
+    manifest: Manifest | None = artifact_manifest(site.artifacts, stack.stack_id, host_platform(), version)
     if manifest is None:
-        raise BuildError(f"no artifact of {stack.stack_id} in {site.artifacts}; run `doit build stack={stack.name}`")
+        what = f"{stack.stack_id} {version}" if version else stack.stack_id
+        raise BuildError(f"no artifact of {what} for {host_platform()} in {site.artifacts}; "
+                         f"run `{build_command(stack, version)}`")
     return Path(str(site.artifacts)) / str(stack.stack_id) / manifest.version
 
 
-def _per_stack(opts: Options, verb: str, act: Callable[[Any, Any], None], **extra: Any) -> Iterator[TaskDict]:
-    """One always-run subtask per selected stack (default variants) calling ``act(stack, site)``."""
+def _per_stack(opts: Options, verb: str, act: Callable[[Any, Any, str | None], None],
+               **extra: Any) -> Iterator[TaskDict]:
+    """One always-run subtask per selected stack (default variants) calling ``act(stack, site, version)``."""
     site = _site(opts)
     for stack in selected_stacks(opts, all_variants=False):
-        action = _boundary(functools.partial(act, stack, site))
+        action = _boundary(functools.partial(act, stack, site, opts.version))
         yield {"name": stack.stack_id, "doc": f"{verb} {stack.stack_id}", "actions": [action],
                "uptodate": [False], "verbosity": 2, **extra}
 
 
-def _image(stack: Any, site: Any) -> None:
+def _image(stack: Any, site: Any, version: str | None) -> None:
     from .image import build_image, mirror_base
 
+    artifact = _artifact(stack, site, version)  # first: a missing one is the user's to fix, before any pull
     mirror_base(stack, site)
-    result = build_image(stack, site, paths.project_root(), _newest_artifact(stack, site))
+    result = build_image(stack, site, paths.project_root(), artifact)
     log.info(f"image {result.repository}@{result.digest} ({len(result.layers)} layers), tags: {', '.join(result.tags)}")
 
 
-def _push(stack: Any, site: Any) -> None:
-    from .image import push_image
+def _push(stack: Any, site: Any, version: str | None) -> None:
+    from .release import push_attested
 
-    artifact = _newest_artifact(stack, site)
-    result = push_image(artifact / "image")
-    log.info(f"pushed {result.repository}@{result.digest}: {log.human_bytes(result.bytes_uploaded)} sent, "
-             f"{len(result.skipped)} layers already there")
-    _attach_and_sign(site, artifact, result.repository, result.digest)
+    push_attested(site, _artifact(stack, site, version))
 
 
-def _attach_and_sign(site: Any, artifact: Path, repository: str, digest: str) -> None:
-    """After a push: the SBOM and provenance as referrers of ``digest``, then signatures of all of them."""
-    import time
-
-    from .attest import attach_attestations
-    from .manifest import Manifest
-    from .oci import RegistryClient, parse_reference
-    from .sign import sign_image, site_keys
-
-    target = parse_reference(repository, default_tag=None)
-    client = RegistryClient(target.registry)
-    referrers = []
-    if Manifest.load(artifact / "manifest.json").attestations:
-        referrers = attach_attestations(client, target.repository, digest, artifact)
-    keys = site_keys(site.signing_keys)
-    if keys is None:
-        return
-    for signed in (digest, *referrers):
-        sign_image(keys, site.lookaside, target.registry, target.repository, signed, int(time.time()))
-
-
-def _publish(stack: Any, site: Any) -> None:
+def _publish(stack: Any, site: Any, version: str | None) -> None:
     from .errors import PushError
-    from .publish import publish_artifact
+    from .release import publish_attested
 
-    if not site.registry:
+    if not site.registry:  # before looking for the artifact: the fix is in the site file
         raise PushError("the site names no registry: set [registry] url in the site file")
-    from .sign import sign_artifact_files, site_keys
-
-    artifact = _newest_artifact(stack, site)
-    keys = site_keys(site.signing_keys)
-    if keys is not None:
-        sign_artifact_files(artifact, keys)
-    repository = f"{site.registry}/{stack.stack_id}"
-    digest = publish_artifact(artifact, f"{repository}:{artifact.name}")
-    log.info(f"published {repository}:{artifact.name}@{digest}")
-    _attach_and_sign(site, artifact, repository, digest)
+    publish_attested(site, _artifact(stack, site, version), stack.stack_id)
 
 
-def _sign(stack: Any, site: Any) -> None:
-    """Sign the newest artifact's files, and its image and published artifact where the registry has them."""
+def _sign(stack: Any, site: Any, version: str | None) -> None:
+    """Sign the artifact's files (``version``'s, else the newest), and its image and published
+    artifact where the registry has them."""
     from .errors import SignError
     from .image import load_image_result
     from .sign import sign_artifact_files, sign_if_pushed, site_keys
@@ -354,7 +358,7 @@ def _sign(stack: Any, site: Any) -> None:
     keys = site_keys(site.signing_keys)
     if keys is None:
         raise SignError(f"site {site.name!r}: no signing key (set [signing] keys, then run `doit keygen`)")
-    artifact = _newest_artifact(stack, site)
+    artifact = _artifact(stack, site, version)
     sign_artifact_files(artifact, keys)
     if (artifact / "image").is_dir():
         image = load_image_result(artifact)
@@ -362,14 +366,6 @@ def _sign(stack: Any, site: Any) -> None:
             log.info(f"{image.repository}@{image.digest[:19]}: not in the registry; `doit push` signs it")
     if site.registry and not sign_if_pushed(keys, site.lookaside, f"{site.registry}/{stack.stack_id}:{artifact.name}"):
         log.info(f"{stack.stack_id} {artifact.name}: not published; `doit publish` signs it")
-
-
-def _images(stack: Any, site: Any) -> None:
-    import json
-
-    from .image import list_images
-
-    sys.stdout.write(json.dumps(list_images(stack, site), indent=2) + "\n")
 
 
 @guarded
@@ -416,6 +412,48 @@ def task_keygen(opts: Options) -> TaskDict:
 
 
 @guarded
-def task_images(opts: Options) -> Iterator[TaskDict]:
-    """List the registry's images of a stack as JSON, for a spawner's image menu."""
-    return _per_stack(opts, "images of", _images)
+def task_images(opts: Options) -> TaskDict:
+    """List the registry's images of the stacks as one JSON list, for a spawner's image menu."""
+    site = _site(opts)
+    stacks = selected_stacks(opts, all_variants=False)
+
+    @_boundary
+    def show() -> None:
+        import json
+
+        from .image import list_images
+
+        refuse_version(opts, "images", "it lists every tag in the registry")
+        entries = [entry for stack in stacks for entry in list_images(stack, site)]
+        sys.stdout.write(json.dumps(entries, indent=2) + "\n")
+
+    # One task, one JSON document: stdout is data a script reads (doit's own line goes to stderr).
+    return {"actions": [show], "uptodate": [False], "verbosity": 2, "meta": {STDOUT_IS_DATA: True}}
+
+
+class Reporter(ConsoleReporter):  # type: ignore[misc]  # doit is untyped
+    """doit's console reporter, but for a task whose stdout is data (``meta``: ``STDOUT_IS_DATA``)
+    its own lines (``.  images``, a failure's) go to stderr, so ``doit images > menu.json`` is pure JSON."""
+
+    outstream: Any  # set by doit's __init__: where the report goes (stdout)
+
+    def execute_task(self, task: Any) -> None:
+        with self._lines_of(task):
+            super().execute_task(task)
+
+    def add_failure(self, task: Any, fail: Any) -> None:
+        with self._lines_of(task):
+            super().add_failure(task, fail)
+
+    @contextlib.contextmanager
+    def _lines_of(self, task: Any) -> Iterator[None]:
+        """Write to stderr while reporting on ``task`` when its stdout is data."""
+        if not (task.meta or {}).get(STDOUT_IS_DATA):
+            yield
+            return
+        saved = self.outstream
+        self.outstream = sys.stderr
+        try:
+            yield
+        finally:
+            self.outstream = saved

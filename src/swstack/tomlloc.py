@@ -9,7 +9,8 @@ messages: when a path is not found the nearest enclosing path's line is used.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 KeyPath = tuple[str | int, ...]
 
@@ -27,9 +28,23 @@ def _split_dotted(text: str) -> list[str]:
     return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
 
 
-def index_lines(source: str) -> dict[KeyPath, int]:
-    """Map every key path found in ``source`` to its 1-based line number."""
-    lines: dict[KeyPath, int] = {}
+@dataclass(frozen=True)
+class _Statement:
+    """One line that defines keys: a table header (``key`` empty) or an assignment in ``table``."""
+
+    number: int
+    table: KeyPath  # the table in force after this line (an array table's with its index)
+    key: KeyPath = ()  # an assignment's dotted key, relative to ``table``
+    array: KeyPath | None = None  # ``[[a.b]]``: ('a', 'b')
+    value: str = ""
+
+    @property
+    def path(self) -> KeyPath:
+        """The key path this line defines: the header's table, or the assignment's full key."""
+        return (*self.table, *self.key)
+
+
+def _statements(source: str) -> Iterator[_Statement]:
     table: KeyPath = ()
     array_counts: dict[KeyPath, int] = {}
     for number, raw in enumerate(source.splitlines(), start=1):
@@ -40,23 +55,43 @@ def index_lines(source: str) -> dict[KeyPath, int]:
                 index = array_counts.get(path, -1) + 1
                 array_counts[path] = index
                 table = (*path, index)
-                lines.setdefault(path, number)
+                yield _Statement(number, table, array=path)
             else:
                 table = path
-            lines.setdefault(table, number)
+                yield _Statement(number, table)
             continue
         assign = _ASSIGN.match(raw)
-        if not assign or raw.lstrip().startswith("#"):
+        if assign and not raw.lstrip().startswith("#"):
+            yield _Statement(number, table, tuple(_split_dotted(assign.group(1))), value=assign.group(2))
+
+
+def index_lines(source: str) -> dict[KeyPath, int]:
+    """Map every key path found in ``source`` to its 1-based line number (its first definition)."""
+    lines: dict[KeyPath, int] = {}
+    for stmt in _statements(source):
+        if not stmt.key:  # a header
+            if stmt.array is not None:
+                lines.setdefault(stmt.array, stmt.number)
+            lines.setdefault(stmt.table, stmt.number)
             continue
-        key = (*table, *_split_dotted(assign.group(1)))
-        for depth in range(len(table) + 1, len(key) + 1):
-            lines.setdefault(key[:depth], number)
-        value = assign.group(2)
-        if value.startswith("{"):
-            for inner in _INLINE_KEY.findall(value):
+        key = stmt.path
+        for depth in range(len(stmt.table) + 1, len(key) + 1):
+            lines.setdefault(key[:depth], stmt.number)
+        if stmt.value.startswith("{"):
+            for inner in _INLINE_KEY.findall(stmt.value):
                 inner_key = inner[1:-1] if inner[:1] in "\"'" else inner
-                lines.setdefault((*key, inner_key), number)
+                lines.setdefault((*key, inner_key), stmt.number)
     return lines
+
+
+def path_defined_at(source: str, line: int) -> KeyPath | None:
+    """The key path the header or assignment on ``line`` defines, or None when it defines none."""
+    return next((stmt.path for stmt in _statements(source) if stmt.number == line), None)
+
+
+def dotted(path: Sequence[str | int]) -> str:
+    """A key path as a user writes it: ``variants.dev.dependencies``, ``pip[0].url``."""
+    return ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(".[", "[")
 
 
 def line_of(index: dict[KeyPath, int], path: Sequence[str | int]) -> int | None:

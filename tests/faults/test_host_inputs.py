@@ -1,8 +1,9 @@
 """Broken and hostile inputs other than archive members: empty and non-tar tarballs, manifests of the
-wrong shape, bad names and versions, release files, OCI references and state files.
+wrong shape, bad names and versions, release files, host config files, OCI references and state files.
 
 Each one, run against a host with a version live, ends in exit 11 and one error line, with no
-traceback; the live version, the staging directory and the ramdisk are left as they were.
+traceback; the live version, the staging directory and the ramdisk are left as they were. After the
+corpus: ``set-version``'s arguments, ``--wait``, and tarballs without their ``.sha256`` side file.
 """
 
 from __future__ import annotations
@@ -129,6 +130,74 @@ def release_missing(art: Path, tmp: Path) -> list[str]:
     return ["--release", str(tmp / "no-such-release.toml")]
 
 
+def release_json_list(art: Path, tmp: Path) -> list[str]:
+    (tmp / "release.json").write_text("[]")
+    return ["--release", str(tmp / "release.json")]
+
+
+def release_not_utf8(art: Path, tmp: Path) -> list[str]:
+    (tmp / "release.toml").write_bytes(b'[stacks]\npy3 = "caf\xe9"\n')
+    return ["--release", str(tmp / "release.toml")]
+
+
+def release_source_a_number(art: Path, tmp: Path) -> list[str]:
+    (tmp / "release.toml").write_text(f'# the release\n[stacks]\npy3 = "{art}"\nantares = 5\n')
+    return ["--release", str(tmp / "release.toml")]
+
+
+def release_json_source_a_list(art: Path, tmp: Path) -> list[str]:
+    (tmp / "release.json").write_text(json.dumps({"stacks": {"py3": [str(art)]}}))
+    return ["--release", str(tmp / "release.json")]
+
+
+def release_unknown_key(art: Path, tmp: Path) -> list[str]:
+    (tmp / "release.toml").write_text(f'stack = "py3"\n[stacks]\npy3 = "{art}"\n')
+    return ["--release", str(tmp / "release.toml")]
+
+
+def _host_config(art: Path, tmp: Path, text: str | bytes) -> list[str]:
+    config = tmp / "host.toml"
+    if isinstance(text, bytes):
+        config.write_bytes(text)
+    else:
+        config.write_text(text)
+    return [str(art), "--host-config", str(config)]
+
+
+def config_signatures_a_number(art: Path, tmp: Path) -> list[str]:
+    return _host_config(art, tmp, "signatures = 5\n")
+
+
+def config_trusted_keys_numbers(art: Path, tmp: Path) -> list[str]:
+    return _host_config(art, tmp, "[signatures]\nrequire = true\ntrusted_keys = [1]\n")
+
+
+def config_trusted_keys_a_string(art: Path, tmp: Path) -> list[str]:
+    return _host_config(art, tmp, '[signatures]\ntrusted_keys = "keys/site.pub"\n')
+
+
+def config_require_a_string(art: Path, tmp: Path) -> list[str]:
+    """``require = "false"`` is a string, not a boolean: refused, never taken as true (or false)."""
+    return _host_config(art, tmp, '[signatures]\nrequire = "false"\n')
+
+
+def config_not_utf8(art: Path, tmp: Path) -> list[str]:
+    return _host_config(art, tmp, b"# h\xf4te\n[signatures]\nrequire = false\n")
+
+
+def config_not_toml(art: Path, tmp: Path) -> list[str]:
+    return _host_config(art, tmp, "[signatures]\nrequire = yes\n")
+
+
+def config_misspelt_table(art: Path, tmp: Path) -> list[str]:
+    """``[signature]``: read as no policy at all, it would check nothing."""
+    return _host_config(art, tmp, "[signature]\nrequire = true\n")
+
+
+def config_misspelt_key(art: Path, tmp: Path) -> list[str]:
+    return _host_config(art, tmp, "[signatures]\nrequired = true\n")
+
+
 def oci_unreachable(art: Path, tmp: Path) -> list[str]:
     return ["127.0.0.1:9/swstack/py3:2026.01.02"]
 
@@ -234,7 +303,9 @@ CASES: dict[str, Callable[[Path, Path], list[str]]] = {f.__name__: f for f in (
     version_is_a_number, version_with_slash, version_with_newline, stack_reserved, prefix_relative,
     prefix_root, packages_wrong_type, tarball_name_escapes, huge_total_size, release_bad_toml,
     release_wrong_shape, release_missing, oci_unreachable, oci_bad_reference, source_with_newline,
-    state_corrupt,
+    state_corrupt, release_json_list, release_not_utf8, release_source_a_number, release_json_source_a_list,
+    release_unknown_key, config_signatures_a_number, config_trusted_keys_numbers, config_trusted_keys_a_string,
+    config_require_a_string, config_not_utf8, config_not_toml, config_misspelt_table, config_misspelt_key,
 )}
 
 
@@ -244,6 +315,20 @@ MESSAGES = {  # what the one line says: the cause, not just any error
     "chunk_table_past_the_end": "tarball.chunks: they cover",
     "chunk_table_short_of_the_file": "tarball.chunks: they cover",
     "chunk_with_a_flipped_byte": "sha256 mismatch",
+    "config_misspelt_key": "host.toml:2: signatures.required: unknown key (did you mean require?); "
+    '[signatures] takes only require = true|false and trusted_keys = ["<key path>", ...]',
+    "config_misspelt_table": "host.toml:1: signature: unknown key (did you mean [signatures]?); the host config "
+    'holds one table, [signatures], with require = true|false and trusted_keys = ["<key path>", ...]',
+    "config_not_toml": "host.toml:2: not valid TOML: Invalid value; fix the host config",
+    "config_not_utf8": "host.toml:1: not UTF-8 text (byte 0xf4); save the host config as UTF-8",
+    "config_require_a_string": 'host.toml:2: signatures.require: expected true or false (a TOML boolean, unquoted), '
+    'got "false"',
+    "config_signatures_a_number": 'host.toml:1: signatures: expected a table, got 5; write [signatures] with '
+    'require = true|false and trusted_keys = ["<key path>", ...]',
+    "config_trusted_keys_a_string": 'host.toml:2: signatures.trusted_keys: expected a list of key paths, got '
+    '"keys/site.pub"; write trusted_keys = ["<key path>", ...]',
+    "config_trusted_keys_numbers": "host.toml:3: signatures.trusted_keys[0]: expected the path of a PEM public key "
+    "(a non-empty string), got 1",
     "empty_tarball": "the tarball has no conda-meta/swstack-manifest.json",
     "huge_total_size": "not enough space on the disk + ramdisk",
     "manifest_list": "a manifest is a JSON object",
@@ -255,9 +340,18 @@ MESSAGES = {  # what the one line says: the cause, not just any error
     "packages_wrong_type": "packages: expected a list",
     "prefix_relative": "manifest prefix 'sw/py3' is not an absolute path",
     "prefix_root": "prefix '/': a tree is built for a directory under the live path",
-    "release_bad_toml": "release.toml: not valid TOML",
-    "release_missing": "cannot read the release manifest",
-    "release_wrong_shape": "expected a [stacks] table",
+    "release_bad_toml": "release.toml:1: not valid TOML: Expected ']' at the end of a table declaration",
+    "release_json_list": 'release.json: expected a JSON object {"stacks": {...}}, got list',
+    "release_json_source_a_list": "release.json: stacks.py3: expected the stack's source as a non-empty string "
+    "(path, URL or OCI reference), got [",
+    "release_missing": "no-such-release.toml: cannot read the release manifest (No such file or directory)",
+    "release_not_utf8": "release.toml:2: not UTF-8 text (byte 0xe9); save the release manifest as UTF-8",
+    "release_source_a_number": "release.toml:4: stacks.antares: expected the stack's source as a non-empty string "
+    "(path, URL or OCI reference), got 5",
+    "release_unknown_key": 'release.toml:1: stack: unknown key; a release holds only a [stacks] table of '
+    'name = "<source>" (path, URL or OCI reference)',
+    "release_wrong_shape": 'release.json: stacks: expected a [stacks] table of name = "<source>" (path, URL or OCI '
+    'reference), got ["py3"]',
     "source_with_newline": "not a source (expected a path, an http(s) URL or an OCI reference)",
     "stack_reserved": "invalid stack name 'tmpfs'",
     "state_corrupt": "state.json: not a swstack state file (stacks.py3: expected an object, got 5)",
@@ -291,3 +385,135 @@ def test_broken_input_ends_in_one_line_and_changes_nothing(tmp_path: Path, case:
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
     assert sorted(os.listdir(root / "sw.tmpfs")) == ramdisk
     assert not (root / ".swstack" / "staging").exists() and not (root / "sw.2026.01.02").exists()
+
+
+# ---------------------------------------------------------------- other commands' inputs
+
+
+def _host(tmp_path: Path) -> Path:
+    """A production root with py3 2026.01.01 and 2026.01.02 (live) and antares 2026.01.03 (live)."""
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    for stack, version in (("py3", "2026.01.01"), ("py3", "2026.01.02"), ("antares", "2026.01.03")):
+        art = make_artifact(tmp_path / f"{stack}-{version}", stack=stack, version=version)
+        assert subprocess.run(swstack_argv("activate", str(art), "--root", str(root))).returncode == 0
+    return root
+
+
+def _sw(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(swstack_argv(*args, "--root", str(root)), capture_output=True, text=True, timeout=120)
+
+
+def _live(root: Path) -> dict[str, str]:
+    return {name: os.readlink(root / "sw" / name) for name in ("py3", "antares")}
+
+
+def _one_error(res: subprocess.CompletedProcess[str], command: str, code: int = 11) -> str:
+    assert res.returncode == code, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"swstack {command}: error: "), res.stderr
+    return errors[0].removeprefix(f"swstack {command}: error: ")
+
+
+def test_set_version_names_an_unknown_stack_and_takes_a_tree_path(tmp_path: Path) -> None:
+    root = _host(tmp_path)
+    live = _live(root)
+    assert live == {"py3": ".py3@2026.01.02", "antares": ".antares@2026.01.03"}
+
+    res = _sw(root, "set-version", "2026.01.01", "--stack", "nope")
+    assert _one_error(res, "set-version") == (
+        "--stack nope: unknown stack, no version on this host holds it; known stacks: antares, py3"
+    )
+    res = _sw(root, "set-version", "2026.01.01", "--stack", "antares")
+    assert _one_error(res, "set-version") == (
+        f"{root}/sw.2026.01.01 has no stack antares (it holds py3); versions with antares: 2026.01.03"
+    )
+    res = _sw(root, "set-version", str(root / "sw.2026.01.01" / "nope"))
+    assert "--stack nope: unknown stack" in _one_error(res, "set-version")
+    other = tmp_path / "elsewhere"
+    res = _sw(root, "set-version", str(other / "sw.2026.01.01" / "py3"))
+    assert _one_error(res, "set-version") == (
+        f"{other}/sw.2026.01.01/py3 is not under the root {root}; pass --root {other} to switch that root's versions"
+    )
+    res = _sw(root, "set-version", str(root / "sw.2026.01.01" / "py3"), "--stack", "antares")
+    assert _one_error(res, "set-version") == "the path names the stack py3 but --stack says antares; give one of them"
+    assert _live(root) == live
+
+    # A path to one tree of a version: that version of that stack, the others untouched.
+    res = _sw(root, "set-version", f"{root}/sw.2026.01.01/py3/")
+    assert res.returncode == 0, res.stderr
+    assert _live(root) == {**live, "py3": ".py3@2026.01.01"}
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+
+
+def test_wait_must_be_seconds_and_its_messages_say_what_was_waited(tmp_path: Path) -> None:
+    import fcntl
+
+    root = _host(tmp_path)
+    live = _live(root)
+    for bad in ("-1", "nan", "soon"):
+        res = _sw(root, "set-version", "2026.01.01", "--wait", bad)
+        assert res.returncode == 2, res.stderr
+        assert f"argument --wait: '{bad}': give a number of seconds, 0 or more" in res.stderr
+    fd = os.open(root / ".swstack" / "lock", os.O_RDWR)
+    try:
+        os.pwrite(fd, f"{os.getpid()}".ljust(19).encode() + b"\n", 0)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock = root / ".swstack" / "lock"
+        res = _sw(root, "set-version", "2026.01.01", "--wait", "0.3")
+        assert f"waiting for the lock held by PID {os.getpid()} (up to 0.3s)" in res.stderr
+        assert _one_error(res, "set-version") == (
+            f"{lock}: locked by PID {os.getpid()} (another swstack is changing this host); "
+            "still held after --wait 0.3s: run again once it has finished, or wait longer"
+        )
+        res = _sw(root, "set-version", "2026.01.01")
+        assert _one_error(res, "set-version") == (
+            f"{lock}: locked by PID {os.getpid()} (another swstack is changing this host); "
+            "wait for it to finish or pass --wait SECONDS"
+        )
+    finally:
+        os.close(fd)
+    assert _live(root) == live
+
+
+def test_the_tarball_is_checked_against_the_manifest_with_or_without_its_side_file(tmp_path: Path) -> None:
+    """No ``.sha256`` beside a tarball (a local path or over http): manifest.json's sha256 is the one
+    every byte is checked against, so a damaged tarball is still refused; a side file, when there,
+    must agree with it."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    good = make_artifact(tmp_path / "good", version="2026.01.01")
+    _tarball(good).with_name(_tarball(good).name + ".sha256").unlink()
+    assert _sw(root, "activate", str(good)).returncode == 0
+
+    damaged = make_artifact(tmp_path / "damaged", version="2026.01.02")
+    tarball = _tarball(damaged)
+    tarball.with_name(tarball.name + ".sha256").unlink()
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tarball.write_bytes(bytes(data))
+    assert "sha256 mismatch" in _one_error(_sw(root, "activate", str(damaged)), "activate")
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+
+    other = make_artifact(tmp_path / "other", version="2026.01.03")
+    tarball = _tarball(other)
+    tarball.with_name(tarball.name + ".sha256").write_text(f"{'0' * 64}  {tarball.name}\n")
+    assert "disagree on the tarball's sha256" in _one_error(_sw(root, "activate", str(other)), "activate")
+
+    served = make_artifact(tmp_path / "served", version="2026.01.04")
+    _tarball(served).with_name(_tarball(served).name + ".sha256").unlink()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{_tarball(served).name}"
+        res = _sw(root, "activate", url)
+        assert res.returncode == 0, res.stderr
+    finally:
+        server.shutdown()
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.04\n"

@@ -41,6 +41,33 @@ def test_an_unknown_stack_exits_2(project: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_version_that_cannot_name_a_directory_and_a_tag_is_refused_before_anything_is_written(
+    project: Path,
+) -> None:
+    for version in ("sub/dir", "1.0+local", "../../evil"):
+        result = doit(project, "build", "stack=py3", f"version={version}")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.strip() == (
+            f"error: version {version!r}: use letters, digits and . _ - (at most 128, the first a letter or digit), "
+            "e.g. 2026.11.21 or 29.0.0"
+        )
+    assert not (project / "artifacts").exists() and not (project.parent / "evil").exists()
+
+
+def test_version_is_refused_where_it_cannot_apply_and_named_where_it_does(project: Path) -> None:
+    for task in ("lock", "images"):
+        result = doit(project, task, "stack=py3", "version=9.9")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"error: {task}: version=9.9 does not apply" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+    for task in ("push", "publish", "sign"):  # the artifact of that version, which is not there
+        result = doit(project, task, "stack=py3", "variant=dev", "version=9.9", "site=sites/offline.toml")
+        assert result.returncode in (7, 13), result.stdout + result.stderr  # sign: no key on this site, first
+        if task != "sign":
+            assert "no artifact of py3-dev 9.9 for " in result.stderr
+            assert "run `doit build stack=py3 variant=dev version=9.9`" in result.stderr, result.stderr
+
+
 @pytest.mark.slow
 def test_lock_is_a_noop_then_relocks_on_edit_and_check_catches_staleness(project: Path, offline_site: Site) -> None:
     lockfile = project / "lockfiles/antares-kernel/conda-lock.yml"
@@ -286,5 +313,15 @@ def test_doit_ci_runs_the_nightly_against_a_loopback_registry(built_project: Pat
                  f"/v2/{SMALL}/manifests/{report['published'].rsplit('@', 1)[1]}",
                  f"/v2/{SMALL}/manifests/{report['version']}"):
         request = urllib.request.Request(registry.url + path, headers={"Accept": accept}, method="HEAD")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200, path
+
+    # Attested as `doit push` and `doit publish` attest (release.py): each has its referrers index.
+    from swstack.attest import referrers_tag
+
+    index = "application/vnd.oci.image.index.v1+json"
+    for repo, subject in ((name, digest), (SMALL, report["published"].rsplit("@", 1)[1])):
+        path = f"/v2/{repo}/manifests/{referrers_tag(subject)}"
+        request = urllib.request.Request(registry.url + path, headers={"Accept": index}, method="HEAD")
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200, path

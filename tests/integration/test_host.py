@@ -247,7 +247,7 @@ def test_usage_errors_exit_2_and_a_missing_root_is_an_error(tmp_path: Path) -> N
     for command in ("active", "list"):
         assert "root directory missing" in sw(tmp_path / "nope", command, check=11).stderr
     (tmp_path / "afile").write_text("")
-    res = sw(tmp_path / "afile", "init", check=1)
+    res = sw(tmp_path / "afile", "init", check=11)
     assert res.stderr.count("\n") == 1 and "afile" in res.stderr and "Traceback" not in res.stderr
 
 

@@ -70,6 +70,26 @@ def test_init_refuses_a_real_sw_directory_in_one_line(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--ramdisk-size: 'lots': give a tmpfs size" in bad.stderr  # a usage error
 
 
+def test_init_refuses_a_root_that_is_not_a_directory_in_one_line(tmp_path: Path) -> None:
+    """A bad --root is a bad input: exit 11 and one line, as for every host command, not an OSError's exit 1."""
+    afile = tmp_path / "passwd"
+    afile.write_text("root:x:0:0::/root:/bin/sh\n")
+    for root, why in (
+        (afile, f"--root {afile}: not a directory; pass --root a directory, or a path to create"),
+        (afile / "data0", f"--root {afile}/data0: cannot create it (Not a directory); "
+         "pass --root a directory, or a path under one you may write to"),
+    ):
+        res = sw("init", "--root", str(root))
+        assert res.returncode == 11, res.stderr
+        assert res.stderr.splitlines() == [f"swstack init: error: {why}"] and not res.stdout
+    assert afile.read_text() == "root:x:0:0::/root:/bin/sh\n"
+    res = sw("set-version", "2026.01.01", "--root", str(afile))
+    assert res.returncode == 11
+    assert res.stderr.splitlines() == [
+        f"swstack set-version: error: {afile}: not a directory; pass --root the directory holding sw.<version>"
+    ]
+
+
 def test_mountinfo_parsing_unescapes_mount_points() -> None:
     text = (
         "36 25 0:32 / /data0/sw.tmpfs rw,nosuid,nodev - tmpfs tmpfs rw,size=33554432k\n"

@@ -94,6 +94,28 @@ def test_path_artifact_signed_unsigned_wrong_key_and_tampered(tmp_path: Path, ke
     assert not (root / "sw.2026.01.02").exists()
 
 
+def test_a_trusted_key_alone_requires_a_signature(tmp_path: Path, keys: tuple) -> None:  # type: ignore[type-arg]
+    """``--trusted-key`` without ``--require-signature`` checks, it does not silently accept: the key
+    given on the command line requires a signature for this activation, whatever the host config says."""
+    key, public, other = keys
+    root = _root(tmp_path)
+    artifact = make_artifact(tmp_path / "a", version="2026.01.01")
+    result = swstack(root, "activate", str(artifact), "--trusted-key", str(public))
+    _refused(result, "unsigned (no manifest.json.sig beside it); refused by the signature policy")
+    _nothing_written(root)
+    config = tmp_path / "host.toml"
+    config.write_text("[signatures]\nrequire = false\n")
+    sign.sign_file(artifact / "manifest.json", key)
+    result = swstack(root, "activate", str(artifact), "--trusted-key", str(other), "--host-config", str(config))
+    _refused(result, "manifest.json.sig is not a trusted key's signature of manifest.json")
+    _nothing_written(root)
+    result = swstack(root, "activate", str(artifact), "--trusted-key", str(public), "--host-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "manifest.json signed by site.pub" in result.stderr
+    help_text = subprocess.run(swstack_argv("activate", "--help"), capture_output=True, text=True).stdout
+    assert "it requires a signature for this activation" in " ".join(help_text.split())
+
+
 def test_without_a_policy_nothing_is_checked(tmp_path: Path) -> None:
     root = _root(tmp_path)
     result = swstack(root, "activate", str(make_artifact(tmp_path / "a", version="2026.01.01")))
@@ -112,6 +134,14 @@ def test_host_config_file_sets_the_policy(tmp_path: Path, keys: tuple) -> None: 
     assert result.returncode == 0, result.stderr
     config.write_text("[signatures]\nrequire = true\n")
     _refused(swstack(_root(tmp_path / "b"), "activate", str(artifact), "--host-config", str(config)), "trusted key")
+    # A config the policy cannot be read from is refused, never read as "nothing required".
+    config.write_text('[signatures]\nrequire = "true"\n')
+    other_root = _root(tmp_path / "c")
+    _refused(
+        swstack(other_root, "activate", str(artifact), "--host-config", str(config)),
+        f"{config}:2: signatures.require: expected true or false (a TOML boolean, unquoted), got \"true\"",
+    )
+    _nothing_written(other_root)
 
 
 @pytest.mark.registry

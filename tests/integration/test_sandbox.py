@@ -8,8 +8,11 @@ cases fail with the "no Docker engine answers" message instead of skipping.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,54 @@ except OSError as exc:
     )
     out = proc.output([*argv, sys.executable, "-c", code])
     assert out.splitlines() == [f"size {8 << 20}", "full"]
+
+
+# A build step as compileall runs: it starts a worker of its own, then works (here: sleeps).
+STEP_WITH_A_WORKER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", sys.argv[1]])
+time.sleep(600)
+"""
+# The build: a Python running that step in the namespace sandbox, as `doit build` does.
+BUILD = """
+import sys
+from swstack.sandbox import NamespaceSandbox
+NamespaceSandbox().run([sys.executable, "-c", sys.argv[1], sys.argv[2]], mounts=[])
+"""
+
+
+def _pids_naming(token: str) -> set[int]:
+    """The processes whose command line holds ``token``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and token.encode() in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            pass  # it ended while we looked
+    return found
+
+
+def _wait_for(condition: object, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:.0f}s: {what}", pytrace=False)
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_a_build_killed_or_interrupted_leaves_no_process_in_the_sandbox(sig: signal.Signals) -> None:
+    token = f"swstack-orphan-probe-{uuid.uuid4().hex}"
+    build = proc.spawn([sys.executable, "-c", BUILD, STEP_WITH_A_WORKER, token])
+    try:
+        worker = f"import time; time.sleep(600)\0{token}"  # its argv, as /proc shows it
+        _wait_for(lambda: _pids_naming(worker), "the sandboxed step never started its worker")
+        build.send_signal(sig)
+        build.wait(timeout=30)
+        _wait_for(lambda: not _pids_naming(token), "processes of the sandbox outlived the build")
+    finally:
+        build.kill()
+        build.wait()
+        for pid in _pids_naming(token):  # only ours: the token is this test's
+            os.kill(pid, signal.SIGKILL)

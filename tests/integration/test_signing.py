@@ -224,13 +224,13 @@ def test_push_attaches_sbom_and_provenance_as_signed_referrers(
     """What `doit push` does after pushing: referrers (OCI subject) for the SBOM and provenance, all signed."""
     from dataclasses import replace
 
-    from swstack import attest, tasks
+    from swstack import attest, release
 
     artifact = make_env_artifact(tmp_path / "art", "2026.12.03", conda=SMALL_CONDA)
     attest.attest_artifact(artifact)
     pushed = push_image(build_image(py3_stack(), image_site, PROJECT, artifact), tags=["2026.12.03"])
     site = replace(image_site, signing_keys=keys.site.root, lookaside=keys.lookaside)
-    tasks._attach_and_sign(site, artifact, pushed.repository, pushed.digest)
+    release.attach_and_sign(site, artifact, pushed.repository, pushed.digest)
 
     # skopeo reads the referrers index under the OCI 1.1 fallback tag, and each referrer.
     tag_ref = f"docker://{pushed.repository}:{attest.referrers_tag(pushed.digest)}"

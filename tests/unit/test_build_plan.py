@@ -222,3 +222,78 @@ def test_a_version_given_again_is_rebuilt_only_from_the_same_inputs(project: Pat
     (art / "manifest.json").unlink()
     drop_unfinished(art)
     assert not art.exists()
+
+
+@pytest.mark.parametrize("version", ["sub/dir", "1.0+local", "../../evil", "-rf", ".hidden", "v" * 129, "tmpfs", ""])
+def test_a_version_that_is_no_directory_file_and_tag_name_is_refused_before_anything_is_written(
+    project: Path, site: Site, version: str
+) -> None:
+    lts = load_stack(project / "stacks/demo.toml")
+    with pytest.raises(BuildError, match=r"version .*: use letters, digits and \. _ - \(at most 128") as caught:
+        plan_build(lts, site, project, version=version, today=TODAY)
+    assert "\n" not in str(caught.value)
+    assert not site.artifacts.exists()
+
+
+def test_a_version_given_is_current_only_when_that_artifact_is_whole_and_from_today_s_inputs(
+    project: Path, site: Site
+) -> None:
+    from tests.support.host import make_artifact
+
+    from swstack.build import why_not_current
+    from swstack.fsutil import sha256_file
+    from swstack.manifest import Manifest
+
+    lts = load_stack(project / "stacks/demo.toml")
+    reason = why_not_current(lts, site, project, "linux-64", version="9.9")
+    assert reason == f"no artifact of demo 9.9 in {site.artifacts}"
+    art = make_artifact(site.artifacts / "demo" / "9.9", stack="demo", version="9.9")
+    manifest = Manifest.load(art / "manifest.json")
+    lockfile = project / "lockfiles/demo/conda-lock.yml"
+    current = replace(manifest, platform="linux-64", lockfile_sha256=sha256_file(lockfile),
+                      stackfile_sha256=lts.source_hash)
+    (art / "manifest.json").write_text(current.to_json())
+    assert why_not_current(lts, site, project, "linux-64", version="9.9") is None
+    assert "no artifact of demo 10.0" in str(why_not_current(lts, site, project, "linux-64", version="10.0"))
+    (art / "manifest.json").write_text(replace(current, lockfile_sha256="0" * 64).to_json())
+    assert "built from another conda-lock.yml" in str(why_not_current(lts, site, project, "linux-64", version="9.9"))
+
+
+def test_a_build_dir_that_cannot_be_emptied_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a process left running by an interrupted build does to the next build's rmtree."""
+    from swstack import build
+
+    leftover = tmp_path / "sw"
+    (leftover / "py3" / "lib").mkdir(parents=True)
+
+    def busy(path: object) -> None:
+        raise OSError(39, "Directory not empty", str(leftover / "py3" / "lib"))
+
+    monkeypatch.setattr(build.shutil, "rmtree", busy)
+    monkeypatch.setattr(build.time, "sleep", lambda seconds: None)
+    expected = r"cannot empty .*/sw: Directory not empty \(.*/py3/lib\); stop whatever"
+    with pytest.raises(BuildError, match=expected) as caught:
+        build._fresh_dir(leftover)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_build_dir_is_emptied_when_the_second_try_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from swstack import build
+
+    leftover = tmp_path / "sw"
+    (leftover / "py3").mkdir(parents=True)
+    tries = []
+    remove = shutil.rmtree
+
+    def busy_once(path: Path) -> None:
+        tries.append(path)
+        if len(tries) == 1:
+            raise OSError(39, "Directory not empty", str(path))
+        remove(path)
+
+    monkeypatch.setattr(build.shutil, "rmtree", busy_once)
+    monkeypatch.setattr(build.time, "sleep", lambda seconds: None)
+    build._fresh_dir(leftover)
+    assert leftover.is_dir() and not any(leftover.iterdir()) and len(tries) == 2

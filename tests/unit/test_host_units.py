@@ -139,6 +139,20 @@ def test_prune_plan_keeps_newest_and_protected() -> None:
     assert set(plan.keep) == {"1", "4", "5"}
 
 
+def test_prune_plan_never_removes_nor_counts_foreign_directories() -> None:
+    plan = commands.plan_prune(["1", "2", "3", "9"], 1, {}, {"9": "notes.txt is not a tree"})
+    assert plan.remove == ("1", "2")  # 3 is the newest swstack version: 9 does not count
+    assert plan.keep == {"3": "newest", "9": "not made by swstack: notes.txt is not a tree"}
+
+
+def test_versions_are_only_sw_directories_with_a_version_name(tmp_path: Path) -> None:
+    for name in ("sw.1.0", "sw.hdd", "sw.tmpfs", "sw.a@b", "sw.-x", "sw.2.0.partial", "sw.hdd-old", "swx.3"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "sw.4.0").symlink_to("sw.1.0")
+    assert Layout(tmp_path).versions() == ["1.0", "hdd-old"]
+    assert Layout(tmp_path).foreign_content("hdd-old") == "no tree"
+
+
 def test_package_diff() -> None:
     a = base_manifest("py3", "1", "/data0/sw/py3")
     pkgs = (
@@ -153,6 +167,94 @@ def test_package_diff() -> None:
     assert d.added == (("scipy", "1.14.0=py311_0"),)
     assert d.removed == (("numpy", "1.26.4=py311_0"),)
     assert d.changed == (("python", "3.11.7=h1_0", "3.12.0=h2_0"),)
+
+
+def test_package_diff_shows_a_rebuild_by_its_sha256() -> None:
+    """Same version and build, other bytes: the line says the build changed, not ``1.0 -> 1.0``."""
+    from dataclasses import replace
+
+    old = PackageEntry("numpy", "1.26.4", "py311_0", "c", "a1b2c3d4e5f6" + "0" * 52, 100)
+    a = replace(base_manifest("py3", "1", "/data0/sw/py3"), packages=(old,))
+    b = replace(a, version="2", packages=(replace(old, sha256="f6e5d4c3b2a1" + "1" * 52),))
+    assert commands.diff_packages(a, b).changed == (
+        ("numpy", "1.26.4=py311_0 sha256:a1b2c3d4e5f6", "1.26.4=py311_0 sha256:f6e5d4c3b2a1"),
+    )
+    assert commands.diff_packages(a, a).empty
+
+
+def test_host_config_values_are_type_checked(tmp_path: Path) -> None:
+    from swstack.host.signature import load_policy, read_host_config
+
+    config = tmp_path / "host.toml"
+    config.write_text('[signatures]\nrequire = false\ntrusted_keys = ["keys/site.pub", "/etc/k.pub"]\n')
+    assert read_host_config(config) == (False, [tmp_path / "keys/site.pub", Path("/etc/k.pub")])
+    policy = load_policy(config, False, [Path("/x.pub")])
+    assert not policy.require_signature and policy.trusted_keys == (Path("/x.pub"), tmp_path / "keys/site.pub",
+                                                                    Path("/etc/k.pub"))
+    config.write_text("")
+    assert read_host_config(config) == (False, [])
+    for text, message in (
+        ("signatures = 5\n", "host.toml:1: signatures: expected a table, got 5"),
+        ('[signatures]\nrequire = "false"\n', 'host.toml:2: signatures.require: expected true or false'),
+        ("[signatures]\nrequire = 1\n", "host.toml:2: signatures.require: expected true or false"),
+        ("[signatures]\ntrusted_keys = [1]\n", "host.toml:2: signatures.trusted_keys[0]: expected the path"),
+        ('[signatures]\ntrusted_keys = ["k", [""]]\n', "host.toml:2: signatures.trusted_keys[1]: expected"),
+    ):
+        config.write_text(text)
+        with pytest.raises(ActivateError) as info:
+            read_host_config(config)
+        assert f"{tmp_path}/{message}" in str(info.value)
+
+
+def test_release_field_types_are_checked(tmp_path: Path) -> None:
+    release = tmp_path / "r.json"
+    for data, message in (
+        ([], 'r.json: expected a JSON object {"stacks": {...}}, got list'),
+        ({"stacks": {"py3": None}}, "r.json: stacks.py3: expected the stack's source as a non-empty string"),
+        ({"stacks": {"py3": ""}}, "r.json: stacks.py3: expected the stack's source as a non-empty string"),
+        ({"stacks": {"py3": "a", "py3-dev": "a"}}, "r.json: stacks.py3-dev: the same source as stacks.py3"),
+        ({"stacks": {"py3\nok": "a"}}, "r.json: stacks: 'py3\\nok' is not a stack name"),
+        ({"stacks": []}, "r.json: stacks: expected a [stacks] table"),
+    ):
+        release.write_text(json.dumps(data))
+        with pytest.raises(ActivateError) as info:
+            commands.read_release(release)
+        assert f"{tmp_path}/{message}" in str(info.value)
+    release.write_bytes(b'{"stacks":\n {"py3": "\xff"}}')
+    with pytest.raises(ActivateError, match=r"r\.json:2: not UTF-8 text \(byte 0xff\)"):
+        commands.read_release(release)
+
+
+def test_set_version_arguments(tmp_path: Path) -> None:
+    root = tmp_path / "data0"
+    root.mkdir()
+    assert commands.parse_version_arg("2026.11.01", root) == ("2026.11.01", None)
+    assert commands.parse_version_arg("sw.2026.11.01", root) == ("2026.11.01", None)
+    assert commands.parse_version_arg(f"{root}/sw.2026.11.01/", root) == ("2026.11.01", None)
+    assert commands.parse_version_arg(f"{root}/sw.2026.11.01/py3", root) == ("2026.11.01", "py3")
+    with pytest.raises(ActivateError, match="is not under the root"):
+        commands.parse_version_arg("/elsewhere/sw.2026.11.01/py3", root)
+    with pytest.raises(ActivateError, match="not a version; give VERSION"):
+        commands.parse_version_arg(f"{root}/py3", root)
+
+
+def test_lock_messages_say_how_long_was_waited(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from swstack.host.lock import host_lock, seconds
+
+    assert (seconds(0.5), seconds(30.0), seconds(0)) == ("0.5s", "30s", "0s")
+    lock = tmp_path / "lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ActivateError, match=r"still held after --wait 0\.2s"), host_lock(lock, 0.2):
+            pass
+        with pytest.raises(ActivateError, match=r"pass --wait SECONDS$"), host_lock(lock, -5):
+            pass
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +291,8 @@ def test_release_manifest(tmp_path: Path) -> None:
 # Everything else (spec, site, lock, sandbox, build, pack, image, publish, tasks...) is the
 # build side, and pydantic, rattler, docker, doit, conda-pack and conda-lock are its dependencies.
 HOST_SIDE = {"swstack", "swstack.artifact", "swstack.cli", "swstack.errors", "swstack.log", "swstack.fsutil",
-             "swstack.manifest", "swstack.paths", "swstack.proc", "swstack.toml", "swstack.oci", "swstack.trust"}
+             "swstack.manifest", "swstack.paths", "swstack.proc", "swstack.toml", "swstack.tomlloc", "swstack.oci",
+             "swstack.trust"}
 BUILD_DEPENDENCIES = ("pydantic", "rattler", "docker", "doit", "conda_pack", "conda_lock")
 
 

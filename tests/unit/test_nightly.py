@@ -1,8 +1,13 @@
-"""nightly.py's pure parts: which version is the previous nightly, what changed, the summary table."""
+"""nightly.py: which version is the previous nightly, what changed, the summary table; what run_stack calls."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from swstack.manifest import Manifest, PackageEntry, TarballInfo
 from swstack.nightly import Changes, StackReport, changes_between, previous_version, render_markdown, summary_dict
@@ -52,3 +57,59 @@ def test_the_summary_is_a_table_and_json_that_reads_back() -> None:
     assert "1 since 2026.12.1: numpy 1.26.4 → 2.0.0" in row
     data = summary_dict([report])
     assert StackReport.from_dict(data["stacks"][0]) == report
+
+
+def _nightly_world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reason: str | None) -> dict[str, list[Any]]:
+    """run_stack's collaborators replaced by recorders; returns what each was called with."""
+    from swstack import build, image, lock, nightly, release
+    from swstack.build import BuildResult
+
+    calls: dict[str, list[Any]] = {}
+
+    def record(name: str, result: Any = None) -> Any:
+        def fake(*args: Any, **kwargs: Any) -> Any:
+            calls.setdefault(name, []).append((args, kwargs))
+            return result(*args, **kwargs) if callable(result) else result
+        return fake
+
+    artifact = tmp_path / "py3" / "9.9"
+    manifest = _manifest("9.9")
+    monkeypatch.setattr(image, "registry_answers", record("registry_answers", True))
+    monkeypatch.setattr(image, "mirror_base", record("mirror_base"))
+    built = SimpleNamespace(repository="r.example.org/swstack/py3")
+    monkeypatch.setattr(image, "build_image", record("build_image", built))
+    monkeypatch.setattr(lock, "lock", record("lock"))
+    monkeypatch.setattr(build, "why_not_current", record("why_not_current", reason))
+    monkeypatch.setattr(build, "artifact_manifest", record("artifact_manifest", manifest))
+    monkeypatch.setattr(build, "run_build", record("run_build", BuildResult(manifest, artifact, 1.0)))
+    monkeypatch.setattr(build, "existing_versions", record("existing_versions", []))
+    monkeypatch.setattr(nightly, "smoke_test", record("smoke_test", ("python",)))
+    monkeypatch.setattr(release, "push_attested", record("push_attested", SimpleNamespace(digest="sha256:" + "c" * 64)))
+    published = "r.example.org/py3:9.9@sha256:" + "d" * 64
+    monkeypatch.setattr(release, "publish_attested", record("publish_attested", published))
+    return calls
+
+
+@pytest.mark.parametrize("reason", [None, "no artifact of py3 9.9"], ids=["reused", "built"])
+def test_the_nightly_pushes_and_publishes_through_the_attesting_and_signing_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reason: str | None
+) -> None:
+    """`doit ci` sends an artifact as `doit push` and `doit publish` do: through release.py, which
+    attaches the SBOM and provenance and signs (tested with a registry in test_signing)."""
+    from swstack.nightly import run_stack
+
+    calls = _nightly_world(monkeypatch, tmp_path, reason)
+    site = SimpleNamespace(registry="r.example.org", artifacts=tmp_path)
+    report = run_stack(SimpleNamespace(stack_id="py3"), site, tmp_path, version="9.9")  # type: ignore[arg-type]
+
+    artifact = tmp_path / "py3" / "9.9"
+    assert calls["push_attested"] == [((site, artifact), {})]
+    assert calls["publish_attested"] == [((site, artifact, "py3"), {})]
+    assert report.published == "r.example.org/py3:9.9@sha256:" + "d" * 64
+    assert report.image == "r.example.org/swstack/py3@sha256:" + "c" * 64
+    # version= reaches the up-to-date check and the build
+    assert calls["why_not_current"][0][1] == {"version": "9.9"}
+    if reason is None:
+        assert "run_build" not in calls and calls["artifact_manifest"][0][0][-1] == "9.9"
+    else:
+        assert calls["run_build"][0][1]["version"] == "9.9"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from datetime import date
 from pathlib import Path
@@ -353,3 +354,21 @@ def test_a_level_outside_the_format_range_is_refused() -> None:
         pack.PackOptions(1, compression="gzip", level=15).resolved_level()
     with pytest.raises(PackError, match="zstd takes levels 1 to 22"):
         pack.PackOptions(1, compression="zstd", level=0).resolved_level()
+
+
+@pytest.mark.parametrize("version", ["../../evil", "sub/dir", "1.0+local", "-x"])
+def test_a_version_that_is_no_plain_name_is_refused_before_anything_is_written(
+    tmp_path: Path, version: str
+) -> None:
+    prefix = tmp_path / "prefix"
+    (prefix / "conda-meta").mkdir(parents=True)
+    out = tmp_path / "deep" / "er" / "artifacts"
+    out.mkdir(parents=True)
+    argv = ["--prefix", str(prefix), "--out", str(out), "--stack", "demo", f"--version={version}",
+            "--source-date-epoch", "0"]
+    assert pack.main(argv) == PackError.exit_code
+    options, info = pack.options_from_args(pack._parser().parse_args(argv))
+    with pytest.raises(PackError, match=rf"^version {re.escape(repr(version))}: use letters, digits and \. _ -"):
+        pack.pack_prefix(prefix, out, options=options, info=info)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert written == ["deep", "deep/er", "deep/er/artifacts", "prefix", "prefix/conda-meta"]

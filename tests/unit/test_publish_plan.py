@@ -104,6 +104,14 @@ def _grow_tarball(artifact: Path) -> None:
         fh.write(b"x")
 
 
+def _alter_tarball(artifact: Path) -> None:
+    """Same size, other bytes: only hashing the tarball finds it."""
+    tarball = _tarball(artifact)
+    data = bytearray(tarball.read_bytes())
+    data[-1] ^= 0xFF
+    tarball.write_bytes(bytes(data))
+
+
 def _other_side_file(artifact: Path) -> None:
     tarball = _tarball(artifact)
     tarball.with_name(tarball.name + ".sha256").write_text(f"{'0' * 64}  {tarball.name}\n")
@@ -120,12 +128,29 @@ def _other_side_file(artifact: Path) -> None:
         (_drop_tarball_section, r"manifest\.json: has no 'tarball' section"),
         (lambda a: _tarball(a).unlink(), r"\.tar\.zst: missing \(named by .*manifest\.json\)"),
         (_grow_tarball, r"\.tar\.zst: \d+ bytes but manifest\.json says \d+"),
+        (
+            _alter_tarball,
+            r"\.tar\.zst has sha256 [0-9a-f]{64}, manifest\.json records [0-9a-f]{64}; pack the stack again$",
+        ),
         (_other_side_file, r"\.tar\.zst\.sha256 disagrees with manifest\.json"),
         (_unknown_compression, r"unknown tarball compression 'xz' \(zstd or gzip\)"),
     ],
-    ids=["no-manifest", "bad-json", "no-tarball-section", "no-tarball", "size", "side-file", "compression"],
+    ids=["no-manifest", "bad-json", "no-tarball-section", "no-tarball", "size", "bytes", "side-file", "compression"],
 )
 def test_a_damaged_artifact_is_refused_before_anything_is_sent(artifact: Path, damage: object, expected: str) -> None:
     damage(artifact)  # type: ignore[operator]
-    with pytest.raises(PushError, match=expected):
+    with pytest.raises(PushError, match=expected) as caught:
         plan_publish(artifact, "r.example.org/demo")
+    assert "\n" not in str(caught.value)  # one line
+
+
+def test_publishing_a_damaged_tarball_sends_nothing(artifact: Path) -> None:
+    from swstack.publish import publish_artifact
+
+    class NoRegistry:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"the registry was asked ({name}) before the tarball was checked")
+
+    _alter_tarball(artifact)
+    with pytest.raises(PushError, match="has sha256"):
+        publish_artifact(artifact, "r.example.org/demo", client=NoRegistry())  # type: ignore[arg-type]

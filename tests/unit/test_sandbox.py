@@ -62,6 +62,7 @@ def test_proc_dev_tmp_get_their_own_mounts() -> None:
 def test_argv_ends_with_separator_and_dies_with_parent() -> None:
     argv = private_root_argv(top_level=TOP)
     assert argv[0] == "bwrap" and argv[-1] == "--" and "--die-with-parent" in argv
+    assert "--unshare-pid" in argv  # so the step's own children die with it too
 
 
 def test_read_only_mount() -> None:

@@ -199,6 +199,24 @@ def test_invalid_toml_has_line(tmp_path: Path) -> None:
     assert message.startswith(f"{tmp_path / 'demo.toml'}:6: invalid TOML") or ":6: invalid TOML" in message
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL + 'python = "3.12.*"\n', ":6: dependencies.python: defined twice (first on line 5); keep one of them"),
+        (MINIMAL + "[dependencies]\n", ":6: dependencies: defined twice (first on line 4); keep one of them"),
+        ('name = "demo"\nname = "demo"\n', ":2: name: defined twice (first on line 1); keep one of them"),
+        (MINIMAL + '[variants.dev]\ndependencies = { numpy = "1", numpy = "2" }\n',
+         ":7: variants.dev.dependencies.numpy: defined twice; keep one of them"),
+        (MINIMAL + '[[kernels]]\nname = "k"\nname = "j"\n', ":8: kernels[0].name: defined twice (first on line 7)"),
+    ],
+    ids=["key", "table", "top-level", "inline-table", "array-table"],
+)
+def test_a_duplicate_key_is_named_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
+    message = error_of(write(tmp_path, text))
+    assert expected in message and "\n" not in message, message
+    assert message.startswith(str(tmp_path / "demo.toml") + ":") or message.startswith("demo.toml:")
+
+
 def test_bad_owner_and_tag_field_and_kernel_argv(tmp_path: Path) -> None:
     path = write(
         tmp_path,

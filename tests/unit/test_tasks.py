@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,9 @@ def test_build_tasks_are_default_variants_and_ask_the_artifact_whether_they_are_
     assert all("file_dep" not in t for t in found.values())
     assert found["small"]["uptodate"][0]() is False  # no lockfile, no artifact yet
     (task,) = _tasks(tasks.task_build, _opts(project, stack="small", version="1"))
-    assert task["uptodate"] == [False]  # a version given is built (or refused) every time
+    # A version given is up to date when that artifact is whole and from today's inputs; else it
+    # is built (or, when built from other inputs, refused).
+    assert task["uptodate"][0]() is False
 
 
 def test_an_edge_variant_builds_under_its_own_name(project: Path) -> None:
@@ -113,7 +116,7 @@ def test_an_edge_variant_builds_under_its_own_name(project: Path) -> None:
 def test_image_tasks_depend_on_the_build_of_the_same_stack(project: Path) -> None:
     found = _tasks(tasks.task_image, _opts(project))
     assert [(t["name"], t["task_dep"]) for t in found] == [("demo", ["build:demo"]), ("small", ["build:small"])]
-    for creator in (tasks.task_push, tasks.task_publish, tasks.task_images):
+    for creator in (tasks.task_push, tasks.task_publish, tasks.task_sign):
         assert [t["name"] for t in _tasks(creator, _opts(project))] == ["demo", "small"]
 
 
@@ -150,3 +153,120 @@ def test_doit_variables_are_checked(tmp_path: Path) -> None:
         Options.from_vars({"stak": "py3"}, tmp_path)
     with pytest.raises(UsageError, match="check=y: give check=1"):
         Options.from_vars({"check": "y"}, tmp_path)
+
+
+# ---- version= -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["sub/dir", "1.0+local", "../../evil", "-x", "v" * 129, "hdd"])
+def test_a_version_that_cannot_name_a_directory_and_a_tag_is_refused_in_one_line(
+    tmp_path: Path, version: str
+) -> None:
+    from swstack.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^version .*: use letters, digits and \. _ - \(at most 128") as caught:
+        Options.from_vars({"version": version}, tmp_path)
+    assert "\n" not in str(caught.value)
+    assert Options.from_vars({"version": "2026.11.21.1"}, tmp_path).version == "2026.11.21.1"
+
+
+def _run(task: dict[str, Any]) -> None:
+    """Run a task's actions as doit would (a _boundary turns a SwstackError into SystemExit)."""
+    for action in task["actions"]:
+        action()
+
+
+def _artifact(project: Path, stack_id: str, version: str) -> Path:
+    from tests.support.artifacts import make_artifact
+
+    from swstack.manifest import host_platform
+
+    return make_artifact(project / "out" / stack_id / version, stack=stack_id, version=version,
+                         platform=host_platform())
+
+
+@pytest.mark.parametrize("creator", [tasks.task_lock, tasks.task_images], ids=["lock", "images"])
+def test_version_is_refused_where_it_cannot_apply_when_the_task_runs(
+    project: Path, creator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Creating the tasks must not fail: doit creates every task on every command (`doit build version=1`).
+    (task, *_) = _tasks(creator, _opts(project, stack="small", version="1"))
+    with pytest.raises(SystemExit) as caught:
+        _run(task)
+    assert caught.value.code == 2
+    assert "version=1 does not apply" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("creator", "act"), [(tasks.task_push, "push_attested"), (tasks.task_publish, "publish_attested")]
+)
+def test_push_and_publish_take_the_version_given_else_the_newest(
+    project: Path, monkeypatch: pytest.MonkeyPatch, creator: Any, act: str
+) -> None:
+    from swstack import release
+
+    sent: list[Path] = []
+    monkeypatch.setattr(release, act, lambda site, artifact, *rest: sent.append(artifact))
+    site = 'name = "test"\nartifacts = "{project}/out"\n[registry]\nurl = "r.example.org"\n'
+    (project / "site.toml").write_text(site)
+    older, newer = _artifact(project, "small", "1.0"), _artifact(project, "small", "2.0")
+    os.utime(older / "manifest.json", (1, 1))  # the newest is the latest written
+    for version in ("1.0", None):
+        (task,) = _tasks(creator, _opts(project, stack="small", version=version))
+        _run(task)
+    assert sent == [older, newer]
+
+
+def test_a_version_with_no_artifact_says_which_build_makes_it(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _artifact(project, "small", "2.0")
+    for creator in (tasks.task_image, tasks.task_push):
+        (task,) = _tasks(creator, _opts(project, stack="small", version="1.0"))
+        with pytest.raises(SystemExit):
+            _run(task)
+        assert "run `doit build stack=small version=1.0`" in capsys.readouterr().err
+
+
+def test_ci_builds_and_sends_the_version_given(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from swstack import nightly
+
+    seen: list[tuple[str, str | None]] = []
+    def run_stack(stack: Any, site: Any, project: Path, version: str | None = None) -> None:
+        seen.append((stack.stack_id, version))
+
+    monkeypatch.setattr(nightly, "run_stack", run_stack)
+    found = {t["name"]: t for t in _tasks(tasks.task_ci, _opts(project, stack="demo", version="3.0"))}
+    _run(found["demo"])
+    _run(found["demo-edge"])
+    assert seen == [("demo", "3.0"), ("demo-edge", "3.0")]
+
+
+# ---- doit images ---------------------------------------------------------------------------------------
+
+
+def test_images_is_one_task_whose_stdout_is_one_json_document(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from swstack import image
+
+    monkeypatch.setattr(image, "list_images", lambda stack, site: [{"image": f"r.example.org/{stack.stack_id}:1"}])
+    task = tasks.task_images.__wrapped__(_opts(project))
+    assert task["meta"] == {tasks.STDOUT_IS_DATA: True}
+    _run(task)
+    entries = [{"image": "r.example.org/demo:1"}, {"image": "r.example.org/small:1"}]
+    assert json.loads(capsys.readouterr().out) == entries
+
+
+def test_the_reporter_keeps_a_data_task_s_stdout_for_its_data(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from doit.task import Task
+
+    reporter = tasks.Reporter(sys.stdout, {})
+    reporter.execute_task(Task("images", [lambda: None], meta={tasks.STDOUT_IS_DATA: True}))
+    reporter.execute_task(Task("build:demo", [lambda: None]))
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (".  build:demo\n", ".  images\n")

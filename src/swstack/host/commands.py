@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from .. import log
 from ..artifact import load_manifest, reraise
 from ..errors import ActivateError
 from ..fsutil import atomic_write_text, sha256_file
-from ..manifest import IN_TREE_PATH, Manifest, host_platform
+from ..manifest import IN_TREE_PATH, Manifest, PackageEntry, host_platform
 from . import chunks, faults, inuse, relocate, reuse, signature, source, space, switch
 from .extract import Mirror, extract
 from .layout import HostState, Layout, StackState, check_name, live_name, normalize_version, version_key
@@ -51,6 +52,7 @@ class StackResult:
 class Outcome:
     results: tuple[StackResult, ...]
     hdd: str | None = None
+    failed: tuple[str, ...] = ()  # `restore`: one line per stack it could not restore
 
     @property
     def changed(self) -> bool:
@@ -97,6 +99,25 @@ def _in_tree_manifest(tree: Path) -> str | None:
         return None
 
 
+def check_tree_on_host(tree: Path, stack: str, version: str) -> None:
+    """A tree made live without its artifact must be one swstack put there: its in-tree manifest
+    names this stack and version. An empty or foreign directory at that place is refused."""
+    text = _in_tree_manifest(tree)
+    if text is None:
+        raise ActivateError(f"{tree}: no {IN_TREE_PATH}, not a swstack tree; refusing to make it live")
+    try:
+        inside = Manifest.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ActivateError(
+            f"{tree / IN_TREE_PATH}: not a swstack manifest ({exc}); refusing to make it live"
+        ) from exc
+    if (inside.stack_id, inside.version) != (stack, version):
+        raise ActivateError(
+            f"{tree / IN_TREE_PATH}: describes {inside.stack_id} {inside.version}, not {stack} {version}; "
+            f"refusing to make it live"
+        )
+
+
 def plan_stack(layout: Layout, state: HostState, target: Target, reload_copy: bool = False) -> StackPlan:
     """What activating ``target`` takes; ``reload_copy``: its ramdisk copy is there but damaged."""
     persistent = layout.persistent_tree(target.stack, target.version)
@@ -107,6 +128,8 @@ def plan_stack(layout: Layout, state: HostState, target: Target, reload_copy: bo
             target.artifact.manifest,
             f"{persistent} (already on this host, version {target.version})",
         )
+    elif have_tree:
+        check_tree_on_host(persistent, target.stack, target.version)
     if not have_tree and target.artifact is None:
         versions = [v for v in layout.versions() if target.stack in layout.stacks_in(v)]
         raise ActivateError(
@@ -176,6 +199,8 @@ def require_root(layout: Layout) -> None:
     """A root that is not there is an error, for the commands that read it too: a mistyped
     --root must not look like a healthy, empty host."""
     if not layout.root.is_dir():
+        if layout.root.exists():
+            raise ActivateError(f"{layout.root}: not a directory; pass --root the directory holding sw.<version>")
         raise ActivateError(
             f"{layout.root}: root directory missing; create it (the seed's step S1.1) or pass --root"
         )
@@ -369,11 +394,18 @@ def load_ramdisk(
     faults.hit("ramdisk-copied")
 
 
-def drop_unused_copies(layout: Layout) -> list[str]:
-    """Remove ramdisk copies that are no longer live, unless a process still uses them; name the kept ones."""
+@dataclass(frozen=True)
+class Dropped:
+    removed: tuple[str, ...] = ()  # ramdisk copies removed
+    kept: tuple[str, ...] = ()  # not live but in use: "<path> (in use by PID n)"
+
+
+def drop_unused_copies(layout: Layout) -> Dropped:
+    """Remove ramdisk copies that are no longer live, unless a process still uses them; name both."""
     kept: list[str] = []
+    removed: list[str] = []
     if not layout.production:
-        return kept
+        return Dropped()
     live = set(layout.live_links().values())
     for entry in sorted(layout.tmpfs.iterdir()):
         name = entry.name
@@ -388,29 +420,48 @@ def drop_unused_copies(layout: Layout) -> list[str]:
             log.info(f"keeping {entry}: still in use by PID {', '.join(map(str, users[:5]))}")
         else:
             switch.remove_tree(entry)
-    return kept
+            removed.append(str(entry))
+    return Dropped(tuple(removed), tuple(kept))
+
+
+def _remove_unfinished_copies(layout: Layout, plans: list[StackPlan]) -> None:
+    """After a failed run: the ``.partial`` ramdisk copies of its stacks, and the copies it loaded that
+    never went live (a release refused at its second stack leaves nothing of its first on the ramdisk)."""
+    for p in plans:
+        switch.remove_tree(_partial(layout, p.target.stack, p.target.version))
+        if p.copy:
+            copy = layout.ramdisk_copy(p.target.stack, p.target.version)
+            if not layout.is_live(p.target.stack, p.target.version) and not inuse.users_of(copy):
+                switch.remove_tree(copy)
 
 
 def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dict[str, str]) -> Outcome:
     state = HostState.load(layout)
     space.check(space_needs(layout, plans))
     moved: dict[str, str | None] = {}
-    for p in plans:
-        if p.extract:
-            moved[p.target.stack] = stage_tree(layout, p)
-    for p in plans:
-        if p.copy:
-            load_ramdisk(layout, p.target.stack, p.target.version, p.target.live_name, written=p.extract)
+    try:
+        for p in plans:
+            if p.extract:
+                moved[p.target.stack] = stage_tree(layout, p)
+        for p in plans:
+            if p.copy:
+                load_ramdisk(layout, p.target.stack, p.target.version, p.target.live_name, written=p.extract)
+    except BaseException:
+        _remove_unfinished_copies(layout, plans)
+        raise
     # Commit: every tree is complete; each switch is one rename.
     # Held signals: a Ctrl-C lands after the record and sw.hdd, never between a switch and them.
     with switch.signals_held():
         for p in plans:
             if p.switch:
+                # What the link served until now (not the recorded previous version: after a
+                # reboot, ``restore`` switches from nothing).
+                before = layout.live_version(p.target.live_name)
                 switch.replace_symlink(
                     layout.live_link(p.target.live_name), layout.link_target(p.target.stack, p.target.version)
                 )
                 log.info(
-                    f"{p.target.live_name}: {p.previous or 'nothing'} -> {p.target.version} "
+                    f"{p.target.live_name}: {before or 'nothing'} -> {p.target.version} "
                     f"({p.target.stack}) is live at {layout.live_path(p.target.live_name)}"
                 )
         faults.hit("switched")
@@ -439,7 +490,7 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
             else:
                 hdd_changed = switch.replace_symlink(layout.hdd, f"sw.{hdd}")
         faults.hit("hdd-switched")
-    kept = tuple(drop_unused_copies(layout))
+    kept = drop_unused_copies(layout).kept
     results = []
     for p in plans:
         steps = [
@@ -481,37 +532,75 @@ def _run_locked(root: Path, wait: float, body: object) -> Outcome:
 # ---------------------------------------------------------------- commands
 
 
-def read_release(path: Path) -> dict[str, str]:
-    """A release manifest: TOML ``[stacks] py3 = "<source>"`` or JSON ``{"stacks": {...}}`` -> {source: name}."""
-    import json
+_RELEASE_SHAPE = 'a [stacks] table of name = "<source>" (path, URL or OCI reference)'
 
+
+def read_release(path: Path) -> dict[str, str]:
+    """A release manifest: TOML ``[stacks] py3 = "<source>"`` or JSON ``{"stacks": {...}}`` -> {source: name}.
+
+    Every mistake is one ``ActivateError`` line naming the file (and line, for TOML) and the field."""
+    import json
+    import re
+
+    from .. import toml as tomllib
+    from ..tomlloc import index_lines, line_of
+
+    is_json = path.suffix == ".json"
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ActivateError(f"{path}: cannot read the release manifest ({exc})") from exc
+        raise ActivateError(f"{path}: cannot read the release manifest ({exc.strerror or exc})") from None
     try:
-        if path.suffix == ".json":
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ActivateError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the release manifest as UTF-8"
+        ) from None
+    lines: dict[tuple[str | int, ...], int] = {}
+    try:
+        if is_json:
             data = json.loads(text)
         else:
-            try:
-                from .. import toml as tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
             data = tomllib.loads(text)
-    except ValueError as exc:
-        raise ActivateError(
-            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}"
-        ) from exc
+            lines = index_lines(text)
+    except json.JSONDecodeError as exc:
+        raise ActivateError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        reason = re.sub(r"\s*\(at line.*\)", "", str(exc))
+        raise ActivateError(f"{path}{f':{match.group(1)}' if match else ''}: not valid TOML: {reason}") from None
+
+    def where(*key: str) -> str:
+        line = line_of(lines, key) if lines else None
+        return f"{path}:{line}" if line else str(path)
+
+    if not isinstance(data, dict):
+        raise ActivateError(f"{path}: expected a JSON object {{\"stacks\": {{...}}}}, got {type(data).__name__}")
+    for key in data:
+        if key != "stacks":
+            raise ActivateError(f"{where(key)}: {key}: unknown key; a release holds only {_RELEASE_SHAPE}")
     stacks = data.get("stacks")
-    if not isinstance(stacks, dict) or not stacks or not all(isinstance(v, str) for v in stacks.values()):
-        raise ActivateError(
-            f'{path}: expected a [stacks] table of name = "<source>" (path, URL or OCI reference)'
-        )
+    if not isinstance(stacks, dict) or not stacks:
+        got = "nothing" if stacks is None else json.dumps(stacks, default=str)
+        raise ActivateError(f"{where('stacks')}: stacks: expected {_RELEASE_SHAPE}, got {got}")
     base = path.parent
-    out = {}
+    out: dict[str, str] = {}
     for name, value in stacks.items():
-        kind = source.kind_of(value)
-        out[str(base / value) if kind == "path" and not os.path.isabs(value) else value] = str(name)
+        if not name or not name.isprintable():
+            raise ActivateError(f"{where('stacks')}: stacks: {name!r} is not a stack name; name the stack it holds")
+        if not isinstance(value, str) or not value.strip():
+            raise ActivateError(
+                f"{where('stacks', name)}: stacks.{name}: expected the stack's source as a non-empty string "
+                f"(path, URL or OCI reference), got {json.dumps(value, default=str)}"
+            )
+        spec = str(base / value) if source.kind_of(value) == "path" and not os.path.isabs(value) else value
+        if spec in out:
+            raise ActivateError(
+                f"{where('stacks', name)}: stacks.{name}: the same source as stacks.{out[spec]}; "
+                f"give each stack its own artifact"
+            )
+        out[spec] = str(name)
     return out
 
 
@@ -561,9 +650,37 @@ def activate(
     return _run_locked(root, wait, body)
 
 
+def parse_version_arg(arg: str, root: Path) -> tuple[str, str | None]:
+    """``set-version``'s argument -> (version, tree or None).
+
+    ``2026.11.01``, ``sw.2026.11.01``, ``<root>/sw.2026.11.01`` name a version;
+    ``<root>/sw.2026.11.01/py3`` a version and one of its trees. A path must lie under ``root``."""
+    text = arg.rstrip("/")
+    if "/" not in text:
+        return normalize_version(text), None
+    path = Path(text)
+    tree: str | None = None
+    if path.parent.name.startswith("sw.") and not path.name.startswith("sw."):
+        path, tree = path.parent, path.name
+    if not path.name.startswith("sw."):
+        raise ActivateError(
+            f"{arg}: not a version; give VERSION, sw.VERSION, {root}/sw.VERSION or {root}/sw.VERSION/<stack>"
+        )
+    if os.path.realpath(path.parent) != os.path.realpath(root):
+        raise ActivateError(
+            f"{arg} is not under the root {root}; pass --root {path.parent} to switch that root's versions"
+        )
+    return normalize_version(path.name), tree
+
+
 def set_version(root: Path, version: str, stack: str | None = None, wait: float = 0.0) -> Outcome:
-    """Make a version already on the host live (all its stacks, or one)."""
-    version = check_name("version", normalize_version(version))
+    """Make a version already on the host live (all its stacks, or one); ``version`` may be a path
+    to the version's directory or to one of its trees (see ``parse_version_arg``)."""
+    name, tree_arg = parse_version_arg(version, root)
+    version = check_name("version", name)
+    if tree_arg is not None and stack is not None and stack != tree_arg:
+        raise ActivateError(f"the path names the stack {tree_arg} but --stack says {stack}; give one of them")
+    stack = stack or tree_arg
 
     def body(layout: Layout) -> Outcome:
         if not layout.version_dir(version).is_dir():
@@ -573,7 +690,10 @@ def set_version(root: Path, version: str, stack: str | None = None, wait: float 
             )
         trees = {s: layout.live_name_of(s, version) for s in layout.stacks_in(version)}
         if stack:
-            trees = {s: live for s, live in trees.items() if stack in (s, live)} or {stack: stack}
+            chosen = {s: live for s, live in trees.items() if stack in (s, live)}
+            if not chosen:
+                raise ActivateError(_unknown_stack(layout, version, stack, trees))
+            trees = chosen
         if not trees:
             raise ActivateError(f"{layout.version_dir(version)} holds no stack")
         by_live: dict[str, str] = {}
@@ -594,39 +714,82 @@ def set_version(root: Path, version: str, stack: str | None = None, wait: float 
     return _run_locked(root, wait, body)
 
 
+def _unknown_stack(layout: Layout, version: str, stack: str, trees: dict[str, str]) -> str:
+    """Why ``--stack`` names nothing in ``version``: a stack of other versions, or none at all."""
+    elsewhere = [
+        v for v in layout.versions() if any(stack in (s, layout.live_name_of(s, v)) for s in layout.stacks_in(v))
+    ]
+    if elsewhere:
+        return (
+            f"{layout.version_dir(version)} has no stack {stack} (it holds {', '.join(sorted(trees)) or 'none'}); "
+            f"versions with {stack}: {', '.join(elsewhere)}"
+        )
+    known = ", ".join(sorted({s for v in layout.versions() for s in layout.stacks_in(v)})) or "none"
+    return f"--stack {stack}: unknown stack, no version on this host holds it; known stacks: {known}"
+
+
 def restore(root: Path, wait: float = 0.0) -> Outcome:
-    """After a reboot: load the recorded active versions onto the (empty) ramdisk and relink them."""
+    """After a reboot: load the recorded active versions onto the (empty) ramdisk and relink them.
+
+    Stack by stack: one that cannot be restored (its persistent tree gone, say) is named in
+    ``Outcome.failed`` and the others are still served.
+    """
 
     def body(layout: Layout) -> Outcome:
         state = HostState.load(layout)
         if not state.stacks:
             log.info(f"nothing recorded in {layout.state_file}; nothing to restore")
             return Outcome(())
-        plans = [
-            plan_stack(
-                layout,
-                state,
-                Target(entry.tree_of(name), entry.version, None, name),
-                reload_copy=_copy_differs(layout, entry.tree_of(name), entry.version),
-            )
-            for name, entry in sorted(state.stacks.items())
-        ]
-        return _apply(layout, plans, None, {})
+        results: list[StackResult] = []
+        failed: list[str] = []
+        for name, entry in sorted(state.stacks.items()):
+            try:
+                results += _restore_stack(layout, state, name, entry).results
+            except ActivateError as exc:
+                failed.append(f"{name}: not restored: {exc}")
+        return Outcome(tuple(results), None, tuple(failed))
 
     return _run_locked(root, wait, body)
 
 
+def _restore_stack(layout: Layout, state: HostState, name: str, entry: StackState) -> Outcome:
+    """Load one recorded version onto the ramdisk (again, if its copy is damaged) and relink it."""
+    tree = entry.tree_of(name)
+    target = Target(tree, entry.version, None, name)
+    plan = plan_stack(layout, state, target, reload_copy=_copy_differs(layout, tree, entry.version))
+    return _apply(layout, [plan], None, {})
+
+
 def _copy_differs(layout: Layout, stack: str, version: str) -> bool:
-    """Whether the version's ramdisk copy is there but differs from its persistent tree (as
-    ``active`` compares them: by type, mode, size and mtime)."""
+    """Whether the version's ramdisk copy is there but differs from its persistent tree, the verified
+    one: by type, size and mtime (as ``active`` compares them), then by mode and bytes, file by file."""
     copy, persistent = layout.ramdisk_copy(stack, version), layout.persistent_tree(stack, version)
     if not (layout.production and copy.is_dir() and persistent.is_dir()):
         return False
-    differences = compare_trees(persistent, copy, by_hash=False)
+    differences = compare_trees(persistent, copy, by_hash=False) or damaged_files(persistent, copy)
     if differences:
         more = f" and {len(differences) - 1} more" if len(differences) > 1 else ""
         log.warn(f"{copy} differs from {persistent} ({differences[0]}{more}); loading it again")
     return bool(differences)
+
+
+def damaged_files(persistent: Path, copy: Path) -> list[str]:
+    """Regular files whose mode or bytes differ between the two trees (a same-size write with its
+    mtime set back shows only here). Reads both trees: ``restore`` pays it only when a copy is there."""
+    out = []
+    for dirpath, _dirnames, filenames in os.walk(persistent):
+        for name in filenames:
+            disk = os.path.join(dirpath, name)
+            rel = os.path.relpath(disk, persistent)
+            ram = os.path.join(copy, rel)
+            try:
+                dst, rst = os.lstat(disk), os.lstat(ram)
+            except OSError:
+                out.append(rel)
+                continue
+            if stat.S_ISREG(dst.st_mode) and (dst.st_mode != rst.st_mode or not reuse.same_bytes(disk, ram)):
+                out.append(rel)
+    return sorted(out)
 
 
 # ---------------------------------------------------------------- reports
@@ -805,13 +968,23 @@ def diff_packages(a: Manifest, b: Manifest) -> Diff:
     removed = tuple(sorted((k[1], _pkg_label(left[k])) for k in left.keys() - right.keys()))
     changed = tuple(
         sorted(
-            (k[1], _pkg_label(left[k]), _pkg_label(right[k]))
+            _changed_labels(k[1], left[k], right[k])
             for k in left.keys() & right.keys()
             if (left[k].version, left[k].build, left[k].sha256)
             != (right[k].version, right[k].build, right[k].sha256)
         )
     )
     return Diff(a.stack_id, a.version, b.version, added, removed, changed)
+
+
+def _changed_labels(name: str, old: PackageEntry, new: PackageEntry) -> tuple[str, str, str]:
+    """(name, old label, new label); when version and build are the same, the labels carry the
+    short sha256 so that a rebuilt package shows what changed: ``1.0=py_0 sha256:1a2b3c4d5e6f``."""
+    before, after = _pkg_label(old), _pkg_label(new)
+    if before == after:
+        before += f" sha256:{(old.sha256 or 'none')[:12]}"
+        after += f" sha256:{(new.sha256 or 'none')[:12]}"
+    return name, before, after
 
 
 def diff(root: Path, a: str, b: str, stack: str | None = None) -> Diff:
@@ -830,59 +1003,83 @@ class PrunePlan:
     keep: dict[str, str] = field(default_factory=dict)  # version -> why
 
 
-def plan_prune(versions: list[str], keep: int, protected: dict[str, str]) -> PrunePlan:
-    """Keep the ``keep`` newest and every protected version (pure)."""
-    ordered = sorted(versions, key=version_key)
+@dataclass(frozen=True)
+class Pruned:
+    plan: PrunePlan
+    copies: tuple[str, ...] = ()  # ramdisk copies removed: no longer live and unused
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return not self.dry_run and bool(self.plan.remove or self.copies)
+
+
+def plan_prune(
+    versions: list[str], keep: int, protected: dict[str, str], foreign: Mapping[str, str] | None = None
+) -> PrunePlan:
+    """Keep the ``keep`` newest and every protected version (pure). ``foreign``: version directories
+    holding something swstack did not put there -> what; never removed, nor counted among the newest."""
+    foreign = foreign or {}
+    ordered = sorted((v for v in versions if v not in foreign), key=version_key)
     newest = set(ordered[-keep:]) if keep > 0 else set()
     reasons = {v: "newest" for v in newest}
-    reasons.update({v: why for v, why in protected.items() if v in versions})
+    reasons.update({v: why for v, why in protected.items() if v in ordered})
+    reasons.update({v: f"not made by swstack: {what}" for v, what in foreign.items()})
     return PrunePlan(tuple(v for v in ordered if v not in reasons), reasons)
 
 
-def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> tuple[PrunePlan, bool]:
+def _protected_versions(layout: Layout, state: HostState) -> dict[str, str]:
+    """Versions prune must keep, and why: recorded, previous, live, sw.hdd's, or in use."""
+    protected: dict[str, str] = {}
+    for name, entry in state.stacks.items():
+        if entry.previous:
+            protected.setdefault(entry.previous, f"previous version of {name}")
+        protected[entry.version] = f"recorded active version of {name}"
+    for live, (tree, v) in layout.live_links().items():
+        protected[v] = f"live version of {live} ({tree})"
+    hdd = layout.hdd_version()
+    if hdd is not None:
+        protected.setdefault(hdd, "sw.hdd points at it")
+    for v in layout.versions():
+        if v in protected:
+            continue
+        users = inuse.users_of(layout.version_dir(v))
+        users += [
+            u
+            for s in layout.stacks_in(v)
+            if layout.production
+            for u in inuse.users_of(layout.ramdisk_copy(s, v))
+        ]
+        if users:
+            protected[v] = f"in use by PID {', '.join(map(str, sorted(set(users))[:5]))}"
+    return protected
+
+
+def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> Pruned:
     if keep < 0:
         raise ActivateError("--keep must be 0 or more")
 
-    result = PrunePlan(())
+    result = Pruned(PrunePlan(()), dry_run=dry_run)
 
     def body(layout: Layout) -> Outcome:
         nonlocal result
         state = HostState.load(layout)
-        protected: dict[str, str] = {}
-        for name, entry in state.stacks.items():
-            if entry.previous:
-                protected.setdefault(entry.previous, f"previous version of {name}")
-            protected[entry.version] = f"recorded active version of {name}"
-        for live, (tree, v) in layout.live_links().items():
-            protected[v] = f"live version of {live} ({tree})"
-        hdd = layout.hdd_version()
-        if hdd is not None:
-            protected.setdefault(hdd, "sw.hdd points at it")
-        for v in layout.versions():
-            if v in protected:
-                continue
-            users = inuse.users_of(layout.version_dir(v))
-            users += [
-                u
-                for s in layout.stacks_in(v)
-                if layout.production
-                for u in inuse.users_of(layout.ramdisk_copy(s, v))
-            ]
-            if users:
-                protected[v] = f"in use by PID {', '.join(map(str, sorted(set(users))[:5]))}"
-        result = plan_prune(layout.versions(), keep, protected)
+        versions = layout.versions()
+        foreign = {v: what for v in versions if (what := layout.foreign_content(v)) is not None}
+        plan = plan_prune(versions, keep, _protected_versions(layout, state), foreign)
+        result = Pruned(plan, dry_run=dry_run)
         if dry_run:
             return Outcome(())
         trash = layout.private / "trash"
-        for v in result.remove:
+        for v in plan.remove:
             trash.mkdir(exist_ok=True)
             # Rename first: a half-deleted version never looks like a version.
             doomed = trash / f"sw.{v}"
             os.rename(layout.version_dir(v), doomed)
             switch.remove_tree(doomed)
             log.info(f"removed {layout.version_dir(v)}")
-        drop_unused_copies(layout)
+        result = Pruned(plan, drop_unused_copies(layout).removed)
         return Outcome(())
 
     _run_locked(root, wait, body)
-    return result, bool(result.remove) and not dry_run
+    return result

@@ -35,7 +35,7 @@ from ..errors import ActivateError
 from ..manifest import IN_TREE_PATH
 from . import faults
 from .chunks import Entry, Segment
-from .reuse import NO_LINK, Previous, link_if_possible, same_inode_data
+from .reuse import NO_LINK, Previous, holds, link_if_possible, same_bytes, same_inode_data
 from .tarstream import BLOCK, BrokenTar, Member, is_end, next_member, padded
 from .verify import Expected
 
@@ -704,22 +704,42 @@ class _Writer:
             self.bg.submit(self._shared_copy, name, linked_to, data, size=len(data) if data is not None else 0)
 
     def _shared_copy(self, name: str, linked_to: str, data: bytes | memoryview | None) -> None:
-        """A link to the live version's ramdisk file when it equals the disk file, else a copy with its attributes."""
-        assert self.mirror is not None
+        """A link to the live version's ramdisk file when it holds the disk file's bytes, else a copy."""
         disk = f"{self.dest}/{name}"
-        dest = f"{self.mroot}/{name}"
         st = os.lstat(disk)
-        if self.live_copy is not None:
-            source = f"{self.live_copy}/{linked_to}"
-            try:
-                ok = same_inode_data(os.lstat(source), st)
-            except OSError:
-                ok = False
-            if ok and link_if_possible(Path(source), Path(dest)):
-                self.mirror.linked += 1
-                self.mirror.linked_bytes += st.st_size
-                return
-        fd = _create(dest, stat.S_IMODE(st.st_mode), self.umask)
+        if not self._link_live_copy(name, linked_to, st, data):
+            self._copy_disk_file(name, st, data)
+
+    def _link_live_copy(self, name: str, linked_to: str, st: os.stat_result, data: bytes | memoryview | None) -> bool:
+        """Link the live ramdisk copy's ``linked_to`` in as ``name`` if it has the disk file's attributes
+        and holds the verified bytes: ``data`` when they are in memory, else the disk file's.
+
+        Compared, not trusted: a ramdisk copy damaged after it was written must not lend its
+        inode to the new version. The compare reads memory (tmpfs, and the disk file the
+        extraction just wrote or linked, from the page cache), at memcmp speed.
+        """
+        assert self.mirror is not None
+        if self.live_copy is None:
+            return False
+        source = f"{self.live_copy}/{linked_to}"
+        try:
+            if not same_inode_data(os.lstat(source), st):
+                return False
+        except OSError:
+            return False
+        if not (holds(source, data) if data is not None else same_bytes(source, f"{self.dest}/{name}")):
+            log.warn(f"{source}: differs from the verified file; not shared, written again")
+            return False
+        if not link_if_possible(Path(source), Path(f"{self.mroot}/{name}")):
+            return False
+        self.mirror.linked += 1
+        self.mirror.linked_bytes += st.st_size
+        return True
+
+    def _copy_disk_file(self, name: str, st: os.stat_result, data: bytes | memoryview | None) -> None:
+        """The ramdisk copy of a disk file, with its attributes: from ``data``, or read from the disk file."""
+        disk = f"{self.dest}/{name}"
+        fd = _create(f"{self.mroot}/{name}", stat.S_IMODE(st.st_mode), self.umask)
         try:
             if data is None:
                 with open(disk, "rb", buffering=0) as fh:
@@ -754,16 +774,7 @@ class _Writer:
             self.bg.submit(self._replayed_copy, name, size)
 
     def _replayed_copy(self, name: str, size: int) -> None:
-        assert self.mirror is not None
-        if self.live_copy is not None:
-            try:
-                os.link(f"{self.live_copy}/{name}", f"{self.mroot}/{name}", follow_symlinks=False)
-                self.mirror.linked += 1
-                self.mirror.linked_bytes += size
-                return
-            except OSError as exc:
-                if exc.errno not in NO_LINK:
-                    raise
+        """The ramdisk side of a replayed file: a link to the live copy's file if it holds the disk file's bytes."""
         self._shared_copy(name, name, None)
 
     def _copy_live(self, name: str, source: str, size: int) -> None:

@@ -120,7 +120,17 @@ def init(root: Path, ramdisk_size: str = "32G", mountinfo: Path = Path("/proc/se
     layout = Layout(root)
     changes: list[str] = []
     if not root.is_dir():
-        root.mkdir(parents=True, mode=LAYOUT_MODE)
+        if root.exists() or root.is_symlink():
+            what = "a dangling link" if not root.exists() else "not a directory"
+            raise ActivateError(f"--root {root}: {what}; pass --root a directory, or a path to create")
+        try:
+            root.mkdir(parents=True, mode=LAYOUT_MODE)
+        except OSError as exc:
+            raise ActivateError(
+                f"--root {root}: cannot create it ({exc.strerror or exc}"
+                f"{f': {exc.filename}' if exc.filename and str(exc.filename) != str(root) else ''}); "
+                f"pass --root a directory, or a path under one you may write to"
+            ) from None
         changes.append(f"created {root}")
     _ensure_dir(layout.tmpfs, changes)
     _ensure_dir(layout.private, changes)

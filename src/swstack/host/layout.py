@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ActivateError
-from ..manifest import IN_TREE_PATH
+from ..manifest import IN_TREE_PATH, Manifest
 
 RESERVED_VERSIONS = frozenset({"tmpfs", "hdd"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# What swstack writes beside its trees in sw.<version>: chunk records and file indexes.
+_RECORD_RE = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._+-]*\.(chunks|files)\.json(\.partial)?")
 
 
 def check_name(kind: str, value: str) -> str:
@@ -159,7 +161,8 @@ class Layout:
             return tree
 
     def versions(self) -> list[str]:
-        """Versions with a persistent directory, oldest first."""
+        """Versions with a persistent directory, oldest first: ``sw.<version>`` directories whose
+        ``<version>`` is a valid version name (not ``tmpfs``/``hdd``, no ``@``, no ``.partial``)."""
         found = []
         if self.root.is_dir():
             for entry in self.root.iterdir():
@@ -167,13 +170,35 @@ class Layout:
                 if (
                     name.startswith("sw.")
                     and not name.endswith(".partial")
+                    and is_version_name(name[3:])
                     and entry.is_dir()
                     and not entry.is_symlink()
                 ):
-                    version = name[3:]
-                    if version not in RESERVED_VERSIONS:
-                        found.append(version)
+                    found.append(name[3:])
         return sorted(found, key=version_key)
+
+    def foreign_content(self, version: str) -> str | None:
+        """What in ``sw.<version>`` swstack did not put there, or None if it holds only its trees
+        (each with an in-tree manifest naming this version and the tree) and their records.
+        ``prune`` deletes only directories of the second kind."""
+        vdir = self.version_dir(version)
+        trees = 0
+        for entry in sorted(vdir.iterdir()):
+            name = entry.name
+            if name.startswith("."):
+                if not _RECORD_RE.fullmatch(name) or not entry.is_file() or entry.is_symlink():
+                    return f"{name} is not a record swstack writes"
+                continue
+            if entry.is_symlink() or not entry.is_dir():
+                return f"{name} is not a tree"
+            try:
+                inside = Manifest.from_json((entry / IN_TREE_PATH).read_text())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return f"{name} has no readable {IN_TREE_PATH}"
+            if (inside.stack_id, inside.version) != (name, version):
+                return f"{name}'s {IN_TREE_PATH} describes {inside.stack_id} {inside.version}"
+            trees += 1
+        return None if trees else "no tree"
 
     def stacks_in(self, version: str) -> list[str]:
         vdir = self.version_dir(version)
@@ -188,6 +213,11 @@ class Layout:
             return None
         name = Path(target).name
         return name[3:] if name.startswith("sw.") else None
+
+
+def is_version_name(value: str) -> bool:
+    """A name ``check_name("version", ...)`` accepts (pure)."""
+    return bool(_NAME_RE.match(value)) and value not in RESERVED_VERSIONS and "@" not in value
 
 
 def version_key(version: str) -> tuple[tuple[int, object], ...]:

@@ -35,11 +35,24 @@ def _holder(fd: int) -> str:
     return "?"
 
 
+def seconds(wait: float) -> str:
+    """0.5 -> '0.5s', 30.0 -> '30s' (pure): never a wait shown as 0s that was not 0."""
+    return f"{wait:g}s"
+
+
+def _locked_message(path: Path, holder: str, wait: float) -> str:
+    busy = f"{path}: locked by PID {holder} (another swstack is changing this host)"
+    if wait > 0:
+        return f"{busy}; still held after --wait {seconds(wait)}: run again once it has finished, or wait longer"
+    return f"{busy}; wait for it to finish or pass --wait SECONDS"
+
+
 @contextmanager
 def host_lock(path: Path, wait: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on ``path``; wait up to ``wait`` seconds, then fail naming the holder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    wait = max(0.0, wait)
     try:
         deadline = time.monotonic() + wait
         announced = False
@@ -51,12 +64,9 @@ def host_lock(path: Path, wait: float = 0.0) -> Iterator[None]:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    raise ActivateError(
-                        f"{path}: locked by PID {_holder(fd)} (another swstack is changing this host); "
-                        f"wait for it to finish or pass --wait SECONDS"
-                    ) from None
+                    raise ActivateError(_locked_message(path, _holder(fd), wait)) from None
                 if not announced:
-                    log.info(f"waiting for the lock held by PID {_holder(fd)} (up to {wait:.0f}s)")
+                    log.info(f"waiting for the lock held by PID {_holder(fd)} (up to {seconds(wait)})")
                     announced = True
                 time.sleep(_POLL)
         os.pwrite(fd, f"{os.getpid()}".ljust(_PID_WIDTH - 1).encode() + b"\n", 0)

@@ -5,7 +5,9 @@ Every extracted version records the sha256 of each of its regular files in
 next version is extracted, a file whose content the previous version already holds is
 hardlinked to that file instead of written, if the mode is the same too; when it is
 loaded onto the ramdisk, a file that shares its inode with the previous persistent tree
-is hardlinked to the previous ramdisk copy of that file. Links stay inside one
+is hardlinked to the previous ramdisk copy of that file, once its bytes are found equal to
+the disk file's (a ramdisk copy can be damaged after it was written, and a link would carry
+the damage into the new version). Links stay inside one
 filesystem (disk to disk, ramdisk to ramdisk) and a shared inode is never written,
 chmod-ed or touched: relocation first gives a file about to be rewritten its own inode.
 A reused file keeps the mtime of the version it first came with.
@@ -24,11 +26,36 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import log
+from ..fsutil import sha256_file
 
 INDEX_SCHEMA = 1
 # Links fail across filesystems (EXDEV), past the link limit (EMLINK) or where they are
 # not allowed (EPERM): then the file is written, as without a previous version.
 NO_LINK = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOENT})
+_PIECE = 1 << 20
+
+
+def same_bytes(a: str | Path, b: str | Path) -> bool:
+    """Whether two files hold the same bytes (a compare, no hashing: memcmp costs far less than sha256)."""
+    try:
+        with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
+            while True:
+                left, right = fa.read(_PIECE), fb.read(_PIECE)
+                if left != right:
+                    return False
+                if not left:
+                    return True
+    except OSError:
+        return False
+
+
+def holds(path: str | Path, data: bytes | memoryview) -> bool:
+    """Whether the file at ``path`` holds exactly ``data``."""
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            return fh.read(len(data) + 1) == data
+    except OSError:
+        return False
 
 
 def index_path(version_dir: Path, tree: str) -> Path:
@@ -115,7 +142,12 @@ class Previous:
             return None
 
     def link(self, digest: str, mode: int, size: int, dest: Path) -> str | None:
-        """Hardlink ``dest`` to the previous tree's file with this content and mode; its name, or None."""
+        """Hardlink ``dest`` to the previous tree's file with this content and mode; its name, or None.
+
+        The index only says which file held ``digest`` when it was written: the file is hashed
+        again before it is linked. Only files that moved (same bytes, another name) come here,
+        a file of the same name is byte-compared by ``link_same``, so this stays rare.
+        """
         name = self.by_hash.get(digest)
         if name is None:
             return None
@@ -125,6 +157,11 @@ class Previous:
         except OSError:
             return None
         if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_size != size:
+            return None
+        try:
+            if sha256_file(source) != digest:
+                return None
+        except OSError:
             return None
         if not link_if_possible(source, dest):
             return None
@@ -179,8 +216,9 @@ class RamdiskPrevious:
             return None
         return cls(copy, inode_names(persistent))
 
-    def link(self, st: os.stat_result, dest: Path) -> bool:
-        """Link ``dest`` to the previous ramdisk copy of the disk file ``st`` shares its inode with."""
+    def link(self, st: os.stat_result, disk: Path, dest: Path) -> bool:
+        """Link ``dest`` to the previous ramdisk copy of the disk file ``disk`` (``st``) shares its inode with,
+        if that copy holds the disk file's bytes (the disk tree is the verified one)."""
         name = self.names.get((st.st_dev, st.st_ino))
         if name is None:
             return False
@@ -189,13 +227,7 @@ class RamdiskPrevious:
             cst = os.lstat(source)
         except OSError:
             return False
-        if (
-            not stat.S_ISREG(cst.st_mode)
-            or cst.st_size != st.st_size
-            or cst.st_mode != st.st_mode
-            or cst.st_mtime_ns != st.st_mtime_ns
-            or (cst.st_uid, cst.st_gid) != (st.st_uid, st.st_gid)
-        ):
+        if not same_inode_data(cst, st) or not same_bytes(source, disk):
             return False
         try:
             os.link(source, dest, follow_symlinks=False)

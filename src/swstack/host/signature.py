@@ -22,7 +22,10 @@ of the host side.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from .. import log, toml
 from ..errors import ActivateError
 from ..fsutil import sha256_file
 from ..manifest import Manifest
+from ..tomlloc import index_lines, line_of
 from ..trust import check_keys, verify_blob, verify_registry_signature
 from . import source
 from .source import Artifact
@@ -52,19 +56,82 @@ def load_policy(config: Path | None, require: bool, keys: list[Path]) -> TrustPo
         path = HOST_CONFIG
     required, trusted = require, list(keys)
     if path is not None:
-        try:
-            data = toml.loads(path.read_text())
-        except FileNotFoundError:
-            raise ActivateError(f"{path}: host config file missing") from None
-        except toml.TOMLDecodeError as exc:
-            raise ActivateError(f"{path}: not valid TOML ({exc})") from None
-        section = data.get("signatures") or {}
-        unknown = sorted(set(section) - {"require", "trusted_keys"})
-        if unknown or not isinstance(section.get("trusted_keys", []), list):
-            raise ActivateError(f"{path}: [signatures] takes require = true|false and trusted_keys = [paths]")
-        required = required or bool(section.get("require", False))
-        trusted += [(path.parent / k) for k in section.get("trusted_keys", [])]
+        file_required, file_keys = read_host_config(path)
+        required = required or file_required
+        trusted += file_keys
     return TrustPolicy(required, tuple(trusted))
+
+
+_SECTION_KEYS = ("require", "trusted_keys")
+_SHAPE = "require = true|false and trusted_keys = [\"<key path>\", ...]"
+
+
+def _shown(value: object) -> str:
+    """A TOML value as the file spells it (near enough): "false", [1], 5."""
+    return json.dumps(value, default=str)
+
+
+def read_host_config(path: Path) -> tuple[bool, list[Path]]:
+    """The host config file -> (signatures required, trusted key paths); every mistake is one
+    ``ActivateError`` line naming file:line and the key, never a Python error."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ActivateError(f"{path}: host config file missing; create it or pass another --host-config") from None
+    except OSError as exc:
+        raise ActivateError(f"{path}: cannot read the host config ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ActivateError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the host config as UTF-8"
+        ) from None
+    try:
+        data = toml.loads(text)
+    except toml.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        where = f":{match.group(1)}" if match else ""
+        reason = re.sub(r"\s*\(at line.*\)", "", str(exc))
+        raise ActivateError(f"{path}{where}: not valid TOML: {reason}; fix the host config") from None
+    lines = index_lines(text)
+
+    def refuse(key: tuple[str | int, ...], what: str) -> ActivateError:
+        line = line_of(lines, key)
+        name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in key).lstrip(".")
+        return ActivateError(f"{path}{f':{line}' if line else ''}: {name}: {what}")
+
+    for key in data:
+        if key != "signatures":
+            near = " (did you mean [signatures]?)" if difflib.get_close_matches(key, ["signatures"]) else ""
+            raise refuse((key,), f"unknown key{near}; the host config holds one table, [signatures], with {_SHAPE}")
+    section = data.get("signatures", {})
+    if not isinstance(section, dict):
+        raise refuse(("signatures",), f"expected a table, got {_shown(section)}; write [signatures] with {_SHAPE}")
+    for key in section:
+        if key not in _SECTION_KEYS:
+            close = difflib.get_close_matches(key, _SECTION_KEYS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise refuse(("signatures", key), f"unknown key{hint}; [signatures] takes only {_SHAPE}")
+    required = section.get("require", False)
+    if not isinstance(required, bool):
+        raise refuse(
+            ("signatures", "require"),
+            f"expected true or false (a TOML boolean, unquoted), got {_shown(required)}",
+        )
+    keys = section.get("trusted_keys", [])
+    if not isinstance(keys, list):
+        raise refuse(
+            ("signatures", "trusted_keys"),
+            f"expected a list of key paths, got {_shown(keys)}; write trusted_keys = [\"<key path>\", ...]",
+        )
+    for i, item in enumerate(keys):
+        if not isinstance(item, str) or not item.strip():
+            raise refuse(
+                ("signatures", "trusted_keys", i),
+                f"expected the path of a PEM public key (a non-empty string), got {_shown(item)}",
+            )
+    return required, [path.parent / k for k in keys]
 
 
 def fetch(spec: str, downloads: Path, policy: TrustPolicy) -> Artifact:

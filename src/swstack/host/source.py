@@ -81,7 +81,8 @@ def _checksum_file(tarball: Path) -> Path | None:
     return checksum if checksum.is_file() else None
 
 
-def _download(url: str, dest: Path) -> Path:
+def _download(url: str, dest: Path, optional: bool = False) -> Path | None:
+    """``url`` streamed to ``dest``; with ``optional``, a 404 is None (and any stale ``dest`` removed)."""
     # Imported here: a local activation never pays for the HTTP client (see signature._read_url).
     import urllib.error
     import urllib.request
@@ -94,6 +95,11 @@ def _download(url: str, dest: Path) -> Path:
             open(partial, "wb") as out,
         ):
             shutil.copyfileobj(response, out, 1 << 20)
+    except urllib.error.HTTPError as exc:
+        if optional and exc.code == 404:
+            dest.unlink(missing_ok=True)
+            return None
+        raise ActivateError(f"{url}: download failed ({exc}); check the URL and the network") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise ActivateError(f"{url}: download failed ({exc}); check the URL and the network") from exc
     return dest
@@ -105,10 +111,13 @@ def from_url(url: str, downloads: Path) -> Artifact:
     if name.endswith(".json") or not name:
         raise ActivateError(f"{url}: point the URL at the tarball (…-<platform>.tar.zst)")
     dest_dir = downloads / re.sub(r"[^A-Za-z0-9._-]", "_", f"{parsed.netloc}{Path(parsed.path).parent}")
-    tarball = _download(url, dest_dir / name)
+    tarball = dest_dir / name
+    _download(url, tarball)
     base = url.rsplit("/", 1)[0]
     _download(f"{base}/{MANIFEST_NAME}", dest_dir / MANIFEST_NAME)
-    checksum = _download(f"{url}{CHECKSUM_SUFFIX}", checksum_path(tarball))
+    # The side file is optional, as beside a local tarball: manifest.json's sha256 is what is
+    # checked (verify.expectations), the side file only has to agree with it when it is there.
+    checksum = _download(f"{url}{CHECKSUM_SUFFIX}", checksum_path(tarball), optional=True)
     return Artifact(tarball, checksum, _load_manifest(dest_dir / MANIFEST_NAME), url)
 
 

@@ -59,7 +59,8 @@ def copy_tree(src: Path, dest: Path, previous: RamdiskPrevious | None = None) ->
     """Copy ``src`` to the new directory ``dest`` keeping modes, mtimes, owners, symlinks and hardlinks.
 
     With ``previous``, a file whose inode ``src`` shares with the previous version's
-    persistent tree is linked to that version's copy in ``dest``'s filesystem instead.
+    persistent tree is linked to that version's copy in ``dest``'s filesystem instead, once
+    that copy's bytes are found equal to ``src``'s.
     """
     is_root = os.geteuid() == 0
     links: dict[tuple[int, int], str] = {}
@@ -92,7 +93,7 @@ def _copy_dir(
             if est.st_nlink > 1 and key in links:
                 os.link(links[key], d)
                 continue
-            if est.st_nlink > 1 and previous is not None and previous.link(est, d):
+            if est.st_nlink > 1 and previous is not None and previous.link(est, s, d):
                 links[key] = str(d)
                 bar.advance(est.st_size)  # type: ignore[attr-defined]
                 continue  # a shared inode: never chmod-ed, chown-ed or touched

@@ -1,0 +1,237 @@
+"""The host CLI on damaged and odd hosts: a ramdisk copy changed behind swstack's back, versions
+that are not swstack trees, a recorded tree that is gone, a release failing half-way, foreign
+``sw.*`` directories. Every test works under ``tmp_path`` (``--root``); none touches /data0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.support.host import chunked_pair, make_artifact, swstack_argv
+
+SHARED = "lib/python3.11/site-packages/pkg001/mod05.py"  # the same bytes in every version below
+
+
+def sw(root: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(swstack_argv(*args, "--root", str(root)), capture_output=True, text=True, timeout=300)
+    if check is not None:
+        assert res.returncode == check, res.stdout + res.stderr
+    return res
+
+
+def production_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    return root
+
+
+def damage(path: Path) -> bytes:
+    """Change a file's bytes in place, keeping its size and mtime: only its content tells. Returns the old bytes."""
+    st = path.stat()
+    old = path.read_bytes()
+    with path.open("r+b") as fh:  # the same inode: every name linked to it sees the damage
+        fh.write(bytes([old[0] ^ 0x20]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.read_bytes() != old and path.stat().st_mtime_ns == st.st_mtime_ns
+    return old
+
+
+def assert_clean(root: Path) -> None:
+    status = json.loads(sw(root, "active", "--verify", "--json").stdout)
+    assert all(s["in_sync"] is True for s in status["stacks"]), status
+
+
+def no_error_lines(res: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------- a damaged ramdisk copy
+
+
+def test_restore_repairs_a_copy_whose_bytes_changed_with_size_and_mtime_kept(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0", small_files=200)))
+    copy = root / "sw.tmpfs/.py3@1.0"
+    good = damage(copy / SHARED)
+    res = sw(root, "restore")
+    assert f"differs from {root / 'sw.1.0/py3'} ({SHARED}); loading it again" in res.stderr
+    assert (root / "sw/py3" / SHARED).read_bytes() == good
+    assert_clean(root)
+    sw(root, "restore", check=3)  # repaired: nothing more to do
+    assert not [p for p in (root / "sw.tmpfs").iterdir() if ".damaged-" in p.name]  # unused: dropped
+
+
+def test_an_update_never_links_a_damaged_ramdisk_file(tmp_path: Path) -> None:
+    """Unchunked tarballs: the new copy gets the verified bytes, not the damaged inode."""
+    root = production_root(tmp_path)
+    old, new = (make_artifact(tmp_path / v, version=v, small_files=200) for v in ("1.0", "2.0"))
+    sw(root, "activate", str(old))
+    damaged = root / "sw.tmpfs/.py3@1.0" / SHARED
+    good = damage(damaged)
+    inode = damaged.stat().st_ino
+    res = sw(root, "activate", str(new))
+    assert f"{damaged}: differs from the verified file; not shared, written again" in res.stderr
+    fresh = root / "sw.tmpfs/.py3@2.0" / SHARED
+    assert fresh.read_bytes() == good and fresh.stat().st_ino != inode
+    assert "shared with the previous version" in res.stderr  # the other files still are
+    assert_clean(root)
+
+
+def test_a_chunked_update_never_links_a_damaged_ramdisk_file_of_a_chunk_not_read(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    one, two = chunked_pair(tmp_path / "art")
+    sw(root, "activate", str(one))
+    damaged = root / "sw.tmpfs/.py3@1.0" / SHARED
+    good = damage(damaged)
+    res = sw(root, "activate", str(two))
+    assert "chunks unchanged, not read" in res.stderr  # the chunk holding it was replayed
+    assert f"{damaged}: differs from the verified file" in res.stderr
+    assert (root / "sw.tmpfs/.py3@1.1" / SHARED).read_bytes() == good
+    assert_clean(root)
+
+
+def test_set_version_never_links_a_damaged_ramdisk_file(tmp_path: Path) -> None:
+    """Copying a tree already on disk (set-version): a file sharing its disk inode with the live
+    version is linked to the live copy only if that copy holds the disk file's bytes."""
+    root = production_root(tmp_path)
+    old, new = (make_artifact(tmp_path / v, version=v, small_files=200) for v in ("1.0", "2.0"))
+    sw(root, "activate", str(old))
+    sw(root, "activate", str(new))  # 1.0's copy dropped; 2.0's disk tree shares inodes with 1.0's
+    assert (root / "sw.1.0/py3" / SHARED).stat().st_ino == (root / "sw.2.0/py3" / SHARED).stat().st_ino
+    good = damage(root / "sw.tmpfs/.py3@2.0" / SHARED)
+    sw(root, "set-version", "1.0")
+    assert (root / "sw/py3" / SHARED).read_bytes() == good
+    assert_clean(root)
+
+
+# ---------------------------------------------------------------- set-version of what is not a tree
+
+
+def test_set_version_refuses_an_empty_or_foreign_directory(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0")))
+    live = os.readlink(root / "sw.tmpfs/py3")
+    (root / "sw.2.0").mkdir()
+    res = sw(root, "set-version", "2.0", check=11)
+    assert res.stderr.count("\n") == 1 and f"{root / 'sw.2.0'} holds no stack" in res.stderr
+    (root / "sw.2.0/py3").mkdir()
+    res = sw(root, "set-version", "2.0", check=11)
+    assert res.stderr.count("\n") == 1, res.stderr
+    assert f"{root / 'sw.2.0/py3'}: no conda-meta/swstack-manifest.json, not a swstack tree" in res.stderr
+    (root / "sw.2.0/py3/conda-meta").mkdir()
+    (root / "sw.2.0/py3/conda-meta/swstack-manifest.json").write_text("{}")
+    res = sw(root, "set-version", "2.0", "--stack", "py3", check=11)
+    assert res.stderr.count("\n") == 1 and "not a swstack manifest" in res.stderr
+    # A real tree under another version's name: its manifest says which it is.
+    (root / "sw.3.0").mkdir()
+    subprocess.run(["cp", "-a", str(root / "sw.1.0/py3"), str(root / "sw.3.0/")], check=True)
+    res = sw(root, "set-version", "3.0", check=11)
+    assert res.stderr.count("\n") == 1 and "describes py3 1.0, not py3 3.0" in res.stderr
+    assert os.readlink(root / "sw.tmpfs/py3") == live
+    assert sorted(p.name for p in (root / "sw.tmpfs").iterdir()) == [".py3@1.0", "py3"]
+
+
+# ---------------------------------------------------------------- restore, stack by stack
+
+
+def test_restore_serves_every_stack_it_can_and_names_the_one_it_cannot(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    py3 = make_artifact(tmp_path / "py3", version="1.0")
+    r = make_artifact(tmp_path / "r", stack="r", version="1.0")
+    sw(root, "activate", str(py3), str(r))
+    # Reboot, and py3's persistent tree is gone.
+    subprocess.run(["rm", "-rf", str(root / "sw.tmpfs"), str(root / "sw.1.0/py3")], check=True)
+    (root / "sw.tmpfs").mkdir()
+    res = sw(root, "restore", check=11)
+    no_error_lines(res)
+    errors = [line for line in res.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("swstack restore: error: py3: not restored: ")
+    assert f"no {root / 'sw.1.0/py3'}" in errors[0]
+    assert (root / "sw/r/share/version.txt").read_text() == "1.0\n"
+    assert "r: 1.0 active (loaded onto the ramdisk, switched)" in res.stdout
+    assert "r: nothing -> 1.0 (r)" in res.stderr  # it switched from nothing, not from a previous version
+
+
+def test_restore_logs_the_version_it_switches_from(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    for v in ("1.0", "2.0"):
+        sw(root, "activate", str(make_artifact(tmp_path / v, version=v)))
+    subprocess.run(["rm", "-rf", str(root / "sw.tmpfs")], check=True)
+    (root / "sw.tmpfs").mkdir()
+    res = sw(root, "restore")
+    assert "py3: nothing -> 2.0 (py3)" in res.stderr and "1.0 -> 2.0" not in res.stderr
+    assert "previous 1.0" in res.stdout  # the record keeps its previous version
+
+
+# ---------------------------------------------------------------- a release failing at a later stack
+
+
+def test_a_release_failing_at_its_second_stack_leaves_nothing_on_the_ramdisk(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    sw(root, "activate", str(make_artifact(tmp_path / "old", version="0.9")))
+    py3 = make_artifact(tmp_path / "py3", version="1.0")
+    bad = make_artifact(tmp_path / "r", stack="r", version="1.0")
+    tarball = next(bad.glob("*.tar.zst"))
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size: refused while extracting, after py3's copy was written
+    tarball.write_bytes(bytes(data))
+    res = sw(root, "activate", str(py3), str(bad), check=11)
+    no_error_lines(res)
+    assert res.stderr.count("error:") == 1
+    assert sorted(p.name for p in (root / "sw.tmpfs").iterdir()) == [".py3@0.9", "py3"]
+    assert os.readlink(root / "sw.tmpfs/py3") == ".py3@0.9"
+
+
+# ---------------------------------------------------------------- prune
+
+
+def test_prune_leaves_directories_it_did_not_make(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    for v in ("1.0", "2.0", "3.0", "4.0"):  # 4.0 active, 3.0 previous
+        sw(root, "activate", str(make_artifact(tmp_path / v, version=v)))
+    foreign = {
+        "sw.hdd-old": "notes.txt",  # an admin's copy of the seed's sw.hdd
+        "sw.0.1": "anaconda3/bin/python",  # a version installed by hand, before swstack
+        "sw.0.2": ".py3.chunks.json",  # nothing but a stray record
+    }
+    for d, f in foreign.items():
+        (root / d / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / d / f).write_text("mine\n")
+    (root / "sw.1.0/README").write_text("a note beside the tree\n")
+    res = json.loads(sw(root, "prune", "--keep", "0", "--json").stdout)
+    assert res["removed"] == ["2.0"]
+    for v, why in (("hdd-old", "notes.txt is not a tree"), ("0.1", "anaconda3 has no readable"),
+                   ("0.2", "no tree"), ("1.0", "README is not a tree")):  # fmt: skip
+        assert why in res["kept"][v], res["kept"]
+        assert (root / f"sw.{v}").is_dir()
+    assert res["kept"]["4.0"] == "live version of py3 (py3)"
+
+
+def test_prune_reports_the_ramdisk_copies_it_removes(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    for v in ("1.0", "2.0"):
+        sw(root, "activate", str(make_artifact(tmp_path / v, version=v)))
+    # A copy no longer live (as a run cut short before its last step leaves one).
+    subprocess.run(["cp", "-a", str(root / "sw.tmpfs/.py3@2.0"), str(root / "sw.tmpfs/.py3@1.0")], check=True)
+    res = sw(root, "prune", "--keep", "5", "--json")
+    assert json.loads(res.stdout)["removed_copies"] == [str(root / "sw.tmpfs/.py3@1.0")]
+    assert not (root / "sw.tmpfs/.py3@1.0").exists()
+    subprocess.run(["cp", "-a", str(root / "sw.tmpfs/.py3@2.0"), str(root / "sw.tmpfs/.py3@1.0")], check=True)
+    res = sw(root, "prune", "--keep", "5")
+    assert f"removed {root / 'sw.tmpfs/.py3@1.0'} (ramdisk copy no longer live)" in res.stdout
+    sw(root, "prune", "--keep", "5", check=3)
+
+
+# ---------------------------------------------------------------- active --verbose
+
+
+def test_active_verbose_prints_no_none(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0")))
+    (root / "sw.tmpfs/py3").unlink()  # recorded, not live
+    res = sw(root, "active", "--verbose", check=1)
+    assert "None" not in res.stdout
+    assert "served from: -" in res.stdout and "persistent:  -" in res.stdout
