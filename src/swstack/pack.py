@@ -1302,7 +1302,8 @@ def _pack_recorded(
     atomic_write_text(manifest_path, manifest.to_json())  # last: its presence means complete
     seconds = time.monotonic() - started
     log.info(
-        f"packed {file_count} files, {log.human_bytes(total_size)} -> {tarball} "
+        # Relative to --out: inside a build's sandbox that is a mount point, not a path the user has.
+        f"packed {file_count} files, {log.human_bytes(total_size)} -> {tarball.relative_to(out_dir)} "
         f"({log.human_bytes(written.size)}, {len(written.chunks)} chunks) in {seconds:.1f}s"
     )
     return PackResult(tarball, checksum, manifest_path, manifest, seconds)

@@ -33,6 +33,12 @@ def test_a_bad_stack_file_exits_2_with_a_located_message(project: Path) -> None:
     assert result.returncode == 2
     assert "stacks/bad.toml:2: chanels: unknown key; did you mean 'channels'?" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    # doit plans every task for every command: the broken file must not stop the others.
+    listed = doit(project, "list")
+    assert listed.returncode == 0, listed.stderr
+    build = next(line for line in listed.stdout.splitlines() if line.split()[0] == "build")
+    assert "(cannot be planned: stacks/bad.toml: " in build
+    assert next(line for line in listed.stdout.splitlines() if line.split()[0] == "keygen").count("cannot") == 0
 
 
 def test_an_unknown_stack_exits_2(project: Path) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -307,6 +308,17 @@ def test_http_source(tmp_path: Path, artifacts: dict[str, Path]) -> None:
         root.mkdir()
         url = f"http://127.0.0.1:{server.server_address[1]}/py3-2026.01.01-linux-64.tar.zst"
         sw(root, "activate", url)
+        assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+        assert list((root / ".swstack/downloads").iterdir()) == []  # extracted: the download is gone
+        # A refused download is not kept either (here: the tarball's bytes do not match the manifest).
+        bad = tmp_path / "bad"
+        shutil.copytree(artifacts["2026.02.01"], bad)
+        tarball = bad / "py3-2026.02.01-linux-64.tar.zst"
+        tarball.write_bytes(tarball.read_bytes()[:-1] + b"\0")
+        handler_bad = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bad))
+        server.RequestHandlerClass = handler_bad  # type: ignore[assignment]
+        sw(root, "activate", url.replace("2026.01.01", "2026.02.01"), check=11)
+        assert list((root / ".swstack/downloads").iterdir()) == []
         assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
     finally:
         server.shutdown()

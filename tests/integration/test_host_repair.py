@@ -28,14 +28,18 @@ def production_root(tmp_path: Path) -> Path:
     return root
 
 
-def damage(path: Path) -> bytes:
-    """Change a file's bytes in place, keeping its size and mtime: only its content tells. Returns the old bytes."""
+def damage(path: Path, *, keep_mtime: bool) -> bytes:
+    """Change a file's bytes in place, keeping its size; its mtime moves as any write moves it, or
+    is set back (``keep_mtime``: a deliberate change only its content tells). Returns the old bytes."""
     st = path.stat()
     old = path.read_bytes()
     with path.open("r+b") as fh:  # the same inode: every name linked to it sees the damage
         fh.write(bytes([old[0] ^ 0x20]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert path.read_bytes() != old and path.stat().st_mtime_ns == st.st_mtime_ns
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    else:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a second later, as a write lands
+    assert path.read_bytes() != old and (path.stat().st_mtime_ns == st.st_mtime_ns) == keep_mtime
     return old
 
 
@@ -55,7 +59,9 @@ def test_restore_repairs_a_copy_whose_bytes_changed_with_size_and_mtime_kept(tmp
     root = production_root(tmp_path)
     sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0", small_files=200)))
     copy = root / "sw.tmpfs/.py3@1.0"
-    good = damage(copy / SHARED)
+    good = damage(copy / SHARED, keep_mtime=True)
+    sw(root, "active", check=0)  # by attributes the copy looks whole
+    assert SHARED in sw(root, "active", "--verify", "--verbose", check=1).stdout  # by content it is not
     res = sw(root, "restore")
     assert f"differs from {root / 'sw.1.0/py3'} ({SHARED}); loading it again" in res.stderr
     assert (root / "sw/py3" / SHARED).read_bytes() == good
@@ -64,28 +70,30 @@ def test_restore_repairs_a_copy_whose_bytes_changed_with_size_and_mtime_kept(tmp
     assert not [p for p in (root / "sw.tmpfs").iterdir() if ".damaged-" in p.name]  # unused: dropped
 
 
-def test_an_update_never_links_a_damaged_ramdisk_file(tmp_path: Path) -> None:
+def test_an_update_never_links_a_ramdisk_file_written_since(tmp_path: Path) -> None:
     """Unchunked tarballs: the new copy gets the verified bytes, not the damaged inode."""
     root = production_root(tmp_path)
     old, new = (make_artifact(tmp_path / v, version=v, small_files=200) for v in ("1.0", "2.0"))
     sw(root, "activate", str(old))
     damaged = root / "sw.tmpfs/.py3@1.0" / SHARED
-    good = damage(damaged)
+    good = damage(damaged, keep_mtime=False)
     inode = damaged.stat().st_ino
     res = sw(root, "activate", str(new))
-    assert f"{damaged}: differs from the verified file; not shared, written again" in res.stderr
+    assert f"{damaged}: differs from the verified file (size, mode, mtime or owner); not shared, written again" in (
+        res.stderr
+    )
     fresh = root / "sw.tmpfs/.py3@2.0" / SHARED
     assert fresh.read_bytes() == good and fresh.stat().st_ino != inode
     assert "shared with the previous version" in res.stderr  # the other files still are
     assert_clean(root)
 
 
-def test_a_chunked_update_never_links_a_damaged_ramdisk_file_of_a_chunk_not_read(tmp_path: Path) -> None:
+def test_a_chunked_update_never_links_a_ramdisk_file_written_since_of_a_chunk_not_read(tmp_path: Path) -> None:
     root = production_root(tmp_path)
     one, two = chunked_pair(tmp_path / "art")
     sw(root, "activate", str(one))
     damaged = root / "sw.tmpfs/.py3@1.0" / SHARED
-    good = damage(damaged)
+    good = damage(damaged, keep_mtime=False)
     res = sw(root, "activate", str(two))
     assert "chunks unchanged, not read" in res.stderr  # the chunk holding it was replayed
     assert f"{damaged}: differs from the verified file" in res.stderr
@@ -93,15 +101,15 @@ def test_a_chunked_update_never_links_a_damaged_ramdisk_file_of_a_chunk_not_read
     assert_clean(root)
 
 
-def test_set_version_never_links_a_damaged_ramdisk_file(tmp_path: Path) -> None:
+def test_set_version_never_links_a_ramdisk_file_written_since(tmp_path: Path) -> None:
     """Copying a tree already on disk (set-version): a file sharing its disk inode with the live
-    version is linked to the live copy only if that copy holds the disk file's bytes."""
+    version is linked to the live copy only if that copy still has the disk file's attributes."""
     root = production_root(tmp_path)
     old, new = (make_artifact(tmp_path / v, version=v, small_files=200) for v in ("1.0", "2.0"))
     sw(root, "activate", str(old))
     sw(root, "activate", str(new))  # 1.0's copy dropped; 2.0's disk tree shares inodes with 1.0's
     assert (root / "sw.1.0/py3" / SHARED).stat().st_ino == (root / "sw.2.0/py3" / SHARED).stat().st_ino
-    good = damage(root / "sw.tmpfs/.py3@2.0" / SHARED)
+    good = damage(root / "sw.tmpfs/.py3@2.0" / SHARED, keep_mtime=False)
     sw(root, "set-version", "1.0")
     assert (root / "sw/py3" / SHARED).read_bytes() == good
     assert_clean(root)

@@ -270,3 +270,24 @@ def test_the_reporter_keeps_a_data_task_s_stdout_for_its_data(capsys: pytest.Cap
     reporter.execute_task(Task("build:demo", [lambda: None]))
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == (".  build:demo\n", ".  images\n")
+
+
+def test_a_build_without_a_docker_engine_ends_at_its_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The base image goes into the site's registry through a Docker engine; with none answering
+    (a namespace-sandbox build host), the build's image step is skipped with a line, not failed."""
+    from swstack import image
+    from swstack.site import load_site
+    from swstack.spec import load_stack
+
+    root = Path(__file__).resolve().parents[2]
+    site = load_site(str(root / "sites/offline.toml"), root)
+    stack = load_stack(root / "stacks/antares-kernel.toml")
+    monkeypatch.setattr(image, "registry_answers", lambda site: True)  # the fault is the engine, not the registry
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with caplog.at_level("INFO", logger="swstack"):
+        tasks._local_image(stack, site, root, tmp_path / "artifact")
+    err = caplog.text
+    assert f"image skipped: no Docker engine answers at unix://{tmp_path}/no-engine.sock" in err
+    assert "the artifact is complete: run `doit image stack=antares-kernel` once it answers" in err

@@ -619,7 +619,15 @@ def activate(
     trust = policy or signature.TrustPolicy()
 
     def body(layout: Layout) -> Outcome:
-        artifacts = [signature.fetch(s, layout.downloads, trust) for s in sources]
+        fetched: list[source.Artifact] = []
+        try:
+            for s in sources:
+                fetched.append(signature.fetch(s, layout.downloads, trust))
+            return activate_fetched(layout, fetched)
+        finally:
+            _drop_downloads(layout, fetched)
+
+    def activate_fetched(layout: Layout, artifacts: list[source.Artifact]) -> Outcome:
         targets: dict[str, Target] = {}
         for art in artifacts:
             check_platform(art.manifest, art.source, host_platform())
@@ -648,6 +656,14 @@ def activate(
         )
 
     return _run_locked(root, wait, body)
+
+
+def _drop_downloads(layout: Layout, artifacts: list[source.Artifact]) -> None:
+    """Remove what this run downloaded (http, OCI): once extracted, or refused, a download is of
+    no further use, and the root's disk must not fill with every version ever fetched."""
+    for art in artifacts:
+        if art.tarball.parent.is_relative_to(layout.downloads):
+            switch.remove_tree(art.tarball.parent)
 
 
 def parse_version_arg(arg: str, root: Path) -> tuple[str, str | None]:
@@ -818,19 +834,20 @@ def _snapshot(tree: Path, by_hash: bool) -> dict[str, tuple[object, ...]]:
             path = os.path.join(dirpath, name)
             rel = os.path.normpath(os.path.join(rel_dir, name))
             st = os.lstat(path)
-            if os.path.islink(path):
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
                 out[rel] = ("link", os.readlink(path))
-            elif os.path.isdir(path):
-                out[rel] = ("dir",)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", mode)
             elif by_hash:
-                out[rel] = ("file", st.st_size, sha256_file(Path(path)))
+                out[rel] = ("file", mode, st.st_size, sha256_file(Path(path)))
             else:
-                out[rel] = ("file", st.st_size, st.st_mtime_ns)
+                out[rel] = ("file", mode, st.st_size, st.st_mtime_ns)
     return out
 
 
 def compare_trees(a: Path, b: Path, by_hash: bool) -> list[str]:
-    """Relative paths whose type, size and mtime (or content hash) differ between two trees."""
+    """Relative paths whose type, mode, size and mtime (or content hash) differ between two trees."""
     left, right = _snapshot(a, by_hash), _snapshot(b, by_hash)
     return sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))
 

@@ -5,9 +5,10 @@ Every extracted version records the sha256 of each of its regular files in
 next version is extracted, a file whose content the previous version already holds is
 hardlinked to that file instead of written, if the mode is the same too; when it is
 loaded onto the ramdisk, a file that shares its inode with the previous persistent tree
-is hardlinked to the previous ramdisk copy of that file, once its bytes are found equal to
-the disk file's (a ramdisk copy can be damaged after it was written, and a link would carry
-the damage into the new version). Links stay inside one
+is hardlinked to the previous ramdisk copy of that file when that copy still has the disk
+file's size, mode, mtime and owner (a write moves the mtime; one with its mtime set back is
+found by ``restore``, which compares bytes, and a link would carry it into the new version
+until then). Links stay inside one
 filesystem (disk to disk, ramdisk to ramdisk) and a shared inode is never written,
 chmod-ed or touched: relocation first gives a file about to be rewritten its own inode.
 A reused file keeps the mtime of the version it first came with.
@@ -45,15 +46,6 @@ def same_bytes(a: str | Path, b: str | Path) -> bool:
                     return False
                 if not left:
                     return True
-    except OSError:
-        return False
-
-
-def holds(path: str | Path, data: bytes | memoryview) -> bool:
-    """Whether the file at ``path`` holds exactly ``data``."""
-    try:
-        with open(path, "rb", buffering=0) as fh:
-            return fh.read(len(data) + 1) == data
     except OSError:
         return False
 
@@ -216,9 +208,9 @@ class RamdiskPrevious:
             return None
         return cls(copy, inode_names(persistent))
 
-    def link(self, st: os.stat_result, disk: Path, dest: Path) -> bool:
-        """Link ``dest`` to the previous ramdisk copy of the disk file ``disk`` (``st``) shares its inode with,
-        if that copy holds the disk file's bytes (the disk tree is the verified one)."""
+    def link(self, st: os.stat_result, dest: Path) -> bool:
+        """Link ``dest`` to the previous ramdisk copy of the disk file (``st``) it shares its inode with,
+        if that copy still has the disk file's attributes (the disk tree is the verified one)."""
         name = self.names.get((st.st_dev, st.st_ino))
         if name is None:
             return False
@@ -227,7 +219,7 @@ class RamdiskPrevious:
             cst = os.lstat(source)
         except OSError:
             return False
-        if not same_inode_data(cst, st) or not same_bytes(source, disk):
+        if not same_inode_data(cst, st):
             return False
         try:
             os.link(source, dest, follow_symlinks=False)

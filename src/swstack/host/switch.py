@@ -93,7 +93,7 @@ def _copy_dir(
             if est.st_nlink > 1 and key in links:
                 os.link(links[key], d)
                 continue
-            if est.st_nlink > 1 and previous is not None and previous.link(est, s, d):
+            if est.st_nlink > 1 and previous is not None and previous.link(est, d):
                 links[key] = str(d)
                 bar.advance(est.st_size)  # type: ignore[attr-defined]
                 continue  # a shared inode: never chmod-ed, chown-ed or touched
