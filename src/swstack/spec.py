@@ -32,7 +32,7 @@ from pydantic import (
 from . import manifest, paths
 from . import toml as tomllib
 from .errors import SpecError
-from .tomlloc import KeyPath, dotted, index_lines, line_of, path_defined_at
+from .tomlloc import KeyPath, decode_error_at, dotted, index_lines, line_of, path_defined_at
 
 DEFAULT_KERNEL_ARGV = ("{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}")
 TAG_FIELDS = (
@@ -541,11 +541,9 @@ def _read_toml(path: Path, chain: Sequence[Path]) -> tuple[dict[str, Any], _Sour
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # tomllib's message ends with "(at line N, column M)": keep it, lead with the file.
-        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        where = f":{match.group(1)}" if match else ""
-        reason = re.sub(r"\s*\(at line.*\)", "", str(exc))
-        duplicate = _duplicate_key(text, int(match.group(1)), reason) if match else None
+        line, reason = decode_error_at(exc)  # the line leads, after the file
+        where = f":{line}" if line else ""
+        duplicate = _duplicate_key(text, line, reason) if line else None
         raise SpecError(f"{_display(path)}{where}: {duplicate or f'invalid TOML: {reason}'}") from None
     return data, _Source(path, text, index_lines(text))
 

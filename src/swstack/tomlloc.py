@@ -65,6 +65,12 @@ def _statements(source: str) -> Iterator[_Statement]:
             yield _Statement(number, table, tuple(_split_dotted(assign.group(1))), value=assign.group(2))
 
 
+def decode_error_at(exc: Exception) -> tuple[int | None, str]:
+    """tomllib's error -> (its line, or None; its reason without the "(at line N, column M)" it ends with)."""
+    match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+    return (int(match.group(1)) if match else None), re.sub(r"\s*\(at line.*\)", "", str(exc))
+
+
 def index_lines(source: str) -> dict[KeyPath, int]:
     """Map every key path found in ``source`` to its 1-based line number (its first definition)."""
     lines: dict[KeyPath, int] = {}

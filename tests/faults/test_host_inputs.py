@@ -8,6 +8,7 @@ corpus: ``set-version``'s arguments, ``--wait``, and tarballs without their ``.s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -164,38 +165,19 @@ def _host_config(art: Path, tmp: Path, text: str | bytes) -> list[str]:
     return [str(art), "--host-config", str(config)]
 
 
-def config_signatures_a_number(art: Path, tmp: Path) -> list[str]:
-    return _host_config(art, tmp, "signatures = 5\n")
-
-
-def config_trusted_keys_numbers(art: Path, tmp: Path) -> list[str]:
-    return _host_config(art, tmp, "[signatures]\nrequire = true\ntrusted_keys = [1]\n")
-
-
-def config_trusted_keys_a_string(art: Path, tmp: Path) -> list[str]:
-    return _host_config(art, tmp, '[signatures]\ntrusted_keys = "keys/site.pub"\n')
-
-
-def config_require_a_string(art: Path, tmp: Path) -> list[str]:
-    """``require = "false"`` is a string, not a boolean: refused, never taken as true (or false)."""
-    return _host_config(art, tmp, '[signatures]\nrequire = "false"\n')
-
-
-def config_not_utf8(art: Path, tmp: Path) -> list[str]:
-    return _host_config(art, tmp, b"# h\xf4te\n[signatures]\nrequire = false\n")
-
-
-def config_not_toml(art: Path, tmp: Path) -> list[str]:
-    return _host_config(art, tmp, "[signatures]\nrequire = yes\n")
-
-
-def config_misspelt_table(art: Path, tmp: Path) -> list[str]:
-    """``[signature]``: read as no policy at all, it would check nothing."""
-    return _host_config(art, tmp, "[signature]\nrequire = true\n")
-
-
-def config_misspelt_key(art: Path, tmp: Path) -> list[str]:
-    return _host_config(art, tmp, "[signatures]\nrequired = true\n")
+# Host config files (--host-config), each refused in one line. ``require = "false"`` is a string,
+# not a boolean: refused, never taken as true (or false); ``[signature]`` read as no policy at
+# all would check nothing.
+HOST_CONFIGS: dict[str, str | bytes] = {
+    "config_signatures_a_number": "signatures = 5\n",
+    "config_trusted_keys_numbers": "[signatures]\nrequire = true\ntrusted_keys = [1]\n",
+    "config_trusted_keys_a_string": '[signatures]\ntrusted_keys = "keys/site.pub"\n',
+    "config_require_a_string": '[signatures]\nrequire = "false"\n',
+    "config_not_utf8": b"# h\xf4te\n[signatures]\nrequire = false\n",
+    "config_not_toml": "[signatures]\nrequire = yes\n",
+    "config_misspelt_table": "[signature]\nrequire = true\n",
+    "config_misspelt_key": "[signatures]\nrequired = true\n",
+}
 
 
 def oci_unreachable(art: Path, tmp: Path) -> list[str]:
@@ -304,9 +286,9 @@ CASES: dict[str, Callable[[Path, Path], list[str]]] = {f.__name__: f for f in (
     prefix_root, packages_wrong_type, tarball_name_escapes, huge_total_size, release_bad_toml,
     release_wrong_shape, release_missing, oci_unreachable, oci_bad_reference, source_with_newline,
     state_corrupt, release_json_list, release_not_utf8, release_source_a_number, release_json_source_a_list,
-    release_unknown_key, config_signatures_a_number, config_trusted_keys_numbers, config_trusted_keys_a_string,
-    config_require_a_string, config_not_utf8, config_not_toml, config_misspelt_table, config_misspelt_key,
+    release_unknown_key,
 )}
+CASES.update({name: functools.partial(_host_config, text=text) for name, text in HOST_CONFIGS.items()})
 
 
 MESSAGES = {  # what the one line says: the cause, not just any error

@@ -540,23 +540,12 @@ def read_release(path: Path) -> dict[str, str]:
 
     Every mistake is one ``ActivateError`` line naming the file (and line, for TOML) and the field."""
     import json
-    import re
 
     from .. import toml as tomllib
-    from ..tomlloc import index_lines, line_of
+    from ..tomlloc import decode_error_at, index_lines, line_of
 
     is_json = path.suffix == ".json"
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ActivateError(f"{path}: cannot read the release manifest ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ActivateError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the release manifest as UTF-8"
-        ) from None
+    text = signature.read_utf8(path, "the release manifest")
     lines: dict[tuple[str | int, ...], int] = {}
     try:
         if is_json:
@@ -567,9 +556,8 @@ def read_release(path: Path) -> dict[str, str]:
     except json.JSONDecodeError as exc:
         raise ActivateError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        reason = re.sub(r"\s*\(at line.*\)", "", str(exc))
-        raise ActivateError(f"{path}{f':{match.group(1)}' if match else ''}: not valid TOML: {reason}") from None
+        line, reason = decode_error_at(exc)
+        raise ActivateError(f"{path}{f':{line}' if line else ''}: not valid TOML: {reason}") from None
 
     def where(*key: str) -> str:
         line = line_of(lines, key) if lines else None

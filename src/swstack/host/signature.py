@@ -25,7 +25,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from .. import log, toml
 from ..errors import ActivateError
 from ..fsutil import sha256_file
 from ..manifest import Manifest
-from ..tomlloc import index_lines, line_of
+from ..tomlloc import decode_error_at, index_lines, line_of
 from ..trust import check_keys, verify_blob, verify_registry_signature
 from . import source
 from .source import Artifact
@@ -71,28 +70,31 @@ def _shown(value: object) -> str:
     return json.dumps(value, default=str)
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """A host input file's text; unreadable or not UTF-8 is one ``ActivateError`` line naming file:line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ActivateError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        byte = raw[exc.start]
+        raise ActivateError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x}); save {what} as UTF-8") from None
+
+
 def read_host_config(path: Path) -> tuple[bool, list[Path]]:
     """The host config file -> (signatures required, trusted key paths); every mistake is one
     ``ActivateError`` line naming file:line and the key, never a Python error."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ActivateError(f"{path}: host config file missing; create it or pass another --host-config") from None
-    except OSError as exc:
-        raise ActivateError(f"{path}: cannot read the host config ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ActivateError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the host config as UTF-8"
-        ) from None
+    if not path.exists():
+        raise ActivateError(f"{path}: host config file missing; create it or pass another --host-config")
+    text = read_utf8(path, "the host config")
     try:
         data = toml.loads(text)
     except toml.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        where = f":{match.group(1)}" if match else ""
-        reason = re.sub(r"\s*\(at line.*\)", "", str(exc))
+        line, reason = decode_error_at(exc)
+        where = f":{line}" if line else ""
         raise ActivateError(f"{path}{where}: not valid TOML: {reason}; fix the host config") from None
     lines = index_lines(text)
 
