@@ -31,6 +31,9 @@ def run(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
         text=True,
         timeout=300,
         env={**os.environ, **(env or {})},
+        # SIGINT as a terminal's Ctrl-C gives it: a suite started in the background by a shell
+        # inherits it ignored, and the Ctrl-C faults would then never land.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

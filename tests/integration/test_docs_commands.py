@@ -53,7 +53,7 @@ def test_the_documented_activation_runs(registry: LocalRegistry, tmp_path: Path)
     stack = py3_stack()
     make_artifact(site.artifacts / stack.stack_id / version, stack=stack.stack_id, version=version)
 
-    _publish(stack, site)  # what `doit publish stack=py3` runs: it must write the documented address
+    _publish(stack, site, None)  # what `doit publish stack=py3` runs: it must write the documented address
 
     root = tmp_path / "root"
     root.mkdir()

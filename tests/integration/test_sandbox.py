@@ -151,8 +151,10 @@ subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", sys.argv
 time.sleep(600)
 """
 # The build: a Python running that step in the namespace sandbox, as `doit build` does.
+# SIGINT back to Python's Ctrl-C: a suite started in the background by a shell inherits it ignored.
 BUILD = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from swstack.sandbox import NamespaceSandbox
 NamespaceSandbox().run([sys.executable, "-c", sys.argv[1], sys.argv[2]], mounts=[])
 """

@@ -704,7 +704,7 @@ class _Writer:
             self.bg.submit(self._shared_copy, name, linked_to, data, size=len(data) if data is not None else 0)
 
     def _shared_copy(self, name: str, linked_to: str, data: bytes | memoryview | None) -> None:
-        """A link to the live version's ramdisk file when it holds the disk file's bytes, else a copy."""
+        """A link to the live version's ramdisk file when it has the disk file's attributes, else a copy."""
         disk = f"{self.dest}/{name}"
         st = os.lstat(disk)
         if not self._link_live_copy(name, linked_to, st):
@@ -778,7 +778,7 @@ class _Writer:
             self.bg.submit(self._replayed_copy, name, size)
 
     def _replayed_copy(self, name: str, size: int) -> None:
-        """The ramdisk side of a replayed file: a link to the live copy's file if it holds the disk file's bytes."""
+        """The ramdisk side of a replayed file: a link to the live copy's file if it has the disk file's attributes."""
         self._shared_copy(name, name, None)
 
     def _copy_live(self, name: str, source: str, size: int) -> None:

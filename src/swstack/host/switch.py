@@ -59,8 +59,8 @@ def copy_tree(src: Path, dest: Path, previous: RamdiskPrevious | None = None) ->
     """Copy ``src`` to the new directory ``dest`` keeping modes, mtimes, owners, symlinks and hardlinks.
 
     With ``previous``, a file whose inode ``src`` shares with the previous version's
-    persistent tree is linked to that version's copy in ``dest``'s filesystem instead, once
-    that copy's bytes are found equal to ``src``'s.
+    persistent tree is linked to that version's copy in ``dest``'s filesystem instead, if
+    that copy still has the file's size, mode, mtime and owner (``RamdiskPrevious.link``).
     """
     is_root = os.geteuid() == 0
     links: dict[tuple[int, int], str] = {}
