@@ -203,7 +203,6 @@ def _solve_conda(plan: LockPlan, platform: str, cache: Path) -> list[Any]:
         rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), rattler.BuildString(b))
         for n, v, b in virtual_package_specs(plan.stack.lock.virtual_packages_for(platform))
     ]
-    _check_local_channels(plan)
     gateway = rattler.Gateway(cache_dir=cache / "repodata")
     try:
         return asyncio.run(
@@ -593,9 +592,7 @@ def lock(stack: Stack, site: Site, project: Path, *, check: bool = False, force:
     if check:
         raise StaleLockError(
             f"{plan.path} is stale: {reason}.\n"
-            f"Run `doit lock stack={stack.name}"
-            + ("" if stack.is_default_variant else f" variant={stack.variant}")
-            + "` and commit the result."
+            f"Run `{stack.doit_command('lock')}` and commit the result."
         )
     log.step(f"locking {stack.stack_id} ({reason})")
     packages: list[Any] = []

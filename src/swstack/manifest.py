@@ -33,6 +33,11 @@ def host_platform() -> str:
 # (<stack>-<version>-<platform>.tar.zst) and an OCI tag (<registry>/<stack>:<version>), so it
 # takes what all three take: an OCI tag's characters and length (no '+', at most 128), starting
 # with a letter or digit, as the host's names do (so no '.', '..' or '-option').
+# A path component of an OCI repository name (the distribution spec's): lowercase only. The
+# stack file's image.repository and every registry reference are checked against it.
+REPOSITORY_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+# The host's link names (sw.tmpfs, sw.hdd): never a version, on either side.
+RESERVED_VERSIONS = frozenset({"tmpfs", "hdd"})
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 VERSION_RULE = "letters, digits and . _ - (at most 128, the first a letter or digit), e.g. 2026.11.21 or 29.0.0"
 
@@ -43,8 +48,6 @@ def check_version(version: str, error: type[SwstackError]) -> str:
     The one rule for a version, checked where one comes in (doit's ``version=``, ``pack
     --version``, ``plan_build``), before anything is written.
     """
-    from .host.layout import RESERVED_VERSIONS  # the host's link names (sw.tmpfs, sw.hdd); lazy: it imports us
-
     if not _VERSION_RE.fullmatch(version) or version in RESERVED_VERSIONS:
         reserved = " (not tmpfs or hdd, a host's link names)" if version in RESERVED_VERSIONS else ""
         raise error(f"version {version!r}: use {VERSION_RULE}{reserved}")

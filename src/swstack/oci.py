@@ -48,7 +48,7 @@ from .artifact import (
 )
 from .errors import ActivateError, PushError, SwstackError
 from .fsutil import atomic_output, atomic_write_text, sha256_file
-from .manifest import Manifest, host_platform
+from .manifest import REPOSITORY_COMPONENT_RE, Manifest, host_platform
 
 # ----------------------------------------------------------------------------- media types
 
@@ -69,7 +69,6 @@ _READ = 1 << 20
 
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _HOST_RE = re.compile(r"^(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(?::[0-9]+)?$")
 
 
@@ -127,7 +126,7 @@ def parse_reference(
             raise error(
                 f"{original!r}: bad tag {tag!r} (letters, digits, '_', '.', '-'; at most 128); {hint}"
             )
-    if not path or not all(_COMPONENT_RE.match(c) for c in path.split("/")):
+    if not path or not all(REPOSITORY_COMPONENT_RE.match(c) for c in path.split("/")):
         raise error(
             f"{original!r}: bad repository name {path!r} (lowercase letters, digits, '.', '_', '-'); {hint}"
         )

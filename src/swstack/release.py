@@ -19,6 +19,7 @@ from .errors import PushError
 
 if TYPE_CHECKING:
     from .image import PushResult
+    from .sign import KeyDir
     from .site import Site
 
 
@@ -45,27 +46,32 @@ def publish_attested(site: Site, artifact: Path, stack_id: str) -> str:
     repository = f"{site.registry}/{stack_id}"
     reference = f"{repository}:{artifact.name}"
     digest = publish_artifact(artifact, reference)
-    keys = site_keys(site.signing_keys)
+    keys = site_keys(site.signing_keys)  # once: it says so when the site has none yet
     if keys is not None:
         sign_artifact_files(artifact, keys)
     log.info(f"published {reference}@{digest}")
-    attach_and_sign(site, artifact, repository, digest)
+    _attach_and_sign_with(keys, site, artifact, repository, digest)
     return f"{reference}@{digest}"
 
 
 def attach_and_sign(site: Site, artifact: Path, repository: str, digest: str) -> None:
     """After a push: the SBOM and provenance as referrers of ``digest``, then signatures of all of them."""
+    from .sign import site_keys
+
+    _attach_and_sign_with(site_keys(site.signing_keys), site, artifact, repository, digest)
+
+
+def _attach_and_sign_with(keys: KeyDir | None, site: Site, artifact: Path, repository: str, digest: str) -> None:
     from .attest import attach_attestations
     from .manifest import Manifest
     from .oci import RegistryClient, parse_reference
-    from .sign import sign_image, site_keys
+    from .sign import sign_image
 
     target = parse_reference(repository, default_tag=None)
     client = RegistryClient(target.registry)
     referrers = []
     if Manifest.load(artifact / "manifest.json").attestations:
         referrers = attach_attestations(client, target.repository, digest, artifact)
-    keys = site_keys(site.signing_keys)
     if keys is None:
         return
     for signed in (digest, *referrers):

@@ -42,9 +42,6 @@ TAG_FIELDS = (
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _OWNER = re.compile(r"^(?:\d+|[a-z_][a-z0-9_-]*)(?::(?:\d+|[a-z_][a-z0-9_-]*))?$")
 _TAG = re.compile(r"^[A-Za-z0-9_{}][A-Za-z0-9_.{}-]*$")
-# A path component of an OCI repository name (the distribution spec's, as oci.parse_reference
-# checks a reference): lowercase only, so a registry would refuse "Swstack/Py3" at push time.
-_REPOSITORY_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -211,7 +208,7 @@ class ImageSettings(Model):
     @field_validator("repository")
     @classmethod
     def _repository(cls, repository: str | None) -> str | None:
-        if repository is not None and not all(_REPOSITORY_COMPONENT.match(c) for c in repository.split("/")):
+        if repository is not None and not all(manifest.REPOSITORY_COMPONENT_RE.match(c) for c in repository.split("/")):
             raise ValueError(
                 f"{repository!r}: a repository name is lowercase letters, digits and '.', '_', '-' "
                 "between them, in '/'-separated parts (e.g. swstack/py3)"
@@ -489,6 +486,15 @@ class Stack:
     @property
     def is_default_variant(self) -> bool:
         return self.variant == self.default_variant
+
+    def doit_command(self, task: str, version: str | None = None) -> str:
+        """The ``doit`` command line of ``task`` for this stack, to quote in a message."""
+        words = ["doit", task, f"stack={self.name}"]
+        if not self.is_default_variant:
+            words.append(f"variant={self.variant}")
+        if version is not None:
+            words.append(f"version={version}")
+        return " ".join(words)
 
     @property
     def stack_id(self) -> str:

@@ -254,8 +254,7 @@ def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> No
     from .errors import SandboxError
     from .image import build_image, mirror_base, registry_answers
 
-    image_command = (f"`doit image stack={stack.name}"
-                     + ("" if stack.is_default_variant else f" variant={stack.variant}") + "`")
+    image_command = f"`{stack.doit_command('image')}`"
     if not registry_answers(site):
         log.info(f"image skipped: no registry answers at {site.registry or '(none set)'} for the base image; "
                  f"start it and run {image_command}")
@@ -313,16 +312,6 @@ def refuse_version(opts: Options, task: str, why: str) -> None:
                          f"version= goes with build, image, push, publish, sign and ci")
 
 
-def build_command(stack: Any, version: str | None) -> str:
-    """The ``doit build`` that makes the artifact a task wants, to quote in an error."""
-    words = ["doit build", f"stack={stack.name}"]
-    if not stack.is_default_variant:
-        words.append(f"variant={stack.variant}")
-    if version is not None:
-        words.append(f"version={version}")
-    return " ".join(words)
-
-
 def _artifact(stack: Any, site: Any, version: str | None) -> Path:
     """The artifact directory a task works on: ``version``'s, else the newest; complete, for this platform."""
     from .build import artifact_manifest
@@ -333,7 +322,7 @@ def _artifact(stack: Any, site: Any, version: str | None) -> Path:
     if manifest is None:
         what = f"{stack.stack_id} {version}" if version else stack.stack_id
         raise BuildError(f"no artifact of {what} for {host_platform()} in {site.artifacts}; "
-                         f"run `{build_command(stack, version)}`")
+                         f"run `{stack.doit_command('build', version)}`")
     return Path(str(site.artifacts)) / str(stack.stack_id) / manifest.version
 
 

@@ -233,6 +233,7 @@ def clean_leftovers(layout: Layout) -> None:
     for d in (layout.staging, layout.private / "trash"):
         if d.exists():
             switch.remove_tree(d)
+    _empty_downloads(layout)  # a killed run's
     if layout.production:
         for entry in layout.tmpfs.iterdir():
             if entry.name.startswith(".") and (entry.name.endswith(".partial") or ".new-" in entry.name):
@@ -607,13 +608,10 @@ def activate(
     trust = policy or signature.TrustPolicy()
 
     def body(layout: Layout) -> Outcome:
-        fetched: list[source.Artifact] = []
         try:
-            for s in sources:
-                fetched.append(signature.fetch(s, layout.downloads, trust))
-            return activate_fetched(layout, fetched)
+            return activate_fetched(layout, [signature.fetch(s, layout.downloads, trust) for s in sources])
         finally:
-            _drop_downloads(layout, fetched)
+            _empty_downloads(layout)
 
     def activate_fetched(layout: Layout, artifacts: list[source.Artifact]) -> Outcome:
         targets: dict[str, Target] = {}
@@ -646,12 +644,16 @@ def activate(
     return _run_locked(root, wait, body)
 
 
-def _drop_downloads(layout: Layout, artifacts: list[source.Artifact]) -> None:
-    """Remove what this run downloaded (http, OCI): once extracted, or refused, a download is of
-    no further use, and the root's disk must not fill with every version ever fetched."""
-    for art in artifacts:
-        if art.tarball.parent.is_relative_to(layout.downloads):
-            switch.remove_tree(art.tarball.parent)
+def _empty_downloads(layout: Layout) -> None:
+    """Remove what runs downloaded (http, OCI): once extracted, or refused, a download is of no
+    further use, and the root's disk must not fill with every version ever fetched. We hold the
+    lock, so no other run is downloading."""
+    if layout.downloads.is_dir():
+        for entry in layout.downloads.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                switch.remove_tree(entry)
+            else:
+                entry.unlink()
 
 
 def parse_version_arg(arg: str, root: Path) -> tuple[str, str | None]:

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ActivateError
-from ..manifest import IN_TREE_PATH, Manifest
+from ..manifest import IN_TREE_PATH, RESERVED_VERSIONS, Manifest
 
-RESERVED_VERSIONS = frozenset({"tmpfs", "hdd"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # What swstack writes beside its trees in sw.<version>: chunk records and file indexes.
 _RECORD_RE = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._+-]*\.(chunks|files)\.json(\.partial)?")
@@ -33,7 +32,7 @@ _RECORD_RE = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._+-]*\.(chunks|files)\.json(\.
 
 def check_name(kind: str, value: str) -> str:
     """Refuse stack and version names that could escape the root or collide with the seed's names."""
-    if not _NAME_RE.match(value) or value in RESERVED_VERSIONS or "@" in value:
+    if not is_version_name(value):
         raise ActivateError(
             f"invalid {kind} name {value!r}: use letters, digits and . _ + - "
             f"(not 'tmpfs' or 'hdd', which are the ramdisk and disk links)"
@@ -216,8 +215,9 @@ class Layout:
 
 
 def is_version_name(value: str) -> bool:
-    """A name ``check_name("version", ...)`` accepts (pure)."""
-    return bool(_NAME_RE.match(value)) and value not in RESERVED_VERSIONS and "@" not in value
+    """A name ``check_name`` accepts (pure); ``_NAME_RE`` has no '@', which a ramdisk copy's name
+    (``.<stack>@<version>``) uses as its separator."""
+    return bool(_NAME_RE.match(value)) and value not in RESERVED_VERSIONS
 
 
 def version_key(version: str) -> tuple[tuple[int, object], ...]:

@@ -32,7 +32,7 @@ from .. import log, toml
 from ..errors import ActivateError
 from ..fsutil import sha256_file
 from ..manifest import Manifest
-from ..tomlloc import decode_error_at, index_lines, line_of
+from ..tomlloc import decode_error_at, dotted, index_lines, line_of
 from ..trust import check_keys, verify_blob, verify_registry_signature
 from . import source
 from .source import Artifact
@@ -100,8 +100,7 @@ def read_host_config(path: Path) -> tuple[bool, list[Path]]:
 
     def refuse(key: tuple[str | int, ...], what: str) -> ActivateError:
         line = line_of(lines, key)
-        name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in key).lstrip(".")
-        return ActivateError(f"{path}{f':{line}' if line else ''}: {name}: {what}")
+        return ActivateError(f"{path}{f':{line}' if line else ''}: {dotted(key)}: {what}")
 
     for key in data:
         if key != "signatures":
