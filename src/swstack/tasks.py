@@ -169,10 +169,10 @@ def _site(opts: Options) -> Any:
 @guarded
 def task_channel(opts: Options) -> TaskDict:
     """Build the offline conda channel (python, wheels, compiled packages) the offline site mirrors."""
-    from .offline_channel import channel_inputs, python_is_current
+    from .offline_channel import channel_inputs, default_out_dir, python_is_current
 
     site = _site(opts)
-    out = site.cache / "offline-channel"
+    out = default_out_dir(site.cache)
     recipes = opts.project / "channel" / "recipes"
 
     @_boundary

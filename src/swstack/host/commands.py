@@ -425,17 +425,6 @@ def drop_unused_copies(layout: Layout) -> Dropped:
     return Dropped(tuple(removed), tuple(kept))
 
 
-def _remove_unfinished_copies(layout: Layout, plans: list[StackPlan]) -> None:
-    """After a failed run: the ``.partial`` ramdisk copies of its stacks, and the copies it loaded that
-    never went live (a release refused at its second stack leaves nothing of its first on the ramdisk)."""
-    for p in plans:
-        switch.remove_tree(_partial(layout, p.target.stack, p.target.version))
-        if p.copy:
-            copy = layout.ramdisk_copy(p.target.stack, p.target.version)
-            if not layout.is_live(p.target.stack, p.target.version) and not inuse.users_of(copy):
-                switch.remove_tree(copy)
-
-
 def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dict[str, str]) -> Outcome:
     state = HostState.load(layout)
     space.check(space_needs(layout, plans))
@@ -448,7 +437,10 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
             if p.copy:
                 load_ramdisk(layout, p.target.stack, p.target.version, p.target.live_name, written=p.extract)
     except BaseException:
-        _remove_unfinished_copies(layout, plans)
+        # A release refused at its second stack leaves nothing of its first on the ramdisk: the
+        # partial copies go as a killed run's would, the loaded ones as unused copies do.
+        clean_leftovers(layout)
+        drop_unused_copies(layout)
         raise
     # Commit: every tree is complete; each switch is one rename.
     # Held signals: a Ctrl-C lands after the record and sw.hdd, never between a switch and them.
@@ -768,34 +760,16 @@ def _restore_stack(layout: Layout, state: HostState, name: str, entry: StackStat
 
 def _copy_differs(layout: Layout, stack: str, version: str) -> bool:
     """Whether the version's ramdisk copy is there but differs from its persistent tree, the verified
-    one: by type, size and mtime (as ``active`` compares them), then by mode and bytes, file by file."""
+    one, as ``active --verify`` compares them: type, mode, size, mtime and sha256, file by file (a
+    change that kept size and mtime shows only in the hash)."""
     copy, persistent = layout.ramdisk_copy(stack, version), layout.persistent_tree(stack, version)
     if not (layout.production and copy.is_dir() and persistent.is_dir()):
         return False
-    differences = compare_trees(persistent, copy, by_hash=False) or damaged_files(persistent, copy)
+    differences = compare_trees(persistent, copy, by_hash=True)
     if differences:
         more = f" and {len(differences) - 1} more" if len(differences) > 1 else ""
         log.warn(f"{copy} differs from {persistent} ({differences[0]}{more}); loading it again")
     return bool(differences)
-
-
-def damaged_files(persistent: Path, copy: Path) -> list[str]:
-    """Regular files whose mode or bytes differ between the two trees (a same-size write with its
-    mtime set back shows only here). Reads both trees: ``restore`` pays it only when a copy is there."""
-    out = []
-    for dirpath, _dirnames, filenames in os.walk(persistent):
-        for name in filenames:
-            disk = os.path.join(dirpath, name)
-            rel = os.path.relpath(disk, persistent)
-            ram = os.path.join(copy, rel)
-            try:
-                dst, rst = os.lstat(disk), os.lstat(ram)
-            except OSError:
-                out.append(rel)
-                continue
-            if stat.S_ISREG(dst.st_mode) and (dst.st_mode != rst.st_mode or not reuse.same_bytes(disk, ram)):
-                out.append(rel)
-    return sorted(out)
 
 
 # ---------------------------------------------------------------- reports
@@ -830,14 +804,14 @@ def _snapshot(tree: Path, by_hash: bool) -> dict[str, tuple[object, ...]]:
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("dir", mode)
             elif by_hash:
-                out[rel] = ("file", mode, st.st_size, sha256_file(Path(path)))
+                out[rel] = ("file", mode, st.st_size, st.st_mtime_ns, sha256_file(Path(path)))
             else:
                 out[rel] = ("file", mode, st.st_size, st.st_mtime_ns)
     return out
 
 
 def compare_trees(a: Path, b: Path, by_hash: bool) -> list[str]:
-    """Relative paths whose type, mode, size and mtime (or content hash) differ between two trees."""
+    """Relative paths whose type, mode, size and mtime (and, ``by_hash``, content hash) differ between two trees."""
     left, right = _snapshot(a, by_hash), _snapshot(b, by_hash)
     return sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))
 

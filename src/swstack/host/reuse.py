@@ -7,7 +7,7 @@ hardlinked to that file instead of written, if the mode is the same too; when it
 loaded onto the ramdisk, a file that shares its inode with the previous persistent tree
 is hardlinked to the previous ramdisk copy of that file when that copy still has the disk
 file's size, mode, mtime and owner (a write moves the mtime; one with its mtime set back is
-found by ``restore``, which compares bytes, and a link would carry it into the new version
+found by ``restore``, which compares sha256s, and a link would carry it into the new version
 until then). Links stay inside one
 filesystem (disk to disk, ramdisk to ramdisk) and a shared inode is never written,
 chmod-ed or touched: relocation first gives a file about to be rewritten its own inode.
@@ -33,21 +33,6 @@ INDEX_SCHEMA = 1
 # Links fail across filesystems (EXDEV), past the link limit (EMLINK) or where they are
 # not allowed (EPERM): then the file is written, as without a previous version.
 NO_LINK = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOENT})
-_PIECE = 1 << 20
-
-
-def same_bytes(a: str | Path, b: str | Path) -> bool:
-    """Whether two files hold the same bytes (a compare, no hashing: memcmp costs far less than sha256)."""
-    try:
-        with open(a, "rb", buffering=0) as fa, open(b, "rb", buffering=0) as fb:
-            while True:
-                left, right = fa.read(_PIECE), fb.read(_PIECE)
-                if left != right:
-                    return False
-                if not left:
-                    return True
-    except OSError:
-        return False
 
 
 def index_path(version_dir: Path, tree: str) -> Path:

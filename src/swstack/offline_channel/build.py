@@ -62,9 +62,10 @@ def python_is_current(out_dir: Path, recipes_dir: Path) -> bool:
     return recorded.read_text().strip() == plan.job("python").key
 
 
-def default_out_dir() -> Path:
-    """Where the offline site (``{cache}/offline-channel``) and ``doit channel`` keep the channel."""
-    return paths.cache_dir() / "offline-channel"
+def default_out_dir(cache: Path | None = None) -> Path:
+    """Where the offline site (``{cache}/offline-channel``) and ``doit channel`` keep the channel:
+    in ``cache`` (a site's), else swstack's cache directory."""
+    return (cache or paths.cache_dir()) / "offline-channel"
 
 
 def build_channel(
