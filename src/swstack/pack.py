@@ -51,6 +51,7 @@ from .artifact import checksum_line
 from .errors import PackError, SwstackError
 from .fsutil import atomic_output, atomic_write_text
 from .manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballChunk, TarballInfo, check_version
+from .recordjson import ConvertingJson
 
 Compression = Literal["zstd", "gzip"]
 EntryKind = Literal["file", "dir", "symlink"]
@@ -508,7 +509,11 @@ def _scan_prefix(
             # conda-pack turns scripts' shebangs into `#!/usr/bin/env python`, which runs
             # whatever python is first on PATH; keep the absolute production shebang and let
             # conda-unpack rewrite it like any other text prefix.
-            with _replaced(conda_pack.core, "rewrite_shebang", _keep_shebang):
+            # Its package records' rewrite encodes in pure Python: the same text, faster (recordjson).
+            with (
+                _replaced(conda_pack.core, "rewrite_shebang", _keep_shebang),
+                _replaced(conda_pack.core, "json", ConvertingJson()),
+            ):
                 for f in env.files:
                     if _is_plain(f.target, f.file_mode):
                         plain.append((f.target, f.source))
