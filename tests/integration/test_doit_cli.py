@@ -272,6 +272,35 @@ def test_a_damaged_artifact_is_not_up_to_date_and_is_rebuilt(built_project: Path
         shutil.move(moved, tarball)
 
 
+@pytest.mark.slow
+@pytest.mark.docker
+@pytest.mark.registry
+def test_the_image_of_a_version_built_from_older_inputs_is_made_as_it_is(
+    built_project: Path, registry: LocalRegistry
+) -> None:
+    """`doit image version=V` after the stack file changed: V's image, no build of today's inputs
+    first (which would be refused: V was built from others)."""
+    import json
+
+    artifact = _only_artifact(built_project)
+    site = built_project / "sites/offline.toml"
+    site.write_text(site.read_text().replace('url = "127.0.0.1:5000"', f'url = "{registry.host}"'))
+    stack_file = built_project / "stacks" / f"{SMALL}.toml"
+    original = stack_file.read_text()
+    stack_file.write_text(original.replace('description = "', 'description = "(edited) '))
+    try:
+        status = doit(built_project, "info", f"build:{SMALL}", "site=sites/offline.toml")
+        assert "status     : run" in status.stdout, status.stdout  # the edit makes today's inputs others
+        result = doit(built_project, "image", f"stack={SMALL}", f"version={artifact.name}", "site=sites/offline.toml")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"build:{SMALL}" not in result.stdout and f".  image:{SMALL}" in result.stdout, result.stdout
+        image = json.loads((artifact / "image" / "index.json").read_text())
+        assert image["manifests"], image
+        assert [p.name for p in (built_project / "artifacts" / SMALL).iterdir()] == [artifact.name]
+    finally:
+        stack_file.write_text(original)
+
+
 # ---- the nightly job ----------------------------------------------------------------------------------
 
 
