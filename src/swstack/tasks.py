@@ -365,11 +365,15 @@ def _sign(stack: Any, site: Any, version: str | None) -> None:
     artifact where the registry has them."""
     from .errors import SignError
     from .image import load_image_result
-    from .sign import sign_artifact_files, sign_if_pushed, site_keys
+    from .sign import KeyDir, sign_artifact_files, sign_if_pushed
 
-    keys = site_keys(site.signing_keys)
-    if keys is None:
-        raise SignError(f"site {site.name!r}: no signing key (set [signing] keys, then run `doit keygen`)")
+    # Asked to sign: a missing key is this task's error (push and publish go on unsigned, saying so).
+    if site.signing_keys is None:
+        raise SignError(f"site {site.name!r} names no signing keys: set [signing] keys in its site file, "
+                        "then run `doit keygen`")
+    keys = KeyDir(site.signing_keys)
+    if not keys.exists():
+        raise SignError(f"site {site.name!r}: no signing key in {site.signing_keys} yet; run `doit keygen`")
     artifact = _artifact(stack, site, version)
     sign_artifact_files(artifact, keys)
     if (artifact / "image").is_dir():

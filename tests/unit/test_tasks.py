@@ -231,6 +231,23 @@ def test_a_version_with_no_artifact_says_which_build_makes_it(
         assert "run `doit build stack=small version=1.0`" in capsys.readouterr().err
 
 
+def test_sign_without_a_key_is_one_line_naming_the_fix(project: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    _artifact(project, "small", "1.0")
+    keys = tmp_path / "keys"
+    cases = {
+        "": "site 'test' names no signing keys: set [signing] keys in its site file, then run `doit keygen`",
+        f'[signing]\nkeys = "{keys}"\n': f"site 'test': no signing key in {keys} yet; run `doit keygen`",
+    }
+    for signing, message in cases.items():
+        (project / "site.toml").write_text(f'name = "test"\nartifacts = "{{project}}/out"\n{signing}')
+        (task,) = _tasks(tasks.task_sign, _opts(project, stack="small"))
+        with pytest.raises(SystemExit) as caught:
+            _run(task)
+        assert caught.value.code != 0
+        assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+
+
 def test_ci_builds_and_sends_the_version_given(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from swstack import nightly
 
