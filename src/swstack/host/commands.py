@@ -26,7 +26,18 @@ from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest, PackageEntry, host_platform
 from . import chunks, faults, inuse, relocate, reuse, signature, source, space, switch
 from .extract import Mirror, extract
-from .layout import HostState, Layout, StackState, check_name, live_name, normalize_version, version_key
+from .layout import (
+    HostState,
+    Layout,
+    StackState,
+    check_name,
+    in_tree_text,
+    live_name,
+    normalize_version,
+    read_tree_manifest,
+    tree_manifest,
+    version_key,
+)
 from .lock import host_lock
 from .verify import Expected, check_in_tree_manifest, check_platform, expectations
 
@@ -92,25 +103,13 @@ class StackPlan:
     previous_tree: str | None = None
 
 
-def _in_tree_manifest(tree: Path) -> str | None:
-    try:
-        return (tree / IN_TREE_PATH).read_text()
-    except OSError:
-        return None
-
-
 def check_tree_on_host(tree: Path, stack: str, version: str) -> None:
     """A tree made live without its artifact must be one swstack put there: its in-tree manifest
     names this stack and version. An empty or foreign directory at that place is refused."""
-    text = _in_tree_manifest(tree)
-    if text is None:
-        raise ActivateError(f"{tree}: no {IN_TREE_PATH}, not a swstack tree; refusing to make it live")
     try:
-        inside = Manifest.from_json(text)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ActivateError(
-            f"{tree / IN_TREE_PATH}: not a swstack manifest ({exc}); refusing to make it live"
-        ) from exc
+        inside = read_tree_manifest(tree)
+    except ActivateError as exc:
+        raise ActivateError(f"{exc}; refusing to make it live") from exc
     if (inside.stack_id, inside.version) != (stack, version):
         raise ActivateError(
             f"{tree / IN_TREE_PATH}: describes {inside.stack_id} {inside.version}, not {stack} {version}; "
@@ -124,7 +123,7 @@ def plan_stack(layout: Layout, state: HostState, target: Target, reload_copy: bo
     have_tree = persistent.is_dir()
     if have_tree and target.artifact is not None:
         check_in_tree_manifest(
-            _in_tree_manifest(persistent),
+            in_tree_text(persistent),
             target.artifact.manifest,
             f"{persistent} (already on this host, version {target.version})",
         )
@@ -165,11 +164,8 @@ def plan_stack(layout: Layout, state: HostState, target: Target, reload_copy: bo
 def _live_tree_bytes(layout: Layout, live_name: str) -> int:
     """Bytes of the tree live at ``live_name``, from its in-tree manifest (0 if unknown)."""
     live = layout.live_tree(live_name)
-    text = _in_tree_manifest(layout.persistent_tree(*live)) if live else None
-    try:
-        return Manifest.from_json(text).total_size if text else 0
-    except ValueError:
-        return 0
+    manifest = tree_manifest(layout.persistent_tree(*live)) if live else None
+    return manifest.total_size if manifest else 0
 
 
 def space_needs(layout: Layout, plans: list[StackPlan]) -> list[space.SpaceNeed]:
@@ -343,11 +339,8 @@ def previous_on_disk(layout: Layout, target: Target, owner: str | None) -> reuse
     if live is None or live == (target.stack, target.version):
         return None
     tree = layout.persistent_tree(*live)
-    text = _in_tree_manifest(tree)
-    try:
-        if text is None or Manifest.from_json(text).owner != owner:
-            return None
-    except (ValueError, TypeError, KeyError):
+    manifest = tree_manifest(tree)
+    if manifest is None or manifest.owner != owner:
         return None
     return reuse.Previous.load(tree, reuse.index_path(tree.parent, live[0]))
 
@@ -828,11 +821,8 @@ def active(root: Path, verify: bool = False) -> list[StackStatus]:
         tree, version = links.get(name, (entry.tree_of(name) if entry else name, None))
         persistent = layout.persistent_tree(tree, version) if version else None
         served = layout.served_tree(tree, version) if version else None
-        variant = None
-        text = _in_tree_manifest(persistent) if persistent else None
-        if text:
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                variant = Manifest.from_json(text).variant
+        manifest = tree_manifest(persistent) if persistent else None
+        variant = manifest.variant if manifest else None
         in_sync: bool | None = None
         diffs: list[str] = []
         if version and layout.production:
@@ -878,10 +868,8 @@ def list_versions(root: Path) -> tuple[list[VersionInfo], str | None]:
         stacks = tuple(layout.stacks_in(v))
         size = 0
         for s in stacks:
-            text = _in_tree_manifest(layout.persistent_tree(s, v))
-            if text:
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    size += Manifest.from_json(text).total_size
+            manifest = tree_manifest(layout.persistent_tree(s, v))
+            size += manifest.total_size if manifest else 0
         out.append(
             VersionInfo(
                 v,
@@ -926,14 +914,7 @@ def _manifest_for(layout: Layout, ref: str, stack: str | None) -> Manifest:
         stack = stacks[0]
     if stack not in stacks:
         raise ActivateError(f"version {version} has no {stack}; stacks there: {', '.join(stacks)}")
-    tree = layout.persistent_tree(stack, version)
-    text = _in_tree_manifest(tree)
-    if text is None:
-        raise ActivateError(f"{tree}: no {IN_TREE_PATH}; not a swstack tree")
-    try:
-        return Manifest.from_json(text)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ActivateError(f"{tree / IN_TREE_PATH}: not a swstack manifest ({exc})") from exc
+    return read_tree_manifest(layout.persistent_tree(stack, version))
 
 
 def _pkg_label(p: object) -> str:

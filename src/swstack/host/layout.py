@@ -48,6 +48,34 @@ def live_name(prefix: str) -> str:
     return check_name("prefix", name)
 
 
+def in_tree_text(tree: Path) -> str | None:
+    """The text of a tree's in-tree manifest; None when it cannot be read."""
+    try:
+        return (tree / IN_TREE_PATH).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def read_tree_manifest(tree: Path) -> Manifest:
+    """The in-tree manifest of a tree on the host: what swstack put there says which stack and
+    version the tree is. One line saying what is wrong when there is none, or no readable one."""
+    text = in_tree_text(tree)
+    if text is None:
+        raise ActivateError(f"{tree}: no {IN_TREE_PATH}, not a swstack tree")
+    try:
+        return Manifest.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ActivateError(f"{tree / IN_TREE_PATH}: not a swstack manifest ({exc})") from exc
+
+
+def tree_manifest(tree: Path) -> Manifest | None:
+    """``read_tree_manifest``, or None: for what only sizes a tree or shows its variant."""
+    try:
+        return read_tree_manifest(tree)
+    except ActivateError:
+        return None
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path
@@ -153,10 +181,10 @@ class Layout:
 
     def live_name_of(self, tree: str, version: str) -> str:
         """The live name of a tree on the host: from the prefix in its in-tree manifest."""
+        manifest = tree_manifest(self.persistent_tree(tree, version))
         try:
-            raw = json.loads((self.persistent_tree(tree, version) / IN_TREE_PATH).read_text())
-            return live_name(str(raw["prefix"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            return live_name(manifest.prefix) if manifest else tree
+        except ActivateError:
             return tree
 
     def versions(self) -> list[str]:
@@ -191,8 +219,8 @@ class Layout:
             if entry.is_symlink() or not entry.is_dir():
                 return f"{name} is not a tree"
             try:
-                inside = Manifest.from_json((entry / IN_TREE_PATH).read_text())
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                inside = read_tree_manifest(entry)
+            except ActivateError:
                 return f"{name} has no readable {IN_TREE_PATH}"
             if (inside.stack_id, inside.version) != (name, version):
                 return f"{name}'s {IN_TREE_PATH} describes {inside.stack_id} {inside.version}"
