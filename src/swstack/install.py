@@ -272,6 +272,64 @@ def install_pip(plan: InstallPlan) -> None:
             if len(built) != 1:
                 raise BuildError(f"building {item.name} from {source} gave {len(built)} wheels, expected one")
             proc.run([*base, str(built[0])], extra_env=quiet_env, error=BuildError, what=f"pip install {item.name}")
+    for item in plan.pip:
+        record_origin(Path(plan.prefix), item)
+
+
+# pip records where a package installed from a URL came from (``direct_url.json``, PEP 610):
+# here a site's mirror file, or a wheel built in a temporary directory from the git mirror.
+# That is a path of the building machine, different in every build; the record says instead
+# what the lockfile names, as conda-meta does for conda packages.
+
+
+def canonical_direct_url(item: PipItem) -> dict[str, Any] | None:
+    """The PEP 610 record of where ``item`` comes from, by the lockfile; None for a package
+    installed by name from an index (pip writes no record for those)."""
+    if item.url.startswith("git+"):
+        repository, _, commit = item.url[len("git+"):].rpartition("@")
+        return {"url": repository, "vcs_info": {"commit_id": commit, "vcs": "git"}}
+    if item.fetch:
+        return {"url": item.url, "archive_info": {"hash": f"sha256={item.sha256}", "hashes": {"sha256": item.sha256}}}
+    return None
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def dist_info_of(prefix: Path, name: str) -> Path:
+    """The ``*.dist-info`` directory pip installed ``name`` into (by its METADATA's Name)."""
+    for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
+        with open(dist_info / "METADATA", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Name:"):
+                    if _normalise(line[len("Name:"):].strip()) == _normalise(name):
+                        return dist_info
+                    break
+    raise BuildError(f"pip reported {name} installed, but no {name}*.dist-info with its metadata is in {prefix}")
+
+
+def record_origin(prefix: Path, item: PipItem) -> None:
+    """Write ``item``'s ``direct_url.json`` as the lockfile names its origin, and its line in RECORD."""
+    import base64
+    import csv
+    import io
+
+    origin = canonical_direct_url(item)
+    if origin is None:
+        return
+    dist_info = dist_info_of(prefix, item.name)
+    data = (json.dumps(origin, sort_keys=True) + "\n").encode()
+    (dist_info / "direct_url.json").write_bytes(data)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    entry = f"{dist_info.name}/direct_url.json"
+    record = dist_info / "RECORD"
+    line = [entry, f"sha256={digest}", str(len(data))]
+    rows = [row for row in csv.reader(io.StringIO(record.read_text(encoding="utf-8"))) if row]
+    rows = [line if row[0] == entry else row for row in rows] + ([] if any(r[0] == entry for r in rows) else [line])
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    record.write_text(out.getvalue(), encoding="utf-8")
 
 
 # ---- kernels, owner ------------------------------------------------------------------------------------

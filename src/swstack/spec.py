@@ -32,7 +32,7 @@ from pydantic import (
 from . import manifest, paths
 from . import toml as tomllib
 from .errors import SpecError
-from .tomlloc import KeyPath, decode_error_at, dotted, index_lines, line_of, path_defined_at
+from .tomlloc import KeyPath, decode_error_at, decode_utf8, dotted, index_lines, line_of, path_defined_at
 
 DEFAULT_KERNEL_ARGV = ("{prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}")
 TAG_FIELDS = (
@@ -538,12 +538,13 @@ def _display(path: Path) -> str:
 
 def _read_toml(path: Path, chain: Sequence[Path]) -> tuple[dict[str, Any], _Source]:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         via = f" (extended by {_display(chain[-1])})" if chain else ""
         raise SpecError(f"{_display(path)}: no such file{via}") from None
     except OSError as exc:
         raise SpecError(f"{_display(path)}: cannot read: {exc.strerror}") from None
+    text = decode_utf8(raw, _display(path), "the file", SpecError)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

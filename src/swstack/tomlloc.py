@@ -12,6 +12,20 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+
+def decode_utf8(raw: bytes, where: str, what: str, error: type[Exception]) -> str:
+    """The text of an input file (TOML, or JSON on the host) that must be UTF-8 without a
+    byte-order mark; else ``error`` with one line naming ``where``:line, the byte and the fix."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise error(f"{where}:1: starts with a byte-order mark, which TOML and JSON do not allow; "
+                    f"save {what} as UTF-8 without it")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(f"{where}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save {what} as UTF-8") from None
+
+
 KeyPath = tuple[str | int, ...]
 
 _BARE = r"[A-Za-z0-9_-]+"

@@ -42,6 +42,13 @@ def _tarball(artifact: Path) -> Path:
     return artifact / manifest.tarball.name
 
 
+def _origin_record(tarball: Path, dist_info: str) -> dict[str, object]:
+    """A pip package's ``direct_url.json`` in the tarball (``dist_info``: its directory's name)."""
+    member = f"lib/python3.11/site-packages/{dist_info}/direct_url.json"
+    out = proc.output(["tar", "--zstd", "-xOf", tarball, member], what="tar -xO")
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
 def _run_kernel(sw_dir: Path, prefix: str, tmp_path: Path) -> dict[str, str]:
     """Start the stack's kernel with jupyter_client inside a private root where ``sw_dir`` is
     mounted at the prefix's parent, and run numpy in it."""
@@ -72,6 +79,11 @@ def test_artifact_layout_and_manifest(py3_artifact: Path) -> None:
     text = (py3_artifact / "manifest.json").read_text()
     for machine_path in ("file://", str(Path.home()), str(paths.cache_dir()), str(PROJECT), "/tmp/"):
         assert machine_path not in text
+    # pip's record of the package's origin too: the locked URL, not the site's wheelhouse it came from.
+    assert _origin_record(_tarball(py3_artifact), "labclient-1.0.0.dist-info") == {
+        "url": names["labclient"].channel,
+        "archive_info": {"hash": f"sha256={names['labclient'].sha256}", "hashes": {"sha256": names["labclient"].sha256}},
+    }
 
 
 def test_kernel_runs_from_the_tarball_at_the_production_prefix(py3_artifact: Path, tmp_path: Path) -> None:
@@ -201,6 +213,11 @@ def test_dev_variant_installs_the_client_from_git(project_copy: Path, artifacts_
     # The real repository, not the site's git mirror it was cloned from.
     assert client.channel.startswith("git+https://git.example.org/datalab/labclient.git@")
     assert len(client.channel.rsplit("@", 1)[1]) == 40
+    # pip's record: the repository and commit, not the wheel built from the mirror in a temporary directory.
+    repository, commit = client.channel.removeprefix("git+").rsplit("@", 1)
+    assert _origin_record(_tarball(result.artifact_dir), "labclient-1.1.0.dev0.dist-info") == {
+        "url": repository, "vcs_info": {"commit_id": commit, "vcs": "git"}
+    }
     sw = tmp_path / "sw"
     _untar(_tarball(result.artifact_dir), sw / "py3")
     out = proc.output(private_root_argv([Mount(sw, "/data0/sw")]) + ["/data0/sw/py3/bin/labclient", "--version"])

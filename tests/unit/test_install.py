@@ -1,4 +1,4 @@
-"""install.py's byte-compile step against a real tree and the real compileall."""
+"""install.py against real trees: the byte-compile step (the real compileall) and the pip packages' origin records."""
 
 from __future__ import annotations
 
@@ -48,3 +48,61 @@ def test_a_file_that_does_not_compile_fails_naming_it_and_its_line(tmp_path: Pat
 def test_compile_failure_without_compileall_blocks_says_what_it_printed() -> None:
     message = compile_failure("Traceback ...\nMemoryError\n", "/data0/sw/x/lib", 1)
     assert message == "byte-compiling /data0/sw/x/lib failed (exit 1): MemoryError"
+
+
+def _dist_info(prefix: Path, name: str, version: str, origin: str) -> Path:
+    """A dist-info as pip leaves it after installing from a URL: METADATA, RECORD and direct_url.json."""
+    dist_info = prefix / "lib/python3.11/site-packages" / f"{name.replace('-', '_')}-{version}.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (dist_info / "direct_url.json").write_text(origin)
+    rows = [f"{name}/__init__.py,sha256=abc,10", f"{dist_info.name}/direct_url.json,sha256=old,{len(origin)}",
+            f"{dist_info.name}/RECORD,,"]
+    (dist_info / "RECORD").write_text("\n".join(rows) + "\n")
+    return dist_info
+
+
+def test_pip_records_name_the_locked_origin_not_the_machines_files(tmp_path: Path) -> None:
+    import base64
+    import hashlib
+    import json
+
+    from swstack.install import PipItem, record_origin
+
+    prefix = tmp_path / "prefix"
+    sha = "65" * 32
+    mirror = _dist_info(prefix, "Lab-Client", "1.0.0", '{"url": "file:///root/.cache/mirror/lab.whl"}')
+    git = _dist_info(prefix, "gitdep", "2.0.dev0", '{"url": "file:///tmp/tmpab12cd/gitdep-2.0.dev0.whl"}')
+    index = _dist_info(prefix, "plain", "3.0", "untouched")
+    items = [
+        PipItem("lab-client", "https://pypi.org/simple/lab-client/lab_client-1.0.0-py3-none-any.whl", sha,
+                fetch="file:///root/.cache/mirror/lab.whl"),
+        PipItem("gitdep", "git+https://git.example.org/g/gitdep.git@" + "1c" * 20, None,
+                fetch="git+file:///root/.cache/git/gitdep.git@" + "1c" * 20),
+        PipItem("plain", "plain==3.0", sha, version="3.0", index="https://pypi.org/simple"),
+    ]
+    for item in items:
+        record_origin(prefix, item)
+    assert json.loads((mirror / "direct_url.json").read_text()) == {
+        "url": "https://pypi.org/simple/lab-client/lab_client-1.0.0-py3-none-any.whl",
+        "archive_info": {"hash": f"sha256={sha}", "hashes": {"sha256": sha}},
+    }
+    assert json.loads((git / "direct_url.json").read_text()) == {
+        "url": "https://git.example.org/g/gitdep.git", "vcs_info": {"commit_id": "1c" * 20, "vcs": "git"}
+    }
+    assert (index / "direct_url.json").read_text() == "untouched"  # installed by name: pip's own record
+    for dist_info in (mirror, git):
+        data = (dist_info / "direct_url.json").read_bytes()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        rows = (dist_info / "RECORD").read_text().splitlines()
+        assert rows[1] == f"{dist_info.name}/direct_url.json,sha256={digest},{len(data)}"  # in its place
+        assert len(rows) == 3 and b"file://" not in data
+
+
+def test_a_pip_package_without_its_dist_info_is_named(tmp_path: Path) -> None:
+    from swstack.install import PipItem, record_origin
+
+    (tmp_path / "lib/python3.11/site-packages").mkdir(parents=True)
+    item = PipItem("ghost", "https://example.org/ghost-1.whl", "0" * 64, fetch="file:///m/ghost-1.whl")
+    with pytest.raises(BuildError, match="pip reported ghost installed, but no ghost"):
+        record_origin(tmp_path, item)

@@ -123,3 +123,11 @@ def test_an_image_mirror_on_the_registry_needs_a_registry(tmp_path: Path) -> Non
     site = load_site(_site_file(tmp_path, '[images.mirrors]\n"debian:12" = "{registry}/debian"\n'), tmp_path)
     with pytest.raises(SiteError, match="names no registry: set \\[registry\\] url"):
         site.image_ref("debian:12")
+
+
+def test_a_site_file_that_is_not_utf8_is_one_located_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(b'name = "test"\nartifacts = "/srv/art\xe9facts"\n')
+    with pytest.raises(SiteError) as caught:
+        load_site(path, tmp_path)
+    assert str(caught.value) == f"{path}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8"

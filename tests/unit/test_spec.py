@@ -305,3 +305,27 @@ def test_a_check_across_the_file_points_at_the_key_it_names(tmp_path: Path) -> N
     assert "demo.toml:8: jupyterlab.extensions: 'ipywidgetz' is not a dependency" in message
     message = error_of(write(tmp_path, 'platforms = "linux-64"\n' + MINIMAL, "t.toml"))
     assert "valid list" in message and "tuple" not in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'name = "demo"\n# ANT\xe9RES, in Latin-1\nchannels = ["conda-forge"]\n',
+         "demo.toml:2: not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+        (b'\xef\xbb\xbfname = "demo"\n',
+         "demo.toml:1: starts with a byte-order mark, which TOML and JSON do not allow; save the file as UTF-8 "
+         "without it"),
+    ],
+    ids=["latin-1", "bom"],
+)
+def test_a_file_that_is_not_plain_utf8_is_one_located_line(tmp_path: Path, raw: bytes, expected: str) -> None:
+    base = tmp_path / "base.toml"
+    base.write_bytes(raw.replace(b"demo", b"base").replace(b'name = "base"\n', b""))
+    path = tmp_path / "demo.toml"
+    path.write_bytes(raw)
+    assert error_of(path) == f"{tmp_path}/{expected}"
+    # In a file another extends, too: the error names that file.
+    stack = write(tmp_path, 'extends = "base.toml"\nname = "x"\n[dependencies]\npython = "*"\n', "x.toml")
+    if raw.startswith(b"\xef"):
+        base.write_bytes(b"\xef\xbb\xbf" + b'channels = ["conda-forge"]\n')
+    assert error_of(stack).startswith(f"{tmp_path}/base.toml:")

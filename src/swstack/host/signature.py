@@ -32,7 +32,7 @@ from .. import log, toml
 from ..errors import ActivateError
 from ..fsutil import sha256_file
 from ..manifest import Manifest
-from ..tomlloc import decode_error_at, dotted, index_lines, line_of
+from ..tomlloc import decode_error_at, decode_utf8, dotted, index_lines, line_of
 from ..trust import check_keys, verify_blob, verify_registry_signature
 from . import source
 from .source import Artifact
@@ -76,12 +76,7 @@ def read_utf8(path: Path, what: str) -> str:
         raw = path.read_bytes()
     except OSError as exc:
         raise ActivateError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        byte = raw[exc.start]
-        raise ActivateError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x}); save {what} as UTF-8") from None
+    return decode_utf8(raw, str(path), what, ActivateError)
 
 
 def read_host_config(path: Path) -> tuple[bool, list[Path]]:
