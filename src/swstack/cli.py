@@ -371,12 +371,20 @@ def _ramdisk_size(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--ramdisk-size ")) from exc
 
 
+def _root(value: str) -> Path:
+    """``--root``, absolute, ``..`` taken out as written (not through symlinks: the live path is the
+    path users type, and a relocation writes it into files)."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty path; give the directory holding sw and sw.<version>")
+    return Path(os.path.abspath(value))
+
+
 def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--root",
         "-R",
-        type=Path,
+        type=_root,
         default=Path(paths.ROOT),
         help=f"root directory holding sw, sw.tmpfs, sw.hdd and sw.<version> (default: {paths.ROOT})",
     )
@@ -594,8 +602,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(verbose=getattr(args, "debug", False))
-    if hasattr(args, "root"):
-        args.root = Path(args.root).absolute()
     try:
         return int(args.func(args))
     except SwstackError as exc:

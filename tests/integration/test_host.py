@@ -252,6 +252,23 @@ def test_usage_errors_exit_2_and_a_missing_root_is_an_error(tmp_path: Path) -> N
     assert res.stderr.count("\n") == 1 and "afile" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_relative_root_is_taken_as_written_without_its_dots(tmp_path: Path) -> None:
+    """`--root ../root`: the live path, what relocation writes into files, is <root>/sw/py3, not
+    <cwd>/../root/sw/py3 (longer, so a binary relocation would be refused, and never typed by users)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "cwd").mkdir()
+    artifact = make_artifact(tmp_path / "a", version="1.0")
+    res = subprocess.run(swstack_argv("activate", str(artifact), "--root", "../root"), cwd=tmp_path / "cwd",
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"is live at {root}/sw/py3" in res.stderr and "/../" not in res.stderr
+    status = json.loads(sw(root, "active", "--json").stdout)
+    assert "/../" not in json.dumps(status) and str(root) in json.dumps(status)
+    empty = subprocess.run(swstack_argv("list", "--root", ""), capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "argument --root/-R: an empty path" in empty.stderr
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     root = tmp_path / "root"
     root.mkdir()
