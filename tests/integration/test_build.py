@@ -80,9 +80,9 @@ def test_artifact_layout_and_manifest(py3_artifact: Path) -> None:
     for machine_path in ("file://", str(Path.home()), str(paths.cache_dir()), str(PROJECT), "/tmp/"):
         assert machine_path not in text
     # pip's record of the package's origin too: the locked URL, not the site's wheelhouse it came from.
+    locked = names["labclient"]
     assert _origin_record(_tarball(py3_artifact), "labclient-1.0.0.dist-info") == {
-        "url": names["labclient"].channel,
-        "archive_info": {"hash": f"sha256={names['labclient'].sha256}", "hashes": {"sha256": names["labclient"].sha256}},
+        "url": locked.channel, "archive_info": {"hash": f"sha256={locked.sha256}", "hashes": {"sha256": locked.sha256}}
     }
 
 

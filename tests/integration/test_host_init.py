@@ -59,15 +59,49 @@ def test_init_on_a_real_tmpfs_checks_its_size(tmp_path: Path) -> None:
     assert "not a tmpfs" not in res.stderr
 
 
-def test_init_refuses_a_real_sw_directory_in_one_line(tmp_path: Path) -> None:
+def test_init_refuses_a_real_sw_directory_in_one_line_and_changes_nothing(tmp_path: Path) -> None:
     root = tmp_path / "data0"
-    (root / "sw").mkdir(parents=True)
+    (root / "sw" / "anaconda3" / "bin").mkdir(parents=True)  # the seed's hand-made tree
     res = sw("init", "--root", str(root))
     assert res.returncode == 11
-    assert res.stderr.strip().count("\n") == 0 and "is a real directory" in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "is a real directory; move its trees" in res.stderr
     assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["sw"]  # no sw.tmpfs, no .swstack
     bad = sw("init", "--root", str(root), "--ramdisk-size", "lots")
     assert bad.returncode == 2 and "--ramdisk-size: 'lots': give a tmpfs size" in bad.stderr  # a usage error
+
+
+def test_a_root_activated_before_init_gets_the_steps_to_the_ramdisk(tmp_path: Path) -> None:
+    """`activate` on a bare root serves from disk (sw/ holds links); a later `init` names the steps to
+    the ramdisk instead of half-converting; after them the stack is live from sw.tmpfs. A refused
+    activation's empty sw/ is no obstacle."""
+    from tests.support.host import make_artifact
+
+    artifact = make_artifact(tmp_path / "art", version="1.0")
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    assert sw("activate", str(tmp_path / "nope"), "--root", str(refused)).returncode == 11
+    assert sw("init", "--root", str(refused)).returncode == 0
+    assert os.readlink(refused / "sw") == "sw.tmpfs"
+
+    root = tmp_path / "data0"
+    root.mkdir()
+    assert sw("activate", str(artifact), "--root", str(root)).returncode == 0
+    assert (root / "sw" / "py3").is_symlink()
+    res = sw("init", "--root", str(root))
+    assert res.returncode == 11 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "holds the live links of this root served from disk" in res.stderr
+    assert f"`rm -r {root / 'sw'}`" in res.stderr and "`swstack restore`" in res.stderr
+    assert not (root / "sw.tmpfs").exists()  # the refusal changed nothing
+    assert sw("active", "--root", str(root)).returncode == 0
+    # The steps it names.
+    subprocess.run(["rm", "-r", str(root / "sw")], check=True)
+    assert sw("init", "--root", str(root)).returncode == 0
+    restored = sw("restore", "--root", str(root))
+    assert restored.returncode == 0, restored.stderr
+    assert os.path.realpath(root / "sw" / "py3") == str(root / "sw.tmpfs" / ".py3@1.0")
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text().strip() == "1.0"
+    assert sw("active", "--root", str(root)).returncode == 0
 
 
 def test_init_refuses_a_root_that_is_not_a_directory_in_one_line(tmp_path: Path) -> None:

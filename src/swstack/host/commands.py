@@ -35,6 +35,8 @@ from .layout import (
     live_name,
     normalize_version,
     read_tree_manifest,
+    sw_directory_kind,
+    sw_directory_refusal,
     tree_manifest,
     version_key,
 )
@@ -213,12 +215,13 @@ def prepare_root(layout: Layout) -> None:
                     f"{layout.sw} points at {os.readlink(layout.sw)}, not sw.tmpfs; "
                     f"fix the link (ln -s sw.tmpfs {layout.sw}) and run again"
                 )
-        elif layout.sw.exists():
-            raise ActivateError(
-                f"{layout.sw} is a directory but {layout.tmpfs} exists too: pick one "
-                f"configuration (production links sw -> sw.tmpfs)"
-            )
+        elif layout.sw.is_dir() and sw_directory_kind(layout.sw) != "empty":
+            raise ActivateError(sw_directory_refusal(layout))
+        elif layout.sw.exists() and not layout.sw.is_dir():
+            raise ActivateError(f"{layout.sw} exists and is not a directory; move it aside and run again")
         else:
+            if layout.sw.is_dir():
+                layout.sw.rmdir()  # empty: what a refused run before sw.tmpfs existed left
             switch.replace_symlink(layout.sw, "sw.tmpfs")
     else:
         layout.sw.mkdir(exist_ok=True)

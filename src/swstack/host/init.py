@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import log
 from ..errors import ActivateError
 from . import switch
-from .layout import Layout
+from .layout import Layout, sw_directory_kind, sw_directory_refusal
 
 _SIZE_RE = re.compile(r"^[1-9][0-9]*[kKmMgGtT%]?$")
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -132,20 +132,22 @@ def init(root: Path, ramdisk_size: str = "32G", mountinfo: Path = Path("/proc/se
                 f"pass --root a directory, or a path under one you may write to"
             ) from None
         changes.append(f"created {root}")
-    _ensure_dir(layout.tmpfs, changes)
-    _ensure_dir(layout.private, changes)
+    # sw first: a refusal changes nothing.
     if layout.sw.is_symlink():
         if os.path.realpath(layout.sw) != os.path.realpath(layout.tmpfs):
             raise ActivateError(
                 f"{layout.sw} points at {os.readlink(layout.sw)}, not sw.tmpfs; "
                 f"fix the link (ln -sfn sw.tmpfs {layout.sw}) and run again"
             )
-    elif layout.sw.exists():
-        raise ActivateError(
-            f"{layout.sw} is a real directory; move its trees into {root}/sw.<version>/ "
-            f"and run `swstack init` again (production links sw -> sw.tmpfs)"
-        )
-    else:
+    elif layout.sw.is_dir() and sw_directory_kind(layout.sw) != "empty":
+        raise ActivateError(sw_directory_refusal(layout))
+    elif layout.sw.exists() and not layout.sw.is_dir():
+        raise ActivateError(f"{layout.sw} exists and is not a directory; move it aside and run again")
+    _ensure_dir(layout.tmpfs, changes)
+    _ensure_dir(layout.private, changes)
+    if not layout.sw.is_symlink():
+        if layout.sw.is_dir():
+            layout.sw.rmdir()  # empty: what a refused activation of a root without sw.tmpfs left
         switch.replace_symlink(layout.sw, "sw.tmpfs")
         changes.append(f"linked {layout.sw} -> sw.tmpfs")
     if os.geteuid() == 0:
