@@ -374,6 +374,7 @@ def install_kernels(plan: InstallPlan) -> list[str]:
     if launcher:
         write_launcher(Path(plan.prefix))
     names = []
+    _check_kernel_names(plan)
     for kernel in plan.kernels:
         spec = {
             "argv": kernel_argv(list(kernel.argv), plan.prefix, launcher),
@@ -398,7 +399,42 @@ def install_kernels(plan: InstallPlan) -> list[str]:
                 shutil.rmtree(target)
             shutil.copytree(spec_file.parent, target)
             names.append(spec_file.parent.name)
+    names += _packages_kernels(kernels_dir, set(names), plan.prefix, launcher)
     return sorted(names)
+
+
+def _check_kernel_names(plan: InstallPlan) -> None:
+    """A kernel name comes from one place: a ``[[kernels]]`` entry and a spec directory (or two
+    directories) giving the same one would silently replace each other."""
+    seen = {k.name: "[[kernels]]" for k in plan.kernels}
+    for directory in plan.kernel_spec_dirs:
+        for spec_file in sorted(Path(directory).glob("*/kernel.json")):
+            name = spec_file.parent.name
+            if name in seen:
+                raise BuildError(f"kernel {name!r} comes from {seen[name]} and from {spec_file}; keep one of them")
+            seen[name] = str(spec_file)
+
+
+def _packages_kernels(kernels_dir: Path, ours: set[str], prefix: str, launcher: bool) -> list[str]:
+    """Kernel specs a package ships (ipykernel's ``python3``) and the stack does not write: served
+    by the tree too, so one that starts a bare ``python`` (the first on the user's PATH, maybe
+    another stack's) is made to start this tree's, as the stack's own kernels do."""
+    names = []
+    for spec_file in sorted(kernels_dir.glob("*/kernel.json")):
+        name = spec_file.parent.name
+        if name in ours:
+            continue
+        try:
+            spec = json.loads(spec_file.read_text())
+        except ValueError as exc:
+            raise BuildError(f"{spec_file}: not valid JSON ({exc}); a package shipped it broken") from None
+        argv = spec.get("argv") if isinstance(spec, dict) else None
+        if isinstance(argv, list) and argv and argv[0] in ("python", "python3"):
+            spec["argv"] = kernel_argv([_PYTHONS[0], *argv[1:]], prefix, launcher)
+            spec_file.write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+            log.info(f"kernel {name} (shipped by a package): starts this tree's python, not the first on PATH")
+        names.append(name)
+    return names
 
 
 def check_extensions(plan: InstallPlan) -> None:

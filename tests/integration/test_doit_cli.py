@@ -216,6 +216,23 @@ def _flip_last_byte(path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_every_kernel_the_tree_serves_starts_its_own_python(built_project: Path) -> None:
+    """antares-kernel declares its kernels; ipykernel's own python3 spec comes with the package. The
+    manifest lists all three, and each starts the tree's python, not the first on a user's PATH."""
+    import json
+
+    artifact = _only_artifact(built_project)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["kernels"] == ["antares", "antares-legacy", "python3"]
+    tarball = artifact / manifest["tarball"]["name"]
+    for kernel in manifest["kernels"]:
+        member = f"share/jupyter/kernels/{kernel}/kernel.json"
+        spec = json.loads(subprocess.run(["tar", "--zstd", "-xOf", str(tarball), member], check=True,
+                                         capture_output=True, text=True).stdout)
+        assert spec["argv"][0].startswith("/data0/sw/antares-kernel/"), (kernel, spec["argv"])
+
+
+@pytest.mark.slow
 def test_a_damaged_artifact_is_not_up_to_date_and_is_rebuilt(built_project: Path, tmp_path: Path) -> None:
     import json
 

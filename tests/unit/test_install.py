@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,40 @@ def test_a_pip_package_without_its_dist_info_is_named(tmp_path: Path) -> None:
     item = PipItem("ghost", "https://example.org/ghost-1.whl", "0" * 64, fetch="file:///m/ghost-1.whl")
     with pytest.raises(BuildError, match="pip reported ghost installed, but no ghost"):
         record_origin(tmp_path, item)
+
+
+def test_a_kernel_a_package_ships_starts_this_trees_python(tmp_path: Path) -> None:
+    """ipykernel's python3 spec says `python`: the first on the user's PATH, maybe another stack's."""
+    import json
+
+    from swstack.install import LAUNCHER, KernelItem, install_kernels
+
+    plan = _tree(tmp_path, {})
+    kernels = Path(plan.prefix) / "share/jupyter/kernels"
+    shipped = {"argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+               "display_name": "Python 3 (ipykernel)", "language": "python"}
+    (kernels / "python3").mkdir(parents=True)
+    (kernels / "python3" / "kernel.json").write_text(json.dumps(shipped))
+    (kernels / "other").mkdir()
+    (kernels / "other" / "kernel.json").write_text('{"argv": ["/usr/bin/R", "-f", "{connection_file}"]}')
+    own = KernelItem("antares", "ANTARES", "python", ["{prefix}/bin/python", "-m", "ipykernel_launcher", "-f",
+                                                      "{connection_file}"], {}, "signal")
+    plan = replace(plan, kernels=[own])
+    assert install_kernels(plan) == ["antares", "other", "python3"]  # what the tree serves, all of it
+    spec = json.loads((kernels / "python3" / "kernel.json").read_text())
+    assert spec["argv"] == [f"{plan.prefix}/{LAUNCHER}", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    assert spec["display_name"] == "Python 3 (ipykernel)"
+    assert json.loads((kernels / "other" / "kernel.json").read_text())["argv"][0] == "/usr/bin/R"  # not a python
+
+
+def test_a_kernel_name_from_two_places_fails_the_build(tmp_path: Path) -> None:
+    from swstack.install import KernelItem, install_kernels
+
+    plan = _tree(tmp_path, {})
+    specs = tmp_path / "specs"
+    (specs / "antares").mkdir(parents=True)
+    (specs / "antares" / "kernel.json").write_text('{"argv": ["x"]}')
+    own = KernelItem("antares", "ANTARES", "python", ["{prefix}/bin/python", "-f", "{connection_file}"], {}, "signal")
+    plan = replace(plan, kernels=[own], kernel_spec_dirs=[str(specs)])
+    with pytest.raises(BuildError, match=r"kernel 'antares' comes from \[\[kernels\]\] and from .*specs/antares"):
+        install_kernels(plan)
