@@ -338,6 +338,10 @@ class StackFile(Model):
     def _prefix(cls, value: str | None) -> str | None:
         if value is not None and (not value.startswith("/") or "//" in value or value.endswith("/")):
             raise ValueError(f"prefix {value!r} must be an absolute path without a trailing '/'")
+        if value is not None and any(part in (".", "..") for part in value.split("/")):
+            # The build mounts its directory at the prefix's parent and a host names the live
+            # path after its last component: both as written.
+            raise ValueError(f"prefix {value!r}: write the path without '.' or '..' components")
         return value
 
     @field_validator("platforms")
@@ -388,6 +392,8 @@ class StackFile(Model):
         defaults = [name for name, v in self.variants.items() if v.default]
         if len(defaults) > 1:
             raise ValueError(f"variants: only one may set default = true, found {', '.join(defaults)}")
+        for name, variant in self.variants.items():
+            _check_variant(name, variant, self)
         names = [k.name for k in self.kernels]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -457,6 +463,26 @@ class StackFile(Model):
             pack=self.pack,
             lock=self.lock,
         )
+
+
+def _check_variant(name: str, variant: Variant, stack: StackFile) -> None:
+    """A variant's name names lockfiles, artifacts, images and doit tasks (``py3-dev``); what it
+    removes (``numpy = false``) must be there to remove: a misspelt name would remove nothing."""
+    if not _NAME.match(name) or name == "default":
+        why = ("'default' is the variant name of a stack without variants" if name == "default"
+               else "use lower case letters, digits, '.', '_', '-'")
+        raise ValueError(f"variants.{name}: variant name {name!r}: {why}")
+    tables = (("dependencies", variant.dependencies, stack.dependencies),
+              ("pip.dependencies", variant.pip.get("dependencies", {}), stack.pip.dependencies))
+    for table, changes, base in tables:
+        for package, spec in changes.items():
+            if spec is False and package not in base:
+                close = difflib.get_close_matches(package, list(base), n=1)
+                listed = f"the stack's {table}: {', '.join(base)}" if base else f"the stack has no {table}"
+                hint = f"; did you mean {close[0]!r}?" if close else f"; {listed}"
+                raise ValueError(
+                    f"variants.{name}.{table}.{package}: removes a dependency the stack does not have{hint}"
+                )
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,9 @@ class Options:
         check = str(given.get("check", "0")).lower()
         if check not in _TRUE + _FALSE:
             raise UsageError(f"check={given['check']}: give check=1 (fail if stale) or check=0")
+        for name in ("stack", "variant", "site"):
+            if given.get(name) == "":  # `stack=` would otherwise mean every stack, silently
+                raise UsageError(f"{name}= is empty; give a value or leave {name}= out")
         version = given.get("version")
         if version is not None:
             check_version(version, UsageError)  # before any task writes a directory named after it
@@ -147,6 +150,14 @@ def selected_stacks(opts: Options, *, all_variants: bool) -> list[Any]:
 
     stacks_dir = opts.project / "stacks"
     files = [find_stack_file(opts.stack, stacks_dir)] if opts.stack else stack_files(stacks_dir)
+    if opts.variant and not opts.stack:
+        # variant= alone: the stacks that have that variant (a stack without it is not an error).
+        variants = {p: load_stack_file(p).variants for p in files}
+        having = [p for p in files if opts.variant in variants[p]]
+        if not having:
+            known = "; ".join(f"{p.stem}: {', '.join(v)}" for p, v in variants.items() if v) or "none"
+            raise UsageError(f"no stack has a variant {opts.variant!r} (variants: {known})")
+        files = having
     stacks = []
     for path in files:
         if opts.variant:

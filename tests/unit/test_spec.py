@@ -329,3 +329,29 @@ def test_a_file_that_is_not_plain_utf8_is_one_located_line(tmp_path: Path, raw: 
     if raw.startswith(b"\xef"):
         base.write_bytes(b"\xef\xbb\xbf" + b'channels = ["conda-forge"]\n')
     assert error_of(stack).startswith(f"{tmp_path}/base.toml:")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[variants.dev]\ndependencies = { nmpy = false }\n',
+         ":9: variants.dev.dependencies.nmpy: removes a dependency the stack does not have; did you mean 'numpy'?"),
+        ('[variants.dev]\npip.dependencies = { labclient = false }\n',
+         ":9: variants.dev.pip.dependencies.labclient: removes a dependency the stack does not have; "
+         "the stack has no pip.dependencies"),
+        ('[variants.default]\n',
+         ":8: variants.default: variant name 'default': 'default' is the variant name of a stack without variants"),
+        ('[variants."dev build"]\n', "variant name 'dev build': use lower case letters, digits, '.', '_', '-'"),
+    ],
+    ids=["misspelt-removal", "pip-removal", "default", "space"],
+)
+def test_a_variant_is_named_as_a_stack_and_removes_only_what_is_there(
+    tmp_path: Path, extra: str, expected: str
+) -> None:
+    message = error_of(write(tmp_path, MINIMAL + 'numpy = "*"\n\n' + extra))
+    assert expected in message and "\n" not in message, message
+
+
+def test_a_prefix_with_dot_components_is_refused(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, 'prefix = "/data0/sw/../etc"\n' + MINIMAL))
+    assert ":1: prefix: prefix '/data0/sw/../etc': write the path without '.' or '..' components" in message

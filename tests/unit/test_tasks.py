@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from swstack import tasks
-from swstack.errors import BuildError, SpecError
+from swstack.errors import BuildError, SpecError, UsageError
 from swstack.tasks import Options, selected_stacks
 
 BASE = """\
@@ -106,6 +106,18 @@ def test_build_tasks_are_default_variants_and_ask_the_artifact_whether_they_are_
     # A version given is up to date when that artifact is whole and from today's inputs; else it
     # is built (or, when built from other inputs, refused).
     assert task["uptodate"][0]() is False
+
+
+def test_a_variant_alone_selects_the_stacks_that_have_it(project: Path) -> None:
+    assert [t["name"] for t in _tasks(tasks.task_lock, _opts(project, variant="edge"))] == ["demo-edge"]
+    with pytest.raises(UsageError, match=r"^no stack has a variant 'egde' \(variants: demo: lts, edge\)$"):
+        selected_stacks(_opts(project, variant="egde"), all_variants=True)
+
+
+def test_an_empty_variable_is_refused_not_taken_for_every_stack(tmp_path: Path) -> None:
+    for name in ("stack", "variant", "site"):
+        with pytest.raises(UsageError, match=rf"^{name}= is empty; give a value or leave {name}= out$"):
+            Options.from_vars({name: ""}, tmp_path)
 
 
 def test_an_edge_variant_builds_under_its_own_name(project: Path) -> None:
