@@ -723,7 +723,17 @@ def format_validation_error(
 ) -> str:
     """One line per problem: ``file:line: key.path: what is wrong; the fix``."""
     problems: list[str] = []
-    for error in exc.errors():
+    errors = exc.errors()
+    # A misspelt required key is one mistake, not two: its "unknown key; did you mean" line says
+    # it all, so the "required key is missing" line of the key it meant is left out.
+    meant = set()
+    for error in errors:
+        loc = _clean_loc(tuple(error["loc"]))
+        if error["type"] == "extra_forbidden" and loc:
+            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc, root), n=1, cutoff=0.5)
+            meant |= {(*loc[:-1], close[0])} if close else set()
+    errors = [e for e in errors if not (e["type"] == "missing" and _clean_loc(tuple(e["loc"])) in meant)]
+    for error in errors:
         loc = _clean_loc(tuple(error["loc"]))
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, EntryError):

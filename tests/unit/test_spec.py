@@ -355,3 +355,13 @@ def test_a_variant_is_named_as_a_stack_and_removes_only_what_is_there(
 def test_a_prefix_with_dot_components_is_refused(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, 'prefix = "/data0/sw/../etc"\n' + MINIMAL))
     assert ":1: prefix: prefix '/data0/sw/../etc': write the path without '.' or '..' components" in message
+
+
+def test_a_misspelt_required_key_is_one_line_not_also_missing(tmp_path: Path) -> None:
+    text = 'name = "demo"\nchannels = ["conda-forge"]\n[dependancies]\npython = "*"\n[[kernels]]\nname = "k"\n' \
+           'dispaly_name = "K"\n'
+    lines = error_of(write(tmp_path, text)).splitlines()
+    assert sorted(line.split(": ", 1)[1] for line in lines) == [
+        "dependancies: unknown key; did you mean 'dependencies'?",
+        "kernels[0].dispaly_name: unknown key; did you mean 'display_name'?",
+    ], lines
