@@ -837,7 +837,10 @@ def find_stack_file(name: str, stacks_dir: Path) -> Path:
     if path.is_file():
         data, src = _read_toml(path, ())
         if "name" not in data:
-            raise SpecError(f"{_display(path)}: a shared part (no top-level name), not a stack; name a stack file")
+            raise SpecError(
+                f"{_display(path)}: no top-level name, so a shared part, not a stack; a stack sets "
+                f'name = "{path.stem}" (above the first [table]), or name another stack file'
+            )
         check_named_after_file(path, data, src)
         return path
     known = sorted(p.stem for p in stacks_dir.glob("*.toml") if p.stem != "base")

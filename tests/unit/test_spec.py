@@ -365,3 +365,13 @@ def test_a_misspelt_required_key_is_one_line_not_also_missing(tmp_path: Path) ->
         "dependancies: unknown key; did you mean 'dependencies'?",
         "kernels[0].dispaly_name: unknown key; did you mean 'display_name'?",
     ], lines
+
+
+def test_a_stack_file_without_a_name_named_directly_says_how_to_name_it(tmp_path: Path) -> None:
+    write(tmp_path, 'channels = ["conda-forge"]\n[dependencies]\npython = "*"\n', "lab.toml")
+    with pytest.raises(SpecError) as caught:
+        find_stack_file("lab", tmp_path)
+    assert str(caught.value).endswith(
+        "lab.toml: no top-level name, so a shared part, not a stack; a stack sets name = \"lab\" "
+        "(above the first [table]), or name another stack file"
+    )
