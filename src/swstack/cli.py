@@ -273,11 +273,11 @@ def cmd_hub_config(args: argparse.Namespace) -> int:
 
 def cmd_prepull(args: argparse.Namespace) -> int:
     from . import hub, prepull
-    from .engine import DockerEngine
+    from .engine import HOST_HINT, DockerEngine
 
     menu = hub.load_menu(args.source, _policy(args))
     try:
-        engine = DockerEngine()
+        engine = DockerEngine(hint=HOST_HINT)
         plan = prepull.prepull(menu, engine, args.keep, dry_run=args.dry_run)
     except ModuleNotFoundError as exc:  # the docker SDK is an extra on hosts
         sys.stderr.write(f"swstack prepull: error: {exc}; install swstack[docker]\n")

@@ -28,8 +28,11 @@ if TYPE_CHECKING:
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 TAIL_LINES = 40
 
-# Told to the user whenever no engine answers: the two ways forward.
+# Told to the user when no engine answers, by what needed one: a build has two ways forward,
+# an image (whose base goes into the site's registry through the engine) and a host's prepull one.
 START_HINT = 'start one (scripts/with-engine) or set sandbox = "namespace" in the site file'
+IMAGE_HINT = "an image's base goes into the site's registry through it: start one (scripts/with-engine)"
+HOST_HINT = "start the Docker engine on this host"
 
 
 class BindMount(Protocol):
@@ -149,16 +152,18 @@ def split_tag(ref: str) -> tuple[str, str]:
     return ref, "latest"
 
 
-def no_engine_message(address: str, reason: str = "") -> str:
+def no_engine_message(address: str, reason: str = "", hint: str = START_HINT) -> str:
     because = f" ({reason})" if reason else ""
-    return f"no Docker engine answers at {address}{because}: {START_HINT}"
+    return f"no Docker engine answers at {address}{because}: {hint}"
 
 
 class DockerEngine:
-    """``Engine`` over the Docker SDK. The client is created on first use, not at import."""
+    """``Engine`` over the Docker SDK. The client is created on first use, not at import.
+    ``hint``: what to do when no engine answers, for what this engine is wanted."""
 
-    def __init__(self, *, timeout: int = 600) -> None:
+    def __init__(self, *, timeout: int = 600, hint: str = START_HINT) -> None:
         self._timeout = timeout
+        self._hint = hint
         self._client: docker.DockerClient | None = None
 
     @property
@@ -178,9 +183,9 @@ class DockerEngine:
                 client = docker.from_env(timeout=self._timeout)
                 client.ping()
             except DockerException as exc:
-                raise SandboxError(no_engine_message(self.address, _first_line(exc))) from exc
+                raise SandboxError(no_engine_message(self.address, _first_line(exc), self._hint)) from exc
             except OSError as exc:  # connection refused or socket missing, seen raw on some SDKs
-                raise SandboxError(no_engine_message(self.address, _first_line(exc))) from exc
+                raise SandboxError(no_engine_message(self.address, _first_line(exc), self._hint)) from exc
             self._client = client
         return self._client
 
@@ -199,7 +204,7 @@ class DockerEngine:
             self.client.ping()
         except (DockerException, OSError) as exc:
             self._client = None
-            raise SandboxError(no_engine_message(self.address, _first_line(exc))) from exc
+            raise SandboxError(no_engine_message(self.address, _first_line(exc), self._hint)) from exc
 
     # -- images -----------------------------------------------------------------------
 

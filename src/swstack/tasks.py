@@ -267,8 +267,13 @@ def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> No
 
     image_command = f"`{stack.doit_command('image')}`"
     if not registry_answers(site):
-        log.info(f"image skipped: no registry answers at {site.registry or '(none set)'} for the base image; "
-                 f"start it and run {image_command}")
+        from .engine import IMAGE_HINT, DockerEngine
+
+        # The image needs both: say so now, not one at a time.
+        engine = DockerEngine(hint=IMAGE_HINT).available()
+        missing = "" if engine else ", nor a Docker engine, which the image needs too"
+        log.info(f"image skipped: no registry answers at {site.registry or '(none set)'} for the base image{missing}; "
+                 f"start {'it' if engine else 'both'} and run {image_command}")
         return
     try:
         mirror_base(stack, site)

@@ -322,4 +322,13 @@ def test_a_build_without_a_docker_engine_ends_at_its_artifact(
         tasks._local_image(stack, site, root, tmp_path / "artifact")
     err = caplog.text
     assert f"image skipped: no Docker engine answers at unix://{tmp_path}/no-engine.sock" in err
+    assert "an image's base goes into the site's registry through it: start one (scripts/with-engine)" in err
+    assert 'sandbox = "namespace"' not in err  # a build's other way forward, no way to an image
     assert "the artifact is complete: run `doit image stack=antares-kernel` once it answers" in err
+    # Neither registry nor engine: both named at once.
+    monkeypatch.setattr(image, "registry_answers", lambda site: False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="swstack"):
+        tasks._local_image(stack, site, root, tmp_path / "artifact")
+    assert ("for the base image, nor a Docker engine, which the image needs too; start both and run "
+            "`doit image stack=antares-kernel`") in caplog.text

@@ -221,12 +221,12 @@ def mirror_base(stack: Stack, site: Site, engine: Engine | None = None) -> str |
     registry. Returns the pushed reference, or None when the site pulls the base as named.
     """
     from ..baseimage import ensure_base, load_base_spec
-    from ..engine import DockerEngine
+    from ..engine import IMAGE_HINT, DockerEngine
 
     target = site.image_ref(stack.image.base)
     if target == stack.image.base or site.registry is None or not target.startswith(site.registry + "/"):
         return None
-    engine = engine or DockerEngine()
+    engine = engine or DockerEngine(hint=IMAGE_HINT)
     local = ensure_base(engine, load_base_spec(mirror=site.debian_mirror, suite=site.debian_suite))
     engine.tag_image(local, target)
     engine.push_image(target)
