@@ -362,9 +362,14 @@ def _image(stack: Any, site: Any, version: str | None) -> None:
 
 
 def _push(stack: Any, site: Any, version: str | None) -> None:
+    from .errors import PushError
+    from .image.plan import IMAGE_DIR, IMAGE_JSON
     from .release import push_attested
 
-    push_attested(site, _artifact(stack, site, version))
+    artifact = _artifact(stack, site, version)
+    if not (artifact / IMAGE_DIR / IMAGE_JSON).is_file():  # the command that makes it, for this stack
+        raise PushError(f"{artifact}: no image built there yet; run `{stack.doit_command('image', version)}` first")
+    push_attested(site, artifact)
 
 
 def _publish(stack: Any, site: Any, version: str | None) -> None:

@@ -226,10 +226,27 @@ def test_push_and_publish_take_the_version_given_else_the_newest(
     (project / "site.toml").write_text(site)
     older, newer = _artifact(project, "small", "1.0"), _artifact(project, "small", "2.0")
     os.utime(older / "manifest.json", (1, 1))  # the newest is the latest written
+    for artifact in (older, newer):  # what `doit image` leaves (push refuses an artifact without it)
+        (artifact / "image").mkdir()
+        (artifact / "image" / "image.json").write_text("{}")
     for version in ("1.0", None):
         (task,) = _tasks(creator, _opts(project, stack="small", version=version))
         _run(task)
     assert sent == [older, newer]
+
+
+def test_push_without_an_image_names_the_command_that_makes_it(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = 'name = "test"\nartifacts = "{project}/out"\n[registry]\nurl = "r.example.org"\n'
+    (project / "site.toml").write_text(site)
+    artifact = _artifact(project, "demo-edge", "3.0")
+    (task,) = _tasks(tasks.task_push, _opts(project, stack="demo", variant="edge", version="3.0"))
+    with pytest.raises(SystemExit):
+        _run(task)
+    assert capsys.readouterr().err.strip() == (
+        f"error: {artifact}: no image built there yet; run `doit image stack=demo variant=edge version=3.0` first"
+    )
 
 
 def test_a_version_with_no_artifact_says_which_build_makes_it(
