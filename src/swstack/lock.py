@@ -177,6 +177,11 @@ def read_lockfile(path: Path) -> Any:
         return parse_conda_lock_file(path)
     except FileNotFoundError:
         raise LockError(f"{path}: no lockfile; run `doit lock stack=...` first") from None
+    except (AttributeError, TypeError, KeyError, IndexError):
+        # The parser's own code tripping over a document of another shape (an empty file, a list).
+        empty = not path.read_text(errors="replace").strip()
+        what = "empty" if empty else "not a mapping of conda-lock's version, metadata and package"
+        raise LockError(f"{path}: not a readable conda-lock file ({what}); lock again") from None
     except Exception as exc:
         raise LockError(f"{path}: not a readable conda-lock file ({_first_problem(exc)}); lock again") from None
 

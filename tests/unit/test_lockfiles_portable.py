@@ -80,3 +80,20 @@ def test_a_lockfile_whose_digest_line_was_deleted_is_found_out(lockfile: Path, t
     assert edited(read_lockfile(copy), copy) == (
         f"{copy}: it records no {PACKAGES_KEY} (the digest of its packages); lock again, never edit a lockfile"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("", "empty"), ("- a list\n", "not a mapping of conda-lock's version, metadata and package"),
+     ("version: 1\n", "package: field required, got {}")],
+    ids=["empty", "list", "partial"],
+)
+def test_an_unreadable_lockfile_is_one_line_saying_why(tmp_path: Path, text: str, why: str) -> None:
+    from swstack.errors import LockError
+    from swstack.lock import read_lockfile
+
+    path = tmp_path / "conda-lock.yml"
+    path.write_text(text)
+    with pytest.raises(LockError) as caught:
+        read_lockfile(path)
+    assert str(caught.value) == f"{path}: not a readable conda-lock file ({why}); lock again"
