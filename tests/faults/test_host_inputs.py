@@ -412,7 +412,10 @@ def test_set_version_names_an_unknown_stack_and_takes_a_tree_path(tmp_path: Path
         f"{root}/sw.2026.01.01 has no stack antares (it holds py3); versions with antares: 2026.01.03"
     )
     res = _sw(root, "set-version", str(root / "sw.2026.01.01" / "nope"))
-    assert "--stack nope: unknown stack" in _one_error(res, "set-version")
+    assert _one_error(res, "set-version") == (  # no --stack was given: the path is named
+        f"{root}/sw.2026.01.01/nope (the path given): unknown stack, no version on this host holds it; "
+        "known stacks: antares, py3"
+    )
     other = tmp_path / "elsewhere"
     res = _sw(root, "set-version", str(other / "sw.2026.01.01" / "py3"))
     assert _one_error(res, "set-version") == (

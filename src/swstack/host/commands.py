@@ -686,7 +686,8 @@ def set_version(root: Path, version: str, stack: str | None = None, wait: float 
         if stack:
             chosen = {s: live for s, live in trees.items() if stack in (s, live)}
             if not chosen:
-                raise ActivateError(_unknown_stack(layout, version, stack, trees))
+                given = "the path" if tree_arg is not None else "--stack"
+                raise ActivateError(_unknown_stack(layout, version, stack, trees, given))
             trees = chosen
         if not trees:
             raise ActivateError(f"{layout.version_dir(version)} holds no stack")
@@ -708,8 +709,8 @@ def set_version(root: Path, version: str, stack: str | None = None, wait: float 
     return _run_locked(root, wait, body)
 
 
-def _unknown_stack(layout: Layout, version: str, stack: str, trees: dict[str, str]) -> str:
-    """Why ``--stack`` names nothing in ``version``: a stack of other versions, or none at all."""
+def _unknown_stack(layout: Layout, version: str, stack: str, trees: dict[str, str], given: str = "--stack") -> str:
+    """Why ``--stack`` (or a tree path, ``given``) names nothing in ``version``: a stack of other versions, or none."""
     elsewhere = [
         v for v in layout.versions() if any(stack in (s, layout.live_name_of(s, v)) for s in layout.stacks_in(v))
     ]
@@ -719,7 +720,8 @@ def _unknown_stack(layout: Layout, version: str, stack: str, trees: dict[str, st
             f"versions with {stack}: {', '.join(elsewhere)}"
         )
     known = ", ".join(sorted({s for v in layout.versions() for s in layout.stacks_in(v)})) or "none"
-    return f"--stack {stack}: unknown stack, no version on this host holds it; known stacks: {known}"
+    named = f"--stack {stack}" if given == "--stack" else f"{layout.version_dir(version) / stack} (the path given)"
+    return f"{named}: unknown stack, no version on this host holds it; known stacks: {known}"
 
 
 def restore(root: Path, wait: float = 0.0) -> Outcome:
