@@ -156,6 +156,16 @@ def release_unknown_key(art: Path, tmp: Path) -> list[str]:
     return ["--release", str(tmp / "release.toml")]
 
 
+def release_names_another_stack(art: Path, tmp: Path) -> list[str]:
+    (tmp / "release.toml").write_text(f'[stacks]\nantares = "{art}"\n')  # it holds py3
+    return ["--release", str(tmp / "release.toml")]
+
+
+def side_file_empty(art: Path, tmp: Path) -> list[str]:
+    next(art.glob("*.sha256")).write_text("")
+    return [str(art)]
+
+
 def _host_config(art: Path, tmp: Path, text: str | bytes) -> list[str]:
     config = tmp / "host.toml"
     if isinstance(text, bytes):
@@ -286,7 +296,7 @@ CASES: dict[str, Callable[[Path, Path], list[str]]] = {f.__name__: f for f in (
     prefix_root, packages_wrong_type, tarball_name_escapes, huge_total_size, release_bad_toml,
     release_wrong_shape, release_missing, oci_unreachable, oci_bad_reference, source_with_newline,
     state_corrupt, release_json_list, release_not_utf8, release_source_a_number, release_json_source_a_list,
-    release_unknown_key,
+    release_unknown_key, release_names_another_stack, side_file_empty,
 )}
 CASES.update({name: functools.partial(_host_config, text=text) for name, text in HOST_CONFIGS.items()})
 
@@ -340,7 +350,9 @@ MESSAGES = {  # what the one line says: the cause, not just any error
     "tarball_name_escapes": "tarball.name '../../../../etc/passwd' is not a file name beside manifest.json",
     "version_is_a_number": "version: expected str, got int",
     "version_with_newline": "invalid version name '2026.01.02\\nswstack: all good'",
-    "version_with_slash": "invalid version name '../../etc'",
+    "version_with_slash": "/bad: invalid version name '../../etc'",  # the manifest's artifact named
+    "release_names_another_stack": "release.toml:2: the release names ",
+    "side_file_empty": "/bad/py3-2026.01.02-linux-64.tar.zst.sha256: no sha256 for py3-2026.01.02-linux-64.tar.zst",
     "zstd_of_garbage": "in a tar header); its sha256 matches, so it was packed broken",
 }
 

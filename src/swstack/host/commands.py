@@ -524,7 +524,15 @@ def _run_locked(root: Path, wait: float, body: object) -> Outcome:
 _RELEASE_SHAPE = 'a [stacks] table of name = "<source>" (path, URL or OCI reference)'
 
 
-def read_release(path: Path) -> dict[str, str]:
+class Release(dict[str, str]):
+    """A release file read: {source: the stack name it gives}, and where each name is written."""
+
+    def __init__(self, names: Mapping[str, str], where: Mapping[str, str]):
+        super().__init__(names)
+        self.where = dict(where)  # source -> "file:line" of its key
+
+
+def read_release(path: Path) -> Release:
     """A release manifest: TOML ``[stacks] py3 = "<source>"`` or JSON ``{"stacks": {...}}`` -> {source: name}.
 
     Every mistake is one ``ActivateError`` line naming the file (and line, for TOML) and the field."""
@@ -563,6 +571,7 @@ def read_release(path: Path) -> dict[str, str]:
         raise ActivateError(f"{where('stacks')}: stacks: expected {_RELEASE_SHAPE}, got {got}")
     base = path.parent
     out: dict[str, str] = {}
+    located: dict[str, str] = {}
     for name, value in stacks.items():
         if not name or not name.isprintable():
             raise ActivateError(f"{where('stacks')}: stacks: {name!r} is not a stack name; name the stack it holds")
@@ -578,7 +587,8 @@ def read_release(path: Path) -> dict[str, str]:
                 f"give each stack its own artifact"
             )
         out[spec] = str(name)
-    return out
+        located[spec] = where("stacks", name)
+    return Release(out, located)
 
 
 def activate(
@@ -607,9 +617,10 @@ def activate(
             check_platform(art.manifest, art.source, host_platform())
             said = (names or {}).get(art.source)
             if said is not None and said not in (art.manifest.stack, art.manifest.stack_id):
+                at = names.where.get(art.source) if isinstance(names, Release) else None
                 raise ActivateError(
-                    f"the release names {art.source} {said}, but it holds {art.manifest.stack_id}; "
-                    f"fix the release file's key"
+                    f"{at + ': ' if at else ''}the release names {art.source} {said}, but it holds "
+                    f"{art.manifest.stack_id}; fix the release file's key"
                 )
             # At fetch, before any plan: a broken artifact is refused even when its version's
             # tree is already here (then it is not read again).

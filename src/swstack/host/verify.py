@@ -38,16 +38,22 @@ def read_checksum_file(text: str, tarball_name: str) -> str:
 def expectations(artifact: Artifact) -> Expected:
     """Cross-check manifest and .sha256 (pure apart from reading the small checksum file)."""
     m = artifact.manifest
-    check_name("stack", m.stack_id)
-    check_name("version", m.version)
+    try:
+        check_name("stack", m.stack_id)
+        check_name("version", m.version)
+    except ActivateError as exc:
+        raise ActivateError(f"{artifact.source}: {exc}") from None  # which manifest says so
     if not m.prefix.startswith("/"):
         raise ActivateError(f"{artifact.source}: manifest prefix {m.prefix!r} is not an absolute path")
     from_manifest = m.tarball.sha256.lower() if m.tarball else None
     from_file = None
     if artifact.checksum_file is not None:
-        from_file = read_checksum_file(
-            artifact.checksum_file.read_text(errors="replace"), artifact.tarball.name
-        )
+        try:
+            from_file = read_checksum_file(
+                artifact.checksum_file.read_text(errors="replace"), artifact.tarball.name
+            )
+        except ActivateError as exc:  # parse_checksum names the file by its name only
+            raise ActivateError(f"{artifact.checksum_file}: {str(exc).split(': ', 1)[-1]}") from None
     if from_manifest and from_file and from_manifest != from_file:
         raise ActivateError(
             f"{artifact.source}: manifest.json and {artifact.checksum_file} disagree on the "
