@@ -229,14 +229,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(
             {"removed": [] if args.dry_run else plan.remove, "would_remove": plan.remove, "kept": plan.keep,
-             "removed_copies": list(pruned.copies)}
+             "removed_copies": [] if args.dry_run else list(pruned.copies), "would_remove_copies": list(pruned.copies)}
         )  # fmt: skip
     else:
         verb = "would remove" if args.dry_run else "removed"
         for v in plan.remove:
             _out(f"{verb} sw.{v}")
         for copy in pruned.copies:
-            _out(f"removed {copy} (ramdisk copy no longer live)")
+            _out(f"{verb} {copy} (ramdisk copy no longer live)")
         for v, why in sorted(plan.keep.items()):
             _out(f"kept sw.{v} ({why})")
     return 0 if pruned.changed else UNCHANGED_EXIT

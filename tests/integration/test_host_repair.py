@@ -224,6 +224,11 @@ def test_prune_reports_the_ramdisk_copies_it_removes(tmp_path: Path) -> None:
         sw(root, "activate", str(make_artifact(tmp_path / v, version=v)))
     # A copy no longer live (as a run cut short before its last step leaves one).
     subprocess.run(["cp", "-a", str(root / "sw.tmpfs/.py3@2.0"), str(root / "sw.tmpfs/.py3@1.0")], check=True)
+    dry = json.loads(sw(root, "prune", "--keep", "5", "--dry-run", "--json", check=3).stdout)
+    assert (dry["removed_copies"], dry["would_remove_copies"]) == ([], [str(root / "sw.tmpfs/.py3@1.0")])
+    dry_text = sw(root, "prune", "--keep", "5", "--dry-run", check=3).stdout
+    assert f"would remove {root / 'sw.tmpfs/.py3@1.0'} (ramdisk copy no longer live)" in dry_text
+    assert (root / "sw.tmpfs/.py3@1.0").is_dir()  # a dry run names it only
     res = sw(root, "prune", "--keep", "5", "--json")
     assert json.loads(res.stdout)["removed_copies"] == [str(root / "sw.tmpfs/.py3@1.0")]
     assert not (root / "sw.tmpfs/.py3@1.0").exists()

@@ -397,8 +397,9 @@ class Dropped:
     kept: tuple[str, ...] = ()  # not live but in use: "<path> (in use by PID n)"
 
 
-def drop_unused_copies(layout: Layout) -> Dropped:
-    """Remove ramdisk copies that are no longer live, unless a process still uses them; name both."""
+def drop_unused_copies(layout: Layout, dry_run: bool = False) -> Dropped:
+    """Remove ramdisk copies that are no longer live, unless a process still uses them; name both
+    (``dry_run``: name them only)."""
     kept: list[str] = []
     removed: list[str] = []
     if not layout.production:
@@ -416,7 +417,8 @@ def drop_unused_copies(layout: Layout) -> Dropped:
             kept.append(f"{entry} (in use by PID {', '.join(map(str, users[:5]))})")
             log.info(f"keeping {entry}: still in use by PID {', '.join(map(str, users[:5]))}")
         else:
-            switch.remove_tree(entry)
+            if not dry_run:
+                switch.remove_tree(entry)
             removed.append(str(entry))
     return Dropped(tuple(removed), tuple(kept))
 
@@ -984,7 +986,7 @@ class PrunePlan:
 @dataclass(frozen=True)
 class Pruned:
     plan: PrunePlan
-    copies: tuple[str, ...] = ()  # ramdisk copies removed: no longer live and unused
+    copies: tuple[str, ...] = ()  # ramdisk copies removed (dry run: that would be): no longer live and unused
     dry_run: bool = False
 
     @property
@@ -1047,6 +1049,7 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> Pr
         plan = plan_prune(versions, keep, _protected_versions(layout, state), foreign)
         result = Pruned(plan, dry_run=dry_run)
         if dry_run:
+            result = Pruned(plan, drop_unused_copies(layout, dry_run=True).removed, dry_run=True)
             return Outcome(())
         trash = layout.private / "trash"
         for v in plan.remove:
