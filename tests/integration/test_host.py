@@ -269,6 +269,20 @@ def test_a_relative_root_is_taken_as_written_without_its_dots(tmp_path: Path) ->
     assert empty.returncode == 2 and "argument --root/-R: an empty path" in empty.stderr
 
 
+def test_the_record_of_a_version_set_again_is_its_own(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    """After set-version, state.json says nothing of the version switched from: not its source, and
+    the relocation is that of the tree now live (read from its in-tree manifest)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    sw(root, "activate", str(artifacts["2026.02.01"]))
+    sw(root, "set-version", "2026.01.01")
+    record = json.loads((root / ".swstack" / "state.json").read_text())["stacks"]["py3"]
+    assert record["version"] == "2026.01.01" and record["previous"] == "2026.02.01"
+    assert record["source"] == ""  # not 2026.02.01's tarball
+    assert record["relocated_from"] == "/data0/sw/py3"  # built there, live under the test's root
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     root = tmp_path / "root"
     root.mkdir()

@@ -397,6 +397,14 @@ class Dropped:
     kept: tuple[str, ...] = ()  # not live but in use: "<path> (in use by PID n)"
 
 
+def _relocated_from(layout: Layout, target: Target) -> str | None:
+    """The prefix a tree on the host was built for, when it is not its live path (it was relocated)."""
+    manifest = tree_manifest(layout.persistent_tree(target.stack, target.version))
+    if manifest is None or manifest.prefix == str(layout.live_path(target.live_name)):
+        return None
+    return manifest.prefix
+
+
 def drop_unused_copies(layout: Layout, dry_run: bool = False) -> Dropped:
     """Remove ramdisk copies that are no longer live, unless a process still uses them; name both
     (``dry_run``: name them only)."""
@@ -461,11 +469,13 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
             name = p.target.live_name
             if p.record or p.target.stack in moved:
                 old = state.stacks.get(name)
+                same = old is not None and old.version == p.target.version  # else the old record is another tree's
                 entry = StackState(
                     version=p.target.version,
                     previous=p.previous,
-                    source=sources.get(p.target.stack) or (old.source if old else ""),
-                    relocated_from=moved.get(p.target.stack, old.relocated_from if old else None),
+                    source=sources.get(p.target.stack) or (old.source if old and same else ""),
+                    relocated_from=moved.get(p.target.stack, old.relocated_from if old and same
+                                             else _relocated_from(layout, p.target)),
                     activated_at=now if p.switch or p.record else (old.activated_at if old else now),
                     tree="" if p.target.stack == name else p.target.stack,
                     previous_tree="" if p.previous_tree in (None, name) else str(p.previous_tree),
