@@ -242,15 +242,16 @@ def _explain_unreachable(plan: LockPlan, exc: Exception) -> str:
     causes = [line.removeprefix("Caused by: ") for line in text.splitlines()[1:] if line.strip()]
     why = f" ({causes[-1]})" if causes else ""
     failed = [c for c, url in zip(plan.stack.channels, plan.channel_urls, strict=True) if f"{url}/" in text]
-    lines = [f"cannot fetch the package index of {', '.join(failed) or ', '.join(plan.channel_urls)}{why}:", text]
+    log.debug(text)  # the fetcher's whole chain of causes, for --verbosity; the message keeps the last
+    parts = [f"cannot fetch the package index of {', '.join(failed) or ', '.join(plan.channel_urls)}{why}"]
     mirrored = sorted(plan.site.mirrors)
     for channel in failed:
         if mirrored and channel not in plan.site.mirrors:
             close = difflib.get_close_matches(channel, mirrored, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"channel {channel!r} has no mirror in {plan.site.mirror_description()}{hint}")
-    lines.append("Check the stack's channels, the site's [channels.mirrors] and the network.")
-    return "\n".join(lines)
+            hint = f": did you mean {close[0]!r}?" if close else ""
+            parts.append(f"channel {channel!r} has no mirror in {plan.site.mirror_description()}{hint}")
+    parts.append("check the stack's channels, the site's [channels.mirrors] and the network")
+    return f"{plan.stack.source}: channels: " + "; ".join(parts)
 
 
 def _explain_unsolvable(plan: LockPlan, platform: str, exc: Exception) -> str:
