@@ -82,8 +82,9 @@ def checksum_line(sha256: str, name: str) -> str:
     return f"{sha256}  {name}\n"
 
 
-def parse_checksum(text: str, tarball_name: str) -> str:
-    """``sha256sum`` format (``<hex>  <name>``); the line naming our tarball wins, a lone hash is accepted."""
+def parse_checksum(text: str, tarball_name: str, where: str | Path | None = None) -> str:
+    """``sha256sum`` format (``<hex>  <name>``); the line naming our tarball wins, a lone hash is accepted.
+    ``where``: the side file, as the error names it (default: its name)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
         m = _SUM_RE.match(line)
@@ -91,7 +92,7 @@ def parse_checksum(text: str, tarball_name: str) -> str:
             return m.group(1).lower()
     if len(lines) == 1 and re.fullmatch(r"[0-9a-fA-F]{64}", lines[0].split()[0]):
         return lines[0].split()[0].lower()
-    raise ArtifactError(f"{tarball_name}{CHECKSUM_SUFFIX}: no sha256 for {tarball_name} in it")
+    raise ArtifactError(f"{where or tarball_name + CHECKSUM_SUFFIX}: no sha256 for {tarball_name} in it")
 
 
 def read_checksum(tarball: Path) -> str | None:
@@ -100,7 +101,7 @@ def read_checksum(tarball: Path) -> str | None:
         text = checksum_path(tarball).read_text(errors="replace")
     except FileNotFoundError:
         return None
-    return parse_checksum(text, tarball.name)
+    return parse_checksum(text, tarball.name, checksum_path(tarball))
 
 
 # ----------------------------------------------------------------------------- the directory

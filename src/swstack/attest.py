@@ -25,7 +25,7 @@ from typing import Any
 from . import __version__, log
 from .errors import BuildError
 from .fsutil import atomic_write_text, sha256_file
-from .manifest import AttestationInfo, Manifest, PackageEntry
+from .manifest import AttestationInfo, Manifest, PackageEntry, normalise_pip_name
 
 SBOM_NAME = "sbom.cdx.json"
 PROVENANCE_NAME = "provenance.intoto.json"
@@ -58,7 +58,7 @@ def read_licences(tarball: Path) -> dict[tuple[str, str], str]:
             elif path.name == "METADATA" and path.parent.name.endswith(".dist-info"):
                 name, licence = _wheel_licence(_text_member(tar, member))
                 if name and licence:
-                    found[("pip", _normalise(name))] = licence
+                    found[("pip", normalise_pip_name(name))] = licence
     return found
 
 
@@ -86,12 +86,6 @@ def _wheel_licence(metadata: str) -> tuple[str, str]:
     return name, licence
 
 
-def _normalise(name: str) -> str:
-    import re
-
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 # ----------------------------------------------------------------------------- SBOM
 
 
@@ -108,7 +102,7 @@ def purl_of(package: PackageEntry, platform: str) -> Any:
     from packageurl import PackageURL
 
     if package.manager == "pip":
-        return PackageURL(type="pypi", name=_normalise(package.name), version=package.version)
+        return PackageURL(type="pypi", name=normalise_pip_name(package.name), version=package.version)
     qualifiers = {"build": package.build, "channel": _channel_name(package.channel), "subdir": platform}
     return PackageURL(
         type="conda",
@@ -150,7 +144,7 @@ def render_sbom(manifest: Manifest, licences: Mapping[tuple[str, str], str]) -> 
     for package in sorted(manifest.packages, key=lambda p: (p.manager, p.name.lower(), p.version)):
         purl = purl_of(package, manifest.platform)
         licence = licences.get(
-            (package.manager, package.name.lower() if package.manager == "conda" else _normalise(package.name))
+            (package.manager, package.name.lower() if package.manager == "conda" else normalise_pip_name(package.name))
         )
         component = Component(
             name=package.name,

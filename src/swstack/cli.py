@@ -82,8 +82,8 @@ def cmd_activate(args: argparse.Namespace) -> int:
     from .host.signature import load_policy
 
     sources = list(args.sources)
-    names = commands.read_release(Path(args.release)) if args.release else {}
-    sources += names
+    names = commands.read_release(Path(args.release)) if args.release else None
+    sources += names or {}
     if not sources:
         raise UsageError("nothing to activate: give artifact sources or --release FILE")
     # A --trusted-key on the command line asks for signatures: it makes them required for this

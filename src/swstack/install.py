@@ -27,6 +27,7 @@ from typing import Any
 
 from . import log, proc
 from .errors import BuildError, SwstackError
+from .manifest import dist_info_name_version, normalise_pip_name
 
 
 @dataclass(frozen=True)
@@ -293,19 +294,11 @@ def canonical_direct_url(item: PipItem) -> dict[str, Any] | None:
     return None
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def dist_info_of(prefix: Path, name: str) -> Path:
     """The ``*.dist-info`` directory pip installed ``name`` into (by its METADATA's Name)."""
     for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
-        with open(dist_info / "METADATA", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("Name:"):
-                    if _normalise(line[len("Name:"):].strip()) == _normalise(name):
-                        return dist_info
-                    break
+        if normalise_pip_name(dist_info_name_version(dist_info)[0]) == normalise_pip_name(name):
+            return dist_info
     raise BuildError(f"pip reported {name} installed, but no {name}*.dist-info with its metadata is in {prefix}")
 
 
@@ -326,7 +319,10 @@ def record_origin(prefix: Path, item: PipItem) -> None:
     record = dist_info / "RECORD"
     line = [entry, f"sha256={digest}", str(len(data))]
     rows = [row for row in csv.reader(io.StringIO(record.read_text(encoding="utf-8"))) if row]
-    rows = [line if row[0] == entry else row for row in rows] + ([] if any(r[0] == entry for r in rows) else [line])
+    if any(row[0] == entry for row in rows):  # pip lists the record it wrote: replaced in its place
+        rows = [line if row[0] == entry else row for row in rows]
+    else:
+        rows.append(line)
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     record.write_text(out.getvalue(), encoding="utf-8")
@@ -374,7 +370,7 @@ def install_kernels(plan: InstallPlan) -> list[str]:
     if launcher:
         write_launcher(Path(plan.prefix))
     names = []
-    _check_kernel_names(plan)
+    spec_files = _spec_files(plan)
     for kernel in plan.kernels:
         spec = {
             "argv": kernel_argv(list(kernel.argv), plan.prefix, launcher),
@@ -388,31 +384,34 @@ def install_kernels(plan: InstallPlan) -> list[str]:
         target.mkdir(parents=True, exist_ok=True)
         (target / "kernel.json").write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
         names.append(kernel.name)
-    for directory in plan.kernel_spec_dirs:
-        for spec_file in sorted(Path(directory).glob("*/kernel.json")):
-            try:
-                json.loads(spec_file.read_text())
-            except ValueError as exc:
-                raise BuildError(f"{spec_file}: not valid JSON ({exc}); fix or remove this kernel spec") from None
-            target = kernels_dir / spec_file.parent.name
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(spec_file.parent, target)
-            names.append(spec_file.parent.name)
+    for spec_file in spec_files:
+        try:
+            json.loads(spec_file.read_text())
+        except ValueError as exc:
+            raise BuildError(f"{spec_file}: not valid JSON ({exc}); fix or remove this kernel spec") from None
+        target = kernels_dir / spec_file.parent.name
+        if target.exists():  # a package's spec of that name (ipykernel's python3): the directory's wins
+            shutil.rmtree(target)
+        shutil.copytree(spec_file.parent, target)
+        names.append(spec_file.parent.name)
     names += _packages_kernels(kernels_dir, set(names), plan.prefix, launcher)
     return sorted(names)
 
 
-def _check_kernel_names(plan: InstallPlan) -> None:
-    """A kernel name comes from one place: a ``[[kernels]]`` entry and a spec directory (or two
-    directories) giving the same one would silently replace each other."""
+def _spec_files(plan: InstallPlan) -> list[Path]:
+    """The ``kernel.json`` files of the spec directories, checked: a kernel name comes from one
+    place (a ``[[kernels]]`` entry and a directory, or two directories, giving the same one would
+    silently replace each other)."""
     seen = {k.name: "[[kernels]]" for k in plan.kernels}
+    found = []
     for directory in plan.kernel_spec_dirs:
         for spec_file in sorted(Path(directory).glob("*/kernel.json")):
             name = spec_file.parent.name
             if name in seen:
                 raise BuildError(f"kernel {name!r} comes from {seen[name]} and from {spec_file}; keep one of them")
             seen[name] = str(spec_file)
+            found.append(spec_file)
+    return found
 
 
 def _packages_kernels(kernels_dir: Path, ours: set[str], prefix: str, launcher: bool) -> list[str]:

@@ -54,6 +54,26 @@ def check_version(version: str, error: type[SwstackError]) -> str:
     return version
 
 
+def normalise_pip_name(name: str) -> str:
+    """A Python distribution's name as PEP 503 compares names: lower case, each run of ``-_.`` one ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def dist_info_name_version(dist_info: Path) -> tuple[str, str]:
+    """(Name, Version) of an installed distribution, from its ``METADATA``, else from the
+    ``<name>-<version>.dist-info`` directory's name."""
+    import email.parser  # here, not at import: the host side imports this module too
+
+    try:
+        meta = email.parser.Parser().parsestr((dist_info / "METADATA").read_text(errors="replace"), True)
+        name, version = meta.get("Name", ""), meta.get("Version", "")
+    except OSError:
+        name = version = ""
+    if not name:
+        name, _, version = dist_info.name[: -len(".dist-info")].partition("-")
+    return name, version
+
+
 # The variant names a manifest written before it recorded ``default_variant`` used for
 # its stack's default variant; only reading such a manifest needs them.
 _UNRECORDED_DEFAULTS = ("", "default", "stable")

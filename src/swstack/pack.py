@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import email.parser
 import gzip
 import hashlib
 import json
@@ -50,7 +49,16 @@ from . import __version__, log
 from .artifact import checksum_line
 from .errors import PackError, SwstackError
 from .fsutil import atomic_output, atomic_write_text
-from .manifest import IN_TREE_PATH, Manifest, PackageEntry, TarballChunk, TarballInfo, check_version
+from .manifest import (
+    IN_TREE_PATH,
+    Manifest,
+    PackageEntry,
+    TarballChunk,
+    TarballInfo,
+    check_version,
+    dist_info_name_version,
+    normalise_pip_name,
+)
 from .recordjson import ConvertingJson
 
 Compression = Literal["zstd", "gzip"]
@@ -302,10 +310,6 @@ def platform_of(subdirs: Iterable[str]) -> str:
     return f"{system}-{machine}"
 
 
-def normalise_pip_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def merge_tools(given: Mapping[str, str]) -> dict[str, str]:
     """The versions of what packed the artifact; the caller's entries win."""
     import conda_pack
@@ -376,10 +380,7 @@ def read_pip_packages(
         installer = dist_info / "INSTALLER"
         if not installer.is_file() or installer.read_text().strip() not in PIP_INSTALLERS:
             continue
-        meta = email.parser.Parser().parsestr((dist_info / "METADATA").read_text(errors="replace"), True)
-        name, version = meta.get("Name", ""), meta.get("Version", "")
-        if not name:
-            name, _, version = dist_info.name[: -len(".dist-info")].partition("-")
+        name, version = dist_info_name_version(dist_info)
         lock = locks.get(normalise_pip_name(name))
         found.append(
             PackageEntry(

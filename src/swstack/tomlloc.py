@@ -4,6 +4,9 @@ The standard TOML parsers return plain dicts without positions. This scans the s
 once, following table headers (``[a.b]``, ``[[a.b]]``), dotted keys and one-line inline
 tables, and records the first line of every key path it sees. It only serves error
 messages: when a path is not found the nearest enclosing path's line is used.
+
+``decode_utf8`` is the one rule for the text of an input file (stack, site and host files, TOML
+or JSON): UTF-8 without a byte-order mark, else one line naming the file, the line and the byte.
 """
 
 from __future__ import annotations

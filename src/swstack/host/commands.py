@@ -26,6 +26,7 @@ from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest, PackageEntry, host_platform
 from . import chunks, faults, inuse, relocate, reuse, signature, source, space, switch
 from .extract import Mirror, extract
+from .init import check_sw_linkable, link_sw
 from .layout import (
     HostState,
     Layout,
@@ -35,8 +36,6 @@ from .layout import (
     live_name,
     normalize_version,
     read_tree_manifest,
-    sw_directory_kind,
-    sw_directory_refusal,
     tree_manifest,
     version_key,
 )
@@ -209,20 +208,8 @@ def prepare_root(layout: Layout) -> None:
     require_root(layout)
     layout.private.mkdir(exist_ok=True)
     if layout.production:
-        if layout.sw.is_symlink():
-            if os.path.realpath(layout.sw) != os.path.realpath(layout.tmpfs):
-                raise ActivateError(
-                    f"{layout.sw} points at {os.readlink(layout.sw)}, not sw.tmpfs; "
-                    f"fix the link (ln -s sw.tmpfs {layout.sw}) and run again"
-                )
-        elif layout.sw.is_dir() and sw_directory_kind(layout.sw) != "empty":
-            raise ActivateError(sw_directory_refusal(layout))
-        elif layout.sw.exists() and not layout.sw.is_dir():
-            raise ActivateError(f"{layout.sw} exists and is not a directory; move it aside and run again")
-        else:
-            if layout.sw.is_dir():
-                layout.sw.rmdir()  # empty: what a refused run before sw.tmpfs existed left
-            switch.replace_symlink(layout.sw, "sw.tmpfs")
+        check_sw_linkable(layout)
+        link_sw(layout)
     else:
         layout.sw.mkdir(exist_ok=True)
 
@@ -608,7 +595,7 @@ def activate(
     sources: list[str],
     wait: float = 0.0,
     policy: signature.TrustPolicy | None = None,
-    names: Mapping[str, str] | None = None,
+    names: Release | None = None,
 ) -> Outcome:
     """Fetch, verify (signatures too, when ``policy`` requires them), extract and switch the artifacts together.
 
@@ -627,11 +614,10 @@ def activate(
         targets: dict[str, Target] = {}
         for art in artifacts:
             check_platform(art.manifest, art.source, host_platform())
-            said = (names or {}).get(art.source)
-            if said is not None and said not in (art.manifest.stack, art.manifest.stack_id):
-                at = names.where.get(art.source) if isinstance(names, Release) else None
+            said = names.get(art.source) if names else None
+            if names and said is not None and said not in (art.manifest.stack, art.manifest.stack_id):
                 raise ActivateError(
-                    f"{at + ': ' if at else ''}the release names {art.source} {said}, but it holds "
+                    f"{names.where[art.source]}: the release names {art.source} {said}, but it holds "
                     f"{art.manifest.stack_id}; fix the release file's key"
                 )
             # At fetch, before any plan: a broken artifact is refused even when its version's

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import log
 from ..errors import ActivateError
 from . import switch
-from .layout import Layout, sw_directory_kind, sw_directory_refusal
+from .layout import Layout
 
 _SIZE_RE = re.compile(r"^[1-9][0-9]*[kKmMgGtT%]?$")
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -114,6 +114,43 @@ def _ensure_owner(path: Path, changes: list[str]) -> None:
         changes.append(f"mode of {path} set to {LAYOUT_MODE:o}")
 
 
+def check_sw_linkable(layout: Layout) -> None:
+    """``sw`` is the link to ``sw.tmpfs``, or can become it: else one line saying why not and what to do.
+
+    A real ``sw`` directory becomes the link only when empty (what a refused activation of a
+    root without ``sw.tmpfs`` leaves). One holding only swstack's live links into ``sw.<version>/``
+    is a root served from disk: it gets the steps to the ramdisk. Anything else is the seed's
+    hand-made tree."""
+    sw = layout.sw
+    if sw.is_symlink():
+        if os.path.realpath(sw) != os.path.realpath(layout.tmpfs):
+            raise ActivateError(f"{sw} points at {os.readlink(sw)}, not sw.tmpfs; "
+                                f"fix the link (ln -sfn sw.tmpfs {sw}) and run again")
+    elif sw.is_dir():
+        entries = list(sw.iterdir())
+        if entries and all(e.is_symlink() and os.readlink(e).startswith("../sw.") for e in entries):
+            raise ActivateError(
+                f"{sw} holds the live links of this root served from disk (it was activated before "
+                f"`swstack init`); to serve it from the ramdisk, run `rm -r {sw}` (links only) and "
+                f"`swstack init`, then `swstack restore` loads the live versions (they are not live in between)"
+            )
+        if entries:
+            raise ActivateError(f"{sw} is a real directory; move its trees into {layout.root}/sw.<version>/ "
+                                f"and run `swstack init` again (production links sw -> sw.tmpfs)")
+    elif sw.exists():
+        raise ActivateError(f"{sw} exists and is not a directory; move it aside and run again")
+
+
+def link_sw(layout: Layout) -> bool:
+    """Make ``sw`` the link to ``sw.tmpfs`` (``check_sw_linkable`` passed); True when it was not."""
+    if layout.sw.is_symlink():
+        return False
+    if layout.sw.is_dir():
+        layout.sw.rmdir()  # empty, as checked
+    switch.replace_symlink(layout.sw, "sw.tmpfs")
+    return True
+
+
 def init(root: Path, ramdisk_size: str = "32G", mountinfo: Path = Path("/proc/self/mountinfo")) -> InitResult:
     """Create the production layout under ``root``; check the ramdisk; say what changed."""
     check_size(ramdisk_size)
@@ -132,23 +169,10 @@ def init(root: Path, ramdisk_size: str = "32G", mountinfo: Path = Path("/proc/se
                 f"pass --root a directory, or a path under one you may write to"
             ) from None
         changes.append(f"created {root}")
-    # sw first: a refusal changes nothing.
-    if layout.sw.is_symlink():
-        if os.path.realpath(layout.sw) != os.path.realpath(layout.tmpfs):
-            raise ActivateError(
-                f"{layout.sw} points at {os.readlink(layout.sw)}, not sw.tmpfs; "
-                f"fix the link (ln -sfn sw.tmpfs {layout.sw}) and run again"
-            )
-    elif layout.sw.is_dir() and sw_directory_kind(layout.sw) != "empty":
-        raise ActivateError(sw_directory_refusal(layout))
-    elif layout.sw.exists() and not layout.sw.is_dir():
-        raise ActivateError(f"{layout.sw} exists and is not a directory; move it aside and run again")
+    check_sw_linkable(layout)  # first: a refusal changes nothing
     _ensure_dir(layout.tmpfs, changes)
     _ensure_dir(layout.private, changes)
-    if not layout.sw.is_symlink():
-        if layout.sw.is_dir():
-            layout.sw.rmdir()  # empty: what a refused activation of a root without sw.tmpfs left
-        switch.replace_symlink(layout.sw, "sw.tmpfs")
+    if link_sw(layout):
         changes.append(f"linked {layout.sw} -> sw.tmpfs")
     if os.geteuid() == 0:
         for path in (root, layout.tmpfs, layout.private):

@@ -76,27 +76,6 @@ def tree_manifest(tree: Path) -> Manifest | None:
         return None
 
 
-def sw_directory_kind(sw: Path) -> str:
-    """What a real ``sw`` directory holds: "empty", "links" (only swstack's live links into
-    ``sw.<version>/``: a root served from disk) or "trees" (a tree put there by hand, the seed's way)."""
-    entries = list(sw.iterdir())
-    if not entries:
-        return "empty"
-    if all(e.is_symlink() and os.readlink(e).startswith("../sw.") for e in entries):
-        return "links"
-    return "trees"
-
-
-def sw_directory_refusal(layout: Layout) -> str:
-    """Why a real ``sw`` directory cannot become the production link, and what to do (``sw`` not empty)."""
-    if sw_directory_kind(layout.sw) == "links":
-        return (f"{layout.sw} holds the live links of this root served from disk (it was activated before "
-                f"`swstack init`); to serve it from the ramdisk, run `rm -r {layout.sw}` (links only) and "
-                f"`swstack init`, then `swstack restore` loads the live versions (they are not live in between)")
-    return (f"{layout.sw} is a real directory; move its trees into {layout.root}/sw.<version>/ "
-            f"and run `swstack init` again (production links sw -> sw.tmpfs)")
-
-
 @dataclass(frozen=True)
 class Layout:
     root: Path

@@ -8,6 +8,7 @@ extracted tree is renamed anywhere a reader could see it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import log
 from ..artifact import parse_checksum, reraise
@@ -29,10 +30,10 @@ class Expected:
     tree_size: int | None = None  # the manifest's total_size: no member may claim more
 
 
-def read_checksum_file(text: str, tarball_name: str) -> str:
+def read_checksum_file(text: str, tarball_name: str, where: str | Path | None = None) -> str:
     """sha256sum format ('<hex>  <name>'); the line naming our tarball wins, a lone hash is accepted."""
     with reraise(ActivateError):
-        return parse_checksum(text, tarball_name)
+        return parse_checksum(text, tarball_name, where)
 
 
 def expectations(artifact: Artifact) -> Expected:
@@ -48,12 +49,9 @@ def expectations(artifact: Artifact) -> Expected:
     from_manifest = m.tarball.sha256.lower() if m.tarball else None
     from_file = None
     if artifact.checksum_file is not None:
-        try:
-            from_file = read_checksum_file(
-                artifact.checksum_file.read_text(errors="replace"), artifact.tarball.name
-            )
-        except ActivateError as exc:  # parse_checksum names the file by its name only
-            raise ActivateError(f"{artifact.checksum_file}: {str(exc).split(': ', 1)[-1]}") from None
+        from_file = read_checksum_file(
+            artifact.checksum_file.read_text(errors="replace"), artifact.tarball.name, artifact.checksum_file
+        )
     if from_manifest and from_file and from_manifest != from_file:
         raise ActivateError(
             f"{artifact.source}: manifest.json and {artifact.checksum_file} disagree on the "

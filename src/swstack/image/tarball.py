@@ -17,7 +17,7 @@ import zstandard
 
 from ..errors import ImageError
 from ..layers import TreeEntry, normalise_path
-from ..manifest import Manifest
+from ..manifest import Manifest, normalise_pip_name
 from .plan import TreeIndex
 
 
@@ -45,7 +45,7 @@ def index_tarball(path: Path, manifest: Manifest) -> TreeIndex:
     """Members of the tarball and each package's files (conda-meta JSON, pip RECORD)."""
     entries: list[TreeEntry] = []
     files: dict[str, list[str]] = {}
-    pip_names = {_norm(p.name): p.name for p in manifest.packages if p.manager == "pip"}
+    pip_names = {normalise_pip_name(p.name): p.name for p in manifest.packages if p.manager == "pip"}
     try:
         with open_tarball(path) as tar:
             for member in tar:
@@ -90,7 +90,7 @@ def _read_record(
     files: dict[str, list[str]],
 ) -> None:
     dist_info = rel.rsplit("/", 1)[0]
-    name = pip_names.get(_norm(dist_info.rsplit("/", 1)[-1].split("-", 1)[0]))
+    name = pip_names.get(normalise_pip_name(dist_info.rsplit("/", 1)[-1].split("-", 1)[0]))
     handle = tar.extractfile(member)
     if name is None or handle is None:
         return
@@ -101,7 +101,3 @@ def _read_record(
         if record_path:
             owned.append(normalise_path(f"{site_packages}/{record_path}"))
     owned.append(rel)
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
