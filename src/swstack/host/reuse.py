@@ -71,6 +71,10 @@ class Previous:
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256, from its index (may be empty)
     linked: int = 0
     linked_bytes: int = 0
+    root: str = field(init=False)  # ``tree`` as a string: joining names costs less than a Path per file
+
+    def __post_init__(self) -> None:
+        self.root = str(self.tree)
 
     @classmethod
     def load(cls, tree: Path, index: Path) -> Previous | None:
@@ -86,13 +90,13 @@ class Previous:
         self.linked += 1
         self.linked_bytes += size
 
-    def link_same(self, name: str, data: bytes | memoryview, mode: int, dest: Path) -> str | None:
+    def link_same(self, name: str, data: bytes | memoryview, mode: int, dest: str) -> str | None:
         """Hardlink ``dest`` to the previous tree's file of the same name if its bytes are ``data``.
 
         Comparing bytes (memcmp) costs far less than hashing them. Returns the previous
         file's sha256 from the index ("" when the index does not have it), or None.
         """
-        source = self.tree / name
+        source = f"{self.root}/{name}"
         try:
             st = os.lstat(source)
             if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_size != len(data):
@@ -146,7 +150,7 @@ class Previous:
         return name
 
 
-def link_if_possible(source: Path, dest: Path) -> bool:
+def link_if_possible(source: str | Path, dest: str | Path) -> bool:
     try:
         os.link(source, dest, follow_symlinks=False)
     except OSError as exc:
