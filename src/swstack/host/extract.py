@@ -445,11 +445,25 @@ class _Feed:
 # ---------------------------------------------------------------- writing
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    """All of ``data`` (a write to a regular file returns short only on errors, which then raise)."""
+def _write_all(fd: int, data: bytes | memoryview | list[memoryview]) -> None:
+    """All of ``data`` (a write to a regular file returns short only on errors, which then raise);
+    a list of pieces in one ``writev``."""
+    if isinstance(data, list):
+        _writev_all(fd, data)
+        return
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _writev_all(fd: int, parts: list[memoryview]) -> None:
+    while parts:
+        done = os.writev(fd, parts)
+        while parts and done >= len(parts[0]):
+            done -= len(parts[0])
+            parts = parts[1:]
+        if done:
+            parts = [parts[0][done:], *parts[1:]]
 
 
 def _mtime_ns(mtime: float) -> int:
@@ -545,7 +559,7 @@ def _create(path: str, mode: int, umask: int) -> int:
     return fd
 
 
-def _write_new(path: str, mode: int, umask: int, ns: int, data: bytes | memoryview) -> None:
+def _write_new(path: str, mode: int, umask: int, ns: int, data: bytes | memoryview | list[memoryview]) -> None:
     fd = _create(path, mode, umask)
     try:
         _write_all(fd, data)
@@ -652,13 +666,29 @@ class _Writer:
         self.ensure_parents(name)
         mode &= 0o777
         ns = _mtime_ns(mtime)
-        if size <= _BUFFER:
+        if size <= _BUFFER and self.previous is None:
+            parts = list(feed.pieces(size))
+            feed.skip(padded(size) - size)
+            self._new(name, mode, ns, size, parts)
+        elif size <= _BUFFER:
             data = feed.read(size)
             feed.skip(padded(size) - size)
             self._small(name, mode, ns, data)
         else:
             self._large(name, mode, ns, size, feed)
             feed.skip(padded(size) - size)
+
+    def _new(self, name: str, mode: int, ns: int, size: int, parts: list[memoryview]) -> None:
+        """A file no live version can lend, written from views into the decompressed blocks as they
+        come: a file across two blocks is not joined first (a copy of every byte on the main thread)."""
+        digest = None
+        if self.hashing:
+            h = hashlib.sha256()
+            for part in parts:
+                h.update(part)
+            digest = h.hexdigest()
+        self._both(_write_new, name, mode, self.umask, ns, parts, size=size)
+        self._added(name, size, digest)
 
     def _small(self, name: str, mode: int, ns: int, data: bytes | memoryview) -> None:
         path = f"{self.dest}/{name}"
