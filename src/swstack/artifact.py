@@ -268,7 +268,9 @@ def artifact_layout(manifest: Mapping[str, Any], *, error: type[SwstackError]) -
     """Find the tarball and manifest.json layers of an artifact's OCI manifest; refuse anything else."""
     from .oci import TITLE, Descriptor
 
-    config_type = (manifest.get("config") or {}).get("mediaType")
+    # The registry's JSON is anyone's: a field of the wrong type is a refusal, not a traceback.
+    config = manifest.get("config") or {}
+    config_type = config.get("mediaType") if isinstance(config, dict) else None
     kind = manifest.get("artifactType") or config_type
     if kind not in (ARTIFACT_TYPE, STACK_MANIFEST_TYPE):
         what = (
@@ -278,7 +280,10 @@ def artifact_layout(manifest: Mapping[str, Any], *, error: type[SwstackError]) -
             else f"an artifact of type {kind!r}"
         )
         raise error(f"this reference is {what}, not a swstack stack artifact (artifactType {ARTIFACT_TYPE})")
-    layers = [Descriptor.from_json(d, error) for d in manifest.get("layers") or []]
+    raw_layers = manifest.get("layers") or []
+    if not isinstance(raw_layers, list):
+        raise error(f"malformed swstack artifact: layers is {type(raw_layers).__name__}, not a list")
+    layers = [Descriptor.from_json(d, error) for d in raw_layers]
     tarballs = [d for d in layers if d.media_type in TARBALL_TYPES.values()]
     manifests = [d for d in layers if d.media_type == STACK_MANIFEST_TYPE]
     if len(tarballs) != 1 or len(manifests) != 1:

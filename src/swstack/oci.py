@@ -345,13 +345,16 @@ class Descriptor:
     @classmethod
     def from_json(cls, data: Any, error: type[SwstackError]) -> Descriptor:
         try:
-            return cls(
+            descriptor = cls(
                 str(data["mediaType"]),
                 str(data["digest"]),
                 int(data["size"]),
                 dict(data.get("annotations") or {}),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+            if descriptor.size < 0:  # else read as a short download, retried, and blamed on the network
+                raise ValueError("negative size")
+            return descriptor
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise error(f"malformed descriptor in the registry's manifest: {data!r}") from exc
 
 
@@ -428,7 +431,14 @@ def pick_from_index(
     An entry naming that os and architecture wins; else one naming no platform (a
     publisher's only build). With ``artifact_type``, entries of that type are preferred.
     """
-    entries = [d for d in index.get("manifests") or [] if isinstance(d, dict) and "digest" in d]
+    raw = index.get("manifests") or []
+    if not isinstance(raw, list):
+        raise error(f"{what}: malformed index: manifests is {type(raw).__name__}, not a list")
+    # A platform that is not an object is no platform this host can match (a registry's JSON is anyone's).
+    entries = [
+        d for d in raw
+        if isinstance(d, dict) and "digest" in d and isinstance(d.get("platform") or {}, dict)
+    ]  # fmt: skip
     if artifact_type:
         entries = [d for d in entries if d.get("artifactType") == artifact_type] or entries
     want = oci_platform(platform)
@@ -1106,13 +1116,15 @@ def fetch_artifact(ref: str, dest_dir: Path, *, retry: RetryPolicy | None = None
         doc = client.get_manifest(
             repo,
             pick_from_index(
-                doc.json(), host_platform(), error=ActivateError, what=str(reference), artifact_type=ARTIFACT_TYPE
+                _manifest_json(doc, reference), host_platform(), error=ActivateError, what=str(reference),
+                artifact_type=ARTIFACT_TYPE,
             ),
-        )
+        )  # fmt: skip
+    manifest_json = _manifest_json(doc, reference)
     try:
-        layout = artifact_layout(doc.json(), error=ActivateError)
-    except ValueError as exc:
-        raise ActivateError(f"{reference}: the registry's manifest is not valid JSON ({exc})") from exc
+        layout = artifact_layout(manifest_json, error=ActivateError)
+    except ActivateError as exc:  # named: in a release of several stacks, which source was refused
+        raise ActivateError(f"{reference}: {exc}") from None
     dest_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = dest_dir / "manifest.json"
     client.pull_blob(repo, layout.manifest.digest, manifest_path, layout.manifest.size)
@@ -1135,6 +1147,14 @@ def fetch_artifact(ref: str, dest_dir: Path, *, retry: RetryPolicy | None = None
         client.pull_blob(repo, layout.tarball.digest, tarball, layout.tarball.size)
     atomic_write_text(checksum_path(tarball), checksum_line(expected, name))
     return tarball
+
+
+def _manifest_json(doc: ManifestDoc, reference: Reference) -> dict[str, Any]:
+    """The manifest or index the registry served, as an object; anything else is one refusal."""
+    try:
+        return doc.json()
+    except ValueError as exc:
+        raise ActivateError(f"{reference}: the registry's manifest is not valid JSON ({exc})") from None
 
 
 def _already_there(path: Path, blob: Descriptor) -> bool:

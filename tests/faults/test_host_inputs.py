@@ -15,11 +15,14 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.host import make_artifact, seal, swstack_argv
+from tests.support.registry import Route, artifact_routes, scripted_registry
 
 from swstack.manifest import Manifest  # noqa: E402
+from swstack.oci import OCI_INDEX, OCI_MANIFEST
 
 
 def _tarball(art: Path) -> Path:
@@ -379,6 +382,70 @@ def test_broken_input_ends_in_one_line_and_changes_nothing(tmp_path: Path, case:
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
     assert sorted(os.listdir(root / "sw.tmpfs")) == ramdisk
     assert not (root / ".swstack" / "staging").exists() and not (root / "sw.2026.01.02").exists()
+
+
+# ---------------------------------------------------------------- registry answers
+
+# What a registry (or anything answering at its address) may serve instead of an artifact: each
+# edits the served answers, and may add arguments (a trusted key: the signature checks read the
+# registry first). The JSON is anyone's, so a field of the wrong type is a refusal like any other.
+def _index(routes: dict[str, Route], doc: dict[str, Any], body: bytes) -> None:
+    routes["/v2/py3/manifests/t"] = (200, {"Content-Type": OCI_INDEX}, body)
+
+
+def _layer(doc: dict[str, Any], **changes: object) -> bytes:
+    doc["layers"][0].update(changes)
+    return json.dumps(doc).encode()
+
+
+REGISTRY_ANSWERS: dict[str, tuple[Callable[[dict[str, Route], dict[str, Any]], None], bool, str]] = {
+    # name: (edit of the answers, with a trusted key, what the one line says)
+    "index_not_json": (lambda r, d: _index(r, d, b"not json"), False, "the registry's manifest is not valid JSON"),
+    "index_a_list": (lambda r, d: _index(r, d, b"[1]"), False, "manifest is not a JSON object"),
+    "index_manifests_a_number": (
+        lambda r, d: _index(r, d, json.dumps({"manifests": 5}).encode()), False, "manifests is int, not a list"
+    ),
+    "index_platform_a_string": (
+        lambda r, d: _index(r, d, json.dumps({"manifests": [{"digest": "sha256:" + "a" * 64, "platform": "linux"}]})
+                            .encode()),
+        False, "the index has no entry for linux/amd64",
+    ),  # fmt: skip
+    "layers_a_number": (
+        lambda r, d: r.update({"/v2/py3/manifests/t": (200, {"Content-Type": OCI_MANIFEST},
+                                                       json.dumps({**d, "layers": 5}).encode())}),
+        False, "/py3:t: malformed swstack artifact: layers is int, not a list",
+    ),  # fmt: skip
+    "layer_size_negative": (
+        lambda r, d: r.update({"/v2/py3/manifests/t": (200, {"Content-Type": OCI_MANIFEST}, _layer(d, size=-1))}),
+        False, "malformed descriptor in the registry's manifest",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", sorted(REGISTRY_ANSWERS))
+def test_a_broken_registry_answer_ends_in_one_line_and_changes_nothing(tmp_path: Path, case: str) -> None:
+    from swstack import sign
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    good = make_artifact(tmp_path / "good", version="2026.01.01")
+    assert subprocess.run(swstack_argv("activate", str(good), "--root", str(root))).returncode == 0
+    ramdisk = sorted(os.listdir(root / "sw.tmpfs"))
+    routes, doc = artifact_routes(make_artifact(tmp_path / "bad", version="2026.01.02"), "py3", "t")
+    edit, signed, message = REGISTRY_ANSWERS[case]
+    edit(routes, doc)
+    keys = ["--trusted-key", str(sign.generate_key(tmp_path / "site.key"))] if signed else []
+    with scripted_registry(routes) as host:
+        res = subprocess.run(
+            swstack_argv("activate", f"{host}/py3:t", *keys, "--root", str(root)),
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "SWSTACK_REGISTRY_RETRIES": "1"},
+        )  # fmt: skip
+    assert message in _one_error(res, "activate")
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+    assert sorted(os.listdir(root / "sw.tmpfs")) == ramdisk
+    downloads = root / ".swstack" / "downloads"  # not made when a signature check refused first
+    assert not (root / "sw.2026.01.02").exists() and not (downloads.is_dir() and any(downloads.iterdir()))
 
 
 # ---------------------------------------------------------------- other commands' inputs

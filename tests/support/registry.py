@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -446,3 +447,75 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+# ----------------------------------------------------------------------------- a scripted registry
+
+Route = tuple[int, dict[str, str], bytes]  # status, headers, body
+
+
+@contextmanager
+def scripted_registry(routes: dict[str, Route]) -> Iterator[str]:
+    """A registry on 127.0.0.1 answering GET and HEAD from ``routes`` (path -> status, headers,
+    body; anything else 404): the answers a real registry never gives, for the client's refusals.
+    Yields the ``host:port`` that goes in a reference."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self, with_body: bool) -> None:
+            status, headers, body = routes.get(self.path.split("?", 1)[0], (404, {}, b""))
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if with_body:
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._answer(True)
+
+        def do_HEAD(self) -> None:
+            self._answer(False)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def artifact_routes(artifact_dir: Path, repository: str, tag: str) -> tuple[dict[str, Route], dict[str, Any]]:
+    """``artifact_dir`` served as the OCI artifact ``repository:tag`` (its manifest by tag and by
+    digest, both blobs), and that manifest as JSON to edit into broken variants."""
+    import hashlib
+
+    from swstack.artifact import TARBALL_TYPES, render_artifact_manifest
+    from swstack.manifest import Manifest
+    from swstack.oci import OCI_MANIFEST, TITLE, Descriptor
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    manifest_bytes = (artifact_dir / "manifest.json").read_bytes()
+    manifest = Manifest.from_json(manifest_bytes.decode())
+    tarball = next(p for p in artifact_dir.glob("*.tar.*") if not p.name.endswith(".sha256"))
+    data = tarball.read_bytes()
+    layer = Descriptor(TARBALL_TYPES["zstd"], digest(data), len(data), {TITLE: tarball.name})
+    _, rendered = render_artifact_manifest(manifest, manifest_bytes, layer)
+    answer = (200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest(rendered)}, rendered)
+    routes: dict[str, Route] = {
+        "/v2/": (200, {}, b"{}"),
+        f"/v2/{repository}/manifests/{tag}": answer,
+        f"/v2/{repository}/manifests/{digest(rendered)}": answer,
+        f"/v2/{repository}/blobs/{digest(data)}": (200, {}, data),
+        f"/v2/{repository}/blobs/{digest(manifest_bytes)}": (200, {}, manifest_bytes),
+    }
+    return routes, json.loads(rendered)

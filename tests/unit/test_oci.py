@@ -293,6 +293,21 @@ def test_an_entry_naming_no_platform_is_the_fallback_and_our_type_is_preferred()
     assert oci.pick_from_index(typed, "linux-64", error=ActivateError, what="r", artifact_type="x/y") == "sha256:ours"
 
 
+def test_an_index_of_the_wrong_shape_is_refused_not_a_traceback() -> None:
+    with pytest.raises(ActivateError, match="r: malformed index: manifests is str, not a list"):
+        oci.pick_from_index({"manifests": "sha256:x"}, "linux-64", error=ActivateError, what="r")
+    # A platform that is not an object matches nothing; an entry naming none is still the fallback.
+    index = {"manifests": [{"digest": "sha256:odd", "platform": "linux/amd64"}, _entry("sha256:any")]}
+    assert oci.pick_from_index(index, "linux-64", error=ActivateError, what="r") == "sha256:any"
+
+
+def test_a_descriptor_of_the_wrong_shape_is_refused() -> None:
+    for data in ({"mediaType": "m", "digest": "sha256:x", "size": -1}, {"mediaType": "m", "digest": "d", "size": 1,
+                                                                        "annotations": "title"}, "a"):  # fmt: skip
+        with pytest.raises(ActivateError, match="malformed descriptor"):
+            oci.Descriptor.from_json(data, ActivateError)
+
+
 def test_one_renderer_for_every_manifest() -> None:
     config = oci.Descriptor("a/config", DIGEST, 2)
     layer = oci.Descriptor("a/layer", DIGEST, 3, {oci.TITLE: "t"})
