@@ -321,7 +321,10 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def _public_url(url: str) -> str:
     """A URL fit for a message: no query (upload state), no user info."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # not parseable (a registry's bad realm or Location): cut it by hand
+        return _USERINFO_RE.sub(r"\1", url.split("?", 1)[0])
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
@@ -645,6 +648,8 @@ class RegistryClient:
             raise self._classify(exc.reason, method, url) from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._classify(exc, method, url) from None
+        except ValueError as exc:  # urllib's answer to a malformed URL, e.g. a redirect's Location
+            raise self._fail(f"{method} {_public_url(url)}: {self._redact(str(exc))}") from None
         finally:
             if isinstance(body, _FileSlice):
                 body.close()
@@ -713,10 +718,10 @@ class RegistryClient:
         """A request to the token service: retried like the others, no challenge handling."""
         delays = self.retry.delays()
         for attempt in range(len(delays) + 1):
-            request = urllib.request.Request(url, method=method)
-            for key, value in headers.items():
-                request.add_unredirected_header(key, value)
             try:
+                request = urllib.request.Request(url, method=method)  # the realm is the registry's text
+                for key, value in headers.items():
+                    request.add_unredirected_header(key, value)
                 with self._opener.open(request, timeout=self.timeout) as response:
                     return bytes(response.read())
             except urllib.error.HTTPError as exc:
@@ -727,6 +732,10 @@ class RegistryClient:
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 if attempt == len(delays):
                     raise self._fail(f"{method} {_public_url(url)}: {type(exc).__name__}") from None
+            except ValueError as exc:  # a realm that is no URL: retrying cannot mend it
+                raise self._fail(
+                    f"{method} {_public_url(url)}: not a URL ({exc}); the registry's token realm is malformed"
+                ) from None
             self._sleep(delays[attempt])
         raise AssertionError("unreachable")
 

@@ -398,6 +398,11 @@ def _layer(doc: dict[str, Any], **changes: object) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _answer(path: str, status: int, headers: dict[str, str]) -> Callable[[dict[str, Route], dict[str, Any]], None]:
+    return lambda routes, doc: routes.__setitem__(path.replace("{tarball}", doc["layers"][0]["digest"]),
+                                                  (status, headers, b""))  # fmt: skip
+
+
 REGISTRY_ANSWERS: dict[str, tuple[Callable[[dict[str, Route], dict[str, Any]], None], bool, str]] = {
     # name: (edit of the answers, with a trusted key, what the one line says)
     "index_not_json": (lambda r, d: _index(r, d, b"not json"), False, "the registry's manifest is not valid JSON"),
@@ -419,6 +424,13 @@ REGISTRY_ANSWERS: dict[str, tuple[Callable[[dict[str, Route], dict[str, Any]], N
         lambda r, d: r.update({"/v2/py3/manifests/t": (200, {"Content-Type": OCI_MANIFEST}, _layer(d, size=-1))}),
         False, "malformed descriptor in the registry's manifest",
     ),  # fmt: skip
+    "token_realm_not_a_url": (
+        _answer("/v2/py3/manifests/t", 401, {"WWW-Authenticate": 'Bearer realm="http://[::1"'}),
+        False, "the registry's token realm is malformed",
+    ),
+    "blob_redirected_to_a_bad_url": (
+        _answer("/v2/py3/blobs/{tarball}", 302, {"Location": "http://[bad"}), False, "Invalid IPv6 URL"
+    ),
 }
 
 
