@@ -77,7 +77,7 @@ def parse_payload(data: bytes, error: type[SwstackError]) -> tuple[str, str, str
             str(critical["image"]["docker-manifest-digest"]),
             str(optional.get("creator", "")),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # any JSON: `optional` a string too
         raise error(f"a signature payload is not a cosign simple-signing document ({exc})") from None
 
 
@@ -126,15 +126,20 @@ def verify_blob(data: bytes, signature_file: Path, keys: Sequence[Path], error: 
     )
 
 
-def signature_layers(manifest: dict[str, Any]) -> list[tuple[str, int, str]]:
-    """(payload digest, size, base64 signature) of each simple-signing layer of a ``.sig`` manifest."""
+def signature_layers(manifest: dict[str, Any], error: type[SwstackError]) -> list[tuple[str, int, str]]:
+    """(payload digest, size, base64 signature) of each simple-signing layer of a ``.sig`` manifest.
+
+    The registry's JSON is anyone's: a field of the wrong type is ``error``, not a traceback."""
     found = []
-    for layer in manifest.get("layers") or []:
-        if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING_TYPE:
-            continue
-        signature = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
-        if signature:
-            found.append((str(layer["digest"]), int(layer["size"]), str(signature)))
+    try:
+        for layer in manifest.get("layers") or []:
+            if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING_TYPE:
+                continue
+            signature = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
+            if signature:
+                found.append((str(layer["digest"]), int(layer["size"]), str(signature)))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise error(f"a signature manifest is not cosign's ({exc!r})") from None
     return found
 
 
@@ -154,14 +159,24 @@ def verify_registry_signature(
     tag = signature_tag(digest)
     if client.head_manifest(repository, tag) is None:
         raise error(f"{reference}@{digest[:19]}: unsigned (no {tag} in the registry); sign it with `doit sign`")
-    doc = client.get_manifest(repository, tag).json()
+    try:
+        doc = client.get_manifest(repository, tag).json()
+    except ValueError as exc:
+        raise error(f"{reference}:{tag}: the signature manifest is not a JSON object ({exc})") from None
     seen: list[str] = []
-    for payload_digest, size, signature in signature_layers(doc):
+    try:
+        layers = signature_layers(doc, error)
+    except SwstackError as exc:
+        raise error(f"{reference}:{tag}: {exc}") from None
+    for payload_digest, size, signature in layers:
         with tempfile.TemporaryDirectory(prefix="swstack-sig-") as tmp:
             path = Path(tmp) / "payload"
             client.pull_blob(repository, payload_digest, path, size)
             payload = path.read_bytes()
-        signed_ref, signed_digest, creator = parse_payload(payload, error)
+        try:
+            signed_ref, signed_digest, creator = parse_payload(payload, error)
+        except SwstackError as exc:
+            raise error(f"{reference}:{tag}: {exc}") from None
         for key in keys:
             if not verifies(payload, signature, key):
                 continue

@@ -398,6 +398,25 @@ def _layer(doc: dict[str, Any], **changes: object) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _signature(routes: dict[str, Route], doc: dict[str, Any], body: bytes) -> None:
+    from swstack.oci import canonical_json, digest_of
+    from swstack.trust import signature_tag
+
+    manifest = routes["/v2/py3/manifests/t"][2]
+    assert digest_of(manifest) == digest_of(canonical_json(doc))
+    routes[f"/v2/py3/manifests/{signature_tag(digest_of(manifest))}"] = (200, {"Content-Type": OCI_MANIFEST}, body)
+
+
+def _signed_payload(routes: dict[str, Route], doc: dict[str, Any], payload: bytes) -> None:
+    from swstack.oci import digest_of
+    from swstack.trust import SIGNATURE_ANNOTATION, SIMPLE_SIGNING_TYPE
+
+    routes[f"/v2/py3/blobs/{digest_of(payload)}"] = (200, {}, payload)
+    layer = {"mediaType": SIMPLE_SIGNING_TYPE, "digest": digest_of(payload), "size": len(payload),
+             "annotations": {SIGNATURE_ANNOTATION: "AAAA"}}  # fmt: skip
+    _signature(routes, doc, json.dumps({"schemaVersion": 2, "layers": [layer]}).encode())
+
+
 def _answer(path: str, status: int, headers: dict[str, str]) -> Callable[[dict[str, Route], dict[str, Any]], None]:
     return lambda routes, doc: routes.__setitem__(path.replace("{tarball}", doc["layers"][0]["digest"]),
                                                   (status, headers, b""))  # fmt: skip
@@ -431,6 +450,22 @@ REGISTRY_ANSWERS: dict[str, tuple[Callable[[dict[str, Route], dict[str, Any]], N
     "blob_redirected_to_a_bad_url": (
         _answer("/v2/py3/blobs/{tarball}", 302, {"Location": "http://[bad"}), False, "Invalid IPv6 URL"
     ),
+    "signature_not_json": (lambda r, d: _signature(r, d, b"not json"), True, "the signature manifest is not a JSON"),
+    "signature_layers_a_number": (
+        lambda r, d: _signature(r, d, json.dumps({"layers": 5}).encode()), True, "a signature manifest is not cosign's"
+    ),
+    "signature_layer_without_digest": (
+        lambda r, d: _signature(r, d, json.dumps({"layers": [{
+            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+            "annotations": {"dev.cosignproject.cosign/signature": "AAAA"}}]}).encode()),
+        True, "a signature manifest is not cosign's (KeyError('digest'))",
+    ),  # fmt: skip
+    "signature_payload_optional_a_string": (
+        lambda r, d: _signed_payload(r, d, json.dumps({"critical": {
+            "type": "cosign container image signature", "identity": {"docker-reference": "x"},
+            "image": {"docker-manifest-digest": "y"}}, "optional": "x"}).encode()),
+        True, "a signature payload is not a cosign simple-signing document",
+    ),  # fmt: skip
 }
 
 
