@@ -167,15 +167,19 @@ class RetryPolicy:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
-        """``SWSTACK_REGISTRY_RETRIES`` (tries) and ``SWSTACK_REGISTRY_BACKOFF`` (first wait, s)."""
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, error: type[SwstackError] = PushError
+    ) -> RetryPolicy:
+        """``SWSTACK_REGISTRY_RETRIES`` (tries) and ``SWSTACK_REGISTRY_BACKOFF`` (first wait, s).
+
+        A bad value is ``error``: the client's own class, so a host refuses it with exit 11."""
         env = os.environ if env is None else env
         base = cls()
         try:
             attempts = int(env.get("SWSTACK_REGISTRY_RETRIES", base.attempts))
             initial = float(env.get("SWSTACK_REGISTRY_BACKOFF", base.initial))
         except ValueError as exc:
-            raise PushError(
+            raise error(
                 f"SWSTACK_REGISTRY_RETRIES/SWSTACK_REGISTRY_BACKOFF: not a number ({exc})"
             ) from exc
         return cls(
@@ -527,7 +531,7 @@ class RegistryClient:
         self.base = f"{scheme or default_scheme(registry)}://{registry}"
         # True: look credentials up (environment, docker config); None/False: anonymous.
         self.credentials = load_credentials(registry) if credentials is True else (credentials or None)
-        self.retry = retry or RetryPolicy.from_env()
+        self.retry = retry or RetryPolicy.from_env(error=error)
         self.timeout = timeout
         self.chunk_size = max(1, chunk_size)
         self.error = error
@@ -702,7 +706,10 @@ class RegistryClient:
         self._auth["*" if challenge.scheme == "basic" else scope] = value
 
     def _fetch_token(self, challenge: Challenge, scope: str) -> str:
-        url = token_request_url(challenge, scope)
+        try:
+            url = token_request_url(challenge, scope)
+        except PushError as exc:  # as this client's error (ActivateError on a host); no secret in it
+            raise self.error(f"{self.registry}: {exc}") from None
         headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
         reply = self._request_plain("GET", url, headers)
         try:

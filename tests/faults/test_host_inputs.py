@@ -447,6 +447,10 @@ REGISTRY_ANSWERS: dict[str, tuple[Callable[[dict[str, Route], dict[str, Any]], N
         _answer("/v2/py3/manifests/t", 401, {"WWW-Authenticate": 'Bearer realm="http://[::1"'}),
         False, "the registry's token realm is malformed",
     ),
+    "token_challenge_without_realm": (
+        _answer("/v2/py3/manifests/t", 401, {"WWW-Authenticate": 'Bearer service="x"'}),
+        True, "the registry asked for a bearer token but named no realm",
+    ),
     "blob_redirected_to_a_bad_url": (
         _answer("/v2/py3/blobs/{tarball}", 302, {"Location": "http://[bad"}), False, "Invalid IPv6 URL"
     ),
@@ -493,6 +497,22 @@ def test_a_broken_registry_answer_ends_in_one_line_and_changes_nothing(tmp_path:
     assert sorted(os.listdir(root / "sw.tmpfs")) == ramdisk
     downloads = root / ".swstack" / "downloads"  # not made when a signature check refused first
     assert not (root / "sw.2026.01.02").exists() and not (downloads.is_dir() and any(downloads.iterdir()))
+
+
+def test_a_bad_retry_setting_is_an_activation_error_with_a_signature_policy_too(tmp_path: Path) -> None:
+    """The host's exit status is 11 for it, as without a policy (the policy's registry client
+    reads the setting first); 10 is the build side's."""
+    from swstack import sign
+
+    key = str(sign.generate_key(tmp_path / "site.key"))
+    root = tmp_path / "root"
+    root.mkdir()
+    for extra in ([], ["--trusted-key", key]):
+        res = subprocess.run(
+            swstack_argv("activate", "127.0.0.1:9/py3:t", *extra, "--root", str(root)),
+            capture_output=True, text=True, timeout=120, env={**os.environ, "SWSTACK_REGISTRY_RETRIES": "many"},
+        )  # fmt: skip
+        assert "SWSTACK_REGISTRY_RETRIES/SWSTACK_REGISTRY_BACKOFF: not a number" in _one_error(res, "activate")
 
 
 # ---------------------------------------------------------------- other commands' inputs

@@ -91,6 +91,8 @@ def test_backoff_from_environment() -> None:
     assert RetryPolicy.from_env({"SWSTACK_REGISTRY_RETRIES": "0"}).attempts == 1
     with pytest.raises(PushError, match="not a number"):
         RetryPolicy.from_env({"SWSTACK_REGISTRY_RETRIES": "many"})
+    with pytest.raises(ActivateError, match="not a number"):  # a host's client: exit 11, not 10
+        RetryPolicy.from_env({"SWSTACK_REGISTRY_BACKOFF": "soon"}, error=ActivateError)
 
 
 @pytest.mark.parametrize(
