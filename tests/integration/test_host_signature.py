@@ -7,9 +7,11 @@ tag in the real test registry).
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,62 @@ def test_path_artifact_signed_unsigned_wrong_key_and_tampered(tmp_path: Path, ke
     (v2 / "manifest.json").write_text(json.dumps(manifest))
     _refused(swstack(root, "activate", str(v2), *require), "manifest.json.sig")
     assert not (root / "sw.2026.01.02").exists()
+
+
+def test_an_http_source_is_activated_as_signed_even_when_the_server_changes_its_answer(
+    tmp_path: Path, keys: tuple  # type: ignore[type-arg]
+) -> None:
+    """Over http the signed manifest.json is read before the fetch reads it again: a server that
+    serves the signed bytes first and then a manifest naming another tarball is refused, the live
+    version and the downloads left as they were."""
+    key, public, _other = keys
+    root = _root(tmp_path)
+    signed = make_artifact(tmp_path / "signed", version="2026.01.01")
+    sign.sign_file(signed / "manifest.json", key)
+    swapped = make_artifact(tmp_path / "swapped", version="2026.01.01", payload=100)  # unsigned, same names
+    tarball = next(signed.glob("*.tar.zst")).name
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            name = self.path.rsplit("/", 1)[-1]
+            asked.append(name)
+            # Swapping: the signed manifest to the signature check, the other one and its tarball to the fetch.
+            first_manifest = name == "manifest.json" and asked.count(name) == 1
+            swap = self.server.swap and name != "manifest.json.sig" and not first_manifest  # type: ignore[attr-defined]
+            path = (swapped if swap else signed) / name
+            body = path.read_bytes() if path.is_file() else b""
+            self.send_response(200 if path.is_file() else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{tarball}"
+    require = ("--trusted-key", str(public))
+    try:
+        server.swap = True  # type: ignore[attr-defined]
+        result = swstack(root, "activate", url, *require)
+        assert asked.count("manifest.json") == 2, asked
+        server.swap = False  # type: ignore[attr-defined]
+        good = swstack(root, "activate", url, *require)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 11 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"swstack activate: error: {url.rsplit('/', 1)[0]}/manifest.json: served other bytes after its signature "
+        "was checked; refused by the signature policy"
+    ], result.stderr
+    assert not any((root / ".swstack" / "downloads").iterdir())  # removed with the refusal, as docs/host.md says
+    # The same server answering the signed bytes each time: activated, the swapped tree's file absent.
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert not (root / "sw" / "py3" / "share" / "payload").exists()
 
 
 def test_a_trusted_key_alone_requires_a_signature(tmp_path: Path, keys: tuple) -> None:  # type: ignore[type-arg]

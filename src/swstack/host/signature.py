@@ -140,8 +140,16 @@ def fetch(spec: str, downloads: Path, policy: TrustPolicy) -> Artifact:
         return source.fetch(_verified_oci(spec, policy), downloads)
     if kind == "http":
         base = spec.rsplit("/", 1)[0]
-        _verify_manifest(_read_url(f"{base}/manifest.json"), _read_url(f"{base}/manifest.json.sig"), spec, policy)
+        signed = _read_url(f"{base}/manifest.json")
+        _verify_manifest(signed, _read_url(f"{base}/manifest.json.sig"), spec, policy)
         artifact = source.fetch(spec, downloads)
+        # The fetch asks the server for manifest.json again: the tarball is checked against, and the
+        # version activated from, that second answer, so it must be the bytes that were signed.
+        if (artifact.tarball.parent / "manifest.json").read_bytes() != signed:
+            raise ActivateError(
+                f"{base}/manifest.json: served other bytes after its signature was checked; "
+                "refused by the signature policy"
+            )
     else:
         artifact = source.fetch(spec, downloads)
         manifest_path = artifact.tarball.parent / "manifest.json"
