@@ -268,6 +268,10 @@ def test_lock_messages_say_how_long_was_waited(tmp_path: Path) -> None:
         ("ghcr.io/site/py3@sha256:" + "a" * 64, "oci"),
         ("localhost/py3:1", "oci"),
         ("artifacts/py3:1", "path"),
+        # A tag and a digest, and an IPv6 host, as docs/registry.md writes references.
+        ("registry.example.org:5000/py3:2026.11.01@sha256:" + "a" * 64, "oci"),
+        ("[::1]:5000/py3:1", "oci"),
+        ("./art.d/py3", "path"),
     ],
 )
 def test_source_kinds(ref: str, kind: str) -> None:

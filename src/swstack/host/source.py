@@ -27,7 +27,12 @@ from ..errors import ActivateError, SwstackError
 from ..fsutil import atomic_output
 from ..manifest import Manifest
 
-_OCI_RE = re.compile(r"^(oci://)?[A-Za-z0-9.\-]+(:\d+)?/[^\s:]+(:[\w.\-]+|@sha256:[0-9a-f]{64})$")
+# Without ``oci://``, a reference needs a tag or a digest (so ``./art.d/py3`` stays a path), and
+# may have both, and a bracketed IPv6 host, as docs/registry.md writes references.
+_OCI_RE = re.compile(
+    r"^(oci://)?(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.\-]+)(:\d+)?/[^\s:@]+"
+    r"(:[\w.\-]+|(:[\w.\-]+)?@sha256:[0-9a-f]{64})$"
+)
 _TIMEOUT = 60.0
 
 
