@@ -500,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_active,
         "show the active version of each stack",
         "Show each stack's live version and whether the ramdisk copy equals the persistent\n"
-        "tree (size and mtime; --verify compares content hashes). Exit 1 if a copy differs.",
+        "tree (type, mode, size and mtime; --verify compares content hashes too). Exit 1 if a\n"
+        "copy is missing or differs (`swstack restore`) or the live version is not the recorded\n"
+        "one; 11 if the root is missing.",
     )
     p.add_argument("--verbose", "-v", action="store_true", help="show paths and every differing file")
     p.add_argument("--verify", action="store_true", help="compare by sha256, naming each differing file")
@@ -555,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reload the ramdisk after a reboot",
         "After a reboot the ramdisk is empty: copy the recorded active versions onto it and\n"
         "relink them. Run before the notebook service (systemd/swstack-restore.service).\n"
-        "Exit 3 if everything was already in place.",
+        "Exit 3 if everything was already in place, 11 if a stack could not be restored\n"
+        "(named on stderr; the others are restored).",
         lock=True,
     )
 
