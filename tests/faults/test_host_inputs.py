@@ -201,6 +201,14 @@ def oci_bad_reference(art: Path, tmp: Path) -> list[str]:
     return ["oci://registry.example.org:5000/Py3:bad tag"]
 
 
+def url_bad_host(art: Path, tmp: Path) -> list[str]:  # urllib's ValueError, not a network failure
+    return ["http://[artifacts/py3/py3-2026.01.02-linux-64.tar.zst"]
+
+
+def url_bad_port(art: Path, tmp: Path) -> list[str]:
+    return ["https://artifacts.example.org:80a/py3/py3-2026.01.02-linux-64.tar.zst"]
+
+
 def source_with_newline(art: Path, tmp: Path) -> list[str]:
     return [f"{art}\nswstack: all good"]
 
@@ -299,7 +307,7 @@ CASES: dict[str, Callable[[Path, Path], list[str]]] = {f.__name__: f for f in (
     prefix_root, packages_wrong_type, tarball_name_escapes, huge_total_size, release_bad_toml,
     release_wrong_shape, release_missing, oci_unreachable, oci_bad_reference, source_with_newline,
     state_corrupt, release_json_list, release_not_utf8, release_source_a_number, release_json_source_a_list,
-    release_unknown_key, release_names_another_stack, side_file_empty,
+    release_unknown_key, release_names_another_stack, side_file_empty, url_bad_host, url_bad_port,
 )}
 CASES.update({name: functools.partial(_host_config, text=text) for name, text in HOST_CONFIGS.items()})
 
@@ -357,6 +365,8 @@ MESSAGES = {  # what the one line says: the cause, not just any error
     "release_names_another_stack": "release.toml:2: the release names ",
     "side_file_empty": "/bad/py3-2026.01.02-linux-64.tar.zst.sha256: no sha256 for py3-2026.01.02-linux-64.tar.zst",
     "zstd_of_garbage": "in a tar header); its sha256 matches, so it was packed broken",
+    "url_bad_host": "http://[artifacts/py3/py3-2026.01.02-linux-64.tar.zst: not a valid URL (Invalid IPv6 URL)",
+    "url_bad_port": ":80a/py3/py3-2026.01.02-linux-64.tar.zst: not a valid URL (Port could not be cast",
 }
 
 

@@ -139,6 +139,7 @@ def fetch(spec: str, downloads: Path, policy: TrustPolicy) -> Artifact:
     if kind == "oci":
         return source.fetch(_verified_oci(spec, policy), downloads)
     if kind == "http":
+        source.check_url(spec)
         base = spec.rsplit("/", 1)[0]
         signed = _read_url(f"{base}/manifest.json")
         _verify_manifest(signed, _read_url(f"{base}/manifest.json.sig"), spec, policy)

@@ -110,8 +110,19 @@ def _download(url: str, dest: Path, optional: bool = False) -> Path | None:
     return dest
 
 
+def check_url(url: str) -> urllib.parse.SplitResult:
+    """``url`` split, or one line saying why it is no URL (urllib raises ValueError for a bad
+    IPv6 host or port, inside urlopen too: it is no network failure, and no traceback)."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 - parsing the port is what raises
+    except ValueError as exc:
+        raise ActivateError(f"{url}: not a valid URL ({exc})") from None
+    return parsed
+
+
 def from_url(url: str, downloads: Path) -> Artifact:
-    parsed = urllib.parse.urlsplit(url)
+    parsed = check_url(url)
     name = Path(parsed.path).name
     if name.endswith(".json") or not name:
         raise ActivateError(f"{url}: point the URL at the tarball (…-<platform>.tar.zst)")
