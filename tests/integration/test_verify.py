@@ -82,3 +82,55 @@ def test_verify_a_published_artifact(tmp_path: Path, keys: sign.KeyDir, registry
     manifest = Manifest.load(artifact / "manifest.json")
     assert report["inputs"]["lockfile"] == manifest.lockfile_sha256 and report["signed_by"] == ["cosign.pub"]
     assert manifest.tarball is not None and report["tarball_sha256"] == manifest.tarball.sha256
+
+
+def _one_refusal(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 11 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("swstack verify: error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        {"subject": ["py3.tar.zst"]},
+        {"predicate": [1]},
+        {"predicate": {"buildDefinition": {"resolvedDependencies": ["lockfile"]}}},
+        {"predicate": {"runDetails": {"builder": {"builderDependencies": [{"name": "builder"}]}}}},
+    ],
+)
+def test_a_provenance_of_the_wrong_shape_is_one_line(tmp_path: Path, statement: dict[str, object]) -> None:
+    """Not listed in manifest.json (an artifact attested by hand, say), so read as it is: JSON
+    of the wrong shape is a refusal, exit 11, not a traceback."""
+    artifact = make_artifact(tmp_path / "a", version="2026.03.03")
+    manifest = Manifest.load(artifact / "manifest.json")
+    assert manifest.tarball is not None
+    subject = [{"name": manifest.tarball.name, "digest": {"sha256": manifest.tarball.sha256}}]
+    doc = {"predicateType": "https://slsa.dev/provenance/v1", "subject": subject, **statement}
+    (artifact / attest.PROVENANCE_NAME).write_text(json.dumps(doc))
+    assert "the provenance is not an SLSA provenance statement" in _one_refusal(swstack("verify", str(artifact)))
+
+
+def test_a_registry_answer_of_the_wrong_shape_is_one_line(tmp_path: Path) -> None:
+    from tests.support.registry import artifact_routes, scripted_registry
+
+    from swstack.oci import OCI_INDEX, OCI_MANIFEST, digest_of
+
+    routes, _doc = artifact_routes(make_artifact(tmp_path / "a", version="2026.03.04"), "py3", "t")
+    referrers = f"/v2/py3/manifests/{digest_of(routes['/v2/py3/manifests/t'][2]).replace(':', '-', 1)}"
+    referrer = json.dumps({"subject": {"digest": digest_of(routes["/v2/py3/manifests/t"][2])}, "layers": "x"}).encode()
+    listing = {"manifests": [{"artifactType": "application/vnd.in-toto+json", "digest": digest_of(referrer)}]}
+    cases = {
+        "served a manifest that is not a JSON object": {
+            "/v2/py3/manifests/t": (200, {"Content-Type": OCI_MANIFEST}, b"?"),
+        },
+        "no provenance among its referrers": {referrers: (200, {"Content-Type": OCI_INDEX}, b'{"manifests": ["a"]}')},
+        "the provenance referrer has no layer": {
+            referrers: (200, {"Content-Type": OCI_INDEX}, json.dumps(listing).encode()),
+            f"/v2/py3/manifests/{digest_of(referrer)}": (200, {"Content-Type": OCI_MANIFEST}, referrer),
+        },
+    }
+    for message, answers in cases.items():
+        with scripted_registry({**routes, **answers}) as host:
+            assert message in _one_refusal(swstack("verify", f"{host}/py3:t"))

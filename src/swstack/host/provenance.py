@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..artifact import load_manifest, reraise
 from ..errors import ActivateError
 from ..fsutil import sha256_file
 from ..manifest import Manifest
@@ -54,6 +55,17 @@ def _statement(data: bytes, where: str) -> dict[str, Any]:
 
 
 def _report(artifact: str, manifest: Manifest, statement: dict[str, Any], tarball_sha256: str) -> Report:
+    # The statement is JSON anyone could have written: a field of the wrong type is a refusal.
+    try:
+        return _read_report(artifact, manifest, statement, tarball_sha256)
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:
+        raise ActivateError(
+            f"{artifact}: the provenance is not an SLSA provenance statement as swstack writes it "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _read_report(artifact: str, manifest: Manifest, statement: dict[str, Any], tarball_sha256: str) -> Report:
     subjects = {s.get("name"): (s.get("digest") or {}).get("sha256") for s in statement["subject"]}
     if manifest.tarball is None or subjects.get(manifest.tarball.name) != tarball_sha256:
         raise ActivateError(
@@ -116,27 +128,33 @@ def verify_oci(spec: str, keys: list[Path]) -> Report:
     client = oci.RegistryClient(ref.registry, error=ActivateError)
     repo = ref.repository
     doc = client.get_manifest(repo, ref.reference)
-    layout = artifact_layout(doc.json(), error=ActivateError)
+    layout = artifact_layout(_json(doc, ref), error=ActivateError)
     index_tag = doc.digest.replace(":", "-", 1)
     if client.head_manifest(repo, index_tag) is None:
         raise ActivateError(f"{ref}: no attestations attached (no referrers tag {index_tag[:19]}…)")
+    listed = _json(client.get_manifest(repo, index_tag), ref).get("manifests") or []
     entries = [
         m
-        for m in client.get_manifest(repo, index_tag).json().get("manifests") or []
-        if m.get("artifactType") == INTOTO_TYPE
+        for m in (listed if isinstance(listed, list) else [])
+        if isinstance(m, dict) and m.get("artifactType") == INTOTO_TYPE and "digest" in m
     ]
     if not entries:
         raise ActivateError(f"{ref}: no provenance among its referrers")
     referrer = client.get_manifest(repo, str(entries[-1]["digest"]))
-    referrer_doc = referrer.json()
-    if (referrer_doc.get("subject") or {}).get("digest") != doc.digest:
+    referrer_doc = _json(referrer, ref)
+    subject = referrer_doc.get("subject")
+    if not isinstance(subject, dict) or subject.get("digest") != doc.digest:
         raise ActivateError(f"{ref}: the provenance referrer names another subject")
-    blob = referrer_doc["layers"][0]
+    layers = referrer_doc.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ActivateError(f"{ref}: the provenance referrer has no layer")
+    blob = oci.Descriptor.from_json(layers[0], ActivateError)
     with tempfile.TemporaryDirectory(prefix="swstack-verify-") as tmp:
         manifest_path, statement_path = Path(tmp) / "manifest.json", Path(tmp) / "provenance"
         client.pull_blob(repo, layout.manifest.digest, manifest_path, layout.manifest.size)
-        client.pull_blob(repo, str(blob["digest"]), statement_path, int(blob["size"]))
-        manifest = Manifest.load(manifest_path)
+        client.pull_blob(repo, blob.digest, statement_path, blob.size)
+        with reraise(ActivateError, "the registry's manifest.json is unreadable"):
+            manifest = load_manifest(manifest_path)
         statement = _statement(statement_path.read_bytes(), f"{ref} provenance")
     signed_by: list[str] = []
     if keys:
@@ -146,6 +164,14 @@ def verify_oci(spec: str, keys: list[Path]) -> Report:
             signed_by.append(verify_registry_signature(client, reference, repo, digest, keys, ActivateError).key.name)
     report = _report(spec, manifest, statement, layout.tarball.digest.removeprefix("sha256:"))
     return _with_signers(report, signed_by)
+
+
+def _json(doc: Any, ref: object) -> dict[str, Any]:
+    """A manifest or index the registry served, as an object; anything else is one refusal."""
+    try:
+        return dict(doc.json())
+    except ValueError as exc:
+        raise ActivateError(f"{ref}: the registry served a manifest that is not a JSON object ({exc})") from None
 
 
 def _with_signers(report: Report, signed_by: list[str]) -> Report:
