@@ -134,3 +134,8 @@ def test_a_registry_answer_of_the_wrong_shape_is_one_line(tmp_path: Path) -> Non
     for message, answers in cases.items():
         with scripted_registry({**routes, **answers}) as host:
             assert message in _one_refusal(swstack("verify", f"{host}/py3:t"))
+
+
+def test_a_url_is_refused_saying_what_verify_reads() -> None:
+    message = _one_refusal(swstack("verify", "https://artifacts.example.org/py3/1/py3-1-linux-64.tar.zst"))
+    assert "verify reads an artifact directory, a tarball or an OCI reference, not a URL" in message

@@ -181,4 +181,10 @@ def _with_signers(report: Report, signed_by: list[str]) -> Report:
 
 
 def verify(spec: str, keys: list[Path]) -> Report:
-    return verify_oci(spec, keys) if source.kind_of(spec) == "oci" else verify_path(spec, keys)
+    kind = source.kind_of(spec)
+    if kind == "http":  # else read as a path: "no such file", naming URLs among what it takes
+        raise ActivateError(
+            f"{spec}: verify reads an artifact directory, a tarball or an OCI reference, not a URL; "
+            "download the artifact directory first"
+        )
+    return verify_oci(spec, keys) if kind == "oci" else verify_path(spec, keys)
