@@ -326,7 +326,9 @@ def pack_in_sandbox(plan: BuildPlan, sandbox: Sandbox, kernels: list[str], proje
             "--platform", plan.platform, "--format", stack.pack.format, "--threads", str(stack.pack.threads),
             "--source-date-epoch", str(plan.source_date_epoch),
             "--lockfile-sha256", plan.lockfile_sha256, "--stackfile-sha256", stack.source_hash,
-            "--git-commit", _git_commit(project), "--pip-locks", f"{WORK}/pip-locks.json", "--overwrite"]
+            "--git-commit", _git_commit(project), "--pip-locks", f"{WORK}/pip-locks.json", "--overwrite",
+            # The path pack would print is the sandbox's mount point; the build names the real one.
+            "--quiet"]
     if stack.pack.level:
         argv += ["--level", str(stack.pack.level)]
     if stack.owner:

@@ -1401,6 +1401,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pack even without the package cache (binaries may not relocate)",
     )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not print the manifest's path on stdout (a caller that mounted --out elsewhere knows it)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -1463,7 +1468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SwstackError as exc:
         log.info(f"error: {exc}")
         return exc.exit_code
-    sys.stdout.write(f"{result.manifest_path}\n")
+    if not args.quiet:
+        sys.stdout.write(f"{result.manifest_path}\n")
     return 0
 
 

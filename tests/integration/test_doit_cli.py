@@ -11,6 +11,7 @@ import pytest
 from tests.support.project import doit, project_with_dodo
 from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
 
+from swstack.build import ARTIFACTS
 from swstack.site import Site
 
 
@@ -282,6 +283,8 @@ def test_a_damaged_artifact_is_not_up_to_date_and_is_rebuilt(built_project: Path
         rebuilt = doit(built_project, "build", f"stack={SMALL}", "site=sites/offline.toml")
         assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
         assert f".  build:{SMALL}" in rebuilt.stdout and f"{tarball} is missing" in rebuilt.stderr
+        # The build names the artifact's real directory, never the sandbox's mount point.
+        assert ARTIFACTS not in rebuilt.stdout + rebuilt.stderr, rebuilt.stderr[-3000:]
         versions = sorted(p for p in (built_project / "artifacts" / SMALL).iterdir() if p != artifact)
         assert len(versions) == 1 and (versions[0] / "manifest.json").is_file()
         again = doit(built_project, "build", f"stack={SMALL}", "site=sites/offline.toml")
