@@ -388,14 +388,18 @@ def refuse_other_build_of(plan: BuildPlan) -> None:
     path = plan.artifact_dir / artifact.MANIFEST_NAME
     if not path.is_file():
         return
-    with contextlib.suppress(artifact.ArtifactError):
+    remedy = "give another version=, or remove that directory to replace it"
+    try:
         old = artifact.load_manifest(path)
-        if (old.lockfile_sha256, old.stackfile_sha256) == (plan.lockfile_sha256, plan.stack.source_hash):
-            return
-    raise BuildError(
-        f"{plan.artifact_dir} already holds {plan.stack.stack_id} {plan.version} built from other inputs "
-        f"(lockfile or stack file); give another version=, or remove that directory to replace it"
-    )
+    except artifact.ArtifactError as exc:
+        # What it was built from cannot be told, so it is refused as one from other inputs
+        # is, but the message names the damage rather than inputs nobody can see.
+        raise BuildError(f"{plan.stack.stack_id} {plan.version} is already there, but {exc}; {remedy}") from None
+    if (old.lockfile_sha256, old.stackfile_sha256) != (plan.lockfile_sha256, plan.stack.source_hash):
+        raise BuildError(
+            f"{plan.artifact_dir} already holds {plan.stack.stack_id} {plan.version} built from other inputs "
+            f"(lockfile or stack file); {remedy}"
+        )
 
 
 def drop_unfinished(artifact_dir: Path) -> None:

@@ -217,6 +217,11 @@ def test_a_version_given_again_is_rebuilt_only_from_the_same_inputs(project: Pat
     (art / "manifest.json").write_text(replace(same, lockfile_sha256="0" * 64).to_json())
     with pytest.raises(BuildError, match="already holds demo 9.9 built from other inputs"):
         refuse_other_build_of(plan)
+    (art / "manifest.json").write_text("{not json")
+    damaged = "demo 9.9 is already there, but .*manifest.json: not a swstack manifest"
+    with pytest.raises(BuildError, match=damaged) as bad:
+        refuse_other_build_of(plan)  # damaged: what it was built from is unknown, and not claimed
+    assert "other inputs" not in str(bad.value)
     drop_unfinished(art)
     assert art.is_dir()  # finished: kept
     (art / "manifest.json").unlink()
