@@ -201,7 +201,7 @@ def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = 
     ``version``: the artifact's version (default: today's, ``YYYY.MM.DD[.N]``), reused when
     whole and current, built otherwise. Pushing and publishing go through ``release``, as
     ``doit push`` and ``doit publish`` do: attested, and signed when the site has keys."""
-    from .build import artifact_manifest, existing_versions, run_build, why_not_current
+    from .build import artifact_manifest, run_build, why_not_current
     from .image import build_image, mirror_base, registry_answers
     from .lock import lock
     from .manifest import host_platform
@@ -233,9 +233,7 @@ def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = 
     published = publish_attested(site, artifact, stack.stack_id)
 
     last = load_report(report_path(site, stack.stack_id))
-    before = previous_version(existing_versions(site.artifacts, stack.stack_id, complete=True), manifest.version,
-                              last.version if last else None)
-    previous = Manifest.load(site.artifacts / stack.stack_id / before / "manifest.json") if before else None
+    previous = previous_manifest(site.artifacts, stack.stack_id, manifest.version, last.version if last else None)
     report = StackReport(
         stack_id=stack.stack_id, version=manifest.version, platform=manifest.platform, built=reason is not None,
         tarball=manifest.tarball.name, tarball_sha256=manifest.tarball.sha256, tarball_size=manifest.tarball.size,
@@ -247,6 +245,26 @@ def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = 
     log.info(f"nightly {stack.stack_id} {manifest.version}: done in {report.seconds:.0f}s, "
              f"{report.changes.count} package(s) changed since {report.changes.previous or 'never'}")
     return report
+
+
+def previous_manifest(artifacts: Path, stack_id: str, current: str, last_nightly: str | None) -> Manifest | None:
+    """The manifest the nightly compares ``current`` with (``previous_version``'s choice).
+
+    One that cannot be read is passed over, with a warning, for the version before it: by
+    then the image is pushed and the tarball published, so a damaged old manifest must not
+    fail the night, nor leave it without a report.
+    """
+    from .artifact import ArtifactError, load_manifest
+    from .build import existing_versions
+
+    versions = existing_versions(artifacts, stack_id, complete=True)
+    while (before := previous_version(versions, current, last_nightly)) is not None:
+        try:
+            return load_manifest(artifacts / stack_id / before)
+        except ArtifactError as exc:
+            log.warn(f"{exc}; the nightly compares {stack_id} {current} with an older version")
+            versions.remove(before)
+    return None
 
 
 def smoke_test(tarball: Path, manifest: Manifest) -> tuple[str, ...]:

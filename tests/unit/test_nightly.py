@@ -33,6 +33,19 @@ def test_the_previous_nightly_is_the_last_reported_version_else_the_one_before()
     assert previous_version(["2026.12.2"], "2026.12.2", None) is None
 
 
+def test_a_previous_manifest_that_cannot_be_read_is_passed_over_for_an_older_one(tmp_path: Path) -> None:
+    from swstack.nightly import previous_manifest
+
+    for version in ("2026.12.1", "2026.12.2", "2026.12.3"):
+        (tmp_path / "py3" / version).mkdir(parents=True)
+        (tmp_path / "py3" / version / "manifest.json").write_text(_manifest(version).to_json())
+    (tmp_path / "py3" / "2026.12.2" / "manifest.json").write_text("{damaged")
+    found = previous_manifest(tmp_path, "py3", "2026.12.3", "2026.12.2")
+    assert found is not None and found.version == "2026.12.1"
+    (tmp_path / "py3" / "2026.12.1" / "manifest.json").write_text("[]")
+    assert previous_manifest(tmp_path, "py3", "2026.12.3", None) is None  # as on a first nightly
+
+
 def test_changes_are_swstack_diffs() -> None:
     old = _manifest("2026.12.1", NUMPY, PYTHON)
     new = _manifest("2026.12.2", replace(NUMPY, version="2.0.0", sha256="5" * 64),
