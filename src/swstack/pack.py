@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NoReturn
 
@@ -394,6 +394,18 @@ def read_pip_packages(
             )
         )
     return sorted(found, key=lambda p: normalise_pip_name(p.name))
+
+
+def check_build_time(text: str) -> None:
+    """A build time given must be ISO 8601 in UTC (``2026-11-21T08:00:00Z``): the manifest
+    carries it into the image's ``created`` and the provenance, and an image of a release
+    version takes its date tags from it, long after this pack."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.utcoffset() != timedelta(0):
+        raise PackError(f"build time {text!r}: give ISO 8601 in UTC, e.g. 2026-11-21T08:00:00Z")
 
 
 def default_build_time(prefix: Path) -> str:
@@ -1214,6 +1226,8 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     options.resolved_level()  # a bad level fails here, before anything is written
     if info.version is not None:
         check_version(info.version, PackError)  # it names the directory and files written under out_dir
+    if info.build_time is not None:
+        check_build_time(info.build_time)
 
     log.step(f"pack {prefix}")
     # zstd: conda-pack scans in another process from the start, while this one reads the
@@ -1392,7 +1406,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stackfile-sha256", default="")
     p.add_argument("--git-commit", default="")
     p.add_argument("--build-time", help="ISO 8601 UTC; default: when the prefix was installed")
-    p.add_argument("--tool", action="append", default=[], metavar="NAME=VERSION")
+    p.add_argument("--tool", action="append", default=[], metavar="NAME=VERSION",
+                   help="a tool that made the prefix, recorded in the manifest (repeatable)")
     p.add_argument("--kernel", action="append", default=[])
     p.add_argument("--pip-locks", type=Path, help='JSON {"name": {"url": ..., "sha256": ..., "size": ...}}')
     p.add_argument("--overwrite", action="store_true")
@@ -1423,6 +1438,17 @@ def _read_pip_locks(path: Path | None) -> dict[str, PipLock]:
         raise PackError(f"{path}: unreadable pip locks ({exc}); expected {{name: {{url, sha256}}}}") from exc
 
 
+def _tools_given(given: Sequence[str]) -> dict[str, str]:
+    """``--tool NAME=VERSION`` values; one without both parts is an error, not left out of the manifest."""
+    tools = {}
+    for text in given:
+        name, sep, version = text.partition("=")
+        if not (sep and name and version):
+            raise PackError(f"--tool {text}: give NAME=VERSION, e.g. --tool rattler=0.30.0")
+        tools[name] = version
+    return tools
+
+
 def options_from_args(args: argparse.Namespace) -> tuple[PackOptions, ArtifactInfo]:
     sde = args.source_date_epoch
     if sde is None:
@@ -1432,7 +1458,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[PackOptions, ArtifactIn
                 "no --source-date-epoch and no SOURCE_DATE_EPOCH; pass the lock time as epoch seconds"
             )
         sde = int(env)
-    tools = dict(t.split("=", 1) for t in args.tool if "=" in t)
+    tools = _tools_given(args.tool)
     options = PackOptions(
         source_date_epoch=sde,
         compression="zstd" if args.format == "tar.zst" else "gzip",

@@ -372,3 +372,28 @@ def test_a_version_that_is_no_plain_name_is_refused_before_anything_is_written(
         pack.pack_prefix(prefix, out, options=options, info=info)
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert written == ["deep", "deep/er", "deep/er/artifacts", "prefix", "prefix/conda-meta"]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--build-time", "yesterday", r"^build time 'yesterday': give ISO 8601 in UTC"),
+    ("--build-time", "2026-11-21T08:00:00+01:00", r"^build time .*: give ISO 8601 in UTC"),
+    ("--tool", "rattler", r"^--tool rattler: give NAME=VERSION"),
+    ("--tool", "=0.30", r"^--tool =0.30: give NAME=VERSION"),
+])
+def test_a_manifest_field_the_help_gives_a_form_for_is_refused_in_another_before_anything_is_written(
+    tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    prefix = tmp_path / "prefix"
+    (prefix / "conda-meta").mkdir(parents=True)
+    out = tmp_path / "artifacts"
+    argv = ["--prefix", str(prefix), "--out", str(out), "--stack", "demo", "--source-date-epoch", "0", flag, value]
+    assert pack.main(argv) == PackError.exit_code
+    with pytest.raises(PackError, match=message):
+        options, info = pack.options_from_args(pack._parser().parse_args(argv))
+        pack.pack_prefix(prefix, out, options=options, info=info)
+    assert not out.exists()
+
+
+def test_a_build_time_in_utc_is_taken_as_given() -> None:
+    pack.check_build_time("2026-11-21T08:00:00Z")
+    pack.check_build_time("2026-11-21T08:00:00+00:00")
