@@ -763,9 +763,24 @@ def _load_stack_file(path: Path) -> tuple[StackFile, tuple[Path, ...]]:
     merged = _load_merged(path, (), origin, files)
     top = next((src for src in origin.values() if src.path == path), None) or _read_toml(path, ())[1]
     try:
-        return StackFile.model_validate(merged), tuple(files)
+        stack_file = StackFile.model_validate(merged)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, StackFile, origin, top)) from None
+    check_kernel_spec_dirs(stack_file, path, origin.get(("kernel_spec_dirs",), top))
+    return stack_file, tuple(files)
+
+
+def check_kernel_spec_dirs(stack_file: StackFile, path: Path, src: _Source) -> None:
+    """Each ``kernel_spec_dirs`` entry names a directory (relative to the stack file ``path``,
+    as the build mounts it): found missing when the file is read, like any other mistake in
+    it, rather than by the build, after the lock and without the line."""
+    for rel in stack_file.kernel_spec_dirs:
+        directory = (path.parent / rel).resolve()
+        if not directory.is_dir():
+            raise SpecError(
+                f"{_display(src.path)}:{line_of(src.lines, ('kernel_spec_dirs',))}: kernel_spec_dirs: {rel!r} "
+                f"is not a directory ({directory}); create it, or give the path relative to {_display(path)}"
+            )
 
 
 def stack_files(stacks_dir: Path) -> list[Path]:

@@ -169,9 +169,10 @@ def test_kernel_spec_dirs_are_mounted_read_only_and_must_exist(project: Path, si
     plan = plan_build(load_stack(path), site, project, today=TODAY)
     assert Mount(project / "kernel-specs", f"{KERNEL_SPECS}/0", read_only=True) in plan.mounts
     assert plan.install.kernel_spec_dirs == [f"{KERNEL_SPECS}/0"]
-    (project / "kernel-specs").rmdir()
+    stack = load_stack(path)
+    (project / "kernel-specs").rmdir()  # gone after the stack file was read: the build still says so
     with pytest.raises(BuildError, match=r"kernel_spec_dirs: '\.\./kernel-specs' is not a directory"):
-        plan_build(load_stack(path), site, project, today=TODAY)
+        plan_build(stack, site, project, today=TODAY)
 
 
 def test_a_platform_the_stack_does_not_list_is_refused(project: Path, site: Site) -> None:

@@ -229,6 +229,20 @@ def test_bad_owner_and_tag_field_and_kernel_argv(tmp_path: Path) -> None:
     assert "kernels[0].argv: argv must pass '{connection_file}'" in message
 
 
+def test_a_kernel_spec_dir_that_is_not_there_is_a_located_stack_file_error(tmp_path: Path) -> None:
+    (tmp_path / "specs").mkdir()
+    text = 'kernel_spec_dirs = ["specs", "../kernel-spces"]\n' + MINIMAL
+    message = error_of(write(tmp_path, text))
+    assert message == (
+        f"{tmp_path / 'demo.toml'}:1: kernel_spec_dirs: '../kernel-spces' is not a directory "
+        f"({tmp_path.parent / 'kernel-spces'}); create it, or give the path relative to {tmp_path / 'demo.toml'}"
+    )
+    # from a shared part: its line, in its file
+    write(tmp_path, 'channels = ["conda-forge"]\nkernel_spec_dirs = ["nope"]\n', "base.toml")
+    message = error_of(write(tmp_path, 'extends = "base.toml"\n' + MINIMAL.replace('channels = ["conda-forge"]\n', "")))
+    assert message.startswith(f"{tmp_path / 'base.toml'}:2: kernel_spec_dirs: 'nope' is not a directory"), message
+
+
 def test_weekly_tag_with_the_calendar_year_is_refused(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL + '\n[image]\ntags = ["w_{yyyy}_{week}"]\n'))
     assert "image.tags" in message and "pair it with {isoyear}, not {yyyy}" in message
