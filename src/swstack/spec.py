@@ -783,11 +783,16 @@ def check_kernel_spec_dirs(stack_file: StackFile, path: Path, src: _Source) -> N
             )
 
 
+def _toml_files(stacks_dir: Path) -> list[Path]:
+    """The ``*.toml`` files of ``stacks_dir``, sorted; a directory so named is no stack file."""
+    return sorted(p for p in stacks_dir.glob("*.toml") if p.is_file())
+
+
 def stack_files(stacks_dir: Path) -> list[Path]:
     """Every stack file in ``stacks_dir``, each named after its file; a file without a top-level
     ``name`` is a shared part (base.toml), which another file must extend: a stack whose
     ``name`` is missing or misspelt must fail, not drop out of every command unseen."""
-    read = {path: _read_toml(path, ()) for path in sorted(stacks_dir.glob("*.toml"))}
+    read = {path: _read_toml(path, ()) for path in _toml_files(stacks_dir)}
     extended = {
         (path.parent / parent).resolve() for path, (data, src) in read.items() for parent in _extends(path, data, src)
     }
@@ -858,7 +863,7 @@ def find_stack_file(name: str, stacks_dir: Path) -> Path:
             )
         check_named_after_file(path, data, src)
         return path
-    known = sorted(p.stem for p in stacks_dir.glob("*.toml") if p.stem != "base")
+    known = sorted(p.stem for p in _toml_files(stacks_dir) if p.stem != "base")
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise SpecError(f"no stack named {name!r} in {_display(stacks_dir)}{hint} (stacks: {', '.join(known) or 'none'})")

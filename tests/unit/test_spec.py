@@ -273,6 +273,17 @@ def test_unknown_variant_and_stack(tmp_path: Path) -> None:
         find_stack_file("py2", ROOT / "stacks")
 
 
+def test_a_directory_named_like_a_stack_file_is_no_stack(tmp_path: Path) -> None:
+    from swstack.spec import stack_files
+
+    write(tmp_path, MINIMAL)
+    (tmp_path / "old.toml").mkdir()  # not offered as a stack, nor read as one
+    assert stack_files(tmp_path) == [tmp_path / "demo.toml"]
+    with pytest.raises(SpecError) as info:
+        find_stack_file("old", tmp_path)
+    assert str(info.value) == f"no stack named 'old' in {tmp_path} (stacks: demo)"
+
+
 def test_the_documented_full_example_is_valid(tmp_path: Path) -> None:
     doc = (ROOT / "docs/stack-file.md").read_text()
     example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
