@@ -687,7 +687,13 @@ def _describe(error: dict[str, Any], model_fields: Sequence[str]) -> str:
                  "dict": "a table", "float": "a number"}
         msg = error["msg"].lower().replace("valid tuple", "valid list")  # TOML has arrays, not tuples
         return f"{msg} (got {names.get(given, given)}: {error.get('input')!r})"
+    if kind in _BOUNDS:  # a number out of its range: say which number was given
+        return f"{error['msg'].lower()} (got {error.get('input')!r})"
     return str(error["msg"])
+
+
+# pydantic's error types for a number outside a ``Field(ge=..., le=...)`` range.
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
 def _fields_at(loc: KeyPath, root: type[BaseModel]) -> list[str]:

@@ -243,6 +243,18 @@ def test_a_kernel_spec_dir_that_is_not_there_is_a_located_stack_file_error(tmp_p
     assert message.startswith(f"{tmp_path / 'base.toml'}:2: kernel_spec_dirs: 'nope' is not a directory"), message
 
 
+@pytest.mark.parametrize(("table", "setting", "expected"), [
+    ("image", "max_layers = 1", "image.max_layers: input should be greater than or equal to 2 (got 1)"),
+    ("image", "uid = 0", "image.uid: input should be greater than or equal to 1 (got 0)"),
+    ("pack", "level = 23", "pack.level: input should be less than or equal to 22 (got 23)"),
+])
+def test_a_number_out_of_its_range_says_the_range_and_the_number(
+    tmp_path: Path, table: str, setting: str, expected: str
+) -> None:
+    message = error_of(write(tmp_path, MINIMAL + f"\n[{table}]\n{setting}\n"))
+    assert message == f"{tmp_path / 'demo.toml'}:8: {expected}"
+
+
 def test_weekly_tag_with_the_calendar_year_is_refused(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL + '\n[image]\ntags = ["w_{yyyy}_{week}"]\n'))
     assert "image.tags" in message and "pair it with {isoyear}, not {yyyy}" in message
