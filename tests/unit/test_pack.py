@@ -397,3 +397,21 @@ def test_a_manifest_field_the_help_gives_a_form_for_is_refused_in_another_before
 def test_a_build_time_in_utc_is_taken_as_given() -> None:
     pack.check_build_time("2026-11-21T08:00:00Z")
     pack.check_build_time("2026-11-21T08:00:00+00:00")
+
+
+def test_pack_imports_only_the_light_modules_docs_pack_md_names() -> None:
+    """docs/pack.md lists the swstack modules `python -m swstack.pack` loads, so that it runs in
+    the builder image; importing it loads those and nothing else of swstack."""
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).resolve().parents[2] / "docs/pack.md").read_text()
+    listed = re.search(r"swstack's light\s+modules \(([^)]*)\)", doc)
+    assert listed is not None
+    documented = {f"swstack.{name}" for name in re.findall(r"`(\w+)`", listed.group(1))}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, swstack.pack\n"
+         "print(' '.join(m for m in sys.modules if m.startswith('swstack.')))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()
+    assert set(loaded) - {"swstack.pack"} == documented
