@@ -415,3 +415,11 @@ def test_pack_imports_only_the_light_modules_docs_pack_md_names() -> None:
         check=True, capture_output=True, text=True,
     ).stdout.split()
     assert set(loaded) - {"swstack.pack"} == documented
+
+
+@pytest.mark.parametrize("argv", [["--out", "o", "--stack", "s"], ["--prefix", "p", "--out", "o", "--stack", "s",
+                                                                   "--level", "abc"]])
+def test_a_command_line_argparse_cannot_read_exits_2_as_docs_pack_md_says(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        pack.main(argv)
+    assert exited.value.code == 2
