@@ -212,3 +212,16 @@ def test_layers_are_deterministic_and_carry_their_parents(artifact: Path, tmp_pa
     assert names[:4] == ["data0", "data0/sw", "data0/sw/py3", "data0/sw/py3/bin"]
     assert "data0/sw/py3/lib/libpython3.11.so" in names
     assert {m[2] for m in members} == {manifest.source_date_epoch}
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"layout": "x"}', '{"layout": "x", "tags": [], "layers": [1]}'])
+def test_a_damaged_image_json_is_one_line_saying_to_make_the_image_again(tmp_path: Path, text: str) -> None:
+    from swstack.errors import PushError
+    from swstack.image import load_image_result
+
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "image.json").write_text(text)
+    with pytest.raises(PushError, match=r"image\.json: not an image description `doit image` wrote \(.*\); make the "
+                                        r"image again with `doit image`$") as caught:
+        load_image_result(tmp_path)
+    assert "\n" not in str(caught.value)

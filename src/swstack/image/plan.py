@@ -352,7 +352,11 @@ def load_image_result(path: Path) -> ImageResult:
     """An earlier ``build_image``'s result, from the artifact dir, its ``image/`` or ``image.json``."""
     for candidate in (path / IMAGE_DIR / IMAGE_JSON, path / IMAGE_JSON, path):
         if candidate.is_file():
-            result = ImageResult.load(candidate)
+            try:
+                result = ImageResult.load(candidate)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:  # damaged, or not ours
+                raise PushError(f"{candidate}: not an image description `doit image` wrote ({exc}); "
+                                "make the image again with `doit image`") from None
             # The layout may have moved with the artifact directory: trust where we found it.
             return replace(result, layout=candidate.parent)
     raise PushError(f"{path}: no image built there (no {IMAGE_DIR}/{IMAGE_JSON}); run doit image first")
