@@ -305,11 +305,23 @@ def _remove_tree(path: Path) -> None:
             time.sleep(1)
 
 
+def make_artifacts_dir(path: Path) -> None:
+    """The site's artifacts directory, made before the build: the site file names it, so a path
+    that cannot be a directory is that file's to fix, said before minutes of installing."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(
+            f"artifacts directory {path}: {exc.strerror or exc}; set the site file's `artifacts` "
+            "to a directory this user can write"
+        ) from None
+
+
 def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:
+    make_artifacts_dir(plan.artifacts)
     _fresh_dir(plan.build_dir)  # a build always starts from an empty prefix (the seed's --clean)
     _fresh_dir(plan.work_dir)
     Path(plan.install.package_cache).mkdir(parents=True, exist_ok=True)
-    plan.artifacts.mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan.work_dir / "install.json", plan.install.to_json())
     atomic_write_text(plan.work_dir / "pip-locks.json", json.dumps(plan.pip_locks, indent=1))
     log.step(f"install {plan.stack.stack_id} at {plan.stack.prefix} ({sandbox.name} sandbox, "

@@ -265,6 +265,22 @@ def test_a_version_given_is_current_only_when_that_artifact_is_whole_and_from_to
     assert "built from another conda-lock.yml" in str(why_not_current(lts, site, project, "linux-64", version="9.9"))
 
 
+def test_an_artifacts_path_that_cannot_be_a_directory_fails_in_one_line_before_the_build(
+    project: Path, site: Site, tmp_path: Path
+) -> None:
+    from swstack.build import install_in_sandbox
+    from swstack.sandbox import NamespaceSandbox
+
+    (tmp_path / "taken").write_text("a file")
+    site = replace(site, artifacts=tmp_path / "taken")
+    plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, today=TODAY)
+    with pytest.raises(BuildError) as caught:
+        install_in_sandbox(plan, NamespaceSandbox())
+    assert str(caught.value) == (f"artifacts directory {tmp_path / 'taken'}: File exists; set the site file's "
+                                 "`artifacts` to a directory this user can write")
+    assert not plan.build_dir.exists()  # nothing was started
+
+
 def test_a_build_dir_that_cannot_be_emptied_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a process left running by an interrupted build does to the next build's rmtree."""
     from swstack import build
