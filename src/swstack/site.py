@@ -19,6 +19,7 @@ from pydantic import Field, StrictBool, field_validator
 from . import paths
 from .errors import SiteError
 from .spec import Model, read_toml_model
+from .tomlloc import index_lines, line_of
 
 DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org"
 
@@ -237,4 +238,19 @@ def load_site(path: str | Path | None = None, project: Path | None = None) -> Si
     site_path = Path(chosen)
     if not site_path.is_file() and project and (project / site_path).is_file():
         site_path = project / site_path
-    return resolve_site(read_toml_model(site_path, SiteFile, SiteError), site_path, project)
+    site = resolve_site(read_toml_model(site_path, SiteFile, SiteError), site_path, project)
+    check_written_directories(site, site_path)
+    return site
+
+
+def check_written_directories(site: Site, site_path: Path) -> None:
+    """The cache and the artifacts are directories the build side writes into (each made when
+    missing): a path naming a file is the site file's mistake, said here at its line rather
+    than by the first task to write there, in a traceback."""
+    lines = index_lines(site_path.read_text(encoding="utf-8"))
+    for key, directory in (("cache", site.cache), ("artifacts", site.artifacts)):
+        if directory.exists() and not directory.is_dir():
+            line = line_of(lines, (key,))
+            where = f"{site_path}:{line}" if line else str(site_path)
+            raise SiteError(f"{where}: {key}: {directory} is not a directory; "
+                            "name a directory (it is made when missing)")

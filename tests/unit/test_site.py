@@ -114,6 +114,17 @@ def test_errors_name_the_file_the_line_and_the_key(tmp_path: Path, text: str, ex
     assert "Traceback" not in str(caught.value)
 
 
+@pytest.mark.parametrize("key", ["cache", "artifacts"])
+def test_a_directory_setting_naming_a_file_is_one_located_line(tmp_path: Path, key: str) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    path = _site_file(tmp_path, f'name = "x"\n{key} = "{taken}"\n')
+    with pytest.raises(SiteError) as caught:
+        load_site(path, tmp_path)
+    assert str(caught.value) == (f"{path}:2: {key}: {taken} is not a directory; "
+                                 "name a directory (it is made when missing)")
+
+
 def test_a_missing_site_file_is_a_site_error(tmp_path: Path) -> None:
     with pytest.raises(SiteError, match=r"nowhere\.toml: no such file"):
         load_site(tmp_path / "nowhere.toml", tmp_path)
