@@ -72,7 +72,7 @@ def _print_outcome(outcome: Any, as_json: bool) -> int:
                 _out(f"{r.stack}: {r.version} already active, nothing changed")
         for kept in dict.fromkeys(k for r in outcome.results for k in r.kept_in_use):
             _out(f"kept {kept}")
-        if not outcome.results:
+        if not outcome.results and not outcome.failed:  # a stack that failed was something to do
             _out("nothing to do")
     return 0 if outcome.changed else UNCHANGED_EXIT
 

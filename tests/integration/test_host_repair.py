@@ -163,6 +163,15 @@ def test_restore_serves_every_stack_it_can_and_names_the_one_it_cannot(tmp_path:
     assert "r: nothing -> 1.0 (r)" in res.stderr  # it switched from nothing, not from a previous version
 
 
+def test_restore_that_restores_nothing_because_it_failed_does_not_say_nothing_to_do(tmp_path: Path) -> None:
+    root = production_root(tmp_path)
+    sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0")))
+    subprocess.run(["rm", "-rf", str(root / "sw.tmpfs"), str(root / "sw.1.0/py3")], check=True)
+    (root / "sw.tmpfs").mkdir()
+    res = sw(root, "restore", check=11)
+    assert "nothing to do" not in res.stdout, res.stdout
+    assert "swstack restore: error: py3: not restored: " in res.stderr
+
 def test_restore_logs_the_version_it_switches_from(tmp_path: Path) -> None:
     root = production_root(tmp_path)
     for v in ("1.0", "2.0"):
