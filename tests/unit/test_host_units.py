@@ -526,3 +526,28 @@ def test_chunk_plan_replays_only_recorded_chunks_whose_files_are_in_place(tmp_pa
     assert plan(table, record, live)[0].replay is None
     path.write_text('{"schema": 1, "chunks": {"' + kept + '": [["f", 1]]}}')  # torn or tampered: nothing replayed
     assert read_record(path) == {}
+
+
+@pytest.mark.parametrize("unreadable", ["tarball", "side file"])
+def test_fetch_refuses_a_tarball_or_side_file_it_may_not_read(unreadable: str) -> None:
+    """As bad input (exit 11), not later as the extraction's machine error (exit 1)."""
+    import contextlib
+    import os
+    import tempfile
+
+    from tests.support.artifacts import make_artifact
+
+    # Not under pytest's base directory: the unprivileged effective user must reach the files.
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp).chmod(0o755)
+        art = make_artifact(Path(tmp) / "a", version="1.0")
+        tarball = next(art.glob("*.tar.zst"))
+        target = tarball if unreadable == "tarball" else tarball.with_name(tarball.name + ".sha256")
+        target.chmod(0)
+        # Root reads any file: read as nobody, the way a non-root admin meets the refusal.
+        as_nobody = contextlib.ExitStack()
+        if os.geteuid() == 0:
+            os.seteuid(65534)
+            as_nobody.callback(os.seteuid, 0)
+        with as_nobody, pytest.raises(ActivateError, match=f"cannot be read .*Permission denied: '{target}'"):
+            source.fetch(str(art), Path(tmp) / "downloads")

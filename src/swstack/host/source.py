@@ -148,6 +148,15 @@ def from_oci(ref: str, downloads: Path) -> Artifact:
     return Artifact(tarball, _checksum_file(tarball), _load_manifest(tarball.parent / MANIFEST_NAME), ref)
 
 
+def _check_readable(artifact: Artifact) -> None:
+    """Open the tarball and its side file once, so one this user may not read is refused here,
+    as bad input, and not later by the extraction as a machine error."""
+    for path in (artifact.tarball, artifact.checksum_file):
+        if path is not None:
+            with open(path, "rb"):
+                pass
+
+
 def fetch(source: str, downloads: Path) -> Artifact:
     """Any failure to get the artifact is an ``ActivateError`` (exit 11): nothing live changed."""
     if not source or any(ord(c) < 0x20 for c in source):
@@ -155,10 +164,13 @@ def fetch(source: str, downloads: Path) -> Artifact:
     kind = kind_of(source)
     try:
         if kind == "http":
-            return from_url(source, downloads)
-        if kind == "oci":
-            return from_oci(source, downloads)
-        return from_path(source)
+            artifact = from_url(source, downloads)
+        elif kind == "oci":
+            artifact = from_oci(source, downloads)
+        else:
+            artifact = from_path(source)
+        _check_readable(artifact)
+        return artifact
     except ActivateError:
         raise
     except SwstackError as exc:  # a registry error of the shared OCI client
