@@ -218,6 +218,13 @@ def state_corrupt(art: Path, tmp: Path) -> list[str]:
     return [str(art)]
 
 
+def state_misspelt_stacks(art: Path, tmp: Path) -> list[str]:
+    # A hand edit's typo: read as "nothing recorded", restore would reload nothing and exit 3.
+    state = tmp / "root" / ".swstack" / "state.json"
+    state.write_text(state.read_text().replace('"stacks"', '"stack"'))
+    return [str(art)]
+
+
 def _chunked(art: Path, tmp: Path) -> tuple[Path, dict[str, object]]:
     """``art`` packed again by pack's chunked writer (same version); its manifest as raw JSON."""
     from tests.support.host import repack_tree, unpack_artifact
@@ -306,8 +313,9 @@ CASES: dict[str, Callable[[Path, Path], list[str]]] = {f.__name__: f for f in (
     version_is_a_number, version_with_slash, version_with_newline, stack_reserved, prefix_relative,
     prefix_root, packages_wrong_type, tarball_name_escapes, huge_total_size, release_bad_toml,
     release_wrong_shape, release_missing, oci_unreachable, oci_bad_reference, source_with_newline,
-    state_corrupt, release_json_list, release_not_utf8, release_source_a_number, release_json_source_a_list,
-    release_unknown_key, release_names_another_stack, side_file_empty, url_bad_host, url_bad_port,
+    state_corrupt, state_misspelt_stacks, release_json_list, release_not_utf8, release_source_a_number,
+    release_json_source_a_list, release_unknown_key, release_names_another_stack, side_file_empty, url_bad_host,
+    url_bad_port,
 )}
 CASES.update({name: functools.partial(_host_config, text=text) for name, text in HOST_CONFIGS.items()})
 
@@ -358,6 +366,7 @@ MESSAGES = {  # what the one line says: the cause, not just any error
     "source_with_newline": "not a source (expected a path, an http(s) URL or an OCI reference)",
     "stack_reserved": "invalid stack name 'tmpfs'",
     "state_corrupt": "state.json: not a swstack state file (stacks.py3: expected an object, got 5)",
+    "state_misspelt_stacks": "state.json: not a swstack state file (stack: unknown key; expected only stacks)",
     "tarball_name_escapes": "tarball.name '../../../../etc/passwd' is not a file name beside manifest.json",
     "version_is_a_number": "version: expected str, got int",
     "version_with_newline": "invalid version name '2026.01.02\\nswstack: all good'",

@@ -283,6 +283,11 @@ _STATE_FIELDS = {f: (str, type(None)) if f in ("previous", "relocated_from") els
 def _stack_states(raw: object) -> dict[str, StackState]:
     """``state.json``'s ``stacks`` table, each field checked: the file is the host's own, but a
     hand edit or a torn write must end in a message that says where, not a TypeError's."""
+    # A misspelt or extra top-level key is refused too: read as "nothing recorded", `restore`
+    # after a reboot would reload nothing and report it as done.
+    for key in raw if isinstance(raw, dict) else ():
+        if key != "stacks":
+            raise ActivateError(f"{key}: unknown key; expected only stacks")
     stacks = raw.get("stacks", {}) if isinstance(raw, dict) else None
     if not isinstance(stacks, dict):
         raise ActivateError("stacks: expected an object of live name -> record")
