@@ -379,15 +379,16 @@ def _root(value: str) -> Path:
     return Path(os.path.abspath(value))
 
 
-def _common(json_too: bool = True, lock: bool = False) -> argparse.ArgumentParser:
+def _common(json_too: bool = True, lock: bool = False, root: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument(
-        "--root",
-        "-R",
-        type=_root,
-        default=Path(paths.ROOT),
-        help=f"root directory holding sw, sw.tmpfs, sw.hdd and sw.<version> (default: {paths.ROOT})",
-    )
+    if root:
+        p.add_argument(
+            "--root",
+            "-R",
+            type=_root,
+            default=Path(paths.ROOT),
+            help=f"root directory holding sw, sw.tmpfs, sw.hdd and sw.<version> (default: {paths.ROOT})",
+        )
     if json_too:
         p.add_argument("--json", action="store_true", help="print a JSON document for machines")
     if lock:
@@ -545,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config's trusted_keys), that a trusted key signed the artifact and its provenance.\n"
         "Prints the builder, tools, builder image and inputs (lockfile, stack file, git\n"
         "commit). Exit 0 verified, 11 refused.",
+        root=False,  # it reads the artifact alone, nothing of the host's layout
     )
     p.add_argument("artifact", metavar="ARTIFACT", help="artifact directory, tarball path or OCI reference")
     p.add_argument("--trusted-key", action="append", default=[], type=Path, metavar="PUBKEY",

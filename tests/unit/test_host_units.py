@@ -328,6 +328,16 @@ def test_help_imports_no_build_dependencies() -> None:
     assert _loaded_build_side(code) == []
 
 
+def test_verify_offers_no_root_it_would_not_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """verify reads the artifact alone: a --root there would be a setting nothing reads."""
+    from swstack.cli import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["verify", "artifacts/py3/1", "--root", "/srv"])
+    assert exited.value.code == 2 and "unrecognized arguments: --root" in capsys.readouterr().err
+    assert build_parser().parse_args(["active", "--root", "/srv"]).root == Path("/srv")
+
+
 def test_the_host_commands_load_no_http_client() -> None:
     """Every host command starts a fresh interpreter; urllib.request (and http.client, ssl,
     email under it) is loaded only when an artifact comes over HTTP."""
