@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
         "component; variants of a stack share it) atomically; then point <root>/sw.hdd at\n"
         "the version. With a signature policy (--require-signature, --trusted-key or the host\n"
         "config), an artifact no trusted key signed is refused before anything is written.\n"
-        "Exit 0 if something changed, 3 if already active, 11 if refused or failed.",
+        "Exit 0 if something changed, 3 if already active, 11 if refused or failed, 1 on an error\n"
+        "of the machine (a host lock this user may not take), 130 if interrupted.",
         lock=True,
     )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="artifact: path, URL or OCI reference")
