@@ -356,6 +356,43 @@ def test_http_source(tmp_path: Path, artifacts: dict[str, Path]) -> None:
         server.server_close()
 
 
+def test_http_source_asks_for_the_side_files_with_the_tarballs_query(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
+    """A server that wants a token in the query gets it for manifest.json and the .sha256
+    too, and the suffix goes on the path, not after the query."""
+    import functools
+    import http.server
+
+    asked: list[str] = []
+
+    class TokenHandler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            if not self.path.endswith("?token=t0k"):
+                self.send_error(403, "no token")
+                return
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(TokenHandler, directory=str(artifacts["2026.01.01"]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        root = tmp_path / "root"
+        root.mkdir()
+        tarball = "py3-2026.01.01-linux-64.tar.zst"
+        sw(root, "activate", f"http://127.0.0.1:{server.server_address[1]}/{tarball}?token=t0k")
+        assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+        assert asked == [f"/{tarball}?token=t0k", "/manifest.json?token=t0k", f"/{tarball}.sha256?token=t0k"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _in_private_data0(
     root: Path, script: str, tmpfs_size: int | None = None
 ) -> subprocess.CompletedProcess[str]:
