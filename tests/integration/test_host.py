@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.host import bwrap_argv, make_artifact, swstack_argv
@@ -331,10 +333,7 @@ def test_http_source(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     import http.server
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(artifacts["2026.01.01"]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(handler) as server:
         root = tmp_path / "root"
         root.mkdir()
         url = f"http://127.0.0.1:{server.server_address[1]}/py3-2026.01.01-linux-64.tar.zst"
@@ -351,6 +350,18 @@ def test_http_source(tmp_path: Path, artifacts: dict[str, Path]) -> None:
         sw(root, "activate", url.replace("2026.01.01", "2026.02.01"), check=11)
         assert list((root / ".swstack/downloads").iterdir()) == []
         assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+
+
+@contextlib.contextmanager
+def _serving(handler: Callable[..., Any]) -> Iterator[Any]:
+    """An HTTP server on 127.0.0.1 (any free port) for the block, stopped after it."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
     finally:
         server.shutdown()
         server.server_close()
@@ -378,19 +389,13 @@ def test_http_source_asks_for_the_side_files_with_the_tarballs_query(
             pass
 
     handler = functools.partial(TokenHandler, directory=str(artifacts["2026.01.01"]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(handler) as server:
         root = tmp_path / "root"
         root.mkdir()
         tarball = "py3-2026.01.01-linux-64.tar.zst"
         sw(root, "activate", f"http://127.0.0.1:{server.server_address[1]}/{tarball}?token=t0k")
         assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
         assert asked == [f"/{tarball}?token=t0k", "/manifest.json?token=t0k", f"/{tarball}.sha256?token=t0k"]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _in_private_data0(
