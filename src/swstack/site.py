@@ -247,10 +247,10 @@ def check_written_directories(site: Site, site_path: Path) -> None:
     """The cache and the artifacts are directories the build side writes into (each made when
     missing): a path naming a file is the site file's mistake, said here at its line rather
     than by the first task to write there, in a traceback."""
-    lines = index_lines(site_path.read_text(encoding="utf-8"))
     for key, directory in (("cache", site.cache), ("artifacts", site.artifacts)):
         if directory.exists() and not directory.is_dir():
-            line = line_of(lines, (key,))
+            # The file is read again only here, for the line: every task loads the site.
+            line = line_of(index_lines(site_path.read_text(encoding="utf-8")), (key,))
             where = f"{site_path}:{line}" if line else str(site_path)
             raise SiteError(f"{where}: {key}: {directory} is not a directory; "
                             "name a directory (it is made when missing)")
