@@ -99,7 +99,7 @@ def plan_lock(stack: Stack, site: Site, project: Path) -> LockPlan:
 def staleness(plan: LockPlan) -> str | None:
     """Why the lockfile at ``plan.path`` is stale, or None when it matches the inputs."""
     if not plan.path.is_file():
-        return f"{plan.path} does not exist"
+        return "it does not exist"
     try:
         lockfile = read_lockfile(plan.path)
     except LockError as exc:
@@ -592,6 +592,9 @@ def lock(stack: Stack, site: Site, project: Path, *, check: bool = False, force:
     # before staleness would blame every package the mirror lacks.
     _check_local_channels(plan)
     reason = "forced" if force else staleness(plan)
+    if reason is not None:
+        # The messages below name the lockfile once: a reason that names it too drops it.
+        reason = reason.removeprefix(f"{plan.path}: ")
     if reason is None:
         log.info(f"{plan.path}: up to date")
         return LockResult(plan.path, changed=False, packages=-1)

@@ -87,6 +87,14 @@ def test_lock_is_a_noop_then_relocks_on_edit_and_check_catches_staleness(project
     check = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml", "check=1")
     assert check.returncode == 0, check.stderr
 
+    at = before.index("sha256: ", before.index("\npackage:\n")) + len("sha256: ")
+    lockfile.write_text(before[:at] + "f" * 64 + before[at + 64 :])
+    edited = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml", "check=1")
+    assert edited.returncode == 5
+    [line] = [x for x in edited.stderr.splitlines() if "is stale" in x]
+    assert line.count("conda-lock.yml") == 1 and "its packages are not the ones locked" in line, edited.stderr
+    lockfile.write_text(before)
+
     stack = project / "stacks/antares-kernel.toml"
     stack.write_text(stack.read_text().replace('numpy = ">=1.26"', 'numpy = ">=1.25"'))
     stale = doit(project, "lock", "stack=antares-kernel", "site=sites/offline.toml", "check=1")
