@@ -8,16 +8,19 @@ its traceback.
 
 Exit status: 0 done (something changed), 3 nothing to do (already so; for Ansible's
 ``changed_when: rc == 0`` and ``failed_when: rc not in [0, 3]``), 11 activation error,
-1 other error, 2 usage error.
+1 other error, 2 usage error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +30,21 @@ from .errors import SwstackError, UsageError
 
 UNCHANGED_EXIT = 3
 
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stopping the unit, ``kill``): unwound like a Ctrl-C, so a step begun is undone."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated
+
 _EPILOG = f"""\
 layout under the root (default {paths.ROOT}):
   sw -> sw.tmpfs         live trees, one link per built prefix (sw/py3 for /data0/sw/py3)
   sw.tmpfs/              ramdisk: .<stack>@<version> copies (production only)
   sw.<version>/<stack>/  persistent trees (stack id: py3, py3-dev);  sw.hdd -> sw.<version>
-exit status: 0 changed, 3 unchanged, 9 menu error, 11 activation error, 1 other error, 2 usage.
+exit status: 0 changed, 3 unchanged, 9 menu error, 11 activation error, 1 other error, 2 usage,
+130 interrupted (SIGINT), 143 terminated (SIGTERM).
 See docs/host.md."""
 
 
@@ -454,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the version. With a signature policy (--require-signature, --trusted-key or the host\n"
         "config), an artifact no trusted key signed is refused before anything is written.\n"
         "Exit 0 if something changed, 3 if already active, 11 if refused or failed, 1 on an error\n"
-        "of the machine (a host lock this user may not take), 130 if interrupted.",
+        "of the machine (a host lock this user may not take), 130 if interrupted, 143 if\n"
+        "terminated (SIGTERM).",
         lock=True,
     )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="artifact: path, URL or OCI reference")
@@ -608,6 +621,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(verbose=getattr(args, "debug", False))
+    # Without a handler SIGTERM kills at once, leaving a begun step (a staging tree, a
+    # .partial ramdisk copy) for the next run to clear and saying nothing.
+    with _sigterm_unwinds():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` while the command runs (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except SwstackError as exc:
@@ -621,10 +654,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         sys.stderr.write(f"swstack {args.command}: error: {where}{exc.strerror or exc}\n")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         done = "a step it finished stays done, one it began is undone"
-        sys.stderr.write(f"swstack {args.command}: interrupted; {done}\n")
-        return 130
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        sys.stderr.write(f"swstack {args.command}: {how}; {done}\n")
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -123,6 +123,32 @@ def test_ctrl_c_in_the_commit_lands_after_the_record(host: dict[str, object], po
     assert run(root, "active", "--verify").returncode == 0
 
 
+@pytest.mark.parametrize("point", ["extracting", "relocated", "ramdisk-copying"])
+def test_sigterm_before_the_switch_unwinds_and_says_so(host: dict[str, object], point: str) -> None:
+    root = host["root"]
+    assert isinstance(root, Path)
+    res = run(root, "activate", str(host["a2"]), env={"SWSTACK_FAULT_AT": point, "SWSTACK_FAULT_SIGNAL": "TERM"})
+    assert res.returncode == 143, res.stderr
+    assert res.stderr.splitlines()[-1] == (
+        "swstack activate: terminated (SIGTERM); a step it finished stays done, one it began is undone"
+    )
+    assert assert_live_complete(host) == "1.0"
+    # Unwound, not killed: nothing begun is left for the next run to clear.
+    assert not (root / ".swstack" / "staging").exists()
+    assert not [p for p in (root / "sw.tmpfs").iterdir() if p.name.endswith(".partial")]
+    assert_finishes(host)
+
+
+def test_sigterm_in_the_commit_lands_after_the_record(host: dict[str, object]) -> None:
+    root = host["root"]
+    assert isinstance(root, Path)
+    res = run(root, "activate", str(host["a2"]), env={"SWSTACK_FAULT_AT": "switched", "SWSTACK_FAULT_SIGNAL": "TERM"})
+    assert res.returncode == 143 and "terminated (SIGTERM)" in res.stderr, res.stderr
+    assert assert_live_complete(host) == "2.0"
+    assert os.readlink(root / "sw.hdd") == "sw.2.0"
+    assert run(root, "active", "--verify").returncode == 0
+
+
 @pytest.fixture(scope="module")
 def activation_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
     """How long activating the fixture's 2.0 over 1.0 takes here (the faster of two runs), so
