@@ -120,7 +120,8 @@ class Menu:
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str) -> Menu:
+    def from_json(cls, text: str | bytes, source: str) -> Menu:
+        """The menu ``to_json`` wrote; anything else (not JSON, not UTF-8, another shape) is a ``MenuError``."""
         try:
             data = json.loads(text)
             if data.get("format") != MENU_FORMAT:
@@ -329,7 +330,7 @@ def load_menu(source: str, policy: MenuPolicy | None = None, *, retry: RetryPoli
     """A menu from a file ``hub-config --format json`` wrote, or planned from a repository's tags."""
     path = Path(source)
     if path.is_file():
-        return Menu.from_json(path.read_text(), source)
+        return Menu.from_json(path.read_bytes(), source)  # bytes: one that is not UTF-8 is a MenuError too
     return plan_menu(read_registry(source, retry=retry), policy)
 
 

@@ -21,6 +21,7 @@ from swstack.hub import (
     MenuPolicy,
     TaggedImage,
     kube_profiles,
+    load_menu,
     plan_menu,
     render_dockerspawner,
     render_kubespawner,
@@ -99,6 +100,14 @@ def test_default_without_a_release_and_nothing_to_offer() -> None:
         plan_menu([_image("latest", "1", ""), _image("2025.01.14", "1", "")])
     with pytest.raises(MenuError, match="not a menu file"):
         Menu.from_json('{"format": "other"}', "x.json")
+
+
+def test_a_menu_file_that_is_not_utf8_is_a_menu_error(tmp_path: Path) -> None:
+    """docs/hub.md: an unreadable menu file is a MenuError (exit 9), not a traceback."""
+    path = tmp_path / "menu.json"
+    path.write_bytes(b"\xff\xfe\x00not a menu")
+    with pytest.raises(MenuError, match="not a menu file"):
+        load_menu(str(path))
 
 
 def _load(text: str, tmp_path: Path) -> Any:
