@@ -233,7 +233,10 @@ def task_lock(opts: Options) -> Iterator[TaskDict]:
 
 @guarded
 def task_build(opts: Options) -> Iterator[TaskDict]:
-    """Build and pack stacks: artifacts/<stack>/<version>/<stack>-<version>-<platform>.tar.zst (+ manifest)."""
+    """Build and pack stacks: artifacts/<stack>/<version>/<stack>-<version>-<platform>.tar.zst (+ manifest, image).
+
+    The image (an OCI layout beside the tarball) is made when the site's registry answers; else the
+    build ends at the artifact and says to run `doit image`."""
     from .build import is_current, run_build
 
     site = _site(opts)
