@@ -139,3 +139,6 @@ def test_a_registry_answer_of_the_wrong_shape_is_one_line(tmp_path: Path) -> Non
 def test_a_url_is_refused_saying_what_verify_reads() -> None:
     message = _one_refusal(swstack("verify", "https://artifacts.example.org/py3/1/py3-1-linux-64.tar.zst"))
     assert "verify reads an artifact directory, a tarball or an OCI reference, not a URL" in message
+    # A path that is not there names what verify reads, not activate's http(s) URLs.
+    message = _one_refusal(swstack("verify", "/nonexistent/py3/1"))
+    assert message.endswith("no such file or directory (expected an artifact directory, a tarball or an OCI reference)")

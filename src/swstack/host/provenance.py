@@ -182,9 +182,15 @@ def _with_signers(report: Report, signed_by: list[str]) -> Report:
 
 def verify(spec: str, keys: list[Path]) -> Report:
     kind = source.kind_of(spec)
-    if kind == "http":  # else read as a path: "no such file", naming URLs among what it takes
+    if kind == "http":
         raise ActivateError(
             f"{spec}: verify reads an artifact directory, a tarball or an OCI reference, not a URL; "
             "download the artifact directory first"
         )
-    return verify_oci(spec, keys) if kind == "oci" else verify_path(spec, keys)
+    if kind == "oci":
+        return verify_oci(spec, keys)
+    if not Path(spec).expanduser().exists():  # before source.from_path, whose message offers URLs, which verify refuses
+        raise ActivateError(
+            f"{spec}: no such file or directory (expected an artifact directory, a tarball or an OCI reference)"
+        )
+    return verify_path(spec, keys)
