@@ -565,7 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", metavar="ARTIFACT", help="artifact directory, tarball path or OCI reference")
     p.add_argument("--trusted-key", action="append", default=[], type=Path, metavar="PUBKEY",
                    help="a PEM public key whose signatures are trusted; repeatable")
-    p.add_argument("--host-config", type=Path, metavar="FILE", help="host config TOML naming trusted_keys")
+    p.add_argument(
+        "--host-config",
+        type=Path,
+        metavar="FILE",
+        help="host config TOML naming trusted_keys (default $SWSTACK_HOST_CONFIG, else /etc/swstack/host.toml "
+        "when present)",
+    )
 
     add(
         "restore",
