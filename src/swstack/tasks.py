@@ -190,14 +190,16 @@ def task_channel(opts: Options) -> TaskDict:
     def build() -> None:
         from .offline_channel import build_channel
 
+        refuse_version(opts, "channel", "the channel has no version")
         build_channel(out, recipes_dir=recipes, cache_dir=site.cache)
 
     return {
         "actions": [build],
         "file_dep": [str(p) for p in channel_inputs(recipes)],
         "targets": [str(out / "noarch" / "repodata.json")],
-        # The python package also depends on the apt state (its libraries' .debs).
-        "uptodate": [lambda: python_is_current(out, recipes)],
+        # The python package also depends on the apt state (its libraries' .debs). version=
+        # always runs, for the action to refuse it.
+        "uptodate": [False] if opts.version is not None else [lambda: python_is_current(out, recipes)],
         "verbosity": 2,
         "clean": True,
     }
@@ -446,6 +448,7 @@ def task_keygen(opts: Options) -> TaskDict:
         from .errors import SignError
         from .sign import keygen
 
+        refuse_version(opts, "keygen", "keys have no version")
         if site.signing_keys is None:
             raise SignError(f"site {site.name!r}: set [signing] keys (a directory) in the site file first")
         keys = keygen(site.signing_keys, f"swstack {site.name} signing key")

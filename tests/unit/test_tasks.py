@@ -200,12 +200,17 @@ def _artifact(project: Path, stack_id: str, version: str) -> Path:
                          platform=host_platform())
 
 
-@pytest.mark.parametrize("creator", [tasks.task_lock, tasks.task_images], ids=["lock", "images"])
+@pytest.mark.parametrize(
+    "creator",
+    [tasks.task_lock, tasks.task_images, tasks.task_channel, tasks.task_keygen],
+    ids=["lock", "images", "channel", "keygen"],
+)
 def test_version_is_refused_where_it_cannot_apply_when_the_task_runs(
     project: Path, creator: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Creating the tasks must not fail: doit creates every task on every command (`doit build version=1`).
     (task, *_) = _tasks(creator, _opts(project, stack="small", version="1"))
+    assert task["uptodate"] == [False]  # never skipped as up to date: the refusal must be said
     with pytest.raises(SystemExit) as caught:
         _run(task)
     assert caught.value.code == 2
