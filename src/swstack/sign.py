@@ -375,11 +375,31 @@ def sign_artifact_files(artifact_dir: Path, keys: KeyDir) -> list[Path]:
 
 
 def sign_if_pushed(keys: KeyDir, lookaside: Path | None, ref: str) -> bool:
-    """Sign what ``ref`` (host/repo:tag or @digest) points to in the registry; False when it is not there."""
+    """Sign what ``ref`` (host/repo:tag or @digest) points to in the registry, and the SBOM and
+    provenance attached to it as referrers (as ``doit push`` / ``publish`` do); False when it is not there."""
     reference = parse_reference(ref, default_tag=None, error=SignError)
     client = RegistryClient(reference.registry, error=SignError)
     digest = client.head_manifest(reference.repository, reference.reference)
     if digest is None:
         return False
-    sign_image(keys, lookaside, reference.registry, reference.repository, digest, int(time.time()))
+    now = int(time.time())
+    for signed in (digest, *attached_attestations(client, reference.repository, digest)):
+        sign_image(keys, lookaside, reference.registry, reference.repository, signed, now)
     return True
+
+
+def attached_attestations(client: RegistryClient, repository: str, digest: str) -> list[str]:
+    """The digests of our SBOM and provenance referrers of ``repository@digest`` (its referrers tag)."""
+    from .attest import INTOTO_TYPE, SBOM_TYPE, referrers_tag
+
+    tag = referrers_tag(digest)
+    if client.head_manifest(repository, tag) is None:
+        return []
+    listed = client.get_manifest(repository, tag).json().get("manifests")
+    return [
+        m["digest"]
+        for m in (listed if isinstance(listed, list) else [])
+        if isinstance(m, dict)
+        and m.get("artifactType") in (SBOM_TYPE, INTOTO_TYPE)
+        and isinstance(m.get("digest"), str)
+    ]

@@ -89,3 +89,28 @@ def test_keygen_sign_publish_then_a_host_requiring_the_key(
         timeout=120,
     )
     assert verified.returncode == 0 and "signed by   cosign.pub" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_sign_after_an_unsigned_publish_signs_the_attestations_too(
+    project: Path,
+    tmp_path: Path,
+    registry: LocalRegistry,  # noqa: F811
+) -> None:
+    """Published before the site had a key, then `doit keygen` and `doit sign`: `swstack verify`
+    checks the provenance referrer's signature too, so `doit sign` must have signed it."""
+    site = "site=site.toml"
+    artifact = make_artifact(project / "artifacts" / "py3" / "2026.05.02", version="2026.05.02")
+    attest.attest_artifact(artifact)
+    published = doit(project, "publish", "stack=py3", site)
+    assert published.returncode == 0 and "nothing signed" in published.stderr, published.stdout + published.stderr
+    assert doit(project, "keygen", site).returncode == 0
+    signed = doit(project, "sign", "stack=py3", site)
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    key = tmp_path / "keys" / "cosign.pub"
+    verified = subprocess.run(
+        swstack_argv("verify", f"{registry.host}/py3:2026.05.02", "--trusted-key", str(key)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0 and "signed by   cosign.pub" in verified.stdout, verified.stdout + verified.stderr
