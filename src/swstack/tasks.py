@@ -368,12 +368,18 @@ def _image(stack: Any, site: Any, version: str | None) -> None:
 
 def _push(stack: Any, site: Any, version: str | None) -> None:
     from .errors import PushError
-    from .image.plan import IMAGE_DIR, IMAGE_JSON
+    from .image.plan import IMAGE_DIR, IMAGE_JSON, image_repository, load_image_result
     from .release import push_attested
 
     artifact = _artifact(stack, site, version)
     if not (artifact / IMAGE_DIR / IMAGE_JSON).is_file():  # the command that makes it, for this stack
         raise PushError(f"{artifact}: no image built there yet; run `{stack.doit_command('image', version)}` first")
+    # The image records the repository it was made for: made under another site file (another
+    # registry), pushing it would send it there, not to this site's registry.
+    built_for, wanted = load_image_result(artifact).repository, image_repository(stack, site)
+    if built_for != wanted:
+        raise PushError(f"{artifact / IMAGE_DIR} was made for {built_for}, not this site's {wanted}; "
+                        f"run `{stack.doit_command('image', version)}` with this site first")
     push_attested(site, artifact)
 
 

@@ -232,12 +232,44 @@ def test_push_and_publish_take_the_version_given_else_the_newest(
     older, newer = _artifact(project, "small", "1.0"), _artifact(project, "small", "2.0")
     os.utime(older / "manifest.json", (1, 1))  # the newest is the latest written
     for artifact in (older, newer):  # what `doit image` leaves (push refuses an artifact without it)
-        (artifact / "image").mkdir()
-        (artifact / "image" / "image.json").write_text("{}")
+        _image_json(artifact, "r.example.org/swstack/small")
     for version in ("1.0", None):
         (task,) = _tasks(creator, _opts(project, stack="small", version=version))
         _run(task)
     assert sent == [older, newer]
+
+
+def _image_json(artifact: Path, repository: str) -> None:
+    """The ``image/image.json`` `doit image` leaves, made for ``repository``."""
+    from swstack.image.plan import ImageResult
+
+    (artifact / "image").mkdir()
+    result = ImageResult(artifact / "image", repository, ("1.0",), "sha256:" + "1" * 64, "sha256:" + "2" * 64,
+                         "r.example.org/swstack/debian:bookworm", "r.example.org/swstack/debian", ())
+    (artifact / "image" / "image.json").write_text(result.to_json())
+
+
+def test_push_refuses_an_image_made_for_another_registry(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image made under another site file names that site's registry: pushing it would send it
+    there, not to this site's registry."""
+    from swstack import release
+
+    sent: list[Path] = []
+    monkeypatch.setattr(release, "push_attested", lambda site, artifact: sent.append(artifact))
+    site = 'name = "test"\nartifacts = "{project}/out"\n[registry]\nurl = "r.example.org"\n'
+    (project / "site.toml").write_text(site)
+    artifact = _artifact(project, "small", "1.0")
+    _image_json(artifact, "staging.example.org:5000/swstack/small")
+    (task,) = _tasks(tasks.task_push, _opts(project, stack="small"))
+    with pytest.raises(SystemExit) as caught:
+        _run(task)
+    assert caught.value.code == 10 and sent == []
+    assert capsys.readouterr().err.strip() == (
+        f"error: {artifact / 'image'} was made for staging.example.org:5000/swstack/small, not this site's "
+        "r.example.org/swstack/small; run `doit image stack=small` with this site first"
+    )
 
 
 def test_push_without_an_image_names_the_command_that_makes_it(
