@@ -225,3 +225,34 @@ def test_a_damaged_image_json_is_one_line_saying_to_make_the_image_again(tmp_pat
                                         r"image again with `doit image`$") as caught:
         load_image_result(tmp_path)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["missing", "short", "config"])
+def test_a_damaged_image_layout_is_refused_before_anything_is_sent(tmp_path: Path, damage: str) -> None:
+    """A blob of ours gone or cut short is the layout's damage: one line saying to make the image
+    again, not retries against the registry (none answers here) and advice to check it."""
+    from swstack.errors import PushError
+    from swstack.image import ImageResult, push_image
+    from swstack.oci import RetryPolicy
+
+    blobs = tmp_path / "image" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> str:
+        digest = digest_of(data)
+        (blobs / digest.removeprefix("sha256:")).write_bytes(data)
+        return digest
+
+    manifest, config, layer = blob(b"manifest"), blob(b"config"), blob(b"layer bytes")
+    image = ImageResult(tmp_path / "image", "127.0.0.1:9/swstack/py3", ("1.0",), manifest, config,
+                        "127.0.0.1:9/swstack/debian:bookworm", "127.0.0.1:9/swstack/debian",
+                        (LayerBlob("py", layer, "sha256:" + "d" * 64, len(b"layer bytes")),))
+    gone = {"missing": layer, "short": layer, "config": config}[damage]
+    path = blobs / gone.removeprefix("sha256:")
+    if damage == "short":
+        path.write_bytes(b"layer")
+    else:
+        path.unlink()
+    with pytest.raises(PushError, match=r"the image layout is damaged; make it again with `doit image`$") as caught:
+        push_image(image, retry=RetryPolicy(attempts=1))
+    assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)

@@ -124,6 +124,7 @@ def push_image(
         client.chunk_size = chunk_size
     repo = target.repository
     blobs_dir = result.layout / "blobs" / "sha256"
+    _check_layout(result)
     base = parse_reference(result.base_repository, default_tag=None, error=PushError)
     base_client = RegistryClient(base.registry, retry=retry, error=PushError)
     config = (blobs_dir / result.config_digest.removeprefix("sha256:")).read_bytes()
@@ -149,6 +150,20 @@ def push_image(
         f"({len(pushed.uploaded)} blobs; {len(pushed.skipped)} already there)"
     )
     return pushed
+
+
+def _check_layout(result: ImageResult) -> None:
+    """Refuse a layout whose own blobs (manifest, config, our layers) are gone or cut short, before
+    a byte is sent: that is the layout's damage, which no retry or registry check mends."""
+    blobs_dir = result.layout / "blobs" / "sha256"
+    ours: list[tuple[str, int | None]] = [(result.digest, None), (result.config_digest, None)]
+    ours += [(layer.digest, layer.size) for layer in result.layers if not layer.base]
+    for digest, size in ours:
+        path = blobs_dir / digest.removeprefix("sha256:")
+        found = path.stat().st_size if path.is_file() else None
+        if found is None or (size is not None and found != size):
+            what = "is missing" if found is None else f"has {found} bytes, not {size}"
+            raise PushError(f"{path} {what}: the image layout is damaged; make it again with `doit image`")
 
 
 def _layer_blobs(result: ImageResult, base_client: RegistryClient, base_repo: str) -> list[Blob]:
