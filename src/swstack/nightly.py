@@ -202,7 +202,8 @@ def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = 
     whole and current, built otherwise. Pushing and publishing go through ``release``, as
     ``doit push`` and ``doit publish`` do: attested, and signed when the site has keys."""
     from .build import artifact_manifest, run_build, why_not_current
-    from .image import build_image, mirror_base, registry_answers
+    from .engine import IMAGE_HINT, DockerEngine
+    from .image import build_image, mirror_base, mirrors_base, registry_answers
     from .lock import lock
     from .manifest import host_platform
     from .release import publish_attested, push_attested
@@ -211,6 +212,8 @@ def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = 
     if not site.registry or not registry_answers(site):
         raise PushError(f"nightly {stack.stack_id}: no registry answers at {site.registry or '(none set)'}; "
                         "the nightly pushes and publishes, so start it or set [registry] url in the site file")
+    if mirrors_base(stack, site):  # the image step puts the base there through an engine: say so before the build
+        DockerEngine(hint=IMAGE_HINT).ping()
     log.step(f"nightly {stack.stack_id}: lock check")
     lock(stack, site, project, check=True)
     reason = why_not_current(stack, site, project, version=version)

@@ -89,6 +89,7 @@ def _nightly_world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reason: str 
     manifest = _manifest("9.9")
     monkeypatch.setattr(image, "registry_answers", record("registry_answers", True))
     monkeypatch.setattr(image, "mirror_base", record("mirror_base"))
+    monkeypatch.setattr(image, "mirrors_base", record("mirrors_base", False))
     built = SimpleNamespace(repository="r.example.org/swstack/py3")
     monkeypatch.setattr(image, "build_image", record("build_image", built))
     monkeypatch.setattr(lock, "lock", record("lock"))
@@ -126,3 +127,29 @@ def test_the_nightly_pushes_and_publishes_through_the_attesting_and_signing_path
         assert "run_build" not in calls and calls["artifact_manifest"][0][0][-1] == "9.9"
     else:
         assert calls["run_build"][0][1]["version"] == "9.9"
+
+
+def test_the_nightly_wants_the_engine_before_it_builds_when_the_site_keeps_the_base(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The image step puts the base into the site's registry through a Docker engine: with none
+    answering, the nightly says so first, not after a build and a smoke test."""
+    from swstack import engine, image
+    from swstack.errors import SandboxError
+    from swstack.nightly import run_stack
+
+    calls = _nightly_world(monkeypatch, tmp_path, "no artifact of py3 9.9")
+    monkeypatch.setattr(image, "mirrors_base", lambda stack, site: True)
+
+    class NoEngine:
+        def __init__(self, hint: str) -> None:
+            self.hint = hint
+
+        def ping(self) -> None:
+            raise SandboxError(f"no Docker engine answers at unix:///var/run/docker.sock: {self.hint}")
+
+    monkeypatch.setattr(engine, "DockerEngine", NoEngine)
+    site = SimpleNamespace(registry="r.example.org", artifacts=tmp_path)
+    with pytest.raises(SandboxError, match="no Docker engine answers.*start one"):
+        run_stack(SimpleNamespace(stack_id="py3"), site, tmp_path, version="9.9")  # type: ignore[arg-type]
+    assert "lock" not in calls and "run_build" not in calls

@@ -52,7 +52,7 @@ from .plan import (
     render_tags,
     tag_fields,
 )
-from .registry import PushResult, list_images, mirror_base, push_image, registry_answers, resolve_base
+from .registry import PushResult, list_images, mirror_base, mirrors_base, push_image, registry_answers, resolve_base
 from .tarball import index_tarball, open_tarball
 from .writer import write_env_layers, write_user_layer
 
@@ -73,6 +73,7 @@ __all__ = [
     "list_images",
     "load_image_result",
     "mirror_base",
+    "mirrors_base",
     "open_tarball",
     "plan_image",
     "project_source",

@@ -238,14 +238,21 @@ def mirror_base(stack: Stack, site: Site, engine: Engine | None = None) -> str |
     from ..baseimage import ensure_base, load_base_spec
     from ..engine import IMAGE_HINT, DockerEngine
 
-    target = site.image_ref(stack.image.base)
-    if target == stack.image.base or site.registry is None or not target.startswith(site.registry + "/"):
+    if not mirrors_base(stack, site):
         return None
+    target = site.image_ref(stack.image.base)
     engine = engine or DockerEngine(hint=IMAGE_HINT)
     local = ensure_base(engine, load_base_spec(mirror=site.debian_mirror, suite=site.debian_suite))
     engine.tag_image(local, target)
     engine.push_image(target)
     return target
+
+
+def mirrors_base(stack: Stack, site: Site) -> bool:
+    """Whether the site maps the stack's base into its own registry, where ``mirror_base`` puts
+    it through a Docker engine (so the image step needs one)."""
+    target = site.image_ref(stack.image.base)
+    return target != stack.image.base and site.registry is not None and target.startswith(site.registry + "/")
 
 
 def registry_answers(site: Site) -> bool:
