@@ -365,6 +365,16 @@ class Descriptor:
             raise error(f"malformed descriptor in the registry's manifest: {data!r}") from exc
 
 
+# Tags that name no version: cosign's signatures (``sha256-<hex>.sig``, ``.att``, ``.sbom``) and the
+# OCI 1.1 referrers fallback index (``sha256-<hex>``), which signing and attesting add beside each tag.
+_ATTACHMENT_TAG = re.compile(r"sha256-[0-9a-f]{64}(\.[a-z]+)?")
+
+
+def is_attachment_tag(tag: str) -> bool:
+    """Whether ``tag`` holds signatures or referrers of a digest, not an image or artifact of its own."""
+    return _ATTACHMENT_TAG.fullmatch(tag) is not None
+
+
 @dataclass(frozen=True)
 class ManifestDoc:
     """A manifest as the registry served it: its bytes, digest and media type."""
@@ -986,6 +996,7 @@ class RegistryClient:
             tags = self.list_tags(repository)
         except SwstackError:
             return message
+        tags = [tag for tag in tags if not is_attachment_tag(tag)]  # signatures and referrers: no version
         if not tags:
             return f"{message} (the repository has no tags: publish one first)"
         near = difflib.get_close_matches(reference, tags, n=3)

@@ -256,3 +256,32 @@ def test_a_damaged_image_layout_is_refused_before_anything_is_sent(tmp_path: Pat
     with pytest.raises(PushError, match=r"the image layout is damaged; make it again with `doit image`$") as caught:
         push_image(image, retry=RetryPolicy(attempts=1))
     assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
+
+
+def test_the_image_menu_leaves_out_signature_and_referrer_tags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doit push` signs (``sha256-<hex>.sig``) and attests (``sha256-<hex>``) beside every tag:
+    those are no image a spawner may offer."""
+    from types import SimpleNamespace
+
+    from swstack.image import list_images
+    from swstack.image import registry as image_registry
+    from swstack.oci import OCI_MANIFEST
+
+    digest = "sha256:" + "a" * 64
+    tags = ["2026.12.06", "latest", "sha256-" + "a" * 64, "sha256-" + "a" * 64 + ".sig"]
+    image = json.dumps({"config": {"digest": "sha256:" + "c" * 64}}).encode()
+
+    class Client:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def list_tags(self, repository: str) -> list[str]:
+            return tags
+
+        def get_manifest(self, repository: str, reference: str) -> object:
+            return SimpleNamespace(media_type=OCI_MANIFEST, digest=digest, data=image, json=lambda: json.loads(image))
+
+    monkeypatch.setattr(image_registry, "RegistryClient", Client)
+    monkeypatch.setattr(image_registry, "_labels_of", lambda *args: {"org.opencontainers.image.version": "2026.12.06"})
+    entries = list_images(py3_stack(), offline_site("r.example.org:5000"))
+    assert sorted(e["tag"] for e in entries) == ["2026.12.06", "latest"]

@@ -325,3 +325,16 @@ def test_one_renderer_for_every_manifest() -> None:
         oci.render_manifest(config=config, layers=[layer], annotations={"k": "v"}, artifact_type="x/y", subject=subject)
     )
     assert (full["annotations"], full["artifactType"], full["subject"]) == ({"k": "v"}, "x/y", subject)
+
+
+def test_a_missing_tag_is_answered_with_versions_not_signature_tags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signing and attesting add ``sha256-<hex>.sig`` and ``sha256-<hex>`` beside each tag; the
+    tags offered for a missing one are the versions a user can type."""
+    client = oci.RegistryClient("127.0.0.1:9")
+    hexes = [c * 64 for c in "abcdef"]
+    tags = ["2026.12.05", "2026.12.06", *(f"sha256-{h}" for h in hexes), *(f"sha256-{h}.sig" for h in hexes)]
+    monkeypatch.setattr(client, "list_tags", lambda repository: tags)
+    message = client._not_found_message("py3", "nope")
+    assert message.endswith("; it has: 2026.12.05, 2026.12.06"), message
+    monkeypatch.setattr(client, "list_tags", lambda repository: tags[2:])
+    assert client._not_found_message("py3", "nope").endswith("(the repository has no tags: publish one first)")

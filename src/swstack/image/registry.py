@@ -25,6 +25,7 @@ from ..oci import (
     Descriptor,
     RegistryClient,
     RetryPolicy,
+    is_attachment_tag,
     parse_reference,
     pick_from_index,
     push_manifest,
@@ -192,6 +193,8 @@ def list_images(stack: Stack, site: Site, *, retry: RetryPolicy | None = None) -
     entries = []
     configs: dict[str, Mapping[str, str]] = {}
     for tag in sorted(client.list_tags(reference.repository)):
+        if is_attachment_tag(tag):  # the signatures `doit push` adds are no image to offer
+            continue
         doc = client.get_manifest(reference.repository, tag)
         if doc.media_type not in (OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"):
             continue
