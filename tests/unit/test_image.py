@@ -285,3 +285,22 @@ def test_the_image_menu_leaves_out_signature_and_referrer_tags(monkeypatch: pyte
     monkeypatch.setattr(image_registry, "_labels_of", lambda *args: {"org.opencontainers.image.version": "2026.12.06"})
     entries = list_images(py3_stack(), offline_site("r.example.org:5000"))
     assert sorted(e["tag"] for e in entries) == ["2026.12.06", "latest"]
+
+
+def test_a_base_with_no_registry_host_the_site_does_not_map_points_at_its_stack_file_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from swstack.image.build import base_reference
+    from swstack.site import load_site
+
+    monkeypatch.delenv("SWSTACK_SITE", raising=False)
+    stack = py3_stack()  # base = "debian:bookworm-slim", from stacks/base.toml
+    assert base_reference(stack, offline_site("127.0.0.1:5000")) == "127.0.0.1:5000/swstack/debian:bookworm"
+    with pytest.raises(ImageError) as caught:
+        base_reference(stack, load_site(None, stack.source.parent.parent if stack.source else None))
+    message = str(caught.value)
+    line = 1 + (Path(__file__).parents[2] / "stacks/base.toml").read_text().splitlines().index(
+        'base = "debian:bookworm-slim"'
+    )
+    assert message.startswith(f"{Path(__file__).parents[2] / 'stacks/base.toml'}:{line}: [image] base ")
+    assert "default site (no site file" in message and "[images.mirrors]" in message and "\n" not in message

@@ -8,12 +8,13 @@ import re
 from pathlib import Path
 
 from .. import log, proc
-from ..artifact import open_artifact, reraise
+from ..artifact import names_registry, open_artifact, reraise
 from ..errors import ImageError, SwstackError
 from ..fsutil import atomic_dir, atomic_write_text
 from ..oci import CREATED, VERSION, RetryPolicy, canonical_json, digest_of
 from ..site import Site
 from ..spec import Stack
+from ..tomlloc import index_lines
 from .plan import (
     IMAGE_DIR,
     IMAGE_JSON,
@@ -43,6 +44,32 @@ def project_source(project: Path) -> str:
     return re.sub(r"(://)[^/@]+@", r"\1", url)
 
 
+def base_reference(stack: Stack, site: Site) -> str:
+    """What the site pulls for the stack's base; one that names no registry host (a Docker Hub
+    short name the site does not map) is an error pointing at the stack-file line to map."""
+    base_ref = site.image_ref(stack.image.base)
+    if "/" in base_ref and names_registry(base_ref.removeprefix("oci://").partition("/")[0]):
+        return base_ref
+    where = f"site file {site.source}" if site.source else "default site (no site file: site=... or SWSTACK_SITE)"
+    raise ImageError(
+        f"{_line_of_base(stack)}: [image] base {stack.image.base!r} names no registry host and the {where} "
+        f"does not map it (there is no Docker Hub default); add it to the site's [images.mirrors], e.g. "
+        f'"{stack.image.base}" = "registry.example.org/library/{stack.image.base}"'
+    )
+
+
+def _line_of_base(stack: Stack) -> str:
+    """``file:line`` of the ``[image] base`` the stack takes (its own file first, then those it extends)."""
+    for path in stack.sources:
+        try:
+            line = index_lines(path.read_text(encoding="utf-8")).get(("image", "base"))
+        except (OSError, ValueError):
+            continue
+        if line is not None:
+            return f"{path}:{line}"
+    return str(stack.source or stack.name)
+
+
 def build_image(
     stack: Stack,
     site: Site,
@@ -56,7 +83,7 @@ def build_image(
     with reraise(ImageError, "build the stack (doit build)"):
         artifact = open_artifact(artifact_dir)
     manifest, tarball = artifact.manifest, artifact.tarball
-    base_ref = site.image_ref(stack.image.base)
+    base_ref = base_reference(stack, site)
     log.step(f"image of {manifest.stack_id} {manifest.version} on {base_ref}")
     base = resolve_base(base_ref, manifest.platform, retry=retry)
     index = index_tarball(tarball, manifest)
