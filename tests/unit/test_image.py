@@ -8,6 +8,7 @@ import json
 import tarfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.imagekit import make_env_artifact, offline_site, py3_stack
@@ -304,3 +305,24 @@ def test_a_base_with_no_registry_host_the_site_does_not_map_points_at_its_stack_
     )
     assert message.startswith(f"{Path(__file__).parents[2] / 'stacks/base.toml'}:{line}: [image] base ")
     assert "default site (no site file" in message and "[images.mirrors]" in message and "\n" not in message
+
+
+def test_putting_the_base_into_a_registry_that_does_not_answer_says_so_before_any_engine_call() -> None:
+    import socket
+
+    from swstack.image import mirror_base
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{s.getsockname()[1]}"
+
+    class NoEngine:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the engine was asked to {name} before the registry was found down")
+
+    with pytest.raises(ImageError) as caught:
+        mirror_base(py3_stack(), offline_site(host), engine=NoEngine())  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"no registry answers at {host}, where the site keeps the base 'debian:bookworm-slim' "
+        f"({host}/swstack/debian:bookworm); start it (the demo's: scripts/with-registry) and run again"
+    )

@@ -244,6 +244,11 @@ def mirror_base(stack: Stack, site: Site, engine: Engine | None = None) -> str |
     if not mirrors_base(stack, site):
         return None
     target = site.image_ref(stack.image.base)
+    if not registry_answers(site):  # else the engine's push ends in a bare "connection refused"
+        raise ImageError(
+            f"no registry answers at {site.registry}, where the site keeps the base {stack.image.base!r} "
+            f"({target}); start it (the demo's: scripts/with-registry) and run again"
+        )
     engine = engine or DockerEngine(hint=IMAGE_HINT)
     local = ensure_base(engine, load_base_spec(mirror=site.debian_mirror, suite=site.debian_suite))
     engine.tag_image(local, target)
