@@ -242,10 +242,22 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
     from .build import is_current, run_build
 
     site = _site(opts)
+    image_only: set[str] = set()  # stacks whose artifact is current and lacks only its image
     for stack in selected_stacks(opts, all_variants=False):
+
+        def uptodate(stack: Any = stack) -> bool:
+            if not is_current(stack, site, opts.project, version=opts.version):
+                return False
+            if _image_missing(stack, site, opts.version):
+                image_only.add(stack.stack_id)
+                return False
+            return True
 
         @_boundary
         def run(stack: Any = stack) -> None:
+            if stack.stack_id in image_only:  # doit -a (no up-to-date check) builds anew
+                _local_image(stack, site, opts.project, _artifact(stack, site, opts.version))
+                return
             result = run_build(stack, site, opts.project, version=opts.version)
             _local_image(stack, site, opts.project, result.artifact_dir)
 
@@ -254,11 +266,25 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
             "doc": f"build {stack.stack_id}",
             "actions": [run],
             # Up to date when the newest artifact (version=: that version's) came from today's
-            # lockfile and stack file, and is whole (is_current says why not); no file_dep, which
-            # would rebuild on a comment. A version= built from other inputs runs, and is refused.
-            "uptodate": [lambda stack=stack: is_current(stack, site, opts.project, version=opts.version)],
+            # lockfile and stack file, and is whole (is_current says why not), and has its image
+            # when the registry answers (else only the image is made); no file_dep, which would
+            # rebuild on a comment. A version= built from other inputs runs, and is refused.
+            "uptodate": [uptodate],
             "verbosity": 2,
         }
+
+
+def _image_missing(stack: Any, site: Any, version: str | None) -> bool:
+    """A current artifact with no local image while the site's registry answers (the image was
+    removed, or the registry was down when the artifact was built): the build makes just the image."""
+    from .image import registry_answers
+    from .image.plan import IMAGE_DIR, IMAGE_JSON
+
+    artifact_dir = _artifact(stack, site, version)
+    if (artifact_dir / IMAGE_DIR / IMAGE_JSON).is_file() or not registry_answers(site):
+        return False
+    log.info(f"build:{stack.stack_id} is not up to date: {artifact_dir} has no image; making it")
+    return True
 
 
 def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> None:

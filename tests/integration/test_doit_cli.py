@@ -331,6 +331,32 @@ def test_the_image_of_a_version_built_from_older_inputs_is_made_as_it_is(
         stack_file.write_text(original)
 
 
+@pytest.mark.slow
+@pytest.mark.docker
+@pytest.mark.registry
+def test_a_current_artifact_whose_image_is_gone_gets_its_image_and_nothing_else(
+    built_project: Path, registry: LocalRegistry
+) -> None:
+    """`doit build` (so `make demo`) with the artifact current but its image removed, the registry
+    answering: the image is made again from the same artifact, no new build; then all is up to date."""
+    import shutil
+
+    artifact = _only_artifact(built_project)
+    site = built_project / "sites/offline.toml"
+    site.write_text(site.read_text().replace('url = "127.0.0.1:5000"', f'url = "{registry.host}"'))
+    shutil.rmtree(artifact / "image", ignore_errors=True)
+    tarball = next(artifact.glob("*.tar.zst"))
+    built_at = tarball.stat().st_mtime_ns
+    result = doit(built_project, "build", f"stack={SMALL}", "site=sites/offline.toml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"build:{SMALL} is not up to date: {artifact} has no image; making it" in result.stderr, result.stderr
+    assert f"install {SMALL} at" not in result.stderr and tarball.stat().st_mtime_ns == built_at
+    assert (artifact / "image" / "image.json").is_file()
+    assert [p.name for p in (built_project / "artifacts" / SMALL).iterdir()] == [artifact.name]
+    again = doit(built_project, "build", f"stack={SMALL}", "site=sites/offline.toml")
+    assert again.returncode == 0 and f"-- build:{SMALL}" in again.stdout, again.stdout + again.stderr
+
+
 # ---- the nightly job ----------------------------------------------------------------------------------
 
 
