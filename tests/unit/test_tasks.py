@@ -370,7 +370,9 @@ def test_a_build_without_a_docker_engine_ends_at_its_artifact(
     root = Path(__file__).resolve().parents[2]
     site = load_site(str(root / "sites/offline.toml"), root)
     stack = load_stack(root / "stacks/antares-kernel.toml")
-    monkeypatch.setattr(image, "registry_answers", lambda site: True)  # the fault is the engine, not the registry
+    # The fault is the engine, not the registry (which mirror_base asks too, before the engine).
+    monkeypatch.setattr(image, "registry_answers", lambda site: True)
+    monkeypatch.setattr(image.registry, "registry_answers", lambda site: True)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     with caplog.at_level("INFO", logger="swstack"):
         tasks._local_image(stack, site, root, tmp_path / "artifact")
