@@ -209,6 +209,7 @@ def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = 
     from .release import publish_attested, push_attested
 
     clock = _Clock()
+    drop_summary(site)
     if not site.registry or not registry_answers(site):
         raise PushError(f"nightly {stack.stack_id}: no registry answers at {site.registry or '(none set)'}; "
                         "the nightly pushes and publishes, so start it or set [registry] url in the site file")
@@ -300,6 +301,12 @@ def smoke_test(tarball: Path, manifest: Manifest) -> tuple[str, ...]:
             checked.append("python")
     log.info(f"smoke test of {manifest.stack_id} {manifest.version}: {', '.join(checked) or 'nothing to run'}")
     return tuple(checked)
+
+
+def drop_summary(site: Site) -> None:
+    """A run starting removes the last run's summary: a run that fails must not leave one that looks like its own."""
+    for name in (SUMMARY_JSON, SUMMARY_MD):
+        (site.artifacts / name).unlink(missing_ok=True)
 
 
 def write_summary(site: Site, stack_ids: Sequence[str]) -> tuple[Path, Path]:

@@ -153,3 +153,20 @@ def test_the_nightly_wants_the_engine_before_it_builds_when_the_site_keeps_the_b
     with pytest.raises(SandboxError, match="no Docker engine answers.*start one"):
         run_stack(SimpleNamespace(stack_id="py3"), site, tmp_path, version="9.9")  # type: ignore[arg-type]
     assert "lock" not in calls and "run_build" not in calls
+
+
+def test_a_nightly_that_fails_leaves_no_summary_of_an_earlier_run(tmp_path: Path) -> None:
+    import socket
+
+    from swstack.errors import PushError
+    from swstack.nightly import SUMMARY_JSON, SUMMARY_MD, run_stack
+
+    for name in (SUMMARY_JSON, SUMMARY_MD):
+        (tmp_path / name).write_text("last night's\n")
+    with socket.socket() as s:  # a loopback port nothing listens on: the run fails at its first step
+        s.bind(("127.0.0.1", 0))
+        registry = f"127.0.0.1:{s.getsockname()[1]}"
+    site = SimpleNamespace(registry=registry, artifacts=tmp_path)
+    with pytest.raises(PushError, match="no registry answers"):
+        run_stack(SimpleNamespace(stack_id="py3"), site, tmp_path)  # type: ignore[arg-type]
+    assert not (tmp_path / SUMMARY_JSON).exists() and not (tmp_path / SUMMARY_MD).exists()
