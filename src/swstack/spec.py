@@ -719,9 +719,18 @@ def _fields_at(loc: KeyPath, root: type[BaseModel]) -> list[str]:
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> KeyPath:
-    """Drop pydantic's union-branch markers ('str', 'PipGit', 'function-after[...]') from a location."""
-    type_names = ("str", "int", "bool", "literal[False]")
-    return tuple(p for p in loc if isinstance(p, int) or not (p[:1].isupper() or "[" in p or p in type_names))
+    """Drop pydantic's union-branch markers ('str', 'PipGit', 'function-after[...]') from a location.
+
+    A model's name is a marker; any other capitalised part is a key the user chose (an
+    environment variable in a kernel's ``env``, a label) and stays in the key path.
+    """
+    type_names = ("str", "int", "bool", "literal[False]", *_model_names(Model))
+    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p in type_names))
+
+
+def _model_names(model: type[BaseModel]) -> tuple[str, ...]:
+    """The class names of ``model`` and its subclasses: what pydantic tags a union branch with."""
+    return (model.__name__, *(n for sub in model.__subclasses__() for n in _model_names(sub)))
 
 
 def format_validation_error(

@@ -412,3 +412,11 @@ def test_a_stack_file_without_a_name_named_directly_says_how_to_name_it(tmp_path
         "lab.toml: no top-level name, so a shared part, not a stack; a stack sets name = \"lab\" "
         "(above the first [table]), or name another stack file"
     )
+
+
+
+def test_a_capitalised_key_the_user_chose_stays_in_the_key_path(tmp_path: Path) -> None:
+    kernel = '\n[[kernels]]\nname = "k"\ndisplay_name = "K"\nenv = { A = "1", OMP_NUM_THREADS = 1 }\n'
+    path = write(tmp_path, MINIMAL + kernel)
+    assert error_of(path) == (f"{path}:10: kernels[0].env.OMP_NUM_THREADS: input should be a valid string "
+                              "(got an integer: 1)")
