@@ -67,7 +67,8 @@ def _statements(source: str) -> Iterator[_Statement]:
     for number, raw in enumerate(source.splitlines(), start=1):
         header = _HEADER.match(raw)
         if header:
-            path = tuple(_split_dotted(header.group(2)))
+            # A header under an array of tables ([kernels.env] after [[kernels]]) is in its last element.
+            path = _in_arrays(tuple(_split_dotted(header.group(2))), array_counts)
             if header.group(1) == "[[":
                 index = array_counts.get(path, -1) + 1
                 array_counts[path] = index
@@ -80,6 +81,17 @@ def _statements(source: str) -> Iterator[_Statement]:
         assign = _ASSIGN.match(raw)
         if assign and not raw.lstrip().startswith("#"):
             yield _Statement(number, table, tuple(_split_dotted(assign.group(1))), value=assign.group(2))
+
+
+def _in_arrays(path: KeyPath, array_counts: dict[KeyPath, int]) -> KeyPath:
+    """``('kernels', 'env')`` -> ``('kernels', 0, 'env')`` when ``[[kernels]]`` came before: a header
+    below an array of tables names a table in its last element (the header's last part stays as is)."""
+    indexed: KeyPath = ()
+    for depth, part in enumerate(path, start=1):
+        indexed = (*indexed, part)
+        if depth < len(path) and indexed in array_counts:
+            indexed = (*indexed, array_counts[indexed])
+    return indexed
 
 
 def decode_error_at(exc: Exception) -> tuple[int | None, str]:

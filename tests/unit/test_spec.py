@@ -420,3 +420,11 @@ def test_a_capitalised_key_the_user_chose_stays_in_the_key_path(tmp_path: Path) 
     path = write(tmp_path, MINIMAL + kernel)
     assert error_of(path) == (f"{path}:10: kernels[0].env.OMP_NUM_THREADS: input should be a valid string "
                               "(got an integer: 1)")
+
+
+def test_a_table_under_an_array_of_tables_is_found_on_its_own_line(tmp_path: Path) -> None:
+    kernels = ('\n[[kernels]]\nname = "a"\ndisplay_name = "A"\n\n[[kernels]]\nname = "b"\ndisplay_name = "B"\n'
+               '\n[kernels.env]\nOMP_NUM_THREADS = 1\n')
+    path = write(tmp_path, MINIMAL + kernels)
+    assert error_of(path) == (f"{path}:16: kernels[1].env.OMP_NUM_THREADS: input should be a valid string "
+                              "(got an integer: 1)")
