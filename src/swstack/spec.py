@@ -724,8 +724,56 @@ def _clean_loc(loc: tuple[Any, ...]) -> KeyPath:
     A model's name is a marker; any other capitalised part is a key the user chose (an
     environment variable in a kernel's ``env``, a label) and stays in the key path.
     """
-    type_names = ("str", "int", "bool", "literal[False]", *_model_names(Model))
-    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p in type_names))
+    return tuple(p for p in loc if not _is_branch(p))
+
+
+def _is_branch(part: str | int) -> bool:
+    """Whether a location part is pydantic's name of a union branch, not a key."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "bool", *_model_names(Model)))
+
+
+# What a union branch takes, as a user writes it in TOML.
+_BRANCHES = {"str": "a string", "int": "an integer", "bool": "true/false", "literal[False]": "false",
+             "list[str]": "a list of strings"}
+
+
+def _one_per_union(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One error per value of a union type, not one per branch: a table (or list) keeps its branch's
+    errors (``gti: unknown key; did you mean 'git'?``); anything else is one "expected A or B"."""
+    unions: dict[tuple[Any, ...], list[tuple[str, dict[str, Any]]]] = {}
+    kept: list[dict[str, Any]] = []
+    for error in errors:
+        raw = tuple(error["loc"])
+        at = next((i for i, part in enumerate(raw) if _is_branch(part)), None)
+        if at is None:
+            kept.append(error)
+            continue
+        if raw[:at] not in unions:
+            kept.append({"union": raw[:at]})  # keeps the union's place among the errors
+        unions.setdefault(raw[:at], []).append((str(raw[at]), error))
+    merged: list[dict[str, Any]] = []
+    for error in kept:
+        if "union" not in error:
+            merged.append(error)
+            continue
+        branches = unions[error["union"]]
+        given = next((e["input"] for b, e in branches if len(e["loc"]) == len(error["union"]) + 1), None)
+        kind = "list[" if isinstance(given, list) else None
+        matching = [e for b, e in branches if isinstance(given, dict) and b[:1].isupper()
+                    or kind is not None and b.startswith(kind)]
+        if matching:
+            merged.extend(matching)
+            continue
+        names = [_BRANCHES.get(b, "a table" if b[:1].isupper() else b) for b, _ in branches]
+        names = list(dict.fromkeys(names))
+        text = f"expected {', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else f"expected {names[0]}"
+        shown = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+        text += f" (got {shown.get(type(given), type(given).__name__)}: {given!r})"
+        if "false" in names:
+            text += "; a string replaces or adds the dependency, false removes it"
+        merged.append({"type": "value_error", "loc": error["union"], "msg": text, "input": given,
+                       "ctx": {"error": text}})
+    return merged
 
 
 def _model_names(model: type[BaseModel]) -> tuple[str, ...]:
@@ -738,7 +786,7 @@ def format_validation_error(
 ) -> str:
     """One line per problem: ``file:line: key.path: what is wrong; the fix``."""
     problems: list[str] = []
-    errors = exc.errors()
+    errors = _one_per_union([dict(e) for e in exc.errors()])
     # A misspelt required key is one mistake, not two: its "unknown key; did you mean" line says
     # it all, so the "required key is missing" line of the key it meant is left out.
     meant = set()

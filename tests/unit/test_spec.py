@@ -428,3 +428,17 @@ def test_a_table_under_an_array_of_tables_is_found_on_its_own_line(tmp_path: Pat
     path = write(tmp_path, MINIMAL + kernels)
     assert error_of(path) == (f"{path}:16: kernels[1].env.OMP_NUM_THREADS: input should be a valid string "
                               "(got an integer: 1)")
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ("[variants.dev]\ndependencies = { python = true }\n",
+     "variants.dev.dependencies.python: expected a string or false (got true/false: True); "
+     "a string replaces or adds the dependency, false removes it"),
+    ("[pip.dependencies]\nlabclient = 1\n",
+     "pip.dependencies.labclient: expected a string or a table (got an integer: 1)"),
+    ("[pip.dependencies]\nlabclient = { gti = 'https://x/y' }\n",
+     "pip.dependencies.labclient.gti: unknown key; did you mean 'git'?"),
+])
+def test_a_value_of_a_union_type_is_one_line_not_one_per_branch(tmp_path: Path, table: str, expected: str) -> None:
+    path = write(tmp_path, MINIMAL + "\n" + table)
+    assert error_of(path) == f"{path}:8: {expected}"
