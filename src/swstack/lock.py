@@ -345,6 +345,47 @@ def _pip_requirements(stack: Stack, site: Site) -> list[str]:
     return lines
 
 
+def _explain_pip_unresolvable(stack: Stack, site: Site, text: str) -> str | None:
+    """pip found no version of one of the stack's pip dependencies: one line naming its stack-file
+    entry, where pip looked and what is there; None for any other failure (pip's own words stay)."""
+    from packaging.utils import canonicalize_name
+
+    found = re.search(r"No matching distribution found for (\S+)(?: \(from ([^)]+)\))?", text)
+    if found is None:
+        return None
+    wanted = re.match(r"[A-Za-z0-9._-]+", found.group(2) or found.group(1))
+    names = {canonicalize_name(n): n for n, _ in stack.pip}
+    name = names.get(canonicalize_name(wanted.group(0))) if wanted else None
+    if name is None:
+        return None
+    versions = re.search(rf"requirement {re.escape(found.group(1))} .*?\(from versions: ([^)]*)\)", text)
+    there = f" (versions there: {versions.group(1)})" if versions else ""
+    if site.pip_wheelhouse is not None:
+        where, fix = f"the site's wheelhouse {site.pip_wheelhouse}", "add its wheel to the wheelhouse"
+    else:
+        where, fix = f"the index {site.pip_index_url or PYPI_INDEX}", "check that the index carries it"
+    if found.group(2):  # a requirement of the stack's pip package, found neither in conda nor in pip
+        required = re.match(r"[A-Za-z0-9._-]+", found.group(1))
+        fix = (f"add {required.group(0) if required else found.group(1)} to [dependencies] (conda), "
+               f"or {fix}")
+        what = f"needs {found.group(1)}, which neither the conda packages nor {where} provide{there}"
+    else:
+        what = f"no version of {name} in {where} matches {found.group(1)!r}{there}"
+        fix = f"fix the name or the version, or {fix}"
+    key: tuple[str, ...] = ("pip", "dependencies", name)
+    located = str(stack.source)
+    for source in (stack.source, *stack.sources):  # the variant's entry overrides the base one
+        if source is None or not source.is_file():
+            continue
+        index = index_lines(source.read_text())
+        variant_key = ("variants", stack.variant, "pip", "dependencies", name)
+        hit = next((k for k in (variant_key, key) if k in index), None)
+        if hit is not None:
+            key, located = hit, f"{source}:{index[hit]}"
+            break
+    return f"{located}: {'.'.join(key)}: {what}; {fix}"
+
+
 def _stub_distributions(conda_locked: dict[str, Any], directory: Path) -> None:
     """Make the conda side's Python packages look installed to pip (name and version only).
 
@@ -491,8 +532,11 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
         tools = _build_tools(Path(tmp) / "tools")
         env = {"PYTHONPATH": f"{stubs}:{tools}", "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1",
                "PATH": "/usr/bin:/bin", "HOME": tmp}
-        proc.run([*argv, *requirements], env=env, error=LockError,
-                 what=f"resolving the pip dependencies of {stack.stack_id} for {platform}")
+        try:
+            proc.run([*argv, *requirements], env=env, error=LockError,
+                     what=f"resolving the pip dependencies of {stack.stack_id} for {platform}")
+        except LockError as exc:
+            raise LockError(_explain_pip_unresolvable(stack, site, str(exc)) or str(exc)) from None
         report = json.loads((Path(tmp) / "report.json").read_text())
     locked = []
     for item in report.get("install", []):

@@ -175,3 +175,34 @@ def test_an_unknown_platform_in_lock_settings_is_located(tmp_path: Path) -> None
         load_stack(path)
     expected = "demo.toml:6: lock.platform: unknown platform 'linux-aarch46'; did you mean 'linux-aarch64'?"
     assert expected in str(info.value)
+
+
+def test_a_pip_dependency_pip_finds_no_version_of_is_named_with_its_stack_file_line(tmp_path: Path) -> None:
+    from swstack.lock import _explain_pip_unresolvable
+
+    stack_file = tmp_path / "demo.toml"
+    stack_file.write_text(textwrap.dedent("""\
+        name = "demo"
+        channels = ["conda-forge"]
+        [dependencies]
+        python = "3.11.*"
+        [pip.dependencies]
+        labclient = ">=1"
+        [variants.a]
+        [variants.b]
+        pip.dependencies.labclient = ">=3"
+        """))
+    site = resolve_site(SiteFile(), None, ROOT)
+    pip_says = ("ERROR: Could not find a version that satisfies the requirement labclient>=3 (from versions: 1.0.0)\n"
+                "ERROR: No matching distribution found for labclient>=3")
+    assert _explain_pip_unresolvable(load_stack(stack_file, "b"), site, pip_says) == (
+        f"{stack_file}:9: variants.b.pip.dependencies.labclient: no version of labclient in the index "
+        "https://pypi.org/simple matches 'labclient>=3' (versions there: 1.0.0); fix the name or the version, "
+        "or check that the index carries it")
+    pip_says = ("ERROR: Could not find a version that satisfies the requirement traitlets>=5 (from labclient) "
+                "(from versions: none)\nERROR: No matching distribution found for traitlets>=5 (from labclient)")
+    assert _explain_pip_unresolvable(load_stack(stack_file, "a"), site, pip_says) == (
+        f"{stack_file}:6: pip.dependencies.labclient: needs traitlets>=5, which neither the conda packages nor "
+        "the index https://pypi.org/simple provide (versions there: none); add traitlets to [dependencies] (conda), "
+        "or check that the index carries it")
+    assert _explain_pip_unresolvable(load_stack(stack_file, "a"), site, "ERROR: ResolutionImpossible") is None
