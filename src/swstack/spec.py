@@ -625,10 +625,7 @@ def _load_merged(
     path: Path, chain: tuple[Path, ...], origin: dict[KeyPath, _Source], files: list[Path]
 ) -> dict[str, Any]:
     """The merged content of ``path`` and what it extends; ``files`` collects every file read."""
-    resolved = path.resolve()
-    if resolved in chain:
-        cycle = " -> ".join(_display(p) for p in (*chain, resolved))
-        raise SpecError(f"{_display(path)}: 'extends' forms a cycle: {cycle}; remove one of these 'extends'")
+    resolved = path.resolve()  # a cycle is refused below, at the 'extends' that would close it
     data, src = _read_toml(path, chain)
     if resolved not in files:
         files.append(resolved)
@@ -640,6 +637,11 @@ def _load_merged(
             hint = f"; did you mean {near[0]!r}?" if near else f" (a file beside {_display(path)})"
             line = line_of(src.lines, ("extends",))
             raise SpecError(f"{_display(path)}:{line}: extends: {parent!r}: no such file{hint}")
+        if (path.parent / parent).resolve() in (*chain, resolved):
+            cycle = " -> ".join(_display(p) for p in (*chain, resolved, (path.parent / parent).resolve()))
+            line = line_of(src.lines, ("extends",))
+            raise SpecError(f"{_display(path)}:{line}: extends: {parent!r} forms a cycle: {cycle}; "
+                            "remove one of these 'extends'")
         parent_data = _load_merged(path.parent / parent, (*chain, resolved), origin, files)
         merged = _merge(merged, parent_data, None, None)  # origins recorded by the recursive call
     merged = _merge(merged, data, origin, src)

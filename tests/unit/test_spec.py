@@ -176,7 +176,12 @@ def test_extends_cycle(tmp_path: Path) -> None:
     write(tmp_path, 'extends = "b.toml"\n', "a.toml")
     write(tmp_path, 'extends = "a.toml"\n', "b.toml")
     message = error_of(tmp_path / "a.toml")
-    assert "'extends' forms a cycle" in message and "a.toml -> " in message and "b.toml" in message
+    a, b = (tmp_path / "a.toml").resolve(), (tmp_path / "b.toml").resolve()
+    # The line of the 'extends' that closes the cycle, as every other stack-file error has.
+    assert message == f"{b}:1: extends: 'a.toml' forms a cycle: {a} -> {b} -> {a}; remove one of these 'extends'"
+    write(tmp_path, 'channels = ["conda-forge"]\n', "base.toml")
+    write(tmp_path, 'name = "c"\nextends = ["base.toml", "c.toml"]\n', "c.toml")
+    assert error_of(tmp_path / "c.toml").startswith(f"{tmp_path / 'c.toml'}:2: extends: 'c.toml' forms a cycle")
 
 
 def test_extends_missing_file(tmp_path: Path) -> None:
