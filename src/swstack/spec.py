@@ -810,7 +810,13 @@ def format_validation_error(
         key = dotted(loc) or "(top level)"
         text = f"{_where(origin, loc, top)}: {key}: {what}"
         if error["type"] == "extra_forbidden" and len(loc) > 1 and str(loc[-1]) in root.model_fields:
-            text += f"; {loc[-1]} is a top-level key: move it above the first [table] or [[array]] header"
+            if root is StackFile and len(loc) == 3 and loc[0] == "variants":
+                # Meant for the variant, not misplaced: moving it up would change every variant.
+                text = (f"{_where(origin, loc, top)}: {key}: a variant sets only its description, default, "
+                        f"dependencies and pip.dependencies; {loc[-1]} is the whole stack's (above the first "
+                        f"[table] header): for another {loc[-1]}, write a stack file that extends this one")
+            else:
+                text += f"; {loc[-1]} is a top-level key: move it above the first [table] or [[array]] header"
         if text not in problems:
             problems.append(text)
     return "\n".join(problems)

@@ -447,3 +447,11 @@ def test_a_table_under_an_array_of_tables_is_found_on_its_own_line(tmp_path: Pat
 def test_a_value_of_a_union_type_is_one_line_not_one_per_branch(tmp_path: Path, table: str, expected: str) -> None:
     path = write(tmp_path, MINIMAL + "\n" + table)
     assert error_of(path) == f"{path}:8: {expected}"
+
+
+def test_a_stack_setting_in_a_variant_says_a_variant_cannot_change_it(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '\n[variants.dev]\nprefix = "/data0/sw/py3-dev"\n')
+    assert error_of(path) == (
+        f"{path}:8: variants.dev.prefix: a variant sets only its description, default, dependencies and "
+        "pip.dependencies; prefix is the whole stack's (above the first [table] header): for another prefix, "
+        "write a stack file that extends this one")
