@@ -880,6 +880,29 @@ def stack_files(stacks_dir: Path) -> list[Path]:
     return stacks
 
 
+def check_own_live_path(path: Path, stacks_dir: Path) -> None:
+    """A host makes a stack live at ``/data0/sw/<last component of its prefix>``: two stacks built
+    for one such path would replace each other there (a stack's variants do so by design)."""
+    mine = load_stack_file(path)
+    live = (mine.prefix or f"{paths.ROOT}/sw/{mine.name}").rsplit("/", 1)[-1]
+    for other_path in _toml_files(stacks_dir):
+        if other_path.resolve() == path.resolve():
+            continue
+        try:
+            other = load_stack_file(other_path)
+        except SpecError:  # a shared part, or a broken file: its own command says so
+            continue
+        if (other.prefix or f"{paths.ROOT}/sw/{other.name}").rsplit("/", 1)[-1] == live:
+            data, src = _read_toml(path, ())
+            key = "prefix" if "prefix" in data else "name"
+            raise SpecError(
+                f"{_display(path)}:{line_of(src.lines, (key,))}: {key}: stack {mine.name!r} would be live at "
+                f"{paths.ROOT}/sw/{live} on a host, as stack {other.name!r} ({_display(other_path)}) is, and "
+                f"activating one would replace the other; give it a prefix of its own, e.g. "
+                f'prefix = "{paths.ROOT}/sw/{mine.name}" (variants of one stack share theirs)'
+            )
+
+
 def check_named_after_file(path: Path, data: Mapping[str, Any], src: _Source) -> None:
     """``stacks/py3.toml`` must say ``name = "py3"``: ``stack=py3`` finds the file by its name,
     and the artifacts and lockfiles go by the stack's."""

@@ -146,10 +146,12 @@ def _failing_task(exc: SwstackError) -> TaskDict:
 
 def selected_stacks(opts: Options, *, all_variants: bool) -> list[Any]:
     """The ``Stack`` objects a command works on, from ``stack=`` and ``variant=``."""
-    from .spec import find_stack_file, load_stack, load_stack_file, stack_files
+    from .spec import check_own_live_path, find_stack_file, load_stack, load_stack_file, stack_files
 
     stacks_dir = opts.project / "stacks"
     files = [find_stack_file(opts.stack, stacks_dir)] if opts.stack else stack_files(stacks_dir)
+    for path in files:
+        check_own_live_path(path, stacks_dir)
     if opts.variant and not opts.stack:
         # variant= alone: the stacks that have that variant (a stack without it is not an error).
         variants = {p: load_stack_file(p).variants for p in files}

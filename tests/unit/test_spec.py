@@ -455,3 +455,18 @@ def test_a_stack_setting_in_a_variant_says_a_variant_cannot_change_it(tmp_path: 
         f"{path}:8: variants.dev.prefix: a variant sets only its description, default, dependencies and "
         "pip.dependencies; prefix is the whole stack's (above the first [table] header): for another prefix, "
         "write a stack file that extends this one")
+
+
+def test_two_stacks_live_at_one_path_are_refused_at_the_prefix_line(tmp_path: Path) -> None:
+    from swstack.spec import check_own_live_path
+
+    write(tmp_path, MINIMAL.replace('"demo"', '"py3"'), "py3.toml")
+    text = MINIMAL.replace('"demo"', '"other"').replace("channels", 'prefix = "/data0/sw/py3"\nchannels')
+    other = write(tmp_path, text, "other.toml")
+    with pytest.raises(SpecError) as info:
+        check_own_live_path(other, tmp_path)
+    assert str(info.value) == (
+        f"{other}:2: prefix: stack 'other' would be live at /data0/sw/py3 on a host, as stack 'py3' "
+        f"({tmp_path / 'py3.toml'}) is, and activating one would replace the other; give it a prefix of its own, "
+        'e.g. prefix = "/data0/sw/other" (variants of one stack share theirs)')
+    check_own_live_path(write(tmp_path, MINIMAL, "demo.toml"), tmp_path)  # /data0/sw/demo is its own
