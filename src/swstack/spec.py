@@ -390,8 +390,9 @@ class StackFile(Model):
     @model_validator(mode="after")
     def _cross_checks(self) -> StackFile:
         defaults = [name for name, v in self.variants.items() if v.default]
-        if len(defaults) > 1:
-            raise ValueError(f"variants: only one may set default = true, found {', '.join(defaults)}")
+        if len(defaults) > 1:  # named at the second one's line
+            raise ValueError(f"variants.{defaults[1]}.default: only one variant may set default = true, and "
+                             f"{defaults[0]} does; remove one of them")
         for name, variant in self.variants.items():
             _check_variant(name, variant, self)
         names = [k.name for k in self.kernels]

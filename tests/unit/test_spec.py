@@ -470,3 +470,9 @@ def test_two_stacks_live_at_one_path_are_refused_at_the_prefix_line(tmp_path: Pa
         f"({tmp_path / 'py3.toml'}) is, and activating one would replace the other; give it a prefix of its own, "
         'e.g. prefix = "/data0/sw/other" (variants of one stack share theirs)')
     check_own_live_path(write(tmp_path, MINIMAL, "demo.toml"), tmp_path)  # /data0/sw/demo is its own
+
+
+def test_a_second_default_variant_is_named_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "\n[variants.a]\ndefault = true\n\n[variants.b]\ndefault = true\n")
+    assert error_of(path) == (f"{path}:11: variants.b.default: only one variant may set default = true, "
+                              "and a does; remove one of them")
