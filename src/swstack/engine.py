@@ -11,6 +11,7 @@ or ``ImageError`` (building, importing) with a message that says what to do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import deque
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import log
-from .errors import ImageError, SandboxError
+from .errors import ImageError, SandboxError, SwstackError
 
 if TYPE_CHECKING:
     import docker
@@ -189,6 +190,25 @@ class DockerEngine:
             self._client = client
         return self._client
 
+    @contextlib.contextmanager
+    def _connection(self, doing: str, error: type[SwstackError]) -> Iterator[None]:
+        """Around a call that streams from the engine: the transport's errors, which the SDK lets
+        through unwrapped once a stream has begun (the engine stopped or restarted), as one line."""
+        import requests
+        import urllib3
+        from docker.errors import DockerException
+
+        try:
+            yield
+        except DockerException:
+            raise  # the engine answered: the call's own handler words it
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
+            self._client = None
+            raise error(
+                f"{doing}: the connection to the Docker engine at {self.address} broke ({_first_line(exc)}); "
+                "check that the engine is running, then run again"
+            ) from exc
+
     def available(self) -> bool:
         try:
             self.ping()
@@ -248,27 +268,28 @@ class DockerEngine:
         from docker.errors import DockerException
 
         tail: deque[str] = deque(maxlen=TAIL_LINES)
-        try:
-            stream: Iterator[dict[str, Any]] = self.client.api.build(
-                path=str(context_dir),
-                dockerfile=dockerfile,
-                tag=tag,
-                buildargs=dict(buildargs or {}),
-                labels=dict(labels or {}),
-                rm=True,
-                forcerm=True,
-                decode=True,
-            )
-            for chunk in stream:
-                if "error" in chunk:
-                    tail.append(_ANSI.sub("", str(chunk["error"])).rstrip())
-                    raise ImageError(f"building {tag} from {context_dir} failed:\n{_indent(tail)}")
-                for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
-                    if line.strip():
-                        tail.append(line)
-                        log.output(line)
-        except DockerException as exc:
-            raise ImageError(f"building {tag} from {context_dir} failed: {_first_line(exc)}") from exc
+        with self._connection(f"building {tag} from {context_dir}", ImageError):
+            try:
+                stream: Iterator[dict[str, Any]] = self.client.api.build(
+                    path=str(context_dir),
+                    dockerfile=dockerfile,
+                    tag=tag,
+                    buildargs=dict(buildargs or {}),
+                    labels=dict(labels or {}),
+                    rm=True,
+                    forcerm=True,
+                    decode=True,
+                )
+                for chunk in stream:
+                    if "error" in chunk:
+                        tail.append(_ANSI.sub("", str(chunk["error"])).rstrip())
+                        raise ImageError(f"building {tag} from {context_dir} failed:\n{_indent(tail)}")
+                    for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
+                        if line.strip():
+                            tail.append(line)
+                            log.output(line)
+            except DockerException as exc:
+                raise ImageError(f"building {tag} from {context_dir} failed: {_first_line(exc)}") from exc
         return str(self.client.images.get(tag).id)
 
     def remove_image(self, ref: str, *, force: bool = False) -> None:
@@ -297,14 +318,15 @@ class DockerEngine:
 
         repository, tag = split_tag(ref)
         digest = ""
-        try:
-            for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True):
-                if "error" in chunk:
-                    raise ImageError(f"pushing {ref} failed: {chunk['error']}")
-                aux = chunk.get("aux") or {}
-                digest = str(aux.get("Digest") or digest)
-        except DockerException as exc:
-            raise ImageError(f"pushing {ref} failed: {_first_line(exc)}") from exc
+        with self._connection(f"pushing {ref}", ImageError):
+            try:
+                for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True):
+                    if "error" in chunk:
+                        raise ImageError(f"pushing {ref} failed: {chunk['error']}")
+                    aux = chunk.get("aux") or {}
+                    digest = str(aux.get("Digest") or digest)
+            except DockerException as exc:
+                raise ImageError(f"pushing {ref} failed: {_first_line(exc)}") from exc
         if not digest:
             raise ImageError(f"pushing {ref}: the engine reported no digest")
         return digest
@@ -314,13 +336,14 @@ class DockerEngine:
         from docker.errors import DockerException
 
         log.info(f"pulling {ref}")
-        try:
-            for chunk in self.client.api.pull(ref, stream=True, decode=True):
-                if "error" in chunk:
-                    raise ImageError(f"pulling {ref} failed: {chunk['error']}")
-            return str(self.client.images.get(ref).id)
-        except DockerException as exc:
-            raise ImageError(f"pulling {ref} failed: {_first_line(exc)}") from exc
+        with self._connection(f"pulling {ref}", ImageError):
+            try:
+                for chunk in self.client.api.pull(ref, stream=True, decode=True):
+                    if "error" in chunk:
+                        raise ImageError(f"pulling {ref} failed: {chunk['error']}")
+                return str(self.client.images.get(ref).id)
+            except DockerException as exc:
+                raise ImageError(f"pulling {ref} failed: {_first_line(exc)}") from exc
 
     def inspect_image(self, ref: str) -> ImageInfo:
         from docker.errors import DockerException
@@ -396,29 +419,30 @@ class DockerEngine:
         ]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         container = None
-        try:
-            container = self.client.containers.create(
-                image,
-                command=list(argv),
-                mounts=sdk_mounts,
-                environment=dict(env or {}),
-                working_dir=workdir,
-                user=user or "",
-                network_mode="bridge" if network else "none",
-                detach=True,
-            )
-            container.start()
-            for line in _lines(container.logs(stream=True, follow=True)):
-                tail.append(line)
-                if on_output is not None:
-                    on_output(line)
-            exit_code = int(container.wait()["StatusCode"])
-        except DockerException as exc:
-            what = argv[0] if argv else "?"
-            raise SandboxError(f"running {what} in {image} failed: {_first_line(exc)}") from exc
-        finally:
-            if container is not None:
-                _remove_quietly(container)
+        with self._connection(f"running {argv[0] if argv else '?'} in {image}", SandboxError):
+            try:
+                container = self.client.containers.create(
+                    image,
+                    command=list(argv),
+                    mounts=sdk_mounts,
+                    environment=dict(env or {}),
+                    working_dir=workdir,
+                    user=user or "",
+                    network_mode="bridge" if network else "none",
+                    detach=True,
+                )
+                container.start()
+                for line in _lines(container.logs(stream=True, follow=True)):
+                    tail.append(line)
+                    if on_output is not None:
+                        on_output(line)
+                exit_code = int(container.wait()["StatusCode"])
+            except DockerException as exc:
+                what = argv[0] if argv else "?"
+                raise SandboxError(f"running {what} in {image} failed: {_first_line(exc)}") from exc
+            finally:
+                if container is not None:
+                    _remove_quietly(container)
         result = RunResult(exit_code=exit_code, tail="\n".join(tail))
         if check and exit_code != 0:
             raise SandboxError(
@@ -440,11 +464,14 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
 
 
 def _remove_quietly(container: Any) -> None:
+    import requests
     from docker.errors import DockerException
 
     try:
         container.remove(force=True)
-    except DockerException as exc:  # already gone, or the engine stopped: nothing left to do
+    except (DockerException, requests.exceptions.RequestException, ConnectionError) as exc:
+        # Already gone, or the engine stopped: nothing left to do, and the reason the run failed,
+        # not this, is what the user must read.
         log.debug(f"removing container {container.id[:12]}: {_first_line(exc)}")
 
 
