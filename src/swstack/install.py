@@ -362,6 +362,22 @@ def write_launcher(prefix: Path) -> None:
     path.chmod(0o755)
 
 
+def check_kernel_program(name: str, argv: list[str], prefix: str) -> None:
+    """A ``[[kernels]]`` entry must start a program the tree has: one that names a path in the
+    prefix that was not installed would only fail when a user opens the kernel."""
+    program = argv[0] if argv else ""
+    if program.startswith(prefix.rstrip("/") + "/"):
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            raise BuildError(
+                f"kernel {name!r}: its argv starts {program}, which the installed tree does not have (or may "
+                f"not run); add the package that provides it to the stack's dependencies, or fix the "
+                f"kernel's argv in [[kernels]]"
+            )
+    elif "/" not in program and shutil.which(program, path=os.path.join(prefix, "bin")) is None:
+        log.warn(f"kernel {name!r}: {program!r} is not in {prefix}/bin; it is looked up on the user's PATH "
+                 f"when the kernel starts (write {{prefix}}/bin/{program} to start this tree's)")
+
+
 def install_kernels(plan: InstallPlan) -> list[str]:
     """Write the stack's kernel specs and copy foreign ones; return the installed kernel names."""
     kernels_dir = Path(plan.prefix) / "share" / "jupyter" / "kernels"
@@ -372,8 +388,10 @@ def install_kernels(plan: InstallPlan) -> list[str]:
     names = []
     spec_files = _spec_files(plan)
     for kernel in plan.kernels:
+        argv = kernel_argv(list(kernel.argv), plan.prefix, launcher)
+        check_kernel_program(kernel.name, argv, plan.prefix)
         spec = {
-            "argv": kernel_argv(list(kernel.argv), plan.prefix, launcher),
+            "argv": argv,
             "display_name": kernel.display_name,
             "language": kernel.language,
             "interrupt_mode": kernel.interrupt_mode,

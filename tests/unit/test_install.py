@@ -144,3 +144,23 @@ def test_a_kernel_name_from_two_places_fails_the_build(tmp_path: Path) -> None:
     plan = replace(plan, kernels=[own], kernel_spec_dirs=[str(specs)])
     with pytest.raises(BuildError, match=r"kernel 'antares' comes from \[\[kernels\]\] and from .*specs/antares"):
         install_kernels(plan)
+
+
+def test_a_kernel_whose_program_the_tree_lacks_fails_the_build(tmp_path: Path) -> None:
+    """`language = "R"` with argv {prefix}/bin/R and no R package: found at the build, not when a user opens it."""
+    from swstack.install import KernelItem, install_kernels
+
+    plan = _tree(tmp_path, {})
+    ir = KernelItem("ir", "R", "R", ["{prefix}/bin/R", "--slave", "-e", "IRkernel::main()", "--args",
+                                     "{connection_file}"], {}, "signal")
+    with pytest.raises(BuildError) as caught:
+        install_kernels(replace(plan, kernels=[ir]))
+    assert str(caught.value) == (
+        f"kernel 'ir': its argv starts {plan.prefix}/bin/R, which the installed tree does not have (or may not "
+        f"run); add the package that provides it to the stack's dependencies, or fix the kernel's argv in [[kernels]]"
+    )
+    r = Path(plan.prefix) / "bin" / "R"
+    r.parent.mkdir(parents=True, exist_ok=True)
+    r.write_text("#!/bin/sh\n")
+    r.chmod(0o755)
+    assert "ir" in install_kernels(replace(plan, kernels=[ir]))
