@@ -141,6 +141,34 @@ def test_old_ramdisk_copy_in_use_is_kept(tmp_path: Path, artifacts: dict[str, Pa
     assert not (root / "sw.tmpfs" / ".py3@2026.01.01").exists()
 
 
+def test_active_reads_again_a_stack_switched_while_it_compares(
+    tmp_path: Path, artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``active`` takes no lock: a set-version landing while it compares the live copy (whose old
+    version is then removed under it) is read again, not reported as a copy that differs."""
+    from swstack.host import commands
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    sw(root, "activate", str(artifacts["2026.02.01"]))
+    real = commands.compare_trees
+    switched: list[str] = []
+
+    def compare_during_a_switch(a: Path, b: Path, by_hash: bool) -> list[str]:
+        if not switched:  # another admin's set-version, between reading the link and the compare
+            switched.append("2026.01.01")
+            commands.set_version(root, "2026.01.01", None)
+        return real(a, b, by_hash)
+
+    monkeypatch.setattr(commands, "compare_trees", compare_during_a_switch)
+    [status] = commands.active(root)
+    assert switched
+    assert (status.version, status.recorded, status.in_sync, status.differences) == (
+        "2026.01.01", "2026.01.01", True, ()
+    )  # fmt: skip
+
+
 def test_active_verify_names_files_and_restore_reloads(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     root = tmp_path / "root"
     (root / "sw.tmpfs").mkdir(parents=True)

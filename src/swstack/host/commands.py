@@ -823,44 +823,65 @@ def compare_trees(a: Path, b: Path, by_hash: bool) -> list[str]:
     return sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))
 
 
+def _stack_status(
+    layout: Layout, name: str, entry: StackState | None, link: tuple[str, str] | None, verify: bool
+) -> StackStatus:
+    tree, version = link or (entry.tree_of(name) if entry else name, None)
+    persistent = layout.persistent_tree(tree, version) if version else None
+    served = layout.served_tree(tree, version) if version else None
+    manifest = tree_manifest(persistent) if persistent else None
+    variant = manifest.variant if manifest else None
+    in_sync: bool | None = None
+    diffs: list[str] = []
+    if version and layout.production:
+        if served and served.is_dir() and persistent and persistent.is_dir():
+            diffs = compare_trees(persistent, served, verify)
+            in_sync = not diffs
+        else:
+            in_sync = False
+            diffs = [f"missing: {p}" for p in (served, persistent) if p and not p.is_dir()]
+    return StackStatus(
+        name,
+        tree if version else None,
+        variant,
+        version,
+        entry.version if entry else None,
+        entry.previous if entry else None,
+        str(layout.live_path(name)),
+        str(served) if served else None,
+        str(persistent) if persistent else None,
+        in_sync,
+        tuple(diffs),
+    )
+
+
+# A switch made while ``active`` reads (it takes no lock) is read again, this many times at most.
+_ACTIVE_ATTEMPTS = 5
+
+
 def active(root: Path, verify: bool = False) -> list[StackStatus]:
+    """Each live path's status. ``active`` takes no lock, so a switch can land while it compares a
+    copy (whose old version is then removed under it) or between reading the record and the link:
+    a stack whose link or record moved meanwhile is read again, never reported as a damaged copy."""
     layout = Layout(root)
     require_root(layout)
     state = HostState.load(layout)
-    links = layout.live_links()
-    names = set(state.stacks) | set(links)
+    names = set(state.stacks) | set(layout.live_links())
     out = []
     for name in sorted(names):
-        entry = state.stacks.get(name)
-        tree, version = links.get(name, (entry.tree_of(name) if entry else name, None))
-        persistent = layout.persistent_tree(tree, version) if version else None
-        served = layout.served_tree(tree, version) if version else None
-        manifest = tree_manifest(persistent) if persistent else None
-        variant = manifest.variant if manifest else None
-        in_sync: bool | None = None
-        diffs: list[str] = []
-        if version and layout.production:
-            if served and served.is_dir() and persistent and persistent.is_dir():
-                diffs = compare_trees(persistent, served, verify)
-                in_sync = not diffs
-            else:
-                in_sync = False
-                diffs = [f"missing: {p}" for p in (served, persistent) if p and not p.is_dir()]
-        out.append(
-            StackStatus(
-                name,
-                tree if version else None,
-                variant,
-                version,
-                entry.version if entry else None,
-                entry.previous if entry else None,
-                str(layout.live_path(name)),
-                str(served) if served else None,
-                str(persistent) if persistent else None,
-                in_sync,
-                tuple(diffs),
-            )
-        )
+        for attempt in range(_ACTIVE_ATTEMPTS):
+            entry, link = state.stacks.get(name), layout.live_tree(name)
+            try:
+                status: StackStatus | None = _stack_status(layout, name, entry, link, verify)
+            except FileNotFoundError:  # a file of a copy being removed
+                if attempt == _ACTIVE_ATTEMPTS - 1:
+                    raise
+                status = None
+            state = HostState.load(layout)
+            if status is not None and layout.live_tree(name) == link and state.stacks.get(name) == entry:
+                break
+        assert status is not None
+        out.append(status)
     return out
 
 
