@@ -657,14 +657,22 @@ def _run(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:  # the machine's answer (a file where a directory belongs...): one line
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            # Raised while the interrupt unwound: shutil.rmtree, interrupted just after closing a
+            # directory's descriptor, closes it again in a `finally` (EBADF). The interrupt it is.
+            return _interrupted(args.command, exc.__context__)
         where = f"{exc.filename}: " if exc.filename else ""
         sys.stderr.write(f"swstack {args.command}: error: {where}{exc.strerror or exc}\n")
         return 1
     except KeyboardInterrupt as exc:
-        done = "a step it finished stays done, one it began is undone"
-        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        sys.stderr.write(f"swstack {args.command}: {how}; {done}\n")
-        return 143 if isinstance(exc, Terminated) else 130
+        return _interrupted(args.command, exc)
+
+
+def _interrupted(command: str, exc: KeyboardInterrupt) -> int:
+    done = "a step it finished stays done, one it began is undone"
+    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    sys.stderr.write(f"swstack {command}: {how}; {done}\n")
+    return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

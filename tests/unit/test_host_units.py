@@ -561,3 +561,27 @@ def test_fetch_refuses_a_tarball_or_side_file_it_may_not_read(unreadable: str) -
             as_nobody.callback(os.seteuid, 0)
         with as_nobody, pytest.raises(ActivateError, match=f"cannot be read .*Permission denied: '{target}'"):
             source.fetch(str(art), Path(tmp) / "downloads")
+
+
+@pytest.mark.parametrize("interrupt, code, how", [(KeyboardInterrupt, 130, "interrupted"),
+                                                   ("terminated", 143, "terminated (SIGTERM)")])  # fmt: skip
+def test_an_os_error_raised_while_an_interrupt_unwinds_is_the_interrupt(
+    interrupt: object, code: int, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """shutil.rmtree (prune removing a version) interrupted just after closing a directory's
+    descriptor closes it again in a ``finally``: the EBADF that replaces the Ctrl-C is not an error."""
+    import argparse
+    import errno
+
+    from swstack import cli
+
+    def body(_args: argparse.Namespace) -> int:
+        try:
+            raise cli.Terminated if interrupt == "terminated" else KeyboardInterrupt
+        finally:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+    assert cli._run(argparse.Namespace(func=body, command="prune")) == code
+    assert capsys.readouterr().err == (
+        f"swstack prune: {how}; a step it finished stays done, one it began is undone\n"
+    )
