@@ -255,6 +255,18 @@ def test_diff_between_versions(tmp_path: Path) -> None:
     assert json.loads(sw(root, "diff", "1.0", str(tmp_path / "b"), "--json").stdout)["added"]
 
 
+def test_two_sources_for_one_live_path_are_refused_naming_both(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    one, two = str(artifacts["2026.01.01"]), str(artifacts["2026.02.01"])
+    res = sw(root, "activate", one, two, check=11)
+    assert res.stderr.splitlines() == [
+        f"swstack activate: error: {one} (py3 2026.01.01) and {two} (py3 2026.02.01) both answer to "
+        f"{root}/sw/py3; give one artifact per live path"
+    ]
+    assert not (root / "sw.2026.01.01").exists()
+
+
 def test_diff_refuses_two_stacks_and_names_what_a_version_holds(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()

@@ -626,8 +626,11 @@ def activate(
             stack = check_name("stack", art.manifest.stack_id)
             live = live_name(art.manifest.prefix)
             if live in targets:
+                other = targets[live]
+                source_of = other.artifact.source if other.artifact else other.stack
                 raise ActivateError(
-                    f"{stack} and {targets[live].stack} both answer to {layout.live_path(live)}; "
+                    f"{source_of} ({other.stack} {other.version}) and {art.source} ({stack} "
+                    f"{art.manifest.version}) both answer to {layout.live_path(live)}; "
                     f"give one artifact per live path"
                 )
             targets[live] = Target(stack, check_name("version", art.manifest.version), art, live, expected)
