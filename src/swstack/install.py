@@ -411,6 +411,8 @@ def install_kernels(plan: InstallPlan) -> list[str]:
         if target.exists():  # a package's spec of that name (ipykernel's python3): the directory's wins
             shutil.rmtree(target)
         shutil.copytree(spec_file.parent, target)
+        if _start_through_launcher(target / "kernel.json", plan.prefix, launcher):
+            log.info(f"kernel {target.name} (from {spec_file.parent}): starts this tree's python through {LAUNCHER}")
         names.append(spec_file.parent.name)
     names += _packages_kernels(kernels_dir, set(names), plan.prefix, launcher)
     return sorted(names)
@@ -445,13 +447,32 @@ def _packages_kernels(kernels_dir: Path, ours: set[str], prefix: str, launcher: 
             spec = json.loads(spec_file.read_text())
         except ValueError as exc:
             raise BuildError(f"{spec_file}: not valid JSON ({exc}); a package shipped it broken") from None
-        argv = spec.get("argv") if isinstance(spec, dict) else None
-        if isinstance(argv, list) and argv and argv[0] in ("python", "python3"):
-            spec["argv"] = kernel_argv([_PYTHONS[0], *argv[1:]], prefix, launcher)
-            spec_file.write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+        if _start_through_launcher(spec_file, prefix, launcher, spec):
             log.info(f"kernel {name} (shipped by a package): starts this tree's python, not the first on PATH")
         names.append(name)
     return names
+
+
+def _start_through_launcher(spec_file: Path, prefix: str, launcher: bool, spec: object = None) -> bool:
+    """Rewrite a spec whose argv starts the tree's python (a bare ``python``, or the prefix's
+    ``bin/python``, as a hand-kept spec writes it) to start it through the launcher, as the stack's
+    own kernels do: started through the live link, a kernel imports the next version's files
+    after a host switches. Whether the spec was rewritten."""
+    if spec is None:
+        try:
+            spec = json.loads(spec_file.read_text())
+        except ValueError:
+            return False  # checked (and refused) where the spec is read first
+    argv = spec.get("argv") if isinstance(spec, dict) else None
+    pythons = ("python", "python3", *(p.replace("{prefix}", prefix) for p in _PYTHONS), *_PYTHONS)
+    if not (isinstance(spec, dict) and isinstance(argv, list) and argv and argv[0] in pythons):
+        return False
+    new = kernel_argv([_PYTHONS[0], *argv[1:]], prefix, launcher)
+    if new == argv:
+        return False
+    spec["argv"] = new
+    spec_file.write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+    return True
 
 
 def check_extensions(plan: InstallPlan) -> None:

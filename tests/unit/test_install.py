@@ -133,6 +133,29 @@ def test_a_kernel_a_package_ships_starts_this_trees_python(tmp_path: Path) -> No
     assert json.loads((kernels / "other" / "kernel.json").read_text())["argv"][0] == "/usr/bin/R"  # not a python
 
 
+def test_a_hand_kept_kernel_spec_naming_the_trees_python_starts_through_the_launcher(tmp_path: Path) -> None:
+    """kernel_spec_dirs' specs (the seed's antares-legacy) name ``<prefix>/bin/python``, the live link: a
+    kernel started so imports the next version's files after a host switches."""
+    import json
+
+    from swstack.install import LAUNCHER, install_kernels
+
+    plan = _tree(tmp_path, {})
+    specs = tmp_path / "specs"
+    argv = ["-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kept = {"legacy": [f"{plan.prefix}/bin/python", *argv], "bare": ["python3", *argv], "r": ["/usr/bin/R", *argv]}
+    for name, first in kept.items():
+        (specs / name).mkdir(parents=True)
+        (specs / name / "kernel.json").write_text(json.dumps({"argv": first, "display_name": name, "x": 1}))
+    plan = replace(plan, kernel_spec_dirs=[str(specs)])
+    assert install_kernels(plan) == ["bare", "legacy", "r"]
+    kernels = Path(plan.prefix) / "share/jupyter/kernels"
+    specs_now = {name: json.loads((kernels / name / "kernel.json").read_text()) for name in kept}
+    assert specs_now["legacy"] == {"argv": [f"{plan.prefix}/{LAUNCHER}", *argv], "display_name": "legacy", "x": 1}
+    assert specs_now["bare"]["argv"] == [f"{plan.prefix}/{LAUNCHER}", *argv]
+    assert specs_now["r"]["argv"] == kept["r"]
+
+
 def test_a_kernel_name_from_two_places_fails_the_build(tmp_path: Path) -> None:
     from swstack.install import KernelItem, install_kernels
 
