@@ -160,11 +160,17 @@ def cmd_active(args: argparse.Namespace) -> int:
                 _out(f"  ... {len(s.differences) - limit} more (--verbose lists all)")
         if args.verbose:
             _out(f"sw.hdd -> sw.{layout.hdd_version()}" if layout.hdd_version() else "sw.hdd: not set")
-    bad = [s for s in statuses if s.in_sync is False or s.version is None]
+    bad = [s for s in statuses if s.in_sync is False and s.version is not None]
     if bad:
         log.warn(
             f"{', '.join(s.stack for s in bad)}: ramdisk copy missing or different; "
             f"`swstack restore` reloads it"
+        )
+    not_live = [s for s in statuses if s.version is None]
+    if not_live:  # its link is gone (a ramdisk emptied by a reboot, or a link removed by hand)
+        log.warn(
+            f"{', '.join(s.stack for s in not_live)}: not live; `swstack restore` makes the recorded "
+            f"version live again"
         )
     unrecorded = [s for s in statuses if s.version is not None and s.recorded != s.version]
     for s in unrecorded:
@@ -175,7 +181,7 @@ def cmd_active(args: argparse.Namespace) -> int:
             f"`swstack set-version {s.version}` records the live one"
             + (f", `swstack set-version {s.recorded}` goes back" if s.recorded else "")
         )
-    return 1 if bad or unrecorded else 0
+    return 1 if bad or not_live or unrecorded else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

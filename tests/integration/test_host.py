@@ -169,6 +169,20 @@ def test_active_reads_again_a_stack_switched_while_it_compares(
     )  # fmt: skip
 
 
+def test_a_stack_not_live_is_named_so_and_restore_relinks_it(root: Path, artifacts: dict[str, Path]) -> None:
+    """Its link gone (a reboot's empty ramdisk; in the minimal configuration there is no ramdisk
+    copy at all): 'active' says it is not live, not that a ramdisk copy differs."""
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    (root / "sw" / "py3").unlink()
+    res = sw(root, "active", check=1)
+    assert "py3: NOT LIVE" in res.stdout
+    assert res.stderr.splitlines() == [
+        "warning: py3: not live; `swstack restore` makes the recorded version live again"
+    ]
+    sw(root, "restore")
+    assert sw(root, "active").stderr == ""
+
+
 def test_active_verify_names_files_and_restore_reloads(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     root = tmp_path / "root"
     (root / "sw.tmpfs").mkdir(parents=True)
