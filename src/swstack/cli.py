@@ -245,10 +245,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pruned = commands.prune(args.root, args.keep, dry_run=args.dry_run, wait=args.wait)
     plan = pruned.plan
     if args.json:
-        _emit_json(
-            {"removed": [] if args.dry_run else plan.remove, "would_remove": plan.remove, "kept": plan.keep,
-             "removed_copies": [] if args.dry_run else list(pruned.copies), "would_remove_copies": list(pruned.copies)}
-        )  # fmt: skip
+        # "removed*" is what a run removed, "would_remove*" what a --dry-run would: each empty in the other mode.
+        versions, copies = list(plan.remove), list(pruned.copies)
+        _emit_json({"removed": [] if args.dry_run else versions, "would_remove": versions if args.dry_run else [],
+                    "kept": plan.keep, "removed_copies": [] if args.dry_run else copies,
+                    "would_remove_copies": copies if args.dry_run else []})
     else:
         verb = "would remove" if args.dry_run else "removed"
         for v in plan.remove:

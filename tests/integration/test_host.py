@@ -91,7 +91,7 @@ def test_prune_keeps_active_previous_and_in_use(
         sw(root, "activate", str(artifacts[v]))
     sw(root, "set-version", "2026.01.01")  # active 01, previous 03
     res = json.loads(sw(root, "prune", "--keep", "0", "--json").stdout)
-    assert res["removed"] == ["2026.02.01"]
+    assert res["removed"] == ["2026.02.01"] and res["would_remove"] == []  # "would" is for --dry-run
     assert set(res["kept"]) == {"2026.01.01", "2026.03.01"}
     assert not (root / "sw.2026.02.01").exists()
     sw(root, "prune", "--keep", "0", check=3)
