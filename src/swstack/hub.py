@@ -331,6 +331,10 @@ def load_menu(source: str, policy: MenuPolicy | None = None, *, retry: RetryPoli
     path = Path(source)
     if path.is_file():
         return Menu.from_json(path.read_bytes(), source)  # bytes: one that is not UTF-8 is a MenuError too
+    if source.endswith(".json") or path.is_dir():  # meant as a menu file: a registry-reference error would mislead
+        raise MenuError(
+            f"{source}: no such menu file; render one with `swstack hub-config REPOSITORY --format json -o {source}`"
+        )
     return plan_menu(read_registry(source, retry=retry), policy)
 
 

@@ -225,3 +225,15 @@ def test_daemonset_missing_required_field_is_caught() -> None:
     del manifest["spec"]["template"]["spec"]["initContainers"][0]["name"]
     with pytest.raises(ValueError, match="name"):
         ApiClient()._ApiClient__deserialize(manifest, "V1DaemonSet")  # type: ignore[attr-defined]
+
+
+def test_a_menu_file_that_is_not_there_is_named_as_one(tmp_path: Path) -> None:
+    """A .json source (or a directory) is meant as a menu file: not 'no registry host'."""
+    missing = tmp_path / "menu.json"
+    with pytest.raises(MenuError) as caught:
+        load_menu(str(missing))
+    assert str(caught.value) == (
+        f"{missing}: no such menu file; render one with `swstack hub-config REPOSITORY --format json -o {missing}`"
+    )
+    with pytest.raises(MenuError, match="no such menu file"):
+        load_menu(str(tmp_path))
