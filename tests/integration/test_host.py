@@ -809,3 +809,17 @@ def test_a_large_unchanged_file_streams_then_is_shared(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     assert json.loads(sw(root, "active", "--verify", "--json").stdout)["stacks"][0]["in_sync"] is True
+
+
+def test_a_side_file_given_for_the_tarball_is_named_as_one(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    art = artifacts["2026.01.01"]
+    side = next(art.glob("*.sha256"))
+    res = sw(root, "activate", str(side), check=11)
+    [tarball] = art.glob("*.tar.zst")
+    assert res.stderr.strip() == (
+        f"swstack activate: error: {side}: not the artifact's tarball ({art / 'manifest.json'} names "
+        f"{tarball.name}); give the tarball or its directory {art}"
+    )
+    assert not list((root / "sw").iterdir())  # nothing live

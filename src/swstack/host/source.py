@@ -73,12 +73,28 @@ def from_path(source: str) -> Artifact:
     elif path.is_file():
         tarball = path
         manifest = _load_manifest(path.parent / MANIFEST_NAME)
+        _check_is_the_tarball(path, manifest)
     else:
         raise ActivateError(
             f"{source}: no such file or directory (expected a tarball, its directory, "
             f"an http(s) URL or an OCI reference)"
         )
     return Artifact(tarball, _checksum_file(tarball), manifest, source)
+
+
+_TARBALL_SUFFIXES = (".tar.zst", ".tar.gz", ".tgz", ".tar")
+
+
+def _check_is_the_tarball(path: Path, manifest: Manifest) -> None:
+    """A side file of the artifact (its SBOM, provenance, ``.sha256``) given in place of the
+    tarball is named as such, not measured against the tarball's size ("truncated")."""
+    named = manifest.tarball.name if manifest.tarball is not None else ""
+    if path.name == named or path.name.endswith(_TARBALL_SUFFIXES) or not (path.parent / named).is_file():
+        return  # the tarball, maybe renamed; verified by its sha256 like any other
+    raise ActivateError(
+        f"{path}: not the artifact's tarball ({path.parent / MANIFEST_NAME} names {named}); "
+        f"give the tarball or its directory {path.parent}"
+    )
 
 
 def _checksum_file(tarball: Path) -> Path | None:
