@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from tests.support.host import bwrap_argv, swstack_argv
 
-from swstack.host.init import parse_mountinfo  # noqa: E402
+from swstack.host.init import fstab_line, parse_mountinfo, tmpfs_mode  # noqa: E402
 
 
 def sw(*args: str) -> subprocess.CompletedProcess[str]:
@@ -22,7 +23,7 @@ def test_init_creates_the_layout_once_and_prints_the_fstab_line(tmp_path: Path) 
     first = sw("init", "--root", str(root), "--ramdisk-size", "16G")
     assert first.returncode == 0, first.stderr
     assert os.readlink(root / "sw") == "sw.tmpfs" and (root / "sw.tmpfs").is_dir() and (root / ".swstack").is_dir()
-    line = f"tmpfs {root}/sw.tmpfs tmpfs nodev,nosuid,nodiratime,size=16G 0 0"
+    line = f"tmpfs {root}/sw.tmpfs tmpfs nodev,nosuid,nodiratime,size=16G,mode=0755 0 0"
     assert line in first.stderr and "not a tmpfs" in first.stderr
     second = sw("init", "--root", str(root), "--ramdisk-size", "16G")
     assert second.returncode == 3 and "nothing changed" in second.stdout
@@ -57,6 +58,35 @@ def test_init_on_a_real_tmpfs_checks_its_size(tmp_path: Path) -> None:
     assert "/data0/sw.tmpfs is a tmpfs mount (256.0 MiB)" in res.stdout
     assert "less than the 1G asked for" in res.stderr and "fstab" not in res.stderr.split("less than")[0]
     assert "not a tmpfs" not in res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="mounting a tmpfs needs root")
+def test_the_fstab_line_mounts_a_ramdisk_only_root_may_write(tmp_path: Path) -> None:
+    """Mounted with the options init prints, the ramdisk is 0755 at each mount; one mounted without
+    mode= (tmpfs's default is 1777: any user could add live paths) is warned about with the line."""
+    root = tmp_path / "data0"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    line = fstab_line(root / "sw.tmpfs", "1M")
+    options = line.split()[3]
+    script = (
+        f'mount -t tmpfs -o {options} tmpfs "$1/sw.tmpfs" && stat -c %a "$1/sw.tmpfs" && umount "$1/sw.tmpfs" && '
+        f'mount -t tmpfs -o size=1M tmpfs "$1/sw.tmpfs" && stat -c %a "$1/sw.tmpfs" && '
+        f'"$2" -m swstack.cli init --root "$1" --ramdisk-size 1M'
+    )
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable],
+                         capture_output=True, text=True, timeout=120)
+    assert res.stdout.splitlines()[:2] == ["755", "1777"], (res.stdout, res.stderr)
+    assert res.returncode == 0, res.stderr
+    assert f"{root}/sw.tmpfs is a tmpfs mounted with mode 1777, writable by every user" in res.stderr
+    assert f"add mode=0755 to its options in /etc/fstab: {line}" in res.stderr
+
+
+def test_mountinfo_gives_a_tmpfs_its_mode() -> None:
+    mounts = parse_mountinfo(
+        "70 47 0:40 / /data0/sw.tmpfs rw,nosuid,nodev - tmpfs tmpfs rw,size=1024k,mode=755\n"
+        "71 47 0:41 / /data1/sw.tmpfs rw,nosuid,nodev - tmpfs tmpfs rw,size=1024k\n"
+    )
+    assert [tmpfs_mode(m) for m in mounts] == [0o755, 0o1777]
 
 
 def test_init_refuses_a_real_sw_directory_in_one_line_and_changes_nothing(tmp_path: Path) -> None:

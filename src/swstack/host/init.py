@@ -28,6 +28,7 @@ class Mount:
     point: str
     fstype: str
     options: str
+    super_options: str = ""  # the filesystem's own: a tmpfs shows mode=755 here unless it is 1777
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,19 @@ def size_bytes(size: str) -> int | None:
 
 
 def fstab_line(tmpfs: Path, size: str) -> str:
-    return f"tmpfs {tmpfs} tmpfs nodev,nosuid,nodiratime,size={size} 0 0"
+    """The line that mounts the ramdisk: mode=0755, or every boot brings it back 1777 (tmpfs's default)."""
+    return f"tmpfs {tmpfs} tmpfs nodev,nosuid,nodiratime,size={size},mode=0755 0 0"
+
+
+def tmpfs_mode(mount: Mount) -> int:
+    """The mode a tmpfs gives its root at each mount, from its options (pure); 1777 when none is given."""
+    for option in mount.super_options.split(","):
+        if option.startswith("mode="):
+            try:
+                return int(option[len("mode="):], 8)
+            except ValueError:
+                break
+    return 0o1777
 
 
 def _unescape(field: str) -> str:
@@ -78,7 +91,8 @@ def parse_mountinfo(text: str) -> list[Mount]:
         rest = right.split()
         if not rest:
             continue
-        out.append(Mount(_unescape(fields[4]), rest[0], fields[5] if len(fields) > 5 else ""))
+        out.append(Mount(_unescape(fields[4]), rest[0], fields[5] if len(fields) > 5 else "",
+                         rest[2] if len(rest) > 2 else ""))
     return out
 
 
@@ -184,6 +198,14 @@ def init(root: Path, ramdisk_size: str = "32G", mountinfo: Path = Path("/proc/se
     line = fstab_line(layout.tmpfs, ramdisk_size)
     size: int | None = None
     if mounted:
+        assert mount is not None
+        mode = tmpfs_mode(mount)
+        if mode != LAYOUT_MODE:
+            anyone = ", writable by every user" if mode & 0o002 else ""
+            log.warn(
+                f"{layout.tmpfs} is a tmpfs mounted with mode {mode:o}{anyone}, and each boot mounts it so again "
+                f"whatever init sets; add mode=0755 to its options in /etc/fstab: {line}"
+            )
         st = os.statvfs(layout.tmpfs)
         size = st.f_blocks * st.f_frsize
         wanted = size_bytes(ramdisk_size)
