@@ -43,7 +43,9 @@ def host_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(make_artifact(tmp_path_factory.mktemp("art") / "py3", stack="py3", version="2026.11.21"))
 
 
-def _run(playbook: str, inventory: Path, extra: dict[str, object], check: int | None = 0) -> str:
+def _run(
+    playbook: str, inventory: Path, extra: dict[str, object], check: int | None = 0, options: tuple[str, ...] = ()
+) -> str:
     env = {
         **os.environ,
         "ANSIBLE_NOCOLOR": "1",
@@ -53,7 +55,7 @@ def _run(playbook: str, inventory: Path, extra: dict[str, object], check: int | 
         "ANSIBLE_REMOTE_TEMP": str(inventory.parent / "ansible-tmp"),
     }
     result = proc.run(
-        [playbook, "-i", str(inventory), str(PLAYBOOK), "-e", json.dumps(extra)],
+        [playbook, "-i", str(inventory), str(PLAYBOOK), "-e", json.dumps(extra), *options],
         env=env,
         check=False,
         timeout=900,
@@ -202,3 +204,24 @@ def test_rollout_passes_the_key_and_policy(
     output = _run(ansible_playbook, inventory, extra)
     assert _task_status(output, "Activate") == "changed"
     assert (root / "sw.2026.11.21" / "py3").is_dir()
+
+
+def test_check_mode_changes_nothing_and_passes(
+    ansible_playbook: str, host_artifact: Path, tmp_path: Path, inventory: Path
+) -> None:
+    """`--check --diff` on a fresh host: the run succeeds, says what it would change, and changes nothing."""
+    root, sysroot = tmp_path / "root", tmp_path / "sysroot"
+    root.mkdir()
+    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
+    extra = {
+        "swstack_install": "none",
+        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+        "swstack_source": str(host_artifact),
+        "swstack_root": str(root),
+        "swstack_systemd_root": str(sysroot),
+        "swstack_expect_version": "2026.11.21",
+    }
+    output = _run(ansible_playbook, inventory, extra, options=("--check", "--diff"))
+    assert _task_status(output, "Install the restore unit") == "changed"
+    assert _task_status(output, "Check the live version") == "skipping"
+    assert not any(root.iterdir()) and not any((sysroot / "etc" / "systemd" / "system").iterdir())
