@@ -225,3 +225,26 @@ def test_check_mode_changes_nothing_and_passes(
     assert _task_status(output, "Install the restore unit") == "changed"
     assert _task_status(output, "Check the live version") == "skipping"
     assert not any(root.iterdir()) and not any((sysroot / "etc" / "systemd" / "system").iterdir())
+
+
+def test_the_unit_waits_for_the_mounts_of_the_role_root(
+    ansible_playbook: str, host_artifact: Path, tmp_path: Path, inventory: Path
+) -> None:
+    """With a swstack_root other than /data0 the installed unit is ordered after that root's mounts
+    (its ramdisk above all), not /data0's, and restores that root."""
+    root, sysroot = tmp_path / "srv-data", tmp_path / "sysroot"
+    root.mkdir()
+    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
+    swstack = Path(sys.executable).with_name("swstack")
+    extra = {
+        "swstack_install": "none",
+        "swstack_bin": str(swstack),
+        "swstack_source": str(host_artifact),
+        "swstack_root": str(root),
+        "swstack_systemd_root": str(sysroot),
+    }
+    _run(ansible_playbook, inventory, extra)
+    lines = (sysroot / "etc/systemd/system/swstack-restore.service").read_text().splitlines()
+    assert f"RequiresMountsFor={root} {root}/sw.tmpfs" in lines
+    assert f"ExecStart={swstack} restore --root {root} --wait 600" in lines
+    assert not any("/data0" in line for line in lines if not line.startswith("#"))
