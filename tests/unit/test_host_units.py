@@ -206,6 +206,19 @@ def test_host_config_values_are_type_checked(tmp_path: Path) -> None:
         assert f"{tmp_path}/{message}" in str(info.value)
 
 
+def test_a_host_config_requiring_signatures_without_keys_names_itself(tmp_path: Path) -> None:
+    """The fix is in the host config: the message names it and its key, not only --trusted-key."""
+    from swstack.host.signature import load_policy
+
+    config = tmp_path / "host.toml"
+    config.write_text("[signatures]\nrequire = true\n")
+    with pytest.raises(ActivateError) as info:
+        load_policy(config, False, [])
+    assert str(info.value).startswith(f"{config}: signatures.require is true but the file names no trusted key")
+    assert "trusted_keys = " in str(info.value) and "--trusted-key PUBKEY" in str(info.value)
+    assert load_policy(config, False, [Path("/x.pub")]).trusted_keys == (Path("/x.pub"),)  # a key given on the line
+
+
 def test_release_field_types_are_checked(tmp_path: Path) -> None:
     release = tmp_path / "r.json"
     for data, message in (

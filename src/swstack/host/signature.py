@@ -58,6 +58,12 @@ def load_policy(config: Path | None, require: bool, keys: list[Path]) -> TrustPo
         file_required, file_keys = read_host_config(path)
         required = required or file_required
         trusted += file_keys
+        if file_required and not trusted:  # the fix is in that file, not only on the command line
+            raise ActivateError(
+                f"{path}: signatures.require is true but the file names no trusted key; add "
+                f"trusted_keys = [\"<key path>\"] to its [signatures] (relative to {path.parent}), "
+                f"or pass --trusted-key PUBKEY"
+            )
     return TrustPolicy(required, tuple(trusted))
 
 
