@@ -19,6 +19,7 @@ listed, so each build appears under the names users know.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import tempfile
@@ -166,8 +167,14 @@ def entry_label(kind: Kind, image: TaggedImage) -> str:
     return f"{KIND_LABELS[kind]} {image.tag} ({', '.join(details)})"
 
 
-def _slug(tag: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", tag.lower()).strip("-")[:63] or "image"
+def _slug(tag: str, taken: set[str] | None = None) -> str:
+    """A DNS label from ``tag``; one already ``taken`` (``exp_A`` and ``exp_a``, ``exp_a.b`` and
+    ``exp_a_b``, two long tags cut at 63) gets a suffix from the tag's hash, so it stays unique:
+    KubeSpawner starts the first profile whose slug matches, whichever the user picked."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", tag.lower()).strip("-")[:63].strip("-") or "image"
+    if taken is not None and slug in taken:
+        slug = f"{slug[:54].rstrip('-')}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
+    return slug
 
 
 def plan_menu(images: Sequence[TaggedImage], policy: MenuPolicy | None = None) -> Menu:
@@ -186,9 +193,11 @@ def plan_menu(images: Sequence[TaggedImage], policy: MenuPolicy | None = None) -
         if kind is not None:
             by_kind[kind].append(image)
     entries: list[MenuEntry] = []
+    slugs: set[str] = set()
     for kind in KINDS:
         chosen = sorted(by_kind[kind], key=functools.partial(_newest_first_key, kind), reverse=True)
         for image in chosen[: max(0, policy.limit(kind))]:
+            slugs.add(slug := _slug(image.tag, slugs))
             entries.append(
                 MenuEntry(
                     kind=kind,
@@ -197,7 +206,7 @@ def plan_menu(images: Sequence[TaggedImage], policy: MenuPolicy | None = None) -
                     day=image.created[:10],
                     image=image.pinned,
                     display_name=entry_label(kind, image),
-                    slug=_slug(image.tag),
+                    slug=slug,
                 )
             )
     if not entries:

@@ -172,6 +172,39 @@ def test_kubespawner_loads_the_rendered_profile_list(tmp_path: Path, monkeypatch
     asyncio.run(check())
 
 
+def test_tags_that_slug_alike_get_distinct_slugs_and_kubespawner_starts_the_one_picked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``exp_A``/``exp_a`` and ``exp_a.b``/``exp_a_b`` lowered and dashed are one slug; KubeSpawner
+    starts the first profile whose slug matches, so each needs its own."""
+    import kubernetes_asyncio.config.kube_config as kube_config
+    from kubespawner import KubeSpawner
+
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    long = "exp_" + "x" * 70
+    tags = ["exp_A", "exp_a", "exp_a.b", "exp_a_b", long, long + "y"]
+    menu = plan_menu(
+        [_image(t, "1", f"2025-01-1{i}T00:00:00Z") for i, t in enumerate(tags)], MenuPolicy(experimentals=9)
+    )
+    slugs = [e.slug for e in menu.entries]
+    assert len(set(slugs)) == len(tags)
+    assert all(len(s) <= 63 and s[0].isalnum() and s[-1].isalnum() for s in slugs)
+    config = _load(render_kubespawner(menu), tmp_path)
+
+    async def picked(slug: str) -> str:
+        spawner = KubeSpawner(config=config, _mock=True)
+        spawner.user_options = {"profile": slug}
+        await spawner.load_user_options()
+        return str(spawner.image)
+
+    async def check() -> None:
+        for entry in menu.entries:
+            assert await picked(entry.slug) == entry.image, entry.tag
+
+    asyncio.run(check())
+
+
 def _local(image_id: str, *names: str) -> LocalImage:
     return LocalImage(
         id=image_id,
