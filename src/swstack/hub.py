@@ -18,6 +18,7 @@ listed, so each build appears under the names users know.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -144,9 +145,22 @@ class Menu:
 def tag_kind(tag: str) -> Kind | None:
     """``r29_0_0`` release, ``w_2026_47`` weekly, ``d_2026_11_21`` daily, ``exp_x`` experimental."""
     for kind in KINDS:
-        if _KIND_PATTERNS[kind].fullmatch(tag):
-            return kind
+        if match := _KIND_PATTERNS[kind].fullmatch(tag):
+            return kind if kind not in ("weekly", "daily") or _is_date(kind, match.groups()) else None
     return None
+
+
+def _is_date(kind: Kind, numbers: Sequence[str]) -> bool:
+    """``w_2026_99`` or ``d_2026_13_45`` names no week or day: as text it would sort newest and lead its kind."""
+    year, second, *rest = (int(n) for n in numbers)
+    try:
+        if kind == "weekly":
+            datetime.date.fromisocalendar(year, second, 1)
+        else:
+            datetime.date(year, second, rest[0])
+    except ValueError:
+        return False
+    return True
 
 
 def _newest_first_key(kind: Kind, image: TaggedImage) -> tuple[Any, ...]:

@@ -68,6 +68,11 @@ def test_tag_forms() -> None:
         None,
     ]
     assert tag_kind("w_2025_1") is None and tag_kind("d_2025_1_14") is None
+    # Forms that name no week or day are not listed: as text they would sort newest.
+    odd = ("w_2026_99", "w_2026_00", "w_2025_53", "w_2026_53", "d_2026_13_45", "d_2025_02_29", "d_2024_02_29")
+    assert [tag_kind(t) for t in odd] == [None, None, None, "weekly", None, None, "daily"]
+    menu = plan_menu([_image("w_2026_99", "x", ""), _image("w_2026_47", "2026.11.16", "2026-11-16T00:00:00Z")])
+    assert [e.tag for e in menu.entries] == ["w_2026_47"]
 
 
 def test_menu_order_choice_labels_and_digests() -> None:
