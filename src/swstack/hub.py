@@ -191,11 +191,14 @@ def _slug(tag: str, taken: set[str] | None = None) -> str:
     return slug
 
 
-def plan_menu(images: Sequence[TaggedImage], policy: MenuPolicy | None = None) -> Menu:
+def plan_menu(
+    images: Sequence[TaggedImage], policy: MenuPolicy | None = None, *, repository: str | None = None
+) -> Menu:
     """The menu: newest release first (the default), then the newest weeklies, dailies, experimentals.
 
     Without a release the newest weekly is the default, then the newest daily, then the
-    newest experimental image. Raises ``MenuError`` when no tag has a menu form.
+    newest experimental image. Raises ``MenuError`` when no tag has a menu form, naming
+    ``repository`` (the one read) when ``images`` is empty.
     """
     policy = policy or MenuPolicy()
     repositories = {image.repository for image in images}
@@ -224,7 +227,7 @@ def plan_menu(images: Sequence[TaggedImage], policy: MenuPolicy | None = None) -
                 )
             )
     if not entries:
-        where = next(iter(repositories), "the repository")
+        where = next(iter(repositories), repository or "the repository")
         raise MenuError(
             f"{where}: no release (r29_0_0), weekly (w_2026_47), daily (d_2026_11_21) or experimental "
             "(exp_...) tag; push images with those [image] tags (docs/stack-file.md) or widen the policy"
@@ -318,7 +321,13 @@ def read_registry(
     name = f"{ref.registry}/{ref.repository}"
     found: list[TaggedImage] = []
     configs: dict[str, Mapping[str, str]] = {}
-    for tag in sorted(client.list_tags(ref.repository)):
+    tags = client.list_tags(ref.repository)
+    if not tags:  # the registry answers 404 for a repository it does not know: no tags either way
+        raise error(
+            f"{name}: the registry has no tags in this repository; check its name (docs/image.md), "
+            "or push the stack's images first (doit push)"
+        )
+    for tag in sorted(tags):
         if tag_kind(tag) is None:
             continue
         doc = client.get_manifest(ref.repository, tag)
@@ -358,7 +367,8 @@ def load_menu(source: str, policy: MenuPolicy | None = None, *, retry: RetryPoli
         raise MenuError(
             f"{source}: no such menu file; render one with `swstack hub-config REPOSITORY --format json -o {source}`"
         )
-    return plan_menu(read_registry(source, retry=retry), policy)
+    name = parse_reference(source, default_tag=None, error=MenuError)
+    return plan_menu(read_registry(source, retry=retry), policy, repository=f"{name.registry}/{name.repository}")
 
 
 __all__ = [

@@ -138,3 +138,35 @@ def test_prepull_keeps_n_and_never_an_image_in_use(
         container.remove()
     assert cli.main(["prepull", str(menu_file), "--keep", "1"]) == 0
     assert not engine.image_exists(pin["2025.01.06"]) and engine.image_exists(pin["29.0.0"])
+
+
+def test_a_repository_with_no_menu_tag_is_named_with_what_to_do(
+    registry: LocalRegistry,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A repository the registry does not know (a misspelt name: 404, no tags) and one holding only
+    a signature are each named in the error, with what to check or push."""
+    import hashlib
+
+    from swstack.oci import RegistryClient
+
+    client = RegistryClient(registry.host, credentials=False)
+    config = b"{}"
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    client.push_blob("menutest/signed", config, digest, len(config))
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": 2},
+            "layers": [],
+        }
+    ).encode()
+    client.put_manifest("menutest/signed", "sha256-" + "a" * 64 + ".sig", manifest)
+
+    missing = f"{registry.host}/menutest/no-such-repo"
+    assert cli.main(["hub-config", missing]) == 9
+    err = capsys.readouterr().err
+    assert f"{missing}: the registry has no tags in this repository; check its name" in err
+    assert cli.main(["hub-config", f"{registry.host}/menutest/signed"]) == 9
+    assert f"{registry.host}/menutest/signed: no release (r29_0_0)" in capsys.readouterr().err
