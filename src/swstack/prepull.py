@@ -113,7 +113,9 @@ def render_daemonset(
     while it keeps the images from the kubelet's image garbage collection. ``keep`` limits
     it to the menu's first images, as on a Docker host.
     """
-    images = menu.images()[: keep or None]
+    if keep is not None and keep < 1:  # 0 gave every image, -1 all but the last
+        raise ImageError(f"--keep {keep}: keep at least 1 image (the menu's default)")
+    images = menu.images()[:keep]
     app = name or "swstack-prepull-" + re.sub(r"[^a-z0-9-]+", "-", menu.repository.rsplit("/", 1)[-1].lower())
     app = app[:63].rstrip("-")
     labels = {"app.kubernetes.io/name": app, "app.kubernetes.io/managed-by": "swstack"}

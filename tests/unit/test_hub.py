@@ -256,6 +256,14 @@ def test_daemonset_validates_against_the_kubernetes_models() -> None:
     assert len({c.name for c in init}) == len(init)
 
 
+def test_daemonset_keep_below_one_is_refused_as_prepull_refuses_it() -> None:
+    menu = plan_menu(IMAGES)
+    assert len(render_daemonset(menu, keep=2)["spec"]["template"]["spec"]["initContainers"]) == 2
+    for keep in (0, -1):
+        with pytest.raises(ImageError, match=f"--keep {keep}: keep at least 1 image"):
+            render_daemonset(menu, keep=keep)
+
+
 def test_daemonset_missing_required_field_is_caught() -> None:
     from kubernetes.client import ApiClient
 
