@@ -332,18 +332,35 @@ class DockerEngine:
         return digest
 
     def pull_image(self, ref: str) -> str:
-        """``docker pull ref`` (a tag or ``@sha256:`` digest); return the image id."""
+        """``docker pull ref`` (a tag or ``@sha256:`` digest); return the image id.
+
+        With the credentials swstack reads the registry with (``SWSTACK_REGISTRY_USER`` /
+        ``SWSTACK_REGISTRY_PASSWORD``, else docker's ``auths``; docs/registry.md), so what
+        ``hub-config`` could list ``prepull`` can pull; none found leaves it to the SDK.
+        """
         from docker.errors import DockerException
+
+        from .oci import load_credentials
+
+        host = ref.split("/", 1)[0] if "/" in ref else ""
+        registry = host if "." in host or ":" in host or host == "localhost" else ""
+        found = load_credentials(registry) if registry else None
+        auth = {"username": found.username, "password": found.password} if found else None
+
+        def failed(why: str) -> ImageError:
+            if registry and re.search(r"no basic auth|unauthorized|authentication required", why, re.I):
+                why += f"; set SWSTACK_REGISTRY_USER and SWSTACK_REGISTRY_PASSWORD, or `docker login {registry}`"
+            return ImageError(f"pulling {ref} failed: {why}")
 
         log.info(f"pulling {ref}")
         with self._connection(f"pulling {ref}", ImageError):
             try:
-                for chunk in self.client.api.pull(ref, stream=True, decode=True):
+                for chunk in self.client.api.pull(ref, stream=True, decode=True, auth_config=auth):
                     if "error" in chunk:
-                        raise ImageError(f"pulling {ref} failed: {chunk['error']}")
+                        raise failed(str(chunk["error"]))
                 return str(self.client.images.get(ref).id)
             except DockerException as exc:
-                raise ImageError(f"pulling {ref} failed: {_first_line(exc)}") from exc
+                raise failed(_first_line(exc)) from exc
 
     def inspect_image(self, ref: str) -> ImageInfo:
         from docker.errors import DockerException

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.imagekit import (  # noqa: F401 - fixture
@@ -25,6 +26,7 @@ from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401
 
 from swstack import cli
 from swstack.engine import DockerEngine
+from swstack.errors import ImageError
 from swstack.hub import Menu, render_dockerspawner
 from swstack.image import PushResult, build_image, push_image
 from swstack.site import Site
@@ -170,3 +172,62 @@ def test_a_repository_with_no_menu_tag_is_named_with_what_to_do(
     assert f"{missing}: the registry has no tags in this repository; check its name" in err
     assert cli.main(["hub-config", f"{registry.host}/menutest/signed"]) == 9
     assert f"{registry.host}/menutest/signed: no release (r29_0_0)" in capsys.readouterr().err
+
+
+def _push_tiny_image(client: Any, repository: str, tag: str) -> str:
+    """A one-file image (an OCI manifest, its config and one gzip layer); its manifest digest."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    def sha(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as out:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 2
+        out.addfile(info, io.BytesIO(b"hi"))
+    layer = gzip.compress(tar.getvalue(), mtime=0)
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha(tar.getvalue())]}}
+    ).encode()
+    for blob in (layer, config):
+        client.push_blob(repository, blob, sha(blob), len(blob))
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config), "size": 0},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha(layer), "size": 0}],
+    }
+    doc["config"]["size"], doc["layers"][0]["size"] = len(config), len(layer)
+    return str(client.put_manifest(repository, tag, json.dumps(doc).encode()))
+
+
+def test_prepull_pulls_from_a_registry_needing_credentials_with_the_ones_hub_config_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SWSTACK_REGISTRY_USER/PASSWORD let `prepull REPOSITORY` list the tags; the engine's pull gets
+    them too (it had none: 'no basic auth credentials' after the menu was read)."""
+    from tests.support.registry import local_registry
+
+    from swstack.oci import Credentials, RegistryClient
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))  # no docker login
+    with local_registry(tmp_path / "reg", credentials=("alice", "s3cret")) as reg:
+        client = RegistryClient(reg.host, credentials=Credentials("alice", "s3cret"))
+        digest = _push_tiny_image(client, "authmenu/py3", "r29_0_0")
+        pinned = f"{reg.host}/authmenu/py3@{digest}"
+        engine = DockerEngine()
+        try:
+            monkeypatch.setenv("SWSTACK_REGISTRY_USER", "alice")
+            monkeypatch.setenv("SWSTACK_REGISTRY_PASSWORD", "s3cret")
+            assert cli.main(["prepull", f"{reg.host}/authmenu/py3", "--keep", "1"]) == 0
+            assert engine.image_exists(pinned)
+            engine.remove_image(pinned, force=True)
+            monkeypatch.delenv("SWSTACK_REGISTRY_PASSWORD")
+            with pytest.raises(ImageError, match="no basic auth credentials.*set SWSTACK_REGISTRY_USER"):
+                engine.pull_image(pinned)
+        finally:
+            engine.remove_image(pinned, force=True)
