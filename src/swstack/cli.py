@@ -618,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pull the menu's images missing on this Docker host (DOCKER_HOST or the local\n"
         "socket), keeping at most N images of the repository: the menu's first N, the default\n"
         "first. Other images of the repository are removed, never one a container uses (it\n"
-        "stays until its container is gone). Exit 0 if something changed, 3 if nothing to do.",
+        "stays until its container is gone). Exit 0 if something changed, 3 if nothing to do,\n"
+        "9 a menu, registry, pull or removal error, 6 no Docker engine answering.",
         formatter_class=fmt,
     )
     p.set_defaults(func=cmd_prepull)
