@@ -338,19 +338,24 @@ def read_registry(
         annotations = manifest.get("annotations") or {}
         version, created = str(annotations.get(VERSION, "")), str(annotations.get(CREATED, ""))
         if not version or not created:
-            config = str((manifest.get("config") or {}).get("digest", ""))
+            descriptor = manifest.get("config") or {}
+            config = str(descriptor.get("digest", ""))
             if config not in configs:
-                configs[config] = _config_labels(client, ref.repository, config)
+                size = descriptor.get("size")
+                size = size if isinstance(size, int) and not isinstance(size, bool) else None
+                configs[config] = _config_labels(client, ref.repository, config, size)
             version = version or configs[config].get(VERSION, "")
             created = created or configs[config].get(CREATED, "")
         found.append(TaggedImage(name, tag, doc.digest, version, created))
     return found
 
 
-def _config_labels(client: RegistryClient, repository: str, digest: str) -> Mapping[str, str]:
+def _config_labels(client: RegistryClient, repository: str, digest: str, size: int | None) -> Mapping[str, str]:
+    """The image config's labels; its size (from the manifest) keeps a small download from
+    printing a progress line per image."""
     with tempfile.TemporaryDirectory(prefix="swstack-config-") as tmp:
         path = Path(tmp) / "config.json"
-        client.pull_blob(repository, digest, path)
+        client.pull_blob(repository, digest, path, size)
         try:
             labels = (json.loads(path.read_bytes()).get("config") or {}).get("Labels") or {}
         except (ValueError, AttributeError):
