@@ -6,8 +6,9 @@ generator step per value: on a py3 prefix (110 records listing 24,600 files with
 sha256s) 0.12 s of the scan's 0.43 s, on a core the compressors want. Here each container
 of plain values (a file's entry in ``paths_data``, the ``files`` list: most of a record) is
 encoded by the standard library's C encoder, whose item separator carries the newline and
-that depth's indent; only the containers around them are laid out in Python. 0.085 s for
-the same records. Anything else (a key that is not a string, a type JSON does not have, a
+that depth's indent; only the containers around them are laid out in Python. A list of
+such dicts (``paths_data.paths``, one per file) is one call, the breaks between its dicts
+put in after. 0.055 s for the same records (one at a time: 0.105 s). Anything else (a key that is not a string, a type JSON does not have, a
 cycle) goes to ``json.dumps`` itself, so the text, or the error, is always json's.
 
 ``ConvertingJson`` stands in for the ``json`` module inside conda-pack during a pack
@@ -50,12 +51,30 @@ def _encode(value: Any, newline: str) -> str:
         text: str = _flat_encoder(inner).encode(value)  # "{" + items + "}": only the outer breaks are missing
         return text[0] + inner + text[1:-1] + newline + text[-1]
     if type(value) is list:
+        if all(map(_is_flat_dict, value)):
+            return _encode_flat_dicts(value, newline)
         return "[" + inner + ("," + inner).join(_encode(item, inner) for item in value) + newline + "]"
     keys = sorted(value)
     if any(type(key) is not str for key in keys):
         raise _Unknown  # json turns such keys into strings; leave that to it
     items = (_flat_encoder(inner).encode(key) + ": " + _encode(value[key], inner) for key in keys)
     return "{" + inner + ("," + inner).join(items) + newline + "}"
+
+
+def _is_flat_dict(value: Any) -> bool:
+    return type(value) is dict and bool(value) and _SCALARS.issuperset(map(type, value.values()))
+
+
+def _encode_flat_dicts(value: list[dict[Any, Any]], newline: str) -> str:
+    """A list of non-empty dicts of plain values (a record's ``paths_data.paths``: one per
+    file) in one call of the C encoder, its separator carrying the dicts' items' indent. Only
+    the breaks around the braces are missing, and ``},`` + newline before ``{`` is found
+    nowhere else: a string's newline is escaped, and a dict's items start with a key's quote."""
+    inner = newline + " "
+    items = inner + " "
+    text: str = _flat_encoder(items).encode(value)  # "[{" + ... + "}," + items + "{" + ... + "}]"
+    between = text[2:-2].replace("}," + items + "{", inner + "}," + inner + "{" + items)
+    return "[" + inner + "{" + items + between + inner + "}" + newline + "]"
 
 
 def dumps_indented_sorted(value: Any) -> str:

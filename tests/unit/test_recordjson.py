@@ -49,6 +49,10 @@ CORNERS: list[Any] = [
     3.25,
     None,
     [[[[["deep"]]]]],
+    # Lists of dicts of plain values (one encoder call): what might pass for the breaks between them.
+    [{"a": "}," + "\n  {", "b": 1}, {"c": '},  {"', "d": None}, {"e": "}\n },\n {"}],
+    {"p": {"q": [{"z": 1, "a": [2]}, {"y": 2}], "r": [{"x": 1}, {}], "s": [{}, {"x": 1}], "t": [{"x": {}}]}},
+    [{3: "int keys", 10: 1, 2.5: None}, {"k": 2}],
 ]
 
 
