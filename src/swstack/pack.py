@@ -504,6 +504,8 @@ def _scan_prefix(
     import conda_pack.core
     from conda_pack.core import CondaEnv, CondaPackException, Packer
 
+    from . import scanhelpers
+
     class RecordingPacker(Packer):  # type: ignore[misc]
         # conda-pack writes its generated files (conda-unpack...) to temporary files it
         # deletes at once; take the text itself instead.
@@ -515,9 +517,14 @@ def _scan_prefix(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            env = CondaEnv.from_prefix(
-                str(prefix), on_missing_cache="raise" if require_package_cache else "warn"
-            )
+            # Its walk of the prefix and its File per package file, with less pure Python (scanhelpers).
+            with (
+                _replaced(conda_pack.core, "load_files", scanhelpers.load_files),
+                _replaced(conda_pack.core, "managed_file", scanhelpers.managed_file),
+            ):
+                env = CondaEnv.from_prefix(
+                    str(prefix), on_missing_cache="raise" if require_package_cache else "warn"
+                )
             packer = RecordingPacker(env.prefix, archive)
             # conda-pack turns scripts' shebangs into `#!/usr/bin/env python`, which runs
             # whatever python is first on PATH; keep the absolute production shebang and let

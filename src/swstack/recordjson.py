@@ -8,8 +8,9 @@ of plain values (a file's entry in ``paths_data``, the ``files`` list: most of a
 encoded by the standard library's C encoder, whose item separator carries the newline and
 that depth's indent; only the containers around them are laid out in Python. A list of
 such dicts (``paths_data.paths``, one per file) is one call, the breaks between its dicts
-put in after. 0.055 s for the same records (one at a time: 0.105 s). Anything else (a key that is not a string, a type JSON does not have, a
-cycle) goes to ``json.dumps`` itself, so the text, or the error, is always json's.
+put in after. 0.055 s for the same records (one at a time: 0.105 s). Anything else (a key
+that is not a string, a type JSON does not have, a cycle) goes to ``json.dumps`` itself,
+so the text, or the error, is always json's.
 
 ``ConvertingJson`` stands in for the ``json`` module inside conda-pack during a pack
 (``pack._scan_prefix``). ``tests/unit/test_recordjson.py`` compares it with ``json.dumps``
