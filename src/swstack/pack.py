@@ -517,10 +517,13 @@ def _scan_prefix(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            # Its walk of the prefix and its File per package file, with less pure Python (scanhelpers).
+            # Its walk of the prefix and its File per package file, with less pure Python
+            # (scanhelpers); each package record it reads twice, parsed once (ConvertingJson).
+            json_module = ConvertingJson()
             with (
                 _replaced(conda_pack.core, "load_files", scanhelpers.load_files),
                 _replaced(conda_pack.core, "managed_file", scanhelpers.managed_file),
+                _replaced(conda_pack.core, "json", json_module),
             ):
                 env = CondaEnv.from_prefix(
                     str(prefix), on_missing_cache="raise" if require_package_cache else "warn"
@@ -532,7 +535,7 @@ def _scan_prefix(
             # Its package records' rewrite encodes in pure Python: the same text, faster (recordjson).
             with (
                 _replaced(conda_pack.core, "rewrite_shebang", _keep_shebang),
-                _replaced(conda_pack.core, "json", ConvertingJson()),
+                _replaced(conda_pack.core, "json", json_module),
             ):
                 for f in env.files:
                     if _is_plain(f.target, f.file_mode):
@@ -724,9 +727,10 @@ def _fields(e: Entry) -> tuple[Any, ...]:
 
 def _scan_and_exit(answer_fd: int, prefix: Path, require_package_cache: bool, source_date_epoch: int) -> NoReturn:
     """The forked child: scan, send what it found (the plain files by name, the Packer's
-    entries as plain tuples: pickled ~5x faster than the dataclasses), the error's message
-    or a bug's traceback, and exit at once."""
-    import pickle
+    entries as plain tuples), the error's message or a bug's traceback, and exit at once.
+    ``marshal``, not ``pickle``: plain values are all it sends, it is built in, and importing
+    ``pickle`` cost each process 8 ms."""
+    import marshal
     import traceback
 
     code = 0
@@ -739,7 +743,7 @@ def _scan_and_exit(answer_fd: int, prefix: Path, require_package_cache: bool, so
         except BaseException:
             answer = ("bug", traceback.format_exc())
         with os.fdopen(answer_fd, "wb") as fh:
-            fh.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+            fh.write(marshal.dumps(answer))
     except BaseException:
         code = 1
     finally:
@@ -769,14 +773,14 @@ class _BackgroundScan:
 
     def result(self, installed: Mapping[str, Entry], prefix: Path, source_date_epoch: int) -> list[Entry]:
         """conda-pack's entries (``_pack_records``), or its error raised here."""
-        import pickle
+        import marshal
 
         with self._answer:
             data = self._answer.read()
         self._reap()
         if not data:
             raise PackError("conda-pack's scan of the prefix died without an answer")
-        kind, value = pickle.loads(data)
+        kind, value = marshal.loads(data)
         if kind == "error":
             raise PackError(value)
         if kind == "bug":

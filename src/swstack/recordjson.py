@@ -87,7 +87,13 @@ def dumps_indented_sorted(value: Any) -> str:
 
 
 class ConvertingJson:
-    """The ``json`` module, but for ``dumps(..., indent=True, sort_keys=True)``, which is ``dumps_indented_sorted``."""
+    """The ``json`` module, but for ``dumps(..., indent=True, sort_keys=True)``, which is
+    ``dumps_indented_sorted``, and for ``load``/``loads``, which parse a text once: a text
+    given again gives a copy of what it gave the first time (conda-pack parses each package
+    record twice in its scan, in ``load_environment`` and in ``rewrite_conda_meta``)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(json, name)
@@ -97,3 +103,19 @@ class ConvertingJson:
         if options == {"indent": True, "sort_keys": True}:
             return dumps_indented_sorted(value)
         return json.dumps(value, **options)
+
+    def load(self, fp: Any, **options: Any) -> Any:
+        return self.loads(fp.read(), **options)  # what json.load does
+
+    def loads(self, text: Any, **options: Any) -> Any:
+        if options or type(text) is not str:
+            return json.loads(text, **options)
+        found = self._parsed.get(text)
+        if found is None:
+            found = json.loads(text)
+            if type(found) is not dict:
+                return found
+            self._parsed[text] = found
+        # A copy two levels deep: conda-pack blanks fields of the record it packs, and its
+        # link's source (rewrite_conda_meta); what it is given next stays as parsed.
+        return {k: dict(v) if type(v) is dict else v for k, v in found.items()}

@@ -82,3 +82,23 @@ def test_stands_in_for_the_json_module_only_for_that_call() -> None:
     assert module.dumps(RECORD, indent=True, sort_keys=True) == json.dumps(RECORD, indent=True, sort_keys=True)
     assert module.dumps(RECORD) == json.dumps(RECORD)
     assert module.dumps(RECORD, indent=2) == json.dumps(RECORD, indent=2)
+
+
+def test_a_text_is_parsed_once_and_what_it_gives_stays_as_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    text = json.dumps(RECORD, indent=2)
+    module = ConvertingJson()
+    first = module.load(io.StringIO(text))
+    assert first == json.loads(text)
+    parses: list[str] = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda s, **kw: parses.append(s) or real_loads(s, **kw))
+    # What conda-pack does to the record it packs (rewrite_conda_meta) reaches no later load.
+    first["size"] = 0
+    first["link"]["source"] = ""
+    assert module.loads(text) == real_loads(text)
+    assert parses == []  # given again: not parsed again
+    assert module.loads('{"b": [1]}') == {"b": [1]}  # new: parsed
+    assert module.loads("[1, 2]") == [1, 2] and module.loads("[1, 2]") == [1, 2]  # not a dict: parsed each time
+    assert module.loads(text, parse_int=str)["size"] == "7000000"  # with options: parsed as asked
