@@ -863,20 +863,26 @@ class _TarSink:
                 self._next_block()
         return total
 
-    def copy_from(self, fh: BinaryIO, size: int) -> int:
-        """Read up to ``size`` bytes of ``fh`` into the stream; return how many there were."""
-        left = size
+    def copy_from(self, fd: int, size: int) -> int:
+        """Read the regular file open as ``fd`` into the stream, up to ``size`` bytes and one
+        more; return how many there were (``size + 1``: the file holds more than ``size``).
+
+        Asking for one more byte than the file should hold finds its end in the read that
+        reads its last bytes: a short read (what a regular file gives only at its end), not
+        one more call that reads nothing.
+        """
+        left = size + 1
         while left > 0:
             k = min(left, self._batch - self._pos)
-            got = fh.readinto(self._view[self._pos : self._pos + k])  # type: ignore[attr-defined]
-            if not got:
-                break
+            got = os.readv(fd, [self._view[self._pos : self._pos + k]])
             self._pos += got
             self.offset += got
             left -= got
             if self._pos == self._batch:
                 self._next_block()
-        return size - left
+            if got < k:
+                break
+        return size + 1 - left
 
     def flush(self) -> None:
         if self._pos:
@@ -1195,6 +1201,9 @@ def ustar_header(entry: Entry, uid: int, gid: int) -> bytes | None:
     return pax + records + bytes(-len(records) % tarfile.BLOCKSIZE) + header
 
 
+_ZEROS = memoryview(bytes(tarfile.BLOCKSIZE))
+
+
 def write_members(entries: Sequence[Entry], headers: Sequence[bytes], sink: _TarSink) -> None:
     """Write each member, its header given, as a PAX tar stream does."""
     for entry, header in zip(entries, headers, strict=True):
@@ -1205,7 +1214,7 @@ def write_members(entries: Sequence[Entry], headers: Sequence[bytes], sink: _Tar
             else:
                 assert entry.source is not None
                 _copy_file(entry.source, entry.size, sink)
-            sink.write(bytes(-entry.size % tarfile.BLOCKSIZE))
+            sink.write(_ZEROS[: -entry.size % tarfile.BLOCKSIZE])
 
 
 def write_tar(
@@ -1219,9 +1228,13 @@ def write_tar(
 
 
 def _copy_file(source: str, size: int, sink: _TarSink) -> None:
-    with open(source, "rb", buffering=0) as fh:
-        if sink.copy_from(fh, size) != size or fh.read(1):
+    # os.open, not open: no file object and no fstat for each of some 25,000 small files.
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if sink.copy_from(fd, size) != size:
             raise PackError(f"{source} changed while packing; nothing may write to the prefix")
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- the stage

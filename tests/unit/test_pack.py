@@ -231,6 +231,24 @@ def test_write_tar_matches_tarfiles_pax_writer(tmp_path: Path) -> None:
     assert pack.ustar_header(entries[4], 0, 0) is None  # non-ASCII: tarfile writes it
 
 
+@pytest.mark.parametrize("batch", [4096, 1000, 512])  # the file's end inside, at and past a block's end
+@pytest.mark.parametrize(("written", "ok"), [(b"y" * 1000, True), (b"y" * 1001, False), (b"y" * 999, False)])
+def test_a_file_that_is_not_the_size_it_was_is_refused(tmp_path: Path, batch: int, written: bytes, ok: bool) -> None:
+    """A file written to between its lstat and its read (1000 bytes then) is an error, not a torn member."""
+    src = tmp_path / "payload"
+    src.write_bytes(written)
+    out = io.BytesIO()
+    sink = pack._TarSink(out.write, batch=batch)
+    sink.write(b"h" * 24)
+    if ok:
+        pack._copy_file(str(src), 1000, sink)
+        sink.flush()
+        assert out.getvalue() == b"h" * 24 + written and sink.offset == 1024
+    else:
+        with pytest.raises(PackError, match="changed while packing"):
+            pack._copy_file(str(src), 1000, sink)
+
+
 def _candidate() -> str:
     """A name whose hash makes it a boundary candidate."""
     return next(f"lib/x{i}" for i in range(10_000) if pack.name_hash(f"lib/x{i}") & pack.CHUNK_MASK == 0)
