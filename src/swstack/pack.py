@@ -807,18 +807,34 @@ class _BackgroundScan:
 # ---------------------------------------------------------------- writing
 
 
-class _HashingFile:
-    """The output file as the compressor sees it: hashes and counts what passes through."""
+# Every this many bytes of tarball, what is written so far goes to the disk (_HashingFile).
+SYNC_STEP = 32 << 20
 
-    def __init__(self, fh: BinaryIO):
+
+class _HashingFile:
+    """The output file as the compressor sees it: hashes and counts what passes through.
+
+    Every ``SYNC_STEP`` bytes it has the disk write out what it holds so far (``fdatasync``),
+    while the compressing threads go on: the ``fsync`` that ends the tarball then waits for
+    its last part only, not for all of it (on py3, 111 MiB: 45-65 ms at the end).
+    """
+
+    def __init__(self, fh: BinaryIO, sync_step: int = SYNC_STEP):
         self.fh = fh
         self.digest = hashlib.sha256()
         self.size = 0
+        self._sync_step = sync_step
+        self._synced = 0
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        return self.fh.write(data)
+        written = self.fh.write(data)
+        if self.size - self._synced >= self._sync_step:
+            self.fh.flush()
+            os.fdatasync(self.fh.fileno())
+            self._synced = self.size
+        return written
 
     def flush(self) -> None:
         self.fh.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -247,6 +248,19 @@ def test_a_file_that_is_not_the_size_it_was_is_refused(tmp_path: Path, batch: in
     else:
         with pytest.raises(PackError, match="changed while packing"):
             pack._copy_file(str(src), 1000, sink)
+
+
+def test_the_tarball_goes_to_the_disk_as_it_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sync_step bytes, what is written so far is flushed and written out, so the final fsync waits for little."""
+    synced: list[int] = []
+    target = tmp_path / "t"
+    monkeypatch.setattr(pack.os, "fdatasync", lambda fd: synced.append(target.stat().st_size))
+    with open(target, "wb") as fh:
+        out = pack._HashingFile(fh, sync_step=10)
+        for _ in range(7):
+            out.write(b"abcd")
+    assert synced == [12, 24]
+    assert out.size == 28 and out.digest.hexdigest() == hashlib.sha256(b"abcd" * 7).hexdigest()
 
 
 def _candidate() -> str:
