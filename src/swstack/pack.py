@@ -1212,9 +1212,9 @@ def ustar_header(entry: Entry, uid: int, gid: int) -> bytes | None:
     if size >= 8**11 or not 0 <= mtime < 8**11 or not (0 <= uid < 8**7 and 0 <= gid < 8**7):
         return None
     header = _header_block(bname, entry.mode & 0o7777, uid, gid, size, mtime, _TYPEFLAGS[entry.kind], blink)
+    if len(bname) <= 100 and len(blink) <= 100:
+        return header  # most members: no PAX records
     pairs = [(k, v) for k, v in ((b"path", bname), (b"linkpath", blink)) if len(v) > 100]
-    if not pairs:
-        return header
     records = _pax_records(pairs)
     pax = _header_block(b"././@PaxHeader", 0, 0, 0, len(records), 0, tarfile.XHDTYPE, b"")
     return pax + records + bytes(-len(records) % tarfile.BLOCKSIZE) + header
