@@ -819,7 +819,7 @@ class _HashingFile:
 
     Every ``SYNC_STEP`` bytes it has the disk write out what it holds so far (``fdatasync``),
     while the compressing threads go on: the ``fsync`` that ends the tarball then waits for
-    its last part only, not for all of it (on py3, 111 MiB: 45-65 ms at the end).
+    its last part only, not for all of it (on py3, 111 MiB: 46-66 ms at the end).
     """
 
     def __init__(self, fh: BinaryIO, sync_step: int = SYNC_STEP):
