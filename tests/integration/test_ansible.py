@@ -206,12 +206,13 @@ def test_rollout_passes_the_key_and_policy(
     assert (root / "sw.2026.11.21" / "py3").is_dir()
 
     # The keys taken out of the inventory: the policy the role wrote goes with them.
-    output = _run(ansible_playbook, inventory, {**extra, "swstack_require_signature": False, "swstack_trusted_keys": []})
+    keyless = {**extra, "swstack_require_signature": False, "swstack_trusted_keys": []}
+    output = _run(ansible_playbook, inventory, keyless)
     assert _task_status(output, "Remove the signature policy") == "changed"
     assert not (config / "host.toml").exists()
     # One written by hand is the admin's: kept.
     (config / "host.toml").write_text("[signatures]\nrequire = true\ntrusted_keys = [\"keys/cosign.pub\"]\n")
-    output = _run(ansible_playbook, inventory, {**extra, "swstack_require_signature": False, "swstack_trusted_keys": []})
+    output = _run(ansible_playbook, inventory, keyless)
     assert _task_status(output, "Remove the signature policy") == "skipping"
     assert (config / "host.toml").is_file()
 
