@@ -152,6 +152,44 @@ def test_an_http_source_is_activated_as_signed_even_when_the_server_changes_its_
     assert not (root / "sw" / "py3" / "share" / "payload").exists()
 
 
+def test_a_signed_http_source_keeps_the_tarballs_query(tmp_path: Path, keys: tuple) -> None:  # type: ignore[type-arg]
+    """With a signature policy too, manifest.json and its .sig are asked for beside the tarball with
+    the tarball URL's query (where a site's access token goes), as docs/host.md says of the side files."""
+    key, public, _other = keys
+    root = _root(tmp_path)
+    artifact = make_artifact(tmp_path / "a", version="2026.01.01")
+    sign.sign_file(artifact / "manifest.json", key)
+    tarball = next(artifact.glob("*.tar.zst")).name
+    asked: list[str] = []
+
+    class TokenHandler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            path, _, query = self.path.partition("?")
+            file = artifact / path.rsplit("/", 1)[-1]
+            ok = query == "token=t0k" and file.is_file()
+            body = file.read_bytes() if ok else b""
+            self.send_response(200 if ok else 403 if query != "token=t0k" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{tarball}?token=t0k"
+        result = swstack(root, "activate", url, "--trusted-key", str(public))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert asked and all(p.endswith("?token=t0k") for p in asked), asked
+    assert "/manifest.json.sig?token=t0k" in asked, asked
+
+
 def test_a_trusted_key_alone_requires_a_signature(tmp_path: Path, keys: tuple) -> None:  # type: ignore[type-arg]
     """``--trusted-key`` without ``--require-signature`` checks, it does not silently accept: the key
     given on the command line requires a signature for this activation, whatever the host config says."""

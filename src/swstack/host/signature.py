@@ -145,16 +145,17 @@ def fetch(spec: str, downloads: Path, policy: TrustPolicy) -> Artifact:
     if kind == "oci":
         return source.fetch(_verified_oci(spec, policy), downloads)
     if kind == "http":
-        source.check_url(spec)
-        base = spec.rsplit("/", 1)[0]
-        signed = _read_url(f"{base}/manifest.json")
-        _verify_manifest(signed, _read_url(f"{base}/manifest.json.sig"), spec, policy)
+        # Beside the tarball with its query (a site's access token), as the fetch asks for them.
+        parsed = source.check_url(spec)
+        manifest_url = source.sibling_url(parsed, "manifest.json")
+        signed = _read_url(manifest_url)
+        _verify_manifest(signed, _read_url(source.sibling_url(parsed, "manifest.json.sig")), spec, policy)
         artifact = source.fetch(spec, downloads)
         # The fetch asks the server for manifest.json again: the tarball is checked against, and the
         # version activated from, that second answer, so it must be the bytes that were signed.
         if (artifact.tarball.parent / "manifest.json").read_bytes() != signed:
             raise ActivateError(
-                f"{base}/manifest.json: served other bytes after its signature was checked; "
+                f"{manifest_url}: served other bytes after its signature was checked; "
                 "refused by the signature policy"
             )
     else:

@@ -137,7 +137,7 @@ def check_url(url: str) -> urllib.parse.SplitResult:
     return parsed
 
 
-def _sibling_url(tarball: urllib.parse.SplitResult, name: str) -> str:
+def sibling_url(tarball: urllib.parse.SplitResult, name: str) -> str:
     """The URL of ``name`` beside the tarball: the same query (a site's access token rides
     there, and a suffix must go on the path, not after the query), no fragment."""
     parent = tarball.path.rsplit("/", 1)[0]
@@ -152,10 +152,10 @@ def from_url(url: str, downloads: Path) -> Artifact:
     dest_dir = downloads / re.sub(r"[^A-Za-z0-9._-]", "_", f"{parsed.netloc}{Path(parsed.path).parent}")
     tarball = dest_dir / name
     _download(url, tarball)
-    _download(_sibling_url(parsed, MANIFEST_NAME), dest_dir / MANIFEST_NAME)
+    _download(sibling_url(parsed, MANIFEST_NAME), dest_dir / MANIFEST_NAME)
     # The side file is optional, as beside a local tarball: manifest.json's sha256 is what is
     # checked (verify.expectations), the side file only has to agree with it when it is there.
-    checksum = _download(_sibling_url(parsed, name + CHECKSUM_SUFFIX), checksum_path(tarball), optional=True)
+    checksum = _download(sibling_url(parsed, name + CHECKSUM_SUFFIX), checksum_path(tarball), optional=True)
     return Artifact(tarball, checksum, _load_manifest(dest_dir / MANIFEST_NAME), url)
 
 
