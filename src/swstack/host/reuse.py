@@ -209,6 +209,9 @@ class RamdiskPrevious:
         except OSError:
             return False
         if not same_inode_data(cst, st):
+            log.warn(
+                f"{source}: differs from the verified file (size, mode, mtime or owner); not shared, written again"
+            )
             return False
         try:
             os.link(source, dest, follow_symlinks=False)
