@@ -6,12 +6,13 @@ links at the end, since a later link can change where an earlier one leads), no
 write through a symlink, hardlinks only to regular files already extracted, no
 devices, fifos, setuid or setgid bits. Writes never follow symlinks.
 
-Two threads share the work: a reader reads the tarball (the whole file, or the chunks
+Three threads share the work: a reader reads the tarball (the whole file, or the chunks
 of a chunked tarball that must be read), hashes each verified range while it reads,
 and decompresses (zstandard and hashlib release the GIL); the caller's thread parses
-the headers (``tarstream``), checks each member and writes it to disk and to the
-ramdisk copy. Memory stays flat in the tarball's size: a bounded queue of decompressed
-blocks sits between them. A chunk whose members the live version already holds is not
+the headers (``tarstream``), checks each member and writes it to disk; a third writes
+the ramdisk copy in the same order (``_InOrder``; a replayed chunk's links the caller
+makes itself). Memory stays flat in the tarball's size: bounded queues of decompressed
+blocks sit between them. A chunk whose members the live version already holds is not
 read at all: its members are replayed from the live version's record (``chunks``).
 """
 
