@@ -4,9 +4,10 @@ Each command plans first (which trees to extract, copy and switch; pure apart fr
 reads), checks space, then does the steps in an order where a crash at any point
 leaves a complete old or new version live and a rerun finishes the job:
 
-    extract to .swstack/staging -> verify -> relocate -> rename to sw.<version>/<stack>
-    -> copy to sw.tmpfs/.<stack>@<version>.partial -> rename -> switch sw/<stack>
-    -> record state.json -> switch sw.hdd -> drop unused ramdisk copies
+    extract to .swstack/staging and, in the same pass, to sw.tmpfs/.<stack>@<version>.partial
+    -> verify -> relocate -> chown -> rename to sw.<version>/<stack> -> rename the .partial copy
+    (or copy a tree already on disk) -> switch sw/<live> -> record state.json -> switch sw.hdd
+    -> drop unused ramdisk copies
 """
 
 from __future__ import annotations
