@@ -621,6 +621,24 @@ def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) 
         partial.write_text(partial.read_text().replace(partial.name, plan.path.name))
 
 
+def _refuse_same_lock(plan: LockPlan, packages: list[Any], reason: str) -> None:
+    """A solve that gives back the packages the current lockfile holds, for the same inputs:
+    the lock was stale only because the site's local mirror lacks a file its own index still
+    lists. Writing would change nothing but the timestamp (and every build would do it again);
+    the mirror is what needs fixing, so say so and leave the lockfile alone."""
+    try:
+        previous = read_lockfile(plan.path)
+    except LockError:
+        return
+    recorded = (previous.metadata.custom_metadata or {}).get(PACKAGES_KEY)
+    if (previous.metadata.content_hash == plan.content_hash and recorded == packages_digest(previous.package)
+            and recorded == packages_digest(packages)):
+        raise LockError(
+            f"{plan.path}: {reason}; the mirror's index still lists that file, so a new lock names the same "
+            "packages: restore the file in the mirror or rebuild the mirror; the lockfile is left as it is"
+        )
+
+
 @dataclass(frozen=True)
 class LockResult:
     path: Path
@@ -657,6 +675,8 @@ def lock(stack: Stack, site: Site, project: Path, *, check: bool = False, force:
         if pip:
             log.info(f"  {platform}: {len(pip)} pip packages")
         packages += conda + pip
+    if not force:
+        _refuse_same_lock(plan, packages, reason)
     _write(plan, packages, stack.channels)
     log.info(f"wrote {plan.path}")
     return LockResult(plan.path, changed=True, packages=len(packages), reason=reason)

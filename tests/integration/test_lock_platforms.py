@@ -178,3 +178,18 @@ def test_a_mirror_that_lacks_or_changed_a_package_is_named(fixture_project: Path
         plan_build(stack, site, fixture_project)
     assert "\n" not in str(missing.value)
     assert f"fakenum: the mirror {local.parent.parent.as_uri()} has no {local.name}" in str(missing.value)
+
+
+@pytest.mark.slow
+def test_a_mirror_missing_a_file_its_index_lists_fails_the_lock_and_leaves_the_lockfile(fixture_project: Path) -> None:
+    from swstack.errors import LockError
+
+    site = load_site(fixture_project / "site.toml", fixture_project)
+    stack = load_stack(fixture_project / "stacks" / "tiny.toml")
+    path = lock(stack, site, fixture_project).path
+    before = path.read_bytes()
+    (fixture_project / "mirror/channel/linux-64/fakenum-1.0-py311_0.conda").unlink()  # repodata still lists it
+    with pytest.raises(LockError) as failed:
+        lock(stack, site, fixture_project)  # what every build does first
+    assert "fakenum" in str(failed.value) and "restore the file in the mirror" in str(failed.value)
+    assert path.read_bytes() == before  # no new timestamp, no churn in a committed file
