@@ -319,16 +319,36 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         log.debug("wheelhouse: " + format % args)
 
 
-def _git_commit(url: str, ref: str) -> str:
-    """Resolve a branch, tag or sha of a git repository to a full commit sha."""
+def _git_commit(url: str, ref: str, where: str = "") -> str:
+    """Resolve a branch, tag or sha of a git repository to a full commit sha.
+
+    ``where`` names the stack-file entry (``stacks/py3.toml:22: pip.dependencies.x``) for messages."""
     if re.fullmatch(r"[0-9a-f]{40}", ref):
         return ref
     out = proc.output(["git", "ls-remote", url, ref, f"refs/tags/{ref}^{{}}"], error=LockError,
                       what=f"git ls-remote {url} {ref}")
     shas = [line.split()[0] for line in out.splitlines() if line.strip()]
     if not shas:
-        raise LockError(f"{url}: no branch or tag named {ref!r}; check the 'ref' of this pip dependency")
+        where = f"{where}.ref: " if where else ""
+        raise LockError(f"{where}{url} has no branch or tag named {ref!r}; fix the ref (a branch, a tag "
+                        "or a full 40-character commit sha)")
     return shas[-1]  # a peeled tag (^{}) is listed last and names the commit
+
+
+def _pip_entry(stack: Stack, name: str) -> str:
+    """``<stack file>:<line>: pip.dependencies.<name>``, the variant's entry where it overrides the base one."""
+    key: tuple[str, ...] = ("pip", "dependencies", name)
+    located = str(stack.source)
+    for source in (stack.source, *stack.sources):
+        if source is None or not source.is_file():
+            continue
+        index = index_lines(source.read_text())
+        variant_key = ("variants", stack.variant, "pip", "dependencies", name)
+        hit = next((k for k in (variant_key, key) if k in index), None)
+        if hit is not None:
+            key, located = hit, f"{source}:{index[hit]}"
+            break
+    return f"{located}: {'.'.join(key)}"
 
 
 def _pip_requirements(stack: Stack, site: Site) -> list[str]:
@@ -339,7 +359,8 @@ def _pip_requirements(stack: Stack, site: Site) -> list[str]:
             url = site.git_url(spec.git)
             sub = f"#subdirectory={spec.subdirectory}" if spec.subdirectory else ""
             # pip's "name @ git+file://" parsing differs between versions; the #egg= form works in all.
-            lines.append(f"git+{url}@{_git_commit(url, spec.ref)}#egg={name}{'&' + sub[1:] if sub else ''}")
+            commit = _git_commit(url, spec.ref, _pip_entry(stack, name))
+            lines.append(f"git+{url}@{commit}#egg={name}{'&' + sub[1:] if sub else ''}")
         else:
             lines.append(f"{name}{spec if spec not in ('', '*') else ''}")
     return lines
@@ -372,18 +393,7 @@ def _explain_pip_unresolvable(stack: Stack, site: Site, text: str) -> str | None
     else:
         what = f"no version of {name} in {where} matches {found.group(1)!r}{there}"
         fix = f"fix the name or the version, or {fix}"
-    key: tuple[str, ...] = ("pip", "dependencies", name)
-    located = str(stack.source)
-    for source in (stack.source, *stack.sources):  # the variant's entry overrides the base one
-        if source is None or not source.is_file():
-            continue
-        index = index_lines(source.read_text())
-        variant_key = ("variants", stack.variant, "pip", "dependencies", name)
-        hit = next((k for k in (variant_key, key) if k in index), None)
-        if hit is not None:
-            key, located = hit, f"{source}:{index[hit]}"
-            break
-    return f"{located}: {'.'.join(key)}: {what}; {fix}"
+    return f"{_pip_entry(stack, name)}: {what}; {fix}"
 
 
 def _stub_distributions(conda_locked: dict[str, Any], directory: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from swstack.build import local_roots
 from swstack.lock import inputs_hash, lockfile_path, plan_lock, staleness, virtual_package_specs
 from swstack.site import SiteFile, load_site, resolve_site
@@ -206,3 +208,27 @@ def test_a_pip_dependency_pip_finds_no_version_of_is_named_with_its_stack_file_l
         "the index https://pypi.org/simple provide (versions there: none); add traitlets to [dependencies] (conda), "
         "or check that the index carries it")
     assert _explain_pip_unresolvable(load_stack(stack_file, "a"), site, "ERROR: ResolutionImpossible") is None
+
+
+def test_a_git_ref_the_repository_lacks_is_named_with_its_stack_file_line(tmp_path: Path) -> None:
+    import subprocess
+
+    from swstack.errors import LockError
+    from swstack.lock import _pip_requirements
+
+    repo = tmp_path / "labclient.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    stack_file = tmp_path / "demo.toml"
+    stack_file.write_text(textwrap.dedent(f"""\
+        name = "demo"
+        channels = ["conda-forge"]
+        [dependencies]
+        python = "3.11.*"
+        [pip.dependencies]
+        labclient = {{ git = "{repo.as_uri()}", ref = "nosuch" }}
+        """))
+    site = resolve_site(SiteFile(), None, ROOT)
+    with pytest.raises(LockError) as info:
+        _pip_requirements(load_stack(stack_file), site)
+    assert str(info.value).startswith(f"{stack_file}:6: pip.dependencies.labclient.ref: ")
+    assert "no branch or tag named 'nosuch'" in str(info.value)
