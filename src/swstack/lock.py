@@ -193,7 +193,10 @@ def _first_problem(exc: Exception) -> str:
         with contextlib.suppress(Exception):
             first = errors()[0]
             where = ".".join(str(part) for part in first["loc"])
-            return f"{where}: {first['msg'].lower()}, got {first.get('input')!r}"
+            if first.get("type") == "missing":  # its input is the whole enclosing mapping, not the field
+                return f"{where}: {first['msg'].lower()}"
+            got = repr(first.get("input"))
+            return f"{where}: {first['msg'].lower()}, got {got if len(got) <= 60 else got[:57] + '...'}"
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
