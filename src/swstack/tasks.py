@@ -107,6 +107,21 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _interruptible(check: Callable[[], bool]) -> Callable[[], bool]:
+    """An ``uptodate`` check (doit runs it outside any action): Ctrl-C while it reads the
+    lockfile or hashes the mirror's files ends as an interrupted action does, not in a traceback."""
+
+    @functools.wraps(check)
+    def wrapper() -> bool:
+        try:
+            return check()
+        except KeyboardInterrupt:
+            print("interrupted; run the same command again to finish", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper
+
+
 def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[[], Any]:
     """Task creators fail cleanly too (a bad stack name or stack file while listing tasks).
 
@@ -207,10 +222,17 @@ def task_channel(opts: Options) -> TaskDict:
     }
 
 
+def _is_locked(plan: Any) -> bool:
+    """doit's ``uptodate`` for a lock task: the lockfile records today's inputs (and packages)."""
+    from .lock import staleness
+
+    return staleness(plan) is None
+
+
 @guarded
 def task_lock(opts: Options) -> Iterator[TaskDict]:
     """Solve stacks into lockfiles/<stack>[/<variant>]/conda-lock.yml (check=1: fail if stale)."""
-    from .lock import lock, plan_lock, staleness
+    from .lock import lock, plan_lock
 
     site = _site(opts)
     for stack in selected_stacks(opts, all_variants=True):
@@ -230,7 +252,7 @@ def task_lock(opts: Options) -> Iterator[TaskDict]:
             # and so does version=, for its action to refuse it. No file_dep: doit would rerun on
             # a comment, or on a fresh clone with no .doit.db.
             "uptodate": [False] if opts.check or opts.version is not None
-            else [lambda plan=plan: staleness(plan) is None],
+            else [_interruptible(functools.partial(_is_locked, plan))],
             "verbosity": 2,
         }
 

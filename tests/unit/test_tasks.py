@@ -92,6 +92,19 @@ def test_lock_tasks_name_each_variant_and_leave_staleness_to_the_lockfile(projec
     assert found["demo"]["doc"] == "lock demo"
 
 
+def test_ctrl_c_while_a_lock_task_checks_staleness_is_an_interruption_not_a_traceback(
+        project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(plan: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("swstack.lock.staleness", interrupted)
+    task = _tasks(tasks.task_lock, _opts(project))[0]
+    with pytest.raises(SystemExit) as stopped:
+        task["uptodate"][0]()  # doit runs it outside any action: hashing a large mirror takes a while
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "interrupted; run the same command again to finish\n"
+
+
 def test_checking_locks_writes_no_target(project: Path) -> None:
     for task in _tasks(tasks.task_lock, _opts(project, check=True)):
         assert task["targets"] == []
