@@ -183,7 +183,8 @@ def read_lockfile(path: Path) -> Any:
         what = "empty" if empty else "not a mapping of conda-lock's version, metadata and package"
         raise LockError(f"{path}: not a readable conda-lock file ({what}); lock again") from None
     except Exception as exc:
-        raise LockError(f"{path}: not a readable conda-lock file ({_first_problem(exc)}); lock again") from None
+        problem = _first_problem(exc).replace(str(path), "the file")  # the message names it once
+        raise LockError(f"{path}: not a readable conda-lock file ({problem}); lock again") from None
 
 
 def _first_problem(exc: Exception) -> str:

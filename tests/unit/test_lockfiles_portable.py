@@ -85,14 +85,14 @@ def test_a_lockfile_whose_digest_line_was_deleted_is_found_out(lockfile: Path, t
 @pytest.mark.parametrize(
     ("text", "why"),
     [("", "empty"), ("- a list\n", "not a mapping of conda-lock's version, metadata and package"),
-     ("version: 1\n", "package: field required"),
+     ("version: 1\n", "package: field required"), ("version: 3\n", "the file has unknown version 3"),
      ("version: 1\nmetadata: {platforms: [linux-64], channels: [], content_hash: {linux-64: a" + "0" * 63 + "}}\n"
       "package: []\n", "metadata.sources: field required"),
      ("version: 1\nmetadata: {platforms: [linux-64], channels: [], sources: [], content_hash: "
       "{linux-64: [" + "1, " * 40 + "]}}\npackage: []\n",
       "metadata.content_hash.linux-64: input should be a valid string, got "
       "[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,...")],
-    ids=["empty", "list", "partial", "missing-key-of-a-large-mapping", "large-value"],
+    ids=["empty", "list", "partial", "unknown-version", "missing-key-of-a-large-mapping", "large-value"],
 )
 def test_an_unreadable_lockfile_is_one_line_saying_why(tmp_path: Path, text: str, why: str) -> None:
     from swstack.errors import LockError
