@@ -430,8 +430,20 @@ def _spec_files(plan: InstallPlan) -> list[Path]:
             if name in seen:
                 raise BuildError(f"kernel {name!r} comes from {seen[name]} and from {spec_file}; keep one of them")
             seen[name] = str(spec_file)
+            _refuse_symlinks(spec_file.parent)
             found.append(spec_file)
     return found
+
+
+def _refuse_symlinks(kernel_dir: Path) -> None:
+    """A kernel spec directory is copied into the tree, which is packed and published: a symlink in it
+    (to the site's signing key, say) would put a file of the building machine there, so none is taken."""
+    links = [kernel_dir] if kernel_dir.is_symlink() else []
+    for root, dirs, files in os.walk(kernel_dir):
+        links += [Path(root) / n for n in (*dirs, *files) if (Path(root) / n).is_symlink()]
+    if links:
+        raise BuildError(f"kernel_spec_dirs: {links[0]} is a symlink; put the file itself in the kernel's "
+                         "directory (a kernel spec is copied into the tree, never what a link points at)")
 
 
 def _packages_kernels(kernels_dir: Path, ours: set[str], prefix: str, launcher: bool) -> list[str]:

@@ -187,3 +187,28 @@ def test_a_kernel_whose_program_the_tree_lacks_fails_the_build(tmp_path: Path) -
     r.write_text("#!/bin/sh\n")
     r.chmod(0o755)
     assert "ir" in install_kernels(replace(plan, kernels=[ir]))
+
+
+@pytest.mark.parametrize("where", ["logo", "kernel.json", "dir"])
+def test_a_symlink_in_a_kernel_spec_dir_fails_the_build(tmp_path: Path, where: str) -> None:
+    """A kernel spec directory comes from the stack's repository: a symlink there (to the site's signing
+    key, say) must not put a file of the building machine into the tree, which is packed and published."""
+    from swstack.install import install_kernels
+
+    plan = _tree(tmp_path, {})
+    secret = tmp_path / "cosign.key"
+    secret.write_text("PRIVATE KEY")
+    specs = tmp_path / "specs"
+    real = tmp_path / "elsewhere" / "evil" if where == "dir" else specs / "evil"
+    real.mkdir(parents=True)
+    if where == "kernel.json":
+        (real / "kernel.json").symlink_to(secret)
+    else:
+        (real / "kernel.json").write_text('{"argv": ["x"], "display_name": "evil"}')
+        (real / "logo-64x64.png").symlink_to(secret)
+    if where == "dir":
+        specs.mkdir()
+        (specs / "evil").symlink_to(real)
+    with pytest.raises(BuildError, match=r"kernel_spec_dirs: .*evil.* is a symlink"):
+        install_kernels(replace(plan, kernel_spec_dirs=[str(specs)]))
+    assert not (Path(plan.prefix) / "share/jupyter/kernels/evil").exists()
