@@ -62,6 +62,13 @@ class BuildPlan:
     def artifact_dir(self) -> Path:
         return self.artifacts / self.stack.stack_id / self.version
 
+    @property
+    def install_mounts(self) -> tuple[Mount, ...]:
+        """The install step's mounts: all but the artifacts directory. That step runs the stack's own
+        code (a git dependency's build), which must not reach the artifacts of other stacks and
+        versions (their tarballs and manifests, which publish and sign send out); only pack writes there."""
+        return tuple(m for m in self.mounts if m.target != ARTIFACTS)
+
 
 # ---- planning (pure but for reading the lockfile) ------------------------------------------------------
 
@@ -327,7 +334,7 @@ def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:
     log.step(f"install {plan.stack.stack_id} at {plan.stack.prefix} ({sandbox.name} sandbox, "
              f"{len(plan.install.conda)} conda + {len(plan.install.pip)} pip packages)")
     sandbox.run([*sandbox.python(), "-m", "swstack.install", f"{WORK}/install.json"],
-                mounts=plan.mounts, network=plan.network)
+                mounts=plan.install_mounts, network=plan.network)
 
 
 def pack_in_sandbox(plan: BuildPlan, sandbox: Sandbox, kernels: list[str], project: Path) -> Manifest:

@@ -119,6 +119,8 @@ def test_the_plan_mounts_the_build_dir_at_the_prefix_parent(project: Path, site:
         Mount(tmp_path / "wheels", str(tmp_path / "wheels"), read_only=True),
     }
     assert plan.network is False  # every URL is a local file
+    # The install step runs the stack's code: it gets every mount but the artifacts directory.
+    assert plan.install_mounts == tuple(m for m in plan.mounts if m != Mount(site.artifacts, ARTIFACTS))
 
 
 def test_the_install_plan_is_the_lockfile_s_exact_urls_and_hashes(project: Path, site: Site) -> None:
@@ -319,3 +321,25 @@ def test_a_build_dir_is_emptied_when_the_second_try_succeeds(tmp_path: Path, mon
     monkeypatch.setattr(build.time, "sleep", lambda seconds: None)
     build._fresh_dir(leftover)
     assert leftover.is_dir() and not any(leftover.iterdir()) and len(tries) == 2
+
+
+def test_the_install_step_runs_without_the_artifacts_directory(project: Path, site: Site) -> None:
+    """The install step runs the stack's own code (a git dependency's build): it must not be able to
+    rewrite another stack's or version's tarball and manifest, which publish and sign then send out."""
+    from swstack.build import install_in_sandbox
+
+    seen: list[tuple[str, ...]] = []
+
+    class Recording:
+        name = "recording"
+
+        def python(self) -> list[str]:
+            return ["python"]
+
+        def run(self, argv: list[str], *, mounts: list[Mount], env: object = None, workdir: object = None,
+                network: bool = True) -> None:
+            seen.append(tuple(m.target for m in mounts))
+
+    plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, today=TODAY)
+    install_in_sandbox(plan, Recording())  # type: ignore[arg-type]
+    assert seen and ARTIFACTS not in seen[0] and "/data0/sw" in seen[0]
