@@ -14,6 +14,7 @@ stacks a run covered into ``<artifacts>/nightly.json`` and a short Markdown tabl
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import textwrap
 import time
@@ -276,7 +277,7 @@ def smoke_test(tarball: Path, manifest: Manifest) -> tuple[str, ...]:
 
     Returns what was checked. A stack without kernels runs its python, if it has one.
     """
-    from .sandbox import Mount, private_root_argv
+    from .sandbox import Mount, private_root_argv, sandbox_env
 
     prefix = Path(manifest.prefix)
     checked = []
@@ -285,10 +286,13 @@ def smoke_test(tarball: Path, manifest: Manifest) -> tuple[str, ...]:
         (parent / prefix.name).mkdir(parents=True)
         proc.run(["tar", "--zstd" if manifest.tarball and manifest.tarball.compression == "zstd" else "--gzip",
                   "-xf", tarball, "-C", parent / prefix.name], error=BuildError, what=f"untar {tarball.name}")
-        root = private_root_argv([Mount(parent, str(prefix.parent))])
+        # The tree's code runs here: no network, no secret of ours in its environment, and a home of
+        # its own (jupyter's runtime files), as the host's directories are read-only inside.
+        root = private_root_argv([Mount(parent, str(prefix.parent))], network=False)
+        env = {**sandbox_env(os.environ), "HOME": tmp, "JUPYTER_RUNTIME_DIR": f"{tmp}/runtime"}
         python = f"{prefix}/bin/python"
         for kernel in manifest.kernels:
-            out = proc.output([*root, python, "-c", KERNEL_CHECK, kernel, PREFIX_CELL], error=BuildError,
+            out = proc.output([*root, python, "-c", KERNEL_CHECK, kernel, PREFIX_CELL], env=env, error=BuildError,
                               what=f"smoke test: kernel {kernel} of {manifest.stack_id}", timeout=600)
             printed = json.loads(out.splitlines()[-1])["out"].strip()
             if printed != str(prefix):
@@ -296,7 +300,7 @@ def smoke_test(tarball: Path, manifest: Manifest) -> tuple[str, ...]:
                                  f"{printed!r}, not {prefix}")
             checked.append(f"kernel {kernel}")
         if not manifest.kernels and (parent / prefix.name / "bin" / "python").exists():
-            proc.run([*root, python, "-c", "import sys; print(sys.prefix)"], error=BuildError,
+            proc.run([*root, python, "-c", "import sys; print(sys.prefix)"], env=env, error=BuildError,
                      what=f"smoke test: python of {manifest.stack_id}")
             checked.append("python")
     log.info(f"smoke test of {manifest.stack_id} {manifest.version}: {', '.join(checked) or 'nothing to run'}")

@@ -19,6 +19,7 @@ to any command (tests use it with a size-limited tmpfs as a small ramdisk).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,27 +120,29 @@ def private_root_argv(
 ) -> list[str]:
     """The bubblewrap argv prefix (ending in ``--``) of a private root with its own ``/data0``.
 
-    The root is bwrap's own tmpfs. Each host top-level directory is bound on its own,
+    The root is bwrap's own tmpfs. Each host top-level directory is bound on its own, read-only,
     never ``/`` as a whole: with ``--bind / /`` a ``mkdir /data0`` would reach the real
-    disk. Then come, in this order, the ``tmpfs`` mounts (``(target, bytes)``), the bind
-    ``mounts`` and the ``symlinks`` (``(link_target, link_path)``), so a mount may land in
-    a tmpfs and a symlink may point at either (``/data0/sw -> /data0/sw.tmpfs``). Every
-    process started inside dies with the process that started bubblewrap.
+    disk. Only ``/tmp`` and the ``mounts`` not marked read-only can be written. Then come, in
+    this order, the ``tmpfs`` mounts (``(target, bytes)``), the bind ``mounts`` and the ``symlinks``
+    (``(link_target, link_path)``), so a mount may land in a tmpfs and a symlink may point at
+    either (``/data0/sw -> /data0/sw.tmpfs``). Every process started inside dies with the
+    process that started bubblewrap.
     """
     # Its own PID namespace, ended with bwrap, and bwrap ended with its parent: a build killed or
     # interrupted leaves no process behind (compileall's workers went on writing into the next
     # build's directory).
     argv = ["bwrap", "--die-with-parent", "--unshare-pid"]
+    # Mount points the host lacks: bwrap makes them, which it cannot do in a read-only bind.
+    missing = [t for t in (*(m.target for m in mounts), *(t.target if isinstance(t, Tmpfs) else t[0] for t in tmpfs))
+               if not os.path.lexists(t)]
     for entry in host_top_level() if top_level is None else top_level:
         if entry.name in _NOT_BOUND:
             continue
         path = "/" + entry.name
         if entry.kind == "symlink":
             argv += ["--symlink", entry.link, path]
-        elif entry.kind == "dir":
-            argv += ["--bind", path, path]
-        else:
-            argv += ["--ro-bind", path, path]
+        else:  # read-only: what runs inside (a package's build, a kernel) writes only to the mounts
+            argv += _read_only(path, missing)
     argv += ["--proc", "/proc", "--dev", "/dev", "--bind", "/tmp", "/tmp", "--dir", PRIVATE_ROOT]
     for fs in (t if isinstance(t, Tmpfs) else Tmpfs(*t) for t in tmpfs):
         _check_target(fs.target)
@@ -158,9 +161,36 @@ def private_root_argv(
     return argv
 
 
+def _read_only(path: str, missing: Sequence[str]) -> list[str]:
+    """Bind the host's ``path`` read-only; a directory on the way to a ``missing`` mount point
+    becomes one of the private root's own instead (its entries bound one by one, read-only), so
+    bwrap can make the mount point there, never on the host's disk."""
+    if not any(t.startswith(path + "/") for t in missing) or not os.path.isdir(path) or os.path.islink(path):
+        return ["--ro-bind", path, path]
+    argv = ["--dir", path]
+    for child in sorted(os.scandir(path), key=lambda e: e.name):
+        if child.is_symlink():
+            argv += ["--symlink", os.readlink(child.path), child.path]
+        else:
+            argv += _read_only(child.path, missing)
+    return argv
+
+
 def _check_target(target: str) -> None:
     if not target.startswith("/") or target.rstrip("/") in ("", "/") or ".." in target.split("/"):
         raise SandboxError(f"mount target {target!r} must be an absolute path below /, without '..'")
+
+
+# Environment variables a step inside never gets: the registry's and the signing key's secrets,
+# and any variable whose name says it holds one (a CI's tokens). What runs inside is the stack's
+# code (a git dependency's build, its kernels), which a less trusted contributor may write.
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|CREDENTIAL|PRIVATE|_KEY$|_AUTH|^DOCKER_CONFIG$|"
+                          r"^SWSTACK_REGISTRY_USER$", re.IGNORECASE)
+
+
+def sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the variables that may hold a secret (``_SECRET_NAME``)."""
+    return {k: v for k, v in env.items() if not _SECRET_NAME.search(k)}
 
 
 def container_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -205,7 +235,8 @@ class NamespaceSandbox:
     ) -> None:
         full = private_root_argv(mounts, network=network, workdir=workdir) + list(argv)
         proc.run_streaming(
-            full, env={**os.environ, **(env or {})}, error=SandboxError, what=f"{_short(argv)} (namespace sandbox)"
+            full, env={**sandbox_env(os.environ), **(env or {})}, error=SandboxError,
+            what=f"{_short(argv)} (namespace sandbox)",
         )
 
 

@@ -195,3 +195,16 @@ def test_a_build_killed_or_interrupted_leaves_no_process_in_the_sandbox(sig: sig
         build.wait()
         for pid in _pids_naming(token):  # only ours: the token is this test's
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_mount_point_the_host_lacks_is_made_in_the_private_root_not_on_the_host(tmp_path: Path) -> None:
+    """Host directories are bound read-only: a mount below one where the host has no such directory
+    still works, and nothing is created on the host's disk."""
+    target = f"/usr/local/swstack-probe-{uuid.uuid4().hex}/work"
+    (tmp_path / "hello").write_text("hi\n")
+    argv = private_root_argv([Mount(tmp_path, target, read_only=True)])
+    script = f"cat {target}/hello; touch /usr/local/x 2>/dev/null || echo /usr/local is read-only; " \
+             "touch /usr/local/bin/x 2>/dev/null || echo /usr/local/bin is read-only"
+    out = proc.output([*argv, "sh", "-c", script]).splitlines()
+    assert out[0] == "hi" and out[-1] == "/usr/local/bin is read-only"
+    assert not Path(target).parent.exists() and not Path("/usr/local/x").exists()

@@ -34,8 +34,8 @@ def pairs(argv: list[str], option: str) -> list[tuple[str, str]]:
 
 def test_root_is_bound_directory_by_directory_never_whole() -> None:
     argv = private_root_argv(top_level=TOP)
-    binds = pairs(argv, "--bind")
-    assert ("/", "/") not in binds
+    binds = pairs(argv, "--ro-bind")
+    assert ("/", "/") not in binds + pairs(argv, "--bind")
     assert ("/etc", "/etc") in binds and ("/usr", "/usr") in binds and ("/home", "/home") in binds
     assert ("usr/bin", "/bin") in pairs(argv, "--symlink")
     assert ("/.dockerenv", "/.dockerenv") in pairs(argv, "--ro-bind")
@@ -161,3 +161,19 @@ def test_auto_without_an_engine_falls_back_to_namespace(
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nobody.sock")
     chosen = sandbox.open_sandbox("auto", engine=DockerEngine(timeout=5))
     assert chosen.name == "namespace"
+
+
+def test_host_directories_are_read_only_inside() -> None:
+    """What runs inside (a git dependency's build, a kernel of the smoke test) is the stack's code:
+    of the host it may write /tmp and the mounts it is given, never the checkout, the keys or a home."""
+    argv = private_root_argv([Mount(Path("/tmp/build"), "/data0/sw")], top_level=TOP)
+    assert pairs(argv, "--bind") == [("/tmp", "/tmp"), ("/tmp/build", "/data0/sw")]
+
+
+def test_secrets_stay_out_of_the_sandbox_environment() -> None:
+    env = {"PATH": "/usr/bin", "PYTHONPATH": "/src", "LANG": "C.UTF-8", "SOURCE_DATE_EPOCH": "1",
+           "SWSTACK_REGISTRY_USER": "ci", "SWSTACK_REGISTRY_PASSWORD": "pw", "SWSTACK_SIGNING_PASSWORD": "pw",
+           "GITHUB_TOKEN": "t", "ACTIONS_ID_TOKEN_REQUEST_URL": "u", "AWS_SECRET_ACCESS_KEY": "k",
+           "DOCKER_CONFIG": "/home/ci/.docker"}
+    assert sandbox.sandbox_env(env) == {"PATH": "/usr/bin", "PYTHONPATH": "/src", "LANG": "C.UTF-8",
+                                        "SOURCE_DATE_EPOCH": "1"}
