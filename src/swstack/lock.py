@@ -510,6 +510,18 @@ def _canonical_pip_url(item: dict[str, Any], site: Site, from_site: bool) -> str
     return url
 
 
+def _confined(site: Site) -> list[str]:
+    """The bubblewrap prefix pip's resolver runs under. Resolving a git dependency runs its build
+    backend (``setup.py``): the stack's code, which may write only ``/tmp`` and never sees the
+    site's signing keys (a tmpfs over their directory)."""
+    from .sandbox import Tmpfs, private_root_argv
+
+    if proc.which("bwrap") is None:
+        raise LockError("bubblewrap (bwrap) is not installed: run scripts/setup (pip's resolver runs in it)")
+    keys = site.signing_keys
+    return private_root_argv(tmpfs=[Tmpfs(str(keys), 1 << 16)] if keys is not None and keys.is_dir() else [])
+
+
 def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform: str) -> list[Any]:
     """Resolve pip dependencies for ``platform`` with pip's own resolver (``--dry-run --report``)."""
     if not stack.pip:
@@ -547,7 +559,7 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
         env = {"PYTHONPATH": f"{stubs}:{tools}", "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1",
                "PATH": "/usr/bin:/bin", "HOME": tmp}
         try:
-            proc.run([*argv, *requirements], env=env, error=LockError,
+            proc.run([*_confined(site), *argv, *requirements], env=env, error=LockError,
                      what=f"resolving the pip dependencies of {stack.stack_id} for {platform}")
         except LockError as exc:
             raise LockError(_explain_pip_unresolvable(stack, site, str(exc)) or str(exc)) from None

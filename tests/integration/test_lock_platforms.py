@@ -193,3 +193,45 @@ def test_a_mirror_missing_a_file_its_index_lists_fails_the_lock_and_leaves_the_l
         lock(stack, site, fixture_project)  # what every build does first
     assert "fakenum" in str(failed.value) and "restore the file in the mirror" in str(failed.value)
     assert path.read_bytes() == before  # no new timestamp, no churn in a committed file
+
+
+SETUP_PROBE = """
+import json, os, pathlib
+seen = {"etc_writable": os.access("/etc", os.W_OK), "keys": sorted(os.listdir(KEYS))}
+pathlib.Path(PROBE).write_text(json.dumps(seen))
+from setuptools import setup
+setup(name="probe", version="1.0", py_modules=[])
+"""
+
+
+def test_resolving_a_git_dependency_runs_its_build_confined(tmp_path: Path) -> None:
+    """pip runs a git dependency's setup.py to read its metadata: the stack's code, at lock time on the
+    build machine. It runs in a private root: the host read-only, the site's signing keys hidden."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from swstack.lock import _solve_pip
+
+    root = Path(__file__).resolve().parents[2]
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "cosign.key").write_text("PRIVATE")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "setup.py").write_text(f"KEYS = {str(keys)!r}\nPROBE = {str(tmp_path / 'probe.json')!r}\n" + SETUP_PROBE)
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "probe"]):
+        subprocess.run([*git, *args], check=True)
+    stack_file = tmp_path / "probe.toml"
+    stack_file.write_text(textwrap.dedent(f"""\
+        name = "probe"
+        channels = ["conda-forge"]
+        [dependencies]
+        python = "3.11.*"
+        [pip.dependencies]
+        probe = {{ git = "file://{repo}", ref = "HEAD" }}
+        """))
+    site = replace(load_site(root / "sites/offline.toml", root), signing_keys=keys)
+    python = SimpleNamespace(name="python", version="3.11.9", dependencies={})
+    _solve_pip(load_stack(stack_file), site, {"python": python}, "linux-64")
+    assert json.loads((tmp_path / "probe.json").read_text()) == {"etc_writable": False, "keys": []}
