@@ -35,6 +35,7 @@ from .spec import Stack
 
 WORK = "/opt/swstack/work"
 ARTIFACTS = "/opt/swstack/artifacts"
+EMPTY = "empty"  # a directory of the work dir, mounted over the site's signing keys
 KERNEL_SPECS = "/opt/swstack/kernel-specs"
 
 
@@ -233,6 +234,9 @@ def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None =
         spec_dirs.append(f"{KERNEL_SPECS}/{i}")
     urls = [c.source for c in conda] + [p.fetch or p.url for p in pip if p.fetch or not p.index]
     mounts += [Mount(root, str(root), read_only=True) for root in local_roots(urls)]
+    if site.signing_keys is not None and site.signing_keys.is_dir():
+        # The steps run the stack's code (a git dependency's build): inside, the keys' directory is empty.
+        mounts.append(Mount(work_dir / EMPTY, str(site.signing_keys), read_only=True))
     install = InstallPlan(
         prefix=stack.prefix,
         platform=platform,
@@ -328,6 +332,7 @@ def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:
     make_artifacts_dir(plan.artifacts)
     _fresh_dir(plan.build_dir)  # a build always starts from an empty prefix (the seed's --clean)
     _fresh_dir(plan.work_dir)
+    (plan.work_dir / EMPTY).mkdir()
     Path(plan.install.package_cache).mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan.work_dir / "install.json", plan.install.to_json())
     atomic_write_text(plan.work_dir / "pip-locks.json", json.dumps(plan.pip_locks, indent=1))

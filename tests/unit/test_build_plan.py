@@ -343,3 +343,29 @@ def test_the_install_step_runs_without_the_artifacts_directory(project: Path, si
     plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, today=TODAY)
     install_in_sandbox(plan, Recording())  # type: ignore[arg-type]
     assert seen and ARTIFACTS not in seen[0] and "/data0/sw" in seen[0]
+
+
+def test_the_site_s_signing_keys_are_an_empty_directory_inside(project: Path, site: Site, tmp_path: Path) -> None:
+    """A git dependency's build runs in the sandbox: in the namespace one the host's files are readable,
+    so the site's keys' directory is covered with an empty one (else it could copy the key into the tree)."""
+    from swstack.build import EMPTY, install_in_sandbox
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "cosign.key").write_text("PRIVATE")
+    plan = plan_build(load_stack(project / "stacks/demo.toml"), replace(site, signing_keys=keys), project, today=TODAY)
+    assert plan.mounts[-1] == Mount(plan.work_dir / EMPTY, str(keys), read_only=True)
+    seen: list[list[str]] = []
+
+    class Recording:
+        name = "recording"
+
+        def python(self) -> list[str]:
+            return ["python"]
+
+        def run(self, argv: list[str], *, mounts: list[Mount], env: object = None, workdir: object = None,
+                network: bool = True) -> None:
+            seen.append([p.name for p in (plan.work_dir / EMPTY).iterdir()])
+
+    install_in_sandbox(plan, Recording())  # type: ignore[arg-type]
+    assert seen == [[]]
