@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -329,20 +330,25 @@ def test_the_install_step_runs_without_the_artifacts_directory(project: Path, si
     from swstack.build import install_in_sandbox
 
     seen: list[tuple[str, ...]] = []
-
-    class Recording:
-        name = "recording"
-
-        def python(self) -> list[str]:
-            return ["python"]
-
-        def run(self, argv: list[str], *, mounts: list[Mount], env: object = None, workdir: object = None,
-                network: bool = True) -> None:
-            seen.append(tuple(m.target for m in mounts))
-
     plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, today=TODAY)
-    install_in_sandbox(plan, Recording())  # type: ignore[arg-type]
+    install_in_sandbox(plan, _Recording(lambda mounts: seen.append(tuple(m.target for m in mounts))))  # type: ignore[arg-type]
     assert seen and ARTIFACTS not in seen[0] and "/data0/sw" in seen[0]
+
+
+class _Recording:
+    """A sandbox that runs nothing and hands each step's mounts to ``record``: what the step could touch."""
+
+    name = "recording"
+
+    def __init__(self, record: Callable[[list[Mount]], None]):
+        self.record = record
+
+    def python(self) -> list[str]:
+        return ["python"]
+
+    def run(self, argv: list[str], *, mounts: list[Mount], env: object = None, workdir: object = None,
+            network: bool = True) -> None:
+        self.record(mounts)
 
 
 def test_the_site_s_signing_keys_are_an_empty_directory_inside(project: Path, site: Site, tmp_path: Path) -> None:
@@ -356,16 +362,5 @@ def test_the_site_s_signing_keys_are_an_empty_directory_inside(project: Path, si
     plan = plan_build(load_stack(project / "stacks/demo.toml"), replace(site, signing_keys=keys), project, today=TODAY)
     assert plan.mounts[-1] == Mount(plan.work_dir / EMPTY, str(keys), read_only=True)
     seen: list[list[str]] = []
-
-    class Recording:
-        name = "recording"
-
-        def python(self) -> list[str]:
-            return ["python"]
-
-        def run(self, argv: list[str], *, mounts: list[Mount], env: object = None, workdir: object = None,
-                network: bool = True) -> None:
-            seen.append([p.name for p in (plan.work_dir / EMPTY).iterdir()])
-
-    install_in_sandbox(plan, Recording())  # type: ignore[arg-type]
+    install_in_sandbox(plan, _Recording(lambda _: seen.append([p.name for p in (plan.work_dir / EMPTY).iterdir()])))  # type: ignore[arg-type]
     assert seen == [[]]
