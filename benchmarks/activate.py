@@ -69,16 +69,18 @@ def timed(argv: list[str], what: str = "") -> tuple[float, int]:
     would report our own (large, artifact-building) RSS as its peak until it execs.
     """
     rss_file = Path(tempfile.mktemp(prefix="swstack-rss-"))
-    start = time.perf_counter()
-    subprocess.run(
-        ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *argv],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    elapsed = time.perf_counter() - start
-    rss, user, system = rss_file.read_text().split()[-3:]
-    rss_file.unlink()
+    try:
+        start = time.perf_counter()
+        subprocess.run(
+            ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *argv],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        elapsed = time.perf_counter() - start
+        rss, user, system = rss_file.read_text().split()[-3:]
+    finally:  # GNU time writes the file even when the command fails or is interrupted
+        rss_file.unlink(missing_ok=True)
     if what:
         CPU.setdefault(what, []).append(float(user) + float(system))
     return elapsed, int(rss)
@@ -274,10 +276,10 @@ def main() -> None:
     args = ap.parse_args()
     LOAD.append(os.getloadavg()[0])
     base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
-    with_bytecode(base / "pycache")
-    create_ms = file_creation_ms(base)
     roots = Roots(base)
     try:
+        with_bytecode(base / "pycache")
+        create_ms = file_creation_ms(base)
         live = str(base / "ours" / "sw" / "py3")
         plain = make_artifact(
             base / "art-big", version="2.0", prefix=live, payload=args.big_mb << 20, small_files=args.files
