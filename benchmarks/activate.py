@@ -19,7 +19,7 @@ of ``--repeat`` runs alternating the order:
    mixed observations: ours (``swstack set-version``) vs ``ln -sfn`` vs ``rsync --delete``;
    target 0 missing, 0 mixed for ours.
 
-    .venv/bin/python benchmarks/activate.py [--small-mb 32] [--big-mb 256] [--files 3000] [--repeat 3]
+    .venv/bin/python benchmarks/activate.py [--small-mb 32] [--big-mb 256] [--files 3000] [--switches 20] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -266,13 +266,24 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small-mb", type=int, default=32)
-    ap.add_argument("--big-mb", type=int, default=256)
-    ap.add_argument("--files", type=int, default=3000, help="small files per artifact")
-    ap.add_argument("--switches", type=int, default=20)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each timing; medians are reported")
+    ap.add_argument("--small-mb", type=positive, default=32, help="MiB of blobs in the small artifact (RSS only)")
+    ap.add_argument("--big-mb", type=positive, default=256, help="MiB of blobs in the timed artifact")
+    ap.add_argument("--files", type=positive, default=3000, help="small files per artifact")
+    ap.add_argument("--switches", type=positive, default=20, help="version switches the readers watch")
+    ap.add_argument("--repeat", type=positive, default=3, help="runs of each timing; medians are reported")
     args = ap.parse_args()
     LOAD.append(os.getloadavg()[0])
     base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
