@@ -12,7 +12,7 @@ prefix made of one package holding a copy of this virtualenv's site-packages: th
 of .py, .pyc and .so files). Output: a table of median time, CPU and size per method, measured
 side by side in rounds on the same warm page cache, and the ratios the issue sets targets for.
 
-    .venv/bin/python benchmarks/pack.py [PREFIX] [--levels 1,3,6] [--repeat 3]
+    .venv/bin/python benchmarks/pack.py [PREFIX] [--levels 1,3,6] [--skip-gzip] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -194,21 +194,51 @@ def prefix_size(prefix: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def zstd_levels(text: str) -> list[int]:
+    """An argparse type: comma-separated zstd levels, each 1 to 22."""
+    try:
+        levels = [int(x) for x in text.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or not all(1 <= lv <= 22 for lv in levels):
+        raise argparse.ArgumentTypeError(f"{text!r}: give zstd levels 1 to 22, separated by commas")
+    return levels
+
+
+def conda_prefix(text: str) -> Path:
+    """An argparse type: an existing conda prefix (conda-pack needs its conda-meta/)."""
+    prefix = Path(text).resolve()
+    if not (prefix / "conda-meta").is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a conda prefix (no conda-meta/ directory)")
+    return prefix
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("prefix", nargs="?", type=Path)
-    parser.add_argument("--levels", default="1,3,6", help="zstd levels to measure for swstack")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds; the report gives medians")
+    parser.add_argument("prefix", nargs="?", type=conda_prefix, help="a conda prefix (holding conda-meta/)")
+    parser.add_argument("--levels", type=zstd_levels, default="1,3,6", help="zstd levels to measure for swstack")
+    parser.add_argument("--repeat", type=positive, default=3, help="rounds; the report gives medians")
     parser.add_argument("--skip-gzip", action="store_true", help="skip the slow gzip rows (ours and conda-pack's)")
     args = parser.parse_args()
     log.setup(False)
-    levels = [int(x) for x in args.levels.split(",")]
+    levels: list[int] = args.levels
     with tempfile.TemporaryDirectory(prefix="swstack-bench-") as tmp:
         scratch = Path(tmp)
         with_bytecode(scratch / "pycache")
-        prefix = args.prefix.resolve() if args.prefix else default_prefix(scratch)
+        prefix = args.prefix or default_prefix(scratch)
         count, size = prefix_size(prefix)
         print(f"prefix {prefix}: {count} files, {log.human_bytes(size)}; {len(levels)} zstd levels")
         out = scratch / "out"
