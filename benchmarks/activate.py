@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from bytecode import with_bytecode  # noqa: E402
 from tests.support.host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
 
+from swstack import paths  # noqa: E402
 from swstack.manifest import Manifest, TarballChunk  # noqa: E402
 
 
@@ -266,6 +267,15 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def refuse_production_root() -> None:
+    """Exit when the scratch files would land under the production root (``TMPDIR`` there):
+    a benchmark never writes to a real <ROOT>."""
+    tmp, root = Path(tempfile.gettempdir()).resolve(), Path(paths.ROOT)
+    if tmp == root or root in tmp.parents:
+        sys.exit(f"{sys.argv[0]}: the temporary directory {tmp} is under {root}, the production root; "
+                 "set TMPDIR to a directory elsewhere")
+
+
 def positive(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:
@@ -285,6 +295,7 @@ def main() -> None:
     ap.add_argument("--switches", type=positive, default=20, help="version switches the readers watch")
     ap.add_argument("--repeat", type=positive, default=3, help="runs of each timing; medians are reported")
     args = ap.parse_args()
+    refuse_production_root()
     LOAD.append(os.getloadavg()[0])
     base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
     roots = Roots(base)

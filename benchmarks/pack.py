@@ -194,6 +194,15 @@ def prefix_size(prefix: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def refuse_production_root() -> None:
+    """Exit when the scratch files would land under the production root (``TMPDIR`` there):
+    a benchmark never writes to a real <ROOT>."""
+    tmp, root = Path(tempfile.gettempdir()).resolve(), Path(paths.ROOT)
+    if tmp == root or root in tmp.parents:
+        sys.exit(f"{sys.argv[0]}: the temporary directory {tmp} is under {root}, the production root; "
+                 "set TMPDIR to a directory elsewhere")
+
+
 def positive(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:
@@ -238,6 +247,7 @@ def main() -> int:
     parser.add_argument("--skip-gzip", action="store_true", help="skip the slow gzip rows (ours and conda-pack's)")
     args = parser.parse_args()
     log.setup(False)
+    refuse_production_root()
     levels = sorted({*args.levels, pack.DEFAULT_ZSTD_LEVEL})
     with tempfile.TemporaryDirectory(prefix="swstack-bench-") as tmp:
         scratch = Path(tmp)
