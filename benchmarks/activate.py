@@ -412,7 +412,7 @@ def main() -> None:
 def probe_switches(mem_root: Path, switches: int) -> None:
     """Readers of <root>/sw/py3 while versions 1.0 and 2.0 switch: ours, then three baselines."""
     live = mem_root / "sw" / "py3"
-    results = {}
+    results: dict[str, tuple[Probe, int]] = {}
     with Probe(live) as probe:
         for i in range(switches):
             subprocess.run(
@@ -420,7 +420,7 @@ def probe_switches(mem_root: Path, switches: int) -> None:
                 check=True,
                 capture_output=True,
             )
-    results["swstack set-version"] = probe
+    results["swstack set-version"] = probe, switches
     tmpfs = Path(os.path.realpath(mem_root / "sw.tmpfs"))
     # The two ramdisk copies stay as a pair of trees for the baselines (set-version dropped 1.0's).
     if not (tmpfs / ".py3@1.0").exists():
@@ -429,11 +429,11 @@ def probe_switches(mem_root: Path, switches: int) -> None:
     with Probe(live) as probe:
         script = f"for i in $(seq {n}); do ln -sfn .py3@1.0 py3; ln -sfn .py3@2.0 py3; done"
         subprocess.run(["sh", "-c", script], cwd=tmpfs, check=True)
-    results["ln -sfn (coreutils 9)"] = probe
+    results["ln -sfn (coreutils 9)"] = probe, 2 * n
     with Probe(live) as probe:
         script = f"for i in $(seq {n}); do rm -f py3; ln -s .py3@1.0 py3; rm -f py3; ln -s .py3@2.0 py3; done"
         subprocess.run(["sh", "-c", script], cwd=tmpfs, check=True)
-    results["rm + ln -s (ln -sfn < 9)"] = probe
+    results["rm + ln -s (ln -sfn < 9)"] = probe, 2 * n
     rs_live = tmpfs / "rsync-live"
     subprocess.run(["cp", "-a", str(mem_root / "sw.2.0" / "py3"), str(rs_live)], check=True)
     os.replace(tmpfs / "py3", tmpfs / "py3.bak")
@@ -442,11 +442,12 @@ def probe_switches(mem_root: Path, switches: int) -> None:
         for i in range(switches):
             src = mem_root / ("sw.1.0" if i % 2 == 0 else "sw.2.0") / "py3"
             subprocess.run(["rsync", "-a", "-I", "--delete", f"{src}/", f"{rs_live}/"], check=True)
-    results["rsync --delete (seed S3)"] = probe
-    print(f"\n4. readers of <root>/sw/py3 during {switches} switches (fd-relative reads of two files)")
-    for name, p in results.items():
-        print(f"   {name:<26} reads {p.reads:>8}  missing {p.missing:>6}  mixed {p.mixed:>6}")
-    bad = results["swstack set-version"].missing + results["swstack set-version"].mixed
+    results["rsync --delete (seed S3)"] = probe, switches
+    print("\n4. readers of <root>/sw/py3 while versions switch (fd-relative reads of two files)")
+    for name, (p, count) in results.items():
+        print(f"   {name:<26} switches {count:>5}  reads {p.reads:>8}  missing {p.missing:>6}  mixed {p.mixed:>6}")
+    ours = results["swstack set-version"][0]
+    bad = ours.missing + ours.mixed
     print(f"   swstack set-version: target 0 missing, 0 mixed: {'met' if bad == 0 else 'NOT MET'}")
 
 
