@@ -5,19 +5,25 @@ blobs plus a site-packages-like mass of small files, packed by pack's own chunke
 and built for the scratch root's live path, as production artifacts are built for
 /data0/sw/<name>, so nothing is relocated). Output, measured side by side in one run
 under scratch roots whose sw.tmpfs lives on /dev/shm (a real tmpfs), each time the median
-of ``--repeat`` runs alternating the order:
+of ``--repeat`` rounds alternating the order, every tarball read into the page cache before
+each round (RSS and bytes are from one run):
 
 1. time from tarball to active: ours vs ``tar --zstd -xf`` into sw.<version> then
    ``rsync -a`` to the ramdisk (the seed's S2/P1 steps); target <= 0.7x. The same tree in
-   an unchunked tarball (older artifacts) is activated too, for reference;
+   an unchunked tarball (older artifacts) is activated too, for reference, and, as root
+   with ``mkfs.erofs`` installed, a mount-based way (tree on the ramdisk, an EROFS image of
+   it on disk, mounted read-only in a private mount namespace), measured only;
 2. a one-package update (one small package's files rewritten, repacked with pack's own
    chunked writer) activated over the live version, against the full activation: target
    <= 0.1x; and the ramdisk bytes of the two versions kept side by side (a process holds
    the old copy) against one version: target <= 1.1x;
 3. peak RSS of ``swstack activate`` for two tarball sizes (flat in size);
 4. a probe reading <root>/sw/py3 in a loop while versions switch, counting missing and
-   mixed observations: ours (``swstack set-version``) vs ``ln -sfn`` vs ``rsync --delete``;
-   target 0 missing, 0 mixed for ours.
+   mixed observations: ours (``swstack set-version``) vs ``ln -sfn``, ``rm -f`` + ``ln -s``
+   and ``rsync --delete``; target 0 missing, 0 mixed for ours.
+
+Scratch trees go to the temporary directory and /dev/shm and are removed at the end,
+after a failure or a Ctrl-C too; it refuses to run with the temporary directory under /data0.
 
     .venv/bin/python benchmarks/activate.py [--small-mb 32] [--big-mb 256] [--files 3000] [--switches 20] [--repeat 3]
 """
