@@ -338,8 +338,14 @@ def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> No
         log.info(f"image skipped: {exc}; the artifact is complete: run {image_command} once it answers")
         return
     image = build_image(stack, site, project, artifact_dir)
+    _IMAGES_MADE.add(artifact_dir.resolve())
     log.info(f"image {image.repository}@{image.digest} ({len(image.layers)} layers) in {artifact_dir / 'image'}; "
              f"`doit push stack={stack.name}` pushes it")
+
+
+# Artifacts whose image this doit run has made: `doit image` runs the build first, which makes a
+# missing image; the image task then does not make the same image a second time.
+_IMAGES_MADE: set[Path] = set()
 
 
 @guarded
@@ -411,6 +417,9 @@ def _image(stack: Any, site: Any, version: str | None) -> None:
     from .image import build_image, mirror_base
 
     artifact = _artifact(stack, site, version)  # first: a missing one is the user's to fix, before any pull
+    if artifact.resolve() in _IMAGES_MADE:
+        log.info(f"image of {stack.stack_id} {artifact.name}: made by the build just now")
+        return
     mirror_base(stack, site)
     result = build_image(stack, site, paths.project_root(), artifact)
     log.info(f"image {result.repository}@{result.digest} ({len(result.layers)} layers), tags: {', '.join(result.tags)}")

@@ -401,3 +401,40 @@ def test_a_build_without_a_docker_engine_ends_at_its_artifact(
         tasks._local_image(stack, site, root, tmp_path / "artifact")
     assert ("for the base image, nor a Docker engine, which the image needs too; start both and run "
             "`doit image stack=antares-kernel`") in caplog.text
+
+
+def test_image_does_not_make_again_the_image_its_build_just_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`doit image` on an artifact without its image: the build (its dependency) makes the image,
+    and the image task then does not build the same image a second time."""
+    from types import SimpleNamespace
+
+    from swstack import image
+    from swstack.site import load_site
+    from swstack.spec import load_stack
+
+    root = Path(__file__).resolve().parents[2]
+    site = load_site(str(root / "sites/offline.toml"), root)
+    stack = load_stack(root / "stacks/antares-kernel.toml")
+    artifact = tmp_path / "2026.01.01"
+    artifact.mkdir()
+    made: list[Path] = []
+
+    def fake_build(stack: Any, site: Any, project: Path, artifact_dir: Path) -> Any:
+        made.append(artifact_dir)
+        return SimpleNamespace(repository="r/antares-kernel", digest="sha256:0", layers=(), tags=("latest",))
+
+    monkeypatch.setattr(image, "registry_answers", lambda site: True)
+    monkeypatch.setattr(image, "mirror_base", lambda stack, site: None)
+    monkeypatch.setattr(image, "build_image", fake_build)
+    monkeypatch.setattr(tasks, "_artifact", lambda stack, site, version: artifact)
+    monkeypatch.setattr(tasks, "_IMAGES_MADE", set())
+    with caplog.at_level("INFO", logger="swstack"):
+        tasks._local_image(stack, site, root, artifact)  # the build task's image step
+        tasks._image(stack, site, None)  # then the image task, in the same doit run
+    assert made == [artifact]
+    assert "antares-kernel 2026.01.01: made by the build just now" in caplog.text
+    tasks._IMAGES_MADE.clear()
+    tasks._image(stack, site, None)  # on its own (the image was there already): made anew
+    assert made == [artifact, artifact]
