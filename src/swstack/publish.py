@@ -84,7 +84,7 @@ def publish_artifact(
     log.step(f"publish {plan.blobs[-1].descriptor.annotations[TITLE]} -> {plan.ref}")
     result = push(plan, client or RegistryClient(plan.ref.registry, retry=retry))
     log.info(
-        f"{result.ref}@{result.digest} ({len(result.uploaded)} blob(s) sent, "
+        f"published {result.ref}@{result.digest} ({len(result.uploaded)} blob(s) sent, "
         f"{len(result.skipped)} already there)"
     )
     return result.digest

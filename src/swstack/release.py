@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import log
 from .errors import PushError
 
 if TYPE_CHECKING:
@@ -27,9 +26,7 @@ def push_attested(site: Site, artifact: Path) -> PushResult:
     """Push the image of ``artifact`` (its ``image/`` layout), then attest and sign it."""
     from .image import push_image
 
-    result = push_image(artifact / "image")
-    log.info(f"pushed {result.repository}@{result.digest}: {log.human_bytes(result.bytes_uploaded)} sent, "
-             f"{len(result.skipped)} layers already there")
+    result = push_image(artifact / "image")  # which says what it pushed, in one line
     attach_and_sign(site, artifact, result.repository, result.digest)
     return result
 
@@ -49,7 +46,6 @@ def publish_attested(site: Site, artifact: Path, stack_id: str) -> str:
     keys = site_keys(site.signing_keys)  # once: it says so when the site has none yet
     if keys is not None:
         sign_artifact_files(artifact, keys)
-    log.info(f"published {reference}@{digest}")
     _attach_and_sign_with(keys, site, artifact, repository, digest)
     return f"{reference}@{digest}"
 

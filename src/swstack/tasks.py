@@ -337,10 +337,9 @@ def _local_image(stack: Any, site: Any, project: Path, artifact_dir: Path) -> No
         # namespace sandbox needs none, so its complete artifact is not a failure without one.
         log.info(f"image skipped: {exc}; the artifact is complete: run {image_command} once it answers")
         return
-    image = build_image(stack, site, project, artifact_dir)
+    build_image(stack, site, project, artifact_dir)  # which says what it made, in one line
     _IMAGES_MADE.add(artifact_dir.resolve())
-    log.info(f"image {image.repository}@{image.digest} ({len(image.layers)} layers) in {artifact_dir / 'image'}; "
-             f"`doit push stack={stack.name}` pushes it")
+    log.info(f"`{stack.doit_command('push')}` pushes it")
 
 
 # Artifacts whose image this doit run has made: `doit image` runs the build first, which makes a
@@ -421,8 +420,7 @@ def _image(stack: Any, site: Any, version: str | None) -> None:
         log.info(f"image of {stack.stack_id} {artifact.name}: made by the build just now")
         return
     mirror_base(stack, site)
-    result = build_image(stack, site, paths.project_root(), artifact)
-    log.info(f"image {result.repository}@{result.digest} ({len(result.layers)} layers), tags: {', '.join(result.tags)}")
+    build_image(stack, site, paths.project_root(), artifact)  # which says what it made, in one line
 
 
 def _push(stack: Any, site: Any, version: str | None) -> None:
