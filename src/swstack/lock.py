@@ -254,7 +254,11 @@ def _explain_unreachable(plan: LockPlan, exc: Exception) -> str:
             close = difflib.get_close_matches(channel, mirrored, n=1)
             hint = f": did you mean {close[0]!r}?" if close else ""
             parts.append(f"channel {channel!r} has no mirror in {plan.site.mirror_description()}{hint}")
-    parts.append("check the stack's channels, the site's [channels.mirrors] and the network")
+    if plan.site.source is None:  # the newcomer's mistake on a machine that reaches no channel
+        parts.append("no site file was given, so these are the real channels: on a machine that reaches none, "
+                     "give one with site= or SWSTACK_SITE (this repository's: site=sites/offline.toml)")
+    else:
+        parts.append("check the stack's channels, the site's [channels.mirrors] and the network")
     return f"{plan.stack.source}: channels: " + "; ".join(parts)
 
 
