@@ -24,11 +24,14 @@ import contextlib
 import datetime as dt
 import difflib
 import functools
+import gc
 import hashlib
 import http.server
 import json
 import re
+import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,9 +227,31 @@ def _solve_conda(plan: LockPlan, platform: str, cache: Path) -> list[Any]:
             )
         )
     except GatewayError as exc:
-        raise LockError(_explain_unreachable(plan, exc)) from None
+        why = _explain_unreachable(plan, exc)
     except Exception as exc:
-        raise LockError(_explain_unsolvable(plan, platform, exc)) from None
+        why = _explain_unsolvable(plan, platform, exc)
+    finally:
+        inner = getattr(gateway, "_gateway", gateway)  # rattler's own gateway, which its runtime threads hold
+        del gateway
+        _wait_until_only_ours(inner)
+        del inner
+    # Raised outside the handlers: no context holding the solver's error, its frames and the gateway.
+    raise LockError(why)
+
+
+def _wait_until_only_ours(obj: object, timeout: float = 5.0) -> None:
+    """Wait until the solver's runtime threads have let go of ``obj`` (the gateway). After a failed
+    solve they keep it for about 0.1 s, finishing their fetches; `doit lock` printing the error and
+    exiting in that window had them drop it during the interpreter's finalization, which aborts the
+    process (a fatal PyGILState_Release, exit -6, after the message)."""
+    deadline = time.monotonic() + timeout
+    polls = 0
+    # 3 references are ours: the caller's name, this parameter and getrefcount's argument.
+    while sys.getrefcount(obj) > 3 and time.monotonic() < deadline:
+        if polls % 20 == 0:
+            gc.collect()  # a cycle through the solver's error and its frames, if nothing else holds it
+        polls += 1
+        time.sleep(0.005)
 
 
 def _check_local_channels(plan: LockPlan) -> None:

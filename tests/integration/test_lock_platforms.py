@@ -235,3 +235,42 @@ def test_resolving_a_git_dependency_runs_its_build_confined(tmp_path: Path) -> N
     python = SimpleNamespace(name="python", version="3.11.9", dependencies={})
     _solve_pip(load_stack(stack_file), site, {"python": python}, "linux-64")
     assert json.loads((tmp_path / "probe.json").read_text()) == {"etc_writable": False, "keys": []}
+
+
+def test_an_unsolvable_lock_error_holds_nothing_of_the_solver(fixture_project: Path) -> None:
+    """The solver's error (and through its frames the gateway) is not the LockError's context: kept to
+    the interpreter's exit, the gateway was dropped during finalization (see the test below)."""
+    from swstack.errors import LockError
+
+    stack_file = fixture_project / "stacks" / "tiny.toml"
+    stack_file.write_text(stack_file.read_text().replace('fakenum = "*"', 'fakenum = ">=99"'))
+    site = load_site(fixture_project / "site.toml", fixture_project)
+    with pytest.raises(LockError) as failed:
+        lock(load_stack(stack_file), site, fixture_project)
+    assert "fakenum" in str(failed.value)
+    assert failed.value.__context__ is None and failed.value.__cause__ is None
+
+
+def test_the_lock_waits_for_a_runtime_thread_to_let_go_of_the_gateway() -> None:
+    """After a failed solve rattler's runtime threads hold the gateway for about 0.1 s; `doit lock`
+    exiting in that window had them drop it during finalization, which aborted the process (exit
+    -6 after its message, seen in one full test run of three). The lock now waits for them."""
+    import threading
+    import time
+
+    from swstack.lock import _wait_until_only_ours
+
+    class Held:
+        pass
+
+    gateway = Held()
+    let_go = threading.Event()
+
+    def runtime_thread(held: object) -> None:
+        time.sleep(0.1)
+        let_go.set()
+        del held
+
+    threading.Thread(target=runtime_thread, args=(gateway,)).start()
+    _wait_until_only_ours(gateway)
+    assert let_go.is_set()
