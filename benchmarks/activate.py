@@ -46,9 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bytecode import with_bytecode  # noqa: E402
+from guards import positive, refuse_production_root  # noqa: E402
 from tests.support.host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
 
-from swstack import paths  # noqa: E402
 from swstack.manifest import Manifest, TarballChunk  # noqa: E402
 
 
@@ -271,26 +271,6 @@ def file_creation_ms(base: Path, count: int = 2000) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
-
-
-def refuse_production_root() -> None:
-    """Exit when the scratch files would land under the production root (``TMPDIR`` there):
-    a benchmark never writes to a real <ROOT>."""
-    tmp, root = Path(tempfile.gettempdir()).resolve(), Path(paths.ROOT)
-    if tmp == root or root in tmp.parents:
-        sys.exit(f"{sys.argv[0]}: the temporary directory {tmp} is under {root}, the production root; "
-                 "set TMPDIR to a directory elsewhere")
-
-
-def positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
 
 
 def main() -> None:

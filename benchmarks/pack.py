@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bytecode import with_bytecode
+from guards import positive, refuse_production_root
 
 from swstack import log, pack, paths, proc
 
@@ -192,26 +193,6 @@ def sample_channel(scratch: Path) -> Path:
 def prefix_size(prefix: Path) -> tuple[int, int]:
     files = [p for p in prefix.rglob("*") if p.is_file() and not p.is_symlink()]
     return len(files), sum(p.stat().st_size for p in files)
-
-
-def refuse_production_root() -> None:
-    """Exit when the scratch files would land under the production root (``TMPDIR`` there):
-    a benchmark never writes to a real <ROOT>."""
-    tmp, root = Path(tempfile.gettempdir()).resolve(), Path(paths.ROOT)
-    if tmp == root or root in tmp.parents:
-        sys.exit(f"{sys.argv[0]}: the temporary directory {tmp} is under {root}, the production root; "
-                 "set TMPDIR to a directory elsewhere")
-
-
-def positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
 
 
 def zstd_levels(text: str) -> list[int]:
