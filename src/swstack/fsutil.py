@@ -5,9 +5,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,14 +29,11 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to ``path.partial`` then rename, so a crash never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as fh:
+    """Write to a ``.partial`` sibling then rename, so a crash never leaves a half file."""
+    with atomic_output(path) as partial, open(partial, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(partial, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -45,36 +42,66 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a ``.partial`` path to write; on success rename it to ``path``, else remove it."""
+    """Yield a new ``.partial`` sibling to write; on success rename it to ``path``, else remove it.
+
+    The sibling is this writer's own: another writer of ``path`` (two ``doit lock`` runs) writes
+    its own, and a failed one removes only its own.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    _remove(partial)
+    partial = _new_sibling(path, ".partial", _create_file)
     try:
         yield partial
+        os.replace(partial, path)
     except BaseException:
         _remove(partial)
         raise
-    os.replace(partial, path)
 
 
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` whole."""
+    """Yield a new temporary sibling directory; on success it replaces ``path`` whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = _new_sibling(path, ".partial", _create_private_dir)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        _remove(old)
+        # The old tree moves aside under a name of this writer's own too: an empty directory,
+        # which rename replaces.
+        old = _new_sibling(path, ".old", _create_private_dir)
         os.replace(path, old)
         os.replace(tmp, path)
         _remove(old)
     else:
         os.replace(tmp, path)
+
+
+def _new_sibling(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
+    """A hidden sibling ``.<name>.<random><suffix>`` that ``create`` made and nobody else has.
+
+    In ``path``'s own directory, so renaming it onto ``path`` is atomic; ``create`` fails on an
+    existing name, so two writers never get the same one.
+    """
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _create_file(path: Path) -> None:
+    # Mode 0o666 less the umask, as open() gives: the final file is readable as any other output
+    # (mkstemp's 0o600 would not be).
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _create_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700)  # as mkdtemp made it before
 
 
 def _remove(path: Path) -> None:
