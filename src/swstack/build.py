@@ -178,28 +178,37 @@ def why_not_current(stack: Stack, site: Site, project: Path, platform: str | Non
                     version: str | None = None) -> str | None:
     """Why ``stack`` needs a build, or None when its newest artifact (``version``: that version's)
     is whole and from today's inputs."""
+    return _judge_artifact(stack, site, project, platform, version)[1]
+
+
+def current_artifact(stack: Stack, site: Site, project: Path, platform: str | None = None, *,
+                     version: str | None = None) -> Path | None:
+    """doit's uptodate: the directory of the newest artifact (``version``: that version's) when it is
+    whole and was built from today's lockfile and stack file, its manifest read once. When it is
+    not, None, and one line says why (the build that follows fixes it, or refuses a version built
+    from other inputs)."""
+    manifest, reason = _judge_artifact(stack, site, project, platform, version)
+    if reason is not None or manifest is None:
+        log.info(f"build:{stack.stack_id} is not up to date: {reason}")
+        return None
+    return site.artifacts / stack.stack_id / manifest.version
+
+
+def _judge_artifact(stack: Stack, site: Site, project: Path, platform: str | None,
+                    version: str | None) -> tuple[Manifest | None, str | None]:
+    """The manifest of the artifact a build would reuse (None: there is none) and why it cannot be
+    reused (None: it can)."""
     path = lockfile_path(stack, project)
     if not path.is_file():
-        return f"{path} does not exist yet"
+        return None, f"{path} does not exist yet"
     manifest = artifact_manifest(site.artifacts, stack.stack_id, platform or host_platform(), version)
     if manifest is None:
-        return f"no artifact of {stack.stack_id}{f' {version}' if version else ''} in {site.artifacts}"
+        return None, f"no artifact of {stack.stack_id}{f' {version}' if version else ''} in {site.artifacts}"
     if manifest.lockfile_sha256 != sha256_file(path):
-        return f"{stack.stack_id} {manifest.version} was built from another {path.name}"
+        return manifest, f"{stack.stack_id} {manifest.version} was built from another {path.name}"
     if manifest.stackfile_sha256 != stack.source_hash:
-        return f"{stack.stack_id} {manifest.version} was built from another version of {stack.source}"
-    return artifact.damage(site.artifacts / stack.stack_id / manifest.version, manifest)
-
-
-def is_current(stack: Stack, site: Site, project: Path, platform: str | None = None, *,
-               version: str | None = None) -> bool:
-    """doit's uptodate: the newest artifact (``version``: that version's) is whole and was built
-    from today's lockfile and stack file. When it is not, one line says why (the build that
-    follows fixes it, or refuses a version built from other inputs)."""
-    reason = why_not_current(stack, site, project, platform, version=version)
-    if reason is not None:
-        log.info(f"build:{stack.stack_id} is not up to date: {reason}")
-    return reason is None
+        return manifest, f"{stack.stack_id} {manifest.version} was built from another version of {stack.source}"
+    return manifest, artifact.damage(site.artifacts / stack.stack_id / manifest.version, manifest)
 
 
 def build_dir_for(stack: Stack, site: Site) -> Path:

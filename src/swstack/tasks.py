@@ -263,24 +263,25 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
 
     The image (an OCI layout beside the tarball) is made when the site's registry answers; else the
     build ends at the artifact and says to run `doit image`."""
-    from .build import is_current, run_build
+    from .build import current_artifact, run_build
 
     site = _site(opts)
-    image_only: set[str] = set()  # stacks whose artifact is current and lacks only its image
+    image_only: dict[str, Path] = {}  # stacks whose artifact is current and lacks only its image: that artifact
     for stack in selected_stacks(opts, all_variants=False):
 
         def uptodate(stack: Any = stack) -> bool:
-            if not is_current(stack, site, opts.project, version=opts.version):
+            artifact_dir = current_artifact(stack, site, opts.project, version=opts.version)
+            if artifact_dir is None:
                 return False
-            if _image_missing(stack, site, opts.version):
-                image_only.add(stack.stack_id)
+            if _image_missing(stack, site, artifact_dir):
+                image_only[stack.stack_id] = artifact_dir
                 return False
             return True
 
         @_boundary
         def run(stack: Any = stack) -> None:
             if stack.stack_id in image_only:  # doit -a (no up-to-date check) builds anew
-                _local_image(stack, site, opts.project, _artifact(stack, site, opts.version))
+                _local_image(stack, site, opts.project, image_only[stack.stack_id])
                 return
             result = run_build(stack, site, opts.project, version=opts.version)
             _local_image(stack, site, opts.project, result.artifact_dir)
@@ -290,7 +291,7 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
             "doc": f"build {stack.stack_id}",
             "actions": [run],
             # Up to date when the newest artifact (version=: that version's) came from today's
-            # lockfile and stack file, and is whole (is_current says why not), and has its image
+            # lockfile and stack file, and is whole (current_artifact says why not), and has its image
             # when the registry answers (else only the image is made); no file_dep, which would
             # rebuild on a comment. A version= built from other inputs runs, and is refused.
             "uptodate": [uptodate],
@@ -298,13 +299,12 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
         }
 
 
-def _image_missing(stack: Any, site: Any, version: str | None) -> bool:
+def _image_missing(stack: Any, site: Any, artifact_dir: Path) -> bool:
     """A current artifact with no local image while the site's registry answers (the image was
     removed, or the registry was down when the artifact was built): the build makes just the image."""
     from .image import registry_answers
     from .image.plan import IMAGE_DIR, IMAGE_JSON
 
-    artifact_dir = _artifact(stack, site, version)
     if (artifact_dir / IMAGE_DIR / IMAGE_JSON).is_file() or not registry_answers(site):
         return False
     log.info(f"build:{stack.stack_id} is not up to date: {artifact_dir} has no image; making it")

@@ -121,6 +121,38 @@ def test_build_tasks_are_default_variants_and_ask_the_artifact_whether_they_are_
     assert task["uptodate"][0]() is False
 
 
+def test_the_build_check_reads_the_newest_manifest_once(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A current artifact with its image: up to date after one reading of its manifest.json (the
+    image check takes the artifact the currency check found, not a second reading)."""
+    from dataclasses import replace
+
+    from swstack import artifact
+    from swstack.fsutil import sha256_file
+    from swstack.manifest import Manifest
+    from swstack.spec import load_stack
+
+    art = _artifact(project, "small", "1.0")
+    _image_json(art, "r.example.org/swstack/small")
+    lockfile = project / "lockfiles" / "small" / "conda-lock.yml"
+    lockfile.parent.mkdir(parents=True)
+    lockfile.write_text("version: 1\n")
+    stack = load_stack(project / "stacks" / "small.toml")
+    current = replace(Manifest.load(art / "manifest.json"), lockfile_sha256=sha256_file(lockfile),
+                      stackfile_sha256=stack.source_hash)
+    (art / "manifest.json").write_text(current.to_json())
+    reads: list[Path] = []
+    real_load = artifact.load_manifest
+
+    def counted(path: Path) -> Manifest:
+        reads.append(path)
+        return real_load(path)
+
+    monkeypatch.setattr(artifact, "load_manifest", counted)
+    (task,) = _tasks(tasks.task_build, _opts(project, stack="small"))
+    assert task["uptodate"][0]() is True
+    assert reads == [art / "manifest.json"]
+
+
 def test_a_variant_alone_selects_the_stacks_that_have_it(project: Path) -> None:
     assert [t["name"] for t in _tasks(tasks.task_lock, _opts(project, variant="edge"))] == ["demo-edge"]
     with pytest.raises(UsageError, match=r"^no stack has a variant 'egde' \(variants: demo: lts, edge\)$"):
