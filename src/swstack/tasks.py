@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from doit.reporter import ConsoleReporter
 
@@ -100,8 +100,7 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         except KeyboardInterrupt:
-            print("interrupted; run the same command again to finish", file=sys.stderr)
-            raise SystemExit(130) from None
+            _exit_interrupted()
         return None if result is None or result is True else result
 
     return wrapper
@@ -116,10 +115,16 @@ def _interruptible(check: Callable[[], bool]) -> Callable[[], bool]:
         try:
             return check()
         except KeyboardInterrupt:
-            print("interrupted; run the same command again to finish", file=sys.stderr)
-            raise SystemExit(130) from None
+            _exit_interrupted()
 
     return wrapper
+
+
+def _exit_interrupted() -> NoReturn:
+    """Ctrl-C ends in one line and exit code 130, as in ``swstack``, wherever doit was: loading the
+    tasks, asking whether one is up to date, or running it."""
+    print("interrupted; run the same command again to finish", file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[[], Any]:
@@ -141,6 +146,10 @@ def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[
             return (task for task in tasks)
         except SwstackError as exc:
             return _failing_task(exc)
+        except KeyboardInterrupt:
+            # doit calls every creator before any command (`doit list` too), and nothing of doit's
+            # turns a Ctrl-C there (reading the stack and site files) into less than a traceback.
+            _exit_interrupted()
 
     return creator
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from tests.support.project import doit, project_with_dodo
+from tests.support.project import PROJECT, doit, project_with_dodo
 from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
 
 from swstack.build import ARTIFACTS
@@ -26,6 +29,38 @@ def test_list_shows_every_task_with_help(project: Path) -> None:
     for task in ("channel", "lock", "build", "image", "push", "publish", "images", "demo"):
         line = next(line for line in result.stdout.splitlines() if line.split()[0] == task)
         assert len(line.split()) > 3  # a one-line description follows the name
+
+
+def test_ctrl_c_while_doit_loads_its_tasks_ends_in_one_line_and_130(tmp_path: Path) -> None:
+    """SIGINT while the task creators read the site file: a FIFO that no one writes holds the load
+    there, at a known point, until the signal comes."""
+    inputs = tmp_path / "inputs"
+    shutil.copytree(PROJECT / "stacks", inputs / "stacks")
+    project = project_with_dodo(tmp_path / "proj", inputs)
+    site = tmp_path / "site.toml"
+    os.mkfifo(site)
+    loading = subprocess.Popen([sys.executable, "-m", "doit", "list", f"site={site}"], cwd=project,
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer = _open_when_read(site, loading)
+    try:
+        loading.send_signal(signal.SIGINT)
+        out, err = loading.communicate(timeout=60)
+    finally:
+        os.close(writer)
+    assert (loading.returncode, err) == (130, "interrupted; run the same command again to finish\n"), err
+    assert out == ""
+
+
+def _open_when_read(fifo: Path, reader: subprocess.Popen[str]) -> int:
+    """The write end of ``fifo``, opened once ``reader`` has opened it to read (and so waits in it)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and reader.poll() is None:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            time.sleep(0.05)
+    reader.kill()
+    raise AssertionError(f"doit never read {fifo}: {reader.communicate()}")
 
 
 def test_a_bad_stack_file_exits_2_with_a_located_message(project: Path) -> None:
