@@ -96,6 +96,15 @@ def test_kill_at_named_point(host: dict[str, object], point: str) -> None:
     assert_finishes(host)
 
 
+def test_a_state_file_half_written_by_a_killed_run_is_removed_by_the_next(host: dict[str, object]) -> None:
+    root = host["root"]
+    assert isinstance(root, Path)
+    leftover = root / ".swstack" / ".state.json.0badf00d.partial"  # each writer names its own
+    leftover.write_text('{"schema": 1, "sta')
+    assert_finishes(host)
+    assert not leftover.exists()
+
+
 def test_a_kill_between_switch_and_record_is_reported_not_reverted(host: dict[str, object]) -> None:
     root = host["root"]
     assert isinstance(root, Path)

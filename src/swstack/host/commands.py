@@ -221,6 +221,8 @@ def clean_leftovers(layout: Layout) -> None:
         if d.exists():
             switch.remove_tree(d)
     _empty_downloads(layout)  # a killed run's
+    for entry in layout.private.glob(f".{layout.state_file.name}.*.partial"):
+        entry.unlink()  # a run killed while it wrote the state file: every writer names its own
     if layout.production:
         for entry in layout.tmpfs.iterdir():
             if entry.name.startswith(".") and (entry.name.endswith(".partial") or ".new-" in entry.name):
