@@ -27,6 +27,7 @@ from typing import Any
 
 from . import log, proc
 from .errors import BuildError, SwstackError
+from .fsutil import atomic_output
 from .manifest import dist_info_name_version, normalise_pip_name
 
 
@@ -119,26 +120,25 @@ def _fetch(item: CondaItem, downloads: Path) -> Path:
     cached = downloads / item.sha256[:16] / file_name
     if cached.is_file() and _sha256(cached) == item.sha256:
         return cached
-    partial = cached.with_name(cached.name + ".partial")
-    partial.parent.mkdir(parents=True, exist_ok=True)
     mirror = _mirror_of(item.source)
-    if parsed.scheme == "file":
-        check_local_file(item.name, item.url, item.source, None)
-        shutil.copyfile(urllib.parse.unquote(parsed.path), partial)
-    else:
-        try:
-            with urllib.request.urlopen(item.source, timeout=60) as response, open(partial, "wb") as out:
-                shutil.copyfileobj(response, out)
-        except OSError as exc:
-            raise BuildError(f"{item.name}: cannot fetch {file_name} from the mirror {mirror}: {exc}") from None
-    actual = _sha256(partial)
-    if actual != item.sha256:
-        partial.unlink()
-        raise BuildError(
-            f"{item.name}: {file_name} from the mirror {mirror} has sha256 {actual}, the lockfile says "
-            f"{item.sha256}; the mirror is not a copy of what was locked: rebuild it or re-lock"
-        )
-    os.replace(partial, cached)
+    # The package cache is shared by every build: two builds fetching one package each write
+    # their own partial file, and a refused one removes only its own.
+    with atomic_output(cached) as partial:
+        if parsed.scheme == "file":
+            check_local_file(item.name, item.url, item.source, None)
+            shutil.copyfile(urllib.parse.unquote(parsed.path), partial)
+        else:
+            try:
+                with urllib.request.urlopen(item.source, timeout=60) as response, open(partial, "wb") as out:
+                    shutil.copyfileobj(response, out)
+            except OSError as exc:
+                raise BuildError(f"{item.name}: cannot fetch {file_name} from the mirror {mirror}: {exc}") from None
+        actual = _sha256(partial)
+        if actual != item.sha256:
+            raise BuildError(
+                f"{item.name}: {file_name} from the mirror {mirror} has sha256 {actual}, the lockfile says "
+                f"{item.sha256}; the mirror is not a copy of what was locked: rebuild it or re-lock"
+            )
     return cached
 
 

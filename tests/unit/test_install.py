@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from swstack.errors import BuildError
-from swstack.install import InstallPlan, compile_bytecode, compile_failure
+from swstack.install import CondaItem, InstallPlan, _fetch, compile_bytecode, compile_failure
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> InstallPlan:
@@ -212,3 +213,29 @@ def test_a_symlink_in_a_kernel_spec_dir_fails_the_build(tmp_path: Path, where: s
     with pytest.raises(BuildError, match=r"kernel_spec_dirs: .*evil.* is a symlink"):
         install_kernels(replace(plan, kernel_spec_dirs=[str(specs)]))
     assert not (Path(plan.prefix) / "share/jupyter/kernels/evil").exists()
+
+
+def _package(tmp_path: Path, data: bytes) -> CondaItem:
+    source = tmp_path / "channel" / "linux-64" / "demo-1.0-0.conda"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(data)
+    url = "https://conda.anaconda.org/conda-forge/linux-64/demo-1.0-0.conda"
+    return CondaItem("demo", url, hashlib.sha256(data).hexdigest(), "", fetch=source.as_uri())
+
+
+def test_a_fetch_leaves_another_builds_partial_download_alone(tmp_path: Path) -> None:
+    item = _package(tmp_path, b"the package")
+    cache = tmp_path / "pkgs"
+    other = cache / item.sha256[:16] / "demo-1.0-0.conda.partial"  # the fixed name every build used
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"another build, half-way")
+    assert _fetch(item, cache).read_bytes() == b"the package"
+    assert other.read_bytes() == b"another build, half-way"
+
+
+def test_a_refused_fetch_leaves_nothing_in_the_package_cache(tmp_path: Path) -> None:
+    item = replace(_package(tmp_path, b"the package"), sha256="0" * 64)
+    cache = tmp_path / "pkgs"
+    with pytest.raises(BuildError, match="has sha256 .* the lockfile says 0000"):
+        _fetch(item, cache)
+    assert [p.name for p in cache.rglob("*") if p.is_file()] == []
