@@ -22,10 +22,20 @@ each round (RSS and bytes are from one run):
    mixed observations: ours (``swstack set-version``) vs ``ln -sfn``, ``rm -f`` + ``ln -s``
    and ``rsync --delete``; target 0 missing, 0 mixed for ours.
 
+With ``--artifact DIR`` (a built artifact, e.g. ``artifacts/py3/<version>``), sections 1 and 2
+run on that real tree instead, and 3 and 4 are skipped: the artifact is packed again by pack's
+writer as version 2.0 and, with every file of one of its packages (``--package``, from its
+conda-meta record) rewritten, as 2.1. A real artifact is built for its production prefix
+(/data0/sw/<name>), so each run (the seed's, and ours: full activation, then the update with
+the old copy held) happens in a private mount namespace (bubblewrap) where a scratch root is
+/data0 and a fresh tmpfs is its sw.tmpfs: nothing is relocated, and the machine's own /data0
+is never touched.
+
 Scratch trees go to the temporary directory and /dev/shm and are removed at the end,
 after a failure or a Ctrl-C too; it refuses to run with the temporary directory under /data0.
 
     .venv/bin/python benchmarks/activate.py [--small-mb 32] [--big-mb 256] [--files 3000] [--switches 20] [--repeat 3]
+    .venv/bin/python benchmarks/activate.py --artifact artifacts/py3/<version> [--package packaging] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from bytecode import with_bytecode  # noqa: E402
 from guards import positive, refuse_production_root  # noqa: E402
-from tests.support.host import make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
+from tests.support.host import bwrap_argv, make_artifact, repack_tree, swstack_argv, unpack_artifact  # noqa: E402
 
 from swstack.manifest import Manifest, TarballChunk  # noqa: E402
 
@@ -93,9 +103,9 @@ def timed(argv: list[str], what: str = "") -> tuple[float, int]:
     return elapsed, int(rss)
 
 
-def seed_procedure(tarball: Path, root: Path, version: str) -> float:
+def seed_procedure(tarball: Path, root: Path, version: str, stack: str = "py3") -> float:
     cpu, start = children_cpu(), time.perf_counter()
-    vdir = root / f"sw.{version}" / "py3"
+    vdir = root / f"sw.{version}" / stack
     vdir.mkdir(parents=True)
     subprocess.run(["tar", "--zstd", "-xf", str(tarball), "-C", str(vdir)], check=True)
     (root / "sw.hdd").unlink(missing_ok=True)
@@ -280,8 +290,14 @@ def main() -> None:
     ap.add_argument("--files", type=positive, default=3000, help="small files per artifact")
     ap.add_argument("--switches", type=positive, default=20, help="version switches the readers watch")
     ap.add_argument("--repeat", type=positive, default=3, help="runs of each timing; medians are reported")
+    ap.add_argument("--artifact", type=Path, help="a built artifact directory: sections 1 and 2 on its real tree")
+    ap.add_argument("--package", default="packaging", help="with --artifact: the package whose files the update "
+                    "rewrites (default: %(default)s)")
     args = ap.parse_args()
     refuse_production_root()
+    if args.artifact is not None:
+        real_artifact_runs(args.artifact, check_real_artifact(args.artifact, args.package), args.package, args.repeat)
+        return
     LOAD.append(os.getloadavg()[0])
     base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
     roots = Roots(base)
@@ -437,8 +453,120 @@ def probe_switches(mem_root: Path, switches: int) -> None:
     print(f"   swstack set-version: target 0 missing, 0 mixed: {'met' if bad == 0 else 'NOT MET'}")
 
 
+# ---------------------------------------------------------------- a real artifact (--artifact)
+
+PRIVATE_ROOT = Path("/data0")  # inside the private mount namespace only
+RAMDISK_SIZE = 8 << 30  # the namespace's own tmpfs: an upper bound, it holds only what is written
+
+
+def check_real_artifact(artifact: Path, package: str) -> Manifest:
+    """The artifact's manifest, or exit naming what is wrong (before any work)."""
+    try:
+        manifest = Manifest.load(artifact / "manifest.json")
+    except (OSError, ValueError) as exc:
+        sys.exit(f"{sys.argv[0]}: --artifact {artifact}: no readable manifest.json ({exc})")
+    if manifest.tarball is None or not manifest.prefix.startswith(f"{PRIVATE_ROOT}/sw/"):
+        sys.exit(f"{sys.argv[0]}: --artifact {artifact}: built for {manifest.prefix}, not a chunked tarball "
+                 f"built for {PRIVATE_ROOT}/sw/<name>")
+    if package not in {p.name for p in manifest.packages if p.manager == "conda"}:
+        sys.exit(f"{sys.argv[0]}: --package {package}: {artifact} has no conda package of that name")
+    if shutil.which("bwrap") is None:
+        sys.exit(f"{sys.argv[0]}: --artifact needs bubblewrap (bwrap) for its private {PRIVATE_ROOT}")
+    return manifest
+
+
+def real_pair(artifact: Path, work: Path, package: str) -> tuple[Path, Path, int]:
+    """The artifact packed again as 2.0 and, with every regular file of ``package`` rewritten, as 2.1."""
+    tree = work / "tree-real"
+    manifest = unpack_artifact(artifact, tree)
+    records = sorted(tree.glob(f"conda-meta/{package}-[0-9]*.json"))
+    old = repack_tree(tree, manifest, work / "art-real-2.0", "2.0", {})
+    changes = {}
+    for name in json.loads(records[0].read_text())["files"]:
+        path = tree / name
+        if path.is_file() and not path.is_symlink():
+            changes[name] = path.read_bytes() + b"\n"  # a trailing newline: valid in text and ignored after a pyc
+    new = repack_tree(tree, manifest, work / "art-real-2.1", "2.1", changes)
+    set_aside(tree, work)
+    return old, new, len(changes)
+
+
+def in_private_root(work: Path, argv: list[str]) -> dict[str, float]:
+    """Run this script's ``argv`` (an --inside mode) with a fresh scratch root as /data0; its JSON answer."""
+    root = Path(tempfile.mkdtemp(prefix="root-", dir=work))
+    cmd = [sys.executable, __file__, "--inside", *argv]
+    out = subprocess.run(bwrap_argv(root, cmd, tmpfs_size=RAMDISK_SIZE), check=True, capture_output=True, text=True)
+    set_aside(root, work)  # renamed, not deleted: see set_aside
+    answer: dict[str, float] = json.loads(out.stdout.splitlines()[-1])
+    return answer
+
+
+def inside(mode: str, old: Path, new: Path) -> None:
+    """In the private namespace: the seed's procedure, or ours (full activation, then the update with
+    the old ramdisk copy held by a process); prints the timings as one JSON line."""
+    root = PRIVATE_ROOT
+    stack = Manifest.load(old / "manifest.json").stack_id
+    if mode == "seed":
+        tarball = next(old.glob("*.tar.zst"))
+        elapsed = seed_procedure(tarball, root, "2.0", stack)
+        print(json.dumps({"seed": elapsed, "seed_cpu": CPU["seed"][0]}))
+        return
+    argv = swstack_argv("activate", str(old), "--root", str(root))
+    full, _ = timed(argv, "full")
+    old_copy = root / "sw.tmpfs" / f".{stack}@2.0"
+    one = tree_bytes(old_copy)
+    holder = subprocess.Popen(["sleep", "600"], cwd=old_copy)
+    try:
+        update, _ = timed(swstack_argv("activate", str(new), "--root", str(root)), "update")
+        two = tree_bytes(old_copy, root / "sw.tmpfs" / f".{stack}@2.1")
+    finally:
+        holder.kill()
+        holder.wait()
+    print(json.dumps({"full": full, "full_cpu": CPU["full"][0], "update": update,
+                      "update_cpu": CPU["update"][0], "one": one, "two": two}))  # fmt: skip
+
+
+def real_artifact_runs(artifact: Path, manifest: Manifest, package: str, repeat: int) -> None:
+    base = Path(tempfile.mkdtemp(prefix="swstack-bench-"))
+    try:
+        with_bytecode(base / "pycache")
+        assert manifest.tarball is not None
+        print(f"artifact: {manifest.stack_id} {manifest.version}, {manifest.file_count} files, "
+              f"{manifest.total_size >> 20} MiB, built for {manifest.prefix}; packing it again as 2.0 and 2.1 ...")
+        old, new, changed = real_pair(artifact, base, package)
+        runs: dict[str, list[float]] = {}
+        for i in range(repeat):
+            for tarball in (*old.glob("*.tar.zst"), *new.glob("*.tar.zst")):
+                tarball.read_bytes()  # the same page cache state for every method
+            for mode in ("seed", "ours") if i % 2 == 0 else ("ours", "seed"):
+                for key, value in in_private_root(base, [mode, str(old), str(new)]).items():
+                    runs.setdefault(key, []).append(value)
+        t_seed, t_full, t_update = median(runs["seed"]), median(runs["full"]), median(runs["update"])
+        print(f"\n1. tarball -> active (the real tree, {manifest.total_size >> 20} MiB in {manifest.file_count} "
+              f"files; median of {repeat} runs, each in a private {PRIVATE_ROOT})")
+        print(f"   seed (tar --zstd -xf, then rsync -a to the ramdisk): {t_seed:6.2f} s")
+        print(f"   swstack activate (verify + extract + copy + switch): {t_full:6.2f} s")
+        print(f"   ratio ours/seed: {verdict(t_full / t_seed, 0.7)}")
+        print(f"   CPU: seed {median(runs['seed_cpu']):.2f} s, ours {median(runs['full_cpu']):.2f} s")
+        fresh, fresh_bytes, total, total_bytes = chunks_read(old, new)
+        print(f"\n2. one-package update ({package}: {changed} of {manifest.file_count} files changed), "
+              f"old copy kept in use")
+        print(f"   chunks read: {fresh} of {total} ({fresh_bytes / (1 << 20):.1f} of {total_bytes >> 20} MiB)")
+        print(f"   CPU of the update: {median(runs['update_cpu']):.2f} s")
+        print(f"   full activation {t_full:6.2f} s, update activation {t_update:6.2f} s: "
+              f"{verdict(t_update / t_full, 0.1)}")
+        one, two = runs["one"][-1], runs["two"][-1]
+        print(f"   ramdisk bytes: one version {int(one) >> 20} MiB, both kept {int(two) >> 20} MiB: "
+              f"{verdict(two / one, 1.1)}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--probe":
         probe_loop(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 5 and sys.argv[1] == "--inside":
+        inside(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
     else:
         main()
