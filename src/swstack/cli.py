@@ -299,8 +299,7 @@ def cmd_prepull(args: argparse.Namespace) -> int:
         engine = DockerEngine(hint=HOST_HINT)
         plan = prepull.prepull(menu, engine, args.keep, dry_run=args.dry_run)
     except ModuleNotFoundError as exc:  # the docker SDK is an extra on hosts
-        sys.stderr.write(f"swstack prepull: error: {exc}; install swstack[docker]\n")
-        return 1
+        return _fail(args, f"error: {exc}; install swstack[docker]", 1)
     if args.json:
         _emit_json({"dry_run": args.dry_run, **_plan_json(plan)})
     else:
@@ -658,8 +657,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except SwstackError as exc:
-        sys.stderr.write(f"swstack {args.command}: error: {exc}\n")
-        return exc.exit_code
+        return _fail(args, f"error: {exc}", exc.exit_code)
     except BrokenPipeError:
         # The reader went away (`swstack list | head`): no traceback, and none at exit either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -668,19 +666,26 @@ def _run(args: argparse.Namespace) -> int:
         if isinstance(exc.__context__, KeyboardInterrupt):
             # Raised while the interrupt unwound: shutil.rmtree, interrupted just after closing a
             # directory's descriptor, closes it again in a `finally` (EBADF). The interrupt it is.
-            return _interrupted(args.command, exc.__context__)
+            return _interrupted(args, exc.__context__)
         where = f"{exc.filename}: " if exc.filename else ""
-        sys.stderr.write(f"swstack {args.command}: error: {where}{exc.strerror or exc}\n")
-        return 1
+        return _fail(args, f"error: {where}{exc.strerror or exc}", 1)
     except KeyboardInterrupt as exc:
-        return _interrupted(args.command, exc)
+        return _interrupted(args, exc)
 
 
-def _interrupted(command: str, exc: KeyboardInterrupt) -> int:
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr and, under --json, the same line as a JSON document on stdout: a machine
+    reading stdout gets a document on every path, not an empty string to choke on."""
+    sys.stderr.write(f"swstack {args.command}: {message}\n")
+    if getattr(args, "json", False):
+        _emit_json({"error": message.removeprefix("error: "), "exit_code": code})
+    return code
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
     done = "a step it finished stays done, one it began is undone"
     how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-    sys.stderr.write(f"swstack {command}: {how}; {done}\n")
-    return 143 if isinstance(exc, Terminated) else 130
+    return _fail(args, f"{how}; {done}", 143 if isinstance(exc, Terminated) else 130)
 
 
 if __name__ == "__main__":

@@ -308,6 +308,36 @@ def test_usage_errors_exit_2_and_a_missing_root_is_an_error(tmp_path: Path) -> N
     assert res.stderr.count("\n") == 1 and "afile" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["activate", "x.tar.zst"], ["set-version", "1.0"], ["restore"], ["prune", "--keep", "1"], ["active"],
+     ["list"], ["diff", "1.0", "2.0"]],
+)  # fmt: skip
+def test_json_errors_are_a_json_document_too(tmp_path: Path, command: list[str]) -> None:
+    """Under --json a refusal prints, besides its line on stderr, {"error", "exit_code"} on stdout:
+    an Ansible task reading stdout with from_json got an empty string."""
+    res = sw(tmp_path / "nope", *command, "--json", check=11)
+    line = res.stderr.strip().split(": error: ", 1)[1]
+    assert json.loads(res.stdout) == {"error": line, "exit_code": 11}
+    assert "root directory missing" in line or "neither a manifest.json nor a version" in line
+
+
+def test_a_refused_activation_under_json_says_why_and_changes_nothing(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    broken = tmp_path / "broken"
+    shutil.copytree(artifacts["2026.02.01"], broken)
+    (broken / "manifest.json").write_text("{")
+    res = sw(root, "activate", str(broken), "--json", check=11)
+    assert json.loads(res.stdout)["exit_code"] == 11 and "manifest.json" in json.loads(res.stdout)["error"]
+    assert (root / "sw/py3/share/version.txt").read_text() == "2026.01.01\n"
+    res = subprocess.run(swstack_argv("verify", str(tmp_path / "nothing"), "--json"), capture_output=True, text=True)
+    assert res.returncode == 11 and "no such file" in json.loads(res.stdout)["error"]
+
+
 def test_a_relative_root_is_taken_as_written_without_its_dots(tmp_path: Path) -> None:
     """`--root ../root`: the live path, what relocation writes into files, is <root>/sw/py3, not
     <cwd>/../root/sw/py3 (longer, so a binary relocation would be refused, and never typed by users)."""
