@@ -249,7 +249,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         versions, copies = list(plan.remove), list(pruned.copies)
         _emit_json({"removed": [] if args.dry_run else versions, "would_remove": versions if args.dry_run else [],
                     "kept": plan.keep, "removed_copies": [] if args.dry_run else copies,
-                    "would_remove_copies": copies if args.dry_run else []})
+                    "would_remove_copies": copies if args.dry_run else [], "kept_in_use": list(pruned.kept_in_use)})
     else:
         verb = "would remove" if args.dry_run else "removed"
         for v in plan.remove:
@@ -258,6 +258,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             _out(f"{verb} {copy} (ramdisk copy no longer live)")
         for v, why in sorted(plan.keep.items()):
             _out(f"kept sw.{v} ({why})")
+        for kept in pruned.kept_in_use:  # as activate names them: the copy a running kernel holds
+            _out(f"kept {kept}")
     return 0 if pruned.changed else UNCHANGED_EXIT
 
 

@@ -141,6 +141,28 @@ def test_old_ramdisk_copy_in_use_is_kept(tmp_path: Path, artifacts: dict[str, Pa
     assert not (root / "sw.tmpfs" / ".py3@2026.01.01").exists()
 
 
+def test_prune_names_the_ramdisk_copy_it_keeps_in_use(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    """Its --json said only removed_copies: [] while a running process kept an old copy on the ramdisk."""
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    old = root / "sw.tmpfs" / ".py3@2026.01.01"
+    holder = subprocess.Popen(["sleep", "60"], cwd=old)
+    try:
+        sw(root, "activate", str(artifacts["2026.02.01"]))
+        sw(root, "activate", str(artifacts["2026.03.01"]))
+        kept = f"{old} (in use by PID {holder.pid})"
+        for args in (["--dry-run"], []):
+            res = json.loads(sw(root, "prune", "--keep", "0", "--json", *args, check=3).stdout)
+            assert res["kept_in_use"] == [kept] and res["removed_copies"] == res["would_remove_copies"] == []
+        assert f"kept {kept}" in sw(root, "prune", "--keep", "0", check=3).stdout.splitlines()
+    finally:
+        holder.kill()
+        holder.wait()
+    res = json.loads(sw(root, "prune", "--keep", "0", "--json").stdout)
+    assert res["kept_in_use"] == [] and res["removed_copies"] == [str(old)]
+
+
 def test_active_reads_again_a_stack_switched_while_it_compares(
     tmp_path: Path, artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

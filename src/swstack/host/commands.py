@@ -1011,6 +1011,7 @@ class Pruned:
     plan: PrunePlan
     copies: tuple[str, ...] = ()  # ramdisk copies removed (dry run: that would be): no longer live and unused
     dry_run: bool = False
+    kept_in_use: tuple[str, ...] = ()  # ramdisk copies no longer live that a process uses: "<path> (in use by PID n)"
 
     @property
     def changed(self) -> bool:
@@ -1072,7 +1073,8 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> Pr
         plan = plan_prune(versions, keep, _protected_versions(layout, state), foreign)
         result = Pruned(plan, dry_run=dry_run)
         if dry_run:
-            result = Pruned(plan, drop_unused_copies(layout, dry_run=True).removed, dry_run=True)
+            dropped = drop_unused_copies(layout, dry_run=True)
+            result = Pruned(plan, dropped.removed, dry_run=True, kept_in_use=dropped.kept)
             return Outcome(())
         trash = layout.private / "trash"
         for v in plan.remove:
@@ -1082,7 +1084,8 @@ def prune(root: Path, keep: int, dry_run: bool = False, wait: float = 0.0) -> Pr
             os.rename(layout.version_dir(v), doomed)
             switch.remove_tree(doomed)
             log.info(f"removed {layout.version_dir(v)}")
-        result = Pruned(plan, drop_unused_copies(layout).removed)
+        dropped = drop_unused_copies(layout)
+        result = Pruned(plan, dropped.removed, kept_in_use=dropped.kept)
         return Outcome(())
 
     _run_locked(root, wait, body)
