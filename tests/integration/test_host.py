@@ -201,8 +201,10 @@ def test_a_stack_not_live_is_named_so_and_restore_relinks_it(root: Path, artifac
     assert res.stderr.splitlines() == [
         "warning: py3: not live; `swstack restore` makes the recorded version live again"
     ]
-    sw(root, "restore")
+    restored = json.loads(sw(root, "restore", "--json").stdout)
     assert sw(root, "active").stderr == ""
+    # "hdd" is where sw.hdd points after the run, as in activate's and active's --json: it was null.
+    assert restored["hdd"] == json.loads(sw(root, "active", "--json").stdout)["hdd"] == "2026.01.01"
 
 
 def test_active_verify_names_files_and_restore_reloads(tmp_path: Path, artifacts: dict[str, Path]) -> None:

@@ -748,9 +748,11 @@ def restore(root: Path, wait: float = 0.0) -> Outcome:
 
     def body(layout: Layout) -> Outcome:
         state = HostState.load(layout)
+        # restore never moves sw.hdd (it is on disk and survives a reboot); its outcome still says
+        # where it points, as activate's and set-version's do, not null beside a sw.hdd in place.
         if not state.stacks:
             log.info(f"nothing recorded in {layout.state_file}; nothing to restore")
-            return Outcome(())
+            return Outcome((), layout.hdd_version())
         results: list[StackResult] = []
         failed: list[str] = []
         for name, entry in sorted(state.stacks.items()):
@@ -758,7 +760,7 @@ def restore(root: Path, wait: float = 0.0) -> Outcome:
                 results += _restore_stack(layout, state, name, entry).results
             except ActivateError as exc:
                 failed.append(f"{name}: not restored: {exc}")
-        return Outcome(tuple(results), None, tuple(failed))
+        return Outcome(tuple(results), layout.hdd_version(), tuple(failed))
 
     return _run_locked(root, wait, body)
 
