@@ -29,7 +29,8 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a ``.partial`` sibling then rename, so a crash never leaves a half file."""
+    """Write to a ``.partial`` sibling then rename, so a crash never leaves a half file (and a failed
+    write, a full disk say, leaves no ``.partial`` either)."""
     with atomic_output(path) as partial, open(partial, "wb") as fh:
         fh.write(data)
         fh.flush()

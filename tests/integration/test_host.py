@@ -520,6 +520,32 @@ def _in_private_data0(
     )
 
 
+def _on_a_small_disk(scratch: Path, script: str, disk: int, ramdisk: int) -> subprocess.CompletedProcess[str]:
+    """Run a shell script with /data0 a size-limited tmpfs (the disk) and sw.tmpfs another (the ramdisk)."""
+    scratch.mkdir(exist_ok=True)
+    argv = bwrap_argv(scratch, ["/bin/sh", "-c", script], production=False)
+    at = argv.index("/data0")  # the root's bind mount gives way to the small disk
+    argv[at - 2 : at + 1] = ["--size", str(disk), "--tmpfs", "/data0", "--size", str(ramdisk), "--tmpfs",
+                             "/data0/sw.tmpfs"]  # fmt: skip
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_full_disk_at_the_record_leaves_no_partial_file(tmp_path: Path) -> None:
+    """set-version writes nothing on disk but state.json: with the disk full, the switch is made and
+    the record fails, and it left .swstack/state.json.partial behind."""
+    one, two = (make_artifact(tmp_path / v, version=v) for v in ("1.0", "2.0"))
+    res = _on_a_small_disk(
+        tmp_path / "scratch",
+        f"swstack activate {one}; swstack activate {two}; "
+        "dd if=/dev/zero of=/data0/filler bs=4k 2>/dev/null || true; "
+        "swstack set-version 1.0 || echo rc=$?; ls -A /data0/.swstack",
+        disk=1 << 20, ramdisk=4 << 20,
+    )  # fmt: skip
+    assert "rc=1" in res.stdout.splitlines(), res.stdout + res.stderr
+    assert "state.json.partial" not in res.stdout
+
+
 def test_literal_data0_needs_no_relocation(tmp_path: Path) -> None:
     art = make_artifact(tmp_path / "a", version="2026.07.01", binary=True)
     root = tmp_path / "root"
