@@ -539,11 +539,21 @@ def test_a_full_disk_at_the_record_leaves_no_partial_file(tmp_path: Path) -> Non
         tmp_path / "scratch",
         f"swstack activate {one}; swstack activate {two}; "
         "dd if=/dev/zero of=/data0/filler bs=4k 2>/dev/null || true; "
-        "swstack set-version 1.0 || echo rc=$?; ls -A /data0/.swstack",
+        "swstack set-version 1.0 || echo rc=$?; ls -A /data0/.swstack; rm /data0/filler; "
+        "swstack set-version 1.0 --stack py3; cat /data0/.swstack/state.json",
         disk=1 << 20, ramdisk=4 << 20,
     )  # fmt: skip
     assert "rc=1" in res.stdout.splitlines(), res.stdout + res.stderr
     assert "state.json.partial" not in res.stdout
+    # The line said only 'error: No space left on device' (exit 1, read as 'nothing happened'),
+    # while 1.0 was live and 2.0 still recorded: what restore and a reboot would bring back.
+    errors = [line for line in res.stderr.splitlines() if "error:" in line]
+    assert errors == [
+        "swstack set-version: error: /data0/.swstack/state.json: No space left on device; switched but not "
+        "recorded: py3 1.0 is live, the record (what restore and a reboot bring back) is unchanged; free the "
+        "disk, then `swstack set-version 1.0 --stack py3` records it"
+    ]
+    assert '"version": "1.0"' in res.stdout  # the command it names records the live version
 
 
 def test_literal_data0_needs_no_relocation(tmp_path: Path) -> None:

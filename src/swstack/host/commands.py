@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import log
 from ..artifact import load_manifest, reraise
-from ..errors import ActivateError
+from ..errors import ActivateError, SwstackError
 from ..fsutil import atomic_write_text, sha256_file
 from ..manifest import IN_TREE_PATH, Manifest, PackageEntry, host_platform
 from . import chunks, faults, inuse, relocate, reuse, signature, source, space, switch
@@ -472,7 +472,7 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
                 )
                 state = state.with_stack(name, entry)
         if any(p.record or p.extract for p in plans):
-            atomic_write_text(layout.state_file, state.to_json())
+            _write_state(layout, state, [p for p in plans if p.switch])
         faults.hit("state-written")
         hdd_changed = False
         if hdd is not None and layout.version_dir(hdd).is_dir():
@@ -509,6 +509,27 @@ def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dic
     if hdd_changed and results and not any(r.changed for r in results):
         results[-1] = replace(results[-1], changed=True, steps=("sw.hdd switched",))
     return Outcome(tuple(results), hdd)
+
+
+def _write_state(layout: Layout, state: HostState, switched: list[StackPlan]) -> None:
+    """Record ``state``; a write that fails after a switch (a full disk) says what is live unrecorded.
+
+    The machine's bare 'No space left on device', exit 1, read as 'nothing happened' while the
+    switch had already been made, and `restore` (a reboot) would bring back the recorded version.
+    """
+    try:
+        atomic_write_text(layout.state_file, state.to_json())
+    except OSError as exc:
+        if not switched:
+            raise
+        live = ", ".join(f"{p.target.live_name} {p.target.version}" for p in switched)
+        # One command per stack: a bare `set-version V` would also switch V's other stacks.
+        again = " and ".join(f"`swstack set-version {p.target.version} --stack {p.target.stack}`" for p in switched)
+        raise SwstackError(
+            f"{layout.state_file}: {exc.strerror or exc}; switched but not recorded: {live} is live, "
+            f"the record (what restore and a reboot bring back) is unchanged; free the disk, then "
+            f"{again} records it"
+        ) from exc
 
 
 def _run_locked(root: Path, wait: float, body: object) -> Outcome:
