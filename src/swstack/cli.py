@@ -43,8 +43,8 @@ layout under the root (default {paths.ROOT}):
   sw -> sw.tmpfs         live trees, one link per built prefix (sw/py3 for /data0/sw/py3)
   sw.tmpfs/              ramdisk: .<stack>@<version> copies (production only)
   sw.<version>/<stack>/  persistent trees (stack id: py3, py3-dev);  sw.hdd -> sw.<version>
-exit status: 0 changed, 3 unchanged, 9 menu error, 11 activation error, 1 other error, 2 usage,
-130 interrupted (SIGINT), 143 terminated (SIGTERM).
+exit status: 0 changed, 3 unchanged, 6 no Docker engine (prepull), 9 menu error, 11 activation error,
+1 other error, 2 usage, 130 interrupted (SIGINT), 141 output reader gone, 143 terminated (SIGTERM).
 See docs/host.md."""
 
 

@@ -598,3 +598,20 @@ def test_an_os_error_raised_while_an_interrupt_unwinds_is_the_interrupt(
     assert capsys.readouterr().err == (
         f"swstack prune: {how}; a step it finished stays done, one it began is undone\n"
     )
+
+
+def test_the_exit_table_and_swstack_help_name_the_same_exit_codes() -> None:
+    """docs/host.md's exit-status table and ``swstack --help`` list one set of codes (each missed 6,
+    the help 141 too), and every exit code of an error the host commands raise is in it."""
+    import re
+
+    from swstack import cli
+    from swstack.errors import ActivateError, SandboxError
+    from swstack.hub import MenuError
+
+    docs = (Path(__file__).parents[2] / "docs" / "host.md").read_text()
+    table = docs.split("## Exit status", 1)[1].split("\n## ", 1)[0]
+    in_docs = {int(code) for code in re.findall(r"^\| (\d+)\s*\|", table, re.M)}
+    in_help = {int(code) for code in re.findall(r"(\d+) [a-z]", cli._EPILOG.split("exit status:", 1)[1])}
+    assert in_docs == in_help
+    assert {ActivateError.exit_code, MenuError.exit_code, SandboxError.exit_code, 0, 1, 2, 3, 130, 141, 143} <= in_docs
