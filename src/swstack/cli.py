@@ -163,8 +163,9 @@ def cmd_active(args: argparse.Namespace) -> int:
     bad = [s for s in statuses if s.in_sync is False and s.version is not None]
     if bad:
         log.warn(
-            f"{', '.join(s.stack for s in bad)}: ramdisk copy missing or different; "
-            f"`swstack restore` reloads it"
+            f"{', '.join(s.stack for s in bad)}: ramdisk copy missing or different from the persistent tree; "
+            f"`swstack restore` loads that tree again (if the persistent tree is what changed, activate the "
+            f"artifact again instead)"
         )
     not_live = [s for s in statuses if s.version is None]
     if not_live:  # its link is gone (a ramdisk emptied by a reboot, or a link removed by hand)

@@ -61,7 +61,12 @@ def test_restore_repairs_a_copy_whose_bytes_changed_with_size_and_mtime_kept(tmp
     copy = root / "sw.tmpfs/.py3@1.0"
     good = damage(copy / SHARED, keep_mtime=True)
     sw(root, "active", check=0)  # by attributes the copy looks whole
-    assert SHARED in sw(root, "active", "--verify", "--verbose", check=1).stdout  # by content it is not
+    verified = sw(root, "active", "--verify", "--verbose", check=1)
+    assert SHARED in verified.stdout  # by content it is not
+    # restore copies the persistent tree: the hint says so, and what to do when that tree changed
+    assert ("py3: ramdisk copy missing or different from the persistent tree; `swstack restore` loads that "
+            "tree again (if the persistent tree is what changed, activate the artifact again instead)"
+            ) in verified.stderr  # fmt: skip
     res = sw(root, "restore")
     assert f"differs from {root / 'sw.1.0/py3'} ({SHARED}); loading it again" in res.stderr
     assert (root / "sw/py3" / SHARED).read_bytes() == good

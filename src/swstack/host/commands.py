@@ -795,9 +795,10 @@ def _restore_stack(layout: Layout, state: HostState, name: str, entry: StackStat
 
 
 def _copy_differs(layout: Layout, stack: str, version: str) -> bool:
-    """Whether the version's ramdisk copy is there but differs from its persistent tree, the verified
-    one, as ``active --verify`` compares them: type, mode, size, mtime and sha256, file by file (a
-    change that kept size and mtime shows only in the hash)."""
+    """Whether the version's ramdisk copy is there but differs from its persistent tree (verified when
+    it was activated, not hashed against the artifact again), as ``active --verify`` compares them:
+    type, mode, size, mtime and sha256, file by file (a change that kept size and mtime shows only in
+    the hash)."""
     copy, persistent = layout.ramdisk_copy(stack, version), layout.persistent_tree(stack, version)
     if not (layout.production and copy.is_dir() and persistent.is_dir()):
         return False
