@@ -117,11 +117,12 @@ class StackReport:
 
 
 def previous_version(versions: Sequence[str], current: str, last_nightly: str | None) -> str | None:
-    """The version to compare with: the last nightly's when it is another one still on disk,
-    else the newest version older than ``current``."""
+    """The version to compare with: the last nightly's while it is still on disk (``current``
+    itself when that nightly reused it: nothing changed since), else the newest version older
+    than ``current``."""
     from .host.layout import version_key
 
-    if last_nightly and last_nightly != current and last_nightly in versions:
+    if last_nightly and last_nightly in versions:
         return last_nightly
     older = [v for v in versions if version_key(v) < version_key(current)]
     return max(older, key=version_key) if older else None
@@ -248,7 +249,7 @@ def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = 
     )
     atomic_write_text(report_path(site, stack.stack_id), json.dumps(report.to_dict(), indent=2) + "\n")
     log.info(f"nightly {stack.stack_id} {manifest.version}: done in {report.seconds:.0f}s, "
-             f"{report.changes.count} package(s) changed since {report.changes.previous or 'never'}")
+             f"packages changed: {_changes_cell(report.changes)}")
     return report
 
 

@@ -28,7 +28,8 @@ def test_the_previous_nightly_is_the_last_reported_version_else_the_one_before()
     versions = ["2026.11.30", "2026.12.1", "2026.12.2", "2026.12.2.1"]
     assert previous_version(versions, "2026.12.2.1", "2026.11.30") == "2026.11.30"
     assert previous_version(versions, "2026.12.2.1", None) == "2026.12.2"
-    assert previous_version(versions, "2026.12.2", "2026.12.2") == "2026.12.1"  # reused: compare with the one before
+    assert previous_version(versions, "2026.12.2", "2026.12.2") == "2026.12.2"  # reused: none changed since
+    assert previous_version(["2026.12.2"], "2026.12.2", "2026.12.2") == "2026.12.2"  # not a first nightly
     assert previous_version(versions, "2026.12.2", "2025.01.01") == "2026.12.1"  # pruned since
     assert previous_version(["2026.12.2"], "2026.12.2", None) is None
 
@@ -44,6 +45,19 @@ def test_a_previous_manifest_that_cannot_be_read_is_passed_over_for_an_older_one
     assert found is not None and found.version == "2026.12.1"
     (tmp_path / "py3" / "2026.12.1" / "manifest.json").write_text("[]")
     assert previous_manifest(tmp_path, "py3", "2026.12.3", None) is None  # as on a first nightly
+
+
+def test_a_second_nightly_reusing_the_version_reports_no_change_not_a_first_nightly(tmp_path: Path) -> None:
+    """Run twice on one day: the second reuses the version the first reported, so nothing changed since."""
+    from swstack.nightly import _changes_cell, previous_manifest
+
+    (tmp_path / "py3" / "2026.12.2").mkdir(parents=True)
+    current = _manifest("2026.12.2", NUMPY, PYTHON)
+    (tmp_path / "py3" / "2026.12.2" / "manifest.json").write_text(current.to_json())
+    previous = previous_manifest(tmp_path, "py3", "2026.12.2", "2026.12.2")
+    assert _changes_cell(changes_between(previous, current)) == "none since 2026.12.2"
+    assert _changes_cell(changes_between(previous_manifest(tmp_path, "py3", "2026.12.2", None), current)) \
+        == "first nightly"
 
 
 def test_changes_are_swstack_diffs() -> None:
