@@ -154,11 +154,15 @@ def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[
     return creator
 
 
-def _failing_task(exc: SwstackError) -> TaskDict:
-    """A task standing for one that could not be planned: it says why when run, and in ``doit list``."""
+def _failing_task(exc: SwstackError, before: Callable[[], None] | None = None) -> TaskDict:
+    """A task standing for one that could not be planned: it says why when run, and in ``doit list``.
+
+    ``before``: what the failed run must still do first (``doit ci``: drop the last run's summary)."""
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
     def fail() -> None:
+        if before is not None:
+            before()
         raise exc
 
     return {"actions": [_boundary(fail)], "doc": f"(cannot be planned: {first})", "uptodate": [False],
@@ -357,15 +361,26 @@ _IMAGES_MADE: set[Path] = set()
 
 
 @guarded
-def task_ci(opts: Options) -> Iterator[TaskDict]:
+def task_ci(opts: Options) -> Iterator[TaskDict] | TaskDict:
     """The nightly job per stack and variant: lock check, build, smoke test, image, push, publish; then a summary.
 
     The summary (<artifacts>/nightly.json, nightly.md) lists sizes, digests and packages changed since the
     previous nightly."""
-    from .nightly import run_stack, write_summary
+    from .nightly import drop_summary
 
     site = _site(opts)
-    stacks = selected_stacks(opts, all_variants=True)
+    try:
+        stacks = selected_stacks(opts, all_variants=True)
+    except SwstackError as exc:
+        # No nightly starts (a stack file with an error, an unknown stack=), so none drops the last
+        # run's summary: the failing run does, or that summary would pass for this run's.
+        return _failing_task(exc, before=functools.partial(drop_summary, site))
+    return _ci_tasks(opts, site, stacks)
+
+
+def _ci_tasks(opts: Options, site: Any, stacks: list[Any]) -> Iterator[TaskDict]:
+    from .nightly import run_stack, write_summary
+
     for stack in stacks:
 
         @_boundary

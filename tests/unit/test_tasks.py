@@ -373,6 +373,20 @@ def test_ci_builds_and_sends_the_version_given(project: Path, monkeypatch: pytes
     assert seen == [("demo", "3.0"), ("demo-edge", "3.0")]
 
 
+def test_a_ci_run_failing_on_a_stack_file_leaves_no_summary_of_an_earlier_run(project: Path) -> None:
+    """The summary is removed when a run starts, so a failed run leaves none, even one failing before any nightly."""
+    out = project / "out"
+    out.mkdir()
+    for name in ("nightly.json", "nightly.md"):
+        (out / name).write_text("last night's\n")
+    (project / "stacks" / "small.toml").write_text('name = "small"\nchanels = 1\n')
+    (task,) = _tasks(tasks.task_ci, _opts(project))
+    with pytest.raises(SystemExit) as failed:
+        _run(task)
+    assert failed.value.code == SpecError.exit_code
+    assert not (out / "nightly.json").exists() and not (out / "nightly.md").exists()
+
+
 # ---- doit images ---------------------------------------------------------------------------------------
 
 
