@@ -14,29 +14,20 @@ Exit status: 0 done (something changed), 3 nothing to do (already so; for Ansibl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__, log, paths
-from .errors import SwstackError, UsageError
+from .errors import SwstackError, Terminated, UsageError, sigterm_unwinds
 
 UNCHANGED_EXIT = 3
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (systemd stopping the unit, ``kill``): unwound like a Ctrl-C, so a step begun is undone."""
-
-
-def _terminate(_signum: int, _frame: object) -> None:
-    raise Terminated
 
 _EPILOG = f"""\
 layout under the root (default {paths.ROOT}):
@@ -639,21 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setup(verbose=getattr(args, "debug", False))
     # Without a handler SIGTERM kills at once, leaving a begun step (a staging tree, a
     # .partial ramdisk copy) for the next run to clear and saying nothing.
-    with _sigterm_unwinds():
+    with sigterm_unwinds():
         return _run(args)
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` while the command runs (only the main thread may set handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, saved)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,6 +6,11 @@ anything that is not a ``SwstackError`` is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
 
 class SwstackError(Exception):
     """A failure the user can act on. The message says what happened and what to do."""
@@ -93,3 +98,25 @@ class UsageError(SwstackError):
     """A command line the CLI cannot act on (as argparse's own usage errors)."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stopping the unit, ``kill``, a CI job cancelled or timed out): unwound like
+    a Ctrl-C, so a step begun is undone."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` while the command runs (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)

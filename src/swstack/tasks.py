@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from doit.reporter import ConsoleReporter
 
 from . import log, paths
-from .errors import SwstackError, UsageError
+from .errors import SwstackError, Terminated, UsageError, sigterm_unwinds
 from .manifest import check_version
 
 TaskDict = dict[str, Any]
@@ -95,10 +95,16 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         log.setup()
         try:
-            result = fn(*args, **kwargs)
+            # A nightly cancelled or timed out gets SIGTERM: without a handler it dies at once,
+            # leaving a begun step (a packing version directory, a sandbox) as it was.
+            with sigterm_unwinds():
+                result = fn(*args, **kwargs)
         except SwstackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
+        except Terminated:
+            print("terminated (SIGTERM); run the same command again to finish", file=sys.stderr)
+            raise SystemExit(143) from None
         except KeyboardInterrupt:
             _exit_interrupted()
         return None if result is None or result is True else result

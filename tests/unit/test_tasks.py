@@ -105,6 +105,34 @@ def test_ctrl_c_while_a_lock_task_checks_staleness_is_an_interruption_not_a_trac
     assert capsys.readouterr().err == "interrupted; run the same command again to finish\n"
 
 
+def test_sigterm_during_a_task_unwinds_it_and_exits_143(capsys: pytest.CaptureFixture[str]) -> None:
+    """A CI job cancelled or timed out sends SIGTERM: the action unwinds (its finally runs), as on Ctrl-C."""
+    import signal
+    import time
+
+    undone: list[str] = []
+
+    def step() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)  # a long step; the handler's exception ends the sleep
+        finally:
+            undone.append("begun step undone")
+
+    def outer(_signum: int, _frame: object) -> None:  # stands for SIG_DFL, which would kill pytest
+        undone.append("outer handler")
+
+    saved = signal.signal(signal.SIGTERM, outer)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            tasks._boundary(step)()
+        assert signal.getsignal(signal.SIGTERM) is outer  # restored after the action
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert stopped.value.code == 143 and undone == ["begun step undone"]
+    assert capsys.readouterr().err == "terminated (SIGTERM); run the same command again to finish\n"
+
+
 def test_checking_locks_writes_no_target(project: Path) -> None:
     for task in _tasks(tasks.task_lock, _opts(project, check=True)):
         assert task["targets"] == []
