@@ -286,3 +286,27 @@ def test_the_host_side_imports_no_build_side() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.registry
+def test_a_verified_oci_reference_is_fetched_from_the_registry_not_from_a_path_of_its_name(
+    tmp_path: Path,
+    keys: tuple,  # type: ignore[type-arg]
+    registry: LocalRegistry,  # noqa: F811
+) -> None:
+    """Once its signature checks out, a reference is pinned to its digest (``host/repo@sha256:…``):
+    that string must still be fetched from the registry. A directory of that name in the working
+    directory (anyone can make one in /tmp) would otherwise be taken as the source, unsigned."""
+    key, public, _ = keys
+    artifact = make_artifact(tmp_path / "art", version="2026.02.01")
+    ref = f"{registry.host}/planted/py3:2026.02.01"
+    digest = publish_artifact(artifact, ref)
+    sign.sign_in_registry(RegistryClient(registry.host), "planted/py3", digest, key)
+    cwd = tmp_path / "cwd"
+    make_artifact(cwd / registry.host / f"planted/py3@{digest}", version="2026.02.09")  # unsigned
+    root = _root(tmp_path)
+    argv = swstack_argv("activate", ref, "--trusted-key", str(public), "--root", str(root))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (root / "sw.2026.02.09").exists()
+    assert (root / "sw.2026.02.01" / "py3").is_dir()

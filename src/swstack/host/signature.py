@@ -221,7 +221,9 @@ def _verified_oci(spec: str, policy: TrustPolicy) -> str:
         ActivateError,
     )
     log.info(f"{reference}: {digest[:19]} signed by {claim.key.name} ({claim.creator})")
-    return f"{reference.registry}/{reference.repository}@{digest}"
+    # oci:// so the pinned reference is fetched from the registry: without it, a directory of
+    # that name in the working directory (/tmp, say) is a path source, read unsigned.
+    return f"oci://{reference.registry}/{reference.repository}@{digest}"
 
 
 def _read_url(url: str) -> bytes:
