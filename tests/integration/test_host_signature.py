@@ -310,3 +310,32 @@ def test_a_verified_oci_reference_is_fetched_from_the_registry_not_from_a_path_o
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (root / "sw.2026.02.09").exists()
     assert (root / "sw.2026.02.01" / "py3").is_dir()
+
+
+def test_a_manifest_swapped_between_its_parse_and_its_signature_check_is_refused(
+    tmp_path: Path,
+    keys: tuple,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whoever can write the artifact's directory may serve an unsigned manifest.json (naming
+    their own tarball) to the read that parses it, and put the signed one back for the read
+    that checks the signature. The fault injected: the signed file back just after the fetch."""
+    from swstack.errors import ActivateError
+    from swstack.host import signature, source
+
+    key, public, _other = keys
+    signed = make_artifact(tmp_path / "signed", version="2026.01.01")
+    sign.sign_file(signed / "manifest.json", key)
+    planted = make_artifact(tmp_path / "planted", version="2026.01.01", payload=100)  # unsigned, same names
+    (planted / "manifest.json.sig").write_bytes((signed / "manifest.json.sig").read_bytes())
+    real_fetch = source.fetch
+
+    def fetch_then_swap(spec: str, downloads: Path) -> source.Artifact:
+        artifact = real_fetch(spec, downloads)
+        (planted / "manifest.json").write_bytes((signed / "manifest.json").read_bytes())
+        return artifact
+
+    monkeypatch.setattr(source, "fetch", fetch_then_swap)
+    policy = signature.TrustPolicy(True, (public,))
+    with pytest.raises(ActivateError, match="changed while it was read"):
+        signature.fetch(str(planted), tmp_path / "downloads", policy)

@@ -149,7 +149,7 @@ def fetch(spec: str, downloads: Path, policy: TrustPolicy) -> Artifact:
         parsed = source.check_url(spec)
         manifest_url = source.sibling_url(parsed, "manifest.json")
         signed = _read_url(manifest_url)
-        _verify_manifest(signed, _read_url(source.sibling_url(parsed, "manifest.json.sig")), spec, policy)
+        manifest = _verify_manifest(signed, _read_url(source.sibling_url(parsed, "manifest.json.sig")), spec, policy)
         artifact = source.fetch(spec, downloads)
         # The fetch asks the server for manifest.json again: the tarball is checked against, and the
         # version activated from, that second answer, so it must be the bytes that were signed.
@@ -158,18 +158,30 @@ def fetch(spec: str, downloads: Path, policy: TrustPolicy) -> Artifact:
                 f"{manifest_url}: served other bytes after its signature was checked; "
                 "refused by the signature policy"
             )
+        _check_parsed(artifact, manifest, manifest_url)
     else:
         artifact = source.fetch(spec, downloads)
         manifest_path = artifact.tarball.parent / "manifest.json"
         signature = manifest_path.with_name("manifest.json.sig")
         if not signature.is_file():
             raise ActivateError(f"{spec}: unsigned (no manifest.json.sig beside it); refused by the signature policy")
-        _verify_manifest(manifest_path.read_bytes(), signature.read_bytes(), spec, policy)
+        manifest = _verify_manifest(manifest_path.read_bytes(), signature.read_bytes(), spec, policy)
+        _check_parsed(artifact, manifest, str(manifest_path))
     _check_tarball(artifact)
     return artifact
 
 
-def _verify_manifest(manifest: bytes, signature: bytes, spec: str, policy: TrustPolicy) -> None:
+def _check_parsed(artifact: Artifact, signed: Manifest, where: str) -> None:
+    """The manifest the activation goes on with (parsed by the fetch) must be the one whose bytes
+    were verified: the file is read twice, and whoever can write it may swap it in between."""
+    if artifact.manifest != signed:
+        raise ActivateError(
+            f"{where}: changed while it was read (the manifest parsed is not the one signed); "
+            "refused by the signature policy"
+        )
+
+
+def _verify_manifest(manifest: bytes, signature: bytes, spec: str, policy: TrustPolicy) -> Manifest:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="swstack-sig-") as tmp:
@@ -189,6 +201,7 @@ def _verify_manifest(manifest: bytes, signature: bytes, spec: str, policy: Trust
     if signed.tarball is None:
         raise ActivateError(f"{spec}: the signed manifest.json names no tarball sha256; pack the stack again")
     log.info(f"{signed.stack_id} {signed.version}: manifest.json signed by {key.name}")
+    return signed
 
 
 def _check_tarball(artifact: Artifact) -> None:
