@@ -8,6 +8,7 @@ corpus: ``set-version``'s arguments, ``--wait``, and tarballs without their ``.s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -667,3 +668,44 @@ def test_the_tarball_is_checked_against_the_manifest_with_or_without_its_side_fi
     finally:
         server.shutdown()
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.04\n"
+
+
+def test_a_server_sending_more_than_the_manifest_says_is_cut_off(tmp_path: Path) -> None:
+    """An http server that streams the tarball without end (or just past its size) would fill the
+    root's disk, which holds every persistent version, before the size was ever compared: the
+    download stops past manifest.json's size, one line, exit 11, nothing left in downloads."""
+    import http.server
+    import threading
+
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    assert _sw(root, "activate", str(make_artifact(tmp_path / "live", version="2026.01.01"))).returncode == 0
+    served = make_artifact(tmp_path / "served", version="2026.01.02")
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            name = self.path.rsplit("/", 1)[-1]
+            self.send_response(200 if (served / name).is_file() else 404)
+            self.end_headers()  # no Content-Length: the body ends when the server closes
+            if name.endswith(".tar.zst"):
+                chunk = b"\0" * (1 << 20)
+                with contextlib.suppress(OSError):
+                    for _ in range(4096):  # 4 GiB, or until the client hangs up
+                        self.wfile.write(chunk)
+            elif (served / name).is_file():
+                self.wfile.write((served / name).read_bytes())
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{_tarball(served).name}"
+        error = _one_error(_sw(root, "activate", url), "activate")
+    finally:
+        server.shutdown()
+    size = json.loads((served / "manifest.json").read_text())["tarball"]["size"]
+    assert error == f"{url}: the server sent more than the {size} bytes manifest.json gives the tarball; refused"
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+    assert not any((root / ".swstack" / "downloads").iterdir())

@@ -8,10 +8,10 @@ disk (never memory) under ``<root>/.swstack/downloads`` and are renamed when com
 from __future__ import annotations
 
 import re
-import shutil
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .. import log
 from ..artifact import (
@@ -102,8 +102,13 @@ def _checksum_file(tarball: Path) -> Path | None:
     return checksum if checksum.is_file() else None
 
 
-def _download(url: str, dest: Path, optional: bool = False) -> Path | None:
-    """``url`` streamed to ``dest``; with ``optional``, a 404 is None (and any stale ``dest`` removed)."""
+# manifest.json and the side file are small; a server streaming them without end is cut off.
+_SMALL_FILE = 1 << 24
+
+
+def _download(url: str, dest: Path, limit: int | None, what: str, optional: bool = False) -> Path | None:
+    """``url`` streamed to ``dest``, refused past ``limit`` bytes (the root's disk must not fill
+    before a size is compared); with ``optional``, a 404 is None (and any stale ``dest`` removed)."""
     # Imported here: a local activation never pays for the HTTP client (see signature._read_url).
     import urllib.error
     import urllib.request
@@ -115,7 +120,7 @@ def _download(url: str, dest: Path, optional: bool = False) -> Path | None:
             atomic_output(dest) as partial,
             open(partial, "wb") as out,
         ):
-            shutil.copyfileobj(response, out, 1 << 20)
+            _copy_at_most(response, out, limit, f"{url}: the server sent more than the {limit} bytes {what}; refused")
     except urllib.error.HTTPError as exc:
         if optional and exc.code == 404:
             dest.unlink(missing_ok=True)
@@ -124,6 +129,15 @@ def _download(url: str, dest: Path, optional: bool = False) -> Path | None:
     except (urllib.error.URLError, OSError) as exc:
         raise ActivateError(f"{url}: download failed ({exc}); check the URL and the network") from exc
     return dest
+
+
+def _copy_at_most(response: BinaryIO, out: BinaryIO, limit: int | None, refusal: str) -> None:
+    written = 0
+    while block := response.read(1 << 20):
+        written += len(block)
+        if limit is not None and written > limit:
+            raise ActivateError(refusal)
+        out.write(block)
 
 
 def check_url(url: str) -> urllib.parse.SplitResult:
@@ -151,12 +165,18 @@ def from_url(url: str, downloads: Path) -> Artifact:
         raise ActivateError(f"{url}: point the URL at the tarball (…-<platform>.tar.zst)")
     dest_dir = downloads / re.sub(r"[^A-Za-z0-9._-]", "_", f"{parsed.netloc}{Path(parsed.path).parent}")
     tarball = dest_dir / name
-    _download(url, tarball)
-    _download(sibling_url(parsed, MANIFEST_NAME), dest_dir / MANIFEST_NAME)
+    # The manifest first: the tarball's size it gives bounds the tarball's download.
+    _download(sibling_url(parsed, MANIFEST_NAME), dest_dir / MANIFEST_NAME, _SMALL_FILE, "a manifest takes")
+    manifest = _load_manifest(dest_dir / MANIFEST_NAME)
+    size = manifest.tarball.size if manifest.tarball is not None else None
+    _download(url, tarball, size, "manifest.json gives the tarball")
     # The side file is optional, as beside a local tarball: manifest.json's sha256 is what is
     # checked (verify.expectations), the side file only has to agree with it when it is there.
-    checksum = _download(sibling_url(parsed, name + CHECKSUM_SUFFIX), checksum_path(tarball), optional=True)
-    return Artifact(tarball, checksum, _load_manifest(dest_dir / MANIFEST_NAME), url)
+    checksum = _download(
+        sibling_url(parsed, name + CHECKSUM_SUFFIX), checksum_path(tarball), _SMALL_FILE, "a checksum takes",
+        optional=True,
+    )
+    return Artifact(tarball, checksum, manifest, url)
 
 
 def from_oci(ref: str, downloads: Path) -> Artifact:
