@@ -709,3 +709,21 @@ def test_a_server_sending_more_than_the_manifest_says_is_cut_off(tmp_path: Path)
     assert error == f"{url}: the server sent more than the {size} bytes manifest.json gives the tarball; refused"
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
     assert not any((root / ".swstack" / "downloads").iterdir())
+
+
+def test_a_ramdisk_every_user_may_write_is_refused_before_a_planted_copy_goes_live(tmp_path: Path) -> None:
+    """A tmpfs mounted without mode=0755 is 1777: any user could make ``.py3@<next version>`` there,
+    and activation takes a ramdisk copy already present as its own and makes it live."""
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    assert _sw(root, "activate", str(make_artifact(tmp_path / "live", version="2026.01.01"))).returncode == 0
+    planted = root / "sw.tmpfs" / ".py3@2026.01.02" / "share"
+    planted.mkdir(parents=True)
+    (planted / "version.txt").write_text("planted\n")
+    os.chmod(root / "sw.tmpfs", 0o1777)
+    error = _one_error(_sw(root, "activate", str(make_artifact(tmp_path / "next", version="2026.01.02"))), "activate")
+    assert error == (
+        f"{root / 'sw.tmpfs'}: writable by every user (mode 1777), so anyone could plant a version to go live; "
+        "give it to root with mode 755 (a tmpfs: mode=0755 in /etc/fstab, see swstack init)"
+    )
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"

@@ -204,9 +204,27 @@ def require_root(layout: Layout) -> None:
         )
 
 
+def check_not_writable_by_others(layout: Layout) -> None:
+    """The directories whose entries swstack trusts (a ``.<tree>@<version>`` already on the ramdisk
+    is made live as it is, a ``sw.<version>`` tree restored) must be writable only by us: in one
+    any user may write (a tmpfs mounted without mode=0755 is 1777), a user could plant a version."""
+    for path in (layout.root, layout.tmpfs, layout.private, layout.sw):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if st.st_mode & stat.S_IWOTH or st.st_uid not in (0, os.geteuid()):
+            who = "writable by every user" if st.st_mode & stat.S_IWOTH else f"owned by uid {st.st_uid}"
+            raise ActivateError(
+                f"{path}: {who} (mode {stat.S_IMODE(st.st_mode):o}), so anyone could plant a version to go "
+                f"live; give it to root with mode 755 (a tmpfs: mode=0755 in /etc/fstab, see swstack init)"
+            )
+
+
 def prepare_root(layout: Layout) -> None:
     """Create what swstack keeps under the root and, in production, the sw -> sw.tmpfs link."""
     require_root(layout)
+    check_not_writable_by_others(layout)
     layout.private.mkdir(exist_ok=True)
     if layout.production:
         check_sw_linkable(layout)
