@@ -503,7 +503,7 @@ def test_http_source_asks_for_the_side_files_with_the_tarballs_query(
         tarball = "py3-2026.01.01-linux-64.tar.zst"
         sw(root, "activate", f"http://127.0.0.1:{server.server_address[1]}/{tarball}?token=t0k")
         assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
-        assert asked == [f"/{tarball}?token=t0k", "/manifest.json?token=t0k", f"/{tarball}.sha256?token=t0k"]
+        assert asked == ["/manifest.json?token=t0k", f"/{tarball}?token=t0k", f"/{tarball}.sha256?token=t0k"]
 
 
 def _in_private_data0(
