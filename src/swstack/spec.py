@@ -681,7 +681,7 @@ def _describe(error: dict[str, Any], model_fields: Sequence[str]) -> str:
         expected = f"; expected one of: {', '.join(model_fields)}"
         return "unknown key" + (f"; did you mean {close[0]!r}?" if close else expected)
     if kind == "missing":
-        return "required key is missing"
+        return f"required key is missing; {_where_to_add(_clean_loc(loc))}"
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
     if kind.endswith("_type") or kind in ("literal_error", "union_tag_invalid"):
@@ -693,6 +693,13 @@ def _describe(error: dict[str, Any], model_fields: Sequence[str]) -> str:
     if kind in _BOUNDS:  # a number out of its range: say which number was given
         return f"{error['msg'].lower()} (got {error.get('input')!r})"
     return str(error["msg"])
+
+
+def _where_to_add(loc: KeyPath) -> str:
+    """Where a missing key goes, as a user edits the file: a top-level key has no line to point at."""
+    if len(loc) <= 1:
+        return "add it at the top of the file, above the first [table] or [[array]] header"
+    return f"add it to {dotted(loc[:-1])}"
 
 
 # pydantic's error types for a number outside a ``Field(ge=..., le=...)`` range.

@@ -169,7 +169,8 @@ def test_invalid_pip_version(tmp_path: Path) -> None:
 
 def test_missing_required_field(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, 'name = "demo"\n[dependencies]\npython = "3.11.*"\n'))
-    assert "demo.toml: channels: required key is missing" in message
+    assert message.endswith("/demo.toml: channels: required key is missing; add it at the top of the file, above the "
+                       "first [table] or [[array]] header")
 
 
 def test_extends_cycle(tmp_path: Path) -> None:
@@ -476,3 +477,8 @@ def test_a_second_default_variant_is_named_at_its_line(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "\n[variants.a]\ndefault = true\n\n[variants.b]\ndefault = true\n")
     assert error_of(path) == (f"{path}:11: variants.b.default: only one variant may set default = true, "
                               "and a does; remove one of them")
+
+
+def test_a_missing_key_of_a_table_names_the_table_to_add_it_to(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + '\n[[kernels]]\nname = "demo"\n'))
+    assert message.endswith("/demo.toml:7: kernels[0].display_name: required key is missing; add it to kernels[0]")
