@@ -944,12 +944,13 @@ class RegistryClient:
                 media_type = str(json.loads(reply.body).get("mediaType") or media_type)
         return ManifestDoc(media_type, digest, reply.body)
 
-    def head_manifest(self, repository: str, reference: str) -> str | None:
-        """The digest ``reference`` points to, or None when there is no such tag."""
+    def head_manifest(self, repository: str, reference: str, *, push: bool = False) -> str | None:
+        """The digest ``reference`` points to, or None when there is no such tag (``push``: asked
+        on the way to a push, so it shares the push's token)."""
         reply = self._request(
             "HEAD",
             self._url(f"{repository}/manifests/{reference}"),
-            scope=self._scope(repository),
+            scope=self._scope(repository, push),
             ok=(200, 404),
             headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
         )
@@ -1096,14 +1097,19 @@ def push_manifest(
     *,
     tags: Sequence[str] = (),
     media_type: str = OCI_MANIFEST,
+    fixed: Sequence[str] = (),
 ) -> PushOutcome:
     """Push what a manifest needs, then the manifest: the one push routine (images, artifacts).
 
     Blobs the registry lacks go first, then the manifest once per tag (by its digest when
-    there is no tag): a push that fails on the way leaves every tag where it was.
+    there is no tag): a push that fails on the way leaves every tag where it was. A ``fixed``
+    tag (a version) that names another manifest already is refused before a byte is sent.
     """
+    digest = digest_of(manifest)
     sent, had = len(client.uploaded), len(client.skipped)
     try:
+        for tag in fixed:
+            refuse_moving(client, repository, tag, digest)
         for blob in blobs:
             d, source = blob.descriptor, blob.source
             if callable(source):
@@ -1115,7 +1121,6 @@ def push_manifest(
     except SwstackError as exc:
         stopped = f"the push stopped before the manifest: no tag of {repository} moved"
         raise client.error(f"{exc}\n{stopped}") from None
-    digest = digest_of(manifest)
     for reference in tags or (digest,):
         client.put_manifest(repository, reference, manifest, media_type)
     return PushOutcome(
@@ -1123,6 +1128,18 @@ def push_manifest(
         tuple(dict.fromkeys(client.uploaded[sent:])),
         tuple(dict.fromkeys(client.skipped[had:])),
     )
+
+
+def refuse_moving(client: RegistryClient, repository: str, tag: str, digest: str) -> None:
+    """A version tag names one content for good: hosts that activated it, and menus pinned to it,
+    would otherwise get other bytes under the same version (a fresh checkout numbers its
+    versions from its own artifacts directory, so it can reuse one the registry has)."""
+    there = client.head_manifest(repository, tag, push=True)
+    if there is not None and there != digest:
+        raise client.error(
+            f"{client.registry}/{repository}:{tag} already names other content ({there[:19]}); nothing was sent: "
+            "a version is pushed once, so build a new version, or delete that tag from the registry first"
+        )
 
 
 # ----------------------------------------------------------------------------- the swstack artifact

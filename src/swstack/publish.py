@@ -40,6 +40,7 @@ class PublishPlan:
     blobs: tuple[Blob, ...]  # pushed in this order, before the manifest
     manifest: bytes  # the OCI manifest, canonical JSON
     digest: str
+    version: str  # the artifact's
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,14 @@ def plan_publish(artifact_dir: Path, ref: str) -> PublishPlan:
     tarball = Descriptor(media_type, f"sha256:{info.sha256}", info.size, {TITLE: info.name})
     manifest_layer, oci_manifest = render_artifact_manifest(manifest, manifest_bytes, tarball)
     blobs = (Blob(manifest_layer, manifest_bytes), Blob(tarball, artifact.tarball))
-    return PublishPlan(reference, blobs, oci_manifest, digest_of(oci_manifest))
+    return PublishPlan(reference, blobs, oci_manifest, digest_of(oci_manifest), manifest.version)
 
 
 def push(plan: PublishPlan, client: RegistryClient) -> PublishResult:
     """Send the blobs the registry lacks, then the manifest (which moves the tag)."""
     tag = plan.ref.tag or plan.ref.reference
-    outcome = push_manifest(client, plan.ref.repository, plan.blobs, plan.manifest, tags=(tag,))
+    fixed = (tag,) if tag == plan.version else ()  # the version tag never moves; others ("stable") may
+    outcome = push_manifest(client, plan.ref.repository, plan.blobs, plan.manifest, tags=(tag,), fixed=fixed)
     return PublishResult(plan.ref.with_tag(tag), outcome.digest, outcome.uploaded, outcome.skipped)
 
 

@@ -7,6 +7,7 @@ second goes through the proxy, which refuses connections or drops them mid-uploa
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from tests.support.imagekit import (
@@ -115,3 +116,20 @@ def test_a_transient_drop_is_retried_and_the_push_completes(
     tags = _tags(registry)
     assert tags["latest"] == tags["2026.11.22"] == second.digest
     assert tags["2026.11.21"] == first.digest
+
+
+def test_a_version_tag_is_not_moved_to_another_image(
+    registry: LocalRegistry,  # noqa: F811
+    image_site: Site,  # noqa: F811
+    versions: tuple[ImageResult, ImageResult],
+    tmp_path: Path,
+) -> None:
+    first, _ = versions
+    # The same version built again elsewhere, from other packages: another image.
+    bumped = {"labclient": ("2.0.0", DEFAULT_PIP["labclient"][1])}
+    clash = build_image(py3_stack(), image_site, PROJECT, make_env_artifact(tmp_path, "2026.11.21", pip=bumped))
+    assert clash.digest != first.digest
+    with pytest.raises(PushError, match=r"swstack/py3:2026.11.21 already names other content .*nothing was sent"):
+        push_image(clash, retry=FAST)
+    assert _tags(registry)["2026.11.21"] == first.digest
+    push_image(clash, tags=("exp_clash",), retry=FAST)  # moving tags are not versions: they may move

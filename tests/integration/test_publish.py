@@ -72,6 +72,21 @@ def test_republish_sends_no_blob_twice(registry: LocalRegistry, tmp_path: Path) 
         assert proxy.count("POST", "/blobs/uploads/") == 2
 
 
+def test_a_version_tag_is_not_moved_to_other_content(registry: LocalRegistry, tmp_path: Path) -> None:
+    # Another checkout numbers its versions from its own artifacts/: it can build a version the
+    # registry already has, with other bytes. Publishing it must not swap what hosts activated.
+    first = make_artifact(tmp_path / "a", "clash", "1.0")
+    other = make_artifact(tmp_path / "b", "clash", "1.0", payload=64 << 10)
+    client = oci.RegistryClient(registry.host)
+    digest = publish_artifact(first, f"{registry.host}/swstack/clash")
+    with pytest.raises(PushError, match=r"swstack/clash:1.0 already names other content .*nothing was sent"):
+        publish_artifact(other, f"{registry.host}/swstack/clash", client=client)
+    assert client.uploaded == []  # refused before any blob
+    assert client.head_manifest("swstack/clash", "1.0") == digest
+    assert publish_artifact(first, f"{registry.host}/swstack/clash") == digest  # the same bytes again: fine
+    publish_artifact(other, f"{registry.host}/swstack/clash:candidate")  # a tag that is no version may move
+
+
 def test_chunked_upload_and_streamed_download(registry: LocalRegistry, tmp_path: Path) -> None:
     art = make_artifact(tmp_path / "artifacts", "chunked", "1.0", payload=3 << 20)
     client = oci.RegistryClient(registry.host, chunk_size=1 << 20)

@@ -21,6 +21,7 @@ from ..oci import (
     DOCKER_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
+    VERSION,
     Blob,
     Descriptor,
     RegistryClient,
@@ -135,7 +136,10 @@ def push_image(
     sizes = {blob.descriptor.digest: blob.descriptor.size for blob in blobs}
     chosen = tuple(tags) if tags is not None else result.tags
     log.step(f"pushing {target.registry}/{repo} ({len(result.layers)} layers)")
-    outcome = push_manifest(client, repo, blobs, manifest_bytes, tags=chosen)
+    # The version tag never moves to other content; latest, weeklies and dailies do.
+    version = str((json.loads(manifest_bytes).get("annotations") or {}).get(VERSION, ""))
+    fixed = tuple(tag for tag in chosen if tag == version)
+    outcome = push_manifest(client, repo, blobs, manifest_bytes, tags=chosen, fixed=fixed)
     pushed = PushResult(
         repository=f"{target.registry}/{repo}",
         digest=outcome.digest,
