@@ -267,3 +267,42 @@ def test_active_verbose_prints_no_none(tmp_path: Path) -> None:
     res = sw(root, "active", "--verbose", check=1)
     assert "None" not in res.stdout
     assert "served from: -" in res.stdout and "persistent:  -" in res.stdout
+
+
+# ---------------------------------------------------------------- a tree of another owner
+
+
+def test_a_tree_another_user_owns_lends_no_file_to_a_root_owned_version(tmp_path: Path) -> None:
+    """A tree given to its owner (899:899) is that user's to change, its in-tree manifest included:
+    one that claims no owner (as the next, root-owned version has) must still lend it nothing, or
+    bytes that user wrote (size, mode and mtime kept) go live in the root-owned version."""
+    from dataclasses import replace
+
+    from tests.support.host import repack_tree, unpack_artifact
+
+    root = production_root(tmp_path)
+    # Built for this root's live path: nothing is relocated, so every unchanged chunk is in the record.
+    plain = make_artifact(tmp_path / "plain", version="1.0", prefix=str(root / "sw/py3"), owner="899:899",
+                          small_files=200)  # fmt: skip
+    tree = tmp_path / "tree"
+    manifest = unpack_artifact(plain, tree)
+    one = repack_tree(tree, manifest, tmp_path / "one", "1.0", {})
+    two = repack_tree(tree, replace(manifest, owner=None), tmp_path / "two", "1.1", {})
+    modules = sorted(str(f.relative_to(tree)) for f in (tree / "lib/python3.11/site-packages").rglob("*.py"))
+    sw(root, "activate", str(one))
+    assert os.stat(root / "sw.1.0/py3" / SHARED).st_uid == 899
+    # What user 899 can do to its own tree: drop the owner from the in-tree manifest, change its
+    # files on disk and on the ramdisk with their size, mode and mtime kept.
+    in_tree = root / "sw.1.0/py3/conda-meta/swstack-manifest.json"
+    data = json.loads(in_tree.read_text())
+    data["owner"] = None
+    in_tree.write_text(json.dumps(data))
+    for name in modules:
+        for path in (root / "sw.1.0/py3" / name, root / "sw.tmpfs/.py3@1.0" / name):
+            st = os.stat(path)
+            path.write_bytes(path.read_bytes().replace(b"x = 1", b"y = 2"))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    sw(root, "activate", str(two))
+    changed = [n for n in modules if (root / "sw/py3" / n).read_bytes() != (tree / n).read_bytes()]
+    assert changed == []
+    assert os.stat(root / "sw.1.1/py3" / SHARED).st_uid == os.geteuid()

@@ -351,9 +351,23 @@ def previous_on_disk(layout: Layout, target: Target, owner: str | None) -> reuse
         return None
     tree = layout.persistent_tree(*live)
     manifest = tree_manifest(tree)
-    if manifest is None or manifest.owner != owner:
+    if manifest is None or manifest.owner != owner or not _owned_by(tree, owner):
         return None
     return reuse.Previous.load(tree, reuse.index_path(tree.parent, live[0]))
+
+
+def _owned_by(tree: Path, owner: str | None) -> bool:
+    """Whether the tree, and its in-tree manifest, belong to the user the new tree will belong to.
+
+    A tree given to its owner is that user's to change, the in-tree manifest that names the owner
+    included: only the file system's record of who owns it says whose files a new tree would share.
+    """
+    wanted = switch.parse_owner(owner) if os.geteuid() == 0 else None  # only root gives trees away
+    uid = wanted[0] if wanted is not None else os.geteuid()
+    try:
+        return os.lstat(tree).st_uid == uid and os.lstat(tree / IN_TREE_PATH).st_uid == uid
+    except OSError:
+        return False
 
 
 def previous_on_ramdisk(layout: Layout, live_name: str, stack: str, version: str) -> reuse.RamdiskPrevious | None:
