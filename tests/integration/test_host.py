@@ -913,3 +913,63 @@ def test_a_side_file_given_for_the_tarball_is_named_as_one(tmp_path: Path, artif
         f"{tarball.name}); give the tarball or its directory {art}"
     )
     assert not list((root / "sw").iterdir())  # nothing live
+
+
+def _redirecting(to: str) -> type:
+    import http.server
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", to + self.path)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Redirect
+
+
+def _self_signed(work: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (openssl) and its key."""
+    cert, key = work / "cert.pem", work / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_a_download_redirected_off_https_or_to_ftp_is_refused(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    """Where anyone on the path could swap what is served: urllib follows https -> http and
+    http -> ftp redirects; the host refuses both in one line, nothing live changes."""
+    import functools
+    import http.server
+    import ssl
+
+    root = tmp_path / "root"
+    root.mkdir()
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    tarball = "py3-2026.02.01-linux-64.tar.zst"
+    plain = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(artifacts["2026.02.01"]))
+    cert, key = _self_signed(tmp_path)
+    with _serving(plain) as target:
+        with _serving(_redirecting(f"http://127.0.0.1:{target.server_address[1]}")) as secure:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            secure.socket = context.wrap_socket(secure.socket, server_side=True)
+            url = f"https://127.0.0.1:{secure.server_address[1]}/{tarball}"
+            env = dict(os.environ, SSL_CERT_FILE=str(cert))  # the client trusts this server, as a site's CA
+            res = subprocess.run(swstack_argv("activate", url, "--root", str(root)), capture_output=True,
+                                 text=True, env=env, timeout=120)  # fmt: skip
+            assert res.returncode == 11, res.stderr
+            assert res.stderr.splitlines()[-1].endswith(
+                "from https:// to http://; refused (a download is never redirected off https, nor to anything "
+                "but http or https): use the final URL"
+            ), res.stderr
+        with _serving(_redirecting("ftp://127.0.0.1:9")) as insecure:
+            res = sw(root, "activate", f"http://127.0.0.1:{insecure.server_address[1]}/{tarball}", check=11)
+            assert "from http:// to ftp://; refused" in res.stderr.splitlines()[-1], res.stderr
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"

@@ -39,7 +39,6 @@ from .source import Artifact
 
 HOST_CONFIG = Path("/etc/swstack/host.toml")
 CONFIG_ENV = "SWSTACK_HOST_CONFIG"
-_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -243,10 +242,9 @@ def _read_url(url: str) -> bytes:
     # Imported here: an activation from a local path never pays for the HTTP client
     # (about 15 ms of every host command's start-up).
     import urllib.error
-    import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT) as response:
+        with source.open_url(url) as response:
             return bytes(response.read(1 << 24))
     except urllib.error.HTTPError as exc:
         if exc.code == 404:

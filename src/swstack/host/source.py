@@ -11,7 +11,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .. import log
 from ..artifact import (
@@ -111,12 +111,11 @@ def _download(url: str, dest: Path, limit: int | None, what: str, optional: bool
     before a size is compared); with ``optional``, a 404 is None (and any stale ``dest`` removed)."""
     # Imported here: a local activation never pays for the HTTP client (see signature._read_url).
     import urllib.error
-    import urllib.request
 
     log.info(f"downloading {url}")
     try:
         with (
-            urllib.request.urlopen(url, timeout=_TIMEOUT) as response,
+            open_url(url) as response,
             atomic_output(dest) as partial,
             open(partial, "wb") as out,
         ):
@@ -129,6 +128,26 @@ def _download(url: str, dest: Path, limit: int | None, what: str, optional: bool
     except (urllib.error.URLError, OSError) as exc:
         raise ActivateError(f"{url}: download failed ({exc}); check the URL and the network") from exc
     return dest
+
+
+def open_url(url: str) -> Any:
+    """``urlopen(url)`` with the host's redirect rule: a redirect may lead only to http or https,
+    and never from https to plain http (where anyone on the path could swap what is served)."""
+    import urllib.request
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(
+            self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+        ) -> urllib.request.Request | None:
+            old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme.lower()
+            if new not in ("http", "https") or (old == "https" and new != "https"):
+                raise ActivateError(
+                    f"{req.full_url}: redirected to {newurl}, from {old}:// to {new}://; refused (a download "
+                    f"is never redirected off https, nor to anything but http or https): use the final URL"
+                )
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return urllib.request.build_opener(Redirects).open(url, timeout=_TIMEOUT)
 
 
 def _copy_at_most(response: BinaryIO, out: BinaryIO, limit: int | None, refusal: str) -> None:
