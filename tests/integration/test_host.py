@@ -973,3 +973,45 @@ def test_a_download_redirected_off_https_or_to_ftp_is_refused(tmp_path: Path, ar
             res = sw(root, "activate", f"http://127.0.0.1:{insecure.server_address[1]}/{tarball}", check=11)
             assert "from http:// to ftp://; refused" in res.stderr.splitlines()[-1], res.stderr
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+
+
+def test_a_download_that_trickles_is_refused_as_stalled(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    """The socket's timeout restarts with every byte: a server trickling the tarball held the
+    host lock for as long as it liked. Fewer than 64 KiB in a window is a stall (here 1 s)."""
+    import http.server
+
+    served = artifacts["2026.02.01"]
+
+    class Trickle(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if not self.path.endswith(".tar.zst"):
+                super().do_GET()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str((served / self.path.lstrip("/")).stat().st_size))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
+                for _ in range(400):  # 100 s at most: the test server must end too
+                    self.wfile.write(b"\x28")
+                    self.wfile.flush()
+                    time.sleep(0.25)
+
+        def translate_path(self, path: str) -> str:
+            return str(served / path.split("?")[0].lstrip("/"))
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    root = tmp_path / "root"
+    root.mkdir()
+    sw(root, "activate", str(artifacts["2026.01.01"]))
+    with _serving(Trickle) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/py3-2026.02.01-linux-64.tar.zst"
+        env = dict(os.environ, SWSTACK_DOWNLOAD_STALL="1")
+        res = subprocess.run(swstack_argv("activate", url, "--root", str(root)), capture_output=True, text=True,
+                             env=env, timeout=120)  # fmt: skip
+        assert res.returncode == 11, res.stderr
+        line = res.stderr.splitlines()[-1]
+        assert f"{url}: stalled, " in line and "bytes in the last 1 s (fewer than 64 KiB); refused" in line, line
+    assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
+    assert list((root / ".swstack/downloads").iterdir()) == []

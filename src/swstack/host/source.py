@@ -7,7 +7,9 @@ disk (never memory) under ``<root>/.swstack/downloads`` and are renamed when com
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,13 +152,43 @@ def open_url(url: str) -> Any:
     return urllib.request.build_opener(Redirects).open(url, timeout=_TIMEOUT)
 
 
-def _copy_at_most(response: BinaryIO, out: BinaryIO, limit: int | None, refusal: str) -> None:
+# A download that brings fewer than _STALL_BYTES in a window of SWSTACK_DOWNLOAD_STALL seconds is
+# stalled: the socket's timeout restarts with every byte, so a server trickling one byte a minute
+# would hold the host lock for ever.
+_STALL_BYTES = 64 << 10
+_STALL_SECONDS = 60.0
+
+
+def stall_seconds() -> float:
+    text = os.environ.get("SWSTACK_DOWNLOAD_STALL", "")
+    try:
+        seconds = float(text) if text else _STALL_SECONDS
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ActivateError(f"SWSTACK_DOWNLOAD_STALL={text!r}: expected a number of seconds above 0")
+    return seconds
+
+
+def _copy_at_most(response: Any, out: BinaryIO, limit: int | None, refusal: str) -> None:
+    """Copy ``response`` (one receive at a time, so a trickle is seen) to ``out``, refused past
+    ``limit`` bytes or when it stalls."""
     written = 0
-    while block := response.read(1 << 20):
+    window, started, since = stall_seconds(), time.monotonic(), 0
+    while block := response.read1(1 << 20):
         written += len(block)
         if limit is not None and written > limit:
             raise ActivateError(refusal)
         out.write(block)
+        since += len(block)
+        if time.monotonic() - started >= window:
+            if since < _STALL_BYTES:
+                raise ActivateError(
+                    f"{response.geturl()}: stalled, {since} bytes in the last {window:g} s (fewer than "
+                    f"{_STALL_BYTES >> 10} KiB); refused: check the server and the network "
+                    f"(SWSTACK_DOWNLOAD_STALL sets the window)"
+                )
+            started, since = time.monotonic(), 0
 
 
 def check_url(url: str) -> urllib.parse.SplitResult:
