@@ -238,7 +238,7 @@ def test_conda_lock_renders_an_explicit_list_from_the_offline_channel(project: P
 
 # ---- a built project: the up-to-date check looks at the artifact itself -------------------------------
 
-SMALL = "antares-kernel"  # the smallest stack: one real build costs about a minute
+SMALL = "antares-kernel"  # the smaller stack (no pip package, no ipywidgets): a real build takes a minute or two
 
 
 @pytest.fixture(scope="module")

@@ -113,3 +113,26 @@ def test_rebuild_is_identical_and_one_package_change_pushes_little(
     client = RegistryClient(repo.registry)
     assert client.head_manifest(repo.repository, "2026.11.21") == first.digest
     assert client.head_manifest(repo.repository, "latest") == second.digest
+
+
+def test_an_image_whose_command_neither_tree_nor_base_has_is_refused(
+    artifacts: Path,
+    image_site: Site,  # noqa: F811
+) -> None:
+    """A container whose command is missing exits at once: every spawn of the image would fail. The
+    base (the debootstrapped Debian) has bash on its PATH, which passes; a program neither the
+    stack's tree nor the base has is refused naming the stack-file line."""
+    from dataclasses import replace
+
+    from swstack.errors import ImageError
+
+    stack = py3_stack()
+    art = make_env_artifact(artifacts / "command", "2026.11.23")
+    shell = replace(stack, image=stack.image.model_copy(update={"command": ("bash", "-l")}))
+    assert build_image(shell, image_site, PROJECT, art).digest.startswith("sha256:")
+    missing = replace(stack, image=stack.image.model_copy(update={"command": ("no-such-server",)}))
+    with pytest.raises(ImageError) as refused:
+        build_image(missing, image_site, PROJECT, art)
+    assert str(refused.value).startswith(f"{PROJECT / 'stacks/base.toml'}:22: [image] command 'no-such-server' "
+                                         "is neither in the stack's tree (/data0/sw/py3/bin) nor on the base "
+                                         "image's PATH")  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 from tests.support.clients import Clients, local_tree_listing, need
 from tests.support.imagekit import (
     PROJECT,
+    SINGLEUSER,
     image_site,  # noqa: F401 - fixture
     make_env_artifact,
     py3_stack,
@@ -32,6 +33,7 @@ SMALL_CONDA = {
     "python": ("3.11.9", {"bin/python3.11": 200_000, "lib/libpython3.11.so": 150_000}),
     "numpy": ("1.26.4", {"lib/python3.11/site-packages/numpy/__init__.py": 900}),
     "sitepaths": ("0.1.0", {"bin/sitepaths": 4_000}),
+    **SINGLEUSER,
 }
 TAG = "2026.11.21"
 

@@ -19,6 +19,7 @@ import pytest
 from tests.support.clients import Clients, need
 from tests.support.imagekit import (
     PROJECT,
+    SINGLEUSER,
     image_site,  # noqa: F401 - fixture
     make_env_artifact,
     py3_stack,
@@ -36,6 +37,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.slow]
 SMALL_CONDA = {
     "python": ("3.11.9", {"bin/python3.11": 100_000}),
     "sitepaths": ("0.1.0", {"bin/sitepaths": 4_000}),
+    **SINGLEUSER,
 }
 
 

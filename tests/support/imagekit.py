@@ -35,6 +35,11 @@ SITE_PACKAGES = "lib/python3.11/site-packages"
 BASE_REPOSITORY = "swstack/debian:bookworm"
 
 # name -> (version, {path: size}); sizes chosen so the planner has big and small packages.
+# The image's command (stacks/base.toml's [image] command), which the image build looks for in
+# the tree: every environment an image is built from has it, as the real stacks do.
+SINGLEUSER: dict[str, tuple[str, dict[str, int]]] = {
+    "jupyterhub-singleuser": ("5.2.1", {"bin/jupyterhub-singleuser": 400}),
+}
 DEFAULT_CONDA: dict[str, tuple[str, dict[str, int]]] = {
     "python": ("3.11.9", {"bin/python3.11": 3_000_000, "lib/libpython3.11.so": 2_500_000}),
     "numpy": (
@@ -44,6 +49,7 @@ DEFAULT_CONDA: dict[str, tuple[str, dict[str, int]]] = {
     "libopenblas": ("0.3.27", {"lib/libopenblas.so.0": 1_800_000}),
     "jupyterlab": ("4.2.0", {f"{SITE_PACKAGES}/jupyterlab/static/app.js": 1_200_000}),
     "ipykernel": ("6.29.0", {f"{SITE_PACKAGES}/ipykernel/kernelapp.py": 30_000}),
+    **SINGLEUSER,
     **{
         f"small{i:02d}": (
             "1.0",

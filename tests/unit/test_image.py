@@ -30,7 +30,8 @@ from swstack.image import (
     tag_fields,
     write_env_layers,
 )
-from swstack.layers import plan_layers
+from swstack.image.plan import TreeIndex, command_lookup
+from swstack.layers import TreeEntry, plan_layers
 from swstack.manifest import Manifest
 from swstack.oci import Descriptor, canonical_json, digest_of
 
@@ -326,3 +327,17 @@ def test_putting_the_base_into_a_registry_that_does_not_answer_says_so_before_an
         f"no registry answers at {host}, where the site keeps the base 'debian:bookworm-slim' "
         f"({host}/swstack/debian:bookworm); start it (the demo's: scripts/with-registry) and run again"
     )
+
+
+def test_the_image_command_is_looked_up_in_the_tree_then_on_the_bases_path() -> None:
+    """A command the tree has needs no base lookup; one it lacks is looked for on the base's PATH
+    (its config's, here /usr/bin:/bin); a path in the prefix the tree lacks is refused at once."""
+    index = TreeIndex((TreeEntry("bin", "dir"), TreeEntry("bin/jupyterhub-singleuser", "file", 10)), {})
+    prefix = "/data0/sw/py3"
+    assert command_lookup(("jupyterhub-singleuser", "--debug"), index, prefix, BASE) == ()
+    assert command_lookup((f"{prefix}/bin/jupyterhub-singleuser",), index, prefix, BASE) == ()
+    assert command_lookup(("bash",), index, prefix, BASE) == ("usr/bin/bash", "bin/bash")
+    assert command_lookup(("/usr/local/bin/start.sh",), index, prefix, BASE) == ("usr/local/bin/start.sh",)
+    assert command_lookup((), index, prefix, BASE) == ()
+    with pytest.raises(ImageError, match="'/data0/sw/py3/bin/jupyter-lab': the stack's tree has no such file"):
+        command_lookup((f"{prefix}/bin/jupyter-lab",), index, prefix, BASE)

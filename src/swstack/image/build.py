@@ -18,14 +18,17 @@ from ..tomlloc import index_lines
 from .plan import (
     IMAGE_DIR,
     IMAGE_JSON,
+    BaseImage,
     ImageResult,
     LayerBlob,
+    TreeIndex,
     add_user,
+    command_lookup,
     plan_image,
     render_config,
     render_manifest,
 )
-from .registry import base_file, resolve_base
+from .registry import base_file, base_has, resolve_base
 from .tarball import index_tarball
 from .writer import GZIP_LEVEL, write_env_layers, write_layout, write_user_layer
 
@@ -60,14 +63,42 @@ def base_reference(stack: Stack, site: Site) -> str:
 
 def _line_of_base(stack: Stack) -> str:
     """``file:line`` of the ``[image] base`` the stack takes (its own file first, then those it extends)."""
+    return _line_of(stack, ("image", "base"))
+
+
+def _line_of(stack: Stack, key: tuple[str, ...]) -> str:
+    """``file:line`` of ``key`` as the stack takes it (its own file first, then those it extends)."""
     for path in stack.sources:
         try:
-            line = index_lines(path.read_text(encoding="utf-8")).get(("image", "base"))
+            line = index_lines(path.read_text(encoding="utf-8")).get(key)
         except (OSError, ValueError):
             continue
         if line is not None:
             return f"{path}:{line}"
     return str(stack.source or stack.name)
+
+
+def check_command(
+    stack: Stack,
+    command: tuple[str, ...],
+    index: TreeIndex,
+    prefix: str,
+    base: BaseImage,
+    retry: RetryPolicy | None,
+) -> None:
+    """The image's command must be a program of the stack's tree or of the base image: a container
+    of an image without it exits at once, and every spawn from the hub's menu would fail."""
+    where = _line_of(stack, ("image", "command"))
+    try:
+        candidates = command_lookup(command, index, prefix, base)
+    except ImageError as exc:
+        raise ImageError(f"{where}: {exc}; fix [image] command") from None
+    if candidates and not base_has(base, candidates, retry=retry):
+        raise ImageError(
+            f"{where}: [image] command {command[0]!r} is neither in the stack's tree ({prefix}/bin) nor on "
+            f"the base image's PATH, so a container of this image could not start; add the package that "
+            f"provides it to the stack's dependencies (then doit lock), or set [image] command"
+        )
 
 
 def build_image(
@@ -88,6 +119,7 @@ def build_image(
     base = resolve_base(base_ref, manifest.platform, retry=retry)
     index = index_tarball(tarball, manifest)
     plan = plan_image(stack, site, manifest, index, base, source=project_source(project))
+    check_command(stack, plan.command, index, manifest.prefix, base, retry)
     for layer in plan.layers:
         log.debug(f"layer {layer.describe()}: {log.human_bytes(layer.size)}")
     passwd, group = add_user(

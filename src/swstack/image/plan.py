@@ -220,6 +220,32 @@ def image_labels(manifest: Manifest, settings: ImageSettings, source: str, base:
     return labels
 
 
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def command_lookup(command: Sequence[str], index: TreeIndex, prefix: str, base: BaseImage) -> tuple[str, ...]:
+    """Where the image's command could be, as paths in the base image (pure): () when the stack's own
+    tree has it; a path under the prefix that the tree lacks is an ``ImageError`` at once.
+
+    A container whose command is missing exits at once, so every spawn of that image fails.
+    """
+    if not command:
+        return ()
+    program, prefix = command[0], prefix.rstrip("/")
+    tree = {e.path for e in index.entries if e.kind != "dir"}
+    if program.startswith(prefix + "/"):
+        if program[len(prefix) + 1 :] in tree:
+            return ()
+        raise ImageError(f"[image] command {program!r}: the stack's tree has no such file")
+    if "/" in program:
+        return (program.lstrip("/"),)
+    if f"bin/{program}" in tree:
+        return ()
+    env = dict(item.split("=", 1) for item in _config_of(base.config).get("Env") or () if "=" in item)
+    dirs = env.get("PATH", _DEFAULT_PATH).split(":")
+    return tuple(f"{d.strip('/')}/{program}" for d in dirs if d.startswith("/"))
+
+
 def image_env(
     base_env: Sequence[str], prefix: str, user: str, home: str, uid: int, *, stack: str = "", version: str = ""
 ) -> tuple[str, ...]:
@@ -228,7 +254,7 @@ def image_env(
     ``SWSTACK_STACK`` and ``SWSTACK_VERSION`` tell a notebook which build it runs in.
     """
     env = dict(item.split("=", 1) for item in base_env if "=" in item)
-    base_path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    base_path = env.get("PATH", _DEFAULT_PATH)
     env.update(
         {
             "PATH": f"{prefix}/bin:{base_path}",

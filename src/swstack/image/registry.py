@@ -95,6 +95,22 @@ def base_file(base: BaseImage, name: str, *, retry: RetryPolicy | None = None) -
     return ""
 
 
+def base_has(base: BaseImage, names: Sequence[str], *, retry: RetryPolicy | None = None) -> bool:
+    """Whether any of ``names`` (paths in the base's tree) is a file or a link there, in one pass
+    over its layers (a later layer's whiteout is not followed: a base that deletes its own program
+    is not worth the bookkeeping)."""
+    wanted = set(names)
+    if not wanted:
+        return False
+    client = RegistryClient(base.registry, retry=retry, error=ImageError)
+    for desc in reversed(base.layers):
+        path = base_blob(client, base.repository, desc)
+        with gzip.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            if any(normalise_path(m.name) in wanted and not m.isdir() for m in tar):
+                return True
+    return False
+
+
 @dataclass(frozen=True)
 class PushResult:
     repository: str
