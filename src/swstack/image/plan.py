@@ -238,7 +238,7 @@ def command_lookup(command: Sequence[str], index: TreeIndex, prefix: str, base: 
             return ()
         raise ImageError(f"[image] command {program!r}: the stack's tree has no such file")
     if "/" in program:
-        return (program.lstrip("/"),)
+        return ()  # the base's own path: not looked up (its directories may be links, /bin -> usr/bin)
     if f"bin/{program}" in tree:
         return ()
     env = dict(item.split("=", 1) for item in _config_of(base.config).get("Env") or () if "=" in item)
