@@ -279,7 +279,13 @@ def artifact_layout(manifest: Mapping[str, Any], *, error: type[SwstackError]) -
             in ("application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json")
             else f"an artifact of type {kind!r}"
         )
-        raise error(f"this reference is {what}, not a swstack stack artifact (artifactType {ARTIFACT_TYPE})")
+        hint = (
+            "; a stack's artifact is published beside its image, as <registry>/<stack>:<version> "
+            "(`doit publish`), and that is the reference to give"
+            if what == "a container image"
+            else ""
+        )
+        raise error(f"this reference is {what}, not a swstack stack artifact (artifactType {ARTIFACT_TYPE}){hint}")
     raw_layers = manifest.get("layers") or []
     if not isinstance(raw_layers, list):
         raise error(f"malformed swstack artifact: layers is {type(raw_layers).__name__}, not a list")

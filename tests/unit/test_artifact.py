@@ -190,7 +190,8 @@ def test_artifact_layout_refuses_container_images() -> None:
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": DIGEST, "size": 1},
         "layers": [],
     }
-    with pytest.raises(ActivateError, match="a container image, not a swstack stack artifact"):
+    with pytest.raises(ActivateError, match=r"a container image, not a swstack stack artifact .*; a stack's "
+                       r"artifact is published beside its image, as <registry>/<stack>:<version> \(`doit publish`\)"):
         artifact.artifact_layout(image, error=ActivateError)
 
 
