@@ -31,7 +31,16 @@ from typing import Any, Literal
 
 from . import log
 from .errors import ImageError, SwstackError
-from .oci import CREATED, DOCKER_MANIFEST, OCI_MANIFEST, VERSION, RegistryClient, RetryPolicy, parse_reference
+from .oci import (
+    CREATED,
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    VERSION,
+    RegistryClient,
+    RetryPolicy,
+    is_attachment_tag,
+    parse_reference,
+)
 
 Kind = Literal["release", "weekly", "daily", "experimental"]
 KINDS: tuple[Kind, ...] = ("release", "weekly", "daily", "experimental")
@@ -347,7 +356,25 @@ def read_registry(
             version = version or configs[config].get(VERSION, "")
             created = created or configs[config].get(CREATED, "")
         found.append(TaggedImage(name, tag, doc.digest, version, created))
+    own = [tag for tag in tags if not is_attachment_tag(tag)]  # signatures and referrers are no artifact
+    if not found and own:
+        _refuse_an_artifact_repository(client, ref.repository, name, max(own), error)
     return found
+
+
+def _refuse_an_artifact_repository(
+    client: RegistryClient, repository: str, name: str, tag: str, error: type[SwstackError]
+) -> None:
+    """A repository of published stack artifacts (``doit publish``: ``<registry>/<stack>``) has no
+    image to offer; say where the images are rather than that its tags have no menu form."""
+    from .artifact import ARTIFACT_TYPE
+
+    if client.get_manifest(repository, tag).json().get("artifactType") == ARTIFACT_TYPE:
+        raise error(
+            f"{name}: holds the stack's published artifacts (doit publish, for swstack activate), not its "
+            f"images; give the repository the images are pushed to, the stack's [image] repository "
+            f"(<registry>/swstack/<stack> by default, docs/image.md)"
+        )
 
 
 def _config_labels(client: RegistryClient, repository: str, digest: str, size: int | None) -> Mapping[str, str]:

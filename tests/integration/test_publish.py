@@ -231,3 +231,18 @@ def test_token_auth(registry: LocalRegistry, tmp_path: Path, monkeypatch: pytest
 
         tarball = oci.fetch_artifact(ref, tmp_path / "out")
         assert tarball.read_bytes() == (art / tarball.name).read_bytes()
+
+
+def test_a_menu_of_the_artifact_repository_says_where_the_images_are(registry: LocalRegistry, tmp_path: Path) -> None:
+    """`swstack hub-config <registry>/<stack>` (the artifacts' repository) said its tags had no menu form."""
+    from swstack.hub import MenuError, read_registry
+
+    art = make_artifact(tmp_path / "artifacts", "menu", "2026.11.21")
+    publish_artifact(art, f"{registry.host}/menu:2026.11.21", client=oci.RegistryClient(registry.host))
+    with pytest.raises(MenuError) as refused:
+        read_registry(f"{registry.host}/menu")
+    assert str(refused.value) == (
+        f"{registry.host}/menu: holds the stack's published artifacts (doit publish, for swstack activate), not "
+        f"its images; give the repository the images are pushed to, the stack's [image] repository "
+        f"(<registry>/swstack/<stack> by default, docs/image.md)"
+    )
