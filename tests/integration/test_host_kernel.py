@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.host import bwrap_argv, repack_tree, unpack_artifact
@@ -59,13 +60,13 @@ def test_real_kernel_from_activated_stack(py3_artifact: Path, tmp_path: Path) ->
     assert "KERNEL:/data0/sw.tmpfs/.py3@2026.11.21" in res.stdout
 
 
-SWITCH_SCRIPT = r"""
+# Start, drive and stop a real kernel from the live version's spec, as a server does.
+KERNEL_HELPERS = r"""
 import json, os, subprocess, sys, time
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from swstack.cli import main
 
-v1, v2, v3 = sys.argv[1:4]
 KERNELS = "/data0/sw/py3/share/jupyter/kernels"
 report = {}
 
@@ -98,6 +99,10 @@ def stop(km, kc):
 
 
 PROBE = "import sys, swstack_probe; print(sys.prefix, swstack_probe.VERSION)"
+"""
+
+SWITCH_SCRIPT = KERNEL_HELPERS + r"""
+v1, v2, v3 = sys.argv[1:4]
 report["activate1"] = main(["activate", v1])
 # The single-user server starts the same way: its module, from the version's own tree.
 LAUNCH = "/data0/sw/py3/bin/swstack-launch"
@@ -124,31 +129,43 @@ print("REPORT:" + json.dumps(report))
 """
 
 
-@pytest.mark.slow
-def test_running_kernel_keeps_its_version_across_a_switch(py3_artifact: Path, tmp_path: Path) -> None:
-    """A real kernel started before a switch imports from its own version until it exits; prune keeps
-    that version while it runs and frees it afterwards."""
+def probe_versions(py3_artifact: Path, tmp_path: Path, versions: list[str]) -> list[Path]:
+    """Artifacts of the real py3 tree, one per version, whose module ``swstack_probe`` names it."""
     tree = tmp_path / "tree"
     manifest = unpack_artifact(py3_artifact, tree)
     site = next(tree.glob("lib/python3.*/site-packages"))
     probe = str((site / "swstack_probe.py").relative_to(tree))
-    versions = ["2026.12.01", "2026.12.02", "2026.12.03"]
     artifacts = [
         repack_tree(tree, manifest, tmp_path / v, v, {probe: f"VERSION = {v!r}\n".encode()}) for v in versions
     ]
     shutil.rmtree(tree)
+    return artifacts
+
+
+def run_in_private_data0(tmp_path: Path, script_text: str, args: list[str]) -> dict[str, Any]:
+    """Run a script in a private /data0 with a ramdisk; return the report it prints."""
     root = tmp_path / "root"
     root.mkdir()
-    script = tmp_path / "switch_check.py"
-    script.write_text(SWITCH_SCRIPT)
+    script = tmp_path / "check.py"
+    script.write_text(script_text)
     res = subprocess.run(
-        bwrap_argv(root, [sys.executable, str(script), *map(str, artifacts)], tmpfs_size=8 << 30),
+        bwrap_argv(root, [sys.executable, str(script), *args], tmpfs_size=8 << 30),
         capture_output=True,
         text=True,
         timeout=1800,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    report = json.loads(res.stdout.split("REPORT:", 1)[1])
+    report: dict[str, Any] = json.loads(res.stdout.split("REPORT:", 1)[1])
+    return report
+
+
+@pytest.mark.slow
+def test_running_kernel_keeps_its_version_across_a_switch(py3_artifact: Path, tmp_path: Path) -> None:
+    """A real kernel started before a switch imports from its own version until it exits; prune keeps
+    that version while it runs and frees it afterwards."""
+    versions = ["2026.12.01", "2026.12.02", "2026.12.03"]
+    artifacts = probe_versions(py3_artifact, tmp_path, versions)
+    report = run_in_private_data0(tmp_path, SWITCH_SCRIPT, [*map(str, artifacts)])
     v1, v2, v3 = versions
     assert (report["activate1"], report["activate2"], report["activate3"]) == (0, 0, 0)
     assert report["k1_before"] == f"/data0/sw.tmpfs/.py3@{v1}"
@@ -165,6 +182,47 @@ def test_running_kernel_keeps_its_version_across_a_switch(py3_artifact: Path, tm
     ramdisk, disk = report["kept_exited"]
     assert f".py3@{v1}" not in ramdisk and f"sw.{v1}" not in disk
     assert f".py3@{v3}" in ramdisk and {f"sw.{v2}", f"sw.{v3}"} <= set(disk)
+
+
+RESTORED_SCRIPT = KERNEL_HELPERS + r"""
+v1, v2 = sys.argv[1:3]
+n1 = os.path.basename(v1)
+copy = f"/data0/sw.tmpfs/.py3@{n1}"
+report["activate1"] = main(["activate", v1])
+km1, kc1 = start()
+report["k1_before"] = run(kc1, "import sys; print(sys.prefix)")
+# A file of the copy changed by a write: restore loads the copy again and sets this one aside.
+probe = run(kc1, "import glob, sys; print(glob.glob(sys.prefix + '/lib/python3.*/site-packages/swstack_probe.py')[0])")
+with open(probe, "a") as fh:
+    fh.write("# changed on the ramdisk\n")
+report["restore"] = main(["restore"])
+report["activate2"] = main(["activate", v2])
+report["prune_running"] = main(["prune", "--keep", "0"])
+report["kept_running"] = sorted(os.listdir("/data0/sw.tmpfs"))
+report["k1_late"] = run(kc1, PROBE)
+stop(km1, kc1)
+report["prune_exited"] = main(["prune", "--keep", "0"])
+report["kept_exited"] = sorted(os.listdir("/data0/sw.tmpfs"))
+print("REPORT:" + json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_kernel_keeps_its_version_after_restore_reloads_its_copy(py3_artifact: Path, tmp_path: Path) -> None:
+    """restore loads a damaged copy again and sets the damaged one aside; a kernel running from it
+    opens its next files by the copy's path, so the copy loaded again is kept while that kernel runs
+    (it was dropped at the next switch: the kernel's next import failed)."""
+    versions = ["2026.12.01", "2026.12.02"]
+    artifacts = probe_versions(py3_artifact, tmp_path, versions)
+    report = run_in_private_data0(tmp_path, RESTORED_SCRIPT, [*map(str, artifacts)])
+    v1, v2 = versions
+    assert (report["activate1"], report["restore"], report["activate2"]) == (0, 0, 0)
+    assert report["k1_before"] == f"/data0/sw.tmpfs/.py3@{v1}"
+    assert f".py3@{v1}" in report["kept_running"]
+    assert any(n.startswith(f".py3@{v1}.damaged-") for n in report["kept_running"])
+    assert report["k1_late"] == f"/data0/sw.tmpfs/.py3@{v1} {v1}"
+    assert report["prune_exited"] == 0
+    assert [n for n in report["kept_exited"] if n.startswith(f".py3@{v1}")] == []
 
 
 # The spawner starts the single-user server as docs/host.md tells sites to: through the

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import os
 import stat
 from collections.abc import Mapping
@@ -408,7 +409,7 @@ def load_ramdisk(
     if dest.is_dir():
         # A damaged copy (``restore``): set aside, not deleted, since running kernels may
         # hold it; the last step drops it once unused. The live link names dest throughout.
-        os.rename(dest, dest.with_name(f"{dest.name}.damaged-{os.getpid()}"))
+        os.rename(dest, dest.with_name(f"{dest.name}{SET_ASIDE}{os.getpid()}"))
     os.rename(partial, dest)
     faults.hit("ramdisk-copied")
 
@@ -427,6 +428,19 @@ def _relocated_from(layout: Layout, target: Target) -> str | None:
     return manifest.prefix
 
 
+SET_ASIDE = ".damaged-"  # restore renames a damaged copy ``.<tree>@<version>`` to ``<that>.damaged-<pid>``
+
+
+def copy_users(copy: Path) -> list[int]:
+    """PIDs using a ramdisk copy: those mapping it, and those mapping a damaged copy of it that
+    ``restore`` set aside. The latter opened their files through the copy's path (their sys.prefix
+    names it), so the copy loaded again in its place is the one they import from next."""
+    users = inuse.users_of(copy)
+    for aside in copy.parent.glob(glob.escape(copy.name + SET_ASIDE) + "*"):
+        users += inuse.users_of(aside)
+    return sorted(set(users))
+
+
 def drop_unused_copies(layout: Layout, dry_run: bool = False) -> Dropped:
     """Remove ramdisk copies that are no longer live, unless a process still uses them; name both
     (``dry_run``: name them only)."""
@@ -442,7 +456,7 @@ def drop_unused_copies(layout: Layout, dry_run: bool = False) -> Dropped:
         stack, version = name[1:].split("@", 1)
         if (stack, version) in live:
             continue
-        users = inuse.users_of(entry)
+        users = copy_users(entry)
         if users:
             kept.append(f"{entry} (in use by PID {', '.join(map(str, users[:5]))})")
             log.info(f"keeping {entry}: still in use by PID {', '.join(map(str, users[:5]))}")
@@ -1108,7 +1122,7 @@ def _protected_versions(layout: Layout, state: HostState) -> dict[str, str]:
             u
             for s in layout.stacks_in(v)
             if layout.production
-            for u in inuse.users_of(layout.ramdisk_copy(s, v))
+            for u in copy_users(layout.ramdisk_copy(s, v))
         ]
         if users:
             protected[v] = f"in use by PID {', '.join(map(str, sorted(set(users))[:5]))}"
