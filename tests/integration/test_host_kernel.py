@@ -115,6 +115,11 @@ km1, kc1 = start()
 report["k1_before"] = run(kc1, "import sys; print(sys.prefix)")
 report["activate2"] = main(["activate", v2])
 report["k1_after"] = run(kc1, PROBE)
+# What the kernel starts is a new process: through sys.executable (as %pip does) its own
+# version, by name through PATH (as !python, !pip do) the live one.
+SUB = "import subprocess, sys; print(subprocess.run([{!r}, '-c', %r], capture_output=True, text=True).stdout)" % PROBE
+report["k1_sub_executable"] = run(kc1, SUB.replace("{!r}", "sys.executable"))
+report["k1_sub_path"] = run(kc1, SUB.replace("{!r}", "'python'"))
 km2, kc2 = start()
 report["k2"] = run(kc2, PROBE)
 stop(km2, kc2)
@@ -173,6 +178,8 @@ def test_running_kernel_keeps_its_version_across_a_switch(py3_artifact: Path, tm
     assert report["singleuser_file"].startswith(f"/data0/sw.tmpfs/.py3@{v1}/lib/python3.")
     assert report["k1_after"] == f"/data0/sw.tmpfs/.py3@{v1} {v1}"
     assert report["k2"] == f"/data0/sw.tmpfs/.py3@{v2} {v2}"
+    assert report["k1_sub_executable"] == f"/data0/sw.tmpfs/.py3@{v1} {v1}"
+    assert report["k1_sub_path"] == f"/data0/sw/py3 {v2}"  # started through the live link (docs/host.md)
     # v1 is neither active nor previous: only the running kernel keeps it.
     assert report["prune_running"] == 3
     ramdisk, disk = report["kept_running"]
