@@ -173,6 +173,16 @@ def record_origins(prefix: Path, items: list[CondaItem]) -> None:
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _package_cache(path: Path) -> Any:
+    """The shared cache of extracted packages, each file checked against its package's
+    ``paths.json`` (sha256) before it is linked: rattler's default check is that the files exist, so
+    an extracted file edited in place went into every later build unseen; a
+    package that fails the check is extracted again from its sha256-checked archive."""
+    import rattler
+
+    return rattler.PackageCache.new_layered([path], validation_mode=rattler.ValidationMode.full())
+
+
 def install_conda(plan: InstallPlan) -> None:
     import rattler
 
@@ -190,7 +200,7 @@ def install_conda(plan: InstallPlan) -> None:
             rattler.install(
                 records,
                 target_prefix=plan.prefix,
-                cache_dir=cache / "pkgs",
+                package_cache=_package_cache(cache / "pkgs"),
                 platform=rattler.Subdir(plan.platform) if hasattr(rattler, "Subdir") else None,
                 execute_link_scripts=True,
                 show_progress=False,
