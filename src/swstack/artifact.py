@@ -175,8 +175,9 @@ def damage(directory: Path, manifest: Manifest) -> str | None:
     """Why the artifact in ``directory`` is not whole, or None when it is.
 
     Whole means: the tarball the manifest names is there, with the manifest's size and
-    sha256, and its side file is the ``sha256sum`` line of that name and sha256. The
-    tarball is hashed (about a second per 500 MiB): right size, other bytes is damage too.
+    sha256, its side file is the ``sha256sum`` line of that name and sha256, and the
+    documents it lists (SBOM, provenance) have the sha256 it records. The tarball is hashed
+    (about a second per 500 MiB): right size, other bytes is damage too.
     """
     if manifest.tarball is None:
         return f"{directory / MANIFEST_NAME} names no tarball"
@@ -188,7 +189,20 @@ def damage(directory: Path, manifest: Manifest) -> str | None:
         return f"{side} is missing"
     if side.read_text(errors="replace") != checksum_line(manifest.tarball.sha256, tarball.name):
         return f"{side} does not name the tarball with the sha256 manifest.json records ({manifest.tarball.sha256})"
-    return content_damage(tarball, manifest)
+    return content_damage(tarball, manifest) or attestation_damage(directory, manifest)
+
+
+def attestation_damage(directory: Path, manifest: Manifest) -> str | None:
+    """Why a document ``manifest`` lists beside the tarball (SBOM, provenance) is not the one it
+    records, or None. They are part of the artifact: push and publish refuse one missing or changed."""
+    for info in manifest.attestations:
+        path = directory / info.name
+        if not path.is_file():
+            return f"{path} is missing"
+        actual = sha256_file(path)
+        if actual != info.sha256:
+            return f"{path} has sha256 {actual}, {MANIFEST_NAME} records {info.sha256}"
+    return None
 
 
 def content_damage(tarball: Path, manifest: Manifest) -> str | None:

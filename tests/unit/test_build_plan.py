@@ -364,3 +364,31 @@ def test_the_site_s_signing_keys_are_an_empty_directory_inside(project: Path, si
     seen: list[list[str]] = []
     install_in_sandbox(plan, _Recording(lambda _: seen.append([p.name for p in (plan.work_dir / EMPTY).iterdir()])))  # type: ignore[arg-type]
     assert seen == [[]]
+
+
+def test_an_artifact_whose_sbom_or_provenance_changed_is_not_current(project: Path, site: Site) -> None:
+    """push and publish refuse an attestation missing or changed and say to build again: the
+    build must then not call that artifact up to date."""
+    from tests.support.host import make_artifact
+
+    from swstack.attest import PROVENANCE_NAME, SBOM_NAME, attest_artifact
+    from swstack.build import why_not_current
+    from swstack.fsutil import sha256_file
+    from swstack.manifest import Manifest
+
+    lts = load_stack(project / "stacks/demo.toml")
+    art = make_artifact(site.artifacts / "demo" / "9.9", stack="demo", version="9.9")
+    manifest = Manifest.load(art / "manifest.json")
+    lockfile = project / "lockfiles/demo/conda-lock.yml"
+    current = replace(manifest, platform="linux-64", lockfile_sha256=sha256_file(lockfile),
+                      stackfile_sha256=lts.source_hash)
+    (art / "manifest.json").write_text(current.to_json())
+    attest_artifact(art)
+    assert why_not_current(lts, site, project, "linux-64", version="9.9") is None
+    with (art / SBOM_NAME).open("a") as fh:
+        fh.write("\n")
+    assert f"{art / SBOM_NAME} has sha256 " in str(why_not_current(lts, site, project, "linux-64", version="9.9"))
+    (art / PROVENANCE_NAME).unlink()
+    attest_artifact(art)  # lists the SBOM as it is now, and a new provenance
+    (art / PROVENANCE_NAME).unlink()
+    assert why_not_current(lts, site, project, "linux-64", version="9.9") == f"{art / PROVENANCE_NAME} is missing"
