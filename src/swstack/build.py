@@ -208,7 +208,13 @@ def _judge_artifact(stack: Stack, site: Site, project: Path, platform: str | Non
         return manifest, f"{stack.stack_id} {manifest.version} was built from another {path.name}"
     if manifest.stackfile_sha256 != stack.source_hash:
         return manifest, f"{stack.stack_id} {manifest.version} was built from another version of {stack.source}"
-    return manifest, artifact.damage(site.artifacts / stack.stack_id / manifest.version, manifest)
+    directory = site.artifacts / stack.stack_id / manifest.version
+    if not manifest.attestations:
+        # pack writes manifest.json last, and the build then adds the SBOM and provenance to it:
+        # a build stopped between the two left an artifact that looks finished but is not.
+        stopped = "lists no SBOM or provenance (its build stopped after packing)"
+        return manifest, f"{directory / artifact.MANIFEST_NAME} {stopped}"
+    return manifest, artifact.damage(directory, manifest)
 
 
 def build_dir_for(stack: Stack, site: Site) -> Path:

@@ -249,6 +249,7 @@ def test_a_version_given_is_current_only_when_that_artifact_is_whole_and_from_to
 ) -> None:
     from tests.support.host import make_artifact
 
+    from swstack.attest import attest_artifact
     from swstack.build import why_not_current
     from swstack.fsutil import sha256_file
     from swstack.manifest import Manifest
@@ -262,6 +263,9 @@ def test_a_version_given_is_current_only_when_that_artifact_is_whole_and_from_to
     current = replace(manifest, platform="linux-64", lockfile_sha256=sha256_file(lockfile),
                       stackfile_sha256=lts.source_hash)
     (art / "manifest.json").write_text(current.to_json())
+    stopped = why_not_current(lts, site, project, "linux-64", version="9.9")
+    assert stopped == f"{art / 'manifest.json'} lists no SBOM or provenance (its build stopped after packing)"
+    attest_artifact(art)  # what the build does after packing
     assert why_not_current(lts, site, project, "linux-64", version="9.9") is None
     assert "no artifact of demo 10.0" in str(why_not_current(lts, site, project, "linux-64", version="10.0"))
     (art / "manifest.json").write_text(replace(current, lockfile_sha256="0" * 64).to_json())
