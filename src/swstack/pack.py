@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import gzip
 import hashlib
@@ -1360,9 +1361,9 @@ def _pack_recorded(
     written = _write_tarball(tarball, entries, options, uid, gid, compressor, guessed)
 
     checksum = tarball.with_name(tarball.name + ".sha256")
-    atomic_write_text(checksum, checksum_line(written.sha256, tarball.name))
+    _write_beside(checksum, checksum_line(written.sha256, tarball.name))
     manifest = replace(manifest, tarball=written)
-    atomic_write_text(manifest_path, manifest.to_json())  # last: its presence means complete
+    _write_beside(manifest_path, manifest.to_json())  # last: its presence means complete
     seconds = time.monotonic() - started
     log.info(
         # Relative to --out: inside a build's sandbox that is a mount point, not a path the user has.
@@ -1370,6 +1371,21 @@ def _pack_recorded(
         f"({log.human_bytes(written.size)}, {len(written.chunks)} chunks) in {seconds:.1f}s"
     )
     return PackResult(tarball, checksum, manifest_path, manifest, seconds)
+
+
+def _write_beside(path: Path, text: str) -> None:
+    """Write a small file of the artifact atomically; a disk that fills up after the tarball
+    fits is a ``PackError`` in one line too, not a traceback."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise PackError(_write_failed(path, exc)) from exc
+
+
+def _write_failed(path: Path, exc: OSError) -> str:
+    """What a failed write says, and, for a full disk, what to do."""
+    remedy = "; free space on that file system (or write the artifacts elsewhere), then run again"
+    return f"writing {path} failed: {exc}" + (remedy if exc.errno == errno.ENOSPC else "")
 
 
 def _claim_version_dir(manifest_path: Path, overwrite: bool) -> None:
@@ -1415,7 +1431,7 @@ def _write_tarball(
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        raise PackError(f"writing {tarball} failed: {exc}") from exc
+        raise PackError(_write_failed(tarball, exc)) from exc
     return TarballInfo(tarball.name, out.digest.hexdigest(), out.size, options.compression, chunks)
 
 

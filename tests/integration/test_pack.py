@@ -569,3 +569,31 @@ def test_a_bug_in_the_scan_process_keeps_its_traceback(
     with pytest.raises(RuntimeError, match=r"(?s)in its process:.*Traceback.*KeyError: 'link'"):
         pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("fails", ["tarball", "manifest"])
+def test_a_full_disk_is_one_line_saying_to_free_space_and_leaves_no_finished_file(
+    hello_prefix: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """The disk fills up while the tarball is written, or just after it, at the manifest (a
+    fault: the real write is replaced by one that raises ENOSPC, as a full file system does)."""
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if fails == "tarball":
+        def sync(fd: int) -> None:
+            raise full
+        monkeypatch.setattr(pack.os, "fsync", sync)
+    else:
+        real = pack.atomic_write_text
+
+        def write(path: Path, text: str) -> None:
+            if path.name == "manifest.json":
+                raise full
+            real(path, text)
+        monkeypatch.setattr(pack, "atomic_write_text", write)
+    with pytest.raises(PackError) as caught:
+        pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
+    message = str(caught.value)
+    assert "No space left on device; free space on that file system" in message and "\n" not in message
+    assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("*.partial"))
