@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 from . import __version__, artifact, log, proc
 from .attest import attest_artifact
 from .audit import audit
-from .errors import BuildError
+from .errors import BuildError, PackError, StepFailed
 from .fsutil import atomic_write_text, exclusive_lock, sha256_file
 from .install import CondaItem, InstallPlan, KernelItem, PipItem, check_local_file
 from .lock import PYPI_INDEX, lock, lock_time, lockfile_path, pip_index_file, read_lockfile
@@ -343,6 +344,20 @@ def make_artifacts_dir(path: Path) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def own_errors(plan: BuildPlan) -> Iterator[None]:
+    """A step that failed with its own error (install's ``BuildError``, pack's ``PackError``: its
+    exit code, its last line ``error: ...``) fails the build with that line and that code, paths
+    named as on this machine; the tail of its output, already streamed above, is not repeated."""
+    try:
+        yield
+    except StepFailed as exc:
+        own = {BuildError.exit_code: BuildError, PackError.exit_code: PackError}.get(exc.code)
+        if own is None or not exc.last_line.startswith("error: "):
+            raise  # a crash or a sandbox failure: the tail is what there is to read
+        raise own(exc.last_line.removeprefix("error: ").replace(ARTIFACTS, str(plan.artifacts))) from None
+
+
 def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:
     make_artifacts_dir(plan.artifacts)
     _fresh_dir(plan.build_dir)  # a build always starts from an empty prefix (the seed's --clean)
@@ -353,8 +368,9 @@ def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:
     atomic_write_text(plan.work_dir / "pip-locks.json", json.dumps(plan.pip_locks, indent=1))
     log.step(f"install {plan.stack.stack_id} at {plan.stack.prefix} ({sandbox.name} sandbox, "
              f"{len(plan.install.conda)} conda + {len(plan.install.pip)} pip packages)")
-    sandbox.run([*sandbox.python(), "-m", "swstack.install", f"{WORK}/install.json"],
-                mounts=plan.install_mounts, network=plan.network)
+    with own_errors(plan):
+        sandbox.run([*sandbox.python(), "-m", "swstack.install", f"{WORK}/install.json"],
+                    mounts=plan.install_mounts, network=plan.network)
 
 
 def pack_in_sandbox(plan: BuildPlan, sandbox: Sandbox, kernels: list[str], project: Path) -> Manifest:
@@ -376,7 +392,8 @@ def pack_in_sandbox(plan: BuildPlan, sandbox: Sandbox, kernels: list[str], proje
         argv += ["--tool", tool]
     for kernel in kernels:
         argv += ["--kernel", kernel]
-    sandbox.run(argv, mounts=plan.mounts, network=False)
+    with own_errors(plan):
+        sandbox.run(argv, mounts=plan.mounts, network=False)
     manifest_path = plan.artifact_dir / "manifest.json"
     if not manifest_path.is_file():
         raise BuildError(f"packing finished without writing {manifest_path}")

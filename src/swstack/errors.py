@@ -52,6 +52,16 @@ class SandboxError(SwstackError):
     exit_code = 6
 
 
+class StepFailed(SandboxError):
+    """A step run inside the sandbox exited non-zero. The message carries its output's tail;
+    ``code`` and ``last_line`` let the caller report the step's own error (``error: ...``) alone."""
+
+    def __init__(self, message: str, *, code: int, last_line: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.last_line = last_line
+
+
 class BuildError(SwstackError):
     """Installing the locked environment failed, or the audit found foreign prefixes."""
 

@@ -104,11 +104,12 @@ def run_streaming(
     error: type[SwstackError] = ExternalCommandError,
     what: str,
     on_line: Callable[[str], None] | None = None,
-) -> None:
+    check: bool = True,
+) -> int:
     """Run ``argv``, passing each output line (stdout and stderr) to ``on_line`` as it comes.
 
     ``on_line`` defaults to ``log.output``. On a non-zero exit raise ``error`` with the
-    output's tail; on Ctrl-C stop the child.
+    output's tail (``check=False``: return the exit code); on Ctrl-C stop the child.
     """
     sink = on_line or log.output
     tail: deque[str] = deque(maxlen=_STREAM_TAIL_LINES)
@@ -132,9 +133,10 @@ def run_streaming(
         child.kill()
         child.wait()
         raise
-    if code != 0:
+    if check and code != 0:
         detail = "\n".join("    " + line for line in tail)
         raise error(f"{what} failed (exit {code})" + (f":\n{detail}" if detail else ""))
+    return code
 
 
 def which(name: str) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ from typing import Protocol
 
 from . import log, paths, proc
 from .baseimage import BUILDER_PYTHON, BaseSpec, ensure_builder
-from .engine import DockerEngine, Engine
-from .errors import SandboxError
+from .engine import TAIL_LINES, DockerEngine, Engine
+from .errors import SandboxError, StepFailed
 
 KINDS = ("docker", "namespace", "auto")
 PRIVATE_ROOT = paths.ROOT  # each sandbox has its own, so the machine's is never touched
@@ -234,10 +235,17 @@ class NamespaceSandbox:
         network: bool = True,
     ) -> None:
         full = private_root_argv(mounts, network=network, workdir=workdir) + list(argv)
-        proc.run_streaming(
-            full, env={**sandbox_env(os.environ), **(env or {})}, error=SandboxError,
-            what=f"{_short(argv)} (namespace sandbox)",
-        )
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+        def line(text: str) -> None:
+            tail.append(text)
+            log.output(text)
+
+        what = f"{_short(argv)} (namespace sandbox)"
+        code = proc.run_streaming(full, env={**sandbox_env(os.environ), **(env or {})}, error=SandboxError,
+                                  what=what, on_line=line, check=False)
+        if code != 0:
+            raise step_failed(f"{what} failed (exit {code})", code, list(tail))
 
 
 class DockerSandbox:
@@ -265,7 +273,7 @@ class DockerSandbox:
         source = Mount(package_dir(), f"{CONTAINER_SOURCE}/swstack", read_only=True)
         # Running as the invoking user (not root, then chown) means every file the step
         # creates in a mount is already the user's, and a crash leaves nothing root-owned.
-        self.engine.run(
+        result = self.engine.run(
             self.image,
             list(argv),
             mounts=[*mounts, source],
@@ -274,7 +282,17 @@ class DockerSandbox:
             user=f"{self.user[0]}:{self.user[1]}",
             network=network,
             on_output=log.output,
+            check=False,
         )
+        if result.exit_code != 0:
+            headline = f"{' '.join(argv[:3])} failed in container {self.image} (exit {result.exit_code})"
+            raise step_failed(headline, result.exit_code, result.tail.splitlines())
+
+
+def step_failed(headline: str, code: int, tail: list[str]) -> StepFailed:
+    """A step's non-zero exit: its output's tail in the message, its last line kept apart."""
+    detail = "\n".join("    " + line for line in tail)
+    return StepFailed(headline + (f":\n{detail}" if detail else ""), code=code, last_line=tail[-1] if tail else "")
 
 
 def open_sandbox(

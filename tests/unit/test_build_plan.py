@@ -396,3 +396,21 @@ def test_an_artifact_whose_sbom_or_provenance_changed_is_not_current(project: Pa
     attest_artifact(art)  # lists the SBOM as it is now, and a new provenance
     (art / PROVENANCE_NAME).unlink()
     assert why_not_current(lts, site, project, "linux-64", version="9.9") == f"{art / PROVENANCE_NAME} is missing"
+
+
+def test_a_step_s_own_error_fails_the_build_in_its_one_line_with_its_code(project: Path, site: Site) -> None:
+    """pack out of space in the sandbox (exit 8, `error: ...` last): the build says that line, with the
+    artifacts directory as this machine names it, and exits 8; a crash keeps its output's tail."""
+    from swstack.build import ARTIFACTS, own_errors
+    from swstack.errors import PackError, StepFailed
+    from swstack.sandbox import NamespaceSandbox
+
+    plan = plan_build(load_stack(project / "stacks/demo.toml"), site, project, version="9.9", today=TODAY)
+    box = NamespaceSandbox()
+    said = f"print('packing'); print('error: writing {ARTIFACTS}/demo/9.9/t.tar.zst failed: full'); raise SystemExit(8)"
+    with pytest.raises(PackError) as caught, own_errors(plan):
+        box.run([*box.python(), "-c", said], mounts=[], network=False)
+    assert str(caught.value) == f"writing {plan.artifacts}/demo/9.9/t.tar.zst failed: full"
+    assert caught.value.exit_code == 8
+    with pytest.raises(StepFailed, match=r"failed \(exit 1\):\n(.|\n)*RuntimeError: a bug"), own_errors(plan):
+        box.run([*box.python(), "-c", "raise RuntimeError('a bug')"], mounts=[], network=False)
