@@ -155,6 +155,7 @@ def test_the_build_check_reads_the_newest_manifest_once(project: Path, monkeypat
     from dataclasses import replace
 
     from swstack import artifact
+    from swstack.attest import attest_artifact
     from swstack.fsutil import sha256_file
     from swstack.manifest import Manifest
     from swstack.spec import load_stack
@@ -168,6 +169,7 @@ def test_the_build_check_reads_the_newest_manifest_once(project: Path, monkeypat
     current = replace(Manifest.load(art / "manifest.json"), lockfile_sha256=sha256_file(lockfile),
                       stackfile_sha256=stack.source_hash)
     (art / "manifest.json").write_text(current.to_json())
+    attest_artifact(art)  # what the build does after packing: an unattested artifact is not current
     reads: list[Path] = []
     real_load = artifact.load_manifest
 
