@@ -15,7 +15,7 @@ from swstack.build import ARTIFACTS, KERNEL_SPECS, WORK, local_roots, plan_build
 from swstack.errors import BuildError
 from swstack.sandbox import Mount
 from swstack.site import Site, load_site
-from swstack.spec import load_stack
+from swstack.spec import Stack, load_stack
 
 STACK = """\
 name = "demo"
@@ -247,27 +247,20 @@ def test_a_version_that_is_no_directory_file_and_tag_name_is_refused_before_anyt
 def test_a_version_given_is_current_only_when_that_artifact_is_whole_and_from_today_s_inputs(
     project: Path, site: Site
 ) -> None:
-    from tests.support.host import make_artifact
-
     from swstack.attest import attest_artifact
     from swstack.build import why_not_current
-    from swstack.fsutil import sha256_file
     from swstack.manifest import Manifest
 
     lts = load_stack(project / "stacks/demo.toml")
     reason = why_not_current(lts, site, project, "linux-64", version="9.9")
     assert reason == f"no artifact of demo 9.9 in {site.artifacts}"
-    art = make_artifact(site.artifacts / "demo" / "9.9", stack="demo", version="9.9")
-    manifest = Manifest.load(art / "manifest.json")
-    lockfile = project / "lockfiles/demo/conda-lock.yml"
-    current = replace(manifest, platform="linux-64", lockfile_sha256=sha256_file(lockfile),
-                      stackfile_sha256=lts.source_hash)
-    (art / "manifest.json").write_text(current.to_json())
+    art = _current_unattested_artifact(project, site, lts)
     stopped = why_not_current(lts, site, project, "linux-64", version="9.9")
     assert stopped == f"{art / 'manifest.json'} lists no SBOM or provenance (its build stopped after packing)"
     attest_artifact(art)  # what the build does after packing
     assert why_not_current(lts, site, project, "linux-64", version="9.9") is None
     assert "no artifact of demo 10.0" in str(why_not_current(lts, site, project, "linux-64", version="10.0"))
+    current = Manifest.load(art / "manifest.json")
     (art / "manifest.json").write_text(replace(current, lockfile_sha256="0" * 64).to_json())
     assert "built from another conda-lock.yml" in str(why_not_current(lts, site, project, "linux-64", version="9.9"))
 
@@ -373,20 +366,12 @@ def test_the_site_s_signing_keys_are_an_empty_directory_inside(project: Path, si
 def test_an_artifact_whose_sbom_or_provenance_changed_is_not_current(project: Path, site: Site) -> None:
     """push and publish refuse an attestation missing or changed and say to build again: the
     build must then not call that artifact up to date."""
-    from tests.support.host import make_artifact
 
     from swstack.attest import PROVENANCE_NAME, SBOM_NAME, attest_artifact
     from swstack.build import why_not_current
-    from swstack.fsutil import sha256_file
-    from swstack.manifest import Manifest
 
     lts = load_stack(project / "stacks/demo.toml")
-    art = make_artifact(site.artifacts / "demo" / "9.9", stack="demo", version="9.9")
-    manifest = Manifest.load(art / "manifest.json")
-    lockfile = project / "lockfiles/demo/conda-lock.yml"
-    current = replace(manifest, platform="linux-64", lockfile_sha256=sha256_file(lockfile),
-                      stackfile_sha256=lts.source_hash)
-    (art / "manifest.json").write_text(current.to_json())
+    art = _current_unattested_artifact(project, site, lts)
     attest_artifact(art)
     assert why_not_current(lts, site, project, "linux-64", version="9.9") is None
     with (art / SBOM_NAME).open("a") as fh:
@@ -414,3 +399,19 @@ def test_a_step_s_own_error_fails_the_build_in_its_one_line_with_its_code(projec
     assert caught.value.exit_code == 8
     with pytest.raises(StepFailed, match=r"failed \(exit 1\):\n(.|\n)*RuntimeError: a bug"), own_errors(plan):
         box.run([*box.python(), "-c", "raise RuntimeError('a bug')"], mounts=[], network=False)
+
+
+def _current_unattested_artifact(project: Path, site: Site, lts: Stack) -> Path:
+    """demo 9.9 as its build packs it from the current lockfile and stack file, before attesting."""
+    from tests.support.host import make_artifact
+
+    from swstack.fsutil import sha256_file
+    from swstack.manifest import Manifest
+
+    art = make_artifact(site.artifacts / "demo" / "9.9", stack="demo", version="9.9")
+    manifest = Manifest.load(art / "manifest.json")
+    lockfile = project / "lockfiles/demo/conda-lock.yml"
+    current = replace(manifest, platform="linux-64", lockfile_sha256=sha256_file(lockfile),
+                      stackfile_sha256=lts.source_hash)
+    (art / "manifest.json").write_text(current.to_json())
+    return art
