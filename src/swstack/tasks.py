@@ -114,7 +114,8 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _interruptible(check: Callable[[], bool]) -> Callable[[], bool]:
     """An ``uptodate`` check (doit runs it outside any action): Ctrl-C while it reads the
-    lockfile or hashes the mirror's files ends as an interrupted action does, not in a traceback."""
+    lockfile, hashes the mirror's files or an artifact's tarball ends as an interrupted action
+    does, not in a traceback."""
 
     @functools.wraps(check)
     def wrapper() -> bool:
@@ -235,7 +236,8 @@ def task_channel(opts: Options) -> TaskDict:
         "targets": [str(out / "noarch" / "repodata.json")],
         # The python package also depends on the apt state (its libraries' .debs). version=
         # always runs, for the action to refuse it.
-        "uptodate": [False] if opts.version is not None else [lambda: python_is_current(out, recipes)],
+        "uptodate": [False] if opts.version is not None
+        else [_interruptible(lambda: python_is_current(out, recipes))],
         "verbosity": 2,
         "clean": True,
     }
@@ -313,7 +315,7 @@ def task_build(opts: Options) -> Iterator[TaskDict]:
             # lockfile and stack file, and is whole (current_artifact says why not), and has its image
             # when the registry answers (else only the image is made); no file_dep, which would
             # rebuild on a comment. A version= built from other inputs runs, and is refused.
-            "uptodate": [uptodate],
+            "uptodate": [_interruptible(uptodate)],
             "verbosity": 2,
         }
 

@@ -105,6 +105,19 @@ def test_ctrl_c_while_a_lock_task_checks_staleness_is_an_interruption_not_a_trac
     assert capsys.readouterr().err == "interrupted; run the same command again to finish\n"
 
 
+def test_ctrl_c_while_a_build_task_checks_its_artifact_is_an_interruption_not_a_traceback(
+        project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("swstack.build.current_artifact", interrupted)
+    (task,) = _tasks(tasks.task_build, _opts(project, stack="small"))
+    with pytest.raises(SystemExit) as stopped:
+        task["uptodate"][0]()  # it hashes the newest tarball: seconds for a real stack
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "interrupted; run the same command again to finish\n"
+
+
 def test_sigterm_during_a_task_unwinds_it_and_exits_143(capsys: pytest.CaptureFixture[str]) -> None:
     """A CI job cancelled or timed out sends SIGTERM: the action unwinds (its finally runs), as on Ctrl-C."""
     import signal
