@@ -476,7 +476,12 @@ def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = 
     # The build directory is shared by every checkout on the machine (it sits in the cache):
     # a second build of the same stack waits instead of emptying the first one's prefix.
     build_dir = build_dir_for(stack, site)
-    with exclusive_lock(build_dir.parent / ".lock", f"build: waiting for another build of {stack.stack_id}"):
+    with exclusive_lock(build_dir.parent / ".lock", f"build: waiting for another build of {stack.stack_id}") as waited:
+        if waited and version is None and (done := current_artifact(stack, site, project)) is not None:
+            # The build waited for (this checkout's, started a moment earlier) made what this one
+            # would: the up-to-date check ran before the wait.
+            log.info(f"{stack.stack_id}: the build waited for made {done} from the same inputs; not building again")
+            return BuildResult(artifact.load_manifest(done / artifact.MANIFEST_NAME), done, time.monotonic() - started)
         plan = plan_build(stack, site, project, version=version)
         refuse_other_build_of(plan)
         install_in_sandbox(plan, sandbox)

@@ -113,19 +113,22 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: Path, waiting: str) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created if missing), saying ``waiting`` first if someone else has it.
+def exclusive_lock(path: Path, waiting: str) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` (created if missing), saying ``waiting`` first if someone else
+    has it; yields whether it waited (what the holder did may have made the caller's work needless).
 
     The lock file itself is never removed: removing it while another process waits on it would let two in.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    waited = False
     with open(path, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info(waiting)
             fcntl.flock(fh, fcntl.LOCK_EX)
+            waited = True
         try:
-            yield
+            yield waited
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -415,3 +415,40 @@ def _current_unattested_artifact(project: Path, site: Site, lts: Stack) -> Path:
                       stackfile_sha256=lts.source_hash)
     (art / "manifest.json").write_text(current.to_json())
     return art
+
+
+def test_a_build_that_waited_for_one_that_made_the_same_artifact_does_not_build_again(
+    project: Path, site: Site
+) -> None:
+    """Two `doit build` of one stack in one checkout: the second's up-to-date check ran before it
+    waited for the first, so it built the same inputs again as the next version."""
+    import fcntl
+    import threading
+
+    from swstack.attest import attest_artifact
+    from swstack.build import build_dir_for, run_build
+
+    lts = load_stack(project / "stacks/demo.toml")
+    art = _current_unattested_artifact(project, site, lts)
+    attest_artifact(art)  # what the first build made while the second waited
+
+    class Unused:  # the sandbox of a build that must not run
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"the build ran its sandbox ({name})")
+
+    lock = build_dir_for(lts, site).parent / ".lock"
+    lock.parent.mkdir(parents=True)
+    results: list[object] = []
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first build
+        second = threading.Thread(
+            target=lambda: results.append(run_build(lts, site, project, sandbox=Unused(), relock=False))  # type: ignore[arg-type]
+        )
+        second.start()
+        second.join(0.5)
+        assert second.is_alive()  # waiting
+        fcntl.flock(held, fcntl.LOCK_UN)
+    second.join(30)
+    (result,) = results
+    assert result.artifact_dir == art  # type: ignore[attr-defined]
+    assert sorted(p.name for p in (site.artifacts / "demo").iterdir()) == ["9.9"]
