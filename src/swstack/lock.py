@@ -500,6 +500,32 @@ def _resolver_python(cache: Path, python_version: str) -> Path:
 _WHEEL_ARCH = {"linux-64": "x86_64", "linux-aarch64": "aarch64", "linux-ppc64le": "ppc64le"}
 
 
+def target_machine(platform: str) -> str:
+    """A conda platform -> the ``platform_machine`` of its hosts (wheel tags and pip markers)."""
+    arch = _WHEEL_ARCH.get(platform)
+    if arch is None:
+        raise LockError(f"pip dependencies cannot be locked for platform {platform!r} "
+                        f"(pip platforms known: {', '.join(sorted(_WHEEL_ARCH))})")
+    return arch
+
+
+# How the resolver runs pip: ``platform.machine()`` answers the target's machine before pip
+# starts. ``--platform`` only chooses wheel tags; pip evaluates environment markers
+# (``platform_machine == "x86_64"``) against its own process, which would resolve an aarch64
+# lock as on the x86_64 machine that makes it. Its marker environment is computed once, on
+# first use, from ``platform.machine()``; a git dependency's setup.py run under it sees the
+# target too.
+PIP_FOR_TARGET = ("import platform, sys; machine = sys.argv.pop(1); platform.machine = lambda: machine; "
+                  "from pip._internal.cli.main import main; sys.exit(main())")
+
+
+def applies_on(requirement: Any, platform: str) -> bool:
+    """Whether a ``Requires-Dist`` requirement holds on ``platform``'s hosts, extras off."""
+    if requirement.marker is None:
+        return True
+    return bool(requirement.marker.evaluate({"platform_machine": target_machine(platform), "extra": ""}))
+
+
 def pip_target_options(platform: str, python_version: str, virtual: dict[str, str]) -> list[str]:
     """pip options that make it choose wheels for ``platform``, not for the machine locking.
 
@@ -507,10 +533,7 @@ def pip_target_options(platform: str, python_version: str, virtual: dict[str, st
     ``__glibc`` virtual package, CPython ``python_version``'s ABI, abi3 and pure wheels;
     binary wheels only (pip cannot build an sdist for another machine). Pure.
     """
-    arch = _WHEEL_ARCH.get(platform)
-    if arch is None:
-        raise LockError(f"pip dependencies cannot be locked for platform {platform!r} "
-                        f"(pip platforms known: {', '.join(sorted(_WHEEL_ARCH))})")
+    arch = target_machine(platform)
     glibc = virtual.get("__glibc", "2.17").partition("=")[0]
     major, _, minor = glibc.partition(".")
     tags = [f"manylinux_{major}_{m}_{arch}" for m in range(int(minor or 0), 16, -1)] if major == "2" else []
@@ -570,8 +593,9 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
     with tempfile.TemporaryDirectory(prefix="swstack-pip-") as tmp, contextlib.ExitStack() as ctx:
         stubs = Path(tmp) / "site"
         _stub_distributions(conda_locked, stubs)
-        argv = [str(resolver), "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-requires-python",
-                "--disable-pip-version-check", "--no-build-isolation", "--report", f"{tmp}/report.json", *target]
+        argv = [str(resolver), "-c", PIP_FOR_TARGET, target_machine(platform), "install", "--dry-run", "--quiet",
+                "--ignore-requires-python", "--disable-pip-version-check", "--no-build-isolation",
+                "--report", f"{tmp}/report.json", *target]
         from_site = False
         if site.pip_wheelhouse is not None:
             if not (site.pip_wheelhouse / "simple").is_dir():
@@ -606,9 +630,8 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
         depends = {}
         for text in meta.get("requires_dist", []) or []:
             requirement = Requirement(text)
-            if requirement.marker is not None and "extra" in str(requirement.marker):
-                continue
-            depends[requirement.name] = str(requirement.specifier) or "*"
+            if applies_on(requirement, platform):
+                depends[requirement.name] = str(requirement.specifier) or "*"
         locked.append(LockedDependency(
             name=meta["name"].lower(), version=meta["version"], manager="pip", platform=platform,
             dependencies=depends, url=_canonical_pip_url(item, site, from_site), hash=HashModel(sha256=sha256),

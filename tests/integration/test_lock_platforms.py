@@ -195,6 +195,45 @@ def test_a_mirror_missing_a_file_its_index_lists_fails_the_lock_and_leaves_the_l
     assert path.read_bytes() == before  # no new timestamp, no churn in a committed file
 
 
+
+def make_pure_wheel(directory: Path, name: str, requires: list[str]) -> Path:
+    """A pure wheel of ``name`` 1.0 with the given ``Requires-Dist`` lines."""
+    path = directory / f"{name}-1.0-py3-none-any.whl"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(path, "w") as whl:
+        whl.writestr(f"{name}/__init__.py", "")
+        whl.writestr(f"{name}-1.0.dist-info/METADATA", meta)
+        whl.writestr(f"{name}-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                     "Tag: py3-none-any\n")
+        whl.writestr(f"{name}-1.0.dist-info/RECORD", "")
+    return path
+
+
+@pytest.mark.slow
+def test_pip_markers_are_evaluated_for_the_target_platform(fixture_project: Path) -> None:
+    """A requirement with a ``platform_machine`` marker resolves as on the target, not as on the
+    machine that locks: each platform gets the dependency its own machine needs, and only that."""
+    wheelhouse = fixture_project / "mirror" / "pip"
+    wheels = sorted(wheelhouse.glob("*.whl"))
+    wheels += [make_pure_wheel(wheelhouse, "armdep", []), make_pure_wheel(wheelhouse, "x86dep", []),
+               make_pure_wheel(wheelhouse, "fakemark", ['armdep; platform_machine == "aarch64"',
+                                                         'x86dep; platform_machine == "x86_64"'])]
+    write_simple_index(wheelhouse, wheels)
+    stack_file = fixture_project / "stacks" / "tiny.toml"
+    stack_file.write_text(stack_file.read_text().replace('fakebin = "*"', 'fakebin = "*"\nfakemark = "*"'))
+    site = load_site(fixture_project / "site.toml", fixture_project)
+    result = lock(load_stack(stack_file), site, fixture_project)
+    pip = {p: set() for p in PLATFORMS}
+    for package in yaml.safe_load(result.path.read_text())["package"]:
+        if package["manager"] == "pip":
+            pip[package["platform"]].add(package["name"])
+            if package["name"] == "fakemark":  # what it needs there, as the lockfile lists it
+                assert set(package["dependencies"]) == {"armdep" if package["platform"] == "linux-aarch64"
+                                                        else "x86dep"}
+    assert pip == {"linux-64": {"fakebin", "fakemark", "x86dep"},
+                   "linux-aarch64": {"fakebin", "fakemark", "armdep"}}
+
+
 SETUP_PROBE = """
 import json, os, pathlib
 seen = {"etc_writable": os.access("/etc", os.W_OK), "keys": sorted(os.listdir(KEYS))}
