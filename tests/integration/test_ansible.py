@@ -259,3 +259,29 @@ def test_the_unit_waits_for_the_mounts_of_the_role_root(
     assert f"RequiresMountsFor={root} {root}/sw.tmpfs" in lines
     assert f"ExecStart={swstack} restore --root {root} --wait 600" in lines
     assert not any("/data0" in line for line in lines if not line.startswith("#"))
+
+
+def test_two_trusted_keys_of_one_file_name_are_refused(
+    ansible_playbook: str, host_artifact: Path, tmp_path: Path, inventory: Path
+) -> None:
+    """Two sites' cosign.pub: each would be copied to keys/cosign.pub, the second over the first,
+    and the host would trust only that one; the role refuses them before writing anything."""
+    from swstack import sign
+
+    publics = [sign.generate_key(tmp_path / site / "cosign.key") for site in ("site-a", "site-b")]
+    root, config = tmp_path / "root", tmp_path / "etc-swstack"
+    root.mkdir()
+    extra = {
+        "swstack_install": "none",
+        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+        "swstack_source": str(host_artifact),
+        "swstack_root": str(root),
+        "swstack_require_signature": True,
+        "swstack_trusted_keys": [str(p) for p in publics],
+        "swstack_config_dir": str(config),
+        "swstack_restore_unit": False,
+    }
+    output = _run(ansible_playbook, inventory, extra, check=2)
+    assert _task_status(output, "file names differ") == "fatal"
+    assert "rename one" in output
+    assert not config.exists() and not any(root.iterdir())
