@@ -161,3 +161,24 @@ def test_mountinfo_parsing_unescapes_mount_points() -> None:
     )
     mounts = parse_mountinfo(text)
     assert [(m.point, m.fstype) for m in mounts] == [("/data0/sw.tmpfs", "tmpfs"), ("/srv/with space", "ext4")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="mounting a tmpfs needs root")
+def test_init_changes_nothing_through_a_linked_sw_tmpfs(tmp_path: Path) -> None:
+    """sw.tmpfs linked to a shared tmpfs (as /dev/shm: 1777) is refused in one line; chown and chmod
+    would follow the link and lock every other user out of it. Mounted in a private namespace."""
+    root, shm = tmp_path / "data0", tmp_path / "shm"
+    root.mkdir()
+    shm.mkdir()
+    (root / "sw.tmpfs").symlink_to(shm)
+    script = ('mount -t tmpfs -o size=1M tmpfs "$1" && "$2" -m swstack.cli init --root "$3"; '
+              'echo "rc=$?"; stat -c %a "$1"')
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(shm), sys.executable, str(root)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.stdout.splitlines() == ["rc=11", "1777"], (res.stdout, res.stderr)
+    assert res.stderr.splitlines() == [
+        f"swstack init: error: {root}/sw.tmpfs is a link to {shm} (owner 0:0, mode 1777), which init would give "
+        f"to root with mode 755; it changes nothing through a link: make {root}/sw.tmpfs a directory of its own "
+        "(for sw.tmpfs: the ramdisk's mount point) and run again"
+    ]
+    assert sorted(p.name for p in root.iterdir()) == ["sw.tmpfs"]  # no .swstack, no sw

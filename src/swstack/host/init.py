@@ -128,6 +128,21 @@ def _ensure_owner(path: Path, changes: list[str]) -> None:
         changes.append(f"mode of {path} set to {LAYOUT_MODE:o}")
 
 
+def check_no_takeover_through_link(path: Path) -> None:
+    """A link (``sw.tmpfs -> /dev/shm``) is not made root's 0755: chown and chmod follow it, and would
+    lock every other user out of a directory shared with them. Already root's 0755, it is left as it is."""
+    if not path.is_symlink() or not path.is_dir():
+        return  # a dangling link or a file is refused by _ensure_dir
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (0, 0, LAYOUT_MODE):
+        raise ActivateError(
+            f"{path} is a link to {os.path.realpath(path)} (owner {st.st_uid}:{st.st_gid}, mode "
+            f"{st.st_mode & 0o7777:o}), which init would give to root with mode {LAYOUT_MODE:o}; it changes "
+            f"nothing through a link: make {path} a directory of its own (for sw.tmpfs: the ramdisk's mount point) "
+            f"and run again"
+        )
+
+
 def check_sw_linkable(layout: Layout) -> None:
     """``sw`` is the link to ``sw.tmpfs``, or can become it: else one line saying why not and what to do.
 
@@ -184,6 +199,9 @@ def init(root: Path, ramdisk_size: str = "32G", mountinfo: Path = Path("/proc/se
             ) from None
         changes.append(f"created {root}")
     check_sw_linkable(layout)  # first: a refusal changes nothing
+    if os.geteuid() == 0:
+        for path in (root, layout.tmpfs, layout.private):
+            check_no_takeover_through_link(path)
     _ensure_dir(layout.tmpfs, changes)
     _ensure_dir(layout.private, changes)
     if link_sw(layout):
