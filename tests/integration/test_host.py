@@ -585,6 +585,11 @@ def test_ramdisk_too_small_is_refused_up_front(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "rc=11" in res.stdout and "need " in res.stderr and ", have " in res.stderr
+    # prune cannot free a ramdisk that holds the live version: the line says to grow it
+    assert res.stderr.rstrip().endswith(
+        "; grow the ramdisk (`mount -o remount,size=...`, and size= in its fstab line); `swstack prune` frees only "
+        "copies that are neither live nor in use"
+    ), res.stderr
     assert "1.0\n" in res.stdout
     assert ".partial" not in res.stdout and not (root / ".swstack" / "staging").exists()
 

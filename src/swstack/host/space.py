@@ -52,7 +52,7 @@ def check(needs: list[SpaceNeed]) -> None:
         if least > have:
             raise ActivateError(
                 f"not enough space on the {names} ({group[0].path}): need {human_bytes(least)}, "
-                f"have {human_bytes(have)}; free space (`swstack prune --keep N`) or grow it"
+                f"have {human_bytes(have)}; {_remedy({n.what for n in group})}"
             )
         if total > have:
             # Files shared with the live version take no space; how many are is known only
@@ -61,3 +61,12 @@ def check(needs: list[SpaceNeed]) -> None:
                 f"the {names} ({group[0].path}) has {human_bytes(have)} free, less than a full copy "
                 f"({human_bytes(total)}); going on, since files shared with the live version need no room"
             )
+
+
+def _remedy(what: set[str]) -> str:
+    """What frees room: prune removes old versions from the disk, but on the ramdisk only copies
+    that are neither live nor in use, so a ramdisk holding the live versions must grow."""
+    if what == {"ramdisk"}:
+        return ("grow the ramdisk (`mount -o remount,size=...`, and size= in its fstab line); `swstack prune` "
+                "frees only copies that are neither live nor in use")
+    return "free space (`swstack prune --keep N`) or grow it"
