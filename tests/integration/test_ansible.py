@@ -261,6 +261,25 @@ def test_the_unit_waits_for_the_mounts_of_the_role_root(
     assert not any("/data0" in line for line in lines if not line.startswith("#"))
 
 
+def test_a_host_whose_activation_failed_gets_no_restore_unit(
+    ansible_playbook: str, tmp_path: Path, inventory: Path
+) -> None:
+    """The unit was installed and enabled before the activation: a run that failed there (a root
+    that does not exist) left a unit that would fail at every boot."""
+    sysroot = tmp_path / "sysroot"
+    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
+    extra = {
+        "swstack_install": "none",
+        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+        "swstack_source": str(tmp_path / "no-such-artifact"),
+        "swstack_root": str(tmp_path / "root"),
+        "swstack_systemd_root": str(sysroot),
+    }
+    output = _run(ansible_playbook, inventory, extra, check=2)
+    assert _task_status(output, "Activate") == "fatal"
+    assert sorted(p.name for p in (sysroot / "etc" / "systemd" / "system").rglob("*")) == []
+
+
 def test_two_trusted_keys_of_one_file_name_are_refused(
     ansible_playbook: str, host_artifact: Path, tmp_path: Path, inventory: Path
 ) -> None:
