@@ -27,8 +27,6 @@ from .errors import SwstackError, Terminated, UsageError, sigterm_unwinds
 
 UNCHANGED_EXIT = 3
 
-
-
 _EPILOG = f"""\
 layout under the root (default {paths.ROOT}):
   sw -> sw.tmpfs         live trees, one link per built prefix (sw/py3 for /data0/sw/py3)

@@ -102,11 +102,8 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SwstackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
-        except Terminated:
-            print("terminated (SIGTERM); run the same command again to finish", file=sys.stderr)
-            raise SystemExit(143) from None
-        except KeyboardInterrupt:
-            _exit_interrupted()
+        except KeyboardInterrupt as exc:  # Terminated (SIGTERM) included
+            _exit_interrupted(exc)
         return None if result is None or result is True else result
 
     return wrapper
@@ -127,11 +124,12 @@ def _interruptible(check: Callable[[], bool]) -> Callable[[], bool]:
     return wrapper
 
 
-def _exit_interrupted() -> NoReturn:
-    """Ctrl-C ends in one line and exit code 130, as in ``swstack``, wherever doit was: loading the
-    tasks, asking whether one is up to date, or running it."""
-    print("interrupted; run the same command again to finish", file=sys.stderr)
-    raise SystemExit(130) from None
+def _exit_interrupted(exc: KeyboardInterrupt | None = None) -> NoReturn:
+    """Ctrl-C ends in one line and exit code 130 (SIGTERM, ``Terminated``: 143), as in ``swstack``,
+    wherever doit was: loading the tasks, asking whether one is up to date, or running it."""
+    how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+    print(f"{how}; run the same command again to finish", file=sys.stderr)
+    raise SystemExit(code) from None
 
 
 def guarded(fn: Callable[[Options], Iterator[TaskDict] | TaskDict]) -> Callable[[], Any]:

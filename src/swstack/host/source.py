@@ -7,6 +7,7 @@ disk (never memory) under ``<root>/.swstack/downloads`` and are renamed when com
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -135,6 +136,11 @@ def _download(url: str, dest: Path, limit: int | None, what: str, optional: bool
 def open_url(url: str) -> Any:
     """``urlopen(url)`` with the host's redirect rule: a redirect may lead only to http or https,
     and never from https to plain http (where anyone on the path could swap what is served)."""
+    return _opener().open(url, timeout=_TIMEOUT)
+
+
+@functools.cache
+def _opener() -> Any:
     import urllib.request
 
     class Redirects(urllib.request.HTTPRedirectHandler):
@@ -149,7 +155,7 @@ def open_url(url: str) -> Any:
                 )
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
-    return urllib.request.build_opener(Redirects).open(url, timeout=_TIMEOUT)
+    return urllib.request.build_opener(Redirects)
 
 
 # A download that brings fewer than _STALL_BYTES in a window of SWSTACK_DOWNLOAD_STALL seconds is

@@ -8,7 +8,7 @@ import functools
 import gzip
 import json
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,16 +82,22 @@ def base_blob(client: RegistryClient, repository: str, desc: Descriptor) -> Path
     return path
 
 
-def base_file(base: BaseImage, name: str, *, retry: RetryPolicy | None = None) -> str:
-    """A text file of the base image's tree (the top-most layer that has it), e.g. ``etc/passwd``."""
+def _base_members(base: BaseImage, retry: RetryPolicy | None) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Every member of the base's layers, the top-most layer first, with the tar it is read from."""
     client = RegistryClient(base.registry, retry=retry, error=ImageError)
     for desc in reversed(base.layers):
         path = base_blob(client, base.repository, desc)
         with gzip.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
             for member in tar:
-                if normalise_path(member.name) == name and member.isfile():
-                    handle = tar.extractfile(member)
-                    return handle.read().decode() if handle else ""
+                yield tar, member
+
+
+def base_file(base: BaseImage, name: str, *, retry: RetryPolicy | None = None) -> str:
+    """A text file of the base image's tree (the top-most layer that has it), e.g. ``etc/passwd``."""
+    for tar, member in _base_members(base, retry):
+        if normalise_path(member.name) == name and member.isfile():
+            handle = tar.extractfile(member)
+            return handle.read().decode() if handle else ""
     return ""
 
 
@@ -100,15 +106,9 @@ def base_has(base: BaseImage, names: Sequence[str], *, retry: RetryPolicy | None
     over its layers (a later layer's whiteout is not followed: a base that deletes its own program
     is not worth the bookkeeping)."""
     wanted = set(names)
-    if not wanted:
-        return False
-    client = RegistryClient(base.registry, retry=retry, error=ImageError)
-    for desc in reversed(base.layers):
-        path = base_blob(client, base.repository, desc)
-        with gzip.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
-            if any(normalise_path(m.name) in wanted and not m.isdir() for m in tar):
-                return True
-    return False
+    return bool(wanted) and any(
+        normalise_path(m.name) in wanted and not m.isdir() for _, m in _base_members(base, retry)
+    )
 
 
 @dataclass(frozen=True)
