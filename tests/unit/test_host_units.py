@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from tests.support.artifacts import tar_member, write_tar
 from tests.support.host import base_manifest
 
 from swstack.errors import ActivateError
 from swstack.host import commands, extract, relocate, source
 from swstack.host.layout import Layout, live_name, normalize_version, version_key
-from swstack.host.verify import read_checksum_file
+from swstack.host.verify import Expected, read_checksum_file
 from swstack.manifest import Manifest, PackageEntry
 
 
@@ -615,3 +620,102 @@ def test_the_exit_table_and_swstack_help_name_the_same_exit_codes() -> None:
     in_help = {int(code) for code in re.findall(r"(\d+) [a-z]", cli._EPILOG.split("exit status:", 1)[1])}
     assert in_docs == in_help
     assert {ActivateError.exit_code, MenuError.exit_code, SandboxError.exit_code, 0, 1, 2, 3, 130, 141, 143} <= in_docs
+
+
+# ---------------------------------------------------------------- the writer threads (a first activation)
+
+
+def _tarball_with_a_large_file(tmp_path: Path) -> tuple[Path, Expected]:
+    """A zstd tarball whose ``lib/big.bin`` is larger than ``extract._BUFFER``: streamed by ``_Stream``."""
+    import hashlib
+
+    big = bytes(range(256)) * (12 << 12)  # 12 MiB
+    assert len(big) > extract._BUFFER
+    members = [
+        (tar_member("lib", mode=0o755, kind=tarfile.DIRTYPE), None),
+        (tar_member("lib/a.txt", 5), b"hello"),
+        (tar_member("lib/big.bin", len(big)), big),
+        (tar_member("lib/b.txt", 5), b"world"),
+    ]
+    tarball = tmp_path / "t.tar.zst"
+    write_tar(tarball, members)
+    return tarball, Expected(hashlib.sha256(tarball.read_bytes()).hexdigest(), tarball.stat().st_size)
+
+
+def _open_under(top: Path) -> list[str]:
+    """The files under ``top`` this process holds open."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(p for p in held if p.startswith(f"{top}/"))
+
+
+def _full_at(monkeypatch: pytest.MonkeyPatch, path: Path) -> threading.Event:
+    """Writes to ``path`` fail with ENOSPC (set once one has); every other write goes through."""
+    import errno
+
+    failed = threading.Event()
+    write_all = extract._write_all
+
+    def full(fd: int, data: bytes | memoryview | list[memoryview]) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+            failed.set()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_all(fd, data)
+
+    monkeypatch.setattr(extract, "_write_all", full)
+    return failed
+
+
+@pytest.mark.parametrize("side", ["disk", "ramdisk"])
+def test_a_large_file_whose_write_fails_is_closed_on_both_sides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    """The disk (or the ramdisk) fills while a large file streams in: the error is the usual line, and
+    neither copy of the file is left open (a deleted file held open keeps its blocks, or its ramdisk
+    pages, until the process ends). The disk side left its descriptor open, and, since closing it was
+    queued in a ``finally`` that raised the writer's error first, the ramdisk side's too."""
+    tarball, expected = _tarball_with_a_large_file(tmp_path)
+    dest, ram = tmp_path / "staging", tmp_path / "ramdisk"
+    dest.mkdir()
+    ram.mkdir()
+    _full_at(monkeypatch, (dest if side == "disk" else ram) / "lib" / "big.bin")
+    with pytest.raises(ActivateError, match="No space left on device; nothing live changed"):
+        extract.extract(tarball, dest, expected, None, extract.Mirror(ram))
+    assert _open_under(tmp_path) == []
+
+
+def test_an_interrupt_during_a_large_file_is_not_replaced_by_a_writer_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM) while a large file streams, after the disk writer failed: the interrupt
+    unwinds (exit 130 or 143), not a 'free disk space' error raised again in a ``finally``."""
+    tarball, expected = _tarball_with_a_large_file(tmp_path)
+    dest = tmp_path / "staging"
+    dest.mkdir()
+    failed = _full_at(monkeypatch, dest / "lib" / "big.bin")
+    pushed: list[extract._InOrder] = []  # the disk writer, once it has calls to run: big.bin's first 4 MiB
+    push = extract._InOrder._push
+
+    def recorded(self: extract._InOrder) -> None:
+        if self._batch and not pushed:
+            pushed.append(self)
+        push(self)
+
+    pull = extract._Feed._pull
+
+    def interrupted(self: extract._Feed) -> bool:
+        if pushed:  # the next block of big.bin, read once the disk writer has failed
+            assert failed.wait(30)
+            while pushed[0].error is None:
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+        return pull(self)
+
+    monkeypatch.setattr(extract._InOrder, "_push", recorded)
+    monkeypatch.setattr(extract._Feed, "_pull", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract.extract(tarball, dest, expected, None, None)
+    assert _open_under(tmp_path) == []
+

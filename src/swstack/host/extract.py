@@ -6,14 +6,16 @@ links at the end, since a later link can change where an earlier one leads), no
 write through a symlink, hardlinks only to regular files already extracted, no
 devices, fifos, setuid or setgid bits. Writes never follow symlinks.
 
-Three threads share the work: a reader reads the tarball (the whole file, or the chunks
+Threads share the work: a reader reads the tarball (the whole file, or the chunks
 of a chunked tarball that must be read), hashes each verified range while it reads,
 and decompresses (zstandard and hashlib release the GIL); the caller's thread parses
-the headers (``tarstream``), checks each member and writes it to disk; a third writes
-the ramdisk copy in the same order (``_InOrder``; a replayed chunk's links the caller
-makes itself). Memory stays flat in the tarball's size: bounded queues of decompressed
-blocks sit between them. A chunk whose members the live version already holds is not
-read at all: its members are replayed from the live version's record (``chunks``).
+the headers (``tarstream``), checks each member and writes it to disk, or, with no live
+version to share files with, queues the disk writes for a thread of their own; another
+writes the ramdisk copy in the same order (``_InOrder``, each; a replayed chunk's links
+the caller makes itself). Memory stays flat in the tarball's size: bounded queues of
+decompressed blocks sit between them. A chunk whose members the live version already
+holds is not read at all: its members are replayed from the live version's record
+(``chunks``).
 """
 
 from __future__ import annotations
@@ -475,11 +477,24 @@ def _mtime_ns(mtime: float) -> int:
     return int(mtime) * 1_000_000_000 if float(mtime).is_integer() else int(mtime * 1e9)
 
 
+class _Always:
+    """A call ``_InOrder`` makes even after an earlier one failed: closing a file an earlier call opened."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., object]):
+        self.fn = fn
+
+    def __call__(self, *args: object) -> object:
+        return self.fn(*args)
+
+
 class _InOrder:
     """One thread running submitted calls in order (one tree's writes), with bytes in flight bounded.
 
     Calls travel in batches (a queue hand-over per call would cost as much as the call). The
-    first error stops the rest and is raised to the submitter at its next call or at ``close``.
+    first error stops the rest (but for ``cleanup`` calls) and is raised to the submitter at its
+    next call or at ``close``.
     """
 
     _BATCH = 64
@@ -509,6 +524,14 @@ class _InOrder:
         if len(self._batch) >= self._BATCH or self._batch_size >= self._budget // 4:
             self._push()
 
+    def cleanup(self, fn: Callable[..., object], *args: object) -> None:
+        """``fn(*args)`` in turn, even after an earlier call failed; never raises that failure here
+        (called from a ``finally``, it would replace what is being raised: an interrupt, say)."""
+        if self.inline:
+            fn(*args)
+            return
+        self._batch.append((_Always(fn), args))
+
     def _push(self) -> None:
         batch, size = self._batch, self._batch_size
         if not batch:
@@ -524,11 +547,12 @@ class _InOrder:
         while (item := self._calls.get()) is not None:
             batch, size = item
             for fn, args in batch:
-                if self.error is None:
+                if self.error is None or isinstance(fn, _Always):
                     try:
                         fn(*args)
                     except BaseException as exc:
-                        self.error = exc
+                        if self.error is None:
+                            self.error = exc
             with self._room:
                 self._inflight -= size
                 self._room.notify_all()
@@ -623,7 +647,7 @@ class _Writer:
             self.bg.run_inline(inline)
 
     def abandon(self) -> None:
-        """Stop the ramdisk writer after a failure (its own error, if any, is not the one to report)."""
+        """Stop the writer threads after a failure (their own errors, if any, are not the one to report)."""
         for writer in (self.fg, self.bg):
             if writer is not None:
                 with contextlib.suppress(BaseException):
@@ -641,6 +665,16 @@ class _Writer:
             self.fg.submit(fn, *args, size=size)
         else:
             fn(*args)
+
+    def _closing(self, disk: _Stream, mirror: _Stream | None, ns: int) -> None:
+        """Close a streamed file on both sides, in turn, even after a writer failed (from a ``finally``:
+        the writers' errors are raised at their next call, not here)."""
+        if mirror is not None and self.bg is not None:
+            self.bg.cleanup(mirror.close, ns)
+        if self.fg is not None:
+            self.fg.cleanup(disk.close, ns)
+        else:
+            disk.close(ns)
 
     def ensure_parents(self, name: str) -> None:
         parent = name.rpartition("/")[0]
@@ -751,9 +785,7 @@ class _Writer:
                 if mirror is not None and self.bg is not None:
                     self.bg.submit(mirror.write, piece, size=len(piece))
         finally:
-            self._disk(disk.close, ns)
-            if mirror is not None and self.bg is not None:
-                self.bg.submit(mirror.close, ns)
+            self._closing(disk, mirror, ns)
         digest = h.hexdigest() if h is not None else None
         linked: str | None = None
         if self.previous is not None:
@@ -883,7 +915,7 @@ class _Writer:
 
 
 class _Stream:
-    """A file the ramdisk writer fills piece by piece (a member too large to hold whole)."""
+    """A file filled piece by piece (a member too large to hold whole), on a writer's thread or this one."""
 
     def __init__(self, path: str, mode: int, umask: int):
         self.path, self.mode, self.umask = path, mode, umask
