@@ -751,3 +751,33 @@ def test_a_writer_thread_holds_a_bounded_number_of_calls() -> None:
         thread.join(60)
         writer.close()
     assert done.is_set()
+
+
+@pytest.mark.parametrize("side", ["disk", "ramdisk"])
+def test_a_write_the_host_refuses_is_not_blamed_on_the_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    """A write refused by the host (permissions, a read-only file system) says so in one line: the
+    tarball is sound, so 'packed broken: rebuild it' would send the user to rebuild for nothing."""
+    import errno
+
+    tarball, expected = _tarball_with_a_large_file(tmp_path)
+    dest, ram = tmp_path / "staging", tmp_path / "ramdisk"
+    dest.mkdir()
+    ram.mkdir()
+    refused = (dest if side == "disk" else ram) / "lib" / "a.txt"
+    write_all = extract._write_all
+
+    def read_only(fd: int, data: bytes | memoryview | list[memoryview]) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(refused):
+            raise OSError(errno.EROFS, "Read-only file system", str(refused))
+        write_all(fd, data)
+
+    monkeypatch.setattr(extract, "_write_all", read_only)
+    with pytest.raises(ActivateError) as caught:
+        extract.extract(tarball, dest, expected, None, extract.Mirror(ram))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"Read-only file system: '{refused}'; nothing live changed" in message
+    assert "not the artifact" in message and "rebuild" not in message
+    assert _open_under(tmp_path) == []

@@ -58,6 +58,9 @@ _IN_FLIGHT = 16 << 20
 # Without it a tree of tiny files or directories queued every member behind a slow disk
 # (100,000 one-byte files: 215 MiB of RSS against 70); with it about 4,000 calls wait at most.
 _CALL = 4 << 10
+# Errors of the host, not of the archive: the same tarball extracts where they do not occur
+# (a member the file system cannot hold, a name too long say, is the archive's).
+_HOST_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_LINK_DEPTH = 40
@@ -1095,6 +1098,7 @@ def extract(
     reader = _Reader(tarball, plan, compression_of(tarball), chunked)
     writer = _Writer(dest, tree, previous, mirror, hashing=not chunked)
     failure: BaseException | None = None
+    read_failed = False
     with log.progress(f"extracting {tarball.name}", size, "B") as bar:
         feed = _Feed(reader, bar.advance)
         job = _Extraction(writer, feed, chunked)
@@ -1107,6 +1111,7 @@ def extract(
             failure = exc
         except _ReadFailed as exc:
             failure = exc.cause
+            read_failed = True
         except (BrokenTar, OSError) as exc:
             failure = exc
         except BaseException:
@@ -1129,6 +1134,12 @@ def extract(
         raise ActivateError(
             f"extracting {tarball.name} into {dest.parent} failed: {failure.strerror}; "
             f"nothing live changed; free disk space (`swstack prune --keep N`)"
+        ) from failure
+    if isinstance(failure, OSError) and (read_failed or failure.errno in _HOST_ERRORS):
+        doing = f"reading {tarball}" if read_failed else f"extracting {tarball.name}"
+        raise ActivateError(
+            f"{doing} failed: {failure}; nothing live changed; the host's file system refused it, "
+            f"not the artifact: fix that and run again"
         ) from failure
     if failure is not None:
         matches = "every chunk read matches its sha256" if chunked else "its sha256 matches"
