@@ -148,6 +148,29 @@ def test_sigterm_before_the_switch_unwinds_and_says_so(host: dict[str, object], 
     assert_finishes(host)
 
 
+
+@pytest.mark.parametrize("signal_name", ["KILL", "TERM", "INT"])
+def test_a_first_activation_stopped_while_extracting_leaves_nothing_live(tmp_path: Path, signal_name: str) -> None:
+    """On a host with no version yet the disk tree is written by a thread of its own (nothing to share
+    with): killed there, or stopped by SIGTERM or Ctrl-C while it has calls queued, nothing is live, an
+    unwound run leaves nothing behind, and the next run activates the version whole."""
+    root = tmp_path / "root"
+    (root / "sw.tmpfs").mkdir(parents=True)
+    artifact = make_artifact(tmp_path / "art", version="1.0", payload=3 << 20)
+    env = {"SWSTACK_FAULT_AT": "extracting", "SWSTACK_FAULT_SIGNAL": signal_name}
+    res = run(root, "activate", str(artifact), env=env)
+    assert res.returncode == {"KILL": -signal.SIGKILL, "TERM": 143, "INT": 130}[signal_name], res.stderr
+    assert not (root / "sw" / "py3").exists() and not (root / "sw.hdd").exists()
+    if signal_name != "KILL":  # unwound, not killed: nothing begun is left for the next run to clear
+        assert not (root / ".swstack" / "staging").exists()
+        assert not [p for p in (root / "sw.tmpfs").iterdir() if p.name.endswith(".partial")]
+    again = run(root, "activate", str(artifact))
+    assert again.returncode == 0, again.stderr
+    assert tree_listing(root / "sw" / "py3")["share/version.txt"].decode().strip() == "1.0"
+    assert run(root, "active", "--verify").returncode == 0
+    assert not (root / ".swstack" / "staging").exists()
+    assert not [p for p in (root / "sw.tmpfs").iterdir() if p.name.endswith(".partial")]
+
 def test_sigterm_in_the_commit_lands_after_the_record(host: dict[str, object]) -> None:
     root = host["root"]
     assert isinstance(root, Path)
