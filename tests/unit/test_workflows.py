@@ -91,3 +91,18 @@ def test_a_manual_run_can_ask_only_for_a_stack_the_matrix_runs() -> None:
     assert stack["type"] == "choice" and stack["default"] == "all"
     assert set(stack["options"]) == {"all", *job["strategy"]["matrix"]["stack"]}
     assert set(stack["options"]) - {"all"} == {path.stem for path in stack_files(PROJECT / "stacks")}
+
+
+def test_the_versions_a_failed_job_took_are_kept_for_a_rerun() -> None:
+    """A job whose first variant pushed and published 2026.12.02 and whose second then failed: a rerun
+    the same day restores the cache on a fresh runner. Saved only on success, that cache has no
+    2026.12.02, so the rerun builds that version again, with another build time, and the registry
+    refuses it (a version tag never moves). Saved always, the rerun builds 2026.12.02.1; each
+    attempt (a rerun of the same run) under its own key, the newest restored."""
+    (job,) = yaml.safe_load(NIGHTLY.read_text())["jobs"].values()
+    (restore,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/cache/restore")]
+    (save,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/cache/save")]
+    assert save["if"] == "${{ always() }}"
+    assert save["with"]["path"] == restore["with"]["path"] and "artifacts/*/*/manifest.json" in save["with"]["path"]
+    assert "github.run_attempt" in save["with"]["key"] and save["with"]["key"] == restore["with"]["key"]
+    assert save["with"]["key"].startswith(restore["with"]["restore-keys"])
