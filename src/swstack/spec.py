@@ -352,6 +352,11 @@ class StackFile(Model):
         if not value:
             raise ValueError("list at least one platform, e.g. [\"linux-64\"]")
         for platform in value:
+            if value.count(platform) > 1:  # solved and written twice: conda-lock cannot read that lockfile
+                raise ValueError(f"{platform!r} is listed twice; list each platform once")
+            if platform == "noarch":
+                raise ValueError("'noarch' is no platform to lock for: noarch packages are solved with each "
+                                 "platform's own; list the hosts' platforms, e.g. [\"linux-64\"]")
             try:
                 rattler.Subdir(platform)
             except Exception:

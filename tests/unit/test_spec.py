@@ -162,6 +162,21 @@ def test_invalid_match_spec(tmp_path: Path) -> None:
     assert "demo.toml" in message and "dependencies" in message and "invalid conda match spec" in message
 
 
+@pytest.mark.parametrize(
+    ("platforms", "expected"),
+    [
+        ('["linux-64", "linux-aarch64", "linux-64"]', "platforms: 'linux-64' is listed twice; list each platform once"),
+        ('["noarch"]', "platforms: 'noarch' is no platform to lock for: noarch packages are solved with each "
+                       "platform's own; list the hosts' platforms, e.g. [\"linux-64\"]"),
+    ],
+)
+def test_a_platform_listed_twice_or_noarch_is_refused(tmp_path: Path, platforms: str, expected: str) -> None:
+    """A platform listed twice was solved twice and written into a lockfile conda-lock's parser cannot
+    read (every later lock or build then said only "not a readable conda-lock file (AssertionError)")."""
+    message = error_of(write(tmp_path, MINIMAL.replace("channels =", f"platforms = {platforms}\nchannels =")))
+    assert message == f"{tmp_path / 'demo.toml'}:2: {expected}"
+
+
 def test_invalid_pip_version(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL + '\n[pip.dependencies]\nlabclient = "=>1.0"\n'))
     assert "demo.toml:8: pip.dependencies.labclient" in message and "invalid pip requirement" in message
