@@ -67,9 +67,16 @@ def _check_match_spec(name: str, spec: str) -> str:
 
     text = name if spec.strip() in ("", "*") else f"{name} {spec.strip()}"
     try:
-        rattler.MatchSpec(text)
+        parsed = rattler.MatchSpec(text)
     except Exception as exc:  # rattler raises its own exception types
         raise EntryError(name, f"invalid conda match spec {text!r}: {exc}") from None
+    build = str(parsed.build or "")
+    if build[:1] in ("<", ">", "=", "!", "~", ","):
+        # "version build": rattler reads ">=1.26 <2" as version >=1.26 of a build named "<2",
+        # which no package has (conda refuses the spec).
+        joined = build if str(parsed.version) in ("None", "*") else f"{parsed.version},{build}"
+        raise EntryError(name, f"invalid conda match spec {text!r}: {build!r} would be its build string; "
+                               f"join version constraints with ',' ({joined})")
     return text
 
 

@@ -162,6 +162,16 @@ def test_invalid_match_spec(tmp_path: Path) -> None:
     assert "demo.toml" in message and "dependencies" in message and "invalid conda match spec" in message
 
 
+def test_a_version_constraint_where_the_build_string_goes_is_refused(tmp_path: Path) -> None:
+    """conda's "version build" form: rattler reads ">=1.26 <2" as a build named "<2", which no package
+    has, and the lock failed with "no candidates" blaming the channel; conda refuses the spec."""
+    message = error_of(write(tmp_path, MINIMAL + 'numpy = ">=1.26 <2"\n'))
+    assert message == (f"{tmp_path / 'demo.toml'}:6: dependencies.numpy: invalid conda match spec 'numpy >=1.26 <2': "
+                       "'<2' would be its build string; join version constraints with ',' (>=1.26,<2)")
+    stack = load_stack(write(tmp_path, MINIMAL + 'numpy = ">=1.26,<2"\nscipy = "1.11.* py311*"\n', "ok.toml"))
+    assert "numpy >=1.26,<2" in stack.conda and "scipy 1.11.* py311*" in stack.conda  # a real build string stays
+
+
 @pytest.mark.parametrize(
     ("platforms", "expected"),
     [
