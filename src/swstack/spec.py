@@ -82,13 +82,21 @@ def _check_match_spec(name: str, spec: str) -> str:
 
 def _check_pip_spec(name: str, spec: str) -> str:
     from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
 
     text = name if spec.strip() in ("", "*") else f"{name}{spec.strip()}"
     try:
-        Requirement(text)
+        requirement = Requirement(text)
     except InvalidRequirement as exc:
         reason = str(exc).splitlines()[0]
         raise EntryError(name, f"invalid pip requirement {text!r}: {reason}") from None
+    if canonicalize_name(requirement.name) != canonicalize_name(name):
+        # A bare version ("1.0") is no specifier: joined to the name it names another project.
+        given = spec.strip()
+        example = f"=={given}" if given[:1].isdigit() else ">=1.0"
+        raise EntryError(name, f"invalid pip requirement {text!r}: {given!r} is not a version specifier "
+                               f"(pip would look for a project named {requirement.name!r}); "
+                               f"write a PEP 440 one, e.g. '{example}'")
     return text
 
 

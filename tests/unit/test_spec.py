@@ -172,6 +172,17 @@ def test_a_version_constraint_where_the_build_string_goes_is_refused(tmp_path: P
     assert "numpy >=1.26,<2" in stack.conda and "scipy 1.11.* py311*" in stack.conda  # a real build string stays
 
 
+def test_a_bare_pip_version_is_not_read_as_another_project(tmp_path: Path) -> None:
+    """``labclient = "1.0"`` was joined into the requirement ``labclient1.0``: another project, which
+    pip then failed to find, in its own words."""
+    message = error_of(write(tmp_path, MINIMAL + '\n[pip.dependencies]\nlabclient = "1.0"\n'))
+    assert message == (f"{tmp_path / 'demo.toml'}:8: pip.dependencies.labclient: invalid pip requirement "
+                       "'labclient1.0': '1.0' is not a version specifier (pip would look for a project named "
+                       "'labclient1.0'); write a PEP 440 one, e.g. '==1.0'")
+    ok = write(tmp_path, MINIMAL + '\n[pip.dependencies]\nlabclient = "[extra]>=1.0"\nb = "==1.0"\n', "ok.toml")
+    assert dict(load_stack(ok).pip) == {"labclient": "[extra]>=1.0", "b": "==1.0"}
+
+
 @pytest.mark.parametrize(
     ("platforms", "expected"),
     [
