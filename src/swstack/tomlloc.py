@@ -104,10 +104,11 @@ def index_lines(source: str) -> dict[KeyPath, int]:
     """Map every key path found in ``source`` to its 1-based line number (its first definition)."""
     lines: dict[KeyPath, int] = {}
     for stmt in _statements(source):
-        if not stmt.key:  # a header
+        if not stmt.key:  # a header; [a.b.c] defines the tables a and a.b too, where no line did before
+            for depth in range(1, len(stmt.table) + 1):
+                lines.setdefault(stmt.table[:depth], stmt.number)
             if stmt.array is not None:
                 lines.setdefault(stmt.array, stmt.number)
-            lines.setdefault(stmt.table, stmt.number)
             continue
         key = stmt.path
         for depth in range(len(stmt.table) + 1, len(key) + 1):

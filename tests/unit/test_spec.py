@@ -198,6 +198,14 @@ def test_a_platform_listed_twice_or_noarch_is_refused(tmp_path: Path, platforms:
     assert message == f"{tmp_path / 'demo.toml'}:2: {expected}"
 
 
+def test_a_table_given_only_by_a_deeper_header_is_located(tmp_path: Path) -> None:
+    """``[lock.platform.linux-aarch46]`` defines lock.platform on its line: the error about that table's
+    keys points there, not at the file alone."""
+    message = error_of(write(tmp_path, MINIMAL + '\n[lock.platform.linux-aarch46]\nvirtual_packages = {}\n'))
+    assert message == (f"{tmp_path / 'demo.toml'}:7: lock.platform: unknown platform 'linux-aarch46'; "
+                       "did you mean 'linux-aarch64'?")
+
+
 def test_invalid_pip_version(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, MINIMAL + '\n[pip.dependencies]\nlabclient = "=>1.0"\n'))
     assert "demo.toml:8: pip.dependencies.labclient" in message and "invalid pip requirement" in message
