@@ -42,7 +42,7 @@ from .errors import LockError, StaleLockError
 from .fsutil import atomic_output
 from .site import Site, canonical_channel
 from .spec import PipGit, Stack
-from .tomlloc import index_lines, line_of
+from .tomlloc import index_lines
 
 LOCK_FORMAT = 2  # bump when the meaning of the inputs hash changes
 # The pip index a lockfile names for files a site serves from its wheelhouse or own index:
@@ -284,27 +284,17 @@ def _explain_unreachable(plan: LockPlan, exc: Exception) -> str:
                      "give one with site= or SWSTACK_SITE (this repository's: site=sites/offline.toml)")
     else:
         parts.append("check the stack's channels, the site's [channels.mirrors] and the network")
-    return f"{plan.stack.source}: channels: " + "; ".join(parts)
+    return f"{_entry(plan.stack, 'channels')}: " + "; ".join(parts)
 
 
 def _explain_unsolvable(plan: LockPlan, platform: str, exc: Exception) -> str:
     """The solver's explanation, plus the stack-file lines of the entries it mentions."""
     text = str(exc).strip()
     lines = [f"cannot solve {plan.stack.stack_id} for {platform} from {', '.join(plan.channel_urls)}:", text]
-    source = plan.stack.source
     mentioned = [spec for spec in plan.stack.conda if re.search(rf"\b{re.escape(spec.split()[0])}\b", text)]
-    if source is not None and source.is_file():
-        index = index_lines(source.read_text())
-        for spec in mentioned:
-            name = spec.split()[0]
-            # The variant's entry, where it overrides the base one: that is the spec solved.
-            key: tuple[str, ...] = ("variants", plan.stack.variant, "dependencies", name)
-            line = index.get(key)
-            if line is None:
-                key = ("dependencies", name)
-                line = line_of(index, key)
-            where = f"{source}:{line}" if line else str(source)
-            lines.append(f"{where}: {'.'.join(key)} = {spec!r} is part of the conflict")
+    if plan.stack.source is not None:
+        lines += [f"{_entry(plan.stack, 'dependencies', spec.split()[0])} = {spec!r} is part of the conflict"
+                  for spec in mentioned]
     lines.append("Relax or remove the entries above, or check that the channels carry these packages.")
     return "\n".join(lines)
 
@@ -368,20 +358,21 @@ def _git_commit(url: str, ref: str, where: str = "") -> str:
     return shas[-1]  # a peeled tag (^{}) is listed last and names the commit
 
 
+def _entry(stack: Stack, *key: str) -> str:
+    """``<file>:<line>: <key>``: where the stack file, or a file it extends, sets ``key`` (the variant's
+    entry where it overrides the base one: that is the value used); the stack file alone if none does."""
+    files = [source for source in (stack.source, *stack.sources) if source is not None and source.is_file()]
+    indexes = [(source, index_lines(source.read_text())) for source in files]
+    for wanted in (("variants", stack.variant, *key), key):
+        for source, index in indexes:  # the stack file first: it overrides what it extends
+            if wanted in index:
+                return f"{source}:{index[wanted]}: {'.'.join(wanted)}"
+    return f"{stack.source}: {'.'.join(key)}"
+
+
 def _pip_entry(stack: Stack, name: str) -> str:
     """``<stack file>:<line>: pip.dependencies.<name>``, the variant's entry where it overrides the base one."""
-    key: tuple[str, ...] = ("pip", "dependencies", name)
-    located = str(stack.source)
-    for source in (stack.source, *stack.sources):
-        if source is None or not source.is_file():
-            continue
-        index = index_lines(source.read_text())
-        variant_key = ("variants", stack.variant, "pip", "dependencies", name)
-        hit = next((k for k in (variant_key, key) if k in index), None)
-        if hit is not None:
-            key, located = hit, f"{source}:{index[hit]}"
-            break
-    return f"{located}: {'.'.join(key)}"
+    return _entry(stack, "pip", "dependencies", name)
 
 
 def _pip_requirements(stack: Stack, site: Site) -> list[str]:

@@ -186,6 +186,7 @@ def test_a_misspelt_channel_names_the_mirrors_and_writes_nothing(project: Path, 
                                      'channels = ["conda-froge"]')
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error.startswith("error: ") and ": channels: cannot fetch the package index of conda-froge (" in error
+    assert "/stacks/base.toml:5: channels: " in error  # the file and line that set it, not the stack's own file
     assert "; channel 'conda-froge' has no mirror in site 'offline'" in error
     assert "did you mean 'conda-forge'?; check the stack's channels" in error
     assert "Caused by" not in result.stderr and "Relax or remove" not in result.stderr

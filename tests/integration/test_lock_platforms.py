@@ -196,6 +196,30 @@ def test_a_mirror_missing_a_file_its_index_lists_fails_the_lock_and_leaves_the_l
 
 
 
+@pytest.mark.slow
+def test_a_channel_or_dependency_set_in_an_extended_file_is_named_where_it_is_set(fixture_project: Path) -> None:
+    """A misspelt channel, or a dependency no package satisfies, in the file a stack extends: the
+    message names that file and line, not the stack's own file (without a line, or its [dependencies])."""
+    from swstack.errors import LockError
+
+    stacks = fixture_project / "stacks"
+    base = stacks.resolve() / "base.toml"
+    base.write_text('# shared\nchannels = ["conda-froge"]\n[dependencies]\nsix = ">=99"\n')
+    tiny = stacks / "tiny.toml"
+    tiny.write_text('extends = "base.toml"\n' + tiny.read_text().replace('channels = ["conda-forge"]\n', "")
+                    .replace('six = "*"\n', ""))
+    site = load_site(fixture_project / "site.toml", fixture_project)
+    with pytest.raises(LockError) as failed:
+        lock(load_stack(tiny), site, fixture_project)
+    assert str(failed.value).startswith(f"{base}:2: channels: cannot fetch the package index of conda-froge (")
+    assert "channel 'conda-froge' has no mirror in site 'fixture' " in str(failed.value)
+
+    base.write_text(base.read_text().replace("conda-froge", "conda-forge"))
+    with pytest.raises(LockError) as unsolvable:
+        lock(load_stack(tiny), site, fixture_project)
+    assert f"\n{base}:4: dependencies.six = 'six >=99' is part of the conflict\n" in str(unsolvable.value)
+
+
 def make_pure_wheel(directory: Path, name: str, requires: list[str]) -> Path:
     """A pure wheel of ``name`` 1.0 with the given ``Requires-Dist`` lines."""
     path = directory / f"{name}-1.0-py3-none-any.whl"

@@ -267,7 +267,7 @@ def test_an_unreachable_channel_without_a_site_file_names_the_offline_site(monke
     monkeypatch.delenv("SWSTACK_SITE", raising=False)
     url = "https://conda.anaconda.org/conda-forge"
     exc = Exception(f"failed to fetch {url}/linux-64/repodata.json\nCaused by: Name or service not known")
-    stack = SimpleNamespace(channels=("conda-forge",), source=Path("stacks/demo.toml"))
+    stack = SimpleNamespace(channels=("conda-forge",), source=Path("stacks/demo.toml"), sources=(), variant="default")
     root = Path(__file__).resolve().parents[2]
     no_site = SimpleNamespace(stack=stack, channel_urls=(url,), site=load_site(None, root))
     message = _explain_unreachable(no_site, exc)  # type: ignore[arg-type]
