@@ -420,6 +420,27 @@ def _explain_pip_unresolvable(stack: Stack, site: Site, text: str) -> str | None
     return f"{_pip_entry(stack, name)}: {what}; {fix}"
 
 
+def _explain_wheelhouse(site: Site, served: str, text: str) -> str | None:
+    """pip was sent (at ``served``, the wheelhouse over http) to a file the wheelhouse's index lists
+    but the wheelhouse lacks or holds with other bytes: one line naming the file, as for a conda
+    mirror; None for any other failure."""
+    import urllib.parse
+
+    at = re.escape(served)
+    missing = re.search(rf"HTTP error 404 while getting {at}/([^\s#]+)", text)
+    changed = re.search(rf"{at}/([^\s#]+)#\S*:\s+Expected sha256 (\w+)\s+Got\s+(\w+)", text)
+    if missing is not None:
+        filename = urllib.parse.unquote(missing.group(1))
+        what = f"the site's wheelhouse {site.pip_wheelhouse} has no {filename}, which its index still lists"
+    elif changed is not None:
+        filename = urllib.parse.unquote(changed.group(1))
+        what = f"{site.pip_wheelhouse}/{filename} has sha256 {changed.group(3)}, its index says {changed.group(2)}"
+    else:
+        return None
+    project = filename.rsplit("/", 1)[-1].split("-", 1)[0].replace("_", "-").lower()
+    return f"{project}: {what}; restore the file in the wheelhouse or rebuild the wheelhouse"
+
+
 def _stub_distributions(conda_locked: dict[str, Any], directory: Path) -> None:
     """Make the conda side's Python packages look installed to pip (name and version only).
 
@@ -588,6 +609,7 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
                 "--ignore-requires-python", "--disable-pip-version-check", "--no-build-isolation",
                 "--report", f"{tmp}/report.json", *target]
         from_site = False
+        served = None
         if site.pip_wheelhouse is not None:
             if not (site.pip_wheelhouse / "simple").is_dir():
                 raise LockError(f"{site.pip_wheelhouse}: a wheelhouse needs a PEP 503 'simple/' index "
@@ -606,7 +628,9 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
             proc.run([*_confined(site), *argv, *requirements], env=env, error=LockError,
                      what=f"resolving the pip dependencies of {stack.stack_id} for {platform}")
         except LockError as exc:
-            raise LockError(_explain_pip_unresolvable(stack, site, str(exc)) or str(exc)) from None
+            why = (_explain_wheelhouse(site, served, str(exc)) if served else None) or _explain_pip_unresolvable(
+                stack, site, str(exc))
+            raise LockError(why or str(exc)) from None
         report = json.loads((Path(tmp) / "report.json").read_text())
     locked = []
     for item in report.get("install", []):

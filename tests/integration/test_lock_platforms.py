@@ -197,6 +197,35 @@ def test_a_mirror_missing_a_file_its_index_lists_fails_the_lock_and_leaves_the_l
 
 
 @pytest.mark.slow
+def test_a_wheelhouse_missing_or_changing_a_wheel_its_index_lists_fails_the_lock_in_one_line(
+        fixture_project: Path) -> None:
+    """As a conda mirror missing a file its index lists: one line naming the package, the wheel and the
+    wheelhouse, not pip's error about a file on the resolver's own throwaway server; the lockfile stays."""
+    from swstack.errors import LockError
+
+    site = load_site(fixture_project / "site.toml", fixture_project)
+    stack = load_stack(fixture_project / "stacks" / "tiny.toml")
+    path = lock(stack, site, fixture_project).path
+    before = path.read_bytes()
+    wheelhouse = fixture_project / "mirror" / "pip"
+    wheel = wheelhouse / f"fakebin-1.0-cp311-cp311-{WHEEL_TAG['linux-64']}.whl"
+    data = wheel.read_bytes()
+    wheel.unlink()  # simple/fakebin/ still lists it
+    with pytest.raises(LockError) as missing:
+        lock(stack, site, fixture_project)
+    assert str(missing.value) == (f"fakebin: the site's wheelhouse {wheelhouse} has no {wheel.name}, which its index "
+                                  "still lists; restore the file in the wheelhouse or rebuild the wheelhouse")
+    other = data + b"\0"
+    wheel.write_bytes(other)
+    with pytest.raises(LockError) as changed:
+        lock(stack, site, fixture_project)
+    assert str(changed.value) == (
+        f"fakebin: {wheel} has sha256 {hashlib.sha256(other).hexdigest()}, its index says "
+        f"{hashlib.sha256(data).hexdigest()}; restore the file in the wheelhouse or rebuild the wheelhouse")
+    assert path.read_bytes() == before
+
+
+@pytest.mark.slow
 def test_a_channel_or_dependency_set_in_an_extended_file_is_named_where_it_is_set(fixture_project: Path) -> None:
     """A misspelt channel, or a dependency no package satisfies, in the file a stack extends: the
     message names that file and line, not the stack's own file (without a line, or its [dependencies])."""
