@@ -295,7 +295,16 @@ def _explain_unsolvable(plan: LockPlan, platform: str, exc: Exception) -> str:
     if plan.stack.source is not None:
         lines += [f"{_entry(plan.stack, 'dependencies', spec.split()[0])} = {spec!r} is part of the conflict"
                   for spec in mentioned]
-    lines.append("Relax or remove the entries above, or check that the channels carry these packages.")
+    # A site's local mirror without the platform's index (the offline channel has linux-64 only):
+    # the solver sees no package at all for it, which no change of the entries above mends.
+    bare = [(channel, url) for channel, url in zip(plan.stack.channels, plan.channel_urls, strict=True)
+            if (local := local_file(url)) is not None and not (local / platform / "repodata.json").is_file()]
+    for channel, url in bare:
+        lines.append(f"channel {channel}: site {plan.site.name!r} serves it from {url}, which has no {platform} "
+                     f"packages (no {platform}/repodata.json); add {platform} to the mirror, or lock only the "
+                     "platforms it carries")
+    if not bare:
+        lines.append("Relax or remove the entries above, or check that the channels carry these packages.")
     return "\n".join(lines)
 
 

@@ -226,6 +226,26 @@ def test_a_wheelhouse_missing_or_changing_a_wheel_its_index_lists_fails_the_lock
 
 
 @pytest.mark.slow
+def test_a_mirror_without_the_platform_says_so_not_relax_the_entries(fixture_project: Path) -> None:
+    """Locking linux-aarch64 from a local mirror that has only linux-64 (as the offline channel): the
+    solver finds no candidates, and the message says the mirror lacks the platform."""
+    import shutil
+
+    from swstack.errors import LockError
+
+    shutil.rmtree(fixture_project / "mirror" / "channel" / "linux-aarch64")
+    site = load_site(fixture_project / "site.toml", fixture_project)
+    with pytest.raises(LockError) as failed:
+        lock(load_stack(fixture_project / "stacks" / "tiny.toml"), site, fixture_project)
+    mirror = (fixture_project / "mirror" / "channel").as_uri()
+    assert str(failed.value).startswith(f"cannot solve tiny for linux-aarch64 from {mirror}:")
+    assert str(failed.value).endswith(
+        f"channel conda-forge: site 'fixture' serves it from {mirror}, which has no linux-aarch64 packages "
+        "(no linux-aarch64/repodata.json); add linux-aarch64 to the mirror, or lock only the platforms it carries")
+    assert "Relax or remove" not in str(failed.value)
+
+
+@pytest.mark.slow
 def test_a_channel_or_dependency_set_in_an_extended_file_is_named_where_it_is_set(fixture_project: Path) -> None:
     """A misspelt channel, or a dependency no package satisfies, in the file a stack extends: the
     message names that file and line, not the stack's own file (without a line, or its [dependencies])."""
