@@ -158,9 +158,10 @@ def cmd_active(args: argparse.Namespace) -> int:
         )
     not_live = [s for s in statuses if s.version is None]
     if not_live:  # its link is gone (a ramdisk emptied by a reboot, or a link removed by hand)
+        gone = commands.ramdisk_gone(layout)
         log.warn(
-            f"{', '.join(s.stack for s in not_live)}: not live; `swstack restore` makes the recorded "
-            f"version live again"
+            f"{', '.join(s.stack for s in not_live)}: not live; "
+            + (gone or "`swstack restore` makes the recorded version live again")
         )
     unrecorded = [s for s in statuses if s.version is not None and s.recorded != s.version]
     for s in unrecorded:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -306,3 +307,27 @@ def test_a_tree_another_user_owns_lends_no_file_to_a_root_owned_version(tmp_path
     changed = [n for n in modules if (root / "sw/py3" / n).read_bytes() != (tree / n).read_bytes()]
     assert changed == []
     assert os.stat(root / "sw.1.1/py3" / SHARED).st_uid == os.geteuid()
+
+
+def test_a_removed_ramdisk_directory_is_one_line_with_the_steps_back(tmp_path: Path) -> None:
+    """``sw -> sw.tmpfs`` with ``sw.tmpfs`` itself removed: every command that changes the host says
+    to recreate it with init, then restore (exit 11, nothing changed), never a bare "File exists"."""
+    root = production_root(tmp_path)
+    sw(root, "activate", str(make_artifact(tmp_path / "a", version="1.0")))
+    sw(root, "activate", str(make_artifact(tmp_path / "b", version="1.1")))
+    shutil.rmtree(root / "sw.tmpfs")
+    steps = (f"run `swstack init --root {root}` to create it (and mount the ramdisk), "
+             f"then `swstack restore --root {root}`")
+    status = sw(root, "active", check=1)
+    assert steps in status.stderr  # not "`swstack restore` makes the recorded version live again": it cannot
+    third = make_artifact(tmp_path / "c", version="1.2")
+    for args in (("restore",), ("set-version", "1.0"), ("activate", str(third)), ("prune", "--keep", "0")):
+        res = sw(root, *args, "--json", check=11)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and steps in lines[0], res.stderr
+        assert json.loads(res.stdout) == {"error": lines[0].split(": error: ", 1)[1], "exit_code": 11}
+    assert os.readlink(root / "sw") == "sw.tmpfs" and not (root / "sw.1.2").exists()
+    assert json.loads((root / ".swstack/state.json").read_text())["stacks"]["py3"]["version"] == "1.1"
+    subprocess.run(swstack_argv("init", "--root", str(root)), check=True, capture_output=True)
+    sw(root, "restore")  # the steps given work
+    assert json.loads(sw(root, "active", "--json").stdout)["stacks"][0]["version"] == "1.1"

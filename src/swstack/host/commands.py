@@ -205,6 +205,18 @@ def require_root(layout: Layout) -> None:
         )
 
 
+def ramdisk_gone(layout: Layout) -> str | None:
+    """What to do when ``sw`` is a link to a ``sw.tmpfs`` that is not there (the ramdisk's directory
+    removed): the root is then neither configuration, and nothing can be made live under it."""
+    if layout.production or not layout.sw.is_symlink() or layout.sw.exists():
+        return None
+    return (
+        f"{layout.sw} -> {os.readlink(layout.sw)}, but {layout.tmpfs} is missing (the ramdisk's directory "
+        f"was removed); run `swstack init --root {layout.root}` to create it (and mount the ramdisk), "
+        f"then `swstack restore --root {layout.root}`"
+    )
+
+
 def check_not_writable_by_others(layout: Layout) -> None:
     """The directories whose entries swstack trusts (a ``.<tree>@<version>`` already on the ramdisk
     is made live as it is, a ``sw.<version>`` tree restored) must be writable only by us: in one
@@ -231,6 +243,9 @@ def prepare_root(layout: Layout) -> None:
         check_sw_linkable(layout)
         link_sw(layout)
     else:
+        gone = ramdisk_gone(layout)
+        if gone:
+            raise ActivateError(gone)
         layout.sw.mkdir(exist_ok=True)
 
 
