@@ -325,8 +325,10 @@ def test_usage_errors_exit_2_and_a_missing_root_is_an_error(tmp_path: Path) -> N
     assert "--ramdisk-size: 'bogus'" in sw(root, "init", "--ramdisk-size", "bogus", check=2).stderr
     assert "--keep: '-1'" in sw(root, "prune", "--keep", "-1", check=2).stderr
     assert "nothing to activate" in sw(root, "activate", check=2).stderr
-    for command in ("active", "list"):
-        assert "root directory missing" in sw(tmp_path / "nope", command, check=11).stderr
+    for command in ("active", "list", "activate"):
+        missing = sw(tmp_path / "nope", command, *(["x.tar.zst"] if command == "activate" else []), check=11)
+        # the command that makes it, not a step of the install notes it replaced
+        assert f"root directory missing; create it with `swstack init --root {tmp_path / 'nope'}`" in missing.stderr
     (tmp_path / "afile").write_text("")
     res = sw(tmp_path / "afile", "init", check=11)
     assert res.stderr.count("\n") == 1 and "afile" in res.stderr and "Traceback" not in res.stderr

@@ -201,7 +201,8 @@ def require_root(layout: Layout) -> None:
         if layout.root.exists():
             raise ActivateError(f"{layout.root}: not a directory; pass --root the directory holding sw.<version>")
         raise ActivateError(
-            f"{layout.root}: root directory missing; create it (the seed's step S1.1) or pass --root"
+            f"{layout.root}: root directory missing; create it with `swstack init --root {layout.root}`, "
+            f"or pass --root the directory holding sw.<version>"
         )
 
 
