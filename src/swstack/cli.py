@@ -153,7 +153,7 @@ def cmd_active(args: argparse.Namespace) -> int:
     if bad:
         log.warn(
             f"{', '.join(s.stack for s in bad)}: ramdisk copy missing or different from the persistent tree; "
-            f"`swstack restore` loads that tree again (if the persistent tree is what changed, activate the "
+            f"{layout.command('restore')} loads that tree again (if the persistent tree is what changed, activate the "
             f"artifact again instead)"
         )
     not_live = [s for s in statuses if s.version is None]
@@ -161,7 +161,7 @@ def cmd_active(args: argparse.Namespace) -> int:
         gone = commands.ramdisk_gone(layout)
         log.warn(
             f"{', '.join(s.stack for s in not_live)}: not live; "
-            + (gone or "`swstack restore` makes the recorded version live again")
+            + (gone or f"{layout.command('restore')} makes the recorded version live again")
         )
     unrecorded = [s for s in statuses if s.version is not None and s.recorded != s.version]
     for s in unrecorded:
@@ -169,8 +169,8 @@ def cmd_active(args: argparse.Namespace) -> int:
         # (and a reboot) would bring the recorded one back.
         log.warn(
             f"{s.stack}: {s.version} is live but {s.recorded or 'nothing'} is recorded; "
-            f"`swstack set-version {s.version}` records the live one"
-            + (f", `swstack set-version {s.recorded}` goes back" if s.recorded else "")
+            f"{layout.command(f'set-version {s.version}')} records the live one"
+            + (f", {layout.command(f'set-version {s.recorded}')} goes back" if s.recorded else "")
         )
     return 1 if bad or not_live or unrecorded else 0
 

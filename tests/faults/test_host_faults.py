@@ -113,7 +113,9 @@ def test_a_kill_between_switch_and_record_is_reported_not_reverted(host: dict[st
     assert assert_live_complete(host) == "2.0"
     status = run(root, "active")
     assert status.returncode == 1
-    assert "py3: 2.0 is live but 1.0 is recorded; `swstack set-version 2.0` records the live one" in status.stderr
+    # the commands it names carry this root's --root: pasted as they are, they must not act on /data0
+    assert (f"py3: 2.0 is live but 1.0 is recorded; `swstack set-version 2.0 --root {root}` records the live one"
+            ) in status.stderr  # fmt: skip
     assert run(root, "set-version", "2.0").returncode == 0
     assert run(root, "active").returncode == 0
     assert json.loads((root / ".swstack" / "state.json").read_text())["stacks"]["py3"]["version"] == "2.0"

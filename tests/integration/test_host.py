@@ -199,7 +199,7 @@ def test_a_stack_not_live_is_named_so_and_restore_relinks_it(root: Path, artifac
     res = sw(root, "active", check=1)
     assert "py3: NOT LIVE" in res.stdout
     assert res.stderr.splitlines() == [
-        "warning: py3: not live; `swstack restore` makes the recorded version live again"
+        f"warning: py3: not live; `swstack restore --root {root}` makes the recorded version live again"
     ]
     restored = json.loads(sw(root, "restore", "--json").stdout)
     assert sw(root, "active").stderr == ""
@@ -1022,3 +1022,16 @@ def test_a_download_that_trickles_is_refused_as_stalled(tmp_path: Path, artifact
         assert f"{url}: stalled, " in line and "bytes in the last 1 s (fewer than 64 KiB); refused" in line, line
     assert (root / "sw" / "py3" / "share" / "version.txt").read_text() == "2026.01.01\n"
     assert list((root / ".swstack/downloads").iterdir()) == []
+
+
+def test_a_source_given_as_a_relative_path_is_recorded_absolute(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    """state.json's ``source`` was the path as typed, relative to wherever the command ran: meaningless
+    to the next reader (an operator, `active --verbose`, a script)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    relative = os.path.relpath(artifacts["2026.01.01"], tmp_path)
+    res = subprocess.run(swstack_argv("activate", relative, "--root", str(root)), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    record = json.loads((root / ".swstack" / "state.json").read_text())["stacks"]["py3"]
+    assert record["source"] == str(artifacts["2026.01.01"])

@@ -121,7 +121,7 @@ def test_a_root_activated_before_init_gets_the_steps_to_the_ramdisk(tmp_path: Pa
     res = sw("init", "--root", str(root))
     assert res.returncode == 11 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "holds the live links of this root served from disk" in res.stderr
-    assert f"`rm -r {root / 'sw'}`" in res.stderr and "`swstack restore`" in res.stderr
+    assert f"`rm -r {root / 'sw'}`" in res.stderr and f"`swstack restore --root {root}`" in res.stderr
     assert not (root / "sw.tmpfs").exists()  # the refusal changed nothing
     assert sw("active", "--root", str(root)).returncode == 0
     # The steps it names.

@@ -65,7 +65,8 @@ def test_restore_repairs_a_copy_whose_bytes_changed_with_size_and_mtime_kept(tmp
     verified = sw(root, "active", "--verify", "--verbose", check=1)
     assert SHARED in verified.stdout  # by content it is not
     # restore copies the persistent tree: the hint says so, and what to do when that tree changed
-    assert ("py3: ramdisk copy missing or different from the persistent tree; `swstack restore` loads that "
+    assert (f"py3: ramdisk copy missing or different from the persistent tree; `swstack restore --root {root}` "
+            "loads that "
             "tree again (if the persistent tree is what changed, activate the artifact again instead)"
             ) in verified.stderr  # fmt: skip
     res = sw(root, "restore")

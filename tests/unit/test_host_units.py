@@ -781,3 +781,13 @@ def test_a_write_the_host_refuses_is_not_blamed_on_the_artifact(
     assert f"Read-only file system: '{refused}'; nothing live changed" in message
     assert "not the artifact" in message and "rebuild" not in message
     assert _open_under(tmp_path) == []
+
+
+def test_a_hint_names_the_root_unless_it_is_the_default() -> None:
+    """A command a message tells the user to run carries ``--root`` on any root but the production one:
+    pasted on a test or staging root as printed, it must not act on /data0."""
+    from swstack.host.layout import Layout, command
+
+    assert Layout(Path("/data0")).command("restore") == "`swstack restore`"
+    assert Layout(Path("/srv/stage")).command("set-version 2.0") == "`swstack set-version 2.0 --root /srv/stage`"
+    assert command("/tmp/a root", "init") == "`swstack init --root '/tmp/a root'`"

@@ -201,7 +201,7 @@ def require_root(layout: Layout) -> None:
         if layout.root.exists():
             raise ActivateError(f"{layout.root}: not a directory; pass --root the directory holding sw.<version>")
         raise ActivateError(
-            f"{layout.root}: root directory missing; create it with `swstack init --root {layout.root}`, "
+            f"{layout.root}: root directory missing; create it with {layout.command('init')}, "
             f"or pass --root the directory holding sw.<version>"
         )
 
@@ -213,8 +213,8 @@ def ramdisk_gone(layout: Layout) -> str | None:
         return None
     return (
         f"{layout.sw} -> {os.readlink(layout.sw)}, but {layout.tmpfs} is missing (the ramdisk's directory "
-        f"was removed); run `swstack init --root {layout.root}` to create it (and mount the ramdisk), "
-        f"then `swstack restore --root {layout.root}`"
+        f"was removed); run {layout.command('init')} to create it (and mount the ramdisk), "
+        f"then {layout.command('restore')}"
     )
 
 
@@ -292,7 +292,7 @@ def stage_tree(layout: Layout, plan: StackPlan) -> str | None:
         log.step(f"{t.stack} {t.version}: verifying and extracting {art.tarball.name}")
         previous = previous_on_disk(layout, t, art.manifest.owner)
         segments = chunk_plan(art, previous, mirror.previous if mirror is not None else None)
-        result = extract(art.tarball, staging, expected, previous, mirror, segments)
+        result = extract(art.tarball, staging, expected, previous, mirror, segments, layout.command("prune --keep N"))
         if result.replayed:
             log.info(
                 f"{t.stack} {t.version}: {result.replayed} of {len(segments or ())} chunks unchanged, "
@@ -485,7 +485,7 @@ def drop_unused_copies(layout: Layout, dry_run: bool = False) -> Dropped:
 
 def _apply(layout: Layout, plans: list[StackPlan], hdd: str | None, sources: dict[str, str]) -> Outcome:
     state = HostState.load(layout)
-    space.check(space_needs(layout, plans))
+    space.check(space_needs(layout, plans), layout)
     moved: dict[str, str | None] = {}
     try:
         for p in plans:
@@ -586,7 +586,9 @@ def _write_state(layout: Layout, state: HostState, switched: list[StackPlan]) ->
             raise
         live = ", ".join(f"{p.target.live_name} {p.target.version}" for p in switched)
         # One command per stack: a bare `set-version V` would also switch V's other stacks.
-        again = " and ".join(f"`swstack set-version {p.target.version} --stack {p.target.stack}`" for p in switched)
+        again = " and ".join(
+            layout.command(f"set-version {p.target.version} --stack {p.target.stack}") for p in switched
+        )
         raise SwstackError(
             f"{layout.state_file}: {exc.strerror or exc}; switched but not recorded: {live} is live, "
             f"the record (what restore and a reboot bring back) is unchanged; free the disk, then "
@@ -724,10 +726,16 @@ def activate(
         plans = [plan_stack(layout, state, t) for t in targets.values()]
         hdd = plans[-1].target.version
         return _apply(
-            layout, plans, hdd, {t.stack: t.artifact.source for t in targets.values() if t.artifact}
+            layout, plans, hdd, {t.stack: recorded_source(t.artifact.source) for t in targets.values() if t.artifact}
         )
 
     return _run_locked(root, wait, body)
+
+
+def recorded_source(given: str) -> str:
+    """A source as ``state.json`` keeps it: a path made absolute (relative to where the command ran,
+    it would mean nothing to the next reader), a URL or OCI reference as given."""
+    return os.path.abspath(given) if source.kind_of(given) == "path" else given
 
 
 def _empty_downloads(layout: Layout) -> None:

@@ -1081,6 +1081,7 @@ def extract(
     previous: Previous | None = None,
     mirror: Mirror | None = None,
     segments: list[Segment] | None = None,
+    prune: str = "`swstack prune --keep N`",
 ) -> Extracted:
     """Extract ``tarball`` into the empty directory ``dest``; every byte read is verified before returning.
 
@@ -1089,7 +1090,8 @@ def extract(
     own sha256 and a chunk marked ``replay`` is not read: its members are linked from
     ``previous``. With ``previous``, a file whose content and mode the live tree already
     has is hardlinked to it instead of written. With ``mirror``, the same tree is written
-    into ``mirror.root`` too (the ramdisk), in the same pass.
+    into ``mirror.root`` too (the ramdisk), in the same pass. ``prune``: the command a full disk's
+    message names (with the host's ``--root``).
     """
     tree = _Tree(max_member=max(expected.tree_size or 0, _MIN_MEMBER_LIMIT))
     size = tarball.stat().st_size
@@ -1133,7 +1135,7 @@ def extract(
             ) from failure
         raise ActivateError(
             f"extracting {tarball.name} into {dest.parent} failed: {failure.strerror}; "
-            f"nothing live changed; free disk space (`swstack prune --keep N`)"
+            f"nothing live changed; free disk space ({prune})"
         ) from failure
     if isinstance(failure, OSError) and (read_failed or failure.errno in _HOST_ERRORS):
         doing = f"reading {tarball}" if read_failed else f"extracting {tarball.name}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import log
 from ..errors import ActivateError
 from . import switch
-from .layout import Layout
+from .layout import Layout, command
 
 _SIZE_RE = re.compile(r"^[1-9][0-9]*[kKmMgGtT%]?$")
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -109,7 +109,7 @@ def mount_at(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> Moun
 
 def _ensure_dir(path: Path, changes: list[str]) -> None:
     if path.is_symlink() and not path.is_dir():
-        raise ActivateError(f"{path} is a dangling link; remove it and run `swstack init` again")
+        raise ActivateError(f"{path} is a dangling link; remove it and run {command(path.parent, 'init')} again")
     if not path.is_dir():
         if path.exists():
             raise ActivateError(f"{path} exists and is not a directory; move it aside and run again")
@@ -161,11 +161,12 @@ def check_sw_linkable(layout: Layout) -> None:
             raise ActivateError(
                 f"{sw} holds the live links of this root served from disk (it was activated before "
                 f"`swstack init`); to serve it from the ramdisk, run `rm -r {sw}` (links only) and "
-                f"`swstack init`, then `swstack restore` loads the live versions (they are not live in between)"
+                f"{layout.command('init')}, then {layout.command('restore')} loads the live versions "
+                f"(they are not live in between)"
             )
         if entries:
             raise ActivateError(f"{sw} is a real directory; move its trees into {layout.root}/sw.<version>/ "
-                                f"and run `swstack init` again (production links sw -> sw.tmpfs)")
+                                f"and run {layout.command('init')} again (production links sw -> sw.tmpfs)")
     elif sw.exists():
         raise ActivateError(f"{sw} exists and is not a directory; move it aside and run again")
 
@@ -210,7 +211,7 @@ def init(root: Path, ramdisk_size: str = "32G", mountinfo: Path = Path("/proc/se
         for path in (root, layout.tmpfs, layout.private):
             _ensure_owner(path, changes)
     else:
-        log.warn("not root: the layout keeps its current owners (run `swstack init` as root to set them)")
+        log.warn(f"not root: the layout keeps its current owners (run {layout.command('init')} as root to set them)")
     mount = mount_at(layout.tmpfs, mountinfo)
     mounted = mount is not None and mount.fstype == "tmpfs"
     line = fstab_line(layout.tmpfs, ramdisk_size)

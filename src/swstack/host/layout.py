@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import paths
 from ..errors import ActivateError
 from ..manifest import IN_TREE_PATH, RESERVED_VERSIONS, Manifest
 
@@ -76,9 +78,20 @@ def tree_manifest(tree: Path) -> Manifest | None:
         return None
 
 
+def command(root: Path | str, text: str) -> str:
+    """``swstack <text>`` as a hint to type, naming ``--root`` unless it is the default: a hint
+    pasted on a test or staging root must not act on the production one."""
+    extra = "" if str(root) == paths.ROOT else f" --root {shlex.quote(str(root))}"
+    return f"`swstack {text}{extra}`"
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path
+
+    def command(self, text: str) -> str:
+        """``swstack <text>`` for this root (``command``)."""
+        return command(self.root, text)
 
     @property
     def sw(self) -> Path:
@@ -321,7 +334,7 @@ class HostState:
         except (OSError, ValueError) as exc:
             raise ActivateError(
                 f"{layout.state_file}: unreadable ({exc}); move it aside and run "
-                f"`swstack set-version` to record the active versions again"
+                f"{layout.command('set-version')} to record the active versions again"
             ) from exc
         try:
             state = cls(_stack_states(raw))
@@ -329,7 +342,7 @@ class HostState:
         except ActivateError as exc:
             raise ActivateError(
                 f"{layout.state_file}: not a swstack state file ({exc}); move it aside and run "
-                f"`swstack set-version` to record the active versions again"
+                f"{layout.command('set-version')} to record the active versions again"
             ) from exc
         return state
 

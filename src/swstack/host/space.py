@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import log
 from ..errors import ActivateError
 from ..log import human_bytes
+
+if TYPE_CHECKING:
+    from .layout import Layout
 
 # Files occupy whole blocks; half a block per file on average is what trees of
 # conda packages show, plus one block per directory entry for metadata.
@@ -36,7 +40,7 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def check(needs: list[SpaceNeed]) -> None:
+def check(needs: list[SpaceNeed], layout: Layout) -> None:
     """Raise before anything is written if any filesystem lacks room (needs on one fs add up)."""
     by_fs: dict[int, list[SpaceNeed]] = {}
     for n in needs:
@@ -52,7 +56,7 @@ def check(needs: list[SpaceNeed]) -> None:
         if least > have:
             raise ActivateError(
                 f"not enough space on the {names} ({group[0].path}): need {human_bytes(least)}, "
-                f"have {human_bytes(have)}; {_remedy({n.what for n in group})}"
+                f"have {human_bytes(have)}; {_remedy({n.what for n in group}, layout)}"
             )
         if total > have:
             # Files shared with the live version take no space; how many are is known only
@@ -63,10 +67,10 @@ def check(needs: list[SpaceNeed]) -> None:
             )
 
 
-def _remedy(what: set[str]) -> str:
+def _remedy(what: set[str], layout: Layout) -> str:
     """What frees room: prune removes old versions from the disk, but on the ramdisk only copies
     that are neither live nor in use, so a ramdisk holding the live versions must grow."""
     if what == {"ramdisk"}:
-        return ("grow the ramdisk (`mount -o remount,size=...`, and size= in its fstab line); `swstack prune` "
-                "frees only copies that are neither live nor in use")
-    return "free space (`swstack prune --keep N`) or grow it"
+        return (f"grow the ramdisk (`mount -o remount,size=...`, and size= in its fstab line); "
+                f"{layout.command('prune')} frees only copies that are neither live nor in use")
+    return f"free space ({layout.command('prune --keep N')}) or grow it"
