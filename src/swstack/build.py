@@ -348,14 +348,19 @@ def make_artifacts_dir(path: Path) -> None:
 def own_errors(plan: BuildPlan) -> Iterator[None]:
     """A step that failed with its own error (install's ``BuildError``, pack's ``PackError``: its
     exit code, its last line ``error: ...``) fails the build with that line and that code, paths
-    named as on this machine; the tail of its output, already streamed above, is not repeated."""
+    (the artifacts and kernel spec directories) named as on this machine; the tail of its output,
+    already streamed above, is not repeated."""
     try:
         yield
     except StepFailed as exc:
         own = {BuildError.exit_code: BuildError, PackError.exit_code: PackError}.get(exc.code)
         if own is None or not exc.last_line.startswith("error: "):
             raise  # a crash or a sandbox failure: the tail is what there is to read
-        raise own(exc.last_line.removeprefix("error: ").replace(ARTIFACTS, str(plan.artifacts))) from None
+        message = exc.last_line.removeprefix("error: ").replace(ARTIFACTS, str(plan.artifacts))
+        for mount in plan.mounts:  # a kernel spec directory, as the stack file names it
+            if mount.target.startswith(KERNEL_SPECS + "/"):
+                message = message.replace(mount.target + "/", f"{mount.source}/")
+        raise own(message) from None
 
 
 def install_in_sandbox(plan: BuildPlan, sandbox: Sandbox) -> None:

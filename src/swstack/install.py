@@ -372,16 +372,18 @@ def write_launcher(prefix: Path) -> None:
     path.chmod(0o755)
 
 
-def check_kernel_program(name: str, argv: list[str], prefix: str) -> None:
-    """A ``[[kernels]]`` entry must start a program the tree has: one that names a path in the
-    prefix that was not installed would only fail when a user opens the kernel."""
+def check_kernel_program(name: str, argv: list[str], prefix: str, spec_file: Path | None = None) -> None:
+    """A ``[[kernels]]`` entry (or a ``kernel_spec_dirs`` spec, ``spec_file``) must start a program the
+    tree has: one that names a path in the prefix that was not installed would only fail when a user
+    opens the kernel."""
     program = argv[0] if argv else ""
     if program.startswith(prefix.rstrip("/") + "/"):
         if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            where, fix = ((f" ({spec_file})", "the argv in that kernel.json") if spec_file
+                          else ("", "the kernel's argv in [[kernels]]"))
             raise BuildError(
-                f"kernel {name!r}: its argv starts {program}, which the installed tree does not have (or may "
-                f"not run); add the package that provides it to the stack's dependencies, or fix the "
-                f"kernel's argv in [[kernels]]"
+                f"kernel {name!r}{where}: its argv starts {program}, which the installed tree does not have (or may "
+                f"not run); add the package that provides it to the stack's dependencies, or fix {fix}"
             )
     elif "/" not in program and shutil.which(program, path=os.path.join(prefix, "bin")) is None:
         log.warn(f"kernel {name!r}: {program!r} is not in {prefix}/bin; it is looked up on the user's PATH "
@@ -423,6 +425,10 @@ def install_kernels(plan: InstallPlan) -> list[str]:
         shutil.copytree(spec_file.parent, target)
         if _start_through_launcher(target / "kernel.json", plan.prefix, launcher):
             log.info(f"kernel {target.name} (from {spec_file.parent}): starts this tree's python through {LAUNCHER}")
+        kept = json.loads((target / "kernel.json").read_text())  # as rewritten: the launcher is the tree's
+        kept_argv = kept.get("argv") if isinstance(kept, dict) else None
+        if isinstance(kept_argv, list) and all(isinstance(a, str) for a in kept_argv):
+            check_kernel_program(target.name, kept_argv, plan.prefix, spec_file)
         names.append(spec_file.parent.name)
     names += _packages_kernels(kernels_dir, set(names), plan.prefix, launcher)
     return sorted(names)

@@ -401,6 +401,23 @@ def test_a_step_s_own_error_fails_the_build_in_its_one_line_with_its_code(projec
         box.run([*box.python(), "-c", "raise RuntimeError('a bug')"], mounts=[], network=False)
 
 
+def test_a_step_s_error_names_a_kernel_spec_directory_as_the_stack_file_does(project: Path, site: Site) -> None:
+    """install's error about a kept kernel spec names the file in the stack's repository, not the
+    sandbox's mount point of its directory."""
+    from swstack.build import own_errors
+    from swstack.sandbox import NamespaceSandbox
+
+    (project / "kernel-specs").mkdir()
+    path = project / "stacks/demo.toml"
+    path.write_text(STACK.replace("[dependencies]", 'kernel_spec_dirs = ["../kernel-specs"]\n\n[dependencies]'))
+    plan = plan_build(load_stack(path), site, project, today=TODAY)
+    box = NamespaceSandbox()
+    said = f"print('error: kernel ir ({KERNEL_SPECS}/0/ir/kernel.json): no R'); raise SystemExit(7)"
+    with pytest.raises(BuildError) as caught, own_errors(plan):
+        box.run([*box.python(), "-c", said], mounts=[], network=False)
+    assert str(caught.value) == f"kernel ir ({project / 'kernel-specs'}/ir/kernel.json): no R"
+
+
 def _current_unattested_artifact(project: Path, site: Site, lts: Stack) -> Path:
     """demo 9.9 as its build packs it from the current lockfile and stack file, before attesting."""
     from tests.support.host import make_artifact

@@ -239,3 +239,29 @@ def test_a_refused_fetch_leaves_nothing_in_the_package_cache(tmp_path: Path) -> 
     with pytest.raises(BuildError, match="has sha256 .* the lockfile says 0000"):
         _fetch(item, cache)
     assert [p.name for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_a_kept_kernel_spec_whose_program_the_tree_lacks_fails_the_build(tmp_path: Path) -> None:
+    """A kernel_spec_dirs spec naming ``<prefix>/bin/R`` with no R package would only fail when a user
+    opens it: found at the build, as for a [[kernels]] entry, naming the spec file."""
+    import json
+
+    from swstack.install import install_kernels
+
+    plan = _tree(tmp_path, {})
+    specs = tmp_path / "specs"
+    (specs / "ir").mkdir(parents=True)
+    spec = {"argv": [f"{plan.prefix}/bin/R", "--slave", "-f", "{connection_file}"], "display_name": "R"}
+    (specs / "ir" / "kernel.json").write_text(json.dumps(spec))
+    plan = replace(plan, kernel_spec_dirs=[str(specs)])
+    with pytest.raises(BuildError) as caught:
+        install_kernels(plan)
+    assert str(caught.value) == (
+        f"kernel 'ir' ({specs / 'ir' / 'kernel.json'}): its argv starts {plan.prefix}/bin/R, which the installed "
+        "tree does not have (or may not run); add the package that provides it to the stack's dependencies, or "
+        "fix the argv in that kernel.json"
+    )
+    r = Path(plan.prefix) / "bin" / "R"
+    r.write_text("#!/bin/sh\n")
+    r.chmod(0o755)
+    assert install_kernels(plan) == ["ir"]
