@@ -216,6 +216,40 @@ def test_layers_are_deterministic_and_carry_their_parents(artifact: Path, tmp_pa
     assert {m[2] for m in members} == {manifest.source_date_epoch}
 
 
+def test_layers_interrupted_mid_write_leave_no_blob_and_nothing_for_the_collector_to_fail_on(
+    artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the build makes the image: the partial blobs go, and their tar and gzip streams,
+    once collected, must not write into the closed files (an 'Exception ignored ... write to closed
+    file' traceback each, dozens after the one line saying the build was interrupted)."""
+    import gc
+    import sys
+
+    from swstack.image import writer
+
+    manifest = _manifest(artifact)
+    tarball = artifact / manifest.tarball.name  # type: ignore[union-attr]
+    index = index_tarball(tarball, manifest)
+    layers = plan_layers(manifest, index.entries, index.files, 12)
+    added = writer.LayerWriter.add
+    calls = []
+
+    def add(self: writer.LayerWriter, *args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 20:  # the fault: Ctrl-C half-way through
+            raise KeyboardInterrupt
+        added(self, *args)
+
+    monkeypatch.setattr(writer.LayerWriter, "add", add)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(KeyboardInterrupt):
+        write_env_layers(tarball, layers, manifest.prefix, manifest.source_date_epoch, tmp_path)
+    gc.collect()
+    assert [str(u.exc_value) for u in unraisable] == []
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("text", ["{", "[]", '{"layout": "x"}', '{"layout": "x", "tags": [], "layers": [1]}'])
 def test_a_damaged_image_json_is_one_line_saying_to_make_the_image_again(tmp_path: Path, text: str) -> None:
     from swstack.errors import PushError

@@ -76,8 +76,13 @@ class LayerWriter:
         return self._compressed.digest, self._plain.digest, self._compressed.size
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self._file.close()
+        """Drop the blob. The tar and gzip streams are closed here, writing nowhere: left open, each
+        writes its last bytes into the closed file when collected, and fails (a Ctrl-C would end in
+        a traceback per layer)."""
+        self._compressed.sink = None
+        for stream in (self._tar, self._gzip, self._file):
+            with contextlib.suppress(Exception):
+                stream.close()
 
 
 def write_env_layers(
