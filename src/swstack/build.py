@@ -471,6 +471,19 @@ def drop_unfinished(artifact_dir: Path) -> None:
         log.info(f"removed the unfinished {artifact_dir}")
 
 
+def drop_unattested(artifact_dir: Path) -> None:
+    """Remove an artifact directory whose attesting was stopped (Ctrl-C, a failure): its manifest.json,
+    which attesting rewrites last, lists no SBOM or provenance yet, and image, push and publish would
+    take the directory for an artifact all the same."""
+    try:
+        listed = artifact.load_manifest(artifact_dir / artifact.MANIFEST_NAME).attestations
+    except artifact.ArtifactError:
+        listed = ()
+    if artifact_dir.is_dir() and not listed:
+        shutil.rmtree(artifact_dir, ignore_errors=True)
+        log.info(f"removed the unfinished {artifact_dir}")
+
+
 def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = None,
               sandbox: Sandbox | None = None, relock: bool = True) -> BuildResult:
     """Lock if stale, install in a sandbox, audit, pack. Returns the artifact's manifest."""
@@ -497,7 +510,11 @@ def run_build(stack: Stack, site: Site, project: Path, *, version: str | None = 
         except BaseException:
             drop_unfinished(plan.artifact_dir)
             raise
-    manifest = attest_artifact(plan.artifact_dir, **builder_identity(sandbox))
+    try:
+        manifest = attest_artifact(plan.artifact_dir, **builder_identity(sandbox))
+    except BaseException:
+        drop_unattested(plan.artifact_dir)
+        raise
     seconds = time.monotonic() - started
     log.info(f"built {manifest.stack_id} {manifest.version} in {seconds:.0f}s -> {plan.artifact_dir}")
     return BuildResult(manifest, plan.artifact_dir, seconds)

@@ -275,3 +275,29 @@ def test_a_package_that_does_not_byte_compile_fails_the_build_naming_the_file(of
     assert "/data0/sw/broken/lib/python3.11/site-packages/brokenpkg/oops.py:1: SyntaxError" in message
     assert "failed for 1 file(s)" in message
     assert not (tmp_path / "artifacts" / "broken" / "1" / "manifest.json").exists()
+
+
+def test_a_build_stopped_while_attesting_leaves_no_artifact_and_the_next_one_builds(
+    offline_site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after packing, while the SBOM is made: the version directory holds a tarball and a
+    manifest.json listing no SBOM or provenance, which `doit image` / `publish version=` would take
+    for an artifact. It goes, as when packing is stopped; the same command then builds it."""
+    from swstack import attest
+
+    project = _small_project(tmp_path, None)
+    shutil.rmtree(project / "kernel-specs" / "planted")
+    site = replace(offline_site, artifacts=tmp_path / "artifacts")
+    stack = load_stack(project / "stacks/tools.toml")
+    lock(stack, site, project)
+
+    def interrupted(tarball: Path) -> dict[tuple[str, str], str]:
+        raise KeyboardInterrupt  # the fault: Ctrl-C while the SBOM reads the tarball
+
+    with monkeypatch.context() as patched:
+        patched.setattr(attest, "read_licences", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_build(stack, site, project, version="1", sandbox=NamespaceSandbox())
+    assert not (site.artifacts / "tools" / "1").exists()
+    result = run_build(stack, site, project, version="1", sandbox=NamespaceSandbox())
+    assert [a.name for a in result.manifest.attestations] == ["sbom.cdx.json", "provenance.intoto.json"]
