@@ -261,7 +261,7 @@ def plan_build(stack: Stack, site: Site, project: Path, *, version: str | None =
         kernels=[KernelItem(k.name, k.display_name, k.language, list(k.argv), dict(k.env), k.interrupt_mode)
                  for k in stack.kernels],
         kernel_spec_dirs=spec_dirs,
-        owner=stack.owner.spec if stack.owner else None,
+        owner=numeric_owner(stack) if stack.owner else None,
         package_cache=str(package_cache),
         extensions=list(stack.jupyterlab.extensions),
     )
@@ -391,8 +391,8 @@ def pack_in_sandbox(plan: BuildPlan, sandbox: Sandbox, kernels: list[str], proje
             "--quiet"]
     if stack.pack.level:
         argv += ["--level", str(stack.pack.level)]
-    if stack.owner:
-        argv += ["--owner", _numeric_owner(stack.owner.spec)]
+    if plan.install.owner:
+        argv += ["--owner", plan.install.owner]
     for tool in _tools():
         argv += ["--tool", tool]
     for kernel in kernels:
@@ -405,15 +405,28 @@ def pack_in_sandbox(plan: BuildPlan, sandbox: Sandbox, kernels: list[str], proje
     return Manifest.load(manifest_path)
 
 
-def _numeric_owner(spec: str) -> str:
-    """Tar headers carry numbers: resolve 'user:group' names on the build machine."""
+def numeric_owner(stack: Stack) -> str:
+    """The stack's ``owner`` as ``uid:gid``, its names resolved on the build machine: tar headers carry
+    numbers, and the sandbox (a container has its own user database) chowns by them. A name this
+    machine does not know fails here, in one line, before anything is installed."""
     import grp
     import pwd
 
-    user, _, group = spec.partition(":")
-    uid = user if user.isdigit() else str(pwd.getpwnam(user).pw_uid)
-    gid = group if group.isdigit() else str(grp.getgrnam(group).gr_gid)
-    return f"{uid}:{gid}"
+    assert stack.owner is not None
+    ids = []
+    for kind, name, lookup in (("user", stack.owner.user, pwd.getpwnam), ("group", stack.owner.group, grp.getgrnam)):
+        if name.isdigit():
+            ids.append(name)
+            continue
+        try:
+            entry = lookup(name)
+        except KeyError:
+            raise BuildError(
+                f"{stack.where(('owner',))}: owner: no {kind} {name!r} on this machine, which builds the tree "
+                f"and writes its owner as numbers; create the {kind} here, or give numeric ids (owner = \"899:899\")"
+            ) from None
+        ids.append(str(entry.pw_uid if isinstance(entry, pwd.struct_passwd) else entry.gr_gid))
+    return ":".join(ids)
 
 
 def installed_kernels(host_prefix: Path) -> list[str]:

@@ -534,6 +534,17 @@ class Stack:
     def is_default_variant(self) -> bool:
         return self.variant == self.default_variant
 
+    def where(self, key: KeyPath) -> str:
+        """``file:line`` of ``key`` as the stack takes it (its own file first, then those it extends)."""
+        for path in self.sources:
+            try:
+                line = index_lines(path.read_text(encoding="utf-8")).get(key)
+            except (OSError, ValueError):
+                continue
+            if line is not None:
+                return f"{path}:{line}"
+        return str(self.source or self.name)
+
     def doit_command(self, task: str, version: str | None = None) -> str:
         """The ``doit`` command line of ``task`` for this stack, to quote in a message."""
         words = ["doit", task, f"stack={self.name}"]

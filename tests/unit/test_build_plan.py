@@ -178,6 +178,28 @@ def test_kernel_spec_dirs_are_mounted_read_only_and_must_exist(project: Path, si
         plan_build(stack, site, project, today=TODAY)
 
 
+def test_an_owner_is_resolved_to_numbers_on_the_build_machine_or_refused_at_its_line(
+    project: Path, site: Site
+) -> None:
+    """The sandbox chowns the tree (a container by its own user database) and the tarball carries
+    numbers: names are this machine's, and one it does not know is said before anything is installed,
+    not as a multi-line failure of the install step (exit 6)."""
+    import grp
+    import pwd
+
+    path = project / "stacks/demo.toml"
+    root = (pwd.getpwuid(0).pw_name, grp.getgrgid(0).gr_name)
+    path.write_text(STACK.replace("[dependencies]", f'owner = "{root[0]}:{root[1]}"\n\n[dependencies]'))
+    assert plan_build(load_stack(path), site, project, today=TODAY).install.owner == "0:0"
+    path.write_text(STACK.replace("[dependencies]", 'owner = "899:no-such-group-here"\n\n[dependencies]'))
+    with pytest.raises(BuildError) as caught:
+        plan_build(load_stack(path), site, project, today=TODAY)
+    assert str(caught.value) == (
+        f"{path}:5: owner: no group 'no-such-group-here' on this machine, which builds the tree and writes its "
+        'owner as numbers; create the group here, or give numeric ids (owner = "899:899")'
+    )
+
+
 def test_a_platform_the_stack_does_not_list_is_refused(project: Path, site: Site) -> None:
     with pytest.raises(BuildError, match=r"demo.toml: stack demo does not list platform linux-aarch64"):
         plan_build(load_stack(project / "stacks/demo.toml"), site, project, platform="linux-aarch64", today=TODAY)

@@ -14,7 +14,6 @@ from ..fsutil import atomic_dir, atomic_write_text
 from ..oci import CREATED, VERSION, RetryPolicy, canonical_json, digest_of
 from ..site import Site
 from ..spec import Stack
-from ..tomlloc import index_lines
 from .plan import (
     IMAGE_DIR,
     IMAGE_JSON,
@@ -68,14 +67,7 @@ def _line_of_base(stack: Stack) -> str:
 
 def _line_of(stack: Stack, key: tuple[str, ...]) -> str:
     """``file:line`` of ``key`` as the stack takes it (its own file first, then those it extends)."""
-    for path in stack.sources:
-        try:
-            line = index_lines(path.read_text(encoding="utf-8")).get(key)
-        except (OSError, ValueError):
-            continue
-        if line is not None:
-            return f"{path}:{line}"
-    return str(stack.source or stack.name)
+    return stack.where(key)
 
 
 def check_command(
