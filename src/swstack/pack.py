@@ -85,6 +85,10 @@ CHUNK_MASK = (1 << 7) - 1
 # Members that change in every version (the in-tree manifest holds the version,
 # conda-unpack the file list): alone in their chunks, so they never drag neighbours along.
 SOLO_MEMBERS = frozenset({IN_TREE_PATH, "bin/conda-unpack"})
+# The largest time a tar header holds without a PAX record (year 2242).
+MAX_EPOCH = 8**11 - 1
+# The largest user or group id: (uid_t)-1 means "no owner" to chown, and tar refuses more.
+MAX_ID = 2**32 - 2
 _TYPEFLAGS: dict[str, bytes] = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
 
 
@@ -116,7 +120,18 @@ class PackOptions:
         return self.level
 
     def resolved_threads(self) -> int:
+        if self.threads < 0:
+            raise PackError(f"threads {self.threads}: give a number of threads, or 0 for every core")
         return self.threads if self.threads > 0 else (os.cpu_count() or 1)
+
+    def check_source_date_epoch(self) -> None:
+        """Every mtime is at most the epoch and conda-pack's files are dated at it: it must fit a
+        tar header (no PAX ``mtime`` record) and be a time (the manifests carry it as a date)."""
+        if not 0 <= self.source_date_epoch <= MAX_EPOCH:
+            raise PackError(
+                f"source date epoch {self.source_date_epoch}: give epoch seconds from 0 to {MAX_EPOCH}, "
+                "the lock time (e.g. 1767225600)"
+            )
 
 
 @dataclass(frozen=True)
@@ -192,7 +207,10 @@ def parse_owner(owner: str | None) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+):(\d+)", owner)
     if not m:
         raise PackError(f"owner {owner!r}: expected 'uid:gid' with numbers, e.g. '899:899'")
-    return int(m.group(1)), int(m.group(2))
+    uid, gid = int(m.group(1)), int(m.group(2))
+    if max(uid, gid) > MAX_ID:
+        raise PackError(f"owner {owner!r}: user and group ids go from 0 to {MAX_ID}")
+    return uid, gid
 
 
 def normal_mode(kind: EntryKind, mode: int) -> int:
@@ -549,15 +567,26 @@ def _scan_prefix(
                 packer.finish()
     except CondaPackException as exc:
         hint = (
-            "\nPack where the prefix was built, with its package cache mounted at the same path."
+            "; pack where the prefix was built, with its package cache mounted at the same path"
             if "cache" in str(exc).lower()
             else ""
         )
-        raise PackError(f"conda-pack cannot pack {prefix}: {str(exc).strip()}{hint}") from exc
+        raise PackError(f"conda-pack cannot pack {prefix}: {one_line(str(exc))}{hint}") from exc
     for w in caught:
         log.warn(str(w.message).strip())
     # The Packer's records come after the plain files: its generated files win a name clash.
     return plain, [normalised(e, source_date_epoch) for e in archive.entries]
+
+
+def one_line(text: str) -> str:
+    """conda-pack's message (paragraphs, a list of packages) on one line: an error is one line,
+    and the build reports pack's by its last line (``build.own_errors``)."""
+    out, in_list = "", False
+    for line in filter(None, (" ".join(line.split()) for line in text.splitlines())):
+        item = line.startswith("- ")
+        out += ("; " if item and in_list else ". " if in_list else " ") + line.removeprefix("- ")
+        in_list = item
+    return out.strip()
 
 
 def _is_package_record(target: str) -> bool:
@@ -1267,7 +1296,9 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
     if not (prefix / "conda-meta").is_dir():
         raise PackError(f"{prefix}: not a conda environment (no conda-meta/); build it first")
     uid, gid = parse_owner(options.owner)
-    options.resolved_level()  # a bad level fails here, before anything is written
+    options.resolved_level()  # a bad level, thread count or epoch fails here, before anything is written
+    options.resolved_threads()
+    options.check_source_date_epoch()
     if info.version is not None:
         check_version(info.version, PackError)  # it names the directory and files written under out_dir
     if info.build_time is not None:
@@ -1358,12 +1389,26 @@ def _pack_recorded(
     )
     manifest_path = version_dir / MANIFEST_NAME
     _claim_version_dir(manifest_path, options.overwrite)
-    written = _write_tarball(tarball, entries, options, uid, gid, compressor, guessed)
-
     checksum = tarball.with_name(tarball.name + ".sha256")
-    _write_beside(checksum, checksum_line(written.sha256, tarball.name))
-    manifest = replace(manifest, tarball=written)
-    _write_beside(manifest_path, manifest.to_json())  # last: its presence means complete
+    made_dir = not version_dir.exists()
+    done: list[Path] = []  # what this run put under a final name
+    try:
+        written = _write_tarball(tarball, entries, options, uid, gid, compressor, guessed)
+        done.append(tarball)
+        _write_beside(checksum, checksum_line(written.sha256, tarball.name))
+        done.append(checksum)
+        manifest = replace(manifest, tarball=written)
+        _write_beside(manifest_path, manifest.to_json())  # last: its presence means complete
+    except BaseException:
+        # No tarball without its manifest (a full disk stays full of it, and a next run of the
+        # default version writes the next one beside it): what this run wrote goes.
+        for path in done:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if made_dir:
+            with contextlib.suppress(OSError):
+                version_dir.rmdir()
+        raise
     seconds = time.monotonic() - started
     log.info(
         # Relative to --out: inside a build's sandbox that is a mount point, not a path the user has.
@@ -1442,34 +1487,40 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m swstack.pack",
         description="Pack an installed prefix into a reproducible tarball, its .sha256 and manifest.json.",
+        epilog="Writes <stack_id>/<version>/ under --out; manifest.json last, so a directory without it is "
+        "unfinished. Exit codes: 0 packed, 2 a command line it cannot read, 8 a pack error (one line saying "
+        "what to do; nothing of this run is left under a final name). See docs/pack.md.",
     )
     p.add_argument("--prefix", required=True, type=Path, help="the installed environment, at its real path")
     p.add_argument(
         "--out", required=True, type=Path, help="artifacts root; writes <stack_id>/<version>/ in it"
     )
-    p.add_argument("--stack", required=True)
-    p.add_argument("--variant", default="default")
+    p.add_argument("--stack", required=True, help="the stack's name (the artifact's, for the default variant)")
+    p.add_argument("--variant", default="default", help="the variant packed (default: default)")
     p.add_argument(
         "--default-variant", default="default", help="the stack file's default variant (named by the bare stack)"
     )
     p.add_argument("--version", help="default: YYYY.MM.DD, then YYYY.MM.DD.N for further builds that day")
     p.add_argument("--platform", help="default: the subdir of the installed packages")
-    p.add_argument("--format", choices=("tar.zst", "tar.gz"), default="tar.zst")
+    p.add_argument("--format", choices=("tar.zst", "tar.gz"), default="tar.zst",
+                   help="tar.zst (default: chunked, listed in the manifest) or tar.gz")
     p.add_argument(
         "--level", type=int, help=f"default: {DEFAULT_ZSTD_LEVEL} (zstd), {DEFAULT_GZIP_LEVEL} (gzip)"
     )
     p.add_argument("--threads", type=int, default=0, help="zstd threads; 0 (default): every core")
-    p.add_argument("--source-date-epoch", type=int, default=None, help="default: $SOURCE_DATE_EPOCH")
+    p.add_argument("--source-date-epoch", type=int, default=None,
+                   help="the lock time in epoch seconds, the newest mtime packed; default: $SOURCE_DATE_EPOCH")
     p.add_argument("--owner", help="'uid:gid' for every entry (default 0:0)")
-    p.add_argument("--lockfile-sha256", default="")
-    p.add_argument("--stackfile-sha256", default="")
-    p.add_argument("--git-commit", default="")
+    p.add_argument("--lockfile-sha256", default="", help="recorded in the manifest")
+    p.add_argument("--stackfile-sha256", default="", help="recorded in the manifest")
+    p.add_argument("--git-commit", default="", help="recorded in the manifest")
     p.add_argument("--build-time", help="ISO 8601 UTC; default: when the prefix was installed")
     p.add_argument("--tool", action="append", default=[], metavar="NAME=VERSION",
                    help="a tool that made the prefix, recorded in the manifest (repeatable)")
-    p.add_argument("--kernel", action="append", default=[])
+    p.add_argument("--kernel", action="append", default=[],
+                   help="a kernel spec's name, recorded in the manifest (repeatable)")
     p.add_argument("--pip-locks", type=Path, help='JSON {"name": {"url": ..., "sha256": ..., "size": ...}}')
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished artifact of the same version")
     p.add_argument(
         "--allow-missing-cache",
         action="store_true",
@@ -1480,7 +1531,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not print the manifest's path on stdout (a caller that mounted --out elsewhere knows it)",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="say more of what it does")
     return p
 
 

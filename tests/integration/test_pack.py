@@ -596,4 +596,82 @@ def test_a_full_disk_is_one_line_saying_to_free_space_and_leaves_no_finished_fil
         pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO)
     message = str(caught.value)
     assert "No space left on device; free space on that file system" in message and "\n" not in message
-    assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("*.partial"))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no tarball without its manifest
+
+
+def _pack_cli(*args: str | Path, cwd: Path | None = None) -> tuple[int, list[str]]:
+    """``python -m swstack.pack`` in a process of its own: its exit code and its stderr's lines
+    but the step and progress lines."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "swstack.pack", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, check=False)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if not line.startswith(("==> ", "packing "))]
+    return done.returncode, lines
+
+
+def test_a_missing_package_cache_is_one_line_the_build_can_report(hello_prefix: Path, tmp_path: Path) -> None:
+    """conda-pack's refusal is paragraphs and a list; the build reports pack's error by its last
+    line, ``error: ...`` (``build.own_errors``), so it must be that one line."""
+    prefix = tmp_path / "copy"
+    shutil.copytree(hello_prefix, prefix, symlinks=True)
+    for record in (prefix / "conda-meta").glob("*.json"):
+        data = json.loads(record.read_text())
+        data["link"]["source"] = str(tmp_path / "gone" / record.stem)
+        record.write_text(json.dumps(data))
+    for fmt in ("tar.zst", "tar.gz"):
+        code, lines = _pack_cli("--prefix", prefix, "--out", tmp_path / "out", "--stack", "hello", "--version", "1",
+                                "--source-date-epoch", SDE, "--format", fmt)  # fmt: skip
+        assert code == PackError.exit_code
+        assert len(lines) == 1 and lines[0].startswith("error: conda-pack cannot pack"), lines
+        assert "hello-bin=" in lines[0] and "hello-data=" in lines[0] and "package cache" in lines[0]
+    assert not (tmp_path / "out").exists() or not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--threads", "-1"], "threads -1"),
+        (["--owner", "1:99999999999999999999"], "user and group ids go from 0 to 4294967294"),
+        (["--owner", "4294967295:0"], "user and group ids"),
+        (["--source-date-epoch", "99999999999999"], "give epoch seconds from 0 to"),
+        (["--source-date-epoch", "-1"], "give epoch seconds from 0 to"),
+    ],
+)
+def test_a_bad_option_is_one_line_and_writes_nothing(
+    hello_prefix: Path, tmp_path: Path, args: list[str], says: str
+) -> None:
+    """Not a traceback (an epoch past year 9999), and not a tarball that tar complains about
+    for every member (an id past 32 bits) or that carries PAX mtime records (a negative epoch)."""
+    code, lines = _pack_cli("--prefix", hello_prefix, "--out", tmp_path, "--stack", "hello", "--version", "1",
+                            "--source-date-epoch", SDE, *args)  # fmt: skip
+    assert code == PackError.exit_code, lines
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def _pack_on_a_small_disk(prefix: Path, size: int) -> tuple[int, list[str], list[str]]:
+    """Pack onto a tmpfs of ``size`` bytes (a private mount, gone after): the exit code, the
+    error lines, and the files left on that disk."""
+    script = ('"$@"; code=$?; cd /mnt && find . -type f | sort; exit $code')
+    argv = ["bwrap", "--dev-bind", "/", "/", "--size", str(size), "--tmpfs", "/mnt", "--", "sh", "-c", script, "sh",
+            sys.executable, "-m", "swstack.pack", "--prefix", str(prefix), "--out", "/mnt/a", "--stack", "hello",
+            "--source-date-epoch", str(SDE), "--quiet"]  # fmt: skip
+    import subprocess
+
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    return done.returncode, errors, done.stdout.split()
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+@pytest.mark.parametrize("fails_at", [".sha256", "manifest.json"])
+def test_a_disk_full_after_the_tarball_leaves_no_tarball(hello_prefix: Path, tmp_path: Path, fails_at: str) -> None:
+    """A real full disk (tmpfs), once the tarball fits: the tarball must not stay behind, taking the
+    space the message asks to free (and a next run of the default version writes another beside it)."""
+    size = pack.pack_prefix(hello_prefix, tmp_path, options=_options(), info=INFO).tarball.stat().st_size
+    pages = -(-size // 4096) + (1 if fails_at == "manifest.json" else 0)  # tmpfs counts whole pages
+    code, errors, left = _pack_on_a_small_disk(hello_prefix, pages * 4096)
+    assert code == PackError.exit_code
+    assert len(errors) == 1 and f"{fails_at} failed" in errors[0] and "No space left on device" in errors[0], errors
+    assert left == []

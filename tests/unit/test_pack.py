@@ -45,6 +45,39 @@ def test_parse_owner() -> None:
     assert pack.parse_owner("899:900") == (899, 900)
     with pytest.raises(PackError, match="uid:gid"):
         pack.parse_owner("antares")
+    assert pack.parse_owner("4294967294:0") == (4294967294, 0)
+    with pytest.raises(PackError, match="ids go from 0 to 4294967294"):
+        pack.parse_owner("0:4294967295")  # (gid_t)-1: no group at all to chown; tar refuses more
+
+
+def test_options_out_of_range_are_refused() -> None:
+    with pytest.raises(PackError, match="threads -1: give a number of threads, or 0 for every core"):
+        pack.PackOptions(SDE, threads=-1).resolved_threads()
+    pack.PackOptions(0).check_source_date_epoch()
+    pack.PackOptions(pack.MAX_EPOCH).check_source_date_epoch()
+    for epoch in (-1, pack.MAX_EPOCH + 1, 10**14):
+        with pytest.raises(PackError, match="give epoch seconds from 0 to 8589934591"):
+            pack.PackOptions(epoch).check_source_date_epoch()
+
+
+def test_conda_packs_refusals_become_one_line() -> None:
+    import conda_pack.core
+
+    uncached = conda_pack.core._uncached_error.format("- a=1   file:///c/a.conda\n- b=2   file:///c/b.conda")
+    assert pack.one_line(uncached) == (
+        "Conda-managed packages were found without entries in the package cache. This is usually due to "
+        "`conda clean -p` being unaware of symlinked or copied packages. Uncached packages: "
+        "a=1 file:///c/a.conda; b=2 file:///c/b.conda"
+    )
+    missing = pack.one_line(conda_pack.core._missing_files_error.format("- a\n- b"))
+    assert "\n" not in missing and "following packages: a; b. This is usually" in missing
+    assert pack.one_line("  one line  ") == "one line"
+
+
+def test_help_explains_every_option_and_the_exit_codes() -> None:
+    parser = pack._parser()
+    assert all(action.help for action in parser._actions)
+    assert parser.epilog is not None and "8 a pack error" in parser.epilog and "2 a command line" in parser.epilog
 
 
 @pytest.mark.parametrize(
