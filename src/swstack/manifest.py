@@ -85,6 +85,10 @@ def stack_id(stack: str, variant: str, default_variant: str) -> str:
     return stack if variant == default_variant else f"{stack}-{variant}"
 
 
+# The largest user or group id an owner may name: (uid_t)-1 means "no owner" to chown, and tar
+# refuses more. The stack file's owner and pack's --owner are held to it.
+MAX_ID = 2**32 - 2
+
 @dataclass(frozen=True)
 class PackageEntry:
     name: str

@@ -53,6 +53,7 @@ from .errors import PackError, SwstackError
 from .fsutil import atomic_output, atomic_write_text
 from .manifest import (
     IN_TREE_PATH,
+    MAX_ID,
     Manifest,
     PackageEntry,
     TarballChunk,
@@ -87,8 +88,6 @@ CHUNK_MASK = (1 << 7) - 1
 SOLO_MEMBERS = frozenset({IN_TREE_PATH, "bin/conda-unpack"})
 # The largest time a tar header holds without a PAX record (year 2242).
 MAX_EPOCH = 8**11 - 1
-# The largest user or group id: (uid_t)-1 means "no owner" to chown, and tar refuses more.
-MAX_ID = 2**32 - 2
 _TYPEFLAGS: dict[str, bytes] = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
 
 

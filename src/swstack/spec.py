@@ -404,6 +404,11 @@ class StackFile(Model):
             if not _OWNER.match(value):
                 raise ValueError(f"owner {value!r}: expected 'uid:gid' or 'user:group' (e.g. '899:899')")
             user, _, group = value.partition(":")
+            too_large = [i for i in (user, group) if i.isdigit() and int(i) > manifest.MAX_ID]
+            if too_large:
+                raise ValueError(
+                    f"owner {value!r}: id {too_large[0]} is past {manifest.MAX_ID}, the largest an id can be"
+                )
             return {"user": user, "group": group or user}
         return value
 

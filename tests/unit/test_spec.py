@@ -279,6 +279,12 @@ def test_bad_owner_and_tag_field_and_kernel_argv(tmp_path: Path) -> None:
     assert "kernels[0].argv: argv must pass '{connection_file}'" in message
 
 
+
+def test_an_owner_id_past_the_largest_is_refused_at_its_line(tmp_path: Path) -> None:
+    """An id tar and chown cannot hold failed only when the build had installed the tree and packed it."""
+    message = error_of(write(tmp_path, 'owner = "899:4294967295"\n' + MINIMAL))
+    assert "demo.toml:1: owner: owner '899:4294967295': id 4294967295 is past 4294967294" in message
+
 def test_a_kernel_spec_dir_that_is_not_there_is_a_located_stack_file_error(tmp_path: Path) -> None:
     (tmp_path / "specs").mkdir()
     text = 'kernel_spec_dirs = ["specs", "../kernel-spces"]\n' + MINIMAL
