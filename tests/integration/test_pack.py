@@ -325,7 +325,8 @@ def test_cli_exits_with_the_pack_error_code(hello_prefix: Path, tmp_path: Path) 
                       "--source-date-epoch", "1"]) == PackError.exit_code  # fmt: skip
 
 
-def test_missing_package_cache_is_refused(hello_prefix: Path, tmp_path: Path) -> None:
+def _without_package_cache(hello_prefix: Path, tmp_path: Path) -> Path:
+    """A copy of the prefix whose package records point at package-cache entries that are gone."""
     import shutil
 
     prefix = tmp_path / "copy"
@@ -334,6 +335,11 @@ def test_missing_package_cache_is_refused(hello_prefix: Path, tmp_path: Path) ->
         data = json.loads(record.read_text())
         data["link"]["source"] = str(tmp_path / "gone" / record.stem)
         record.write_text(json.dumps(data))
+    return prefix
+
+
+def test_missing_package_cache_is_refused(hello_prefix: Path, tmp_path: Path) -> None:
+    prefix = _without_package_cache(hello_prefix, tmp_path)
     with pytest.raises(PackError, match="package cache"):
         pack.pack_prefix(prefix, tmp_path / "out", options=_options(), info=INFO)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.json"))
@@ -613,12 +619,7 @@ def _pack_cli(*args: str | Path, cwd: Path | None = None) -> tuple[int, list[str
 def test_a_missing_package_cache_is_one_line_the_build_can_report(hello_prefix: Path, tmp_path: Path) -> None:
     """conda-pack's refusal is paragraphs and a list; the build reports pack's error by its last
     line, ``error: ...`` (``build.own_errors``), so it must be that one line."""
-    prefix = tmp_path / "copy"
-    shutil.copytree(hello_prefix, prefix, symlinks=True)
-    for record in (prefix / "conda-meta").glob("*.json"):
-        data = json.loads(record.read_text())
-        data["link"]["source"] = str(tmp_path / "gone" / record.stem)
-        record.write_text(json.dumps(data))
+    prefix = _without_package_cache(hello_prefix, tmp_path)
     for fmt in ("tar.zst", "tar.gz"):
         code, lines = _pack_cli("--prefix", prefix, "--out", tmp_path / "out", "--stack", "hello", "--version", "1",
                                 "--source-date-epoch", SDE, "--format", fmt)  # fmt: skip
