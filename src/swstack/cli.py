@@ -14,6 +14,7 @@ Exit status: 0 done (something changed), 3 nothing to do (already so; for Ansibl
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -266,6 +267,8 @@ def cmd_hub_config(args: argparse.Namespace) -> int:
     from . import hub, prepull
     from .fsutil import atomic_write_text
 
+    if args.output and Path(args.output).is_dir():  # else the rename's error names the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), args.output)
     menu = hub.load_menu(args.source, _policy(args))
     if args.format == "docker":
         text = hub.render_dockerspawner(menu)

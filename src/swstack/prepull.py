@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import log
@@ -85,8 +85,16 @@ def run_prepull(plan: PrepullPlan, engine: Engine) -> None:
 
 def prepull(menu: Menu, engine: Engine, keep: int, *, dry_run: bool = False) -> PrepullPlan:
     plan = plan_prepull(menu, engine.local_images(), engine.images_in_use(), keep)
-    if not dry_run:
-        run_prepull(plan, engine)
+    if dry_run:
+        return plan
+    for ref in plan.pull:
+        engine.pull_image(ref)
+    if plan.pull:
+        # A pulled image may be one the host held under an old name only (the same image, another
+        # manifest digest): a menu image now, and removing its last tag would take the new pin with it.
+        after = plan_prepull(menu, engine.local_images(), engine.images_in_use(), keep)
+        plan = replace(plan, remove=after.remove, in_use=after.in_use)
+    run_prepull(replace(plan, pull=()), engine)
     return plan
 
 

@@ -231,3 +231,23 @@ def test_prepull_pulls_from_a_registry_needing_credentials_with_the_ones_hub_con
                 engine.pull_image(pinned)
         finally:
             engine.remove_image(pinned, force=True)
+
+
+def test_prepull_keeps_a_menu_image_the_host_held_under_an_old_tag(
+    menu_repo: tuple[str, dict[str, PushResult]], engine_clean: DockerEngine, tmp_path: Path
+) -> None:
+    """The host holds the default's image only as ``repo:old`` (built here, or pushed with another
+    manifest digest): the pull adds the pin to that same image, and removing ``repo:old`` then
+    would take the pin with it (the engine drops a repository's digest names with its last tag)."""
+    engine = engine_clean
+    repository, pushed = menu_repo
+    pin = f"{repository}@{pushed['29.0.0'].digest}"
+    menu_file = tmp_path / "menu.json"
+    assert cli.main(["hub-config", repository, "--format", "json", "-o", str(menu_file)]) == 0
+    engine.pull_image(pin)
+    engine.tag_image(pin, f"{repository}:old")
+    engine.remove_image(pin)  # the digest name only: the image stays, as repo:old
+    assert not engine.image_exists(pin) and engine.image_exists(f"{repository}:old")
+
+    assert cli.main(["prepull", str(menu_file), "--keep", "1"]) == 0
+    assert engine.image_exists(pin)

@@ -283,3 +283,16 @@ def test_a_menu_file_that_is_not_there_is_named_as_one(tmp_path: Path) -> None:
     )
     with pytest.raises(MenuError, match="no such menu file"):
         load_menu(str(tmp_path))
+
+
+def test_hub_config_output_that_is_a_directory_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o DIR` fails in one line naming DIR, not the temporary file the atomic write renamed."""
+    from swstack import cli
+
+    menu_file = tmp_path / "menu.json"
+    menu_file.write_text(plan_menu([_image("r29_0_0", "29.0.0", "2025-01-07T12:00:00Z")]).to_json())
+    (out := tmp_path / "etc").mkdir()
+    assert cli.main(["hub-config", str(menu_file), "--format", "kube", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"swstack hub-config: error: {out}: Is a directory\n"
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["etc", "menu.json"]
