@@ -304,3 +304,25 @@ def test_two_trusted_keys_of_one_file_name_are_refused(
     assert _task_status(output, "file names differ") == "fatal"
     assert "rename one" in output
     assert not config.exists() and not any(root.iterdir())
+
+
+def test_a_relative_root_is_refused_before_anything_is_written(
+    ansible_playbook: str, host_artifact: Path, tmp_path: Path, inventory: Path
+) -> None:
+    """swstack_root=data0: the activation would take it from the directory the module runs in (the
+    playbook's, the remote user's home), the unit from / at boot (`--root data0`), with a
+    RequiresMountsFor= that systemd ignores; the role refuses it before anything is written."""
+    sysroot, config = tmp_path / "sysroot", tmp_path / "etc-swstack"
+    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
+    extra = {
+        "swstack_install": "none",
+        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+        "swstack_source": str(host_artifact),
+        "swstack_root": "data0",
+        "swstack_systemd_root": str(sysroot),
+        "swstack_config_dir": str(config),
+    }
+    output = _run(ansible_playbook, inventory, extra, check=2)
+    assert _task_status(output, "Check the role's inputs") == "fatal"
+    assert "swstack_root" in output and "absolute" in output
+    assert not config.exists() and not any((sysroot / "etc" / "systemd" / "system").iterdir())
