@@ -42,7 +42,6 @@ from .errors import LockError, StaleLockError
 from .fsutil import atomic_output
 from .site import Site, canonical_channel
 from .spec import PipGit, Stack
-from .tomlloc import index_lines
 
 LOCK_FORMAT = 2  # bump when the meaning of the inputs hash changes
 # The pip index a lockfile names for files a site serves from its wheelhouse or own index:
@@ -368,15 +367,9 @@ def _git_commit(url: str, ref: str, where: str = "") -> str:
 
 
 def _entry(stack: Stack, *key: str) -> str:
-    """``<file>:<line>: <key>``: where the stack file, or a file it extends, sets ``key`` (the variant's
-    entry where it overrides the base one: that is the value used); the stack file alone if none does."""
-    files = [source for source in (stack.source, *stack.sources) if source is not None and source.is_file()]
-    indexes = [(source, index_lines(source.read_text())) for source in files]
-    for wanted in (("variants", stack.variant, *key), key):
-        for source, index in indexes:  # the stack file first: it overrides what it extends
-            if wanted in index:
-                return f"{source}:{index[wanted]}: {'.'.join(wanted)}"
-    return f"{stack.source}: {'.'.join(key)}"
+    """``<file>:<line>: <key>``: the entry the stack takes for ``key`` (``Stack.locate``)."""
+    where, found = stack.locate(key)
+    return f"{where}: {'.'.join(map(str, found))}"
 
 
 def _pip_entry(stack: Stack, name: str) -> str:

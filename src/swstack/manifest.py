@@ -89,6 +89,7 @@ def stack_id(stack: str, variant: str, default_variant: str) -> str:
 # refuses more. The stack file's owner and pack's --owner are held to it.
 MAX_ID = 2**32 - 2
 
+
 @dataclass(frozen=True)
 class PackageEntry:
     name: str

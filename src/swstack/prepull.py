@@ -72,10 +72,8 @@ def plan_prepull(menu: Menu, local: Sequence[LocalImage], in_use: set[str], keep
     )
 
 
-def run_prepull(plan: PrepullPlan, engine: Engine) -> None:
-    """Pull first, then remove: a host never holds fewer menu images than before."""
-    for ref in plan.pull:
-        engine.pull_image(ref)
+def remove_old(plan: PrepullPlan, engine: Engine) -> None:
+    """The removals of a plan, once its pulls are done: a host never holds fewer menu images than before."""
     for ref in plan.remove:
         log.info(f"removing {ref}")
         engine.remove_image(ref)  # never forced: the engine refuses one a container uses
@@ -94,7 +92,7 @@ def prepull(menu: Menu, engine: Engine, keep: int, *, dry_run: bool = False) -> 
         # manifest digest): a menu image now, and removing its last tag would take the new pin with it.
         after = plan_prepull(menu, engine.local_images(), engine.images_in_use(), keep)
         plan = replace(plan, remove=after.remove, in_use=after.in_use)
-    run_prepull(replace(plan, pull=()), engine)
+    remove_old(plan, engine)
     return plan
 
 
@@ -177,4 +175,4 @@ def daemonset_json(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=2) + "\n"
 
 
-__all__ = ["PrepullPlan", "daemonset_json", "plan_prepull", "prepull", "render_daemonset", "run_prepull"]
+__all__ = ["PrepullPlan", "daemonset_json", "plan_prepull", "prepull", "remove_old", "render_daemonset"]

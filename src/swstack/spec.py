@@ -540,15 +540,24 @@ class Stack:
         return self.variant == self.default_variant
 
     def where(self, key: KeyPath) -> str:
-        """``file:line`` of ``key`` as the stack takes it (its own file first, then those it extends)."""
+        """``file:line`` of ``key`` as the stack takes it (``locate``)."""
+        return self.locate(key)[0]
+
+    def locate(self, key: KeyPath) -> tuple[str, KeyPath]:
+        """``(file:line, key)`` of the entry the stack takes for ``key``: the variant's where it
+        overrides the base one, its own file first, then those it extends; the stack file and ``key``
+        when none sets it."""
+        indexes = []
         for path in self.sources:
             try:
-                line = index_lines(path.read_text(encoding="utf-8")).get(key)
+                indexes.append((path, index_lines(path.read_text(encoding="utf-8"))))
             except (OSError, ValueError):
                 continue
-            if line is not None:
-                return f"{path}:{line}"
-        return str(self.source or self.name)
+        for wanted in (("variants", self.variant, *key), key):
+            for path, index in indexes:
+                if wanted in index:
+                    return f"{path}:{index[wanted]}", wanted
+        return str(self.source or self.name), key
 
     def doit_command(self, task: str, version: str | None = None) -> str:
         """The ``doit`` command line of ``task`` for this stack, to quote in a message."""

@@ -10,7 +10,7 @@ import pytest
 from swstack.build import local_roots
 from swstack.lock import inputs_hash, lockfile_path, plan_lock, staleness, virtual_package_specs
 from swstack.site import SiteFile, load_site, resolve_site
-from swstack.spec import load_stack
+from swstack.spec import Stack, load_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -268,6 +268,7 @@ def test_an_unreachable_channel_without_a_site_file_names_the_offline_site(monke
     url = "https://conda.anaconda.org/conda-forge"
     exc = Exception(f"failed to fetch {url}/linux-64/repodata.json\nCaused by: Name or service not known")
     stack = SimpleNamespace(channels=("conda-forge",), source=Path("stacks/demo.toml"), sources=(), variant="default")
+    stack.locate = lambda key: Stack.locate(stack, key)  # type: ignore[arg-type]
     root = Path(__file__).resolve().parents[2]
     no_site = SimpleNamespace(stack=stack, channel_urls=(url,), site=load_site(None, root))
     message = _explain_unreachable(no_site, exc)  # type: ignore[arg-type]

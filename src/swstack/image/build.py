@@ -61,13 +61,8 @@ def base_reference(stack: Stack, site: Site) -> str:
 
 
 def _line_of_base(stack: Stack) -> str:
-    """``file:line`` of the ``[image] base`` the stack takes (its own file first, then those it extends)."""
-    return _line_of(stack, ("image", "base"))
-
-
-def _line_of(stack: Stack, key: tuple[str, ...]) -> str:
-    """``file:line`` of ``key`` as the stack takes it (its own file first, then those it extends)."""
-    return stack.where(key)
+    """``file:line`` of the ``[image] base`` the stack takes."""
+    return stack.where(("image", "base"))
 
 
 def check_command(
@@ -80,7 +75,7 @@ def check_command(
 ) -> None:
     """The image's command must be a program of the stack's tree or of the base image: a container
     of an image without it exits at once, and every spawn from the hub's menu would fail."""
-    where = _line_of(stack, ("image", "command"))
+    where = stack.where(("image", "command"))
     try:
         candidates = command_lookup(command, index, prefix, base)
     except ImageError as exc:
