@@ -31,7 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -1107,7 +1107,7 @@ def push_manifest(
     """
     digest = digest_of(manifest)
     sent, had = len(client.uploaded), len(client.skipped)
-    try:
+    with before_the_manifest(client, repository):
         for tag in fixed:
             refuse_moving(client, repository, tag, digest)
         for blob in blobs:
@@ -1118,9 +1118,6 @@ def push_manifest(
                     continue
                 source = source()
             client.push_blob(repository, source, d.digest, d.size)
-    except SwstackError as exc:
-        stopped = f"the push stopped before the manifest: no tag of {repository} moved"
-        raise client.error(f"{exc}\n{stopped}") from None
     for reference in tags or (digest,):
         client.put_manifest(repository, reference, manifest, media_type)
     return PushOutcome(
@@ -1128,6 +1125,17 @@ def push_manifest(
         tuple(dict.fromkeys(client.uploaded[sent:])),
         tuple(dict.fromkeys(client.skipped[had:])),
     )
+
+
+@contextmanager
+def before_the_manifest(client: RegistryClient, repository: str) -> Iterator[None]:
+    """A failure on the way to a push's manifest says that no tag moved, which a release engineer
+    would otherwise have to find out from the registry."""
+    try:
+        yield
+    except SwstackError as exc:
+        stopped = f"the push stopped before the manifest: no tag of {repository} moved"
+        raise client.error(f"{exc}\n{stopped}") from None
 
 
 def refuse_moving(client: RegistryClient, repository: str, tag: str, digest: str) -> None:

@@ -115,6 +115,33 @@ def test_rebuild_is_identical_and_one_package_change_pushes_little(
     assert client.head_manifest(repo.repository, "latest") == second.digest
 
 
+def test_latest_moves_to_a_newer_version_and_stays_when_an_older_one_is_pushed(
+    artifacts: Path,
+    first: ImageResult,
+    image_site: Site,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Re-pushing an old version (to restore its tag, or to another registry) must not roll back
+    what new spawns get. A repository of its own: the other tests' pushes leave it alone."""
+    repository = f"{image_site.registry}/swstack/py3-latest"
+    client = RegistryClient(image_site.registry or "")
+    newer = build_image(py3_stack(), image_site, PROJECT, make_env_artifact(artifacts / "newer", "2026.11.21.1"))
+    push_image(first, repository=repository)
+    assert client.head_manifest("swstack/py3-latest", "latest") == first.digest
+
+    pushed = push_image(newer, repository=repository)  # 2026.11.21.1 comes after 2026.11.21
+    assert "latest" in pushed.tags
+    assert client.head_manifest("swstack/py3-latest", "latest") == newer.digest
+
+    caplog.set_level("INFO", logger="swstack")
+    again = push_image(first, repository=repository)
+    assert client.head_manifest("swstack/py3-latest", "latest") == newer.digest
+    assert "latest" not in again.tags
+    assert client.head_manifest("swstack/py3-latest", "2026.11.21") == first.digest
+    held = [r.getMessage() for r in caplog.records if "latest" in r.getMessage() and "older" in r.getMessage()]
+    assert held == [f"{repository}:latest not moved: 2026.11.21 is older than 2026.11.21.1, which the registry holds"]
+
+
 def test_an_image_whose_command_neither_tree_nor_base_has_is_refused(
     artifacts: Path,
     image_site: Site,  # noqa: F811

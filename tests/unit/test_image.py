@@ -323,6 +323,40 @@ def test_the_image_menu_leaves_out_signature_and_referrer_tags(monkeypatch: pyte
     assert sorted(e["tag"] for e in entries) == ["2026.12.06", "latest"]
 
 
+def test_only_tags_that_can_be_versions_after_the_pushed_one_are_looked_at() -> None:
+    """Weeklies, dailies and the like sort above every date version but name none: with a year of
+    them, fetching each at every push would cost hundreds of requests."""
+    from swstack.image.registry import tags_after
+
+    tags = ["2026.12.05", "2026.12.07", "2026.12.07.1", "2026.12.10", "2026.9.30", "latest", "stable",
+            "w_2026_49", "d_2026_12_07", "exp_0a1b2c3d4e5f", "r29_0_0", "sha256-" + "a" * 64 + ".sig"]
+    assert tags_after(tags, "2026.12.07") == ["stable", "2026.12.10", "2026.12.07.1"]
+    assert tags_after(tags, "2026.12.10") == ["stable"]
+
+
+def test_the_newest_version_after_is_a_tag_naming_an_image_of_that_version() -> None:
+    from types import SimpleNamespace
+
+    from swstack.image.registry import newest_version_after
+    from swstack.oci import VERSION
+
+    versions = {"stable": "2026.12.10", "2026.12.10": "2026.12.10", "2026.12.07": "2026.12.07"}
+    fetched: list[str] = []
+
+    class Client:
+        def list_tags(self, repository: str) -> list[str]:
+            return [*versions, "latest", "w_2026_50"]
+
+        def get_manifest(self, repository: str, reference: str) -> object:
+            fetched.append(reference)
+            return SimpleNamespace(json=lambda: {"annotations": {VERSION: versions[reference]}})
+
+    client: Any = Client()
+    assert newest_version_after(client, "swstack/py3", "2026.12.05") == "2026.12.10"
+    assert fetched == ["stable", "2026.12.10"]
+    assert newest_version_after(client, "swstack/py3", "2026.12.10") is None
+
+
 def test_a_base_with_no_registry_host_the_site_does_not_map_points_at_its_stack_file_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

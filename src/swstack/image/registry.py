@@ -8,7 +8,7 @@ import functools
 import gzip
 import json
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from typing import Any
 from .. import log, paths
 from ..engine import Engine
 from ..errors import ImageError, PushError, SwstackError
+from ..host.layout import version_key
+from ..hub import tag_kind
 from ..layers import normalise_path
 from ..oci import (
     DOCKER_LIST,
@@ -26,6 +28,7 @@ from ..oci import (
     Descriptor,
     RegistryClient,
     RetryPolicy,
+    before_the_manifest,
     is_attachment_tag,
     parse_reference,
     pick_from_index,
@@ -42,6 +45,9 @@ from .plan import (
     image_repository,
     load_image_result,
 )
+
+# The tag that names the newest version: new spawns get it, so a push of an older version leaves it.
+LATEST = "latest"
 
 
 def resolve_base(ref: str, platform: str, *, retry: RetryPolicy | None = None) -> BaseImage:
@@ -134,7 +140,8 @@ def push_image(
     chunk_size: int | None = None,
 ) -> PushResult:
     """Push the image: missing blobs first (base layers copied from the base's registry), the
-    manifest last and once per tag, so a failed push never moves a tag."""
+    manifest last and once per tag, so a failed push never moves a tag; ``latest`` only when the
+    registry holds no version after this one."""
     result = image if isinstance(image, ImageResult) else load_image_result(image)
     target = parse_reference(repository or result.repository, default_tag=None, error=PushError)
     client = RegistryClient(target.registry, retry=retry, error=PushError)
@@ -152,9 +159,11 @@ def push_image(
     sizes = {blob.descriptor.digest: blob.descriptor.size for blob in blobs}
     chosen = tuple(tags) if tags is not None else result.tags
     log.step(f"pushing {target.registry}/{repo} ({len(result.layers)} layers)")
-    # The version tag never moves to other content; latest, weeklies and dailies do.
+    # The version tag never moves to other content; latest moves forward only; weeklies and dailies move.
     version = str((json.loads(manifest_bytes).get("annotations") or {}).get(VERSION, ""))
     fixed = tuple(tag for tag in chosen if tag == version)
+    with before_the_manifest(client, repo):  # the registry asked which versions it holds
+        chosen = _tags_to_move(client, repo, chosen, version)
     outcome = push_manifest(client, repo, blobs, manifest_bytes, tags=chosen, fixed=fixed)
     pushed = PushResult(
         repository=f"{target.registry}/{repo}",
@@ -171,6 +180,43 @@ def push_image(
         f"({len(pushed.uploaded)} blobs; {len(pushed.skipped)} already there)"
     )
     return pushed
+
+
+def _tags_to_move(client: RegistryClient, repository: str, tags: tuple[str, ...], version: str) -> tuple[str, ...]:
+    """``tags``, less ``latest`` when the registry holds a version after ``version``: re-pushing an
+    old version (to restore its tag, or to another registry) must not roll back what new spawns get."""
+    if LATEST not in tags or not version:
+        return tags
+    newer = newest_version_after(client, repository, version)
+    if newer is None:
+        return tags
+    log.info(f"{client.registry}/{repository}:{LATEST} not moved: {version} is older than {newer}, "
+             "which the registry holds")
+    return tuple(tag for tag in tags if tag != LATEST)
+
+
+def newest_version_after(client: RegistryClient, repository: str, version: str) -> str | None:
+    """The newest version ``repository`` holds that comes after ``version`` (``host.layout``'s order),
+    or None. A version is a tag naming an image of that very version (``build_image`` annotates the
+    manifest with it): ``stable`` or another tag that sorts high is no version."""
+    for tag in tags_after(client.list_tags(repository), version):
+        doc = client.get_manifest(repository, tag)
+        if str((doc.json().get("annotations") or {}).get(VERSION, "")) == tag:
+            return tag
+    return None
+
+
+def tags_after(tags: Iterable[str], version: str) -> list[str]:
+    """The tags that may name a version after ``version``, newest first (pure). ``latest``, the
+    menu's forms (``w_2026_47``, ``d_2026_11_21``, ``exp_…``, ``r29_0_0``), signatures and referrers
+    name none, and are left out: a year of dailies would otherwise cost a request each per push."""
+    after = (
+        tag
+        for tag in tags
+        if tag != LATEST and not is_attachment_tag(tag) and tag_kind(tag) is None
+        and version_key(tag) > version_key(version)
+    )
+    return sorted(after, key=version_key, reverse=True)
 
 
 def _check_layout(result: ImageResult) -> None:
