@@ -4,7 +4,8 @@
     doit channel                    build the offline conda channel
     doit lock stack=py3 [check=1]   lock a stack (check=1: fail if the lockfile is stale)
     doit build stack=py3 [variant=dev]
-    doit ci [stack=py3]             the nightly job: lock check, build, test, image, push, publish, summary
+    doit -c ci [stack=py3]          the nightly job: lock check, build, test, image, push, publish, summary
+                                    (-c: a stack that fails does not stop the others; the summary lists it)
 """
 
 from swstack.tasks import (  # noqa: F401

@@ -1,7 +1,8 @@
 """One exception root for every failure a user can act on; each carries an exit code.
 
-The CLI and the doit boundary print ``str(error)`` and exit with ``error.exit_code``;
-anything that is not a ``SwstackError`` is a bug and keeps its traceback.
+The CLI and the doit boundary print ``str(error)``; the CLI exits with ``error.exit_code``, doit
+records the task as failed and, once every task it runs has run, exits with the first failure's
+code. Anything that is not a ``SwstackError`` is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -108,6 +109,16 @@ class UsageError(SwstackError):
     """A command line the CLI cannot act on (as argparse's own usage errors)."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """An error in one line, for a list of failures (``doit list``, the nightly summary): a
+    ``SwstackError`` says what and where in its first line; a bug is named by its type too."""
+    lines = str(exc).splitlines()
+    line = lines[0] if lines else ""
+    if isinstance(exc, SwstackError):
+        return line or type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 class Terminated(KeyboardInterrupt):

@@ -5,9 +5,11 @@ unless its newest artifact is whole and from today's inputs, smoke-test the tarb
 it at its production prefix in a private root and start each of its kernels), build its
 image, push it, publish the tarball, and compare its packages with the previous nightly's
 (``swstack diff``'s logic). Each stack's report is written beside its versions as
-``<artifacts>/<stack_id>/nightly.json``; ``write_summary`` gathers the reports of the
-stacks a run covered into ``<artifacts>/nightly.json`` and a short Markdown table
-``<artifacts>/nightly.md``. ``doit ci`` (``tasks.py``) drives it; the GitHub workflow
+``<artifacts>/<stack_id>/nightly.json``; a stack whose nightly did not finish has
+``<artifacts>/<stack_id>/nightly-failed.json`` instead, with its error in one line.
+``write_summary`` gathers the outcomes of the stacks a run covered into
+``<artifacts>/nightly.json`` and a short Markdown table ``<artifacts>/nightly.md``, failed
+stacks with their reason. ``doit -c ci`` (``tasks.py``) drives it; the GitHub workflow
 ``.github/workflows/nightly.yml`` runs one stack per matrix job.
 """
 
@@ -24,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from . import log, proc
-from .errors import BuildError, PushError
+from .errors import BuildError, PushError, first_line
 from .fsutil import atomic_write_text
 from .manifest import Manifest
 from .site import Site
 from .spec import Stack
 
 REPORT_NAME = "nightly.json"
+FAILURE_NAME = "nightly-failed.json"
 SUMMARY_JSON = "nightly.json"
 SUMMARY_MD = "nightly.md"
 SCHEMA = 1
@@ -113,6 +116,17 @@ class StackReport:
         return cls(changes=changes, **{k: v for k, v in data.items() if k in known})
 
 
+@dataclass(frozen=True)
+class StackFailure:
+    """A stack variant whose nightly did not finish, and why, in one line."""
+
+    stack_id: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # ---- pure --------------------------------------------------------------------------------------------
 
 
@@ -137,8 +151,9 @@ def changes_between(previous: Manifest | None, current: Manifest) -> Changes:
     return Changes(previous.version, d.added, d.removed, d.changed)
 
 
-def summary_dict(reports: Sequence[StackReport]) -> dict[str, Any]:
-    return {"schema": SCHEMA, "stacks": [r.to_dict() for r in sorted(reports, key=lambda r: r.stack_id)]}
+def summary_dict(reports: Sequence[StackReport], failed: Sequence[StackFailure] = ()) -> dict[str, Any]:
+    return {"schema": SCHEMA, "stacks": [r.to_dict() for r in sorted(reports, key=lambda r: r.stack_id)],
+            "failed": [f.to_dict() for f in sorted(failed, key=lambda f: f.stack_id)]}
 
 
 def _short(digest_ref: str) -> str:
@@ -158,18 +173,25 @@ def _changes_cell(c: Changes) -> str:
     return f"{c.count} since {c.previous}: {shown}"
 
 
-def render_markdown(reports: Sequence[StackReport]) -> str:
-    """A short table for a CI job summary: one row per stack variant."""
+def render_markdown(reports: Sequence[StackReport], failed: Sequence[StackFailure] = ()) -> str:
+    """A short table for a CI job summary: one row per stack variant built; then the failed ones, each
+    with its reason."""
     from .log import human_bytes
 
-    lines = ["| stack | version | tarball | tree | image | tarball sha256 | packages changed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = []
+    if reports:
+        lines += ["| stack | version | tarball | tree | image | tarball sha256 | packages changed |",
+                  "|---|---|---|---|---|---|---|"]
     for r in sorted(reports, key=lambda r: r.stack_id):
         lines.append(
             f"| {r.stack_id} | {r.version}{'' if r.built else ' (reused)'} | {human_bytes(r.tarball_size)} | "
             f"{human_bytes(r.tree_size)}, {r.file_count} files | `{_short(r.image)}` | "
             f"`{r.tarball_sha256[:12]}` | {_changes_cell(r.changes)} |"
         )
+    if failed:
+        lines += [""] if reports else []
+        lines += [f"Failed ({len(failed)}):", ""]
+        lines += [f"- `{f.stack_id}`: {f.error}" for f in sorted(failed, key=lambda f: f.stack_id)]
     return "\n".join(lines) + "\n"
 
 
@@ -197,12 +219,48 @@ def load_report(path: Path) -> StackReport | None:
         return None
 
 
+def failure_path(site: Site, stack_id: str) -> Path:
+    return site.artifacts / stack_id / FAILURE_NAME
+
+
+def record_failure(site: Site, stack_id: str, error: str) -> None:
+    failure = StackFailure(stack_id, error)
+    atomic_write_text(failure_path(site, stack_id), json.dumps(failure.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def load_failure(site: Site, stack_id: str) -> StackFailure | None:
+    """The failure the last nightly of ``stack_id`` recorded; None when it finished."""
+    path = failure_path(site, stack_id)
+    try:
+        return StackFailure(stack_id, str(json.loads(path.read_text())["error"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # there, so the stack did not finish
+        return StackFailure(stack_id, f"failed; its record {path} is unreadable ({exc})")
+
+
 def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = None) -> StackReport:
     """One stack variant through the nightly: lock check, build, smoke test, image, push, publish.
 
     ``version``: the artifact's version (default: today's, ``YYYY.MM.DD[.N]``), reused when
     whole and current, built otherwise. Pushing and publishing go through ``release``, as
-    ``doit push`` and ``doit publish`` do: attested, and signed when the site has keys."""
+    ``doit push`` and ``doit publish`` do: attested, and signed when the site has keys.
+
+    Until it finishes, the stack's outcome on disk is a failure: its error's first line once
+    raised, "did not finish" while running, so a run killed half-way does not pass, in a summary
+    gathered later, for the last night's success (whose report stays, for the next diff)."""
+    drop_summary(site)
+    record_failure(site, stack.stack_id, "did not finish (stopped or crashed while running)")
+    try:
+        report = _run_stack(stack, site, project, version=version)
+    except Exception as exc:
+        record_failure(site, stack.stack_id, first_line(exc))
+        raise
+    failure_path(site, stack.stack_id).unlink()
+    return report
+
+
+def _run_stack(stack: Stack, site: Site, project: Path, *, version: str | None) -> StackReport:
     from .build import artifact_manifest, run_build, why_not_current
     from .engine import IMAGE_HINT, DockerEngine
     from .image import build_image, mirror_base, mirrors_base, registry_answers
@@ -211,7 +269,6 @@ def run_stack(stack: Stack, site: Site, project: Path, *, version: str | None = 
     from .release import publish_attested, push_attested
 
     clock = _Clock()
-    drop_summary(site)
     if not site.registry or not registry_answers(site):
         raise PushError(f"nightly {stack.stack_id}: no registry answers at {site.registry or '(none set)'}; "
                         "the nightly pushes and publishes, so start it or set [registry] url in the site file")
@@ -315,16 +372,22 @@ def drop_summary(site: Site) -> None:
 
 
 def write_summary(site: Site, stack_ids: Sequence[str]) -> tuple[Path, Path]:
-    """Gather the reports of ``stack_ids`` into ``<artifacts>/nightly.json`` and ``nightly.md``."""
-    reports = []
+    """Gather the outcomes of ``stack_ids`` into ``<artifacts>/nightly.json`` and ``nightly.md``: the
+    report of each stack whose last nightly finished, the recorded error of each whose did not."""
+    reports, failed = [], []
     for stack_id in stack_ids:
+        failure = load_failure(site, stack_id)  # first: a failed stack keeps an earlier night's report
+        if failure is not None:
+            failed.append(failure)
+            continue
         report = load_report(report_path(site, stack_id))
         if report is None:
             raise BuildError(f"no nightly report for {stack_id} in {report_path(site, stack_id)}; "
                              f"run `doit ci stack=...` for it first")
         reports.append(report)
     json_path, md_path = site.artifacts / SUMMARY_JSON, site.artifacts / SUMMARY_MD
-    atomic_write_text(json_path, json.dumps(summary_dict(reports), indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(md_path, render_markdown(reports))
-    log.info(f"nightly summary of {len(reports)} stack(s): {json_path}, {md_path}")
+    atomic_write_text(json_path, json.dumps(summary_dict(reports, failed), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(md_path, render_markdown(reports, failed))
+    outcome = f"{len(reports)} stack(s) done, {len(failed)} failed" if failed else f"{len(reports)} stack(s)"
+    log.info(f"nightly summary of {outcome}: {json_path}, {md_path}")
     return json_path, md_path

@@ -2,9 +2,11 @@
 
 Task creation is pure (it reads stack files and plans; it never solves, builds or pushes);
 the actions call the stage modules through ``_boundary``, which turns a ``SwstackError``
-into its message and exit code, so a user sees no traceback for a mistake of theirs.
-Command-line variables: ``stack=``, ``variant=``, ``site=``, ``check=1``, ``version=``.
-``doit ci`` is the nightly job (``nightly.py``), one subtask per stack variant and a summary.
+into its message and a failed task (``StageFailed``), so a user sees no traceback for a
+mistake of theirs, and ``doit -c`` goes on to the other tasks; ``Reporter`` ends the run with
+the first failure's exit code. Command-line variables: ``stack=``, ``variant=``, ``site=``,
+``check=1``, ``version=``. ``doit ci`` is the nightly job (``nightly.py``), one subtask per
+stack variant and a summary.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
 from . import log, paths
-from .errors import SwstackError, Terminated, UsageError, sigterm_unwinds
+from .errors import SwstackError, Terminated, UsageError, first_line, sigterm_unwinds
 from .manifest import check_version
 
 TaskDict = dict[str, Any]
@@ -88,8 +91,20 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+class StageFailed(TaskFailed):  # type: ignore[misc]  # doit is untyped
+    """A task whose stage raised a ``SwstackError``, as doit records a failed task: doit stops
+    there, or with ``-c`` goes on to the tasks that do not depend on it. The message is on stderr
+    already, so doit's reporter writes nothing more; ``exit_code`` is the error's, for ``Reporter``."""
+
+    def __init__(self, exc: SwstackError) -> None:
+        super().__init__(first_line(exc), report=False)
+        self.exit_code = exc.exit_code
+
+
 def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a stage; a ``SwstackError`` prints its message and exits with its code."""
+    """Run a stage; a ``SwstackError`` prints its message and fails the task with its code.
+
+    Not an exit: doit would end there, and ``doit -c ci`` must go on to the other stacks."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -101,8 +116,8 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
                 result = fn(*args, **kwargs)
         except SwstackError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(exc.exit_code) from None
-        except KeyboardInterrupt as exc:  # Terminated (SIGTERM) included
+            return StageFailed(exc)
+        except KeyboardInterrupt as exc:  # Terminated (SIGTERM) included: the whole run stops
             _exit_interrupted(exc)
         return None if result is None or result is True else result
 
@@ -163,14 +178,13 @@ def _failing_task(exc: SwstackError, before: Callable[[], None] | None = None) -
     """A task standing for one that could not be planned: it says why when run, and in ``doit list``.
 
     ``before``: what the failed run must still do first (``doit ci``: drop the last run's summary)."""
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
     def fail() -> None:
         if before is not None:
             before()
         raise exc
 
-    return {"actions": [_boundary(fail)], "doc": f"(cannot be planned: {first})", "uptodate": [False],
+    return {"actions": [_boundary(fail)], "doc": f"(cannot be planned: {first_line(exc)})", "uptodate": [False],
             "verbosity": 2}
 
 
@@ -371,7 +385,8 @@ def task_ci(opts: Options) -> Iterator[TaskDict] | TaskDict:
     """The nightly job per stack and variant: lock check, build, smoke test, image, push, publish; then a summary.
 
     The summary (<artifacts>/nightly.json, nightly.md) lists sizes, digests and packages changed since the
-    previous nightly."""
+    previous nightly, and each stack that failed with its error: `doit -c ci` goes on past a failed stack
+    to the others and to the summary."""
     from .nightly import drop_summary
 
     site = _site(opts)
@@ -401,8 +416,11 @@ def _ci_tasks(opts: Options, site: Any, stacks: list[Any]) -> Iterator[TaskDict]
     def summary() -> None:
         write_summary(site, ids)
 
-    yield {"name": "summary", "doc": "gather the nightly reports into nightly.json and nightly.md",
-           "actions": [summary], "task_dep": [f"ci:{i}" for i in ids], "uptodate": [False], "verbosity": 2}
+    # No task_dep on the stacks: doit runs no task whose dependency failed, and the summary is
+    # wanted most when one did (`doit -c ci`). Yielded last, it runs after them: `doit ci` runs a
+    # group's subtasks in order (one at a time; -n would not wait for them).
+    yield {"name": "summary", "doc": "gather the nightly reports and failures into nightly.json and nightly.md",
+           "actions": [summary], "uptodate": [False], "verbosity": 2}
 
 
 def task_demo() -> TaskDict:
@@ -571,18 +589,35 @@ def task_images(opts: Options) -> TaskDict:
 
 
 class Reporter(ConsoleReporter):  # type: ignore[misc]  # doit is untyped
-    """doit's console reporter, but for a task whose stdout is data (``meta``: ``STDOUT_IS_DATA``)
-    its own lines (``.  images``, a failure's) go to stderr, so ``doit images > menu.json`` is pure JSON."""
+    """doit's console reporter, with two changes.
+
+    For a task whose stdout is data (``meta``: ``STDOUT_IS_DATA``) its own lines (``.  images``, a
+    failure's) go to stderr, so ``doit images > menu.json`` is pure JSON. And a run in which a
+    stage failed (``StageFailed``) exits with that error's code (the first one's, under ``-c``),
+    as the docs promise (``doit lock check=1``: 5), not with doit's 1 for any failure."""
 
     outstream: Any  # set by doit's __init__: where the report goes (stdout)
+
+    def __init__(self, outstream: Any, options: Any) -> None:
+        super().__init__(outstream, options)
+        self.exit_codes: list[int] = []
 
     def execute_task(self, task: Any) -> None:
         with self._lines_of(task):
             super().execute_task(task)
 
     def add_failure(self, task: Any, fail: Any) -> None:
+        if isinstance(fail, StageFailed):
+            self.exit_codes.append(fail.exit_code)
         with self._lines_of(task):
             super().add_failure(task, fail)
+
+    def complete_run(self) -> None:
+        """doit's last word on a run (its database is saved by then); doit has no other place
+        to choose the exit code. Not while a Ctrl-C unwinds the run: that one keeps its 130."""
+        super().complete_run()
+        if self.exit_codes and sys.exc_info()[0] is None:
+            raise SystemExit(self.exit_codes[0])
 
     @contextlib.contextmanager
     def _lines_of(self, task: Any) -> Iterator[None]:

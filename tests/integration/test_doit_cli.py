@@ -452,3 +452,47 @@ def test_doit_ci_runs_the_nightly_against_a_loopback_registry(built_project: Pat
         request = urllib.request.Request(registry.url + path, headers={"Accept": index}, method="HEAD")
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200, path
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+@pytest.mark.registry
+def test_doit_c_ci_goes_on_past_a_failed_stack_and_the_summary_says_why(
+    built_project: Path, registry: LocalRegistry
+) -> None:
+    """`doit -c ci` over two stacks, the first with no lockfile: its lock check fails, the other is still
+    built (or reused), smoke-tested, pushed and published; the summary lists both outcomes, the failure
+    with its one-line reason, and doit exits with the lock check's code."""
+    import json
+
+    from swstack.errors import StaleLockError
+
+    site = built_project / "sites/offline.toml"
+    site.write_text(site.read_text().replace('url = "127.0.0.1:5000"', f'url = "{registry.host}"'))
+    relock = doit(built_project, "lock", f"stack={SMALL}", "site=sites/offline.toml")
+    assert relock.returncode == 0, relock.stderr[-3000:]
+    stacks = built_project / "stacks"
+    unlocked = stacks / "alpha.toml"  # sorts before SMALL: its nightly fails first, and doit must go on
+    unlocked.write_text((stacks / f"{SMALL}.toml").read_text().replace(SMALL, "alpha"))
+    py3, away = stacks / "py3.toml", built_project / "py3.toml.away"
+    py3.rename(away)  # `doit ci` runs every stack: py3's two variants would each build for minutes
+    try:
+        result = doit(built_project, "-c", "ci", "site=sites/offline.toml")
+    finally:
+        away.rename(py3)
+        unlocked.unlink()
+
+    assert result.returncode == StaleLockError.exit_code, result.stdout + result.stderr[-4000:]
+    started = [line for line in result.stdout.splitlines() if line.startswith(".  ")]
+    assert started == [".  ci:alpha", f".  ci:{SMALL}", ".  ci:summary"], result.stdout
+    reason = f"{built_project / 'lockfiles/alpha/conda-lock.yml'} is stale: it does not exist."
+    assert f"error: {reason}\n" in result.stderr and "Traceback" not in result.stderr, result.stderr[-4000:]
+
+    artifacts = built_project / "artifacts"
+    summary = json.loads((artifacts / "nightly.json").read_text())
+    (report,) = summary["stacks"]
+    assert report["stack_id"] == SMALL
+    assert (artifacts / SMALL / report["version"] / report["tarball"]).is_file()
+    assert summary["failed"] == [{"stack_id": "alpha", "error": reason}]
+    markdown = (artifacts / "nightly.md").read_text()
+    assert f"| {SMALL} | {report['version']}" in markdown and f"`alpha`: {reason}" in markdown, markdown

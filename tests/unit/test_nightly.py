@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from swstack.manifest import Manifest, PackageEntry, TarballInfo
-from swstack.nightly import Changes, StackReport, changes_between, previous_version, render_markdown, summary_dict
+from swstack.nightly import (
+    Changes,
+    StackFailure,
+    StackReport,
+    changes_between,
+    previous_version,
+    render_markdown,
+    summary_dict,
+)
 
 
 def _manifest(version: str, *packages: PackageEntry) -> Manifest:
@@ -83,7 +91,17 @@ def test_the_summary_is_a_table_and_json_that_reads_back() -> None:
     assert row.startswith("| py3 | 2026.12.2 | 3.0 MiB |") and "`127.0.0.1:5000/swstack/py3@sha256:cccccccccccc`" in row
     assert "1 since 2026.12.1: numpy 1.26.4 → 2.0.0" in row
     data = summary_dict([report])
-    assert StackReport.from_dict(data["stacks"][0]) == report
+    assert StackReport.from_dict(data["stacks"][0]) == report and data["failed"] == []
+
+
+def test_the_summary_lists_failed_stacks_with_their_reason_after_the_table() -> None:
+    failed = [StackFailure("py3-dev", "lockfiles/py3/dev/conda-lock.yml is stale: it does not exist.")]
+    assert render_markdown([], failed) == (
+        "Failed (1):\n\n- `py3-dev`: lockfiles/py3/dev/conda-lock.yml is stale: it does not exist.\n"
+    )
+    assert summary_dict([], failed)["failed"] == [
+        {"stack_id": "py3-dev", "error": "lockfiles/py3/dev/conda-lock.yml is stale: it does not exist."}
+    ]
 
 
 def _nightly_world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reason: str | None) -> dict[str, list[Any]]:
@@ -184,3 +202,56 @@ def test_a_nightly_that_fails_leaves_no_summary_of_an_earlier_run(tmp_path: Path
     with pytest.raises(PushError, match="no registry answers"):
         run_stack(SimpleNamespace(stack_id="py3"), site, tmp_path)  # type: ignore[arg-type]
     assert not (tmp_path / SUMMARY_JSON).exists() and not (tmp_path / SUMMARY_MD).exists()
+
+
+def test_a_failed_nightly_is_summarised_with_its_reason_not_as_last_night_s_success(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`doit -c ci` writes the summary after a stack failed: that stack is listed as failed, with its
+    error's first line, though an earlier night's report is still there (kept for the next diff)."""
+    import json
+
+    from swstack import lock
+    from swstack.errors import StaleLockError
+    from swstack.nightly import load_report, report_path, run_stack, write_summary
+
+    _nightly_world(monkeypatch, tmp_path, None)
+    site = SimpleNamespace(registry="r.example.org", artifacts=tmp_path)
+    stack = SimpleNamespace(stack_id="py3")
+    run_stack(stack, site, tmp_path, version="9.9")  # type: ignore[arg-type]  # last night's, a success
+
+    def stale(*args: Any, **kwargs: Any) -> None:
+        raise StaleLockError("lockfiles/py3/conda-lock.yml is stale: inputs changed.\nRun `doit lock stack=py3`.")
+
+    monkeypatch.setattr(lock, "lock", stale)
+    with pytest.raises(StaleLockError):
+        run_stack(stack, site, tmp_path, version="9.9")  # type: ignore[arg-type]
+    json_path, md_path = write_summary(site, ["py3"])  # type: ignore[arg-type]
+    summary = json.loads(json_path.read_text())
+    assert summary["stacks"] == []
+    assert summary["failed"] == [{"stack_id": "py3", "error": "lockfiles/py3/conda-lock.yml is stale: inputs changed."}]
+    assert "- `py3`: lockfiles/py3/conda-lock.yml is stale: inputs changed." in md_path.read_text()
+    assert load_report(report_path(site, "py3")) is not None  # type: ignore[arg-type]
+
+    _nightly_world(monkeypatch, tmp_path, None)  # fixed: the next run finishes, and says so
+    run_stack(stack, site, tmp_path, version="9.9")  # type: ignore[arg-type]
+    summary = json.loads(write_summary(site, ["py3"])[0].read_text())  # type: ignore[arg-type]
+    assert [r["stack_id"] for r in summary["stacks"]] == ["py3"] and summary["failed"] == []
+
+
+def test_a_nightly_stopped_half_way_is_a_failure_for_a_summary_gathered_later(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from swstack import nightly
+
+    _nightly_world(monkeypatch, tmp_path, None)
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nightly, "smoke_test", interrupted)
+    site = SimpleNamespace(registry="r.example.org", artifacts=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        nightly.run_stack(SimpleNamespace(stack_id="py3"), site, tmp_path, version="9.9")  # type: ignore[arg-type]
+    assert nightly.load_failure(site, "py3") == StackFailure(  # type: ignore[arg-type]
+        "py3", "did not finish (stopped or crashed while running)")

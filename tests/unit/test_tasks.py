@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from swstack import tasks
-from swstack.errors import BuildError, SpecError, UsageError
+from swstack.errors import BuildError, SpecError, StaleLockError, UsageError
 from swstack.tasks import Options, selected_stacks
 
 BASE = """\
@@ -223,17 +224,46 @@ def test_image_tasks_depend_on_the_build_of_the_same_stack(project: Path) -> Non
         assert [t["name"] for t in _tasks(creator, _opts(project))] == ["demo", "small"]
 
 
-def test_the_boundary_turns_a_swstack_error_into_its_message_and_exit_code(
+def test_the_boundary_turns_a_swstack_error_into_its_message_and_a_failed_task(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def fails() -> None:
-        raise BuildError("stacks/demo.toml: the reason; what to do")
+    """Failed the doit way, not exited: `doit -c` goes on to the other tasks."""
+    from doit.exceptions import TaskFailed
 
-    with pytest.raises(SystemExit) as caught:
-        tasks._boundary(fails)()
-    assert caught.value.code == BuildError.exit_code
-    assert capsys.readouterr().err == "error: stacks/demo.toml: the reason; what to do\n"
+    def fails() -> None:
+        raise BuildError("stacks/demo.toml: the reason; what to do\nthe output's tail")
+
+    failed = tasks._boundary(fails)()
+    assert isinstance(failed, TaskFailed) and failed.exit_code == BuildError.exit_code
+    assert failed.message == "stacks/demo.toml: the reason; what to do"
+    assert not failed.report  # the message is on stderr already: doit's reporter adds nothing
+    assert capsys.readouterr().err == "error: stacks/demo.toml: the reason; what to do\nthe output's tail\n"
     assert tasks._boundary(lambda: True)() is None  # doit reads None as success
+
+
+def test_the_reporter_ends_the_run_with_the_first_failed_stage_s_exit_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import io
+    import pickle
+
+    from doit.exceptions import TaskFailed
+
+    task = SimpleNamespace(name="ci:small", meta=None, executed=True, verbosity=2, actions=[])
+    clean = tasks.Reporter(io.StringIO(), {})
+    clean.add_failure(task, TaskFailed("doit's own failure"))
+    clean.complete_run()  # no stage failed: doit's own exit code stands
+    reporter = tasks.Reporter(io.StringIO(), {})
+    for error in (StaleLockError("stale"), BuildError("broken")):
+        # doit -n sends a failure from its worker process: it crosses as a pickle
+        reporter.add_failure(task, pickle.loads(pickle.dumps(tasks.StageFailed(error))))
+    with pytest.raises(SystemExit) as stopped:
+        reporter.complete_run()
+    assert stopped.value.code == StaleLockError.exit_code
+    try:
+        raise SystemExit(130)  # a Ctrl-C after the failures: doit unwinds through complete_run
+    except SystemExit:
+        reporter.complete_run()  # does not replace the 130
 
 
 def test_a_bug_keeps_its_traceback() -> None:
@@ -274,9 +304,12 @@ def test_a_version_that_cannot_name_a_directory_and_a_tag_is_refused_in_one_line
 
 
 def _run(task: dict[str, Any]) -> None:
-    """Run a task's actions as doit would (a _boundary turns a SwstackError into SystemExit)."""
+    """Run a task's actions as doit would, and end as doit with our Reporter ends (a _boundary
+    turns a SwstackError into a StageFailed; the run exits with its code)."""
     for action in task["actions"]:
-        action()
+        result = action()
+        if isinstance(result, tasks.StageFailed):
+            raise SystemExit(result.exit_code)
 
 
 def _artifact(project: Path, stack_id: str, version: str) -> Path:
