@@ -1328,9 +1328,10 @@ def pack_prefix(prefix: Path, out_dir: Path, *, options: PackOptions, info: Arti
 
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector off for the pack (and so for the forked scan): a pack makes
-    some 100,000 objects, none in a cycle, and the collector's passes over them cost about
-    5% of its CPU for nothing. Restored as it was, whatever way the pack ends."""
+    """Python's cycle collector off for the pack (and so for the forked scan): nothing a pack
+    makes is in a cycle, and on py3 the collector's 115 passes over its objects cost about
+    0.06 s of CPU (half in the scan), 2% of the pack, on cores the compressors want.
+    Restored as it was, whatever way the pack ends."""
     import gc
 
     was_enabled = gc.isenabled()
