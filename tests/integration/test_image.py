@@ -138,8 +138,40 @@ def test_latest_moves_to_a_newer_version_and_stays_when_an_older_one_is_pushed(
     assert client.head_manifest("swstack/py3-latest", "latest") == newer.digest
     assert "latest" not in again.tags
     assert client.head_manifest("swstack/py3-latest", "2026.11.21") == first.digest
-    held = [r.getMessage() for r in caplog.records if "latest" in r.getMessage() and "older" in r.getMessage()]
+    held = [r.getMessage() for r in caplog.records if ":latest not moved" in r.getMessage()]
     assert held == [f"{repository}:latest not moved: 2026.11.21 is older than 2026.11.21.1, which the registry holds"]
+
+
+def test_the_weekly_tag_stays_when_an_older_version_of_its_week_is_pushed(
+    artifacts: Path,
+    first: ImageResult,
+    image_site: Site,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """2026.11.19 and 2026.11.21 both render w_2026_47: re-pushing the older after the newer must not
+    roll back the week's menu entry; a newer version of another week (2026.11.23) does not hold it."""
+    name = "swstack/py3-weekly"
+    repository = f"{image_site.registry}/{name}"
+    client = RegistryClient(image_site.registry or "")
+    older = build_image(py3_stack(), image_site, PROJECT, make_env_artifact(artifacts / "older", "2026.11.19"))
+    week_after = build_image(py3_stack(), image_site, PROJECT, make_env_artifact(artifacts / "after", "2026.11.23"))
+    push_image(week_after, repository=repository)
+    pushed = push_image(older, repository=repository)  # the week's first: w_2026_47 is made, latest stays
+    assert "w_2026_47" in pushed.tags and "latest" not in pushed.tags
+    assert client.head_manifest(name, "w_2026_47") == older.digest
+    push_image(first, repository=repository)  # later that week: w_2026_47 moves forward
+    assert client.head_manifest(name, "w_2026_47") == first.digest
+
+    caplog.set_level("INFO", logger="swstack")
+    again = push_image(older, repository=repository)
+    assert client.head_manifest(name, "w_2026_47") == first.digest and "w_2026_47" not in again.tags
+    assert client.head_manifest(name, "d_2026_11_19") == older.digest and "d_2026_11_19" in again.tags
+    assert client.head_manifest(name, "latest") == week_after.digest
+    held = sorted(r.getMessage() for r in caplog.records if "not moved" in r.getMessage())
+    assert held == [
+        f"{repository}:latest not moved: 2026.11.19 is older than 2026.11.23, which the registry holds",
+        f"{repository}:w_2026_47 not moved: 2026.11.19 is older than 2026.11.21, which the registry holds",
+    ]
 
 
 def test_an_image_whose_command_neither_tree_nor_base_has_is_refused(

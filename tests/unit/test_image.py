@@ -357,6 +357,37 @@ def test_the_newest_version_after_is_a_tag_naming_an_image_of_that_version() -> 
     assert newest_version_after(client, "swstack/py3", "2026.12.10") is None
 
 
+def test_the_newest_version_of_a_week_is_looked_for_among_that_week_only() -> None:
+    """A date version names its day: one of another week is not fetched; a version that names no
+    date (2027.1) is, and its build time says its week."""
+    from types import SimpleNamespace
+
+    from swstack.image.plan import build_week
+    from swstack.image.registry import newest_version_after
+    from swstack.oci import CREATED, VERSION
+
+    created = {"2027.1": "2026-11-24T01:00:00Z", "2026.11.23": "2026-11-23T01:00:00Z",
+               "2026.11.21": "2026-11-21T01:00:00Z", "2026.11.19": "2026-11-19T01:00:00Z"}
+    fetched: list[str] = []
+
+    class Client:
+        def list_tags(self, repository: str) -> list[str]:
+            return [*created, "latest", "w_2026_47"]
+
+        def get_manifest(self, repository: str, reference: str) -> object:
+            fetched.append(reference)
+            return SimpleNamespace(json=lambda: {"annotations": {VERSION: reference, CREATED: created[reference]}})
+
+    client: Any = Client()
+    week = build_week("2026.11.19", "")
+    assert week == (2026, 47) and build_week("29.0.0", "2026-11-20T12:00:00Z") == week
+    assert build_week("29.0.0", "") is None and build_week("2024.12.30", "") == (2025, 1)
+    assert newest_version_after(client, "swstack/py3", "2026.11.19", week=week) == "2026.11.21"
+    assert fetched == ["2027.1", "2026.11.21"]  # 2027.1 was built in week 48; 2026.11.23 names week 48
+    assert newest_version_after(client, "swstack/py3", "2026.11.21", week=week) is None
+    assert newest_version_after(client, "swstack/py3", "2026.11.19") == "2027.1"
+
+
 def test_a_base_with_no_registry_host_the_site_does_not_map_points_at_its_stack_file_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

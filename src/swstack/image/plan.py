@@ -139,10 +139,23 @@ def release_numbers(version: str) -> tuple[int, int, int] | None:
 
 def build_day(manifest: Manifest) -> date:
     """The date a build stands for: the one in a date version, else the build time's (UTC)."""
-    return (
-        _version_date(manifest.version)
-        or datetime.fromisoformat(manifest.build_time.replace("Z", "+00:00")).date()
-    )
+    return _version_date(manifest.version) or _utc_day(manifest.build_time)
+
+
+def build_week(version: str, created: str) -> tuple[int, int] | None:
+    """The ISO year and week ``w_{isoyear}_{week}`` names for an image of ``version`` built at
+    ``created`` (ISO 8601; its manifest's annotations), as ``build_day`` dates it; None when
+    neither says a date."""
+    try:
+        day = _version_date(version) or _utc_day(created)
+    except ValueError:
+        return None
+    year, week, _ = day.isocalendar()
+    return year, week
+
+
+def _utc_day(timestamp: str) -> date:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).date()
 
 
 def tag_fields(manifest: Manifest) -> dict[str, str]:

@@ -20,6 +20,7 @@ from ..host.layout import version_key
 from ..hub import tag_kind
 from ..layers import normalise_path
 from ..oci import (
+    CREATED,
     DOCKER_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -42,6 +43,7 @@ from .plan import (
     OCI_CONFIG,
     BaseImage,
     ImageResult,
+    build_week,
     image_repository,
     load_image_result,
 )
@@ -141,7 +143,7 @@ def push_image(
 ) -> PushResult:
     """Push the image: missing blobs first (base layers copied from the base's registry), the
     manifest last and once per tag, so a failed push never moves a tag; ``latest`` only when the
-    registry holds no version after this one."""
+    registry holds no version after this one, the weekly tag only when it holds none of this week."""
     result = image if isinstance(image, ImageResult) else load_image_result(image)
     target = parse_reference(repository or result.repository, default_tag=None, error=PushError)
     client = RegistryClient(target.registry, retry=retry, error=PushError)
@@ -159,11 +161,13 @@ def push_image(
     sizes = {blob.descriptor.digest: blob.descriptor.size for blob in blobs}
     chosen = tuple(tags) if tags is not None else result.tags
     log.step(f"pushing {target.registry}/{repo} ({len(result.layers)} layers)")
-    # The version tag never moves to other content; latest moves forward only; weeklies and dailies move.
-    version = str((json.loads(manifest_bytes).get("annotations") or {}).get(VERSION, ""))
+    # The version tag never moves to other content; latest and the weekly move forward only; dailies move.
+    annotations = json.loads(manifest_bytes).get("annotations") or {}
+    version = str(annotations.get(VERSION, ""))
+    week = build_week(version, str(annotations.get(CREATED, "")))
     fixed = tuple(tag for tag in chosen if tag == version)
     with before_the_manifest(client, repo):  # the registry asked which versions it holds
-        chosen = _tags_to_move(client, repo, chosen, version)
+        chosen = _tags_to_move(client, repo, chosen, version, week)
     outcome = push_manifest(client, repo, blobs, manifest_bytes, tags=chosen, fixed=fixed)
     pushed = PushResult(
         repository=f"{target.registry}/{repo}",
@@ -182,26 +186,46 @@ def push_image(
     return pushed
 
 
-def _tags_to_move(client: RegistryClient, repository: str, tags: tuple[str, ...], version: str) -> tuple[str, ...]:
-    """``tags``, less ``latest`` when the registry holds a version after ``version``: re-pushing an
-    old version (to restore its tag, or to another registry) must not roll back what new spawns get."""
-    if LATEST not in tags or not version:
+def _tags_to_move(
+    client: RegistryClient, repository: str, tags: tuple[str, ...], version: str, week: tuple[int, int] | None
+) -> tuple[str, ...]:
+    """``tags``, less those a version after ``version`` holds back: re-pushing an old version (to
+    restore its tag, or to another registry) must not roll back what new spawns get."""
+    if not version:
         return tags
-    newer = newest_version_after(client, repository, version)
-    if newer is None:
-        return tags
-    log.info(f"{client.registry}/{repository}:{LATEST} not moved: {version} is older than {newer}, "
-             "which the registry holds")
-    return tuple(tag for tag in tags if tag != LATEST)
+    return tuple(tag for tag in tags if not _held_back(client, repository, tag, version, week))
 
 
-def newest_version_after(client: RegistryClient, repository: str, version: str) -> str | None:
+def _held_back(client: RegistryClient, repository: str, tag: str, version: str, week: tuple[int, int] | None) -> bool:
+    """Whether ``tag`` stays where it is, said in one line: ``latest`` when the registry holds a
+    version after ``version``, the weekly tag when it holds one after it of the same ``week``."""
+    if tag == LATEST:
+        newer = newest_version_after(client, repository, version)
+    elif tag_kind(tag) == "weekly" and week is not None:
+        newer = newest_version_after(client, repository, version, week=week)
+    else:
+        return False
+    if newer is not None:
+        log.info(f"{client.registry}/{repository}:{tag} not moved: {version} is older than {newer}, "
+                 "which the registry holds")
+    return newer is not None
+
+
+def newest_version_after(
+    client: RegistryClient, repository: str, version: str, *, week: tuple[int, int] | None = None
+) -> str | None:
     """The newest version ``repository`` holds that comes after ``version`` (``host.layout``'s order),
     or None. A version is a tag naming an image of that very version (``build_image`` annotates the
-    manifest with it): ``stable`` or another tag that sorts high is no version."""
+    manifest with it): ``stable`` or another tag that sorts high is no version. With ``week`` (ISO
+    year, week), only a version of that week (``build_week``) counts; a date version names its day,
+    so one of another week is not fetched."""
     for tag in tags_after(client.list_tags(repository), version):
-        doc = client.get_manifest(repository, tag)
-        if str((doc.json().get("annotations") or {}).get(VERSION, "")) == tag:
+        if week is not None and build_week(tag, "") not in (None, week):
+            continue
+        annotations = client.get_manifest(repository, tag).json().get("annotations") or {}
+        if str(annotations.get(VERSION, "")) != tag:
+            continue
+        if week is None or build_week(tag, str(annotations.get(CREATED, ""))) == week:
             return tag
     return None
 
