@@ -267,7 +267,7 @@ def cmd_hub_config(args: argparse.Namespace) -> int:
     from . import hub, prepull
     from .fsutil import atomic_write_text
 
-    if args.output and Path(args.output).is_dir():  # else the rename's error names the temporary file
+    if args.output is not None and Path(args.output).is_dir():  # else the rename's error names the temporary file
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), args.output)
     menu = hub.load_menu(args.source, _policy(args))
     if args.format == "docker":
@@ -278,7 +278,7 @@ def cmd_hub_config(args: argparse.Namespace) -> int:
         text = prepull.daemonset_json(prepull.render_daemonset(menu, namespace=args.namespace, keep=args.keep))
     else:
         text = menu.to_json()
-    if args.output:
+    if args.output is not None:
         atomic_write_text(Path(args.output), text)
         log.info(f"wrote {args.output}: {len(menu.entries)} entries, default {menu.default.tag}")
     else:
@@ -391,6 +391,13 @@ def _root(value: str) -> Path:
     if not value:
         raise argparse.ArgumentTypeError("an empty path; give the directory holding sw and sw.<version>")
     return Path(os.path.abspath(value))
+
+
+def _output(value: str) -> str:
+    """``hub-config --output``: a file (argparse type: an empty one is a usage error, exit 2, not stdout)."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty path; give a file, or leave -o out for stdout")
+    return value
 
 
 def _common(json_too: bool = True, lock: bool = False, root: bool = True) -> argparse.ArgumentParser:
@@ -602,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_hub_config)
     _menu_options(p)
     p.add_argument("--format", choices=("docker", "kube", "daemonset", "json"), default="docker")
-    p.add_argument("--output", "-o", metavar="FILE", help="write here (atomically) instead of stdout")
+    p.add_argument("--output", "-o", type=_output, metavar="FILE", help="write here (atomically) instead of stdout")
     p.add_argument("--namespace", help="the DaemonSet's namespace (default: kubectl's)")
     p.add_argument("--keep", type=int, metavar="N", help="the DaemonSet pulls only the menu's first N images")
     p.add_argument("--debug", action="store_true", help="log every step and request")

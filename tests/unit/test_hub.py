@@ -296,3 +296,19 @@ def test_hub_config_output_that_is_a_directory_is_named(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert err == f"swstack hub-config: error: {out}: Is a directory\n"
     assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["etc", "menu.json"]
+
+
+def test_hub_config_refuses_an_empty_output_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o ""` (an unset variable in a timer's script) is a usage error, not the menu on stdout."""
+    from swstack import cli
+
+    menu_file = tmp_path / "menu.json"
+    menu_file.write_text(plan_menu([_image("r29_0_0", "29.0.0", "2025-01-07T12:00:00Z")]).to_json())
+    for argv in (["-o", ""], ["--output="]):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["hub-config", str(menu_file), *argv])
+        assert exited.value.code == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.splitlines()[-1] == (
+            "swstack hub-config: error: argument --output/-o: an empty path; give a file, or leave -o out for stdout"
+        )
