@@ -8,14 +8,15 @@ a DaemonSet manifest (pure) whose init containers make every node pull each imag
 A Docker host keeps at most ``keep`` images of the menu's repository: the menu's first
 ``keep`` images (the default first). Older images of that repository are removed, never
 one a container uses, running or stopped: such an image stays (reported as in use)
-until its container is gone, even if that makes more than ``keep``.
+until its container is gone, even if that makes more than ``keep``. The removals are planned
+again after the pulls; a dry run plans them on the images as the pulls would leave them.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from . import log
 from .engine import Engine, LocalImage
 from .errors import ImageError
 from .hub import Menu
+from .oci import RegistryClient, parse_reference
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 
@@ -82,18 +84,50 @@ def remove_old(plan: PrepullPlan, engine: Engine) -> None:
 
 
 def prepull(menu: Menu, engine: Engine, keep: int, *, dry_run: bool = False) -> PrepullPlan:
-    plan = plan_prepull(menu, engine.local_images(), engine.images_in_use(), keep)
+    """Pull, then remove as planned again after the pulls; a dry run says the same and does nothing."""
+    local, in_use = engine.local_images(), engine.images_in_use()
+    plan = plan_prepull(menu, local, in_use, keep)
     if dry_run:
+        if plan.pull and plan.remove:  # a pull may give an image to remove a menu name
+            return _replanned(plan, plan_prepull(menu, as_pulled(local, pulled_ids(plan.pull)), in_use, keep))
         return plan
     for ref in plan.pull:
         engine.pull_image(ref)
     if plan.pull:
         # A pulled image may be one the host held under an old name only (the same image, another
         # manifest digest): a menu image now, and removing its last tag would take the new pin with it.
-        after = plan_prepull(menu, engine.local_images(), engine.images_in_use(), keep)
-        plan = replace(plan, remove=after.remove, in_use=after.in_use)
+        plan = _replanned(plan, plan_prepull(menu, engine.local_images(), engine.images_in_use(), keep))
     remove_old(plan, engine)
     return plan
+
+
+def _replanned(plan: PrepullPlan, after: PrepullPlan) -> PrepullPlan:
+    """``plan``'s pulls, ``after``'s removals: what the host holds once the pulls are done decides them."""
+    return replace(plan, remove=after.remove, in_use=after.in_use)
+
+
+def as_pulled(local: Sequence[LocalImage], ids: Mapping[str, Sequence[str]]) -> list[LocalImage]:
+    """``local`` as pulling each pinned reference of ``ids`` leaves it (pure): an image the engine
+    holds under one of the ids the pull's image may have gets the pin as a name, as the pull gives it."""
+    images = list(local)
+    for ref, image_ids in ids.items():
+        for i, image in enumerate(images):
+            if image.id in image_ids:
+                images[i] = replace(image, repo_digests=(*image.repo_digests, ref))
+    return images
+
+
+def pulled_ids(refs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Each pinned reference -> the ids an engine gives its image once pulled, read from the
+    registry without pulling: its config's digest (Docker's image id) and its own (the
+    containerd image store's)."""
+    ids: dict[str, tuple[str, ...]] = {}
+    for ref in refs:
+        name = parse_reference(ref, default_tag=None, error=ImageError)
+        client = RegistryClient(name.registry, error=ImageError)
+        config = client.get_manifest(name.repository, name.reference).json().get("config") or {}
+        ids[ref] = tuple(str(digest) for digest in (config.get("digest"), name.digest) if digest)
+    return ids
 
 
 # ----------------------------------------------------------------------------- Kubernetes
@@ -175,4 +209,13 @@ def daemonset_json(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=2) + "\n"
 
 
-__all__ = ["PrepullPlan", "daemonset_json", "plan_prepull", "prepull", "remove_old", "render_daemonset"]
+__all__ = [
+    "PrepullPlan",
+    "as_pulled",
+    "daemonset_json",
+    "plan_prepull",
+    "prepull",
+    "pulled_ids",
+    "remove_old",
+    "render_daemonset",
+]

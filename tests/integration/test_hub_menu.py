@@ -234,20 +234,34 @@ def test_prepull_pulls_from_a_registry_needing_credentials_with_the_ones_hub_con
 
 
 def test_prepull_keeps_a_menu_image_the_host_held_under_an_old_tag(
-    menu_repo: tuple[str, dict[str, PushResult]], engine_clean: DockerEngine, tmp_path: Path
+    menu_repo: tuple[str, dict[str, PushResult]],
+    engine_clean: DockerEngine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The host holds the default's image only as ``repo:old`` (built here, or pushed with another
     manifest digest): the pull adds the pin to that same image, and removing ``repo:old`` then
-    would take the pin with it (the engine drops a repository's digest names with its last tag)."""
+    would take the pin with it (the engine drops a repository's digest names with its last tag).
+    The dry run, which pulls nothing, says what the real run does: that removal is not in it, the
+    removal of an image beyond the menu's first N is."""
     engine = engine_clean
     repository, pushed = menu_repo
     pin = f"{repository}@{pushed['29.0.0'].digest}"
+    beyond = f"{repository}@{pushed['2024.12.30'].digest}"
     menu_file = tmp_path / "menu.json"
     assert cli.main(["hub-config", repository, "--format", "json", "-o", str(menu_file)]) == 0
     engine.pull_image(pin)
     engine.tag_image(pin, f"{repository}:old")
     engine.remove_image(pin)  # the digest name only: the image stays, as repo:old
+    engine.pull_image(beyond)
     assert not engine.image_exists(pin) and engine.image_exists(f"{repository}:old")
+    capsys.readouterr()
 
-    assert cli.main(["prepull", str(menu_file), "--keep", "1"]) == 0
-    assert engine.image_exists(pin)
+    assert cli.main(["prepull", str(menu_file), "--keep", "1", "--dry-run", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert not engine.image_exists(pin)  # a dry run pulls nothing
+    assert cli.main(["prepull", str(menu_file), "--keep", "1", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done == {**planned, "dry_run": False}
+    assert done["pull"] == [pin] and done["remove"] == [beyond]
+    assert engine.image_exists(pin) and engine.image_exists(f"{repository}:old") and not engine.image_exists(beyond)

@@ -27,7 +27,7 @@ from swstack.hub import (
     render_kubespawner,
     tag_kind,
 )
-from swstack.prepull import plan_prepull, render_daemonset
+from swstack.prepull import as_pulled, plan_prepull, render_daemonset
 
 REPO = "registry.example.org:5000/swstack/py3"
 
@@ -237,6 +237,21 @@ def test_prepull_plan_keeps_at_most_n_and_never_one_in_use() -> None:
     assert f"{REPO}@{_digest('r28_0_0')}" in small.remove
     with pytest.raises(ImageError, match="keep at least 1"):
         plan_prepull(menu, local, set(), keep=0)
+
+
+def test_a_pull_that_names_a_held_image_takes_its_removal_back() -> None:
+    """The host holds the default's image only as ``repo:old``: the pull gives that image the pin
+    (Docker's id is the config digest, the containerd store's the manifest digest), so the plan
+    made on the host as the pulls leave it removes only the image no pull names."""
+    menu = plan_menu(IMAGES, MenuPolicy(weeklies=0, dailies=0, experimentals=0))
+    pin = menu.images()[0]
+    local = [_local("sha256:cfg", f"{REPO}:old"), _local("sha256:gone", f"{REPO}:w_2024_52")]
+    assert plan_prepull(menu, local, set(), keep=1).remove == (f"{REPO}:old", f"{REPO}:w_2024_52")
+    for ids in (("sha256:cfg", "sha256:manifest"), ("sha256:other", "sha256:cfg")):
+        pulled = as_pulled(local, {pin: ids})
+        assert pulled[0].repo_digests == (pin,) and pulled[1] == local[1]
+        assert plan_prepull(menu, pulled, set(), keep=1).remove == (f"{REPO}:w_2024_52",)
+    assert as_pulled(local, {pin: ("sha256:new",)}) == local
 
 
 def test_daemonset_validates_against_the_kubernetes_models() -> None:
