@@ -33,7 +33,7 @@ from swstack.site import Site
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.slow]
 
-BUILDS = {  # version -> build time; pushed in this order, so later builds move the daily tags they share
+BUILDS = {  # version -> build time; pushed in build order, so each moves the tags it shares with those before
     "2024.12.30": "2024-12-30T02:00:00Z",
     "2025.01.06": "2025-01-06T02:00:00Z",
     "29.0.0": "2025-01-07T12:00:00Z",
@@ -67,7 +67,7 @@ def test_the_menu_from_the_registry(
     pin = {v: f"{repository}@{p.digest}" for v, p in pushed.items()}
     assert [(e.tag, e.image, e.version) for e in menu.entries] == [
         ("r29_0_0", pin["29.0.0"], "29.0.0"),
-        ("w_2025_02", pin["2025.01.06"], "2025.01.06"),  # 29.0.0, built later that week, sorts before it
+        ("w_2025_02", pin["29.0.0"], "29.0.0"),  # the release, built later that week, moved it
         ("w_2025_01", pin["2024.12.30"], "2024.12.30"),  # ISO week 1 of 2025 began on 2024-12-30
         ("d_2025_01_07", pin["29.0.0"], "29.0.0"),
         ("d_2025_01_06", pin["2025.01.06"], "2025.01.06"),
@@ -117,29 +117,29 @@ def test_prepull_keeps_n_and_never_an_image_in_use(
     pin = {v: f"{repository}@{p.digest}" for v, p in pushed.items()}
     menu_file = tmp_path / "menu.json"
     assert cli.main(["hub-config", repository, "--format", "json", "-o", str(menu_file)]) == 0
-    assert Menu.from_json(menu_file.read_text(), "m").images() == (pin["29.0.0"], pin["2025.01.06"], pin["2024.12.30"])
+    assert Menu.from_json(menu_file.read_text(), "m").images() == (pin["29.0.0"], pin["2024.12.30"], pin["2025.01.06"])
 
     assert cli.main(["prepull", str(menu_file), "--keep", "2", "--dry-run", "--json"]) == 0
     planned = json.loads(capsys.readouterr().out)
-    assert planned["dry_run"] and planned["pull"] == [pin["29.0.0"], pin["2025.01.06"]] and not planned["remove"]
+    assert planned["dry_run"] and planned["pull"] == [pin["29.0.0"], pin["2024.12.30"]] and not planned["remove"]
     assert not engine.image_exists(pin["29.0.0"])  # a dry run pulls nothing
     assert cli.main(["prepull", str(menu_file), "--keep", "2"]) == 0
-    assert engine.image_exists(pin["29.0.0"]) and engine.image_exists(pin["2025.01.06"])
-    assert not engine.image_exists(pin["2024.12.30"])
+    assert engine.image_exists(pin["29.0.0"]) and engine.image_exists(pin["2024.12.30"])
+    assert not engine.image_exists(pin["2025.01.06"])
     assert cli.main(["prepull", str(menu_file), "--keep", "2"]) == cli.UNCHANGED_EXIT
 
     # An image beyond the menu's first N that a (stopped) container uses stays.
-    engine.pull_image(pin["2024.12.30"])
-    container = engine.client.containers.create(pin["2024.12.30"], ["/bin/true"])
+    engine.pull_image(pin["2025.01.06"])
+    container = engine.client.containers.create(pin["2025.01.06"], ["/bin/true"])
     try:
         assert cli.main(["prepull", str(menu_file), "--keep", "1"]) == 0
         assert engine.image_exists(pin["29.0.0"])
-        assert not engine.image_exists(pin["2025.01.06"])
-        assert engine.image_exists(pin["2024.12.30"])
+        assert not engine.image_exists(pin["2024.12.30"])
+        assert engine.image_exists(pin["2025.01.06"])
     finally:
         container.remove()
     assert cli.main(["prepull", str(menu_file), "--keep", "1"]) == 0
-    assert not engine.image_exists(pin["2024.12.30"]) and engine.image_exists(pin["29.0.0"])
+    assert not engine.image_exists(pin["2025.01.06"]) and engine.image_exists(pin["29.0.0"])
 
 
 def test_a_repository_with_no_menu_tag_is_named_with_what_to_do(

@@ -15,6 +15,7 @@ from tests.support.imagekit import (
     image_site,  # noqa: F401 - fixture
     make_env_artifact,
     py3_stack,
+    relabelled_artifact,
     tarball_listing,
     tree_listing_argv,
 )
@@ -115,31 +116,41 @@ def test_rebuild_is_identical_and_one_package_change_pushes_little(
     assert client.head_manifest(repo.repository, "latest") == second.digest
 
 
+def _held(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return sorted(r.getMessage() for r in caplog.records if " not moved: " in r.getMessage())
+
+
 def test_latest_moves_to_a_newer_version_and_stays_when_an_older_one_is_pushed(
     artifacts: Path,
     first: ImageResult,
     image_site: Site,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Re-pushing an old version (to restore its tag, or to another registry) must not roll back
-    what new spawns get. A repository of its own: the other tests' pushes leave it alone."""
-    repository = f"{image_site.registry}/swstack/py3-latest"
+    """Re-pushing an earlier build (to restore its tag, or to another registry) must not roll back
+    what new spawns get: 2026.11.21, pushed again after 2026.11.21.1 was built later that day, moves
+    none of latest, w_2026_47 and d_2026_11_21. A repository of its own: the other tests' pushes
+    leave it alone."""
+    name = "swstack/py3-latest"
+    repository = f"{image_site.registry}/{name}"
     client = RegistryClient(image_site.registry or "")
-    newer = build_image(py3_stack(), image_site, PROJECT, make_env_artifact(artifacts / "newer", "2026.11.21.1"))
-    push_image(first, repository=repository)
-    assert client.head_manifest("swstack/py3-latest", "latest") == first.digest
+    later = relabelled_artifact(first.layout.parent, artifacts / "newer", "2026.11.21.1", "2026-11-21T06:00:00Z")
+    newer = build_image(py3_stack(), image_site, PROJECT, later)
+    push_image(first, repository=repository)  # built 2026-11-21T00:00:00Z
+    assert client.head_manifest(name, "latest") == first.digest
 
-    pushed = push_image(newer, repository=repository)  # 2026.11.21.1 comes after 2026.11.21
-    assert "latest" in pushed.tags
-    assert client.head_manifest("swstack/py3-latest", "latest") == newer.digest
+    pushed = push_image(newer, repository=repository)
+    assert {"latest", "w_2026_47", "d_2026_11_21"} <= set(pushed.tags)
+    assert client.head_manifest(name, "latest") == newer.digest
 
     caplog.set_level("INFO", logger="swstack")
     again = push_image(first, repository=repository)
-    assert client.head_manifest("swstack/py3-latest", "latest") == newer.digest
-    assert "latest" not in again.tags
-    assert client.head_manifest("swstack/py3-latest", "2026.11.21") == first.digest
-    held = [r.getMessage() for r in caplog.records if ":latest not moved" in r.getMessage()]
-    assert held == [f"{repository}:latest not moved: 2026.11.21 is older than 2026.11.21.1, which the registry holds"]
+    assert again.tags == ("2026.11.21",)
+    for tag in ("latest", "w_2026_47", "d_2026_11_21"):
+        assert client.head_manifest(name, tag) == newer.digest
+    assert client.head_manifest(name, "2026.11.21") == first.digest
+    after = "2026.11.21.1 (built 2026-11-21T06:00:00Z) was built after 2026.11.21 (built 2026-11-21T00:00:00Z)"
+    held = [f"{repository}:{tag} not moved: {after}" for tag in ("d_2026_11_21", "latest", "w_2026_47")]
+    assert _held(caplog) == held
 
 
 def test_the_weekly_tag_stays_when_an_older_version_of_its_week_is_pushed(
@@ -148,8 +159,9 @@ def test_the_weekly_tag_stays_when_an_older_version_of_its_week_is_pushed(
     image_site: Site,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """2026.11.19 and 2026.11.21 both render w_2026_47: re-pushing the older after the newer must not
-    roll back the week's menu entry; a newer version of another week (2026.11.23) does not hold it."""
+    """2026.11.19 and 2026.11.21 both render w_2026_47: re-pushing the one built first after the other
+    must not roll back the week's menu entry; a build of another week (2026.11.23) does not hold it.
+    Each is built at the midnight its version names (make_env_artifact)."""
     name = "swstack/py3-weekly"
     repository = f"{image_site.registry}/{name}"
     client = RegistryClient(image_site.registry or "")
@@ -167,11 +179,43 @@ def test_the_weekly_tag_stays_when_an_older_version_of_its_week_is_pushed(
     assert client.head_manifest(name, "w_2026_47") == first.digest and "w_2026_47" not in again.tags
     assert client.head_manifest(name, "d_2026_11_19") == older.digest and "d_2026_11_19" in again.tags
     assert client.head_manifest(name, "latest") == week_after.digest
-    held = sorted(r.getMessage() for r in caplog.records if "not moved" in r.getMessage())
-    assert held == [
-        f"{repository}:latest not moved: 2026.11.19 is older than 2026.11.23, which the registry holds",
-        f"{repository}:w_2026_47 not moved: 2026.11.19 is older than 2026.11.21, which the registry holds",
+    assert _held(caplog) == [
+        f"{repository}:latest not moved: 2026.11.23 (built 2026-11-23T00:00:00Z) "
+        "was built after 2026.11.19 (built 2026-11-19T00:00:00Z)",
+        f"{repository}:w_2026_47 not moved: 2026.11.21 (built 2026-11-21T00:00:00Z) "
+        "was built after 2026.11.19 (built 2026-11-19T00:00:00Z)",
     ]
+
+
+def test_a_release_built_after_a_date_build_moves_latest_and_its_weeks_tag(
+    artifacts: Path,
+    first: ImageResult,
+    image_site: Site,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """29.0.0 sorts below every date version by name, but was built after 2026.11.21 (the next day,
+    the same ISO week): it is the newest, and latest and w_2026_47 move to it. 2026.11.21 pushed
+    again leaves them there; its own day's tag, which no later build shares, stays on it."""
+    name = "swstack/py3-release"
+    repository = f"{image_site.registry}/{name}"
+    client = RegistryClient(image_site.registry or "")
+    built = relabelled_artifact(first.layout.parent, artifacts / "release", "29.0.0", "2026-11-22T12:00:00Z")
+    release = build_image(py3_stack(), image_site, PROJECT, built)
+    push_image(first, repository=repository)
+
+    caplog.set_level("INFO", logger="swstack")
+    pushed = push_image(release, repository=repository)
+    assert pushed.tags == ("29.0.0", "latest", "d_2026_11_22", "w_2026_47", "r29_0_0")
+    for tag in ("latest", "w_2026_47", "d_2026_11_22"):
+        assert client.head_manifest(name, tag) == release.digest
+    assert _held(caplog) == []
+
+    again = push_image(first, repository=repository)
+    assert again.tags == ("2026.11.21", "d_2026_11_21")
+    assert client.head_manifest(name, "latest") == client.head_manifest(name, "w_2026_47") == release.digest
+    assert client.head_manifest(name, "d_2026_11_21") == first.digest
+    after = "29.0.0 (built 2026-11-22T12:00:00Z) was built after 2026.11.21 (built 2026-11-21T00:00:00Z)"
+    assert _held(caplog) == [f"{repository}:{tag} not moved: {after}" for tag in ("latest", "w_2026_47")]
 
 
 def test_an_image_whose_command_neither_tree_nor_base_has_is_refused(

@@ -323,69 +323,105 @@ def test_the_image_menu_leaves_out_signature_and_referrer_tags(monkeypatch: pyte
     assert sorted(e["tag"] for e in entries) == ["2026.12.06", "latest"]
 
 
-def test_only_tags_that_can_be_versions_after_the_pushed_one_are_looked_at() -> None:
-    """Weeklies, dailies and the like sort above every date version but name none: with a year of
-    them, fetching each at every push would cost hundreds of requests."""
-    from swstack.image.registry import tags_after
-
-    tags = ["2026.12.05", "2026.12.07", "2026.12.07.1", "2026.12.10", "2026.9.30", "latest", "stable",
-            "w_2026_49", "d_2026_12_07", "exp_0a1b2c3d4e5f", "r29_0_0", "sha256-" + "a" * 64 + ".sig"]
-    assert tags_after(tags, "2026.12.07") == ["stable", "2026.12.10", "2026.12.07.1"]
-    assert tags_after(tags, "2026.12.10") == ["stable"]
-
-
-def test_the_newest_version_after_is_a_tag_naming_an_image_of_that_version() -> None:
-    from types import SimpleNamespace
-
-    from swstack.image.registry import newest_version_after
-    from swstack.oci import VERSION
-
-    versions = {"stable": "2026.12.10", "2026.12.10": "2026.12.10", "2026.12.07": "2026.12.07"}
-    fetched: list[str] = []
-
-    class Client:
-        def list_tags(self, repository: str) -> list[str]:
-            return [*versions, "latest", "w_2026_50"]
-
-        def get_manifest(self, repository: str, reference: str) -> object:
-            fetched.append(reference)
-            return SimpleNamespace(json=lambda: {"annotations": {VERSION: versions[reference]}})
-
-    client: Any = Client()
-    assert newest_version_after(client, "swstack/py3", "2026.12.05") == "2026.12.10"
-    assert fetched == ["stable", "2026.12.10"]
-    assert newest_version_after(client, "swstack/py3", "2026.12.10") is None
-
-
-def test_the_newest_version_of_a_week_is_looked_for_among_that_week_only() -> None:
-    """A date version names its day: one of another week is not fetched; a version that names no
-    date (2027.1) is, and its build time says its week."""
-    from types import SimpleNamespace
-
-    from swstack.image.plan import build_week
-    from swstack.image.registry import newest_version_after
+def _build(version: str, created: str) -> Any:
+    from swstack.image.registry import Build
     from swstack.oci import CREATED, VERSION
 
-    created = {"2027.1": "2026-11-24T01:00:00Z", "2026.11.23": "2026-11-23T01:00:00Z",
-               "2026.11.21": "2026-11-21T01:00:00Z", "2026.11.19": "2026-11-19T01:00:00Z"}
-    fetched: list[str] = []
+    return Build.of({VERSION: version, CREATED: created})
 
-    class Client:
-        def list_tags(self, repository: str) -> list[str]:
-            return [*created, "latest", "w_2026_47"]
 
-        def get_manifest(self, repository: str, reference: str) -> object:
-            fetched.append(reference)
-            return SimpleNamespace(json=lambda: {"annotations": {VERSION: reference, CREATED: created[reference]}})
+class _Registry:
+    """A repository's tags, each naming an image of ``version`` built at ``created``; every request counted."""
 
-    client: Any = Client()
-    week = build_week("2026.11.19", "")
-    assert week == (2026, 47) and build_week("29.0.0", "2026-11-20T12:00:00Z") == week
-    assert build_week("29.0.0", "") is None and build_week("2024.12.30", "") == (2025, 1)
-    assert newest_version_after(client, "swstack/py3", "2026.11.19", week=week) == "2026.11.21"
-    assert fetched == ["2027.1", "2026.11.21"]  # 2027.1 was built in week 48; 2026.11.23 names week 48
-    assert newest_version_after(client, "swstack/py3", "2026.11.21", week=week) is None
-    assert newest_version_after(client, "swstack/py3", "2026.11.19") == "2027.1"
+    registry = "r.example.org"
+
+    def __init__(self, images: dict[str, tuple[str, str]]) -> None:
+        self.images = images
+        self.requests: list[str] = []
+
+    def list_tags(self, repository: str) -> list[str]:
+        self.requests.append("tags")
+        return [*self.images, "latest", "w_2026_47", "d_2026_11_21", "r29_0_0", "sha256-" + "a" * 64 + ".sig"]
+
+    def get_manifest(self, repository: str, reference: str) -> object:
+        from types import SimpleNamespace
+
+        from swstack.oci import CREATED, VERSION
+
+        self.requests.append(reference)
+        version, created = self.images[reference]
+        return SimpleNamespace(json=lambda: {"annotations": {VERSION: version, CREATED: created}})
+
+
+def test_only_tags_that_may_name_a_version_built_later_in_a_tags_span_are_fetched() -> None:
+    """The menu's forms and signatures name no version: with a year of them, fetching each at every
+    push would cost hundreds of requests. A date version is built on the day it names: one named
+    before the pushed build's day, or outside the span of every tag asked about, is not fetched."""
+    from swstack.image.plan import build_date, build_week
+    from swstack.image.registry import LATEST, candidate_tags, moving_span
+
+    every = tuple(span for tag in (LATEST, "w_2026_50", "d_2026_12_07") if (span := moving_span(tag)) is not None)
+    assert every == (moving_span(LATEST), build_week, build_date) and moving_span("2026.12.07") is None
+    signature = "sha256-" + "a" * 64 + ".sig"
+    tags = ["2026.12.05", "2026.12.06.1", "2026.12.07", "2026.12.07.1", "2026.12.10", "2026.12.14", "29.0.0",
+            "stable", "latest", "w_2026_50", "d_2026_12_07", "exp_0a1b2c3d4e5f", "r29_0_0", signature]
+    pushed = _build("2026.12.07", "2026-12-07T03:00:00Z")  # a Monday: week 50
+    assert candidate_tags(tags, pushed, every) == ["2026.12.07.1", "2026.12.10", "2026.12.14", "29.0.0", "stable"]
+    assert candidate_tags(tags, pushed, (build_week,)) == ["2026.12.07.1", "2026.12.10", "29.0.0", "stable"]
+    assert candidate_tags(tags, pushed, (build_date,)) == ["2026.12.07.1", "29.0.0", "stable"]
+    release = _build("29.0.0", "2026-12-08T12:00:00Z")  # its own tag left out; dates before its day too
+    assert candidate_tags(tags, release, every) == ["2026.12.10", "2026.12.14", "stable"]
+    past_midnight = _build("2026.12.07", "2026-12-08T00:30:00Z")  # a later build of its day may follow it
+    assert candidate_tags(tags, past_midnight, (build_date,)) == ["2026.12.07.1", "29.0.0", "stable"]
+
+
+def test_the_builds_after_are_versions_built_later_the_last_built_first() -> None:
+    """A version is a tag naming an image of that very version (``stable`` is none); which is
+    newer is said by the build time, not the name: 29.0.0, built after 2026.11.21, is."""
+    from swstack.image.registry import LATEST, builds_after, moving_span
+
+    registry = _Registry({
+        "stable": ("2026.11.21", "2026-11-21T06:00:00Z"),
+        "2026.11.21": ("2026.11.21", "2026-11-21T06:00:00Z"),
+        "2026.11.19": ("2026.11.19", "2026-11-19T06:00:00Z"),
+        "29.0.0": ("29.0.0", "2026-11-22T12:00:00Z"),
+        "28.0.0": ("28.0.0", "2026-10-01T12:00:00Z"),
+    })
+    client: Any = registry
+    latest = moving_span(LATEST)
+    assert latest is not None
+    pushed = _build("2026.11.20", "2026-11-20T06:00:00Z")
+    assert [b.version for b in builds_after(client, "swstack/py3", pushed, (latest,))] == ["29.0.0", "2026.11.21"]
+    assert registry.requests == ["tags", "stable", "2026.11.21", "29.0.0", "28.0.0"]  # 2026.11.19 is not fetched
+
+
+def test_each_moving_tag_stays_on_the_build_of_its_span_made_last(caplog: pytest.LogCaptureFixture) -> None:
+    """A release built after a date build moves latest and its week's tag; the date build pushed
+    again moves none of latest, the weekly and the daily tag, each held by its span's last build."""
+    from swstack.image.registry import _tags_to_move
+
+    tags = ("2026.11.21", "latest", "d_2026_11_21", "w_2026_47")
+    release_tags = ("29.0.0", "latest", "d_2026_11_22", "w_2026_47", "r29_0_0")
+    registry = _Registry({"2026.11.21": ("2026.11.21", "2026-11-21T00:00:00Z")})
+    client: Any = registry
+    release = _build("29.0.0", "2026-11-22T12:00:00Z")  # a Sunday: week 47
+    assert _tags_to_move(client, "swstack/py3", release_tags, release) == release_tags
+    assert registry.requests == ["tags"]  # 2026.11.21 names a day before the release's
+
+    registry.images["2026.11.21.1"] = ("2026.11.21.1", "2026-11-21T06:00:00Z")  # later that day
+    registry.images["29.0.0"] = ("29.0.0", release.created)
+    registry.requests.clear()
+    caplog.set_level("INFO", logger="swstack")
+    assert _tags_to_move(client, "swstack/py3", tags, _build("2026.11.21", "2026-11-21T00:00:00Z")) == ("2026.11.21",)
+    assert registry.requests == ["tags", "2026.11.21.1", "29.0.0"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "r.example.org/swstack/py3:latest not moved: 29.0.0 (built 2026-11-22T12:00:00Z) "
+        "was built after 2026.11.21 (built 2026-11-21T00:00:00Z)",
+        "r.example.org/swstack/py3:d_2026_11_21 not moved: 2026.11.21.1 (built 2026-11-21T06:00:00Z) "
+        "was built after 2026.11.21 (built 2026-11-21T00:00:00Z)",
+        "r.example.org/swstack/py3:w_2026_47 not moved: 29.0.0 (built 2026-11-22T12:00:00Z) "
+        "was built after 2026.11.21 (built 2026-11-21T00:00:00Z)",
+    ]
 
 
 def test_a_base_with_no_registry_host_the_site_does_not_map_points_at_its_stack_file_line(

@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -139,19 +139,43 @@ def release_numbers(version: str) -> tuple[int, int, int] | None:
 
 def build_day(manifest: Manifest) -> date:
     """The date a build stands for: the one in a date version, else the build time's (UTC)."""
-    return _version_date(manifest.version) or _utc_day(manifest.build_time)
+    return _dated(manifest.version, manifest.build_time)
+
+
+def build_date(version: str, created: str) -> date | None:
+    """The day ``d_{yyyy}_{mm}_{dd}`` names for an image of ``version`` built at ``created``
+    (ISO 8601; its manifest's annotations), as ``build_day`` dates it; None when neither says a
+    date. ``build_date(version, "")`` is the day a date version names (None for a release),
+    ``build_date("", created)`` the day of the build time (UTC)."""
+    try:
+        return _dated(version, created)
+    except ValueError:
+        return None
 
 
 def build_week(version: str, created: str) -> tuple[int, int] | None:
     """The ISO year and week ``w_{isoyear}_{week}`` names for an image of ``version`` built at
-    ``created`` (ISO 8601; its manifest's annotations), as ``build_day`` dates it; None when
-    neither says a date."""
-    try:
-        day = _version_date(version) or _utc_day(created)
-    except ValueError:
+    ``created``, as ``build_date`` dates it; None when neither says a date."""
+    day = build_date(version, created)
+    if day is None:
         return None
     year, week, _ = day.isocalendar()
     return year, week
+
+
+def build_moment(created: str) -> datetime | None:
+    """A build time (ISO 8601, ``2026-11-21T03:00:00Z``) to compare with another; one naming no
+    offset is taken as UTC, the zone ``pack`` writes them in. None when it is no time."""
+    try:
+        moment = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _dated(version: str, created: str) -> date:
+    """The one dating of a build that its tags, ``build_day`` and ``build_date`` share."""
+    return _version_date(version) or _utc_day(created)
 
 
 def _utc_day(timestamp: str) -> date:

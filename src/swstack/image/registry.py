@@ -8,15 +8,15 @@ import functools
 import gzip
 import json
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from .. import log, paths
 from ..engine import Engine
 from ..errors import ImageError, PushError, SwstackError
-from ..host.layout import version_key
 from ..hub import tag_kind
 from ..layers import normalise_path
 from ..oci import (
@@ -43,12 +43,14 @@ from .plan import (
     OCI_CONFIG,
     BaseImage,
     ImageResult,
+    build_date,
+    build_moment,
     build_week,
     image_repository,
     load_image_result,
 )
 
-# The tag that names the newest version: new spawns get it, so a push of an older version leaves it.
+# The tag that names the build made last: new spawns get it, so a push of an earlier build leaves it.
 LATEST = "latest"
 
 
@@ -142,8 +144,8 @@ def push_image(
     chunk_size: int | None = None,
 ) -> PushResult:
     """Push the image: missing blobs first (base layers copied from the base's registry), the
-    manifest last and once per tag, so a failed push never moves a tag; ``latest`` only when the
-    registry holds no version after this one, the weekly tag only when it holds none of this week."""
+    manifest last and once per tag, so a failed push never moves a tag; ``latest``, the weekly and
+    the daily tag only when the registry holds no version of their span built after this one."""
     result = image if isinstance(image, ImageResult) else load_image_result(image)
     target = parse_reference(repository or result.repository, default_tag=None, error=PushError)
     client = RegistryClient(target.registry, retry=retry, error=PushError)
@@ -161,13 +163,12 @@ def push_image(
     sizes = {blob.descriptor.digest: blob.descriptor.size for blob in blobs}
     chosen = tuple(tags) if tags is not None else result.tags
     log.step(f"pushing {target.registry}/{repo} ({len(result.layers)} layers)")
-    # The version tag never moves to other content; latest and the weekly move forward only; dailies move.
+    # The version tag never moves to other content; latest, the weekly and the daily tag never move
+    # back to an earlier build of their span.
     annotations = json.loads(manifest_bytes).get("annotations") or {}
-    version = str(annotations.get(VERSION, ""))
-    week = build_week(version, str(annotations.get(CREATED, "")))
-    fixed = tuple(tag for tag in chosen if tag == version)
+    fixed = tuple(tag for tag in chosen if tag == str(annotations.get(VERSION, "")))
     with before_the_manifest(client, repo):  # the registry asked which versions it holds
-        chosen = _tags_to_move(client, repo, chosen, version, week)
+        chosen = _tags_to_move(client, repo, chosen, Build.of(annotations))
     outcome = push_manifest(client, repo, blobs, manifest_bytes, tags=chosen, fixed=fixed)
     pushed = PushResult(
         repository=f"{target.registry}/{repo}",
@@ -186,61 +187,106 @@ def push_image(
     return pushed
 
 
-def _tags_to_move(
-    client: RegistryClient, repository: str, tags: tuple[str, ...], version: str, week: tuple[int, int] | None
-) -> tuple[str, ...]:
-    """``tags``, less those a version after ``version`` holds back: re-pushing an old version (to
-    restore its tag, or to another registry) must not roll back what new spawns get."""
-    if not version:
-        return tags
-    return tuple(tag for tag in tags if not _held_back(client, repository, tag, version, week))
+# What a moving tag spans: (version, build time) -> a key that two builds under the same tag share.
+Span = Callable[[str, str], object]
 
 
-def _held_back(client: RegistryClient, repository: str, tag: str, version: str, week: tuple[int, int] | None) -> bool:
-    """Whether ``tag`` stays where it is, said in one line: ``latest`` when the registry holds a
-    version after ``version``, the weekly tag when it holds one after it of the same ``week``."""
+@dataclass(frozen=True)
+class Build:
+    """A version and when it was built, as its manifest's annotations say (``build_image`` writes
+    ``org.opencontainers.image.version`` and ``.created``, the build time its config's labels carry)."""
+
+    version: str
+    created: str  # ISO 8601, as annotated: what the messages show
+    at: datetime  # the same, to compare
+
+    @classmethod
+    def of(cls, annotations: Mapping[str, Any]) -> Build | None:
+        """The build a manifest's annotations name; None without a version or a build time."""
+        version, created = str(annotations.get(VERSION, "")), str(annotations.get(CREATED, ""))
+        at = build_moment(created)
+        return cls(version, created, at) if version and at is not None else None
+
+    def within(self, span: Span, other: Build) -> bool:
+        """Whether this build and ``other`` fall in the same ``span`` (one tag names both)."""
+        return span(self.version, self.created) == span(other.version, other.created)
+
+
+def _all_time(version: str, created: str) -> bool:
+    return True
+
+
+def moving_span(tag: str) -> Span | None:
+    """What a moving tag spans, as ``tag_fields`` renders it: all time for ``latest``, the build's ISO
+    week for the weekly tag, its day for the daily tag; None for a tag that names one version."""
     if tag == LATEST:
-        newer = newest_version_after(client, repository, version)
-    elif tag_kind(tag) == "weekly" and week is not None:
-        newer = newest_version_after(client, repository, version, week=week)
-    else:
-        return False
-    if newer is not None:
-        log.info(f"{client.registry}/{repository}:{tag} not moved: {version} is older than {newer}, "
-                 "which the registry holds")
-    return newer is not None
+        return _all_time
+    kind = tag_kind(tag)
+    return build_week if kind == "weekly" else build_date if kind == "daily" else None
 
 
-def newest_version_after(
-    client: RegistryClient, repository: str, version: str, *, week: tuple[int, int] | None = None
-) -> str | None:
-    """The newest version ``repository`` holds that comes after ``version`` (``host.layout``'s order),
-    or None. A version is a tag naming an image of that very version (``build_image`` annotates the
-    manifest with it): ``stable`` or another tag that sorts high is no version. With ``week`` (ISO
-    year, week), only a version of that week (``build_week``) counts; a date version names its day,
-    so one of another week is not fetched."""
-    for tag in tags_after(client.list_tags(repository), version):
-        if week is not None and build_week(tag, "") not in (None, week):
-            continue
-        annotations = client.get_manifest(repository, tag).json().get("annotations") or {}
-        if str(annotations.get(VERSION, "")) != tag:
-            continue
-        if week is None or build_week(tag, str(annotations.get(CREATED, ""))) == week:
-            return tag
-    return None
+def _tags_to_move(
+    client: RegistryClient, repository: str, tags: tuple[str, ...], pushed: Build | None
+) -> tuple[str, ...]:
+    """``tags``, less each moving tag whose span holds a version built after ``pushed``, said in one
+    line: re-pushing an earlier build (to restore its tag, or to another registry) must not roll
+    back what new spawns get. Without a version or build time to go by, every tag moves."""
+    spans = {tag: span for tag in tags if (span := moving_span(tag)) is not None}
+    if pushed is None or not spans:
+        return tags
+    later = builds_after(client, repository, pushed, tuple(spans.values()))
+    held = {tag: next((b for b in later if b.within(span, pushed)), None) for tag, span in spans.items()}
+    for tag, by in held.items():
+        if by is not None:
+            log.info(f"{client.registry}/{repository}:{tag} not moved: {by.version} (built {by.created}) "
+                     f"was built after {pushed.version} (built {pushed.created})")
+    return tuple(tag for tag in tags if held.get(tag) is None)
 
 
-def tags_after(tags: Iterable[str], version: str) -> list[str]:
-    """The tags that may name a version after ``version``, newest first (pure). ``latest``, the
-    menu's forms (``w_2026_47``, ``d_2026_11_21``, ``exp_…``, ``r29_0_0``), signatures and referrers
-    name none, and are left out: a year of dailies would otherwise cost a request each per push."""
-    after = (
+def builds_after(client: RegistryClient, repository: str, pushed: Build, spans: Sequence[Span]) -> list[Build]:
+    """The versions ``repository`` holds that were built after ``pushed``, the last built first: one
+    request for the tags, one per tag ``candidate_tags`` keeps. A version is a tag naming an image of
+    that very version: ``stable`` naming 2026.12.10 is none."""
+    later = []
+    for tag in candidate_tags(client.list_tags(repository), pushed, spans):
+        build = Build.of(client.get_manifest(repository, tag).json().get("annotations") or {})
+        if build is not None and build.version == tag and build.at > pushed.at:
+            later.append(build)
+    return sorted(later, key=lambda build: build.at, reverse=True)
+
+
+def candidate_tags(tags: Iterable[str], pushed: Build, spans: Sequence[Span]) -> list[str]:
+    """The tags that may name a version built after ``pushed`` in one of ``spans`` (pure). ``latest``,
+    the menu's forms (``w_2026_47``, ``d_2026_11_21``, ``exp_…``, ``r29_0_0``), signatures and
+    referrers name none and are left out, as is ``pushed``'s own: a year of dailies would otherwise
+    cost a request each per push."""
+    since = _earliest_day(pushed)
+    return [
         tag
         for tag in tags
-        if tag != LATEST and not is_attachment_tag(tag) and tag_kind(tag) is None
-        and version_key(tag) > version_key(version)
-    )
-    return sorted(after, key=version_key, reverse=True)
+        if tag not in (LATEST, pushed.version) and not is_attachment_tag(tag) and tag_kind(tag) is None
+        and _may_be_later(tag, since, pushed, spans)
+    ]
+
+
+def _earliest_day(pushed: Build) -> date:
+    """The day of ``pushed``'s build time, or the day its version names when that is earlier (a
+    build that ran past midnight)."""
+    days = (build_date(pushed.version, pushed.created), build_date("", pushed.created))
+    return min(day for day in days if day is not None)
+
+
+def _may_be_later(tag: str, since: date, pushed: Build, spans: Sequence[Span]) -> bool:
+    """Whether ``tag`` may be a version built after ``pushed`` that shares one of ``spans`` with it.
+    A release (29.0.0) says nothing of when it was built: only its manifest does. A date version is
+    built on the day it names, so one named before ``since`` was built before ``pushed``, and its
+    date alone says its week and day. One given an old date by hand (``version=``) and built after
+    ``pushed`` is missed, and the tags move to ``pushed``: rare enough not to fetch a year of
+    versions at every push for it."""
+    named = build_date(tag, "")
+    if named is None:
+        return True
+    return named >= since and any(span(tag, "") == span(pushed.version, pushed.created) for span in spans)
 
 
 def _check_layout(result: ImageResult) -> None:
