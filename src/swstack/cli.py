@@ -328,11 +328,12 @@ def _menu_options(p: argparse.ArgumentParser) -> None:
         help="the images' repository (host[:port]/name, e.g. registry.example.org/swstack/py3) "
         "or a menu file written by `hub-config --format json`",
     )
-    p.add_argument("--releases", type=int, default=1, metavar="N", help="newest releases r* listed (default 1)")
-    p.add_argument("--weeklies", type=int, default=3, metavar="N", help="newest weeklies w_* listed (default 3)")
-    p.add_argument("--dailies", type=int, default=3, metavar="N", help="newest dailies d_* listed (default 3)")
+    # _count: a negative count (a typo) listed none of its kind without a word.
+    p.add_argument("--releases", type=_count, default=1, metavar="N", help="newest releases r* listed (default 1)")
+    p.add_argument("--weeklies", type=_count, default=3, metavar="N", help="newest weeklies w_* listed (default 3)")
+    p.add_argument("--dailies", type=_count, default=3, metavar="N", help="newest dailies d_* listed (default 3)")
     p.add_argument(
-        "--experimentals", type=int, default=3, metavar="N", help="newest experimental exp_* listed (default 3)"
+        "--experimentals", type=_count, default=3, metavar="N", help="newest experimental exp_* listed (default 3)"
     )
 
 

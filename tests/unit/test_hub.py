@@ -327,3 +327,22 @@ def test_hub_config_refuses_an_empty_output_path(tmp_path: Path, capsys: pytest.
         assert out == "" and err.splitlines()[-1] == (
             "swstack hub-config: error: argument --output/-o: an empty path; give a file, or leave -o out for stdout"
         )
+
+
+@pytest.mark.parametrize("command", ["hub-config", "prepull"])
+@pytest.mark.parametrize("option", ["--releases", "--weeklies", "--dailies", "--experimentals"])
+def test_a_negative_count_of_menu_entries_is_a_usage_error(
+    command: str, option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--weeklies -1` listed no weekly without a word: a usage error (exit 2) naming the option."""
+    from swstack import cli
+
+    menu_file = tmp_path / "menu.json"
+    menu_file.write_text(plan_menu([_image("r29_0_0", "29.0.0", "2025-01-07T12:00:00Z")]).to_json())
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, str(menu_file), "--keep", "1", f"{option}=-1"])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1] == (
+        f"swstack {command}: error: argument {option}: '-1': give a whole number, 0 or more"
+    )
