@@ -255,10 +255,14 @@ def test_the_unit_waits_for_the_mounts_of_the_role_root(
         "swstack_systemd_root": str(sysroot),
     }
     _run(ansible_playbook, inventory, extra)
-    lines = (sysroot / "etc/systemd/system/swstack-restore.service").read_text().splitlines()
+    unit = sysroot / "etc/systemd/system/swstack-restore.service"
+    lines = unit.read_text().splitlines()
     assert f"RequiresMountsFor={root} {root}/sw.tmpfs" in lines
+    assert f"ReadWritePaths=-{root}" in lines  # the sandbox lets restore write that root, not /data0
     assert f"ExecStart={swstack} restore --root {root} --wait 600" in lines
     assert not any("/data0" in line for line in lines if not line.startswith("#"))
+    verify = proc.run(["systemd-analyze", "verify", "--man=no", str(unit)], check=False, timeout=120)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr  # as rendered
 
 
 def test_a_host_whose_activation_failed_gets_no_restore_unit(
