@@ -154,6 +154,7 @@ def test_rollout_goes_host_by_host_and_stops_at_a_failure(
         "swstack_install": "none",
         "swstack_bin": str(Path(sys.executable).with_name("swstack")),
         "swstack_restore_unit": False,
+        "swstack_systemd_root": str(tmp_path / "sysroot"),  # never the machine's /etc: the role looks for its unit
     }
     bad = {**extra, "swstack_source": str(tmp_path / "no-such-artifact")}
     output = _run(ansible_playbook, inventory, bad, check=2)
@@ -192,7 +193,8 @@ def test_rollout_passes_the_key_and_policy(
         "swstack_require_signature": True,
         "swstack_trusted_keys": [str(public)],
         "swstack_config_dir": str(config),
-        "swstack_restore_unit": False,  # the unit's own test is above; never the machine's /etc
+        "swstack_restore_unit": False,  # the unit's own test is above
+        "swstack_systemd_root": str(tmp_path / "sysroot"),  # never the machine's /etc
     }
     output = _run(ansible_playbook, inventory, extra, check=2)
     assert _task_status(output, "Activate") == "fatal" and "unsigned" in output
@@ -263,6 +265,45 @@ def test_the_unit_waits_for_the_mounts_of_the_role_root(
     assert not any("/data0" in line for line in lines if not line.startswith("#"))
     verify = proc.run(["systemd-analyze", "verify", "--man=no", str(unit)], check=False, timeout=120)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr  # as rendered
+
+
+def test_turning_the_unit_off_removes_the_one_the_role_installed(
+    ansible_playbook: str, host_artifact: Path, tmp_path: Path, inventory: Path
+) -> None:
+    """swstack_restore_unit turned off after a run that installed the unit: the unit is disabled and
+    removed (it was left enabled, restoring at every boot), once; a unit installed by hand is kept."""
+    root, sysroot = tmp_path / "root", tmp_path / "sysroot"
+    root.mkdir()
+    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
+    extra = {
+        "swstack_install": "none",
+        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+        "swstack_source": str(host_artifact),
+        "swstack_root": str(root),
+        "swstack_systemd_root": str(sysroot),
+    }
+    _run(ansible_playbook, inventory, extra)
+    unit = sysroot / "etc/systemd/system/swstack-restore.service"
+    wants = sysroot / "etc/systemd/system/multi-user.target.wants/swstack-restore.service"
+    assert unit.is_file() and wants.is_symlink()
+
+    off = {**extra, "swstack_restore_unit": False}
+    check = _run(ansible_playbook, inventory, off, options=("--check",))
+    assert unit.is_file() and wants.is_symlink()  # check mode changes nothing
+    output = _run(ansible_playbook, inventory, off)
+    assert not unit.exists() and not wants.is_symlink(), sorted(p.name for p in unit.parent.rglob("*"))
+    assert _task_status(check, "Remove the restore unit") == "changed"
+    assert _task_status(output, "Disable the restore unit") == "changed"
+    assert _task_status(output, "Remove the restore unit") == "changed"
+    again = _run(ansible_playbook, inventory, off)
+    assert _task_status(again, "Remove the restore unit") == "skipping"
+    assert _recap(again)["changed"] == 0, again
+
+    # One copied by hand (the unit's own instructions) is the admin's: kept, and said so.
+    unit.write_text((REPO / "systemd" / "swstack-restore.service").read_text())
+    output = _run(ansible_playbook, inventory, off)
+    assert unit.is_file() and _task_status(output, "Remove the restore unit") == "skipping"
+    assert "carries no mark of this role" in output and _recap(output)["changed"] == 0
 
 
 def test_a_host_whose_activation_failed_gets_no_restore_unit(
