@@ -83,6 +83,22 @@ def _recap(output: str, host: str = "localhost") -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.group(1))}
 
 
+def _local_host(tmp_path: Path, source: Path, root_name: str = "root") -> tuple[Path, Path, dict[str, object]]:
+    """A root and a systemd root of their own, and the role's variables for them: the swstack of
+    this environment (installed already), the artifact ``source``."""
+    root, sysroot = tmp_path / root_name, tmp_path / "sysroot"
+    root.mkdir()
+    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
+    extra: dict[str, object] = {
+        "swstack_install": "none",
+        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
+        "swstack_source": str(source),
+        "swstack_root": str(root),
+        "swstack_systemd_root": str(sysroot),
+    }
+    return root, sysroot, extra
+
+
 @pytest.fixture
 def inventory(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "inventory.ini"
@@ -223,17 +239,8 @@ def test_check_mode_changes_nothing_and_passes(
     ansible_playbook: str, host_artifact: Path, tmp_path: Path, inventory: Path
 ) -> None:
     """`--check --diff` on a fresh host: the run succeeds, says what it would change, and changes nothing."""
-    root, sysroot = tmp_path / "root", tmp_path / "sysroot"
-    root.mkdir()
-    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
-    extra = {
-        "swstack_install": "none",
-        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
-        "swstack_source": str(host_artifact),
-        "swstack_root": str(root),
-        "swstack_systemd_root": str(sysroot),
-        "swstack_expect_version": "2026.11.21",
-    }
+    root, sysroot, extra = _local_host(tmp_path, host_artifact)
+    extra["swstack_expect_version"] = "2026.11.21"
     output = _run(ansible_playbook, inventory, extra, options=("--check", "--diff"))
     assert _task_status(output, "Install the restore unit") == "changed"
     assert _task_status(output, "Check the live version") == "skipping"
@@ -245,17 +252,8 @@ def test_the_unit_waits_for_the_mounts_of_the_role_root(
 ) -> None:
     """With a swstack_root other than /data0 the installed unit is ordered after that root's mounts
     (its ramdisk above all), not /data0's, and restores that root."""
-    root, sysroot = tmp_path / "srv-data", tmp_path / "sysroot"
-    root.mkdir()
-    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
+    root, sysroot, extra = _local_host(tmp_path, host_artifact, root_name="srv-data")
     swstack = Path(sys.executable).with_name("swstack")
-    extra = {
-        "swstack_install": "none",
-        "swstack_bin": str(swstack),
-        "swstack_source": str(host_artifact),
-        "swstack_root": str(root),
-        "swstack_systemd_root": str(sysroot),
-    }
     _run(ansible_playbook, inventory, extra)
     unit = sysroot / "etc/systemd/system/swstack-restore.service"
     lines = unit.read_text().splitlines()
@@ -272,16 +270,7 @@ def test_turning_the_unit_off_removes_the_one_the_role_installed(
 ) -> None:
     """swstack_restore_unit turned off after a run that installed the unit: the unit is disabled and
     removed (it was left enabled, restoring at every boot), once; a unit installed by hand is kept."""
-    root, sysroot = tmp_path / "root", tmp_path / "sysroot"
-    root.mkdir()
-    (sysroot / "etc" / "systemd" / "system").mkdir(parents=True)
-    extra = {
-        "swstack_install": "none",
-        "swstack_bin": str(Path(sys.executable).with_name("swstack")),
-        "swstack_source": str(host_artifact),
-        "swstack_root": str(root),
-        "swstack_systemd_root": str(sysroot),
-    }
+    _, sysroot, extra = _local_host(tmp_path, host_artifact)
     _run(ansible_playbook, inventory, extra)
     unit = sysroot / "etc/systemd/system/swstack-restore.service"
     wants = sysroot / "etc/systemd/system/multi-user.target.wants/swstack-restore.service"
