@@ -143,6 +143,7 @@ def test_latest_moves_to_a_newer_version_and_stays_when_an_older_one_is_pushed(
     assert client.head_manifest(name, "latest") == newer.digest
 
     caplog.set_level("INFO", logger="swstack")
+    caplog.clear()  # only the last push's lines: the earlier ones held tags too
     again = push_image(first, repository=repository)
     assert again.tags == ("2026.11.21",)
     for tag in ("latest", "w_2026_47", "d_2026_11_21"):
@@ -175,6 +176,7 @@ def test_the_weekly_tag_stays_when_an_older_version_of_its_week_is_pushed(
     assert client.head_manifest(name, "w_2026_47") == first.digest
 
     caplog.set_level("INFO", logger="swstack")
+    caplog.clear()  # only the last push's lines: the earlier ones held tags too
     again = push_image(older, repository=repository)
     assert client.head_manifest(name, "w_2026_47") == first.digest and "w_2026_47" not in again.tags
     assert client.head_manifest(name, "d_2026_11_19") == older.digest and "d_2026_11_19" in again.tags
@@ -204,6 +206,7 @@ def test_a_release_built_after_a_date_build_moves_latest_and_its_weeks_tag(
     push_image(first, repository=repository)
 
     caplog.set_level("INFO", logger="swstack")
+    caplog.clear()  # only the last push's lines: the earlier ones held tags too
     pushed = push_image(release, repository=repository)
     assert pushed.tags == ("29.0.0", "latest", "d_2026_11_22", "w_2026_47", "r29_0_0")
     for tag in ("latest", "w_2026_47", "d_2026_11_22"):
