@@ -28,6 +28,7 @@ import gc
 import hashlib
 import http.server
 import json
+import os
 import re
 import sys
 import threading
@@ -576,16 +577,32 @@ def _canonical_pip_url(item: dict[str, Any], site: Site, from_site: bool) -> str
     return url
 
 
-def _confined(site: Site) -> list[str]:
+def _confined(site: Site, work: Path, reads: Iterable[Path]) -> list[str]:
     """The bubblewrap prefix pip's resolver runs under. Resolving a git dependency runs its build
-    backend (``setup.py``): the stack's code, which may write only ``/tmp`` and never sees the
-    site's signing keys (a tmpfs over their directory)."""
-    from .sandbox import Tmpfs, private_root_argv
+    backend (``setup.py``): the stack's code, which may write only ``work`` (the resolver's stubs,
+    tools, report and home) and a ``/tmp`` of its own, and never sees the site's signing keys (a
+    tmpfs over their directory). ``reads``: what it reads of the host's that may lie below the
+    host's ``/tmp`` (a cache there), which the private root would hide."""
+    from .sandbox import Mount, Tmpfs, private_root_argv
 
     if proc.which("bwrap") is None:
         raise LockError("bubblewrap (bwrap) is not installed: run scripts/setup (pip's resolver runs in it)")
     keys = site.signing_keys
-    return private_root_argv(tmpfs=[Tmpfs(str(keys), 1 << 16)] if keys is not None and keys.is_dir() else [])
+    # pip clones a git dependency into /tmp, and downloads there a wheel whose index serves no
+    # metadata file of its own (gigabytes for a large one): a directory on disk rather than a tmpfs,
+    # removed with ``work``.
+    tmp = work / "tmp"
+    tmp.mkdir()
+    # ``work`` is under the host's temporary directory, most often /tmp itself.
+    mounts = [Mount(work, str(work)), *(Mount(path, str(path), read_only=True) for path in sorted(set(reads)))]
+    return private_root_argv(mounts, tmpfs=[Tmpfs(str(keys), 1 << 16)] if keys is not None and keys.is_dir() else [],
+                             tmp=tmp)
+
+
+def _local_sources(stack: Stack, site: Site) -> list[Path]:
+    """The local git repositories (a site's git mirror) and the local index pip reads from."""
+    urls = [site.git_url(spec.git) for _, spec in stack.pip if isinstance(spec, PipGit)]
+    return [path for url in [*urls, site.pip_index_url or ""] if (path := local_file(url)) and path.exists()]
 
 
 def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform: str) -> list[Any]:
@@ -624,10 +641,13 @@ def _solve_pip(stack: Stack, site: Site, conda_locked: dict[str, Any], platform:
             from_site = site.pip_index_url.rstrip("/") != PYPI_INDEX
         # pip reads its config from the environment: only the site's index counts.
         tools = _build_tools(Path(tmp) / "tools")
+        # The resolver's virtualenv (in the site's cache), the tools' sources, the local sources.
+        reads = [resolver.parent.parent, *(Path(os.readlink(link)) for link in tools.iterdir()),
+                 *_local_sources(stack, site)]
         env = {"PYTHONPATH": f"{stubs}:{tools}", "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1",
                "PATH": "/usr/bin:/bin", "HOME": tmp}
         try:
-            proc.run([*_confined(site), *argv, *requirements], env=env, error=LockError,
+            proc.run([*_confined(site, Path(tmp), reads), *argv, *requirements], env=env, error=LockError,
                      what=f"resolving the pip dependencies of {stack.stack_id} for {platform}")
         except LockError as exc:
             why = (_explain_wheelhouse(site, served, str(exc)) if served else None) or _explain_pip_unresolvable(
@@ -686,8 +706,6 @@ def edited(lockfile: Any, path: Path) -> str | None:
 
 
 def _write(plan: LockPlan, packages: list[Any], channel_names: tuple[str, ...]) -> None:
-    import os
-
     from conda_lock.lockfile import write_conda_lock_file
     from conda_lock.lockfile.v2prelim.models import Lockfile, LockMeta, TimeMeta
     from conda_lock.models.channel import Channel

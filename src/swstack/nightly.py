@@ -344,10 +344,14 @@ def smoke_test(tarball: Path, manifest: Manifest) -> tuple[str, ...]:
         (parent / prefix.name).mkdir(parents=True)
         proc.run(["tar", "--zstd" if manifest.tarball and manifest.tarball.compression == "zstd" else "--gzip",
                   "-xf", tarball, "-C", parent / prefix.name], error=BuildError, what=f"untar {tarball.name}")
-        # The tree's code runs here: no network, no secret of ours in its environment, and a home of
-        # its own (jupyter's runtime files), as the host's directories are read-only inside.
-        root = private_root_argv([Mount(parent, str(prefix.parent))], network=False)
-        env = {**sandbox_env(os.environ), "HOME": tmp, "JUPYTER_RUNTIME_DIR": f"{tmp}/runtime"}
+        # The tree's code runs here: no network, no secret of ours in its environment, and a /tmp of
+        # its own for its home (jupyter's runtime files), as the host's directories are read-only
+        # inside. On disk, not the tmpfs: a kernel may write caches to its home (Julia's default
+        # depot is ~/.julia).
+        home = Path(tmp) / "home"
+        home.mkdir()
+        root = private_root_argv([Mount(parent, str(prefix.parent))], tmp=home, network=False)
+        env = {**sandbox_env(os.environ), "HOME": "/tmp", "JUPYTER_RUNTIME_DIR": "/tmp/runtime"}
         python = f"{prefix}/bin/python"
         for kernel in manifest.kernels:
             out = proc.output([*root, python, "-c", KERNEL_CHECK, kernel, PREFIX_CELL], env=env, error=BuildError,

@@ -9,11 +9,13 @@ Two backends behind one ``Sandbox`` Protocol, chosen by the site's ``sandbox`` s
 - ``docker``: a container of the builder image (its own Debian Python and venv), with
   the swstack package mounted read-only and run as the invoking user;
 - ``namespace``: bubblewrap, with a new root assembled from the host's top-level
-  directories one by one and an empty ``/data0`` of its own, using the host's Python.
+  directories one by one, read-only, an empty ``/data0`` and a private ``/tmp`` of its own,
+  using the host's Python.
 
 Either way the machine's own ``/data0`` is never created or touched: the sandbox's
-``/data0`` lives in a private root. ``private_root_argv`` offers the same private root
-to any command (tests use it with a size-limited tmpfs as a small ramdisk).
+``/data0`` lives in a private root, and nothing of the host's ``/tmp`` (other users' files,
+ssh-agent and X11 sockets) is seen inside. ``private_root_argv`` offers the same private
+root to any command (tests use it with a size-limited tmpfs as a small ramdisk).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +44,10 @@ _NOT_BOUND = frozenset({PRIVATE_ROOT.strip("/").split("/")[0], "proc", "dev", "t
 
 # Where the docker backend mounts the swstack package inside the builder image.
 CONTAINER_SOURCE = "/opt/swstack/src"
+
+# The size of the tmpfs at /tmp when a caller of ``private_root_argv`` gives it no directory: RAM,
+# as much as is written, for a command that writes little there (a test's kernel, a probe).
+TMP_TMPFS_SIZE = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -115,19 +122,23 @@ def private_root_argv(
     tmpfs: Sequence[Tmpfs | tuple[str, int]] = (),
     *,
     symlinks: Sequence[tuple[str, str]] = (),
+    tmp: Path | None = None,
     network: bool = True,
     workdir: str | None = None,
     top_level: Sequence[TopEntry] | None = None,
 ) -> list[str]:
-    """The bubblewrap argv prefix (ending in ``--``) of a private root with its own ``/data0``.
+    """The bubblewrap argv prefix (ending in ``--``) of a private root with its own ``/data0`` and ``/tmp``.
 
     The root is bwrap's own tmpfs. Each host top-level directory is bound on its own, read-only,
     never ``/`` as a whole: with ``--bind / /`` a ``mkdir /data0`` would reach the real
-    disk. Only ``/tmp`` and the ``mounts`` not marked read-only can be written. Then come, in
-    this order, the ``tmpfs`` mounts (``(target, bytes)``), the bind ``mounts`` and the ``symlinks``
-    (``(link_target, link_path)``), so a mount may land in a tmpfs and a symlink may point at
-    either (``/data0/sw -> /data0/sw.tmpfs``). Every process started inside dies with the
-    process that started bubblewrap.
+    disk. ``/tmp`` is never the host's (every user's files, ssh-agent and X11 sockets): it is
+    ``tmp``, a host directory the caller made for this run and removes afterwards, or without one
+    a tmpfs of ``TMP_TMPFS_SIZE`` bytes; a host path below ``/tmp`` that the command needs is one
+    of its ``mounts``. Only ``/tmp`` and the ``mounts`` not marked read-only can be written.
+    Then come, in this order, the ``tmpfs`` mounts (``(target, bytes)``), the bind ``mounts`` and
+    the ``symlinks`` (``(link_target, link_path)``), so a mount may land in a tmpfs or in
+    ``/tmp`` and a symlink may point at either (``/data0/sw -> /data0/sw.tmpfs``). Every process
+    started inside dies with the process that started bubblewrap.
     """
     # Its own PID namespace, ended with bwrap, and bwrap ended with its parent: a build killed or
     # interrupted leaves no process behind (compileall's workers went on writing into the next
@@ -144,7 +155,8 @@ def private_root_argv(
             argv += ["--symlink", entry.link, path]
         else:  # read-only: what runs inside (a package's build, a kernel) writes only to the mounts
             argv += _read_only(path, missing)
-    argv += ["--proc", "/proc", "--dev", "/dev", "--bind", "/tmp", "/tmp", "--dir", PRIVATE_ROOT]
+    private_tmp = ["--size", str(TMP_TMPFS_SIZE), "--tmpfs", "/tmp"] if tmp is None else ["--bind", str(tmp), "/tmp"]
+    argv += ["--proc", "/proc", "--dev", "/dev", *private_tmp, "--dir", PRIVATE_ROOT]
     for fs in (t if isinstance(t, Tmpfs) else Tmpfs(*t) for t in tmpfs):
         _check_target(fs.target)
         argv += ["--size", str(int(fs.size)), "--tmpfs", fs.target]
@@ -190,8 +202,9 @@ _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|CREDENTIAL|P
 
 
 def sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` without the variables that may hold a secret (``_SECRET_NAME``)."""
-    return {k: v for k, v in env.items() if not _SECRET_NAME.search(k)}
+    """``env`` without the variables that may hold a secret (``_SECRET_NAME``), and ``TMPDIR`` the
+    private root's ``/tmp``: the host's (pam_tmpdir's ``/tmp/user/<uid>``) is no directory there."""
+    return {**{k: v for k, v in env.items() if not _SECRET_NAME.search(k)}, "TMPDIR": "/tmp"}
 
 
 def container_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -234,7 +247,6 @@ class NamespaceSandbox:
         workdir: str | None = None,
         network: bool = True,
     ) -> None:
-        full = private_root_argv(mounts, network=network, workdir=workdir) + list(argv)
         tail: deque[str] = deque(maxlen=TAIL_LINES)
 
         def line(text: str) -> None:
@@ -242,8 +254,14 @@ class NamespaceSandbox:
             log.output(text)
 
         what = f"{_short(argv)} (namespace sandbox)"
-        code = proc.run_streaming(full, env={**sandbox_env(os.environ), **(env or {})}, error=SandboxError,
-                                  what=what, on_line=line, check=False)
+        # The step's /tmp: a directory of its own on the disk the host's temporary files are on, not a
+        # tmpfs, since pip unpacks every wheel it installs there and builds a git dependency there (a
+        # large wheel alone is gigabytes, which would be RAM). mkdtemp's 0700 keeps other users out
+        # of it; it is removed once bwrap has exited, and every process of the step with it.
+        with tempfile.TemporaryDirectory(prefix="swstack-tmp-") as tmp:
+            full = private_root_argv(mounts, tmp=Path(tmp), network=network, workdir=workdir) + list(argv)
+            code = proc.run_streaming(full, env={**sandbox_env(os.environ), **(env or {})}, error=SandboxError,
+                                      what=what, on_line=line, check=False)
         if code != 0:
             raise step_failed(f"{what} failed (exit {code})", code, list(tail))
 

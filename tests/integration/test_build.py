@@ -55,7 +55,9 @@ def _run_kernel(sw_dir: Path, prefix: str, tmp_path: Path) -> dict[str, str]:
     script = tmp_path / "kernel_check.py"
     script.write_text(KERNEL_CHECK)
     parent = str(Path(prefix).parent)
-    argv = private_root_argv([Mount(sw_dir, parent)]) + [f"{prefix}/bin/python", str(script), "python3", NUMPY_CELL]
+    # The check's script and home are in tmp_path, below the host's /tmp, which the private root hides.
+    argv = private_root_argv([Mount(sw_dir, parent), Mount(tmp_path, str(tmp_path))])
+    argv += [f"{prefix}/bin/python", str(script), "python3", NUMPY_CELL]
     out = proc.output(argv, extra_env={"HOME": str(tmp_path), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
                       what="kernel check", timeout=300)
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import socket
 import subprocess
 import sys
 import textwrap
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -307,30 +310,39 @@ def test_pip_markers_are_evaluated_for_the_target_platform(fixture_project: Path
                    "linux-aarch64": {"fakebin", "fakemark", "armdep"}}
 
 
+# What a git dependency's setup.py sees, said in the error it stops pip with: nothing it could write
+# outside would reach the test, its /tmp being its own.
 SETUP_PROBE = """
-import json, os, pathlib
-seen = {"etc_writable": os.access("/etc", os.W_OK), "keys": sorted(os.listdir(KEYS))}
-pathlib.Path(PROBE).write_text(json.dumps(seen))
-from setuptools import setup
-setup(name="probe", version="1.0", py_modules=[])
+import json, os, socket
+seen = {"etc_writable": os.access("/etc", os.W_OK), "keys": sorted(os.listdir(KEYS)),
+        "host_tmp": [p for p in (HOST_FILE, HOST_SOCKET) if os.path.lexists(p)]}
+with open(LEAVE, "w") as fh:
+    fh.write("left behind")
+raise SystemExit("PROBE " + json.dumps(seen))
 """
 
 
 def test_resolving_a_git_dependency_runs_its_build_confined(tmp_path: Path) -> None:
     """pip runs a git dependency's setup.py to read its metadata: the stack's code, at lock time on the
-    build machine. It runs in a private root: the host read-only, the site's signing keys hidden."""
+    build machine. It runs in a private root: the host read-only, the site's signing keys hidden, a
+    /tmp of its own (without the host's files and sockets, gone afterwards)."""
     from dataclasses import replace
     from types import SimpleNamespace
 
+    from swstack.errors import LockError
     from swstack.lock import _solve_pip
 
     root = Path(__file__).resolve().parents[2]
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / "cosign.key").write_text("PRIVATE")
+    host_file, host_socket = tmp_path / "id_secret", tmp_path / "agent.sock"
+    host_file.write_text("another user's file")
+    leave = Path(f"/tmp/swstack-left-behind-{uuid.uuid4().hex}")
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "setup.py").write_text(f"KEYS = {str(keys)!r}\nPROBE = {str(tmp_path / 'probe.json')!r}\n" + SETUP_PROBE)
+    names = {"KEYS": keys, "HOST_FILE": host_file, "HOST_SOCKET": host_socket, "LEAVE": leave}
+    (repo / "setup.py").write_text("".join(f"{k} = {str(v)!r}\n" for k, v in names.items()) + SETUP_PROBE)
     git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
     for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "probe"]):
         subprocess.run([*git, *args], check=True)
@@ -345,8 +357,16 @@ def test_resolving_a_git_dependency_runs_its_build_confined(tmp_path: Path) -> N
         """))
     site = replace(load_site(root / "sites/offline.toml", root), signing_keys=keys)
     python = SimpleNamespace(name="python", version="3.11.9", dependencies={})
-    _solve_pip(load_stack(stack_file), site, {"python": python}, "linux-64")
-    assert json.loads((tmp_path / "probe.json").read_text()) == {"etc_writable": False, "keys": []}
+    with socket.socket(socket.AF_UNIX) as agent:
+        agent.bind(str(host_socket))
+        try:
+            with pytest.raises(LockError, match="PROBE") as caught:
+                _solve_pip(load_stack(stack_file), site, {"python": python}, "linux-64")
+            seen = re.search(r"PROBE (\{.*\})", str(caught.value))
+            assert seen and json.loads(seen.group(1)) == {"etc_writable": False, "keys": [], "host_tmp": []}
+            assert not leave.exists()
+        finally:
+            leave.unlink(missing_ok=True)
 
 
 def test_an_unsolvable_lock_error_holds_nothing_of_the_solver(fixture_project: Path) -> None:

@@ -7,10 +7,12 @@ cases fail with the "no Docker engine answers" message instead of skipping.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -122,6 +124,53 @@ def test_workdir_and_env(box: Sandbox, tmp_path: Path) -> None:
     assert (tmp_path / "out").read_text() == "/data0/sw 1"
 
 
+# What a step's code sees of the host's /tmp: whether a file and a socket there exist, whether the
+# socket answers; then it leaves a file in its /tmp.
+TMP_PROBE = """
+import json, os, socket, sys
+file, sock, leave = sys.argv[1:4]
+seen = {"file": os.path.lexists(file), "socket": os.path.lexists(sock)}
+try:
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(sock)
+    seen["connected"] = True
+except OSError:
+    seen["connected"] = False
+with open(leave, "w") as fh:
+    fh.write("left behind")
+seen["tmpdir"] = os.environ["TMPDIR"]
+with open("/data0/sw/seen.json", "w") as fh:
+    json.dump(seen, fh)
+"""
+
+
+def test_a_step_has_a_private_tmp_without_the_host_s_files_or_sockets(tmp_path: Path) -> None:
+    """The host's /tmp holds every user's files and sockets (ssh-agent's, X11's), which a network
+    namespace does not cut: a step (the stack's code) sees none of it, and what it writes to its
+    /tmp is gone when it ends."""
+    box = opened("namespace")
+    token = uuid.uuid4().hex
+    leave = Path(f"/tmp/swstack-left-behind-{token}")
+    with tempfile.TemporaryDirectory(prefix="ssh-", dir="/tmp") as agent_dir, \
+            socket.socket(socket.AF_UNIX) as agent:
+        secret = Path(agent_dir) / "id_secret"
+        secret.write_text("another user's file")
+        sock = Path(agent_dir) / f"agent.{os.getpid()}"
+        agent.bind(str(sock))
+        agent.listen(1)
+        try:
+            # The host's TMPDIR, when below /tmp (pam_tmpdir's /tmp/user/<uid>), is no directory inside.
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("TMPDIR", str(tmp_path))
+                box.run([*box.python(), "-c", TMP_PROBE, str(secret), str(sock), str(leave)],
+                        mounts=[Mount(tmp_path, "/data0/sw")], network=False)
+            seen = json.loads((tmp_path / "seen.json").read_text())
+            assert seen == {"file": False, "socket": False, "connected": False, "tmpdir": "/tmp"}
+            assert not leave.exists()
+        finally:
+            leave.unlink(missing_ok=True)
+
+
 def test_private_root_gives_a_size_limited_ramdisk_and_symlinks(tmp_path: Path) -> None:
     code = """
 import errno, os
@@ -181,9 +230,11 @@ def _wait_for(condition: object, what: str, timeout: float = 30.0) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
-def test_a_build_killed_or_interrupted_leaves_no_process_in_the_sandbox(sig: signal.Signals) -> None:
+def test_a_build_killed_or_interrupted_leaves_no_process_in_the_sandbox(sig: signal.Signals, tmp_path: Path) -> None:
     token = f"swstack-orphan-probe-{uuid.uuid4().hex}"
-    build = proc.spawn([sys.executable, "-c", BUILD, STEP_WITH_A_WORKER, token])
+    # A build killed cannot remove its step's /tmp directory: here it is left in the test's directory.
+    build = proc.spawn([sys.executable, "-c", BUILD, STEP_WITH_A_WORKER, token],
+                       env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         worker = f"import time; time.sleep(600)\0{token}"  # its argv, as /proc shows it
         _wait_for(lambda: _pids_naming(worker), "the sandboxed step never started its worker")

@@ -255,3 +255,44 @@ def test_a_nightly_stopped_half_way_is_a_failure_for_a_summary_gathered_later(
         nightly.run_stack(SimpleNamespace(stack_id="py3"), site, tmp_path, version="9.9")  # type: ignore[arg-type]
     assert nightly.load_failure(site, "py3") == StackFailure(  # type: ignore[arg-type]
         "py3", "did not finish (stopped or crashed while running)")
+
+
+# The stack's python as the smoke test starts it: it fails the smoke test if it sees the host's /tmp,
+# then writes to its /tmp and its home.
+SMOKE_PYTHON = """#!/bin/sh
+set -e
+for path in "{secret}" "{socket}"; do
+    if [ -e "$path" ]; then echo "sees the host's $path" >&2; exit 1; fi
+done
+echo left behind > "{leave}"
+echo history > "$HOME/.python_history"
+"""
+
+
+def test_the_smoke_test_runs_the_tree_with_a_private_tmp(tmp_path: Path) -> None:
+    """The smoke test runs the stack's code: it sees nothing of the host's /tmp (another user's file,
+    an ssh-agent's socket), and what it writes there, in its home too, is gone afterwards."""
+    import socket
+    import tarfile
+    import tempfile
+    import uuid
+
+    from tests.support.artifacts import tar_member, write_tar
+
+    from swstack.nightly import smoke_test
+
+    leave = Path(f"/tmp/swstack-left-behind-{uuid.uuid4().hex}")
+    with tempfile.TemporaryDirectory(prefix="ssh-", dir="/tmp") as agent_dir, \
+            socket.socket(socket.AF_UNIX) as agent:
+        secret, sock = Path(agent_dir) / "id_secret", Path(agent_dir) / "agent.sock"
+        secret.write_text("another user's file")
+        agent.bind(str(sock))
+        python = SMOKE_PYTHON.format(secret=secret, socket=sock, leave=leave).encode()
+        tarball = tmp_path / "py3.tar.zst"
+        write_tar(tarball, [(tar_member("bin", mode=0o755, kind=tarfile.DIRTYPE), None),
+                            (tar_member("bin/python", len(python), 0o755), python)])
+        try:
+            assert smoke_test(tarball, _manifest("2026.12.1")) == ("python",)
+            assert not leave.exists()
+        finally:
+            leave.unlink(missing_ok=True)

@@ -54,9 +54,22 @@ def test_data0_is_private_and_never_bound_from_the_host() -> None:
 def test_proc_dev_tmp_get_their_own_mounts() -> None:
     argv = private_root_argv(top_level=TOP)
     assert (argv[argv.index("--proc") + 1], argv[argv.index("--dev") + 1]) == ("/proc", "/dev")
-    assert ("/tmp", "/tmp") in pairs(argv, "--bind")
     assert ("/proc", "/proc") not in pairs(argv, "--bind")
     assert ("/dev", "/dev") not in pairs(argv, "--bind")
+
+
+def test_tmp_is_private_a_directory_given_or_a_size_limited_tmpfs() -> None:
+    """Never the host's /tmp (every user's files, ssh-agent and X11 sockets): the caller's directory
+    for this run, else a tmpfs; before the mounts, so a host path below /tmp may be one."""
+    argv = private_root_argv([Mount(Path("/tmp/pytest/probe"), "/tmp/pytest/probe")], top_level=TOP)
+    at = argv.index("--tmpfs")
+    assert argv[at - 2 : at + 2] == ["--size", str(sandbox.TMP_TMPFS_SIZE), "--tmpfs", "/tmp"]
+    assert ("/tmp", "/tmp") not in pairs(argv, "--bind") + pairs(argv, "--ro-bind")
+    assert at < argv.index("/tmp/pytest/probe")
+    argv = private_root_argv([Mount(Path("/tmp/pytest/probe"), "/tmp/pytest/probe")], tmp=Path("/var/tmp/run1"),
+                             top_level=TOP)
+    assert pairs(argv, "--bind") == [("/var/tmp/run1", "/tmp"), ("/tmp/pytest/probe", "/tmp/pytest/probe")]
+    assert "--tmpfs" not in argv
 
 
 def test_argv_ends_with_separator_and_dies_with_parent() -> None:
@@ -77,7 +90,7 @@ def test_tmpfs_has_its_size_and_comes_before_mounts_and_symlinks() -> None:
         symlinks=[("/data0/sw.tmpfs", "/data0/sw")],
         top_level=TOP,
     )
-    size_at = argv.index("--size")
+    size_at = argv.index("--size", argv.index("/tmp") + 1)  # past /tmp's own tmpfs
     assert argv[size_at : size_at + 4] == ["--size", str(64 << 20), "--tmpfs", "/data0/sw.tmpfs"]
     assert argv[size_at + 4 : size_at + 8] == ["--size", "1024", "--tmpfs", "/data0/scratch"]
     assert size_at < argv.index("/tmp/b") < argv.index("/data0/sw")
@@ -165,9 +178,10 @@ def test_auto_without_an_engine_falls_back_to_namespace(
 
 def test_host_directories_are_read_only_inside() -> None:
     """What runs inside (a git dependency's build, a kernel of the smoke test) is the stack's code:
-    of the host it may write /tmp and the mounts it is given, never the checkout, the keys or a home."""
-    argv = private_root_argv([Mount(Path("/tmp/build"), "/data0/sw")], top_level=TOP)
-    assert pairs(argv, "--bind") == [("/tmp", "/tmp"), ("/tmp/build", "/data0/sw")]
+    of the host it may write the mounts it is given and its private /tmp, never the checkout, the keys
+    or a home."""
+    argv = private_root_argv([Mount(Path("/tmp/build"), "/data0/sw")], tmp=Path("/tmp/run1"), top_level=TOP)
+    assert pairs(argv, "--bind") == [("/tmp/run1", "/tmp"), ("/tmp/build", "/data0/sw")]
 
 
 def test_secrets_stay_out_of_the_sandbox_environment() -> None:
@@ -176,4 +190,4 @@ def test_secrets_stay_out_of_the_sandbox_environment() -> None:
            "GITHUB_TOKEN": "t", "ACTIONS_ID_TOKEN_REQUEST_URL": "u", "AWS_SECRET_ACCESS_KEY": "k",
            "DOCKER_CONFIG": "/home/ci/.docker"}
     assert sandbox.sandbox_env(env) == {"PATH": "/usr/bin", "PYTHONPATH": "/src", "LANG": "C.UTF-8",
-                                        "SOURCE_DATE_EPOCH": "1"}
+                                        "SOURCE_DATE_EPOCH": "1", "TMPDIR": "/tmp"}
