@@ -134,7 +134,8 @@ def private_root_argv(
     disk. ``/tmp`` is never the host's (every user's files, ssh-agent and X11 sockets): it is
     ``tmp``, a host directory the caller made for this run and removes afterwards, or without one
     a tmpfs of ``TMP_TMPFS_SIZE`` bytes; a host path below ``/tmp`` that the command needs is one
-    of its ``mounts``. Only ``/tmp`` and the ``mounts`` not marked read-only can be written.
+    of its ``mounts``, but for this Python and swstack, bound read-only when they live there
+    (``own_python_below_tmp``). Only ``/tmp`` and the ``mounts`` not marked read-only can be written.
     Then come, in this order, the ``tmpfs`` mounts (``(target, bytes)``), the bind ``mounts`` and
     the ``symlinks`` (``(link_target, link_path)``), so a mount may land in a tmpfs or in
     ``/tmp`` and a symlink may point at either (``/data0/sw -> /data0/sw.tmpfs``). Every process
@@ -156,7 +157,10 @@ def private_root_argv(
         else:  # read-only: what runs inside (a package's build, a kernel) writes only to the mounts
             argv += _read_only(path, missing)
     private_tmp = ["--size", str(TMP_TMPFS_SIZE), "--tmpfs", "/tmp"] if tmp is None else ["--bind", str(tmp), "/tmp"]
-    argv += ["--proc", "/proc", "--dev", "/dev", *private_tmp, "--dir", PRIVATE_ROOT]
+    argv += ["--proc", "/proc", "--dev", "/dev", *private_tmp]
+    for path in own_python_below_tmp():
+        argv += ["--ro-bind", path, path]
+    argv += ["--dir", PRIVATE_ROOT]
     for fs in (t if isinstance(t, Tmpfs) else Tmpfs(*t) for t in tmpfs):
         _check_target(fs.target)
         argv += ["--size", str(int(fs.size)), "--tmpfs", fs.target]
@@ -172,6 +176,17 @@ def private_root_argv(
         argv += ["--chdir", workdir]
     argv.append("--")
     return argv
+
+
+def own_python_below_tmp() -> list[str]:
+    """This Python and what it imports (its virtualenv, the Python it was made from, swstack, the
+    rest of ``sys.path``) where they live below the host's ``/tmp``: a checkout and its virtualenv
+    there (a CI job's clone) run the steps, and the private ``/tmp`` would hide them. Outermost
+    paths only, read-only, before the caller's mounts (so one of those may land inside)."""
+    candidates = {sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), str(package_dir().parent), *sys.path}
+    below = sorted({os.path.abspath(p) for p in candidates if p} - {"/tmp"})
+    below = [p for p in below if p.startswith("/tmp/") and os.path.exists(p)]
+    return [p for i, p in enumerate(below) if not any(p.startswith(q + "/") for q in below[:i])]
 
 
 def _read_only(path: str, missing: Sequence[str]) -> list[str]:

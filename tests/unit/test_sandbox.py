@@ -72,6 +72,26 @@ def test_tmp_is_private_a_directory_given_or_a_size_limited_tmpfs() -> None:
     assert "--tmpfs" not in argv
 
 
+def test_a_python_and_swstack_below_tmp_are_bound_read_only_before_the_mounts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A clone and its virtualenv below the host's /tmp (a CI job's): the steps run that Python and
+    import that swstack, which the private /tmp would hide. Bound read-only, the outermost once."""
+    if not str(tmp_path).startswith("/tmp/"):
+        pytest.skip("the test's directory is not below /tmp")
+    clone = tmp_path
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    (clone / "src").mkdir()
+    monkeypatch.setattr(sys, "prefix", str(clone / ".venv"))
+    monkeypatch.setattr(sys, "executable", str(clone / ".venv" / "bin" / "python"))
+    monkeypatch.setattr(sys, "path", [str(clone / "src"), str(clone), "/usr/lib/python3.11", ""])
+    argv = private_root_argv([Mount(clone / "build", str(clone / "src" / "mounted"))], top_level=TOP)
+    ours = [pair for pair in pairs(argv, "--ro-bind") if pair[0].startswith("/tmp/")]
+    assert (str(clone), str(clone)) in ours and all(not p.startswith(f"{clone}/") for p, _ in ours)
+    assert argv.index(str(clone)) < argv.index(str(clone / "build"))  # a mount may land inside
+    assert ("/tmp", "/tmp") not in pairs(argv, "--bind") + pairs(argv, "--ro-bind")
+
+
 def test_argv_ends_with_separator_and_dies_with_parent() -> None:
     argv = private_root_argv(top_level=TOP)
     assert argv[0] == "bwrap" and argv[-1] == "--" and "--die-with-parent" in argv
