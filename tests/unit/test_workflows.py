@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,9 +61,53 @@ def test_the_nightly_runs_doit_ci_over_every_stack() -> None:
     runs = "\n".join(step.get("run", "") for step in job["steps"])
     # -c: a variant that fails does not stop the others, and the summary lists it
     assert runs.count('doit -c ci "stack=${{ matrix.stack }}"') == 2 and "doit ci" not in runs
-    uploads = [step for step in job["steps"] if step.get("uses", "").startswith("actions/upload-artifact")]
-    assert uploads and "artifacts/nightly.json" in uploads[0]["with"]["path"]
-    assert "artifacts/nightly.md" in uploads[0]["with"]["path"]
+    (upload,) = [step for step in job["steps"] if step.get("uses", "").startswith("actions/upload-artifact")]
+    assert upload["if"] == "${{ always() }}" and upload["with"]["path"] == "nightly-upload/artifacts"
+
+
+def _step_script(name: str) -> str:
+    (job,) = yaml.safe_load(NIGHTLY.read_text())["jobs"].values()
+    (step,) = [s for s in job["steps"] if s.get("name") == name]
+    return str(step["run"])
+
+
+def test_a_failed_nightly_uploads_only_what_its_own_run_wrote(tmp_path: Path) -> None:
+    """The cache restores last night's reports and manifests before the run. A stack that fails keeps
+    last night's report beside its nightly-failed.json; uploaded, it would pass for tonight's. The
+    upload gathers only the files written after the run's start, in the layout under artifacts/."""
+    runner_temp, work = tmp_path / "runner", tmp_path / "work"
+    runner_temp.mkdir()
+    restored = ["artifacts/py3/nightly.json", "artifacts/py3/2026.12.06/manifest.json",
+                "artifacts/py3-dev/nightly.json", "artifacts/py3-dev/2026.12.06/manifest.json"]
+    for name in restored:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text("last night\n")
+        os.utime(work / name, (1_764_990_000, 1_764_990_000))  # as the cache's tar restores it
+    env = {"RUNNER_TEMP": str(runner_temp), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["bash", "-euc", _step_script("Mark the start of this run's outputs")], cwd=work, check=True,
+                   timeout=30, env=env)
+    tonight = ["artifacts/nightly.json", "artifacts/nightly.md", "artifacts/py3/nightly.json",
+               "artifacts/py3/2026.12.07/manifest.json", "artifacts/py3-dev/nightly-failed.json"]
+    for name in tonight:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text("tonight\n")
+    (work / "artifacts/py3/2026.12.07/py3-2026.12.07-linux-64.tar.zst").write_bytes(b"not uploaded")
+    subprocess.run(["bash", "-euc", _step_script("Gather this run's summary, reports and manifests")], cwd=work,
+                   check=True, timeout=30, env=env)
+    uploaded = work / "nightly-upload"
+    gathered = sorted(str(p.relative_to(uploaded)) for p in uploaded.rglob("*") if p.is_file())
+    assert gathered == sorted(tonight)
+    assert {(uploaded / name).read_text() for name in tonight} == {"tonight\n"}
+
+
+def test_a_job_that_failed_before_the_nightly_uploads_nothing(tmp_path: Path) -> None:
+    """Set-up failed: no artifacts directory at all, or only the restored one; the step still succeeds."""
+    env = {"RUNNER_TEMP": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["bash", "-euc", _step_script("Mark the start of this run's outputs")], cwd=tmp_path, check=True,
+                   timeout=30, env=env)
+    subprocess.run(["bash", "-euc", _step_script("Gather this run's summary, reports and manifests")], cwd=tmp_path,
+                   check=True, timeout=30, env=env)
+    assert list((tmp_path / "nightly-upload").iterdir()) == []
 
 
 @pytest.mark.parametrize(
