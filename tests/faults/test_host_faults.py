@@ -20,6 +20,7 @@ from tests.support.host import (
     make_artifact,
     swstack_argv,
 )
+from tests.support.signals import sigint_as_from_a_terminal
 
 from swstack.host.faults import POINTS
 
@@ -31,9 +32,7 @@ def run(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
         text=True,
         timeout=300,
         env={**os.environ, **(env or {})},
-        # SIGINT as a terminal's Ctrl-C gives it: a suite started in the background by a shell
-        # inherits it ignored, and the Ctrl-C faults would then never land.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=sigint_as_from_a_terminal,  # or the Ctrl-C faults never land in a suite run in the background
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tests.support.project import PROJECT, doit, project_with_dodo
 from tests.support.registry import LocalRegistry, registry_fixture  # noqa: F401 - the `registry` fixture
+from tests.support.signals import sigint_as_from_a_terminal
 
 from swstack.build import ARTIFACTS
 from swstack.site import Site
@@ -40,7 +41,8 @@ def test_ctrl_c_while_doit_loads_its_tasks_ends_in_one_line_and_130(tmp_path: Pa
     site = tmp_path / "site.toml"
     os.mkfifo(site)
     loading = subprocess.Popen([sys.executable, "-m", "doit", "list", f"site={site}"], cwd=project,
-                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=sigint_as_from_a_terminal)
     writer = _open_when_read(site, loading)
     try:
         loading.send_signal(signal.SIGINT)
