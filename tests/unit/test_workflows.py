@@ -65,10 +65,25 @@ def test_the_nightly_runs_doit_ci_over_every_stack() -> None:
     assert upload["if"] == "${{ always() }}" and upload["with"]["path"] == "nightly-upload/artifacts"
 
 
-def _step_script(name: str) -> str:
+def run_step(name: str, cwd: Path, env: dict[str, str], *, stack: str = "py3") -> None:
+    """Run the nightly job's step ``name`` as the runner would, in the matrix job of ``stack``: every
+    value other than the matrix's comes in through ``env``."""
     (job,) = yaml.safe_load(NIGHTLY.read_text())["jobs"].values()
     (step,) = [s for s in job["steps"] if s.get("name") == name]
-    return str(step["run"])
+    script = step["run"].replace("${{ matrix.stack }}", stack)
+    assert "${{" not in script
+    subprocess.run(["bash", "-euc", script], cwd=cwd, check=True, timeout=30, env={**env, "PATH": "/usr/bin:/bin"})
+
+
+MARK, GATHER = "Mark the start of this run's outputs", "Gather this run's summary, reports and manifests"
+
+
+def write_files(root: Path, names: list[str], text: str, *, mtime: int | None = None) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+        if mtime is not None:
+            os.utime(root / name, (mtime, mtime))
 
 
 def test_a_failed_nightly_uploads_only_what_its_own_run_wrote(tmp_path: Path) -> None:
@@ -79,34 +94,30 @@ def test_a_failed_nightly_uploads_only_what_its_own_run_wrote(tmp_path: Path) ->
     runner_temp.mkdir()
     restored = ["artifacts/py3/nightly.json", "artifacts/py3/2026.12.06/manifest.json",
                 "artifacts/py3-dev/nightly.json", "artifacts/py3-dev/2026.12.06/manifest.json"]
-    for name in restored:
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        (work / name).write_text("last night\n")
-        os.utime(work / name, (1_764_990_000, 1_764_990_000))  # as the cache's tar restores it
-    env = {"RUNNER_TEMP": str(runner_temp), "PATH": "/usr/bin:/bin"}
-    subprocess.run(["bash", "-euc", _step_script("Mark the start of this run's outputs")], cwd=work, check=True,
-                   timeout=30, env=env)
+    write_files(work, restored, "last night\n", mtime=1_764_990_000)  # as the cache's tar restores them
+    env = {"RUNNER_TEMP": str(runner_temp)}
+    run_step(MARK, work, env)
     tonight = ["artifacts/nightly.json", "artifacts/nightly.md", "artifacts/py3/nightly.json",
                "artifacts/py3/2026.12.07/manifest.json", "artifacts/py3-dev/nightly-failed.json"]
-    for name in tonight:
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        (work / name).write_text("tonight\n")
+    write_files(work, tonight, "tonight\n")
     (work / "artifacts/py3/2026.12.07/py3-2026.12.07-linux-64.tar.zst").write_bytes(b"not uploaded")
-    subprocess.run(["bash", "-euc", _step_script("Gather this run's summary, reports and manifests")], cwd=work,
-                   check=True, timeout=30, env=env)
+    run_step(GATHER, work, env)
     uploaded = work / "nightly-upload"
     gathered = sorted(str(p.relative_to(uploaded)) for p in uploaded.rglob("*") if p.is_file())
     assert gathered == sorted(tonight)
     assert {(uploaded / name).read_text() for name in tonight} == {"tonight\n"}
 
 
-def test_a_job_that_failed_before_the_nightly_uploads_nothing(tmp_path: Path) -> None:
-    """Set-up failed: no artifacts directory at all, or only the restored one; the step still succeeds."""
-    env = {"RUNNER_TEMP": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    subprocess.run(["bash", "-euc", _step_script("Mark the start of this run's outputs")], cwd=tmp_path, check=True,
-                   timeout=30, env=env)
-    subprocess.run(["bash", "-euc", _step_script("Gather this run's summary, reports and manifests")], cwd=tmp_path,
-                   check=True, timeout=30, env=env)
+@pytest.mark.parametrize("restored", [False, True], ids=["no-artifacts", "only-restored"])
+def test_a_job_that_failed_before_the_nightly_uploads_nothing(tmp_path: Path, restored: bool) -> None:
+    """Set-up failed: no artifacts directory at all, or only the one the cache restored; the step
+    still succeeds, and gathers nothing."""
+    if restored:
+        write_files(tmp_path, ["artifacts/py3/nightly.json", "artifacts/py3/2026.12.06/manifest.json"],
+                    "last night\n", mtime=1_764_990_000)
+    env = {"RUNNER_TEMP": str(tmp_path)}
+    run_step(MARK, tmp_path, env)
+    run_step(GATHER, tmp_path, env)
     assert list((tmp_path / "nightly-upload").iterdir()) == []
 
 
@@ -118,13 +129,8 @@ def test_the_summary_step_says_whether_the_nightly_failed_or_was_not_asked_for(
     tmp_path: Path, only: str, said: str
 ) -> None:
     """A manual run for one stack skips the others' nightly: their page must not call that a failure."""
-    (job,) = yaml.safe_load(NIGHTLY.read_text())["jobs"].values()
-    (step,) = [s for s in job["steps"] if s.get("name") == "Summary on the run's page"]
-    script = step["run"].replace("${{ matrix.stack }}", "py3")
-    assert "${{" not in script  # every other value comes in through the step's env
     page = tmp_path / "summary.md"
-    subprocess.run(["bash", "-euc", script], cwd=tmp_path, check=True, timeout=30,
-                   env={"ONLY": only, "GITHUB_STEP_SUMMARY": str(page), "PATH": "/usr/bin:/bin"})
+    run_step("Summary on the run's page", tmp_path, {"ONLY": only, "GITHUB_STEP_SUMMARY": str(page)})
     assert said in page.read_text()
 
 
